@@ -1,0 +1,196 @@
+"""PyAV adapter: probing and streamed decoding of audio and video. The only module that imports ``av``.
+
+PyAV wheels bundle their own FFmpeg, so decoding does not depend on the system's FFmpeg version.
+Every FFmpeg error is translated into :class:`~ether_prep.errors.InputError` naming the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from ..errors import InputError
+from ..records import MediaProbe
+
+__all__ = ["VideoFrame", "iter_audio_blocks", "iter_video_frames", "probe", "pyav_version"]
+
+# A decoded length this much shorter than the container promises means the file was cut off.
+_TRUNCATION_TOLERANCE_S = 0.5
+
+
+def pyav_version() -> str:
+    return av.__version__
+
+
+@contextmanager
+def _open(path: Path) -> Iterator[av.container.InputContainer]:
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty (0 bytes)")
+    try:
+        container = av.open(str(path), mode="r")
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a readable media file ({exc})") from exc
+    try:
+        yield container
+    finally:
+        container.close()
+
+
+def _stream_duration(stream: av.stream.Stream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    return None
+
+
+def probe(path: Path) -> MediaProbe:
+    """Read the container's metadata (no decoding): duration, streams, rate, fps, frame count."""
+    with _open(path) as c:
+        audio = c.streams.audio[0] if c.streams.audio else None
+        video = c.streams.video[0] if c.streams.video else None
+        if audio is None and video is None:
+            raise InputError(f"{path}: holds no audio or video stream")
+        durations = [d for s in (audio, video) if s is not None and (d := _stream_duration(s)) is not None]
+        if c.duration is not None:
+            durations.append(c.duration / av.time_base)
+        duration = max(durations) if durations else 0.0
+        fps = float(video.average_rate) if video is not None and video.average_rate else None
+        frames = int(video.frames) if video is not None and video.frames else None
+        if video is not None and frames is None and fps:
+            frames = round(duration * fps)
+        return MediaProbe(
+            duration=duration,
+            has_audio=audio is not None,
+            has_video=video is not None,
+            format_name=c.format.name,
+            audio_sample_rate=audio.codec_context.sample_rate if audio is not None else None,
+            audio_channels=audio.codec_context.channels if audio is not None else None,
+            audio_codec=audio.codec_context.name if audio is not None else None,
+            video_fps=fps,
+            video_frame_count=frames,
+            video_width=video.codec_context.width if video is not None else None,
+            video_height=video.codec_context.height if video is not None else None,
+            video_codec=video.codec_context.name if video is not None else None,
+        )
+
+
+def iter_audio_blocks(
+    path: Path, sample_rate: int = 16000, block_samples: int = 480_000, channel: int | None = None
+) -> Iterator[np.ndarray]:
+    """Decode the first audio stream to float32 at ``sample_rate``, yielding blocks of ``block_samples``.
+
+    Memory stays bounded by one block however long the file is. ``channel=None`` downmixes to mono;
+    an integer keeps that channel alone (e.g. one speaker per channel). Raises :class:`InputError` when
+    the file cannot be decoded or is shorter than its header says (truncated).
+    """
+    with _open(path) as c:
+        if not c.streams.audio:
+            raise InputError(f"{path}: has no audio stream")
+        stream = c.streams.audio[0]
+        expected = _stream_duration(stream) or (c.duration / av.time_base if c.duration else None)
+        n_channels = stream.codec_context.channels
+        if channel is not None and not 0 <= channel < n_channels:
+            raise InputError(f"{path}: has {n_channels} audio channel(s); channel {channel} does not exist")
+        layout = "mono" if channel is None else None
+        resampler = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
+        pending: list[np.ndarray] = []
+        pending_n = 0
+        total = 0
+
+        def frames() -> Iterator[av.AudioFrame | None]:
+            try:
+                yield from c.decode(stream)
+            except av.FFmpegError as exc:
+                raise InputError(f"{path}: audio decoding failed after {total / sample_rate:.2f} s ({exc})") from exc
+            yield None  # flush the resampler
+
+        for frame in frames():
+            for out in resampler.resample(frame):
+                data = out.to_ndarray()
+                samples = data[0 if channel is None else channel].astype(np.float32, copy=False)
+                pending.append(samples)
+                pending_n += samples.size
+                total += samples.size
+                while pending_n >= block_samples:
+                    joined = np.concatenate(pending)
+                    yield joined[:block_samples]
+                    rest = joined[block_samples:]
+                    pending, pending_n = ([rest], rest.size) if rest.size else ([], 0)
+        if pending_n:
+            yield np.concatenate(pending)
+        if total == 0:
+            raise InputError(f"{path}: the audio stream decodes to no samples (empty or corrupt)")
+        decoded = total / sample_rate
+        if expected is not None and expected - decoded > max(_TRUNCATION_TOLERANCE_S, 0.02 * expected):
+            raise InputError(
+                f"{path}: truncated or corrupt: decoded {decoded:.2f} s of audio but the header says "
+                f"{expected:.2f} s"
+            )
+
+
+@dataclass(frozen=True)
+class VideoFrame:
+    """One decoded frame: its index among decoded frames, presentation time (s) and RGB pixels (H, W, 3)."""
+
+    index: int
+    time: float
+    rgb: np.ndarray
+
+
+@dataclass
+class DecodeStats:
+    """Counts filled in while iterating frames: decoded, kept (sampled), and skipped corrupt packets."""
+
+    decoded: int = 0
+    kept: int = 0
+    corrupt: int = 0
+
+
+def iter_video_frames(
+    path: Path, analysis_fps: float | None = None, stats: DecodeStats | None = None, threads: int = 0
+) -> Iterator[VideoFrame]:
+    """Stream RGB frames of the first video stream with their real presentation times.
+
+    Frames are sampled by presentation time, not by index, so variable-frame-rate recordings are analysed
+    at an even ``analysis_fps`` (``None`` keeps every frame). A packet that fails to decode is skipped and
+    counted in ``stats.corrupt`` instead of ending the video. ``threads=0`` lets FFmpeg choose.
+    """
+    stats = stats if stats is not None else DecodeStats()
+    with _open(path) as c:
+        if not c.streams.video:
+            raise InputError(f"{path}: has no video stream")
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        if threads:
+            stream.codec_context.thread_count = threads
+        step = 1.0 / analysis_fps if analysis_fps else 0.0
+        next_time = -np.inf
+        t0: float | None = None
+        for packet in c.demux(stream):
+            try:
+                decoded = packet.decode()
+            except av.FFmpegError:
+                stats.corrupt += 1
+                continue
+            for frame in decoded:
+                if frame.time is None:
+                    stats.corrupt += 1
+                    continue
+                if t0 is None:
+                    # Streams may start at a non-zero pts (e.g. MPEG-PS); times are relative to the first frame.
+                    t0 = float(frame.time)
+                t = float(frame.time) - t0
+                stats.decoded += 1
+                if t + 1e-6 < next_time:
+                    continue
+                next_time = (next_time if np.isfinite(next_time) else t) + step
+                if step and next_time <= t:
+                    next_time = t + step
+                stats.kept += 1
+                yield VideoFrame(index=stats.decoded - 1, time=t, rgb=frame.to_ndarray(format="rgb24"))

@@ -1,0 +1,38 @@
+"""Every exception ether-prep raises, in one place.
+
+Lower-level errors (PyAV, zarr, whisperx, MediaPipe, ...) are translated at the adapter boundary with
+``raise ... from exc`` so that a message always says what went wrong, with which file, and how to fix it.
+
+    EtherPrepError
+    ├── ConfigError        pipelines.yaml or a CLI option is invalid (raised before any compute)
+    ├── InputError         a recording cannot be read: corrupt, truncated, empty, not media
+    ├── ModelError         a model cannot be found or loaded (path, package, hub)
+    ├── StageError         a stage failed on one session for another reason
+    └── StoreError         the Zarr store is missing, of another schema, or inconsistent
+"""
+
+from __future__ import annotations
+
+
+class EtherPrepError(Exception):
+    """Base class of all ether-prep errors."""
+
+
+class ConfigError(EtherPrepError):
+    """pipelines.yaml or an option is invalid."""
+
+
+class InputError(EtherPrepError):
+    """A recording cannot be read."""
+
+
+class ModelError(EtherPrepError):
+    """A model cannot be resolved or loaded."""
+
+
+class StageError(EtherPrepError):
+    """A stage failed on one session."""
+
+
+class StoreError(EtherPrepError):
+    """The store is missing or inconsistent."""

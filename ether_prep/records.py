@@ -1,0 +1,116 @@
+"""Small frozen records with stable ids; all times are in seconds from the start of the recording."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DialoguePair",
+    "FaceTrack",
+    "MediaProbe",
+    "Session",
+    "Turn",
+    "Utterance",
+    "Word",
+]
+
+
+@dataclass(frozen=True)
+class MediaProbe:
+    """What PyAV reports about a recording, before any decoding."""
+
+    duration: float
+    has_audio: bool
+    has_video: bool
+    format_name: str
+    audio_sample_rate: int | None = None
+    audio_channels: int | None = None
+    audio_codec: str | None = None
+    video_fps: float | None = None
+    video_frame_count: int | None = None
+    video_width: int | None = None
+    video_height: int | None = None
+    video_codec: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Session:
+    """One recording: a video with audio, or audio alone.
+
+    ``id`` is derived from the path relative to the raw folder, so it is stable across machines and runs.
+    ``meta`` holds the row of an optional ``sessions.csv`` beside the file (speaker roles, notes).
+    """
+
+    id: str
+    path: Path
+    relpath: str
+    kind: str  # "video" or "audio"
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "path": str(self.path), "relpath": self.relpath, "kind": self.kind,
+                "meta": dict(self.meta)}
+
+
+@dataclass(frozen=True)
+class Word:
+    """A recognised word; ``interpolated`` marks times filled in for words the aligner could not place."""
+
+    text: str
+    start: float
+    end: float
+    score: float
+    speaker: str = ""
+    interpolated: bool = False
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A diarized stretch of one speaker's speech."""
+
+    start: float
+    end: float
+    speaker: str
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """A speaker's consecutive words, split at pauses and at sentence ends past a maximum length."""
+
+    id: str
+    session_id: str
+    start: float
+    end: float
+    speaker: str
+    text: str
+    word_start: int  # index of the first word in the session's word table
+    word_end: int  # one past the last word
+    score: float
+
+
+@dataclass(frozen=True)
+class FaceTrack:
+    """One face followed across analysed frames."""
+
+    track: int
+    first_time: float
+    last_time: float
+    n_frames: int
+    mean_box: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
+
+
+@dataclass(frozen=True)
+class DialoguePair:
+    """A client utterance and the counsellor's reply that follows it: the unit incongruence labels attach to."""
+
+    id: str
+    session_id: str
+    client_utterance: str
+    counsellor_utterance: str
+    start: float
+    end: float

@@ -1,0 +1,29 @@
+"""Stage registry. Stage modules are light (they import their adapters lazily), so the registry can be
+used by config validation and ``--help`` without importing torch."""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from .base import Stage
+
+__all__ = ["STAGES", "stage_class"]
+
+# name -> "module:Class"; the order is the canonical pipeline order.
+STAGES: dict[str, str] = {
+    "audio": "ether_prep.stages.audio:AudioStage",
+}
+
+
+def stage_class(name: str) -> type[Stage]:
+    """The class implementing stage ``name``."""
+    try:
+        target = STAGES[name]
+    except KeyError:
+        raise ConfigError(f"unknown stage {name!r}; known stages: {', '.join(STAGES)}") from None
+    module, cls = target.split(":")
+    return getattr(import_module(module), cls)

@@ -1,0 +1,74 @@
+"""The stage contract: one class per stage, plain Python; executors decide where it runs.
+
+A stage is constructed from its validated :class:`~ether_prep.config.StageSpec`, loads its models once in
+:meth:`Stage.setup` (once per worker, not per file), then processes sessions one at a time with
+:meth:`Stage.run`, writing into a fresh Zarr group that the runner hands it. The runner writes the
+completion marker after ``run`` returns, so an interrupted stage is never counted as done.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import zarr
+
+    from ..config import StageSpec
+    from ..records import Session
+    from ..store import SessionGroup
+
+__all__ = ["NoParams", "Stage"]
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """For stages without parameters."""
+
+
+class Stage(ABC):
+    """Base class of all stages.
+
+    Class attributes describe the stage to the config validator and the runner:
+
+    - ``name``: the key used in pipelines.yaml;
+    - ``version``: bump it when outputs change, so stored results are recomputed;
+    - ``family``: ``"extract"`` (``ether-prep extract``) or ``"align"`` (``ether-prep align``);
+    - ``requires``: upstream stages whose completion (and fingerprints) this one depends on;
+    - ``needs_stream``: ``"audio"``/``"video"`` when a session without that stream is skipped with a note;
+    - ``backends``: accepted backend names, the first being the default;
+    - ``Params``: a frozen dataclass of parameters with defaults (unknown keys are config errors);
+    - ``libraries``: distributions whose versions are recorded as provenance.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    family: ClassVar[str] = "extract"
+    requires: ClassVar[tuple[str, ...]] = ()
+    needs_stream: ClassVar[str | None] = None
+    backends: ClassVar[tuple[str, ...]] = ("builtin",)
+    Params: ClassVar[type] = NoParams
+    libraries: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, spec: StageSpec) -> None:
+        self.spec = spec
+        self.params: Any = spec.params
+
+    def model_info(self) -> dict[str, str]:
+        """Which model this stage resolves to and where from (``{"id": ..., "source": ...}``), without loading it."""
+        return {}
+
+    def setup(self) -> None:  # noqa: B027 - optional hook
+        """Load models. Called once per worker before the first session."""
+
+    def teardown(self) -> None:  # noqa: B027 - optional hook
+        """Release models (e.g. before the next model family loads)."""
+
+    @abstractmethod
+    def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
+        """Process one session, writing outputs into ``out``; return an optional note for ``status``.
+
+        Read upstream outputs through ``store`` (e.g. ``store.read_table("transcribe", "words")``).
+        Raise :class:`~ether_prep.errors.EtherPrepError` subclasses with a clear message on bad input.
+        """

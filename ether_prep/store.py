@@ -1,0 +1,222 @@
+"""The Zarr v3 store: the one module that knows the on-disk layout.
+
+::
+
+    STORE/                                 a Zarr v3 directory store
+      zarr.json                            attrs.ether_prep = {schema_version, version, created}
+      sessions/<session_id>/               attrs.session = {id, relpath, path, kind, meta}
+        <stage>/                           one group per stage; attrs.stage = completion marker (below)
+          <array>                          stage outputs: e.g. audio/waveform (float32, 16 kHz mono)
+          <table>/<column>                 a table is a group of equal-length 1-D columns
+      utterances.parquet, dialogue_pairs.parquet   manifests written by ``align``
+
+A stage group's ``stage`` attribute holds ``state`` (running, done, skipped, failed), the ``fingerprint``
+of stage version, backend, model, parameters and upstream fingerprints, and provenance (library versions,
+model ids, parameters, times). The runner writes it with ``state: running`` before the stage runs and
+with the fingerprint only after every array is written, so an interrupted stage never counts as done.
+Different sessions live in different groups, so workers in different processes never write the same
+chunk. Metadata is consolidated once at the end of a run; writers always open unconsolidated.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from . import __version__
+from .errors import StoreError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "SessionGroup",
+    "StageState",
+    "Store",
+    "now",
+    "write_array",
+    "write_table",
+]
+
+SCHEMA_VERSION = 1
+_SESSIONS = "sessions"
+# About 2 MB of float32 per chunk: big enough for fast sequential reads, small enough to slice.
+DEFAULT_CHUNK_BYTES = 2 * 1024 * 1024
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class StageState:
+    """The recorded state of one stage for one session."""
+
+    stage: str
+    state: str  # pending | running | done | skipped | failed
+    fingerprint: str | None = None
+    error: str | None = None
+    note: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Done or skipped with a fingerprint: downstream stages may use it."""
+        return self.state in ("done", "skipped") and self.fingerprint is not None
+
+
+def _chunk_rows(n_rows: int, row_bytes: int) -> int:
+    return max(1, min(max(n_rows, 1), DEFAULT_CHUNK_BYTES // max(row_bytes, 1)))
+
+
+def write_array(group: zarr.Group, name: str, data: np.ndarray, chunk_len: int | None = None,
+                attrs: Mapping[str, Any] | None = None) -> zarr.Array:
+    """Write an N-d array chunked along its first (time) axis; float arrays use NaN as fill."""
+    data = np.asarray(data)
+    row_bytes = int(np.prod(data.shape[1:], dtype=np.int64)) * data.dtype.itemsize if data.ndim else 1
+    rows = chunk_len or _chunk_rows(data.shape[0] if data.ndim else 1, row_bytes)
+    chunks = (min(rows, max(data.shape[0], 1)), *data.shape[1:]) if data.ndim else ()
+    fill = np.nan if data.dtype.kind == "f" else None
+    arr = group.create_array(name, shape=data.shape, chunks=chunks, dtype=data.dtype, fill_value=fill,
+                             overwrite=True)
+    if data.size:
+        arr[...] = data
+    if attrs:
+        arr.attrs.update(dict(attrs))
+    return arr
+
+
+def write_table(group: zarr.Group, name: str, columns: Mapping[str, Any],
+                attrs: Mapping[str, Any] | None = None) -> zarr.Group:
+    """Write a table as a group of equal-length 1-D (or N-d) columns; str columns become UTF-8 strings."""
+    lengths = {k: len(v) for k, v in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise StoreError(f"table {name!r}: columns differ in length: {lengths}")
+    table = group.create_group(name, overwrite=True)
+    for col, values in columns.items():
+        arr = np.asarray(values)
+        if arr.dtype.kind in ("U", "O", "T"):
+            arr = arr.astype(str) if arr.size else np.array([], dtype=str)
+            out = table.create_array(col, shape=arr.shape, chunks=(_chunk_rows(len(arr), 64),), dtype=str)
+            if arr.size:
+                out[...] = arr
+        else:
+            write_array(table, col, arr)
+    table.attrs.update({"columns": list(columns), "n_rows": next(iter(lengths.values()), 0), **(attrs or {})})
+    return table
+
+
+def read_table(group: zarr.Group, name: str) -> dict[str, np.ndarray]:
+    """Read a table written by :func:`write_table` into memory (columns in written order)."""
+    table = group[name]
+    return {col: table[col][...] for col in table.attrs.get("columns", list(table.array_keys()))}
+
+
+class SessionGroup:
+    """One session's group: stage states, stage outputs, and helpers to read them."""
+
+    def __init__(self, session_id: str, group: zarr.Group) -> None:
+        self.id = session_id
+        self.group = group
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return dict(self.group.attrs.get("session", {}))
+
+    def stage_state(self, stage: str) -> StageState:
+        try:
+            sub = self.group.get(stage)
+            marker = dict(sub.attrs.get("stage", {})) if isinstance(sub, zarr.Group) else {}
+        except Exception as exc:  # a half-written zarr.json after a kill: counted as not done, redone
+            return StageState(stage, "pending", error=f"unreadable stage metadata ({exc})")
+        if not marker:
+            return StageState(stage, "pending")
+        return StageState(stage, marker.get("state", "pending"), marker.get("fingerprint"),
+                          marker.get("error"), marker.get("note"), marker)
+
+    def stage_group(self, stage: str) -> zarr.Group:
+        """The output group of a completed stage (raises StoreError when it is not complete)."""
+        state = self.stage_state(stage)
+        if not state.complete:
+            raise StoreError(f"session {self.id!r}: stage {stage!r} is {state.state}; run it first")
+        return self.group[stage]
+
+    def begin_stage(self, stage: str, marker: dict[str, Any]) -> zarr.Group:
+        """Replace whatever the stage left before with an empty group marked ``running``."""
+        out = self.group.create_group(stage, overwrite=True)
+        out.attrs["stage"] = {**marker, "state": "running", "fingerprint": None, "started_at": now()}
+        return out
+
+    def finish_stage(self, stage: str, state: str, fingerprint: str | None, **fields: Any) -> None:
+        """Write the completion marker last; a failed stage gets no fingerprint."""
+        out = self.group.require_group(stage)
+        marker = dict(out.attrs.get("stage", {}))
+        marker.update(fields, state=state, fingerprint=fingerprint if state != "failed" else None,
+                      finished_at=now())
+        out.attrs["stage"] = marker
+
+    def read_table(self, stage: str, name: str) -> dict[str, np.ndarray]:
+        return read_table(self.stage_group(stage), name)
+
+    def array(self, stage: str, name: str) -> zarr.Array:
+        return self.stage_group(stage)[name]
+
+
+class Store:
+    """A ether-prep Zarr store on disk (created on first write)."""
+
+    def __init__(self, path: Path | str, mode: str = "a") -> None:
+        self.path = Path(path)
+        if mode == "r" and not (self.path / "zarr.json").exists():
+            raise StoreError(f"{self.path}: no ether-prep store here; run `ether-prep extract RAW_DIR "
+                             f"--out {self.path}` first")
+        try:
+            self.root = zarr.open_group(str(self.path), mode=mode, zarr_format=3, use_consolidated=False)
+        except Exception as exc:
+            raise StoreError(f"{self.path}: cannot open as a Zarr v3 store ({exc})") from exc
+        meta = self.root.attrs.get("ether_prep")
+        if meta is None:
+            if mode == "r":
+                raise StoreError(f"{self.path}: a Zarr store, but not written by ether-prep")
+            self.root.attrs["ether_prep"] = {"schema_version": SCHEMA_VERSION, "version": __version__,
+                                             "created": now()}
+        elif meta.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: store schema version {meta.get('schema_version')} but this ether-prep "
+                             f"reads {SCHEMA_VERSION}; write to a new --out or re-run with --force")
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.root.attrs["ether_prep"])
+
+    def session_ids(self) -> list[str]:
+        if _SESSIONS not in self.root:
+            return []
+        return sorted(self.root[_SESSIONS].group_keys())
+
+    def session(self, session_id: str, info: Mapping[str, Any] | None = None) -> SessionGroup:
+        """A session's group; created (with ``info`` as its attributes) when writing."""
+        if info is not None:
+            group = self.root.require_group(_SESSIONS).require_group(session_id)
+            if dict(group.attrs.get("session", {})) != dict(info):
+                group.attrs["session"] = dict(info)
+        else:
+            try:
+                group = self.root[f"{_SESSIONS}/{session_id}"]
+            except KeyError:
+                raise StoreError(f"{self.path}: no session {session_id!r}") from None
+        return SessionGroup(session_id, group)
+
+    def consolidate(self) -> None:
+        """Consolidate metadata once at the end of a run, for fast opening by readers."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+            zarr.consolidate_metadata(str(self.path))
+
+    def manifest_path(self, name: str) -> Path:
+        """Where a Parquet manifest (``utterances``, ``dialogue_pairs``) lives beside the Zarr hierarchy."""
+        return self.path / f"{name}.parquet"
