@@ -49,12 +49,13 @@ class Session:
     id: str
     path: Path
     relpath: str
-    kind: str  # "video" or "audio"
+    kind: str  # "video", "audio" or "image"
     meta: dict[str, str] = field(default_factory=dict)
+    probe: MediaProbe | None = None  # None when the file could not be probed (the session then fails)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "path": str(self.path), "relpath": self.relpath, "kind": self.kind,
-                "meta": dict(self.meta)}
+                "meta": dict(self.meta), "probe": self.probe.to_dict() if self.probe else None}
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,9 @@ __all__ = [
     "StageState",
     "Store",
     "now",
+    "read_ragged",
     "write_array",
+    "write_ragged",
     "write_table",
 ]
 
@@ -220,3 +222,60 @@ class Store:
     def manifest_path(self, name: str) -> Path:
         """Where a Parquet manifest (``utterances``, ``dialogue_pairs``) lives beside the Zarr hierarchy."""
         return self.path / f"{name}.parquet"
+
+
+# ------------------------------------------------------------------------------------------ ragged rows
+# Ragged arrays (per-utterance tensors of different lengths) are stored as a group holding one
+# ``offsets`` array (N + 1,) and value arrays that share their first (row) axis: item i is
+# ``values[offsets[i]:offsets[i + 1]]``. All value arrays use the same row chunking, so one item's rows
+# fall in the same chunk index of every array; chunks are grouped into shards so a long session is a
+# handful of files, and reading one item reads one inner chunk (via the shard index) per array.
+RAGGED_CHUNK_BYTES = 1024 * 1024
+RAGGED_CHUNKS_PER_SHARD = 16
+
+
+def ragged_chunk_rows(row_bytes: int, n_rows: int, chunk_bytes: int = RAGGED_CHUNK_BYTES) -> int:
+    """Rows per chunk: ~``chunk_bytes`` of the widest array, a multiple of 256, at most the data."""
+    rows = max(256, (chunk_bytes // max(row_bytes, 1)) // 256 * 256)
+    return max(1, min(rows, max(n_rows, 1)))
+
+
+def write_ragged(group: zarr.Group, name: str, columns: Mapping[str, np.ndarray], offsets: np.ndarray,
+                 chunk_rows: int | None = None, chunks_per_shard: int = RAGGED_CHUNKS_PER_SHARD,
+                 attrs: Mapping[str, Any] | None = None) -> zarr.Group:
+    """Write ragged rows: ``columns`` share their first axis, split into items by ``offsets`` (N + 1,)."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    n_rows = int(offsets[-1]) if offsets.size else 0
+    for col, arr in columns.items():
+        if np.asarray(arr).shape[0] != n_rows:
+            raise StoreError(f"ragged {name!r}: column {col!r} has {np.asarray(arr).shape[0]} rows, "
+                             f"offsets end at {n_rows}")
+    widest = max((int(np.prod(np.asarray(a).shape[1:], dtype=np.int64)) * np.asarray(a).dtype.itemsize
+                  for a in columns.values()), default=1)
+    rows = chunk_rows or ragged_chunk_rows(widest, n_rows)
+    out = group.create_group(name, overwrite=True)
+    for col, arr in columns.items():
+        arr = np.asarray(arr)
+        chunks = (rows, *arr.shape[1:])
+        # Shards only pay off once there are several chunks; a small session stays one plain chunk.
+        shards = (rows * chunks_per_shard, *arr.shape[1:]) if n_rows > rows else None
+        fill = np.nan if arr.dtype.kind == "f" else (False if arr.dtype.kind == "b" else 0)
+        z = out.create_array(col, shape=arr.shape, chunks=chunks, shards=shards, dtype=arr.dtype,
+                             fill_value=fill, overwrite=True)
+        if arr.size:
+            z[...] = arr
+    write_array(out, "offsets", offsets)
+    out.attrs.update({"columns": list(columns), "n_items": int(max(offsets.size - 1, 0)),
+                      "chunk_rows": rows, **(attrs or {})})
+    return out
+
+
+def read_ragged(group: zarr.Group, name: str, index: int,
+                columns: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Read item ``index`` of a ragged group written by :func:`write_ragged` (one slice per column)."""
+    rag = group[name]
+    n_items = int(rag.attrs["n_items"])
+    if not 0 <= index < n_items:
+        raise StoreError(f"ragged {name!r}: item {index} out of range (0..{n_items - 1})")
+    lo, hi = (int(x) for x in rag["offsets"][index:index + 2])
+    return {col: rag[col][lo:hi] for col in (columns or rag.attrs["columns"])}

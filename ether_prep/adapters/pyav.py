@@ -36,7 +36,8 @@ def _open(path: Path) -> Iterator[av.container.InputContainer]:
     try:
         container = av.open(str(path), mode="r")
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a readable media file ({exc})") from exc
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise InputError(f"{path}: not a readable media file: {reason} (corrupt, truncated, or not audio/video)") from exc
     try:
         yield container
     finally:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from ..config import StageSpec
     from ..records import Session
-    from ..store import SessionGroup
+    from ..store import SessionGroup, Store
 
 __all__ = ["NoParams", "Stage"]
 
@@ -64,6 +64,9 @@ class Stage(ABC):
 
     def teardown(self) -> None:  # noqa: B027 - optional hook
         """Release models (e.g. before the next model family loads)."""
+
+    def finalize(self, store: Store) -> None:  # noqa: B027 - optional hook
+        """Called once in the driver after the stage ran over all sessions (e.g. to write a manifest)."""
 
     @abstractmethod
     def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:

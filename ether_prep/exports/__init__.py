@@ -1,0 +1,32 @@
+"""Export formats for ``ether-prep export``: each writes one file per session, named after its id.
+
+A format maps to ``"module:function"`` with signature ``(session: SessionGroup, dest_dir: Path) -> Path``;
+modules are imported only when their format is used.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from ..store import SessionGroup
+
+__all__ = ["FORMATS", "exporter"]
+
+FORMATS: dict[str, str] = {
+}
+
+
+def exporter(fmt: str) -> Callable[[SessionGroup, Path], Path]:
+    """The writer function of export format ``fmt``."""
+    try:
+        module, func = FORMATS[fmt].split(":")
+    except KeyError:
+        raise ConfigError(f"unknown export format {fmt!r}; available: {', '.join(FORMATS)}") from None
+    return getattr(import_module(module), func)
