@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +20,7 @@ app = typer.Typer(
 )
 
 
-class ExecutorName(str, Enum):
+class ExecutorName(StrEnum):
     ray = "ray"
     inline = "inline"
 
