@@ -56,6 +56,7 @@ __all__ = [
     "pool",
     "resample_track",
     "speech_activity",
+    "str_array",
     "track_presence",
     "utterance_grid",
 ]
@@ -74,6 +75,11 @@ class TrackLink:
 
 
 # ---------------------------------------------------------------------------------------------- linking
+def str_array(values: Sequence[object] | np.ndarray) -> np.ndarray:
+    """A fixed-width unicode array from anything (zarr returns numpy's variable-width StringDType)."""
+    return np.array([str(v) for v in values], dtype=str) if len(values) else np.array([], dtype=str)
+
+
 def track_presence(score: np.ndarray | None, box: np.ndarray | None = None) -> np.ndarray:
     """(F, T) bool: whether each track has a face in each frame (finite detection score, or finite box)."""
     if score is not None:
@@ -146,7 +152,7 @@ def speech_activity(speakers: Sequence[str], word_speaker: Sequence[str], word_s
     """(S, F) 1.0 where one of speaker ``s``'s intervals covers frame time ``times[f]``, else 0.0."""
     times = np.asarray(times, dtype=np.float64)
     act = np.zeros((len(speakers), times.size))
-    word_speaker = np.asarray(word_speaker).astype(str)
+    word_speaker = str_array(word_speaker)
     starts = np.asarray(word_start, dtype=np.float64)
     ends = np.asarray(word_end, dtype=np.float64)
     for i, spk in enumerate(speakers):

@@ -99,9 +99,11 @@ def session_from_info(info: dict) -> Session:
 
 
 def check_readable(session: Session) -> str | None:
-    """The problem with a session's file, or None when it probes fine (used by ``validate``)."""
+    """The problem with a session's file (unreadable, truncated), or None; decodes one frame at most."""
+    from .adapters import pyav
+
     try:
-        probe_session(session)
+        pyav.check_complete(session.path)
     except InputError as exc:
         return str(exc)
     return None

@@ -93,6 +93,22 @@ def write_array(group: zarr.Group, name: str, data: np.ndarray, chunk_len: int |
     return arr
 
 
+def create_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype: Any,
+                 chunk_len: int | None = None, attrs: Mapping[str, Any] | None = None) -> zarr.Array:
+    """Create an empty array chunked along its first (time) axis, for writing block by block
+    (``arr[a:b] = block``) when the whole array would not fit in memory; float arrays fill with NaN."""
+    dtype = np.dtype(dtype)
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize if len(shape) else 1
+    rows = chunk_len or _chunk_rows(shape[0] if shape else 1, row_bytes)
+    chunks = (min(rows, max(shape[0], 1)), *shape[1:]) if shape else ()
+    chunks = tuple(max(c, 1) for c in chunks)
+    fill = np.nan if dtype.kind == "f" else None
+    arr = group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, overwrite=True)
+    if attrs:
+        arr.attrs.update(dict(attrs))
+    return arr
+
+
 def write_table(group: zarr.Group, name: str, columns: Mapping[str, Any],
                 attrs: Mapping[str, Any] | None = None) -> zarr.Group:
     """Write a table as a group of equal-length 1-D (or N-d) columns; str columns become UTF-8 strings."""

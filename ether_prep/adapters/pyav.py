@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import InputError
 from ..records import MediaProbe
 
-__all__ = ["VideoFrame", "iter_audio_blocks", "iter_video_frames", "probe", "pyav_version"]
+__all__ = ["VideoFrame", "check_complete", "iter_audio_blocks", "iter_video_frames", "probe", "pyav_version"]
 
 # A decoded length this much shorter than the container promises means the file was cut off.
 _TRUNCATION_TOLERANCE_S = 0.5
@@ -37,7 +37,9 @@ def _open(path: Path) -> Iterator[av.container.InputContainer]:
         container = av.open(str(path), mode="r")
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
-        raise InputError(f"{path}: not a readable media file: {reason} (corrupt, truncated, or not audio/video)") from exc
+        raise InputError(
+            f"{path}: not a readable media file: {reason} (corrupt, truncated, or not audio/video)"
+        ) from exc
     try:
         yield container
     finally:
@@ -79,6 +81,32 @@ def probe(path: Path) -> MediaProbe:
             video_height=video.codec_context.height if video is not None else None,
             video_codec=video.codec_context.name if video is not None else None,
         )
+
+
+def check_complete(path: Path) -> MediaProbe:
+    """Probe, then seek to the last second and decode a frame: a cheap check that the file is not cut off."""
+    info = probe(path)
+    with _open(path) as c:
+        stream = c.streams.audio[0] if c.streams.audio else c.streams.video[0]
+        target = max(0.0, info.duration - 1.0)
+        try:
+            if stream.time_base is not None and target > 0:
+                c.seek(int(target / stream.time_base), stream=stream, backward=True)
+            frame = None
+            # After a seek the first packets may start mid-frame (MPEG-PS audio): skip their errors.
+            for i, packet in enumerate(c.demux(stream)):
+                try:
+                    frame = next(iter(packet.decode()), None)
+                except av.FFmpegError:
+                    frame = None
+                if frame is not None or i >= 50:
+                    break
+        except av.FFmpegError as exc:
+            raise InputError(f"{path}: corrupt near {target:.1f} s ({exc})") from exc
+        if frame is None:
+            raise InputError(f"{path}: truncated: no data near the end ({target:.1f} s) that the header promises "
+                             f"({info.duration:.1f} s in all)")
+    return info
 
 
 def iter_audio_blocks(

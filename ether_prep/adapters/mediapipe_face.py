@@ -1,0 +1,163 @@
+"""MediaPipe Face Landmarker adapter: the only module that imports ``mediapipe``.
+
+The Face Landmarker bundle (``face_landmarker.task``: BlazeFace detector, 478-point mesh, 52 blendshapes)
+runs in VIDEO mode on a recording's frames (its own landmark tracking between frames, monotonically
+increasing millisecond timestamps) and in IMAGE mode on a still. Where the model comes from, in order:
+
+1. ``model:`` in pipelines.yaml, when it is a path to an existing file (``~`` expanded);
+2. ``$ETHER_PREP_MODELS/<name>`` (``<name>`` is ``model:`` or ``face_landmarker.task``);
+3. the download cache ``$ETHER_PREP_CACHE`` (default ``~/.cache/ether-prep``) ``/models/<name>``;
+4. a download of Google's published bundle into that cache, when online.
+
+``mediapipe`` is imported when a landmarker is built, so resolving the model (for provenance) is cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, ModelError
+
+__all__ = ["DEFAULT_MODEL", "MODEL_URL", "MediaPipeFaceLandmarker", "mediapipe_version", "resolve_model"]
+
+DEFAULT_MODEL = "face_landmarker.task"
+MODEL_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/"
+             "face_landmarker.task")
+
+
+def mediapipe_version() -> str:
+    try:
+        return metadata.version("mediapipe")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("ETHER_PREP_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ether-prep")
+    return Path(root) / "models"
+
+
+def resolve_model(model: str | None, download: bool = True) -> tuple[Path | None, str]:
+    """Find the Face Landmarker bundle: returns ``(path or None, source)`` without loading it.
+
+    With ``download=False`` a model that is not on disk yet resolves to ``(None, MODEL_URL)``.
+    Raises :class:`ModelError` when ``model`` names a missing file or the download fails.
+    """
+    name = model or DEFAULT_MODEL
+    given = Path(name).expanduser()
+    if given.is_file():
+        return given.resolve(), "path"
+    if model and (given.is_absolute() or len(given.parts) > 1):
+        raise ModelError(f"face model {model!r}: no such file; set 'model:' of the face stage in pipelines.yaml "
+                         f"to the path of a MediaPipe face_landmarker.task bundle")
+    models_dir = os.environ.get("ETHER_PREP_MODELS")
+    if models_dir and (Path(models_dir) / name).is_file():
+        return (Path(models_dir) / name).resolve(), "ETHER_PREP_MODELS"
+    cached = _cache_dir() / name
+    if cached.is_file():
+        return cached, "cache"
+    if name != DEFAULT_MODEL:
+        raise ModelError(f"face model {name!r} not found in $ETHER_PREP_MODELS ({models_dir or 'unset'}) or "
+                         f"{cached.parent}; give 'model:' as a path to the .task file")
+    if not download:
+        return None, MODEL_URL
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".part")
+    try:
+        with urllib.request.urlopen(MODEL_URL, timeout=60) as resp, open(tmp, "wb") as fh:
+            while block := resp.read(1 << 20):
+                fh.write(block)
+        tmp.replace(cached)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ModelError(
+            f"cannot download the MediaPipe face model from {MODEL_URL} ({exc}); offline, download "
+            f"face_landmarker.task elsewhere and either set ETHER_PREP_MODELS to its folder or give its path "
+            f"as 'model:' of the face stage in pipelines.yaml") from exc
+    return cached, MODEL_URL
+
+
+class MediaPipeFaceLandmarker:
+    """A Face Landmarker for one recording (VIDEO mode) or one still (IMAGE mode).
+
+    Build one per session: VIDEO mode carries tracking state and requires increasing timestamps.
+    Use as a context manager or call :meth:`close` (left to ``__del__`` at exit, MediaPipe raises).
+    """
+
+    def __init__(self, model_bytes: bytes, model_name: str, still: bool = False, num_faces: int = 4,
+                 min_detection_confidence: float = 0.5, min_presence_confidence: float = 0.5,
+                 min_tracking_confidence: float = 0.5) -> None:
+        try:
+            import mediapipe as mp
+            from mediapipe.tasks.python import BaseOptions, vision
+        except ImportError as exc:  # pragma: no cover - mediapipe is a dependency
+            raise ModelError(f"mediapipe is not importable ({exc}); reinstall ether-prep's environment") from exc
+        self._mp = mp
+        self.still = still
+        options = vision.FaceLandmarkerOptions(
+            base_options=BaseOptions(model_asset_buffer=model_bytes),
+            running_mode=vision.RunningMode.IMAGE if still else vision.RunningMode.VIDEO,
+            num_faces=num_faces,
+            min_face_detection_confidence=min_detection_confidence,
+            min_face_presence_confidence=min_presence_confidence,
+            min_tracking_confidence=min_tracking_confidence,
+            output_face_blendshapes=True,
+            output_facial_transformation_matrixes=True,
+        )
+        try:
+            self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        except (RuntimeError, ValueError) as exc:
+            raise ModelError(f"{model_name}: MediaPipe cannot load this face landmarker bundle ({exc}); "
+                             f"it must be a face_landmarker.task file") from exc
+        self._last_ms = -1
+
+    def detect(self, rgb: np.ndarray, time_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Faces in one RGB frame: landmarks (n, 478, 3) normalised (x, y in [0, 1] of width/height; z in
+        the scale of x), blendshape scores (n, 52), transformation matrices (n, 4, 4)."""
+        image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
+        try:
+            if self.still:
+                result = self._landmarker.detect(image)
+            else:
+                # VIDEO mode rejects equal or decreasing timestamps (rounding of close VFR frame times).
+                ms = max(int(round(time_s * 1000.0)), self._last_ms + 1)
+                self._last_ms = ms
+                result = self._landmarker.detect_for_video(image, ms)
+        except (RuntimeError, ValueError) as exc:
+            raise InputError(f"MediaPipe face landmarker failed on a frame at {time_s:.3f} s ({exc})") from exc
+        n = len(result.face_landmarks)
+        if not n:
+            return np.zeros((0, 478, 3), np.float32), np.zeros((0, 52), np.float32), np.zeros((0, 4, 4), np.float32)
+        landmarks = np.array([[(p.x, p.y, p.z) for p in face] for face in result.face_landmarks], dtype=np.float32)
+        blend = np.array([[c.score for c in face] for face in result.face_blendshapes], dtype=np.float32)
+        matrices = np.array(result.facial_transformation_matrixes, dtype=np.float32).reshape(n, 4, 4)
+        return landmarks, blend, matrices
+
+    def close(self) -> None:
+        if self._landmarker is not None:
+            self._landmarker.close()
+            self._landmarker = None
+
+    def __enter__(self) -> MediaPipeFaceLandmarker:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def read_model(path: Path) -> bytes:
+    """The bundle's bytes (read once per worker; each session's landmarker is built from them)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the face landmarker bundle ({exc})") from exc
+    if data[:2] != b"PK":  # a .task bundle is a zip archive
+        raise ModelError(f"{path}: not a MediaPipe .task bundle (expected a zip archive)")
+    return data

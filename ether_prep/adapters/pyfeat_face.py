@@ -1,0 +1,153 @@
+"""py-feat adapter: the only module that imports ``feat`` (py-feat 2.x).
+
+``Detectorv2`` (RetinaFace -> multitask ConvNeXt: 20 AUs, 7 emotions, pose, 478 mesh -> dlib-68 landmarks;
+ArcFace identity) or ``Detectorv1`` (RetinaFace, MobileFaceNet landmarks, xgboost AUs, ResMaskNet emotions,
+pose MLP) runs on batches of decoded frames.
+
+Weights: by default py-feat downloads them from its ``py-feat/*`` Hugging Face repos into its own
+``resources/`` folder (py-feat passes ``cache_dir`` itself, so ``HF_HOME`` is ignored). ``model:`` in
+pipelines.yaml may instead name a local directory in the same hub-cache layout
+(``models--py-feat--NAME/{refs/main,snapshots/<commit>/FILE}``, plus the files bundled in py-feat's
+``resources/``); the adapter then points py-feat at it and runs with ``HF_HUB_OFFLINE=1``.
+
+Note: ``import feat`` sets ``OMP_NUM_THREADS=1`` when unset; the adapter sets torch's thread count itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelError
+from ..face import AU_NAMES, EMOTION_NAMES, FrameFaces
+
+__all__ = ["PyFeatFaceDetector", "pyfeat_version"]
+
+# py-feat emotion column names (v1: lower-case words; v2: capitalised short forms) -> ours.
+_EMOTION_ALIASES = {"happy": "happiness", "sad": "sadness", "angry": "anger", "disgusted": "disgust",
+                    "fearful": "fear", "surprised": "surprise"}
+
+
+def pyfeat_version() -> str:
+    try:
+        return metadata.version("py-feat")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _use_local_resources(weights_dir: Path) -> None:
+    """Point every loaded py-feat module's ``get_resource_path`` at ``weights_dir`` and go offline."""
+    import huggingface_hub.constants
+
+    import feat.utils.io
+
+    original = feat.utils.io.get_resource_path
+    target = str(weights_dir)
+
+    def get_resource_path() -> str:
+        return target
+
+    for name, module in list(sys.modules.items()):
+        if (name == "feat" or name.startswith("feat.")) and getattr(module, "get_resource_path", None) is original:
+            module.get_resource_path = get_resource_path
+    # A local directory means "no network": huggingface_hub reads this flag per request.
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
+class PyFeatFaceDetector:
+    """A loaded py-feat detector; :meth:`detect` takes a batch of RGB frames of one size."""
+
+    def __init__(self, detector: str = "v2", device: str = "cpu", weights_dir: Path | None = None,
+                 face_detection_threshold: float = 0.5, max_faces: int | None = None, threads: int = 0) -> None:
+        if weights_dir is not None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            import torch
+
+            import feat
+            import feat.detector
+            import feat.detector_v2
+        except ImportError as exc:
+            raise ModelError(f"py-feat is not importable ({exc}); reinstall ether-prep's environment") from exc
+        # feat sets OMP_NUM_THREADS=1 on import; decide torch's threads explicitly instead.
+        torch.set_num_threads(threads if threads > 0 else max(1, os.cpu_count() or 1))
+        self._torch = torch
+        if weights_dir is not None:
+            if not weights_dir.is_dir():
+                raise ModelError(f"{weights_dir}: py-feat weights directory not found; 'model:' of the face "
+                                 f"stage must name a folder in Hugging Face hub-cache layout")
+            _use_local_resources(weights_dir)
+        self.detector_name = detector
+        self.threshold = face_detection_threshold
+        where = str(weights_dir) if weights_dir is not None else "py-feat's Hugging Face repos"
+        try:
+            if detector == "v2":
+                self._det = feat.Detectorv2(device=device, face_detection_threshold=face_detection_threshold)
+            else:
+                self._det = feat.Detectorv1(device=device)
+        except Exception as exc:  # hub, safetensors, torch errors: all mean "cannot load the model"
+            raise ModelError(f"py-feat Detector{detector} cannot be loaded from {where} ({type(exc).__name__}: "
+                             f"{exc}); online, py-feat downloads its weights; offline, set 'model:' of the face "
+                             f"stage to a local folder of py-feat weights in hub-cache layout") from exc
+        face_det = getattr(self._det, "face_detector", None)
+        if max_faces is not None and hasattr(face_det, "keep_top_k"):
+            face_det.keep_top_k = max_faces
+        self.device = str(getattr(self._det, "device", device))
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {k: str(v) for k, v in dict(getattr(self._det, "info", {})).items()}
+
+    def detect(self, frames: list[np.ndarray]) -> list[FrameFaces]:
+        """Faces per frame for a batch of (H, W, 3) uint8 RGB frames."""
+        if not frames:
+            return []
+        batch = self._torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
+        try:
+            fex = self._det.detect(batch, data_type="tensor", batch_size=len(frames), progress_bar=False,
+                                   face_detection_threshold=self.threshold)
+        except Exception as exc:
+            raise ModelError(f"py-feat Detector{self.detector_name} failed on a batch of {len(frames)} frames "
+                             f"({type(exc).__name__}: {exc})") from exc
+        return _split_fex(fex, len(frames))
+
+
+def _split_fex(fex: Any, n_frames: int) -> list[FrameFaces]:
+    """A py-feat Fex (one row per face, a NaN placeholder row for a frame without faces) -> per-frame faces."""
+    cols = set(fex.columns)
+    frame = fex["frame"].to_numpy().astype(np.int64)
+    box_xywh = fex[["FaceRectX", "FaceRectY", "FaceRectWidth", "FaceRectHeight"]].to_numpy(np.float32)
+    keep = ~np.isnan(box_xywh).any(axis=1)
+    boxes = np.column_stack([box_xywh[:, 0], box_xywh[:, 1], box_xywh[:, 0] + box_xywh[:, 2],
+                             box_xywh[:, 1] + box_xywh[:, 3]]).astype(np.float32)
+    scores = fex["FaceScore"].to_numpy(np.float32)
+    n = len(fex)
+    lm = np.full((n, 68, 3), np.nan, dtype=np.float32)
+    lm[:, :, 0] = fex[[f"x_{i}" for i in range(68)]].to_numpy(np.float32)
+    lm[:, :, 1] = fex[[f"y_{i}" for i in range(68)]].to_numpy(np.float32)
+    aus = np.full((n, len(AU_NAMES)), np.nan, dtype=np.float32)
+    for j, au in enumerate(AU_NAMES):
+        if au in cols:
+            aus[:, j] = fex[au].to_numpy(np.float32)
+    emotions = np.full((n, len(EMOTION_NAMES)), np.nan, dtype=np.float32)
+    by_name = {_EMOTION_ALIASES.get(c.lower(), c.lower()): c for c in cols if isinstance(c, str)}
+    for j, emo in enumerate(EMOTION_NAMES):
+        if emo in by_name:
+            emotions[:, j] = fex[by_name[emo]].to_numpy(np.float32)
+    pose = np.full((n, 3), np.nan, dtype=np.float32)
+    for j, name in enumerate(("Yaw", "Pitch", "Roll")):
+        if name in cols:
+            pose[:, j] = fex[name].to_numpy(np.float32)
+    from ..face.features import mouth_open_from_landmarks
+
+    mouth = mouth_open_from_landmarks(lm)
+    out: list[FrameFaces] = []
+    for i in range(n_frames):
+        sel = np.flatnonzero((frame == i) & keep)
+        out.append(FrameFaces(boxes[sel], scores[sel], lm[sel], aus[sel], emotions[sel], pose[sel], mouth[sel]))
+    return out

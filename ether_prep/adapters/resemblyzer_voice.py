@@ -1,0 +1,66 @@
+"""resemblyzer adapter: GE2E speaker embeddings (256-d, encoder shipped in the package) and webrtcvad speech
+detection (the VAD resemblyzer itself depends on). The only module that imports ``resemblyzer``/``webrtcvad``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import ModelError
+
+__all__ = ["VoiceEmbedder", "webrtc_voiced"]
+
+SAMPLE_RATE = 16000
+
+
+def webrtc_voiced(audio: np.ndarray, aggressiveness: int = 2, frame_ms: int = 30) -> np.ndarray:
+    """Per-frame speech flags (``frame_ms`` frames) from WebRTC's VAD."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # webrtcvad imports the deprecated pkg_resources
+        import webrtcvad
+    vad = webrtcvad.Vad(int(aggressiveness))
+    step = SAMPLE_RATE * frame_ms // 1000
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
+    n = len(pcm) // step
+    return np.array([vad.is_speech(pcm[i * step:(i + 1) * step].tobytes(), SAMPLE_RATE) for i in range(n)],
+                    dtype=bool)
+
+
+class VoiceEmbedder:
+    """resemblyzer's VoiceEncoder, loaded once; embeds many fixed-length windows of one recording at a time."""
+
+    def __init__(self, device: str = "cpu", weights: str | None = None, threads: int | None = None) -> None:
+        try:
+            import torch
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                from resemblyzer import VoiceEncoder
+            if threads:
+                torch.set_num_threads(threads)
+            self.encoder = VoiceEncoder(device=device, verbose=False, weights_fpath=weights)
+        except Exception as exc:
+            raise ModelError(f"cannot load resemblyzer's voice encoder (weights: {weights or 'shipped'}, device "
+                             f"{device}): {exc}; reinstall resemblyzer or pass a valid weights file") from exc
+        self.device = device
+
+    def embed(self, audio: np.ndarray, windows: Sequence[tuple[float, float]], batch: int = 64) -> np.ndarray:
+        """One L2-normalised embedding per (start, end) window (all windows have the same length)."""
+        import torch
+        from resemblyzer import audio as ra
+
+        if not windows:
+            return np.zeros((0, 256), dtype=np.float32)
+        mel = ra.wav_to_mel_spectrogram(np.asarray(audio, dtype=np.float32))  # (frames, 40), 10 ms hop
+        hop = 0.01
+        n = max(int(round((windows[0][1] - windows[0][0]) / hop)), 1)
+        starts = [min(max(int(round(s / hop)), 0), max(len(mel) - n, 0)) for s, _ in windows]
+        stack = np.stack([np.pad(mel[s:s + n], ((0, max(n - len(mel[s:s + n]), 0)), (0, 0))) for s in starts])
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(stack), batch):
+                x = torch.from_numpy(stack[i:i + batch]).to(self.encoder.device)
+                out.append(self.encoder(x).cpu().numpy())
+        return np.concatenate(out).astype(np.float32)

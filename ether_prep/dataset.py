@@ -1,0 +1,269 @@
+"""Training API: open an aligned store and read per-utterance tensors lazily from Zarr.
+
+``open_store(path)`` reads the ``utterances.parquet`` manifest (written by ``ether-prep align``) into
+memory; an :class:`UtteranceDataset` selects rows of it and reads each utterance's face tensors from
+``sessions/<id>/align/tensors`` on ``__getitem__`` (two slices of one chunk each). It is a PyTorch
+``Dataset`` by protocol (``__len__`` / ``__getitem__``), so torch is imported only by :meth:`collate`.
+
+Example::
+
+    from torch.utils.data import DataLoader
+    import ether_prep
+
+    store = ether_prep.open_store("ether_prep.zarr")
+    ds = store.utterances(role="client", min_coverage=0.5)      # or flag="minimizing", session=...
+    loader = DataLoader(ds, batch_size=4, shuffle=True, num_workers=2, collate_fn=ds.collate)
+    for batch in loader:
+        x = batch["speaker_face"]        # (B, T, D) float32, 0 where no face
+        m = batch["speaker_mask"]        # (B, T) bool: a face at that step (False past the utterance)
+        listener = batch["listener_face"]  # (B, T, D): the other person's reaction, same time axis
+        valid = batch["valid"]           # (B, T) bool: step inside the utterance's own length
+        texts, ids = batch["text"], batch["utterance_id"]
+        ...
+
+Each item is a dict: ``utterance_id``, ``session_id``, ``speaker``, ``role``, ``listener_role``, ``text``,
+``start``, ``end``, ``time`` (T,) seconds, ``speaker_face`` / ``listener_face`` (T, D) float32,
+``speaker_mask`` / ``listener_mask`` (T,) bool, ``pooled`` (2, 3, D) [speaker|listener] x [mean, std, max],
+``cues`` (6,) float32 in :data:`CUE_NAMES` order, plus ``words`` (list of (text, start, end)) with
+``with_words=True`` and ``audio`` (float32 samples of the utterance) with ``with_audio=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import StoreError
+
+__all__ = ["CUE_NAMES", "AlignedStore", "UtteranceDataset", "collate_utterances", "open_store"]
+
+CUE_NAMES = ("text_valence", "text_arousal", "text_distress", "face_valence", "face_expressivity", "mismatch")
+_STRINGS = ("utterance_id", "session_id", "speaker", "role", "listener_role", "text")
+
+
+def open_store(path: str | os.PathLike[str]) -> AlignedStore:
+    """Open a store written by ``ether-prep extract`` + ``ether-prep align`` for reading."""
+    return AlignedStore(path)
+
+
+def _load_parquet(path: Path) -> dict[str, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+class AlignedStore:
+    """An aligned store: the utterance and pair manifests in memory, tensors read on demand."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        manifest = self.path / "utterances.parquet"
+        if not (self.path / "zarr.json").exists():
+            raise StoreError(f"{self.path}: no ether-prep store here; run `ether-prep extract RAW_DIR --out "
+                             f"{self.path}` and `ether-prep align --out {self.path}` first")
+        if not manifest.exists():
+            raise StoreError(f"{self.path}: no utterances.parquet manifest; run `ether-prep align --out "
+                             f"{self.path}` first")
+        self.manifest = _load_parquet(manifest)
+        pairs = self.path / "dialogue_pairs.parquet"
+        self.pairs = _load_parquet(pairs) if pairs.exists() else {}
+
+    def __len__(self) -> int:
+        return len(self.manifest.get("utterance_id", []))
+
+    def sessions(self) -> list[str]:
+        return sorted(set(self.manifest.get("session_id", np.array([])).tolist()))
+
+    def utterances(self, session: str | Sequence[str] | None = None, role: str | Sequence[str] | None = None,
+                   flag: str | Sequence[str] | None = None, min_mismatch: float | None = None,
+                   min_coverage: float | None = None, ids: Iterable[str] | None = None,
+                   where: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None,
+                   with_words: bool = False, with_audio: bool = False) -> UtteranceDataset:
+        """A dataset of the utterances matching every filter given.
+
+        ``flag`` keeps utterances carrying any of the named cue flags (``minimizing``, ...);
+        ``min_coverage`` applies to the speaker's face; ``where`` gets the manifest columns and returns a
+        bool mask.
+        """
+        m = self.manifest
+        keep = np.ones(len(self), dtype=bool)
+
+        def isin(col: str, values: str | Sequence[str]) -> np.ndarray:
+            return np.isin(m[col].astype(str), [values] if isinstance(values, str) else list(values))
+
+        if session is not None:
+            keep &= isin("session_id", session)
+        if role is not None:
+            keep &= isin("role", role)
+        if flag is not None:
+            any_flag = np.zeros(len(self), dtype=bool)
+            for f in [flag] if isinstance(flag, str) else flag:
+                if f"flag_{f}" not in m:
+                    known = [k.removeprefix("flag_") for k in m if k.startswith("flag_")]
+                    raise StoreError(f"{self.path}: unknown cue flag {f!r}; known: {', '.join(known)}")
+                any_flag |= m[f"flag_{f}"].astype(bool)
+            keep &= any_flag
+        if min_mismatch is not None:
+            keep &= np.nan_to_num(m["mismatch"].astype(float), nan=-1.0) >= min_mismatch
+        if min_coverage is not None:
+            keep &= m["speaker_coverage"].astype(float) >= min_coverage
+        if ids is not None:
+            keep &= isin("utterance_id", list(ids))
+        if where is not None:
+            keep &= np.asarray(where(m), dtype=bool)
+        return UtteranceDataset(self.path, {k: v[keep] for k, v in m.items()}, with_words, with_audio)
+
+
+class _SessionArrays:
+    """One session's open arrays and small per-session tables, read once per process."""
+
+    def __init__(self, root: Path, session_id: str) -> None:
+        import zarr
+
+        base = f"{root}/sessions/{session_id}"
+        try:
+            group = zarr.open_group(base, mode="r", zarr_format=3, use_consolidated=False)
+            align = group["align"]
+            tensors = align["tensors"]
+            self.face = tensors["face"]
+            self.mask = tensors["mask"]
+            self.pooled = np.asarray(align["pooled"][...])
+        except (KeyError, FileNotFoundError) as exc:
+            raise StoreError(f"{root}: session {session_id!r} has no align tensors ({exc}); re-run "
+                             f"`ether-prep align --out {root}`") from exc
+        self.group = group
+        self._words: dict[str, np.ndarray] | None = None
+        self._wave: Any = None
+
+    def words(self) -> dict[str, np.ndarray]:
+        if self._words is None:
+            from .store import read_table
+
+            self._words = read_table(self.group["utterances"], "words") if "utterances" in self.group else {}
+        return self._words
+
+    def waveform(self) -> Any:
+        if self._wave is None:
+            self._wave = self.group["audio"]["waveform"]
+        return self._wave
+
+
+class UtteranceDataset:
+    """Per-utterance tensors, read lazily; ``Dataset``-compatible (``len``, ``[i]``) with a padding collate."""
+
+    def __init__(self, root: Path, rows: dict[str, np.ndarray], with_words: bool = False,
+                 with_audio: bool = False) -> None:
+        self.root = Path(root)
+        self.rows = rows
+        self.with_words = with_words
+        self.with_audio = with_audio
+        self._cache: dict[str, _SessionArrays] = {}
+        self._pid = os.getpid()
+        self._cues = np.stack([rows[c].astype(np.float32) for c in CUE_NAMES], axis=1) if len(self) else \
+            np.zeros((0, len(CUE_NAMES)), np.float32)
+
+    def __len__(self) -> int:
+        return len(self.rows.get("utterance_id", []))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers get the selection, not open arrays; each opens its own.
+        state = dict(self.__dict__)
+        state["_cache"] = {}
+        return state
+
+    @property
+    def feature_names(self) -> list[str]:
+        if not len(self):
+            return []
+        arrays = self._session(str(self.rows["session_id"][0]))
+        return list(arrays.face.attrs.get("feature_names") or
+                    arrays.group["align"]["tensors"].attrs.get("feature_names", []))
+
+    def _session(self, session_id: str) -> _SessionArrays:
+        if os.getpid() != self._pid:  # forked worker: never reuse the parent's handles
+            self._cache, self._pid = {}, os.getpid()
+        arrays = self._cache.get(session_id)
+        if arrays is None:
+            arrays = self._cache[session_id] = _SessionArrays(self.root, session_id)
+        return arrays
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"utterance index {i} out of range for {len(self)} utterances")
+        i = int(i) % len(self)
+        r = self.rows
+        sid = str(r["session_id"][i])
+        arrays = self._session(sid)
+        lo = int(r["row_start"][i])
+        n = int(r["n_steps"][i])
+        face = arrays.face[lo:lo + n]
+        mask = arrays.mask[lo:lo + n]
+        # The grid is t0 + k / rate, exactly as the stage built it, so it need not be read from disk.
+        time = float(r["grid_t0"][i]) + np.arange(n, dtype=np.float64) / float(r["rate_hz"][i])
+        item: dict[str, Any] = {k: str(r[k][i]) for k in _STRINGS}
+        item.update({
+            "start": float(r["start"][i]), "end": float(r["end"][i]), "time": time,
+            "speaker_face": face[:, 0], "speaker_mask": mask[:, 0],
+            "listener_face": face[:, 1], "listener_mask": mask[:, 1],
+            "pooled": arrays.pooled[int(r["index"][i])], "cues": self._cues[i],
+        })
+        if self.with_words:
+            w = arrays.words()
+            a, b = int(r["word_start"][i]), int(r["word_end"][i])
+            item["words"] = [(str(w["text"][k]), float(w["start"][k]), float(w["end"][k])) for k in range(a, b)] \
+                if w else []
+        if self.with_audio:
+            item["audio"] = np.asarray(arrays.waveform()[int(r["audio_start"][i]):int(r["audio_end"][i])])
+        return item
+
+    def collate(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        """Pad a list of items to the longest (see :func:`collate_utterances`); torch tensors out."""
+        return collate_utterances(batch, as_torch=True)
+
+
+def collate_utterances(batch: list[dict[str, Any]], as_torch: bool = True) -> dict[str, Any]:
+    """Stack items, padding time axes to the longest with zeros and masks with False.
+
+    Adds ``lengths`` (B,) and ``valid`` (B, T) (step within the item's own length); strings and words stay
+    lists; ``audio`` is zero-padded with ``audio_lengths``.
+    """
+    n = len(batch)
+    lengths = np.array([len(b["time"]) for b in batch], dtype=np.int64)
+    t_max = int(lengths.max()) if n else 0
+    out: dict[str, Any] = {k: [b[k] for b in batch] for k in (*_STRINGS, "start", "end")}
+    out["start"] = np.asarray(out["start"], dtype=np.float64)
+    out["end"] = np.asarray(out["end"], dtype=np.float64)
+    dim = batch[0]["speaker_face"].shape[-1] if n else 0
+    out["lengths"] = lengths
+    out["valid"] = np.arange(t_max)[None, :] < lengths[:, None]
+    out["time"] = np.zeros((n, t_max), dtype=np.float64)
+    for key in ("speaker_face", "listener_face"):
+        out[key] = np.zeros((n, t_max, dim), dtype=np.float32)
+    for key in ("speaker_mask", "listener_mask"):
+        out[key] = np.zeros((n, t_max), dtype=bool)
+    for j, b in enumerate(batch):
+        k = lengths[j]
+        for key in ("time", "speaker_face", "listener_face", "speaker_mask", "listener_mask"):
+            out[key][j, :k] = b[key]
+    out["pooled"] = np.stack([b["pooled"] for b in batch]) if n else np.zeros((0,))
+    out["cues"] = np.stack([b["cues"] for b in batch]) if n else np.zeros((0, len(CUE_NAMES)))
+    if n and "words" in batch[0]:
+        out["words"] = [b["words"] for b in batch]
+    if n and "audio" in batch[0]:
+        alen = np.array([len(b["audio"]) for b in batch], dtype=np.int64)
+        audio = np.zeros((n, int(alen.max())), dtype=np.float32)
+        for j, b in enumerate(batch):
+            audio[j, :alen[j]] = b["audio"]
+        out["audio"], out["audio_lengths"] = audio, alen
+    if as_torch:
+        import torch
+
+        for k, v in list(out.items()):
+            if isinstance(v, np.ndarray):
+                out[k] = torch.from_numpy(np.ascontiguousarray(v))
+    return out

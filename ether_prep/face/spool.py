@@ -1,0 +1,90 @@
+"""Per-detection spooling to temporary files, then dense (frame, track, ...) arrays written chunk by chunk.
+
+The number of tracks is known only at the end of a video, and a 60-minute session holds hundreds of MB of
+landmarks, so the face stage appends each detection's values to flat temporary files as it goes and, at
+the end, writes each dense output array one chunk of frames at a time. Memory stays flat however long the
+video is.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from ..store import create_array
+
+__all__ = ["DetectionSpool"]
+
+
+class DetectionSpool:
+    """Append-only columns of per-detection values (``fields``: name -> (row shape, dtype))."""
+
+    def __init__(self, fields: dict[str, tuple[tuple[int, ...], Any]], prefix: str = "ether-prep-face-") -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix=prefix))
+        self.fields = {name: (tuple(shape), np.dtype(dtype)) for name, (shape, dtype) in fields.items()}
+        self._files = {name: open(self.dir / f"{name}.bin", "wb") for name in self.fields}  # noqa: SIM115
+        self.rows = 0
+
+    def append(self, **values: np.ndarray) -> None:
+        """Append ``n`` rows to every field (all fields at once, same ``n``)."""
+        n = None
+        for name, (shape, dtype) in self.fields.items():
+            arr = np.ascontiguousarray(values[name], dtype=dtype).reshape(-1, *shape)
+            n = arr.shape[0] if n is None else n
+            if arr.shape[0] != n:
+                raise ValueError(f"spool field {name!r}: {arr.shape[0]} rows, expected {n}")
+            arr.tofile(self._files[name])
+        self.rows += n or 0
+
+    def _flush(self) -> None:
+        for fh in self._files.values():
+            fh.flush()
+
+    def read(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` of one field, read from disk."""
+        self._flush()
+        shape, dtype = self.fields[name]
+        stop = self.rows if stop is None else stop
+        row = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        count = max(stop - start, 0) * int(np.prod(shape, dtype=np.int64))
+        data = np.fromfile(self.dir / f"{name}.bin", dtype=dtype, count=count, offset=start * row)
+        return data.reshape(-1, *shape)
+
+    def write_dense(self, group: zarr.Group, name: str, field: str, frame: np.ndarray, column: np.ndarray,
+                    n_frames: int, n_columns: int, attrs: dict[str, Any] | None = None) -> zarr.Array:
+        """Scatter detections (at ``frame[i]``, ``column[i]``; ``column < 0`` dropped) into a NaN-filled
+        ``(n_frames, n_columns, *row shape)`` array, one chunk of frames at a time.
+
+        ``frame`` must be sorted (detections are spooled in frame order).
+        """
+        shape, dtype = self.fields[field]
+        arr = create_array(group, name, (n_frames, n_columns, *shape), dtype, attrs=attrs)
+        rows = arr.chunks[0]
+        for a in range(0, n_frames, rows):
+            b = min(a + rows, n_frames)
+            lo, hi = np.searchsorted(frame, [a, b])
+            if n_columns == 0 or lo == hi:
+                continue  # the NaN fill value stands for "no face"
+            block = np.full((b - a, n_columns, *shape), np.nan, dtype=dtype)
+            values = self.read(field, int(lo), int(hi))
+            col = column[lo:hi]
+            ok = col >= 0
+            block[frame[lo:hi][ok] - a, col[ok]] = values[ok]
+            arr[a:b] = block
+        return arr
+
+    def close(self) -> None:
+        for fh in self._files.values():
+            fh.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> DetectionSpool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

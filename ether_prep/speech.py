@@ -1,0 +1,423 @@
+"""Pure speech logic: word timing fixes, speech regions, clustering, speaker assignment, utterances, metrics.
+
+No model and no heavy library is imported here (numpy always, scipy / scikit-learn inside the functions
+that need them), so this module is cheap to import and easy to test on hand-made inputs. Words are plain
+dicts with ``text, start, end, score, interpolated`` (and ``speaker`` once assigned); turns are
+:class:`~ether_prep.records.Turn`; all times are seconds from the start of the recording.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .records import Turn, Utterance
+
+__all__ = [
+    "assign_speakers",
+    "build_utterances",
+    "cluster_embeddings",
+    "der",
+    "fill_missing_times",
+    "frame_energy_db",
+    "merge_turns",
+    "normalize_text",
+    "refine_word_times",
+    "speech_regions",
+    "speech_windows",
+    "turns_from_windows",
+    "utterance_id",
+    "wer",
+]
+
+Word = dict[str, Any]
+SENTENCE_END = (".", "?", "!", "…")
+
+
+# ---------------------------------------------------------------------------------------------- word timing
+def frame_energy_db(audio: np.ndarray, sample_rate: int = 16000, hop: float = 0.01,
+                    window: float = 0.05) -> np.ndarray:
+    """Short-time energy in dB per ``hop`` frame, smoothed over ``window`` (frame i covers [i*hop, (i+1)*hop))."""
+    step = max(int(round(hop * sample_rate)), 1)
+    n = len(audio) // step
+    if n == 0:
+        return np.zeros(0, dtype=np.float64)
+    power = np.mean(np.square(audio[: n * step].astype(np.float64)).reshape(n, step), axis=1)
+    width = max(int(round(window / hop)), 1)
+    if width > 1:
+        power = np.convolve(power, np.ones(width) / width, mode="same")
+    return 10.0 * np.log10(power + 1e-12)
+
+
+def _energy_threshold(energy_db: np.ndarray, rel: float) -> float:
+    """A level ``rel`` of the way from the noise floor (10th percentile) to loud speech (97th)."""
+    floor, loud = np.percentile(energy_db, [10, 97])
+    return float(floor + rel * (loud - floor))
+
+
+def refine_word_times(words: list[Word], energy_db: np.ndarray, hop: float = 0.01, rel: float = 0.35,
+                      pause: float = 0.3) -> list[Word]:
+    """Trim word edges that run into silence.
+
+    Cross-attention alignment (and wav2vec2 on noisy audio) stretches the first word after a pause back to
+    the start of the VAD segment, and the last word before a pause into the silence after it. For words at
+    such edges (first/last of the list, or next to a gap of at least ``pause`` s, or longer than twice the
+    median word), move the start forward to the first frame above an energy threshold and the end back to
+    the last one. Words where no frame passes the threshold are left alone.
+    """
+    if not words or energy_db.size == 0:
+        return words
+    thr = _energy_threshold(energy_db, rel)
+    loud = energy_db > thr
+    durations = np.array([w["end"] - w["start"] for w in words])
+    long_word = 2.0 * float(np.median(durations[durations > 0])) if (durations > 0).any() else np.inf
+    out = []
+    for i, w in enumerate(words):
+        w = dict(w)
+        a, b = int(np.floor(w["start"] / hop)), int(np.ceil(w["end"] / hop))
+        seg = loud[max(a, 0): min(b, loud.size)]
+        if seg.any() and not w.get("interpolated", False):
+            lead_edge = i == 0 or w["start"] - words[i - 1]["end"] >= pause or durations[i] > long_word
+            tail_edge = (i == len(words) - 1 or words[i + 1]["start"] - w["end"] >= pause
+                         or durations[i] > long_word)
+            first, last = int(np.argmax(seg)), int(seg.size - 1 - np.argmax(seg[::-1]))
+            if lead_edge:
+                w["start"] = max(w["start"], (max(a, 0) + first) * hop)
+            if tail_edge:
+                w["end"] = min(w["end"], (max(a, 0) + last + 1) * hop)
+            w["end"] = max(w["end"], w["start"])
+        out.append(w)
+    return out
+
+
+def fill_missing_times(words: list[Word]) -> list[Word]:
+    """Give words without a time (NaN start/end, e.g. numbers wav2vec2 cannot align) interpolated times.
+
+    A run of untimed words shares the gap between its timed neighbours evenly and is flagged
+    ``interpolated=True``; no word is ever dropped.
+    """
+    out = [dict(w) for w in words]
+    n = len(out)
+    i = 0
+    while i < n:
+        if np.isfinite(out[i]["start"]) and np.isfinite(out[i]["end"]):
+            i += 1
+            continue
+        j = i
+        while j < n and not (np.isfinite(out[j]["start"]) and np.isfinite(out[j]["end"])):
+            j += 1
+        left = out[i - 1]["end"] if i > 0 else (out[j]["start"] if j < n else 0.0)
+        right = out[j]["start"] if j < n else left
+        right = max(right, left)
+        step = (right - left) / (j - i)
+        for k in range(i, j):
+            out[k]["start"] = left + (k - i) * step
+            out[k]["end"] = left + (k - i + 1) * step
+            out[k]["interpolated"] = True
+        i = j
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- diarization
+def speech_regions(voiced: np.ndarray, hop: float, min_speech: float = 0.2, min_silence: float = 0.3
+                   ) -> list[tuple[float, float]]:
+    """Turn a per-frame voiced flag into (start, end) regions: fill short silences, drop short blips."""
+    voiced = np.asarray(voiced, dtype=bool)
+    regions: list[list[float]] = []
+    idx = np.flatnonzero(np.diff(np.concatenate([[0], voiced.astype(np.int8), [0]])))
+    for s, e in zip(idx[::2], idx[1::2], strict=True):
+        start, end = s * hop, e * hop
+        if regions and start - regions[-1][1] < min_silence:
+            regions[-1][1] = end
+        else:
+            regions.append([start, end])
+    return [(s, e) for s, e in regions if e - s >= min_speech]
+
+
+def speech_windows(regions: Sequence[tuple[float, float]], window: float, hop: float,
+                   duration: float) -> list[tuple[float, float]]:
+    """Fixed-length windows sliding over each speech region (short regions get one centred window)."""
+    out = []
+    for s, e in regions:
+        if e - s <= window:
+            c = (s + e) / 2
+            a = min(max(c - window / 2, 0.0), max(duration - window, 0.0))
+            out.append((a, a + window))
+            continue
+        t = s
+        while t + window < e:
+            out.append((t, t + window))
+            t += hop
+        out.append((e - window, e))
+    return out
+
+
+def cluster_embeddings(embeddings: np.ndarray, num_speakers: int | None = None, min_speakers: int = 1,
+                       max_speakers: int = 8, method: str = "spectral", seed: int = 0) -> np.ndarray:
+    """Cluster L2-normalised speaker embeddings into speakers; returns labels 0..k-1 by first appearance.
+
+    With ``num_speakers`` the count is fixed; otherwise it is estimated within ``[min_speakers,
+    max_speakers]`` by the eigengap of the cosine affinity (spectral) or by silhouette (agglomerative).
+    """
+    x = np.asarray(embeddings, dtype=np.float64)
+    n = len(x)
+    if n == 0:
+        return np.zeros(0, dtype=int)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    hi = max(1, min(max_speakers, n))
+    if num_speakers is not None:
+        k = min(num_speakers, n)
+    else:
+        k = _estimate_speakers(x, max(1, min(min_speakers, hi)), hi, method)
+    if k <= 1:
+        return np.zeros(n, dtype=int)
+    affinity = np.clip(x @ x.T, 0.0, 1.0)
+    if method == "spectral":
+        from sklearn.cluster import SpectralClustering
+
+        labels = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=seed,
+                                    assign_labels="cluster_qr").fit_predict(affinity)
+    elif method == "agglomerative":
+        from sklearn.cluster import AgglomerativeClustering
+
+        labels = AgglomerativeClustering(n_clusters=k, metric="cosine", linkage="average").fit_predict(x)
+    else:
+        raise ValueError(f"unknown clustering method {method!r}; use 'spectral' or 'agglomerative'")
+    # Relabel by first appearance so SPEAKER_00 is whoever speaks first.
+    order = {old: new for new, old in enumerate(dict.fromkeys(labels.tolist()))}
+    return np.array([order[v] for v in labels], dtype=int)
+
+
+def _estimate_speakers(x: np.ndarray, lo: int, hi: int, method: str) -> int:
+    if hi <= 1 or len(x) < 3:
+        return lo
+    affinity = np.clip(x @ x.T, 0.0, 1.0)
+    if method == "spectral":
+        degree = affinity.sum(axis=1)
+        lap = np.eye(len(x)) - affinity / np.sqrt(np.outer(degree, degree))
+        eig = np.sort(np.linalg.eigvalsh(lap))[: hi + 1]
+        gaps = np.diff(eig)
+        # One speaker: all windows alike, no eigengap stands out (small second eigenvalue).
+        k = int(np.argmax(gaps[lo - 1: hi])) + lo
+        if lo == 1 and eig[1] < 0.05 * len(x) ** 0 * 0.5:
+            k = 1
+        return max(lo, min(k, hi))
+    from sklearn.cluster import AgglomerativeClustering
+    from sklearn.metrics import silhouette_score
+
+    best, best_k = -1.0, lo
+    for k in range(max(lo, 2), hi + 1):
+        labels = AgglomerativeClustering(n_clusters=k, metric="cosine", linkage="average").fit_predict(x)
+        if len(set(labels)) < 2:
+            continue
+        score = silhouette_score(x, labels, metric="cosine")
+        if score > best:
+            best, best_k = score, k
+    return 1 if lo == 1 and best < 0.1 else best_k
+
+
+def turns_from_windows(windows: Sequence[tuple[float, float]], labels: Sequence[int],
+                       regions: Sequence[tuple[float, float]], hop: float = 0.05,
+                       prefix: str = "SPEAKER_") -> list[Turn]:
+    """Speaker turns from labelled overlapping windows, restricted to speech regions.
+
+    Each time step inside a speech region takes the majority label of the windows covering it (the
+    nearest window when none does), so overlapping speech is labelled with a speaker, never as silence.
+    """
+    if not windows or not regions:
+        return []
+    w = np.asarray(windows, dtype=np.float64)
+    lab = np.asarray(labels, dtype=int)
+    k = int(lab.max()) + 1
+    centres = w.mean(axis=1)
+    turns: list[Turn] = []
+    for s, e in regions:
+        n = max(int(np.ceil((e - s) / hop)), 1)
+        t = s + (np.arange(n) + 0.5) * hop
+        votes = np.zeros((n, k))
+        cover = (w[None, :, 0] <= t[:, None]) & (w[None, :, 1] > t[:, None])
+        for j in range(k):
+            # Weight windows by closeness of their centre: the middle of a window is its surest part.
+            weight = 1.0 / (1e-3 + np.abs(centres[None, lab == j] - t[:, None]))
+            votes[:, j] = (cover[:, lab == j] * weight).sum(axis=1)
+        empty = votes.sum(axis=1) == 0
+        if empty.any():
+            nearest = np.abs(centres[None, :] - t[empty, None]).argmin(axis=1)
+            votes[np.flatnonzero(empty), lab[nearest]] = 1.0
+        best = votes.argmax(axis=1)
+        edges = np.flatnonzero(np.diff(best)) + 1
+        bounds = [0, *edges.tolist(), n]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            turns.append(Turn(start=float(s + a * hop), end=float(min(s + b * hop, e)),
+                              speaker=f"{prefix}{int(best[a]):02d}"))
+    return merge_turns(turns)
+
+
+def merge_turns(turns: Iterable[Turn], gap: float = 0.0) -> list[Turn]:
+    """Sort turns and merge consecutive ones of the same speaker separated by at most ``gap`` s."""
+    out: list[Turn] = []
+    for t in sorted(turns, key=lambda t: (t.start, t.end)):
+        if out and out[-1].speaker == t.speaker and t.start - out[-1].end <= gap + 1e-9:
+            out[-1] = Turn(out[-1].start, max(out[-1].end, t.end), t.speaker)
+        else:
+            out.append(t)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- assignment
+def assign_speakers(words: list[Word], turns: Sequence[Turn], max_word: float = 1.0,
+                    fill_nearest: bool = True) -> list[Word]:
+    """Give each word the speaker whose turns cover it most.
+
+    A word longer than ``max_word`` s has usually run into the silence after it, so only its first
+    ``max_word`` s are used to vote; a word straddling a speaker change goes to the larger overlap. A word
+    in no turn takes the nearest turn's speaker (``fill_nearest``) or ``""``.
+    """
+    if not turns:
+        return [{**w, "speaker": ""} for w in words]
+    starts = np.array([t.start for t in turns])
+    ends = np.array([t.end for t in turns])
+    speakers = [t.speaker for t in turns]
+    out = []
+    for w in words:
+        s = float(w["start"])
+        e = min(float(w["end"]), s + max_word)
+        if e <= s:  # zero-length words vote with a small window around them
+            s, e = s - 0.02, s + 0.02
+        overlap = np.minimum(ends, e) - np.maximum(starts, s)
+        totals: dict[str, float] = {}
+        for j in np.flatnonzero(overlap > 0):
+            totals[speakers[j]] = totals.get(speakers[j], 0.0) + float(overlap[j])
+        if totals:
+            speaker = max(totals.items(), key=lambda kv: kv[1])[0]
+        elif fill_nearest:
+            mid = (s + e) / 2
+            dist = np.maximum(starts - mid, 0) + np.maximum(mid - ends, 0)
+            speaker = speakers[int(np.argmin(dist))]
+        else:
+            speaker = ""
+        out.append({**w, "speaker": speaker})
+    return out
+
+
+def utterance_id(session_id: str, index: int) -> str:
+    """Stable utterance id: ``"<session>/u00042"``."""
+    return f"{session_id}/u{index:05d}"
+
+
+def build_utterances(words: Sequence[Word], session_id: str, max_gap: float = 1.0,
+                     max_duration: float = 15.0) -> list[Utterance]:
+    """Group a speaker's consecutive words into utterances.
+
+    A new utterance starts when the speaker changes, at a pause longer than ``max_gap`` s, and at a
+    sentence end once the utterance is longer than ``max_duration`` s. ``word_start``/``word_end`` index the
+    word table; ``score`` is the mean word score.
+    """
+    groups: list[list[int]] = []
+    for i, w in enumerate(words):
+        if groups:
+            prev = words[groups[-1][-1]]
+            first = words[groups[-1][0]]
+            same = w.get("speaker", "") == prev.get("speaker", "")
+            long_done = (prev["end"] - first["start"] >= max_duration
+                         and str(prev["text"]).rstrip().endswith(SENTENCE_END))
+            if same and w["start"] - prev["end"] <= max_gap and not long_done:
+                groups[-1].append(i)
+                continue
+        groups.append([i])
+    out = []
+    for n, g in enumerate(groups):
+        ws = [words[i] for i in g]
+        scores = np.array([float(w["score"]) for w in ws], dtype=np.float64)
+        out.append(Utterance(
+            id=utterance_id(session_id, n), session_id=session_id, start=float(ws[0]["start"]),
+            end=float(max(w["end"] for w in ws)), speaker=str(ws[0].get("speaker", "")),
+            text=" ".join(str(w["text"]).strip() for w in ws).strip(), word_start=g[0], word_end=g[-1] + 1,
+            score=float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan"),
+        ))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+_NUMBERS = {"0": "zero", "1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six",
+            "7": "seven", "8": "eight", "9": "nine"}
+_ABBREVIATIONS = {"mr": "mister", "mrs": "missus", "dr": "doctor", "st": "saint"}
+
+
+def normalize_text(text: str) -> list[str]:
+    """Lower-case words with punctuation removed; common abbreviations and single digits spelled out."""
+    text = text.lower().replace("’", "'")
+    text = re.sub(r"(?<=[a-z])(?=\d)|(?<=\d)(?=[a-z])", " ", text)  # "p2" -> "p 2"
+    tokens = re.sub(r"[^a-z0-9' ]+", " ", text).split()
+    out = []
+    for tok in tokens:
+        tok = tok.strip("'")
+        if not tok:
+            continue
+        tok = _ABBREVIATIONS.get(tok, tok)
+        out.extend(_NUMBERS[c] for c in tok) if tok.isdigit() and len(tok) <= 1 else out.append(tok)
+    return out
+
+
+def wer(reference: str | Sequence[str], hypothesis: str | Sequence[str]) -> float:
+    """Word error rate: (substitutions + deletions + insertions) / reference words, after normalisation."""
+    ref = normalize_text(reference) if isinstance(reference, str) else list(reference)
+    hyp = normalize_text(hypothesis) if isinstance(hypothesis, str) else list(hypothesis)
+    if not ref:
+        return float(len(hyp) > 0)
+    prev = np.arange(len(hyp) + 1)
+    for i, r in enumerate(ref, 1):
+        cur = np.empty_like(prev)
+        cur[0] = i
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return float(prev[-1]) / len(ref)
+
+
+def der(reference: Sequence[Turn], hypothesis: Sequence[Turn], collar: float = 0.0,
+        skip_overlap: bool = False, step: float = 0.001) -> float:
+    """Diarization error rate on a fine time grid, with the optimal one-to-one speaker mapping.
+
+    ``collar`` removes +-collar s around every reference boundary from scoring; ``skip_overlap`` removes
+    regions where the reference has several speakers (the pyannote.metrics conventions). Overlap, when
+    scored, counts every reference speaker: missing one of two is a miss, a wrong one a confusion.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    end = max([t.end for t in (*reference, *hypothesis)], default=0.0)
+    n = int(np.ceil(end / step)) + 1
+    t = (np.arange(n) + 0.5) * step
+    rs = sorted({x.speaker for x in reference})
+    hs = sorted({x.speaker for x in hypothesis})
+    R = np.zeros((len(rs), n), dtype=bool)
+    H = np.zeros((len(hs), n), dtype=bool)
+    for x in reference:
+        R[rs.index(x.speaker), (t >= x.start) & (t < x.end)] = True
+    for x in hypothesis:
+        H[hs.index(x.speaker), (t >= x.start) & (t < x.end)] = True
+    scored = np.ones(n, dtype=bool)
+    if collar > 0:
+        for x in reference:
+            for b in (x.start, x.end):
+                scored &= ~((t > b - collar) & (t < b + collar))
+    if skip_overlap:
+        scored &= R.sum(axis=0) <= 1
+    R, H = R[:, scored], H[:, scored]
+    n_ref = R.sum(axis=0)
+    n_hyp = H.sum(axis=0)
+    total = float(n_ref.sum())
+    if total == 0:
+        return 0.0
+    # Optimal mapping maximises matched (reference, hypothesis) speaker time.
+    co = R.astype(np.float64) @ H.T.astype(np.float64) if len(rs) and len(hs) else np.zeros((len(rs), len(hs)))
+    correct = np.zeros(R.shape[1])
+    if co.size:
+        rows, cols = linear_sum_assignment(-co)
+        for r, h in zip(rows, cols, strict=True):
+            correct += R[r] & H[h]
+    errors = np.maximum(n_ref, n_hyp) - correct
+    return float(errors.sum()) / total
