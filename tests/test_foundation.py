@@ -242,3 +242,15 @@ def test_store_layout_is_plain_zarr(extracted: tuple[Path, Path, object]) -> Non
     sid = session_id("jfk.flac")
     assert root[f"sessions/{sid}/audio/waveform"].shape == (176000,)
     assert root[f"sessions/{sid}"].attrs["session"]["relpath"] == "jfk.flac"
+
+
+def test_sessions_csv_attaches_roles_and_notes(raw_dir: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    shutil.copytree(raw_dir / "clinic Zürich" / "week 1", raw)
+    (raw / "sessions.csv").write_text("file,client,counsellor,notes\nclient.wav,SPEAKER_01,SPEAKER_00,intake\n")
+    sessions = {s.relpath: s for s in discover_sessions(raw)}
+    assert sessions["client.wav"].meta == {"client": "SPEAKER_01", "counsellor": "SPEAKER_00", "notes": "intake"}
+    assert sessions["séance à deux.mpg"].meta == {}
+    (raw / "sessions.csv").write_text("name,client\nclient.wav,A\n")
+    with pytest.raises(ConfigError, match="needs a 'file' column"):
+        discover_sessions(raw)

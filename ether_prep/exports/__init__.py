@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["FORMATS", "exporter"]
 
 FORMATS: dict[str, str] = {
+    "faces": "ether_prep.exports.faces:write_faces_csv",
 }
 
 

@@ -16,6 +16,8 @@ __all__ = ["STAGES", "stage_class"]
 # name -> "module:Class"; the order is the canonical pipeline order.
 STAGES: dict[str, str] = {
     "audio": "ether_prep.stages.audio:AudioStage",
+    "face": "ether_prep.stages.face:FaceStage",
+    "align": "ether_prep.stages.align:AlignStage",
 }
 
 

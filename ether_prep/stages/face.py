@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InputError, StageError
+from ..errors import InputError
 from ..face import AU_NAMES, EMOTION_NAMES, POSE_NAMES, FrameFaces
 from ..provenance import library_versions
 from ..store import write_array, write_table
@@ -204,7 +204,7 @@ class FaceStage(Stage):
         n_landmarks = 478 if self.spec.backend == "mediapipe" else 68
         tracker = FaceTracker(max_gap_s=p.max_gap_s, appearance_weight=p.appearance_weight)
         stats = DecodeStats()
-        fields = {"frame": ((), np.int64), "track": ((), np.int64), "time": ((), np.float64),
+        fields = {"frame": ((), np.int64), "track": ((), np.int64),
                   "au": ((len(AU_NAMES),), np.float32), "emotion": ((len(EMOTION_NAMES),), np.float32),
                   "pose": ((3,), np.float32), "box": ((4,), np.float32), "score": ((), np.float32),
                   "mouth_open": ((), np.float32), "landmarks": ((n_landmarks, 3), np.float32)}
@@ -222,7 +222,7 @@ class FaceStage(Stage):
             desc = np.stack([appearance_descriptor(frame.rgb, b) for b in faces.boxes]) if faces.n else None
             ids = tracker.update(frame.time, faces.boxes, desc)
             if faces.n:
-                spool.append(frame=np.full(faces.n, n_frames), track=ids, time=np.full(faces.n, frame.time),
+                spool.append(frame=np.full(faces.n, n_frames), track=ids,
                              au=faces.aus, emotion=faces.emotions, pose=faces.pose, box=faces.boxes,
                              score=faces.scores, mouth_open=faces.mouth_open, landmarks=faces.landmarks)
             n_frames += 1
@@ -346,7 +346,3 @@ class FaceStage(Stage):
             note = f"{note}; {suffix}" if note else suffix
         return note
 
-
-def _check_backend(name: str) -> None:  # pragma: no cover - guarded by config validation
-    if name not in FaceStage.backends:
-        raise StageError(f"unknown face backend {name!r}")
