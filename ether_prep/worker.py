@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -43,6 +45,12 @@ class Outcome:
         return self.state in ("done", "skipped", "cached")
 
 
+def _where_am_i() -> dict[str, Any]:
+    """Which host, process and accelerators (as Ray assigned them) computed an output: provenance."""
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
 class StageWorker:
     """Holds one stage instance, loads its models once, and processes sessions one by one.
 
@@ -74,10 +82,12 @@ class StageWorker:
             message = f"{session.relpath}: unexpected {type(exc).__name__} in stage {self.spec.name!r}: {exc}\n{tail}"
         else:
             elapsed = time.perf_counter() - t0
-            group.finish_stage(self.spec.name, "done", task.fingerprint, note=note, elapsed_s=round(elapsed, 3))
+            group.finish_stage(self.spec.name, "done", task.fingerprint, note=note, elapsed_s=round(elapsed, 3),
+                               worker=_where_am_i())
             return Outcome(session.id, self.spec.name, "done", note, elapsed, media_s)
         elapsed = time.perf_counter() - t0
-        group.finish_stage(self.spec.name, "failed", None, error=message, elapsed_s=round(elapsed, 3))
+        group.finish_stage(self.spec.name, "failed", None, error=message, elapsed_s=round(elapsed, 3),
+                           worker=_where_am_i())
         return Outcome(session.id, self.spec.name, "failed", message, elapsed, media_s)
 
     def close(self) -> None:

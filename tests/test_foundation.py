@@ -254,3 +254,21 @@ def test_sessions_csv_attaches_roles_and_notes(raw_dir: Path, tmp_path: Path) ->
     (raw / "sessions.csv").write_text("name,client\nclient.wav,A\n")
     with pytest.raises(ConfigError, match="needs a 'file' column"):
         discover_sessions(raw)
+
+
+def test_ray_gives_each_gpu_actor_its_own_device(raw_dir: Path, tmp_path: Path) -> None:
+    """GPU scheduling on a CPU machine: Ray's declared (fake) GPUs, one per actor of a num_gpus: 1 stage."""
+    import ray
+
+    yaml_text = (AUDIO_ONLY_YAML % {"block": 30}) + "        resources: {num_cpus: 0.5, num_gpus: 1}\n"
+    config = _write(tmp_path / "gpu.yaml", yaml_text)
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False)
+    try:
+        summary = run_pipeline(load_pipeline("audio", config), raw_dir, tmp_path / "g.zarr", executor="ray")
+    finally:
+        ray.shutdown()
+    assert summary.counts("audio")["done"] == 4
+    store = Store(tmp_path / "g.zarr", mode="r")
+    devices = {store.session(s).stage_state("audio").info["worker"]["cuda_visible_devices"]
+               for s in store.session_ids() if store.session(s).stage_state("audio").state == "done"}
+    assert devices == {"0", "1"}

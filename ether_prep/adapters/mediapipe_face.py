@@ -14,8 +14,10 @@ increasing millisecond timestamps) and in IMAGE mode on a still. Where the model
 
 from __future__ import annotations
 
+import io
 import os
 import urllib.request
+import zipfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,8 @@ import numpy as np
 
 from ..errors import InputError, ModelError
 
-__all__ = ["DEFAULT_MODEL", "MODEL_URL", "MediaPipeFaceLandmarker", "mediapipe_version", "resolve_model"]
+__all__ = ["DEFAULT_MODEL", "MODEL_URL", "MediaPipeFaceLandmarker", "mediapipe_version", "read_model",
+           "resolve_model"]
 
 DEFAULT_MODEL = "face_landmarker.task"
 MODEL_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/"
@@ -158,6 +161,6 @@ def read_model(path: Path) -> bytes:
         data = path.read_bytes()
     except OSError as exc:
         raise ModelError(f"{path}: cannot read the face landmarker bundle ({exc})") from exc
-    if data[:2] != b"PK":  # a .task bundle is a zip archive
+    if not zipfile.is_zipfile(io.BytesIO(data)):  # a .task bundle is a zip archive
         raise ModelError(f"{path}: not a MediaPipe .task bundle (expected a zip archive)")
     return data
