@@ -21,6 +21,12 @@ Face-to-speaker linking (:func:`link_tracks`)
        column (the same track with another speaker, or the same speaker with another track; 0 when there
        is no competitor). ``confidence = clip(corr, 0, 1) * clip(margin / corr, 0, 1)``: the correlation
        itself when no alternative comes close, 0 when another track or speaker fits as well.
+    7. Fragments: a face track often breaks (the person turns away, is hidden, leaves the frame) and comes
+       back as a new track. A still unlinked track that is never on screen together with a speaker's
+       linked tracks joins that speaker when its mean box overlaps the speaker's primary track's mean box
+       (IoU >= ``min_seat_iou``: same seat; confidence = primary confidence x IoU), or else when its own
+       mouth movement correlates best with that speaker (>= ``min_corr``; confidence as in 6). So
+       one-to-one holds among faces on screen at the same time, and a person's face survives track breaks.
 
 Per-utterance tensors (:func:`utterance_grid`, :func:`resample_track`, :func:`pool`)
     The grid runs from ``max(0, start - pad)`` in steps of ``1 / rate`` up to and including the last step
@@ -49,6 +55,7 @@ __all__ = [
     "TrackLink",
     "frame_interval",
     "link_tracks",
+    "merge_tracks",
     "mouth_movement",
     "mouth_signal",
     "offsets_from_lengths",
@@ -170,13 +177,21 @@ def _masked_corr(x: np.ndarray, y: np.ndarray) -> float:
     return float((x * y).sum() / den) if den > 1e-12 else 0.0
 
 
-def link_tracks(movement: np.ndarray, activity: np.ndarray, speakers: Sequence[str],
-                tracks: Sequence[int] | None = None, min_corr: float = 0.2,
-                min_frames: int = 10) -> tuple[list[TrackLink], np.ndarray]:
-    """Link face tracks to speakers one-to-one (see the module docstring); returns links and the corr matrix.
+def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
 
-    ``movement`` is (F, T) (NaN where a track has no face), ``activity`` (S, F). Every track gets one
-    :class:`TrackLink`, with ``speaker=""`` when it stays unlinked.
+
+def link_tracks(movement: np.ndarray, activity: np.ndarray, speakers: Sequence[str],
+                tracks: Sequence[int] | None = None, min_corr: float = 0.2, min_frames: int = 10,
+                boxes: np.ndarray | None = None, min_seat_iou: float = 0.3) -> tuple[list[TrackLink], np.ndarray]:
+    """Link face tracks to speakers (see the module docstring); returns one link per track and ``corr``.
+
+    ``movement`` is (F, T) (NaN where a track has no face), ``activity`` (S, F). ``boxes`` (T, 4), the
+    tracks' mean boxes, enables seat continuity for fragments. ``speaker == ""`` means unlinked.
     """
     from scipy.optimize import linear_sum_assignment
 
@@ -184,30 +199,71 @@ def link_tracks(movement: np.ndarray, activity: np.ndarray, speakers: Sequence[s
     activity = np.asarray(activity, dtype=np.float64)
     n_tracks = movement.shape[1] if movement.ndim == 2 else 0
     tracks = list(range(n_tracks)) if tracks is None else [int(t) for t in tracks]
+    present = np.isfinite(movement)
     corr = np.zeros((n_tracks, len(speakers)))
-    n_present = np.zeros(n_tracks, dtype=int)
+    n_present = present.sum(axis=0).astype(int) if n_tracks else np.zeros(0, int)
     for t in range(n_tracks):
-        ok = np.isfinite(movement[:, t])
-        n_present[t] = int(ok.sum())
+        ok = present[:, t]
         if n_present[t] < min_frames:
             continue
         for s in range(len(speakers)):
             corr[t, s] = _masked_corr(movement[ok, t], activity[s, ok])
     links = {t: TrackLink(tracks[t], "", 0.0, float(corr[t].max()) if corr.shape[1] else 0.0, 0.0,
                           int(n_present[t])) for t in range(n_tracks)}
-    if n_tracks and len(speakers):
-        rows, cols = linear_sum_assignment(-corr)
-        for t, s in zip(rows, cols, strict=True):
-            r = float(corr[t, s])
-            if r < min_corr:
+    if not (n_tracks and len(speakers)):
+        return [links[t] for t in range(n_tracks)], corr
+    # 1. one-to-one among all tracks: each speaker's primary face
+    rows, cols = linear_sum_assignment(-corr)
+    owner: dict[int, list[int]] = {}  # speaker index -> linked track columns
+    for t, s in zip(rows, cols, strict=True):
+        r = float(corr[t, s])
+        if r < min_corr:
+            continue
+        rivals = np.concatenate([np.delete(corr[t], s), np.delete(corr[:, s], t)])
+        margin = r - max(float(rivals.max()) if rivals.size else 0.0, 0.0)
+        confidence = float(np.clip(r, 0, 1) * np.clip(margin / r, 0, 1))
+        links[t] = TrackLink(tracks[t], str(speakers[s]), confidence, r, margin, int(n_present[t]))
+        owner.setdefault(int(s), []).append(int(t))
+    # 2. fragments: a track never on screen together with a speaker's tracks is the same person when it
+    #    sits where the primary face sat (seat continuity), or when its own mouth matches that speaker.
+    primary = {s: ts[0] for s, ts in owner.items()}
+    for t in sorted((t for t in range(n_tracks) if not links[t].speaker), key=lambda t: -n_present[t]):
+        best: tuple[float, int, float, float] | None = None  # confidence, speaker, corr, margin
+        for s, ts in owner.items():
+            if any((present[:, t] & present[:, u]).any() for u in ts):
+                continue  # on screen together: two different people
+            p = primary[s]
+            iou = _box_iou(boxes[t], boxes[p]) if boxes is not None else 0.0
+            if iou >= min_seat_iou and np.isfinite(iou):
+                cand = (links[p].confidence * iou, s, float(corr[t, s]), links[p].margin)
+            elif n_present[t] >= min_frames and corr[t, s] >= min_corr and corr[t, s] == corr[t].max():
+                rival = max(float(np.delete(corr[t], s).max()) if corr.shape[1] > 1 else 0.0, 0.0)
+                r = float(corr[t, s])
+                cand = (float(np.clip(r, 0, 1) * np.clip((r - rival) / r, 0, 1)), s, r, r - rival)
+            else:
                 continue
-            rivals = np.concatenate([np.delete(corr[t], s), np.delete(corr[:, s], t)])
-            r_alt = float(rivals.max()) if rivals.size else 0.0
-            r_alt = max(r_alt, 0.0)
-            margin = r - r_alt
-            confidence = float(np.clip(r, 0, 1) * np.clip(margin / r, 0, 1))
-            links[t] = TrackLink(tracks[t], str(speakers[s]), confidence, r, margin, int(n_present[t]))
+            if best is None or cand[0] > best[0]:
+                best = cand
+        if best is not None:
+            conf, s, r, margin = best
+            links[t] = TrackLink(tracks[t], str(speakers[s]), float(conf), r, float(margin), int(n_present[t]))
+            owner[s].append(t)
     return [links[t] for t in range(n_tracks)], corr
+
+
+def merge_tracks(features: np.ndarray, present: np.ndarray, cols: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """One person's (F, D) features and (F,) presence from the tracks ``cols`` linked to them.
+
+    The tracks never overlap in time (see :func:`link_tracks`); where they would, the first wins.
+    """
+    n_frames = present.shape[0]
+    feats = np.full((n_frames, features.shape[2]), np.nan)
+    pres = np.zeros(n_frames, dtype=bool)
+    for c in cols:
+        take = present[:, c] & ~pres
+        feats[take] = features[take, c]
+        pres |= take
+    return feats, pres
 
 
 # ------------------------------------------------------------------------------------------ resampling

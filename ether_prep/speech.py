@@ -8,6 +8,7 @@ dicts with ``text, start, end, score, interpolated`` (and ``speaker`` once assig
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -19,6 +20,7 @@ from .records import Turn, Utterance
 __all__ = [
     "assign_speakers",
     "build_utterances",
+    "build_utterances_by_stream",
     "cluster_embeddings",
     "der",
     "fill_missing_times",
@@ -41,12 +43,12 @@ SENTENCE_END = (".", "?", "!", "…")
 def frame_energy_db(audio: np.ndarray, sample_rate: int = 16000, hop: float = 0.01,
                     window: float = 0.05) -> np.ndarray:
     """Short-time energy in dB per ``hop`` frame, smoothed over ``window`` (frame i covers [i*hop, (i+1)*hop))."""
-    step = max(int(round(hop * sample_rate)), 1)
+    step = max(round(hop * sample_rate), 1)
     n = len(audio) // step
     if n == 0:
         return np.zeros(0, dtype=np.float64)
     power = np.mean(np.square(audio[: n * step].astype(np.float64)).reshape(n, step), axis=1)
-    width = max(int(round(window / hop)), 1)
+    width = max(round(window / hop), 1)
     if width > 1:
         power = np.convolve(power, np.ones(width) / width, mode="same")
     return 10.0 * np.log10(power + 1e-12)
@@ -196,14 +198,19 @@ def _estimate_speakers(x: np.ndarray, lo: int, hi: int, method: str) -> int:
         return lo
     affinity = np.clip(x @ x.T, 0.0, 1.0)
     if method == "spectral":
-        degree = affinity.sum(axis=1)
-        lap = np.eye(len(x)) - affinity / np.sqrt(np.outer(degree, degree))
+        # Window embeddings of one voice are all fairly alike (cosine 0.5-0.99), so the dense affinity hides
+        # the clusters; keep each window's nearest 30% (p-pruning, as in NME-SC) before the eigengap.
+        keep = max(2, int(0.3 * len(x)))
+        pruned = np.zeros_like(affinity)
+        nearest = np.argsort(-affinity, axis=1)[:, :keep]
+        np.put_along_axis(pruned, nearest, np.take_along_axis(affinity, nearest, axis=1), axis=1)
+        pruned = (pruned + pruned.T) / 2
+        lap = np.diag(pruned.sum(axis=1)) - pruned
         eig = np.sort(np.linalg.eigvalsh(lap))[: hi + 1]
+        eig = eig / max(eig[-1], 1e-12)
         gaps = np.diff(eig)
         # One speaker: all windows alike, no eigengap stands out (small second eigenvalue).
         k = int(np.argmax(gaps[lo - 1: hi])) + lo
-        if lo == 1 and eig[1] < 0.05 * len(x) ** 0 * 0.5:
-            k = 1
         return max(lo, min(k, hi))
     from sklearn.cluster import AgglomerativeClustering
     from sklearn.metrics import silhouette_score
@@ -250,7 +257,7 @@ def turns_from_windows(windows: Sequence[tuple[float, float]], labels: Sequence[
         best = votes.argmax(axis=1)
         edges = np.flatnonzero(np.diff(best)) + 1
         bounds = [0, *edges.tolist(), n]
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        for a, b in itertools.pairwise(bounds):
             turns.append(Turn(start=float(s + a * hop), end=float(min(s + b * hop, e)),
                               speaker=f"{prefix}{int(best[a]):02d}"))
     return merge_turns(turns)
@@ -339,6 +346,32 @@ def build_utterances(words: Sequence[Word], session_id: str, max_gap: float = 1.
             score=float(np.nanmean(scores)) if np.isfinite(scores).any() else float("nan"),
         ))
     return out
+
+
+def build_utterances_by_stream(words: Sequence[Word], session_id: str, key: str = "channel", max_gap: float = 1.0,
+                               max_duration: float = 15.0) -> tuple[list[Word], list[Utterance]]:
+    """Utterances built separately per ``key`` stream (e.g. one microphone channel per speaker).
+
+    Two people talking at once on separate channels interleave word by word in time order; grouping
+    each stream on its own keeps their sentences whole. Returns the words reordered so that each
+    utterance's words are contiguous (utterances in start order) and the utterances indexing them.
+    """
+    streams: dict[Any, list[Word]] = {}
+    for w in sorted(words, key=lambda w: (w["start"], w["end"])):
+        streams.setdefault(w.get(key), []).append(w)
+    pieces: list[tuple[Utterance, list[Word]]] = []
+    for stream in streams.values():
+        for u in build_utterances(stream, session_id, max_gap, max_duration):
+            pieces.append((u, stream[u.word_start:u.word_end]))
+    pieces.sort(key=lambda p: (p[0].start, p[0].end))
+    ordered: list[Word] = []
+    utts: list[Utterance] = []
+    for n, (u, ws) in enumerate(pieces):
+        utts.append(Utterance(id=utterance_id(session_id, n), session_id=session_id, start=u.start, end=u.end,
+                              speaker=u.speaker, text=u.text, word_start=len(ordered),
+                              word_end=len(ordered) + len(ws), score=u.score))
+        ordered.extend(ws)
+    return ordered, utts
 
 
 # ---------------------------------------------------------------------------------------------- metrics

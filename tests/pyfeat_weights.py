@@ -70,7 +70,9 @@ def build_random_pyfeat_v2(root: Path, seed: int = 0) -> Path:
             value.view(-1, 2)[:, 1] = 4.0  # every anchor says "face" with p ~ 0.98
     _put(root, "retinaface_r34", "model.safetensors", state)
 
-    cfg = ModelV2Config(n_au=20, n_emotion=7, n_blendshape=52, mesh_normalized=True, pretrained=False)
+    # The shipped v2.4+ layout (20 AUs, 7 emotions, blendshape head, v3 heads without the MEFL edge head).
+    cfg = ModelV2Config(n_au=20, n_emotion=7, n_blendshape=52, mesh_normalized=True, pretrained=False,
+                        use_head_v3=True, drop_mefl=True, emotion_use_au_prob=True)
     model = MEGraphAUv2(cfg)
     _put(root, HF_REPO.split("/", 1)[1], HF_WEIGHTS_FILE, model.state_dict(),
          metadata={"config": json.dumps(dataclasses.asdict(cfg))})

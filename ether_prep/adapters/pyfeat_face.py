@@ -42,9 +42,8 @@ def pyfeat_version() -> str:
 
 def _use_local_resources(weights_dir: Path) -> None:
     """Point every loaded py-feat module's ``get_resource_path`` at ``weights_dir`` and go offline."""
-    import huggingface_hub.constants
-
     import feat.utils.io
+    import huggingface_hub.constants
 
     original = feat.utils.io.get_resource_path
     target = str(weights_dir)
@@ -67,11 +66,10 @@ class PyFeatFaceDetector:
         if weights_dir is not None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
-            import torch
-
             import feat
             import feat.detector
             import feat.detector_v2
+            import torch
         except ImportError as exc:
             raise ModelError(f"py-feat is not importable ({exc}); reinstall ether-prep's environment") from exc
         # feat sets OMP_NUM_THREADS=1 on import; decide torch's threads explicitly instead.

@@ -55,8 +55,8 @@ class VoiceEmbedder:
             return np.zeros((0, 256), dtype=np.float32)
         mel = ra.wav_to_mel_spectrogram(np.asarray(audio, dtype=np.float32))  # (frames, 40), 10 ms hop
         hop = 0.01
-        n = max(int(round((windows[0][1] - windows[0][0]) / hop)), 1)
-        starts = [min(max(int(round(s / hop)), 0), max(len(mel) - n, 0)) for s, _ in windows]
+        n = max(round((windows[0][1] - windows[0][0]) / hop), 1)
+        starts = [min(max(round(s / hop), 0), max(len(mel) - n, 0)) for s, _ in windows]
         stack = np.stack([np.pad(mel[s:s + n], ((0, max(n - len(mel[s:s + n]), 0)), (0, 0))) for s in starts])
         out = []
         with torch.no_grad():

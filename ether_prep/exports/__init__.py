@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 __all__ = ["FORMATS", "exporter"]
 
 FORMATS: dict[str, str] = {
+    "json": "ether_prep.exports.transcripts:write_json",
+    "rttm": "ether_prep.exports.transcripts:write_rttm",
+    "srt": "ether_prep.exports.transcripts:write_srt",
+    "vtt": "ether_prep.exports.transcripts:write_vtt",
     "faces": "ether_prep.exports.faces:write_faces_csv",
 }
 

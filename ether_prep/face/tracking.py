@@ -9,8 +9,11 @@ Each analysed frame's detections are matched to live tracks with the Hungarian a
   hair, lighting differ between people), so two faces that cross keep their ids when their boxes overlap.
 
 A track that finds no detection survives ``max_gap_s`` seconds (blinks of the detector, a hand in front of
-the face) before it is retired; a later detection then starts a new track. Track ids are integers in
-order of first appearance.
+the face) before it is retired; a later detection then starts a new track. A new track is *tentative* until
+it has been seen in ``min_hits`` consecutive analysed frames: a tentative track that misses a frame is
+retired at once, so a one-frame false detection (text, a pattern) never captures the real face that appears
+later nearby; the caller drops tracks with fewer than ``min_hits`` frames. Track ids are integers in order
+of first appearance.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class _Live:
     velocity: np.ndarray  # box units per second
     time: float
     descriptor: np.ndarray | None
+    hits: int = 1
 
 
 class FaceTracker:
@@ -86,8 +90,9 @@ class FaceTracker:
     """
 
     def __init__(self, max_gap_s: float = 1.0, appearance_weight: float = 0.4,
-                 max_center_distance: float = 1.5, min_similarity: float = 0.2) -> None:
+                 max_center_distance: float = 1.5, min_similarity: float = 0.2, min_hits: int = 1) -> None:
         self.max_gap_s = max_gap_s
+        self.min_hits = min_hits
         self.appearance_weight = appearance_weight
         self.max_center_distance = max_center_distance
         self.min_similarity = min_similarity
@@ -127,13 +132,17 @@ class FaceTracker:
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         self.live = [tr for tr in self.live if t - tr.time <= self.max_gap_s]
         ids = np.full(len(boxes), -1, dtype=np.int64)
+        matched: set[int] = set()
         if len(boxes) and self.live:
             sim = self._similarity(t, boxes, descriptors)
             rows, cols = linear_sum_assignment(-sim)
             for r, c in zip(rows, cols, strict=True):
                 if sim[r, c] >= self.min_similarity:
                     ids[c] = self.live[r].track
+                    matched.add(r)
                     self._advance(self.live[r], t, boxes[c], None if descriptors is None else descriptors[c])
+        # Tentative tracks that missed this frame were noise: retire them now.
+        self.live = [tr for i, tr in enumerate(self.live) if i in matched or tr.hits >= self.min_hits]
         for c in np.flatnonzero(ids < 0):
             track = len(self.summaries)
             self.summaries.append(TrackSummary(track, t, t))
@@ -155,6 +164,7 @@ class FaceTracker:
             tr.velocity = 0.5 * tr.velocity + 0.5 * (box - tr.box) / dt
         tr.box = box.copy()
         tr.time = t
+        tr.hits += 1
         if desc is not None:
             # A slow-moving appearance model: robust to a frame of motion blur or occlusion.
             tr.descriptor = desc if tr.descriptor is None else 0.9 * tr.descriptor + 0.1 * desc

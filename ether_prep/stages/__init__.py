@@ -16,6 +16,9 @@ __all__ = ["STAGES", "stage_class"]
 # name -> "module:Class"; the order is the canonical pipeline order.
 STAGES: dict[str, str] = {
     "audio": "ether_prep.stages.audio:AudioStage",
+    "transcribe": "ether_prep.stages.transcribe:TranscribeStage",
+    "diarize": "ether_prep.stages.diarize:DiarizeStage",
+    "utterances": "ether_prep.stages.utterances:UtterancesStage",
     "face": "ether_prep.stages.face:FaceStage",
     "align": "ether_prep.stages.align:AlignStage",
 }

@@ -7,7 +7,8 @@ Reads ``utterances/{words,utterances}``, ``face/*`` and ``audio`` attributes; wr
       links/                    table, one row per face track: track, speaker ("" = unlinked), confidence,
                                 corr, margin, n_frames, source ("auto" | "metadata")
       utterances/               table, one row per utterance: id, index, start, end, speaker, role,
-                                listener, listener_role, speaker_track, listener_track (-1 = no face), text,
+                                listener, listener_role, speaker_track, listener_track (-1 = no face; the
+                                best-linked of the person's tracks), text,
                                 word_start, word_end, audio_start, audio_end (samples in audio/waveform),
                                 row_start, n_steps, grid_t0, speaker_coverage, listener_coverage, cue scores
                                 (text_valence, text_arousal, text_distress, distress_word, face_valence,
@@ -49,6 +50,7 @@ Example (pipelines.yaml)::
 from __future__ import annotations
 
 import csv
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +60,7 @@ import numpy as np
 from ..alignment import (
     TrackLink,
     link_tracks,
+    merge_tracks,
     mouth_movement,
     mouth_signal,
     offsets_from_lengths,
@@ -97,6 +100,7 @@ class AlignParams:
     movement_window_s: float = 0.5
     min_link_corr: float = 0.2
     min_link_frames: int = 10
+    min_seat_iou: float = 0.3  # a track fragment in the same place as a speaker's face is that speaker
     role_heuristic: str = "most_talk_is_client"
     roles_file: str = ""  # a CSV like sessions.csv (absolute, or relative to the recording's folder)
     max_pair_gap_s: float = 10.0
@@ -133,6 +137,7 @@ class _Faces:
     movement: np.ndarray  # (F, T)
     tracks: list[int]
     names: list[str]
+    boxes: np.ndarray | None = None  # (T, 4) mean box per track
 
 
 def _load_faces(store: SessionGroup, window_s: float) -> _Faces | None:
@@ -169,8 +174,19 @@ def _load_faces(store: SessionGroup, window_s: float) -> _Faces | None:
     tracks = list(range(n_tracks))
     if "tracks" in face and "track" in face["tracks"]:
         tracks = [int(t) for t in face["tracks"]["track"][...]][:n_tracks] or tracks
+    mean_box = None
+    if box is not None:
+        with warnings.catch_warnings():  # a track with no box at all keeps NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean_box = np.nanmean(np.where(present[..., None], box, np.nan), axis=0)
     return _Faces(times, features, present, mouth_movement(mouth, times, window_s), tracks,
-                  feature_names(au_names, emo_names))
+                  feature_names(au_names, emo_names), mean_box)
+
+
+def _nanmax(values: list[float]) -> float:
+    """The largest non-NaN value; NaN when there is none (no face to judge)."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(max(finite)) if finite else float("nan")
 
 
 def _plain(table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -330,7 +346,7 @@ class AlignStage(Stage):
         if faces is not None and faces.tracks:
             activity = speech_activity(speakers, act_spk, act_start, act_end, faces.times)
             links, _ = link_tracks(faces.movement, activity, speakers, faces.tracks, p.min_link_corr,
-                                   p.min_link_frames)
+                                   p.min_link_frames, faces.boxes, p.min_seat_iou)
             source = ["auto"] * len(links)
             if meta.get("speaker_tracks"):
                 manual = _parse_tracks(meta["speaker_tracks"], where)
@@ -339,7 +355,14 @@ class AlignStage(Stage):
         else:
             source = []
         track_to_speaker = {lk.track: lk.speaker for lk in links if lk.speaker}
-        speaker_to_col = {lk.speaker: i for i, lk in enumerate(links) if lk.speaker}
+        # A speaker's face may span several tracks (a track that broke and came back); best link first.
+        speaker_cols: dict[str, list[int]] = {}
+        for i in sorted(range(len(links)), key=lambda i: -links[i].confidence):
+            if links[i].speaker:
+                speaker_cols.setdefault(links[i].speaker, []).append(i)
+        person: dict[str, tuple[np.ndarray, np.ndarray]] = {
+            spk: merge_tracks(faces.features, faces.present, cols) for spk, cols in speaker_cols.items()
+        } if faces is not None else {}
         write_table(out, "links", {
             "track": np.array([lk.track for lk in links], dtype=np.int64),
             "speaker": np.array([lk.speaker for lk in links], dtype=str),
@@ -374,12 +397,12 @@ class AlignStage(Stage):
             mask = np.zeros((grid.size, 2), dtype=bool)
             tracks = []
             for j, who in enumerate((spk, listener)):
-                col = speaker_to_col.get(who)
-                tracks.append(links[col].track if col is not None else -1)
-                if col is None or faces is None:
+                cols = speaker_cols.get(who)
+                tracks.append(links[cols[0]].track if cols else -1)
+                if not cols or faces is None:
                     continue
-                values[:, j], mask[:, j] = resample_track(faces.times, faces.features[:, col],
-                                                          faces.present[:, col], grid)
+                feats, present = person[who]
+                values[:, j], mask[:, j] = resample_track(faces.times, feats, present, grid)
                 pooled[i, j], coverage[i, j] = pool(values[:, j], mask[:, j], core)
                 if not available.all():  # a feature the backend never gives has no statistics
                     pooled[i, j][:, ~available] = np.nan
@@ -464,8 +487,8 @@ class AlignStage(Stage):
                                     dtype=str),
             "counsellor_text": np.array([" ".join(texts[index[u]] for u in pr["counsellor_utterances"])
                                          for pr in pairs], dtype=str),
-            "client_mismatch": np.array([np.nanmax([table["mismatch"][index[u]] for u in pr["client_utterances"]]
-                                                   + [-np.inf]) for pr in pairs], dtype=np.float64),
+            "client_mismatch": np.array([_nanmax([table["mismatch"][index[u]] for u in pr["client_utterances"]])
+                                         for pr in pairs], dtype=np.float64),
             "client_flags": np.array([";".join(sorted({f for u in pr["client_utterances"]
                                                        for f in cues[index[u]].flags})) for pr in pairs],
                                      dtype=str),

@@ -70,12 +70,13 @@ class FaceParams:
     min_detection_confidence: float = 0.5
     min_presence_confidence: float = 0.5  # mediapipe: landmark presence
     min_tracking_confidence: float = 0.5  # mediapipe: frame-to-frame landmark tracking
+    still_tiles: int = 2  # mediapipe, stills: also search an n x n grid of tiles (small faces); 1 = off
     detector: str = "v2"  # pyfeat: "v2" (Detectorv2) or "v1" (Detectorv1)
     device: str = "cpu"  # pyfeat: "cpu", "cuda", "cuda:1", "mps", "auto"
     threads: int = 0  # torch threads (pyfeat); 0 = all cores
     max_gap_s: float = 1.0  # a track survives this long without a detection
     appearance_weight: float = 0.4  # share of colour-histogram similarity in track matching
-    min_track_frames: int = 1  # drop tracks seen in fewer analysed frames (spurious detections)
+    min_track_frames: int = 3  # a track must be seen in this many consecutive frames (not for stills)
     prefetch: int = 16  # decoded frames queued ahead of the model
 
     def validate(self) -> None:
@@ -90,6 +91,8 @@ class FaceParams:
             raise ValueError(f"detector must be 'v1' or 'v2', got {self.detector!r}")
         if self.max_gap_s < 0 or not 0.0 <= self.appearance_weight <= 1.0:
             raise ValueError("max_gap_s must be >= 0 and appearance_weight within [0, 1]")
+        if not 1 <= self.still_tiles <= 4:
+            raise ValueError(f"still_tiles must be within 1..4, got {self.still_tiles}")
         if self.min_track_frames < 1 or self.prefetch < 1 or self.threads < 0:
             raise ValueError("min_track_frames and prefetch must be >= 1, threads >= 0")
 
@@ -202,7 +205,8 @@ class FaceStage(Stage):
         p: FaceParams = self.params
         still = session.kind == "image" or session.path.suffix.lower() in _IMAGE_SUFFIXES
         n_landmarks = 478 if self.spec.backend == "mediapipe" else 68
-        tracker = FaceTracker(max_gap_s=p.max_gap_s, appearance_weight=p.appearance_weight)
+        tracker = FaceTracker(max_gap_s=p.max_gap_s, appearance_weight=p.appearance_weight,
+                              min_hits=1 if still else p.min_track_frames)
         stats = DecodeStats()
         fields = {"frame": ((), np.int64), "track": ((), np.int64),
                   "au": ((len(AU_NAMES),), np.float32), "emotion": ((len(EMOTION_NAMES),), np.float32),
@@ -238,7 +242,8 @@ class FaceStage(Stage):
                             self._model_bytes, str(self._model_path), still=still, num_faces=p.num_faces,
                             min_detection_confidence=p.min_detection_confidence,
                             min_presence_confidence=p.min_presence_confidence,
-                            min_tracking_confidence=p.min_tracking_confidence) as landmarker:
+                            min_tracking_confidence=p.min_tracking_confidence,
+                            still_tiles=p.still_tiles) as landmarker:
                         for frame in frames:
                             h, w = frame.rgb.shape[:2]
                             lm, blend, mats = landmarker.detect(frame.rgb, frame.time)
@@ -281,8 +286,10 @@ class FaceStage(Stage):
     # -- storage -----------------------------------------------------------------------------------------
     def _write(self, out: zarr.Group, spool: Any, frame_times: Any, tracker: Any, n_frames: int, stats: Any,
                size: list[int], p: FaceParams, elapsed: float) -> str | None:
-        # Keep tracks with enough frames, renumbered in order of first appearance.
-        summaries = [s for s in tracker.summaries if s.n_frames >= p.min_track_frames]
+        # Keep tracks with enough frames (a clip shorter than that keeps all), renumbered in order of
+        # first appearance.
+        min_frames = min(tracker.min_hits, max(n_frames, 1))
+        summaries = [s for s in tracker.summaries if s.n_frames >= min_frames]
         remap = np.full(len(tracker.summaries) + 1, -1, dtype=np.int64)
         for new, s in enumerate(summaries):
             remap[s.track] = new

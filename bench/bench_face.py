@@ -1,0 +1,203 @@
+"""Benchmark of the face stage (issue 4). Run: ``uv run python bench/bench_face.py [--quick]``.
+
+1. Speed on the 640x360 WolfgangLanger clip at full frame rate, measured in the same run (machines are
+   shared and noisy: compare the ratios, not the absolute figures):
+   - decode only: PyAV frames to RGB (``iter_video_frames``);
+   - bare MediaPipe loop: decode + ``FaceLandmarker.detect_for_video`` in one plain loop, same options;
+   - the face stage: the same frames through ``FaceStage.run`` into a Zarr store (tracking, AUs, storage).
+   Goal: the stage within 15% of the bare loop.
+2. Peak memory (ru_maxrss, each run in its own process) on a 30-minute video vs a 1-minute one, both looped
+   from the shared clip with ``ffmpeg -stream_loop`` (stream copy) in a temporary folder. Goal: within 10%.
+3. Per-frame Pearson correlation of our AU scores with OpenFace 2.x ``AUxx_r`` on opendbm_subj01 (one
+   posed expression, so figures to watch, not a test), and of our head pose with OpenFace's.
+
+Figures are printed and written to ``bench/out/bench_face.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+DATA = SHARED / "data"
+CLIP = DATA / "face" / "WolfgangLanger_Pexels.mp4"
+os.environ.setdefault("ETHER_PREP_MODELS", str(SHARED / "models"))
+sys.path.insert(0, str(ROOT))
+
+
+def _spec(**params: object):
+    from ether_prep.config import load_pipeline
+
+    spec = load_pipeline("cpu").stage("face")
+    return dataclasses.replace(spec, params=dataclasses.replace(spec.params, **params)) if params else spec
+
+
+def run_stage(path: Path, store_dir: Path, **params: object):
+    """The face stage on one file, as the runner would call it; returns (out group, seconds in run())."""
+    from ether_prep.records import Session
+    from ether_prep.sessions import probe_session
+    from ether_prep.stages.face import FaceStage
+    from ether_prep.store import Store
+
+    stage = FaceStage(_spec(**params))
+    stage.setup()
+    session = probe_session(Session(id=path.stem, path=path, relpath=path.name, kind="video"))
+    group = Store(store_dir / f"{path.stem}-{time.time_ns()}.zarr").session(session.id, {"id": session.id})
+    out = group.begin_stage("face", {})
+    t = time.perf_counter()
+    stage.run(session, group, out)
+    return out, time.perf_counter() - t
+
+
+def decode_only(path: Path) -> tuple[int, float]:
+    from ether_prep.adapters.pyav import iter_video_frames
+
+    t = time.perf_counter()
+    n = sum(1 for _ in iter_video_frames(path))
+    return n, time.perf_counter() - t
+
+
+def bare_mediapipe(path: Path) -> tuple[int, float]:
+    """What a user would write: decode with PyAV and call the landmarker frame by frame."""
+    import av
+    import mediapipe as mp
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    p = _spec().params
+    options = vision.FaceLandmarkerOptions(
+        base_options=BaseOptions(model_asset_path=str(SHARED / "models" / "face_landmarker.task")),
+        running_mode=vision.RunningMode.VIDEO, num_faces=p.num_faces,
+        min_face_detection_confidence=p.min_detection_confidence,
+        min_face_presence_confidence=p.min_presence_confidence,
+        min_tracking_confidence=p.min_tracking_confidence,
+        output_face_blendshapes=True, output_facial_transformation_matrixes=True)
+    n = 0
+    with vision.FaceLandmarker.create_from_options(options) as landmarker, av.open(str(path)) as container:
+        t = time.perf_counter()
+        for frame in container.decode(video=0):
+            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=frame.to_ndarray(format="rgb24"))
+            landmarker.detect_for_video(image, int(frame.time * 1000))
+            n += 1
+        return n, time.perf_counter() - t
+
+
+def speed(repeats: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        best: dict[str, float] = {}
+        for _ in range(repeats):  # interleaved, best of N: the machine is shared
+            n, dt = decode_only(CLIP)
+            best["decode_fps"] = max(best.get("decode_fps", 0), n / dt)
+            n, dt = bare_mediapipe(CLIP)
+            best["bare_mediapipe_fps"] = max(best.get("bare_mediapipe_fps", 0), n / dt)
+            out, dt = run_stage(CLIP, Path(tmp))
+            best["stage_fps"] = max(best.get("stage_fps", 0), out.attrs["frames_analysed"] / dt)
+    best["stage_over_bare"] = best["stage_fps"] / best["bare_mediapipe_fps"]
+    best["stage_over_decode"] = best["stage_fps"] / best["decode_fps"]
+    return best
+
+
+def _memory_child(path: str, analysis_fps: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        out, dt = run_stage(Path(path), Path(tmp), analysis_fps=float(analysis_fps))
+        print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                          "seconds": dt, "frames_decoded": out.attrs["frames_decoded"],
+                          "frames_analysed": out.attrs["frames_analysed"], "tracks": out.attrs["n_tracks"]}))
+
+
+def memory(minutes: tuple[float, float], analysis_fps: float) -> dict[str, object]:
+    import av
+
+    with av.open(str(CLIP)) as c:
+        clip_s = float(c.duration / av.time_base)
+    result: dict[str, object] = {"analysis_fps": analysis_fps, "clip": CLIP.name}
+    with tempfile.TemporaryDirectory() as tmp:
+        for m in minutes:
+            loops = max(1, int(np.ceil(m * 60 / clip_s)))
+            video = Path(tmp) / f"looped_{m:g}min.mp4"
+            subprocess.run(["ffmpeg", "-v", "error", "-y", "-stream_loop", str(loops - 1), "-i", str(CLIP),
+                            "-c", "copy", str(video)], check=True)
+            proc = subprocess.run([sys.executable, __file__, "--memory-child", str(video), str(analysis_fps)],
+                                  check=True, capture_output=True, text=True)
+            figures = json.loads(proc.stdout.strip().splitlines()[-1])
+            figures["video_minutes"] = round(loops * clip_s / 60, 2)
+            result[f"{m:g}min"] = figures
+            print(f"  {m:g} min video: {figures}", flush=True)
+    a, b = (result[f"{m:g}min"]["maxrss_mb"] for m in minutes)  # type: ignore[index]
+    result["peak_ratio_long_over_short"] = b / a
+    return result
+
+
+def openface_correlations() -> dict[str, object]:
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out, _ = run_stage(DATA / "face" / "opendbm_subj01.mp4", Path(tmp))
+        au = out["au"][:, 0]
+        pose = out["pose"][:, 0]
+        names = list(out["au"].attrs["names"])
+    ref = pd.read_csv(DATA / "face" / "opendbm_subj01.openface.csv", skipinitialspace=True)
+    ref.columns = [c.strip() for c in ref.columns]
+    n = min(len(ref), len(au))
+    corr: dict[str, float | None] = {}
+    for j, name in enumerate(names):
+        col = f"{name}_r"
+        if col not in ref:
+            continue
+        x, y = au[:n, j], ref[col].to_numpy(float)[:n]
+        ok = np.isfinite(x) & np.isfinite(y)
+        r = np.corrcoef(x[ok], y[ok])[0, 1] if ok.sum() > 2 and x[ok].std() > 0 and y[ok].std() > 0 else None
+        corr[name] = None if r is None else round(float(r), 3)
+    means = {name: {"ours": round(float(np.nanmean(au[:, j])), 3),
+                    "openface_r_over_5": round(float(ref[f"{name}_r"].mean() / 5), 3)}
+             for j, name in enumerate(names) if f"{name}_r" in ref}
+    pose_corr = {}
+    for j, (ours, theirs) in enumerate([("yaw", "pose_Ry"), ("pitch", "pose_Rx"), ("roll", "pose_Rz")]):
+        x, y = pose[:n, j], ref[theirs].to_numpy(float)[:n]
+        pose_corr[f"{ours}~{theirs}"] = round(float(np.corrcoef(x, y)[0, 1]), 3)
+    valid = [v for v in corr.values() if v is not None]
+    return {"au_pearson": corr, "mean_abs_r": round(float(np.mean(np.abs(valid))), 3) if valid else None,
+            "au_means": means, "pose_pearson": pose_corr, "frames": n}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="5 vs 1 minute, one speed repeat")
+    parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--analysis-fps", type=float, default=5.0,
+                        help="analysis rate of the memory runs (decoding is always full rate)")
+    args = parser.parse_args()
+    if args.memory_child:
+        _memory_child(*args.memory_child)
+        return
+    results: dict[str, object] = {"cpus": os.cpu_count()}
+    print("speed (best of interleaved runs) ...", flush=True)
+    results["speed"] = s = speed(1 if args.quick else 3)
+    print(f"  decode {s['decode_fps']:.0f} fps | bare MediaPipe loop {s['bare_mediapipe_fps']:.1f} fps | "
+          f"face stage {s['stage_fps']:.1f} fps | stage/bare {s['stage_over_bare']:.2f} | "
+          f"stage/decode {s['stage_over_decode']:.3f}", flush=True)
+    print("OpenFace correlations (opendbm_subj01) ...", flush=True)
+    results["openface"] = o = openface_correlations()
+    print(f"  AU Pearson r: {o['au_pearson']}\n  mean |r| {o['mean_abs_r']}; pose: {o['pose_pearson']}", flush=True)
+    print("peak memory ...", flush=True)
+    results["memory"] = m = memory((1, 5) if args.quick else (1, 30), args.analysis_fps)
+    print(f"  peak RSS long/short = {m['peak_ratio_long_over_short']:.3f}", flush=True)
+    dest = ROOT / "bench" / "out"
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "bench_face.json").write_text(json.dumps(results, indent=2))
+    print(f"written {dest / 'bench_face.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Benchmark of the speech stages against bare whisperx, same model, same run.
+
+Builds a ~5-minute recording from the shared clips (PyAV, in a temporary folder), then measures:
+
+- bare whisperx: ``whisperx.load_model(tiny.en dir, int8)`` + ``model.transcribe(audio, batch_size)``;
+- ether-prep: the ``cpu`` pipeline's ``audio``, ``transcribe``, ``diarize`` and ``utterances`` stages through
+  ``run_pipeline`` (model loading excluded the same way: the figures are per-stage run times);
+
+and prints real-time factors, the transcription overhead over bare whisperx, diarization's share of the
+speech stages, and peak memory (ru_maxrss of this process). Run: ``uv run python bench/bench_speech.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CLIPS = ["speech/jfk.flac", "diarization/sample.wav", "speech/librispeech_1272-128104-0000.wav",
+         "video/id2_vcd_swwp2s.mpg", "video/bbaf2n.mpg", "video/lwbsza.mpg"]
+
+
+def build_input(dest: Path, seconds: float = 300.0, sr: int = 16000) -> Path:
+    """Concatenate the shared clips (with 0.7 s pauses) until ``seconds``; write 16-bit mono WAV with PyAV."""
+    import av
+
+    from ether_prep.adapters.pyav import iter_audio_blocks
+
+    clips = [np.concatenate(list(iter_audio_blocks(DATA / c, sr))) for c in CLIPS]
+    pause = np.zeros(int(0.7 * sr), dtype=np.float32)
+    parts, n, i = [], 0, 0
+    while n < seconds * sr:
+        parts += [clips[i % len(clips)], pause]
+        n += len(clips[i % len(clips)]) + len(pause)
+        i += 1
+    audio = np.concatenate(parts)[: int(seconds * sr)]
+    pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
+    with av.open(str(dest), "w") as c:
+        s = c.add_stream("pcm_s16le", rate=sr, layout="mono")
+        for k in range(0, len(pcm), sr):
+            frame = av.AudioFrame.from_ndarray(pcm[None, k:k + sr], format="s16", layout="mono")
+            frame.sample_rate = sr
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    return dest
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    from ether_prep.config import load_pipeline
+    from ether_prep.runner import run_pipeline
+
+    pipeline = load_pipeline("cpu")
+    tx = pipeline.stage("transcribe")
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw"
+        raw.mkdir()
+        wav = build_input(raw / "five_minutes.wav")
+        import whisperx
+
+        from ether_prep.adapters.pyav import iter_audio_blocks
+        from ether_prep.adapters.whisperx_asr import resolve_asr_model
+
+        audio = np.concatenate(list(iter_audio_blocks(wav)))
+        duration = len(audio) / 16000
+        print(f"input: {duration:.0f} s built from {len(CLIPS)} shared clips; 2 CPU threads, tiny.en int8, "
+              f"batch {tx.resources.batch_size}")
+
+        t0 = time.perf_counter()
+        model = whisperx.load_model(resolve_asr_model(tx.model)[0], device="cpu", compute_type="int8",
+                                    language="en", threads=tx.params.threads,
+                                    asr_options={"beam_size": tx.params.beam_size})
+        load_bare = time.perf_counter() - t0
+        model.transcribe(audio[: 16000 * 30], batch_size=tx.resources.batch_size)  # warm-up
+        bare = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            model.transcribe(whisperx.load_audio(str(wav)), batch_size=tx.resources.batch_size)
+            bare.append(time.perf_counter() - t0)
+        del model
+        mem_bare = peak_mb()
+
+        summary = run_pipeline(pipeline, raw, Path(tmp) / "store",
+                               only=["audio", "transcribe", "diarize", "utterances"])
+        first = {o.stage: o.elapsed_s for o in summary.outcomes}
+        # Second run of transcribe alone, model loaded once and warm: the steady state of a long batch.
+        summary2 = run_pipeline(pipeline, raw, Path(tmp) / "store", only=["transcribe"], force=True)
+        times = {**first, "transcribe": min(first["transcribe"],
+                                            next(o.elapsed_s for o in summary2.outcomes))}
+    bare_t = min(bare)
+    speech_total = sum(times[s] for s in ("audio", "transcribe", "diarize", "utterances"))
+    print(f"bare whisperx transcribe: {bare_t:.2f} s  RTF {bare_t / duration:.4f}  (load {load_bare:.1f} s)")
+    for s in ("audio", "transcribe", "diarize", "utterances"):
+        print(f"ether-prep {s:11s}: {times[s]:6.2f} s  RTF {times[s] / duration:.4f}")
+    print(f"ether-prep speech stages: {speech_total:.2f} s  RTF {speech_total / duration:.4f}")
+    print(f"transcription overhead over bare whisperx: {times['transcribe'] / bare_t - 1:+.1%} "
+          f"(words with times, hallucination guards, store writes included)")
+    print(f"diarization share of the speech stages: {times['diarize'] / speech_total:.1%}")
+    print(f"peak memory (RSS): {mem_bare:.0f} MB after bare whisperx, {peak_mb():.0f} MB after ether-prep")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Stage ``diarize``: who spoke when, as speaker turns.
+
+Two backends:
+
+- ``embeddings`` (offline): WebRTC VAD finds speech; resemblyzer embeds fixed windows sliding over it; the
+  windows are clustered (spectral or agglomerative) into ``num_speakers``, or into a count estimated
+  within ``min_speakers..max_speakers`` (eigengap; rough on short recordings, so give the count when known);
+  every speech frame takes the vote of the windows covering it, so overlapped speech keeps a speaker.
+- ``pyannote``: pyannote.audio's pipeline through whisperx (``model`` a hub name or a local directory, token
+  from ``HF_TOKEN``).
+
+Example (pipelines.yaml)::
+
+    - stage: diarize
+      backend: embeddings
+      params: {num_speakers: 2, window: 1.5, hop: 0.25}
+      resources: {num_cpus: 2}
+
+Output group ``diarize/``::
+
+    turns   table: start, end (float64 s), speaker (str, "SPEAKER_00" ...)
+    attrs   backend, model, n_speakers, libraries
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..provenance import library_versions
+from ..speech import cluster_embeddings, speech_regions, speech_windows, turns_from_windows
+from ..store import write_table
+from .base import Stage
+
+if TYPE_CHECKING:
+    import zarr
+
+    from ..records import Session, Turn
+    from ..store import SessionGroup
+
+__all__ = ["DiarizeParams", "DiarizeStage"]
+
+
+@dataclass(frozen=True)
+class DiarizeParams:
+    """Parameters of ``diarize``; the window/VAD/clustering ones apply to the ``embeddings`` backend."""
+
+    num_speakers: int | None = None
+    min_speakers: int = 1
+    max_speakers: int = 8
+    device: str = "cpu"
+    threads: int = 2
+    window: float = 1.5  # seconds of speech per embedding
+    hop: float = 0.25
+    vad_aggressiveness: int = 3  # WebRTC VAD 0 (lenient) .. 3 (strict)
+    min_speech: float = 0.2
+    min_silence: float = 0.3
+    clustering: str = "spectral"
+    cache_dir: str | None = None  # pyannote: where hub models are cached
+
+    def validate(self) -> None:
+        if self.num_speakers is not None and self.num_speakers < 1:
+            raise ValueError(f"num_speakers must be >= 1, got {self.num_speakers}")
+        if not 1 <= self.min_speakers <= self.max_speakers:
+            raise ValueError(f"need 1 <= min_speakers <= max_speakers, got {self.min_speakers}..{self.max_speakers}")
+        if not 0 < self.hop <= self.window <= 10:
+            raise ValueError("need 0 < hop <= window <= 10 s")
+        if self.vad_aggressiveness not in (0, 1, 2, 3):
+            raise ValueError("vad_aggressiveness must be 0, 1, 2 or 3")
+        if self.clustering not in ("spectral", "agglomerative"):
+            raise ValueError(f"clustering must be 'spectral' or 'agglomerative', got {self.clustering!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+
+
+class DiarizeStage(Stage):
+    """Speaker turns from voice embeddings (offline) or from pyannote."""
+
+    name = "diarize"
+    version = "1"
+    requires = ("audio",)
+    needs_stream = "audio"
+    backends = ("embeddings", "pyannote")
+    Params = DiarizeParams
+    libraries = ("resemblyzer", "webrtcvad", "scikit-learn", "torch")
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec)
+        self._model: Any = None
+
+    def model_info(self) -> dict[str, str]:
+        if self.spec.backend == "pyannote":
+            from ..adapters.pyannote_diarization import DEFAULT_PIPELINE
+
+            return {"id": self.spec.model or DEFAULT_PIPELINE, "source": "pyannote.audio via whisperx"}
+        return {"id": self.spec.model or "resemblyzer GE2E (shipped)", "source": "package resemblyzer"}
+
+    def setup(self) -> None:
+        if self._model is not None:
+            return
+        p: DiarizeParams = self.params
+        if self.spec.backend == "pyannote":
+            from ..adapters.pyannote_diarization import PyannoteDiarizer
+
+            self._model = PyannoteDiarizer(self.spec.model, device=p.device, cache_dir=p.cache_dir)
+        else:
+            from ..adapters.resemblyzer_voice import VoiceEmbedder
+
+            self._model = VoiceEmbedder(device=p.device, weights=self.spec.model, threads=p.threads)
+
+    def teardown(self) -> None:
+        self._model = None
+
+    def diarize(self, audio: np.ndarray, sample_rate: int = 16000) -> list[Turn]:
+        """Turns of one 16 kHz mono signal."""
+        self.setup()
+        p: DiarizeParams = self.params
+        if self.spec.backend == "pyannote":
+            return self._model(audio, num_speakers=p.num_speakers, min_speakers=p.min_speakers,
+                               max_speakers=p.max_speakers)
+        from ..adapters.resemblyzer_voice import webrtc_voiced
+
+        frame = 0.03
+        regions = speech_regions(webrtc_voiced(audio, p.vad_aggressiveness, int(frame * 1000)), frame,
+                                 p.min_speech, p.min_silence)
+        duration = len(audio) / sample_rate
+        if not regions or duration < p.window:
+            # Too little speech to compare voices: one speaker for whatever speech there is.
+            from ..records import Turn
+
+            return [Turn(s, e, "SPEAKER_00") for s, e in regions]
+        windows = speech_windows(regions, p.window, p.hop, duration)
+        labels = cluster_embeddings(self._model.embed(audio, windows), p.num_speakers, p.min_speakers,
+                                    p.max_speakers, method=p.clustering)
+        return turns_from_windows(windows, labels, regions)
+
+    def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
+        sample_rate = int(store.stage_group("audio").attrs.get("sample_rate", 16000))
+        audio = np.asarray(store.array("audio", "waveform")[...], dtype=np.float32)
+        turns = self.diarize(audio, sample_rate)
+        speakers = sorted({t.speaker for t in turns})
+        write_table(out, "turns", {
+            "start": np.array([t.start for t in turns], dtype=np.float64),
+            "end": np.array([t.end for t in turns], dtype=np.float64),
+            "speaker": np.array([t.speaker for t in turns], dtype=str),
+        }, attrs={"units": "seconds"})
+        libs = ("pyannote-audio", "whisperx", "torch") if self.spec.backend == "pyannote" else self.libraries
+        out.attrs.update({"backend": self.spec.backend, "model": self.model_info()["id"],
+                          "n_speakers": len(speakers), "speakers": speakers,
+                          "libraries": library_versions(*libs)})
+        return None if turns else "no speech found: zero turns"

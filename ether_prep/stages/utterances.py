@@ -1,0 +1,114 @@
+"""Stage ``utterances``: words get speakers from the diarized turns, and a speaker's consecutive words
+become utterances (split at pauses over ``max_gap`` and at sentence ends past ``max_duration``).
+
+Example (pipelines.yaml)::
+
+    - stage: utterances
+      params: {max_gap: 1.0, max_duration: 15.0, max_word: 1.0}
+
+Output group ``utterances/`` (a contract the ``align`` stage reads)::
+
+    words        table: text, start, end, score, speaker, interpolated, channel (time order; when the
+                 channels were transcribed apart, grouped by utterance so each utterance's words are contiguous)
+    utterances   table: id ("<session>/u00000"), start, end, speaker, text, word_start, word_end
+                 (indices into words, end exclusive), score (mean word score)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..provenance import library_versions
+from ..records import Turn
+from ..speech import assign_speakers, build_utterances, build_utterances_by_stream
+from ..store import write_table
+from .base import Stage
+
+if TYPE_CHECKING:
+    import zarr
+
+    from ..records import Session
+    from ..store import SessionGroup
+
+__all__ = ["UtterancesParams", "UtterancesStage"]
+
+
+@dataclass(frozen=True)
+class UtterancesParams:
+    """``max_word``: longer words vote for a speaker with their first ``max_word`` s only."""
+
+    max_gap: float = 1.0
+    max_duration: float = 15.0
+    max_word: float = 1.0
+
+    def validate(self) -> None:
+        if self.max_gap < 0 or self.max_duration <= 0 or self.max_word <= 0:
+            raise ValueError("max_gap must be >= 0, max_duration and max_word > 0")
+
+
+class UtterancesStage(Stage):
+    """Speaker-attributed words and utterances."""
+
+    name = "utterances"
+    version = "1"
+    requires = ("transcribe", "diarize")
+    needs_stream = "audio"
+    backends = ("builtin",)
+    Params = UtterancesParams
+
+    def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
+        p: UtterancesParams = self.params
+        cols = store.read_table("transcribe", "words")
+        n = len(cols["text"])
+        words = [{"text": str(cols["text"][i]), "start": float(cols["start"][i]), "end": float(cols["end"][i]),
+                  "score": float(cols["score"][i]), "interpolated": bool(cols["interpolated"][i]),
+                  "channel": int(cols["channel"][i]) if "channel" in cols else -1} for i in range(n)]
+        t = store.read_table("diarize", "turns")
+        turns = [Turn(float(a), float(b), str(s)) for a, b, s in zip(t["start"], t["end"], t["speaker"], strict=True)]
+        words = assign_speakers(words, turns, max_word=p.max_word)
+        if any(w["channel"] >= 0 for w in words):
+            # Channels transcribed apart (one microphone per person): each channel is one speaker, labelled
+            # by the diarized speaker most of its words got, and utterances are grouped per channel.
+            for ch in {w["channel"] for w in words}:
+                votes: dict[str, int] = {}
+                for w in words:
+                    if w["channel"] == ch:
+                        votes[w["speaker"]] = votes.get(w["speaker"], 0) + 1
+                label = max(votes.items(), key=lambda kv: kv[1])[0] or f"SPEAKER_{ch:02d}"
+                for w in words:
+                    if w["channel"] == ch:
+                        w["speaker"] = label
+            if len({w["speaker"] for w in words}) < len({w["channel"] for w in words}):
+                for w in words:  # diarization merged the channels: fall back to channel numbers
+                    w["speaker"] = f"SPEAKER_{w['channel']:02d}"
+            words, utts = build_utterances_by_stream(words, session.id, "channel", p.max_gap, p.max_duration)
+        else:
+            utts = build_utterances(words, session.id, max_gap=p.max_gap, max_duration=p.max_duration)
+        write_table(out, "words", {
+            "text": np.array([w["text"] for w in words], dtype=str),
+            "start": np.array([w["start"] for w in words], dtype=np.float64),
+            "end": np.array([w["end"] for w in words], dtype=np.float64),
+            "score": np.array([w["score"] for w in words], dtype=np.float32),
+            "speaker": np.array([w["speaker"] for w in words], dtype=str),
+            "interpolated": np.array([w["interpolated"] for w in words], dtype=bool),
+            "channel": np.array([w["channel"] for w in words], dtype=np.int8),
+        }, attrs={"units": "seconds"})
+        write_table(out, "utterances", {
+            "id": np.array([u.id for u in utts], dtype=str),
+            "start": np.array([u.start for u in utts], dtype=np.float64),
+            "end": np.array([u.end for u in utts], dtype=np.float64),
+            "speaker": np.array([u.speaker for u in utts], dtype=str),
+            "text": np.array([u.text for u in utts], dtype=str),
+            "word_start": np.array([u.word_start for u in utts], dtype=np.int64),
+            "word_end": np.array([u.word_end for u in utts], dtype=np.int64),
+            "score": np.array([u.score for u in utts], dtype=np.float32),
+        }, attrs={"units": "seconds"})
+        tx = store.stage_group("transcribe").attrs
+        out.attrs.update({"language": tx.get("language"), "asr_model": tx.get("model"),
+                          "diarization": store.stage_group("diarize").attrs.get("backend"),
+                          "n_words": n, "n_utterances": len(utts),
+                          "speakers": sorted({u.speaker for u in utts}), "libraries": library_versions()})
+        return None if utts else "no words: zero utterances"

