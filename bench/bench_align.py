@@ -125,7 +125,13 @@ def main() -> None:
     ap.add_argument("--source", type=Path, help="an already extracted store holding the side-by-side clip")
     ap.add_argument("--config", type=Path, default=ROOT / "pipelines.yaml")
     ap.add_argument("--workdir", type=Path, help="keep the stores here (default: a temp dir, removed)")
+    ap.add_argument("--reads-only", action="store_true", help="reuse WORKDIR/many.zarr; only time reads")
     args = ap.parse_args()
+    if args.reads_only:
+        if args.workdir is None or not (args.workdir / "many.zarr" / "utterances.parquet").exists():
+            sys.exit("--reads-only needs --workdir holding many.zarr from an earlier run")
+        _read_bench(args.workdir / "many.zarr", args.reads)
+        return
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_align_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -184,9 +190,9 @@ def _read_bench(store: Path, reads: int) -> None:
         if not sessions:
             break
 
-    def time_reads(fn) -> list[float]:
+    def time_reads(fn, indices: np.ndarray) -> list[float]:
         out = []
-        for i in idx:
+        for i in indices:
             t = time.perf_counter()
             fn(int(i))
             out.append((time.perf_counter() - t) * 1e3)
@@ -199,11 +205,18 @@ def _read_bench(store: Path, reads: int) -> None:
         face[lo:hi]
         mask[lo:hi]
 
+    # Interleave the two paths in rounds so that load from other processes hits both alike.
+    base: list[float] = []
+    via_ds: list[float] = []
+    for part in np.array_split(idx, 10):
+        base += time_reads(baseline, part)
+        via_ds += time_reads(ds.__getitem__, part)
+    # Memory in a separate pass: tracemalloc slows every allocation, so it must not run while timing.
     tracemalloc.start()
-    base = time_reads(baseline)
+    time_reads(baseline, idx[:200])
     _, base_peak = tracemalloc.get_traced_memory()
     tracemalloc.reset_peak()
-    via_ds = time_reads(ds.__getitem__)
+    time_reads(ds.__getitem__, idx[:200])
     _, ds_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
 
@@ -225,6 +238,7 @@ def _read_bench(store: Path, reads: int) -> None:
           f"{chunk.shards[0] if chunk.shards else c} rows: {np.mean(lo // c != hi // c) * 100:.1f}% of "
           f"utterances straddle two chunks; 1 inner chunk per array otherwise")
 
+    rss_reads = _rss_mb()
     from torch.utils.data import DataLoader
 
     for workers in (0, 2):
@@ -238,7 +252,8 @@ def _read_bench(store: Path, reads: int) -> None:
         dt = time.perf_counter() - t
         print(f"DataLoader batch 32, shuffle, {workers} workers: {count / dt:.0f} utterances/s")
     print(f"peak traced allocations during reads: baseline {base_peak / 1e6:.2f} MB, dataset "
-          f"{ds_peak / 1e6:.2f} MB; process max RSS {rss0:.0f} MB before reads, {_rss_mb():.0f} MB after")
+          f"{ds_peak / 1e6:.2f} MB; process max RSS {rss0:.0f} MB before reads, {rss_reads:.0f} MB after "
+          f"them, {_rss_mb():.0f} MB after the DataLoader runs (torch imported)")
 
 
 if __name__ == "__main__":

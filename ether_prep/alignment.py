@@ -275,23 +275,30 @@ def utterance_grid(start: float, end: float, pad: float, rate: float) -> np.ndar
     return t0 + np.arange(max(n, 1), dtype=np.float64) / rate
 
 
-def resample_track(times: np.ndarray, features: np.ndarray, present: np.ndarray,
-                   grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def resample_track(times: np.ndarray, features: np.ndarray, present: np.ndarray, grid: np.ndarray,
+                   dt: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Resample one track's (F, D) frame features onto ``grid``: (G, D) float32 values and a (G,) mask.
 
     NaN features inside frames that have a face (a feature the backend does not provide) become 0; see
-    the module docstring for the interpolation rule.
+    the module docstring for the interpolation rule. ``dt`` (the frame interval) is computed when None.
     """
     times = np.asarray(times, dtype=np.float64)
-    features = np.asarray(features, dtype=np.float64)
-    present = np.asarray(present, dtype=bool)
     grid = np.asarray(grid, dtype=np.float64)
-    n_grid, dim = grid.size, features.shape[1] if features.ndim == 2 else 0
+    dim = features.shape[1] if features.ndim == 2 else 0
+    n_grid = grid.size
     values = np.zeros((n_grid, dim), dtype=np.float32)
     mask = np.zeros(n_grid, dtype=bool)
+    if times.size == 0 or n_grid == 0:
+        return values, mask
+    dt = frame_interval(times) if dt is None else dt
+    # Only the frames around the grid matter: slicing first keeps an utterance O(its length), not O(session).
+    lo = max(int(np.searchsorted(times, grid[0] - 2 * dt)) - 1, 0)
+    hi = min(int(np.searchsorted(times, grid[-1] + 2 * dt)) + 1, times.size)
+    times = times[lo:hi]
+    features = np.asarray(features[lo:hi], dtype=np.float64)
+    present = np.asarray(present[lo:hi], dtype=bool)
     if times.size == 0 or not present.any():
         return values, mask
-    dt = frame_interval(times)
     right = np.clip(np.searchsorted(times, grid, side="left"), 0, times.size - 1)
     left = np.clip(right - 1, 0, times.size - 1)
     # searchsorted "left" puts an exact match on the right; make both neighbours that frame then.

@@ -60,8 +60,11 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def stage_fingerprint(spec: StageSpec, upstream: dict[str, str]) -> str:
-    return fingerprint({"stage": spec.identity(), "upstream": upstream})
+def stage_fingerprint(spec: StageSpec, upstream: dict[str, str], meta: dict[str, str] | None = None) -> str:
+    payload: dict[str, Any] = {"stage": spec.identity(), "upstream": upstream}
+    if meta is not None:
+        payload["meta"] = meta
+    return fingerprint(payload)
 
 
 def _probe_all(sessions: Sequence[Session]) -> tuple[list[Session], dict[str, str]]:
@@ -79,6 +82,8 @@ def load_sessions(store: Store, raw_dir: Path | None) -> tuple[list[Session], di
     """Sessions of ``raw_dir`` (probed; unreadable ones mapped to their error), or those already in the store."""
     if raw_dir is None:
         sessions = [session_from_info(store.session(sid).info) for sid in store.session_ids()]
+        for s in sessions:
+            store.session(s.id, info=s.to_dict())  # keeps refreshed sessions.csv metadata
         if not sessions:
             raise StoreError(f"{store.path}: holds no sessions; run `ether-prep extract RAW_DIR --out {store.path}`")
         return sessions, {s.id: f"{s.relpath}: could not be probed" for s in sessions if s.probe is None}
@@ -97,15 +102,21 @@ def _marker(spec: StageSpec, upstream: dict[str, str], model: dict[str, str]) ->
             "libraries": library_versions(*cls.libraries)}
 
 
-def plan_stage(spec: StageSpec, group: SessionGroup) -> tuple[str, StageState, dict[str, str] | str]:
+def plan_stage(spec: StageSpec, group: SessionGroup, meta: dict[str, str] | None = None,
+               ) -> tuple[str, StageState, dict[str, str] | str]:
     """(fingerprint, stored state, upstream fingerprints) for one session, or a blocking reason."""
+    cls = stage_class(spec.name)
     upstream: dict[str, str] = {}
-    for dep in stage_class(spec.name).requires:
+    for dep in cls.requires:
         state = group.stage_state(dep)
         if not state.complete:
             return "", group.stage_state(spec.name), f"needs stage {dep!r}, which is {state.state}"
         upstream[dep] = state.fingerprint or ""
-    return stage_fingerprint(spec, upstream), group.stage_state(spec.name), upstream
+    if cls.reads_session_meta:
+        meta = dict(group.info.get("meta", {}) if meta is None else meta)
+    else:
+        meta = None
+    return stage_fingerprint(spec, upstream, meta), group.stage_state(spec.name), upstream
 
 
 def run_pipeline(
@@ -142,7 +153,7 @@ def run_pipeline(
                     group.finish_stage(spec.name, "failed", None, error=probe_errors[session.id])
                     summary.outcomes.append(Outcome(session.id, spec.name, "failed", probe_errors[session.id]))
                     continue
-                fp, state, upstream = plan_stage(spec, group)
+                fp, state, upstream = plan_stage(spec, group, session.meta)
                 if isinstance(upstream, str):
                     summary.outcomes.append(Outcome(session.id, spec.name, "blocked", upstream))
                     continue

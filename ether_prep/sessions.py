@@ -88,14 +88,22 @@ def discover_sessions(raw_dir: Path) -> list[Session]:
             metadata[path.parent] = _read_metadata(path.parent)
         relpath = rel.as_posix()
         meta = metadata[path.parent].get(path.name, {})
-        sessions.append(Session(session_id(relpath), path.resolve(), relpath, kind, meta))
+        sessions.append(Session(session_id(relpath), path.absolute(), relpath, kind, meta))
     return sessions
 
 
 def session_from_info(info: dict) -> Session:
-    """Rebuild a :class:`Session` from the attributes the runner stored in its group."""
+    """Rebuild a :class:`Session` from the attributes the runner stored in its group.
+
+    The metadata is read again from the recording's ``sessions.csv`` when the file is still there, so an
+    edited role or note reaches ``ether-prep align`` without re-extracting.
+    """
     probe = MediaProbe(**info["probe"]) if info.get("probe") else None
-    return Session(info["id"], Path(info["path"]), info["relpath"], info["kind"], dict(info.get("meta", {})), probe)
+    path = Path(info["path"])
+    meta = dict(info.get("meta", {}))
+    if (path.parent / METADATA_FILE).is_file():
+        meta = _read_metadata(path.parent).get(path.name, {})
+    return Session(info["id"], path, info["relpath"], info["kind"], meta, probe)
 
 
 def check_readable(session: Session) -> str | None:

@@ -233,6 +233,8 @@ class Store:
         """Consolidate metadata once at the end of a run, for fast opening by readers."""
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+            # The Parquet manifests beside the hierarchy are ours, not stray objects.
+            warnings.filterwarnings("ignore", message=r".*\.parquet is not recognized as a component.*")
             zarr.consolidate_metadata(str(self.path))
 
     def manifest_path(self, name: str) -> Path:

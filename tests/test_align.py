@@ -460,7 +460,7 @@ def test_changing_the_rate_reruns_only_align(aligned: dict[str, object]) -> None
     store = aligned["tmp"] / "rate_store.zarr"
     shutil.copytree(aligned["store"], store)
     before = _markers(store)
-    cfg = _pipelines_with(aligned["tmp"], rate_hz=5.0)
+    cfg = _pipelines_with(aligned["tmp"], rate_hz=5.0, max_len=40)
     summary = run_pipeline(load_pipeline("cpu", cfg), aligned["raw"], store, family=None)
     assert summary.ok, summary.report()
     computed = {o.stage for o in summary.outcomes if o.state in ("done", "failed")}
@@ -476,6 +476,13 @@ def test_changing_the_rate_reruns_only_align(aligned: dict[str, object]) -> None
     t = g["align/tensors/time"][...]
     off = g["align/tensors/offsets"][...]
     assert np.allclose(np.diff(t[off[0]:off[1]]), 0.2)
+    # the optional fixed-length tensors hold the same values, cut or zero-padded to max_len
+    padded, length = g["align/padded/face"], g["align/padded/length"][...]
+    for i in range(len(off) - 1):
+        n = int(length[i])
+        assert n == min(40, off[i + 1] - off[i])
+        assert np.array_equal(padded[i, :n], g["align/tensors/face"][off[i]:off[i] + n])
+        assert not g["align/padded/mask"][i, n:].any()
 
 
 def _markers(store: Path) -> dict[tuple[str, str], dict]:
@@ -486,3 +493,31 @@ def _markers(store: Path) -> dict[tuple[str, str], dict]:
             m = dict(root["sessions"][sid][stage].attrs.get("stage", {}))
             out[(sid, stage)] = {k: m.get(k) for k in ("fingerprint", "finished_at", "state")}
     return out
+
+
+@pytest.mark.slow
+def test_edited_sessions_csv_reaches_align_alone(aligned: dict[str, object]) -> None:
+    """Roles fixed by hand in sessions.csv after extraction: `align` (no raw folder) picks them up and reruns
+    only for that session; nothing is re-extracted."""
+    from ether_prep.config import load_pipeline
+    from ether_prep.runner import run_pipeline
+
+    store = aligned["tmp"] / "roles_store.zarr"
+    shutil.copytree(aligned["store"], store)
+    sid, g = _session(store, "grid_two_faces")
+    auto = dict(g["align"].attrs)
+    assert auto["role_assumed"] is True
+    client = next(s for s, r in auto["roles"].items() if r == "counsellor")  # swap the guess
+    counsellor = next(s for s, r in auto["roles"].items() if r == "client")
+    csv = aligned["raw"] / "sessions.csv"
+    csv.write_text(f"file,client,counsellor\n{GRID2.name},{client},{counsellor}\n")
+    try:
+        summary = run_pipeline(load_pipeline("cpu", ROOT / "pipelines.yaml"), None, store, family="align")
+    finally:
+        csv.unlink()
+    assert summary.ok, summary.report()
+    assert summary.ran("align") == [sid]
+    _, g = _session(store, "grid_two_faces")
+    fixed = dict(g["align"].attrs)
+    assert fixed["role_assumed"] is False
+    assert fixed["roles"][client] == "client" and fixed["roles"][counsellor] == "counsellor"

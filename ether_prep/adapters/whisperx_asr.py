@@ -176,9 +176,8 @@ class WhisperxTranscriber:
             import whisperx
         except ImportError as exc:  # pragma: no cover - whisperx is a hard dependency
             raise ModelError(f"whisperx cannot be imported ({exc}); reinstall ether-prep's environment") from exc
+        # None: whisperx detects the language per file (multilingual models only; English-only is "en").
         language = options.language or ("en" if self.model_path.endswith(".en") else None)
-        if language is None and Path(self.model_path, "config.json").exists():
-            language = None  # multilingual: whisperx detects per file
         try:
             model = _aligning_model_class()(
                 self.model_path, device=options.device, device_index=options.device_index,
@@ -337,7 +336,7 @@ def _offline_punkt() -> None:
 
     for lang in {*PUNKT_LANGUAGES.values(), "english"}:
         url = nltk.data.normalize_resource_url(f"tokenizers/punkt_tab/{lang}.pickle")
-        nltk.data._resource_cache[(url, "auto")] = PunktSentenceTokenizer()
+        nltk.data._resource_cache[(url, "pickle")] = PunktSentenceTokenizer()
 
 
 def whisperx_version() -> str:

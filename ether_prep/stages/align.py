@@ -59,6 +59,7 @@ import numpy as np
 
 from ..alignment import (
     TrackLink,
+    frame_interval,
     link_tracks,
     merge_tracks,
     mouth_movement,
@@ -310,6 +311,7 @@ class AlignStage(Stage):
     requires = ("utterances", "face")
     needs_stream = None
     Params = AlignParams
+    reads_session_meta = True
     libraries = ("vaderSentiment", "scipy", "pyarrow")
 
     def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
@@ -379,6 +381,7 @@ class AlignStage(Stage):
         dim = len(names)
         available = (np.isfinite(faces.features).any(axis=(0, 1)) if faces is not None and faces.tracks
                      else np.zeros(dim, bool))
+        frame_dt = frame_interval(faces.times) if faces is not None else 1.0
         texts = [str(t) for t in utts.get("text", [])]
         text_scores = text_cues(texts)
         cue_params = p.cue_params()
@@ -402,7 +405,7 @@ class AlignStage(Stage):
                 if not cols or faces is None:
                     continue
                 feats, present = person[who]
-                values[:, j], mask[:, j] = resample_track(faces.times, feats, present, grid)
+                values[:, j], mask[:, j] = resample_track(faces.times, feats, present, grid, frame_dt)
                 pooled[i, j], coverage[i, j] = pool(values[:, j], mask[:, j], core)
                 if not available.all():  # a feature the backend never gives has no statistics
                     pooled[i, j][:, ~available] = np.nan

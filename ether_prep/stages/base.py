@@ -39,7 +39,8 @@ class Stage(ABC):
     - ``needs_stream``: ``"audio"``/``"video"`` when a session without that stream is skipped with a note;
     - ``backends``: accepted backend names, the first being the default;
     - ``Params``: a frozen dataclass of parameters with defaults (unknown keys are config errors);
-    - ``libraries``: distributions whose versions are recorded as provenance.
+    - ``libraries``: distributions whose versions are recorded as provenance;
+    - ``reads_session_meta``: the session's ``sessions.csv`` row is part of its fingerprint (roles, say).
     """
 
     name: ClassVar[str]
@@ -50,6 +51,7 @@ class Stage(ABC):
     backends: ClassVar[tuple[str, ...]] = ("builtin",)
     Params: ClassVar[type] = NoParams
     libraries: ClassVar[tuple[str, ...]] = ()
+    reads_session_meta: ClassVar[bool] = False
 
     def __init__(self, spec: StageSpec) -> None:
         self.spec = spec
