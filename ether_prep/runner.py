@@ -112,10 +112,10 @@ def plan_stage(spec: StageSpec, group: SessionGroup, meta: dict[str, str] | None
         if not state.complete:
             return "", group.stage_state(spec.name), f"needs stage {dep!r}, which is {state.state}"
         upstream[dep] = state.fingerprint or ""
-    if cls.reads_session_meta:
-        meta = dict(group.info.get("meta", {}) if meta is None else meta)
-    else:
+    if not cls.reads_session_meta:
         meta = None
+    elif meta is None:
+        meta = dict(group.info.get("meta", {}))
     return stage_fingerprint(spec, upstream, meta), group.stage_state(spec.name), upstream
 
 
