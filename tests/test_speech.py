@@ -284,6 +284,8 @@ def speech_run(tmp_path_factory: pytest.TempPathFactory):
     _write_wav(raw / "silence.wav", 1e-4 * rng.standard_normal(10 * 16000))
     _write_wav(raw / "music.wav", _music())
     _video_without_audio(raw / "no_audio.mp4")
+    # Monologues: the per-recording speaker count overrides the pipeline's num_speakers: 2.
+    (raw / "sessions.csv").write_text("file,num_speakers\njfk.flac,1\nlibrispeech_1272-128104-0000.wav,1\n")
     store_path = tmp_path_factory.mktemp("store") / "store"
     summary = run_pipeline(load_pipeline("cpu"), raw, store_path, only=SPEECH_STAGES)
     store = Store(store_path)
@@ -437,3 +439,12 @@ def test_exports_parse_back(speech_run, tmp_path: Path) -> None:
     vtt = (tmp_path / "vtt" / f"{sid}.vtt").read_text()
     assert vtt.startswith("WEBVTT\n")
     assert len(re.findall(rf"^{stamp} --> {stamp}\n<v SPEAKER_\d\d>", vtt, flags=re.M)) == len(u["id"])
+
+
+@pytest.mark.slow
+def test_sessions_csv_speaker_count_overrides_the_pipeline(speech_run) -> None:
+    _, store, ids, _ = speech_run
+    for name in ("jfk.flac", "librispeech_1272-128104-0000.wav"):
+        assert set(store.session(ids[name]).read_table("diarize", "turns")["speaker"]) == {"SPEAKER_00"}
+        assert set(_words(store, ids[name])["speaker"]) == {"SPEAKER_00"}
+    assert len(set(store.session(ids["sample.wav"]).read_table("diarize", "turns")["speaker"])) == 2

@@ -9,6 +9,9 @@ Two backends:
 - ``pyannote``: pyannote.audio's pipeline through whisperx (``model`` a hub name or a local directory, token
   from ``HF_TOKEN``).
 
+A ``num_speakers`` column in ``sessions.csv`` gives the count for one recording (e.g. 1 for a monologue),
+overriding the parameter.
+
 Example (pipelines.yaml)::
 
     - stage: diarize
@@ -29,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..provenance import library_versions
 from ..speech import cluster_embeddings, speech_regions, speech_windows, turns_from_windows
 from ..store import write_table
@@ -75,6 +79,16 @@ class DiarizeParams:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
 
 
+def _num_speakers(session: Session) -> int | None:
+    """The speaker count a ``sessions.csv`` row gives for this recording (column ``num_speakers``), if any."""
+    value = session.meta.get("num_speakers", "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{session.relpath}: sessions.csv gives num_speakers {value!r}; use a whole number >= 1")
+    return int(value)
+
+
 class DiarizeStage(Stage):
     """Speaker turns from voice embeddings (offline) or from pyannote."""
 
@@ -85,6 +99,7 @@ class DiarizeStage(Stage):
     backends = ("embeddings", "pyannote")
     Params = DiarizeParams
     libraries = ("resemblyzer", "webrtcvad", "scikit-learn", "torch")
+    reads_session_meta = True  # a `num_speakers` column in sessions.csv overrides the parameter per session
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
@@ -113,12 +128,13 @@ class DiarizeStage(Stage):
     def teardown(self) -> None:
         self._model = None
 
-    def diarize(self, audio: np.ndarray, sample_rate: int = 16000) -> list[Turn]:
-        """Turns of one 16 kHz mono signal."""
+    def diarize(self, audio: np.ndarray, sample_rate: int = 16000, num_speakers: int | None = None) -> list[Turn]:
+        """Turns of one 16 kHz mono signal (``num_speakers`` overrides the parameter for this signal)."""
         self.setup()
         p: DiarizeParams = self.params
+        num_speakers = num_speakers or p.num_speakers
         if self.spec.backend == "pyannote":
-            return self._model(audio, num_speakers=p.num_speakers, min_speakers=p.min_speakers,
+            return self._model(audio, num_speakers=num_speakers, min_speakers=p.min_speakers,
                                max_speakers=p.max_speakers)
         from ..adapters.resemblyzer_voice import webrtc_voiced
 
@@ -132,14 +148,14 @@ class DiarizeStage(Stage):
 
             return [Turn(s, e, "SPEAKER_00") for s, e in regions]
         windows = speech_windows(regions, p.window, p.hop, duration)
-        labels = cluster_embeddings(self._model.embed(audio, windows), p.num_speakers, p.min_speakers,
+        labels = cluster_embeddings(self._model.embed(audio, windows), num_speakers, p.min_speakers,
                                     p.max_speakers, method=p.clustering)
         return turns_from_windows(windows, labels, regions)
 
     def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
         sample_rate = int(store.stage_group("audio").attrs.get("sample_rate", 16000))
         audio = np.asarray(store.array("audio", "waveform")[...], dtype=np.float32)
-        turns = self.diarize(audio, sample_rate)
+        turns = self.diarize(audio, sample_rate, _num_speakers(session))
         speakers = sorted({t.speaker for t in turns})
         write_table(out, "turns", {
             "start": np.array([t.start for t in turns], dtype=np.float64),
