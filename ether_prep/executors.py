@@ -49,14 +49,14 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, workers: int | None = None, num_cpus: int | None = None,
                  num_gpus: int | None = None) -> None:
+        # Under `uv run`, Ray would otherwise copy the project and rebuild its venv for its workers; local
+        # workers already share the driver's environment. Ray reads the flag when it is first imported.
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
         import ray
 
         self.ray = ray
         self.workers = workers
         if not ray.is_initialized():
-            # Under `uv run`, Ray would otherwise rebuild the project in a fresh venv for every worker;
-            # local workers already share the driver's environment.
-            os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
             kwargs: dict = {"include_dashboard": False, "log_to_driver": True,
                             "configure_logging": False}
             address = address or os.environ.get("RAY_ADDRESS")
