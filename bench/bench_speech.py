@@ -58,6 +58,11 @@ def peak_mb() -> float:
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (best of each is kept)")
+    args = ap.parse_args()
     from ether_prep.config import load_pipeline
     from ether_prep.runner import run_pipeline
 
@@ -86,15 +91,21 @@ def main() -> None:
                                     asr_options={"beam_size": tx.params.beam_size})
         load_bare = time.perf_counter() - t0
         model.transcribe(audio[: 16000 * 30], batch_size=tx.resources.batch_size)  # warm-up
-        t0 = time.perf_counter()
-        model.transcribe(whisperx.load_audio(str(wav)), batch_size=tx.resources.batch_size)
-        bare_t = time.perf_counter() - t0
+        store = Path(tmp) / "store"
+        summary = run_pipeline(pipeline, raw, store, only=["audio", "transcribe", "diarize", "utterances"])
+        times = {o.stage: o.elapsed_s for o in summary.outcomes if o.session_id.startswith("five_minutes")}
+        # Shared machines are noisy: alternate bare and ether-prep transcription and keep each one's best.
+        bare_runs, ours_runs = [], [times["transcribe"]]
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            model.transcribe(whisperx.load_audio(str(wav)), batch_size=tx.resources.batch_size)
+            bare_runs.append(time.perf_counter() - t0)
+            again = run_pipeline(pipeline, raw, store, only=["transcribe"], force=True)
+            ours_runs += [o.elapsed_s for o in again.outcomes if o.session_id.startswith("five_minutes")]
+        bare_t = min(bare_runs)
+        times["transcribe"] = min(ours_runs)
         del model
         mem_bare = peak_mb()
-
-        summary = run_pipeline(pipeline, raw, Path(tmp) / "store",
-                               only=["audio", "transcribe", "diarize", "utterances"])
-        times = {o.stage: o.elapsed_s for o in summary.outcomes if o.session_id.startswith("five_minutes")}
     speech_total = sum(times[s] for s in ("audio", "transcribe", "diarize", "utterances"))
     print(f"bare whisperx transcribe: {bare_t:.2f} s  RTF {bare_t / duration:.4f}  (load {load_bare:.1f} s)")
     for s in ("audio", "transcribe", "diarize", "utterances"):
@@ -103,7 +114,9 @@ def main() -> None:
     print(f"transcription overhead over bare whisperx: {times['transcribe'] / bare_t - 1:+.1%} "
           f"(words with times, hallucination guards, store writes included)")
     print(f"diarization share of the speech stages: {times['diarize'] / speech_total:.1%}")
-    print(f"peak memory (RSS): {mem_bare:.0f} MB after bare whisperx, {peak_mb():.0f} MB after ether-prep")
+    print(f"transcription runs (s): bare {[round(t, 2) for t in bare_runs]}, "
+          f"ether-prep {[round(t, 2) for t in ours_runs]}")
+    print(f"peak memory (RSS, one process running both): {mem_bare:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -193,7 +193,7 @@ def link_tracks(movement: np.ndarray, activity: np.ndarray, speakers: Sequence[s
     ``movement`` is (F, T) (NaN where a track has no face), ``activity`` (S, F). ``boxes`` (T, 4), the
     tracks' mean boxes, enables seat continuity for fragments. ``speaker == ""`` means unlinked.
     """
-    from scipy.optimize import linear_sum_assignment
+    from .adapters.scipy_optimize import best_assignment
 
     movement = np.asarray(movement, dtype=np.float64)
     activity = np.asarray(activity, dtype=np.float64)
@@ -213,7 +213,7 @@ def link_tracks(movement: np.ndarray, activity: np.ndarray, speakers: Sequence[s
     if not (n_tracks and len(speakers)):
         return [links[t] for t in range(n_tracks)], corr
     # 1. one-to-one among all tracks: each speaker's primary face
-    rows, cols = linear_sum_assignment(-corr)
+    rows, cols = best_assignment(corr)
     owner: dict[int, list[int]] = {}  # speaker index -> linked track columns
     for t, s in zip(rows, cols, strict=True):
         r = float(corr[t, s])

@@ -50,28 +50,22 @@ def open_store(path: str | os.PathLike[str]) -> AlignedStore:
     return AlignedStore(path)
 
 
-def _load_parquet(path: Path) -> dict[str, np.ndarray]:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
-
-
 class AlignedStore:
     """An aligned store: the utterance and pair manifests in memory, tensors read on demand."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        from .manifest import read_manifest
+        from .store import Store
+
         self.path = Path(path)
-        manifest = self.path / "utterances.parquet"
-        if not (self.path / "zarr.json").exists():
-            raise StoreError(f"{self.path}: no ether-prep store here; run `ether-prep extract RAW_DIR --out "
-                             f"{self.path}` and `ether-prep align --out {self.path}` first")
+        store = Store(self.path, mode="r")  # a clear StoreError when there is no ether-prep store
+        manifest = store.manifest_path("utterances")
         if not manifest.exists():
             raise StoreError(f"{self.path}: no utterances.parquet manifest; run `ether-prep align --out "
                              f"{self.path}` first")
-        self.manifest = _load_parquet(manifest)
-        pairs = self.path / "dialogue_pairs.parquet"
-        self.pairs = _load_parquet(pairs) if pairs.exists() else {}
+        self.manifest = read_manifest(manifest)
+        pairs = store.manifest_path("dialogue_pairs")
+        self.pairs = read_manifest(pairs) if pairs.exists() else {}
 
     def __len__(self) -> int:
         return len(self.manifest.get("utterance_id", []))
@@ -123,33 +117,32 @@ class _SessionArrays:
     """One session's open arrays and small per-session tables, read once per process."""
 
     def __init__(self, root: Path, session_id: str) -> None:
-        import zarr
+        from .store import open_session
 
-        base = f"{root}/sessions/{session_id}"
+        self.session = open_session(root, session_id)
         try:
-            group = zarr.open_group(base, mode="r", zarr_format=3, use_consolidated=False)
-            align = group["align"]
+            align = self.session.stage_group("align")
             tensors = align["tensors"]
             self.face = tensors["face"]
             self.mask = tensors["mask"]
             self.pooled = np.asarray(align["pooled"][...])
-        except (KeyError, FileNotFoundError) as exc:
+        except (KeyError, StoreError) as exc:
             raise StoreError(f"{root}: session {session_id!r} has no align tensors ({exc}); re-run "
                              f"`ether-prep align --out {root}`") from exc
-        self.group = group
         self._words: dict[str, np.ndarray] | None = None
         self._wave: Any = None
 
     def words(self) -> dict[str, np.ndarray]:
         if self._words is None:
-            from .store import read_table
-
-            self._words = read_table(self.group["utterances"], "words") if "utterances" in self.group else {}
+            try:
+                self._words = self.session.read_table("utterances", "words")
+            except StoreError:
+                self._words = {}
         return self._words
 
     def waveform(self) -> Any:
         if self._wave is None:
-            self._wave = self.group["audio"]["waveform"]
+            self._wave = self.session.array("audio", "waveform")
         return self._wave
 
 

@@ -88,6 +88,14 @@ def _write(columns: dict[str, list[Any]], path: os.PathLike[str] | str, schema_h
     os.replace(tmp, path)  # readers never see a half-written manifest
 
 
+def read_manifest(path: os.PathLike[str] | str) -> dict[str, np.ndarray]:
+    """A manifest's columns as numpy arrays (strings as object arrays)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
 def write_manifests(store: Store) -> tuple[int, int]:
     """Write ``utterances.parquet`` and ``dialogue_pairs.parquet`` at the store root; returns row counts."""
     utt, pairs = manifest_tables(store)

@@ -1,9 +1,10 @@
 """Pure speech logic: word timing fixes, speech regions, clustering, speaker assignment, utterances, metrics.
 
-No model and no heavy library is imported here (numpy always, scipy / scikit-learn inside the functions
-that need them), so this module is cheap to import and easy to test on hand-made inputs. Words are plain
-dicts with ``text, start, end, score, interpolated`` (and ``speaker`` once assigned); turns are
-:class:`~ether_prep.records.Turn`; all times are seconds from the start of the recording.
+No model and no heavy library is imported here (numpy always; clustering and assignment go through the
+scikit-learn and scipy adapters, imported inside the functions that need them), so this module is cheap to
+import and easy to test on hand-made inputs. Words are plain dicts with ``text, start, end, score,
+interpolated`` (and ``speaker`` once assigned); turns are :class:`~ether_prep.records.Turn`; all times are
+seconds from the start of the recording.
 """
 
 from __future__ import annotations
@@ -177,15 +178,12 @@ def cluster_embeddings(embeddings: np.ndarray, num_speakers: int | None = None, 
     if k <= 1:
         return np.zeros(n, dtype=int)
     affinity = np.clip(x @ x.T, 0.0, 1.0)
+    from .adapters.sklearn_cluster import agglomerative_labels, spectral_labels
+
     if method == "spectral":
-        from sklearn.cluster import SpectralClustering
-
-        labels = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=seed,
-                                    assign_labels="cluster_qr").fit_predict(affinity)
+        labels = spectral_labels(affinity, k, seed)
     elif method == "agglomerative":
-        from sklearn.cluster import AgglomerativeClustering
-
-        labels = AgglomerativeClustering(n_clusters=k, metric="cosine", linkage="average").fit_predict(x)
+        labels = agglomerative_labels(x, k)
     else:
         raise ValueError(f"unknown clustering method {method!r}; use 'spectral' or 'agglomerative'")
     # Relabel by first appearance so SPEAKER_00 is whoever speaks first.
@@ -212,15 +210,14 @@ def _estimate_speakers(x: np.ndarray, lo: int, hi: int, method: str) -> int:
         # One speaker: all windows alike, no eigengap stands out (small second eigenvalue).
         k = int(np.argmax(gaps[lo - 1: hi])) + lo
         return max(lo, min(k, hi))
-    from sklearn.cluster import AgglomerativeClustering
-    from sklearn.metrics import silhouette_score
+    from .adapters.sklearn_cluster import agglomerative_labels, silhouette
 
     best, best_k = -1.0, lo
     for k in range(max(lo, 2), hi + 1):
-        labels = AgglomerativeClustering(n_clusters=k, metric="cosine", linkage="average").fit_predict(x)
+        labels = agglomerative_labels(x, k)
         if len(set(labels)) < 2:
             continue
-        score = silhouette_score(x, labels, metric="cosine")
+        score = silhouette(x, labels)
         if score > best:
             best, best_k = score, k
     return 1 if lo == 1 and best < 0.1 else best_k
@@ -419,7 +416,7 @@ def der(reference: Sequence[Turn], hypothesis: Sequence[Turn], collar: float = 0
     regions where the reference has several speakers (the pyannote.metrics conventions). Overlap, when
     scored, counts every reference speaker: missing one of two is a miss, a wrong one a confusion.
     """
-    from scipy.optimize import linear_sum_assignment
+    from .adapters.scipy_optimize import best_assignment
 
     end = max([t.end for t in (*reference, *hypothesis)], default=0.0)
     n = int(np.ceil(end / step)) + 1
@@ -449,7 +446,7 @@ def der(reference: Sequence[Turn], hypothesis: Sequence[Turn], collar: float = 0
     co = R.astype(np.float64) @ H.T.astype(np.float64) if len(rs) and len(hs) else np.zeros((len(rs), len(hs)))
     correct = np.zeros(R.shape[1])
     if co.size:
-        rows, cols = linear_sum_assignment(-co)
+        rows, cols = best_assignment(co)
         for r, h in zip(rows, cols, strict=True):
             correct += R[r] & H[h]
     errors = np.maximum(n_ref, n_hyp) - correct

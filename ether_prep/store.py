@@ -185,8 +185,18 @@ class SessionGroup:
         return self.stage_group(stage)[name]
 
 
+def open_session(store_path: Path | str, session_id: str) -> SessionGroup:
+    """One session's group, read-only, opened directly (cheap enough for every DataLoader worker)."""
+    try:
+        group = zarr.open_group(f"{store_path}/{_SESSIONS}/{session_id}", mode="r", zarr_format=3,
+                                use_consolidated=False)
+    except FileNotFoundError:
+        raise StoreError(f"{store_path}: no session {session_id!r}") from None
+    return SessionGroup(session_id, group)
+
+
 class Store:
-    """A ether-prep Zarr store on disk (created on first write)."""
+    """An ether-prep Zarr store on disk (created on first write)."""
 
     def __init__(self, path: Path | str, mode: str = "a") -> None:
         self.path = Path(path)

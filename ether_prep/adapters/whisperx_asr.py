@@ -48,6 +48,7 @@ class AsrOptions:
     threads: int = 2
     vad_onset: float = 0.5
     vad_offset: float = 0.363
+    vad_step: float = 0.1  # hop of whisperx's pyannote VAD, as a fraction of its window (pyannote: 0.1)
     chunk_size: int = 30
     no_speech_threshold: float = 0.6
     log_prob_threshold: float = -1.0
@@ -206,8 +207,19 @@ class WhisperxTranscriber:
         except Exception as exc:
             raise ModelError(f"whisperx could not build its pipeline around {options.model!r} (VAD model shipped "
                              f"in whisperx/assets): {exc}") from exc
+        if options.vad_step != 0.1:
+            self._set_vad_step(options.vad_step)
         self._align: tuple[Any, dict[str, Any]] | None = None
         self._align_language: str | None = None
+
+    def _set_vad_step(self, fraction: float) -> None:
+        """Hop whisperx's pyannote VAD window by ``fraction`` of its length instead of pyannote's 10%."""
+        try:
+            inference = self.pipeline.vad_model.vad_pipeline._segmentation
+            inference.step = fraction * inference.duration
+        except AttributeError as exc:
+            raise ModelError(f"vad_step {fraction} needs whisperx's pyannote VAD, which this whisperx version "
+                             f"lays out differently ({exc}); set `vad_step: 0.1` (the default)") from exc
 
     @property
     def model_id(self) -> str:

@@ -1,7 +1,7 @@
 """Face tracking across frames: stable track ids from box overlap, motion and appearance.
 
 Each analysed frame's detections are matched to live tracks with the Hungarian algorithm
-(:func:`scipy.optimize.linear_sum_assignment`) on a similarity that mixes
+(:func:`ether_prep.adapters.scipy_optimize.best_assignment`) on a similarity that mixes
 
 - position: IoU with the track's box predicted at this frame's time (constant velocity), and centre distance
   relative to face size, so a face that moved fast between sparse analysed frames still matches;
@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
+
+from ..adapters.scipy_optimize import best_assignment
 
 __all__ = ["FaceTracker", "TrackSummary", "appearance_descriptor", "iou_matrix"]
 
@@ -135,7 +136,7 @@ class FaceTracker:
         matched: set[int] = set()
         if len(boxes) and self.live:
             sim = self._similarity(t, boxes, descriptors)
-            rows, cols = linear_sum_assignment(-sim)
+            rows, cols = best_assignment(sim)
             for r, c in zip(rows, cols, strict=True):
                 if sim[r, c] >= self.min_similarity:
                     ids[c] = self.live[r].track
