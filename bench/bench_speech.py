@@ -7,7 +7,8 @@ Builds a ~5-minute recording from the shared clips (PyAV, in a temporary folder)
   ``run_pipeline`` (model loading excluded the same way: the figures are per-stage run times);
 
 and prints real-time factors, the transcription overhead over bare whisperx (as the ``cpu`` pipeline runs it,
-and with whisperx's own VAD hop, ``vad_step: 0.1``), diarization's share of the speech stages, and peak memory (ru_maxrss of this process).
+and with whisperx's own VAD hop, ``vad_step: 0.1``), diarization's share of the speech stages, and peak
+memory (ru_maxrss of this process).
 Run: ``uv run python bench/bench_speech.py``.
 """
 
