@@ -35,7 +35,9 @@ from .stages import STAGES, stage_class
 
 __all__ = ["Pipeline", "Resources", "StageSpec", "load_config", "load_pipeline"]
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "pipelines.yaml"
+# A wheel carries pipelines.yaml inside the package; a source checkout has it at the repository root.
+_PACKAGED = Path(__file__).resolve().parent / "pipelines.yaml"
+DEFAULT_CONFIG = _PACKAGED if _PACKAGED.is_file() else Path(__file__).resolve().parent.parent / "pipelines.yaml"
 _TOP_KEYS = {"version", "pipelines"}
 _PIPELINE_KEYS = {"description", "stages"}
 _STAGE_KEYS = {"stage", "enabled", "backend", "model", "params", "resources"}
