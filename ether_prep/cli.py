@@ -40,7 +40,7 @@ Only = Annotated[list[str] | None, typer.Option("--only", help="Run only this st
 From = Annotated[str | None, typer.Option("--from", help="Run from this stage on.")]
 Executor = Annotated[ExecutorName, typer.Option("--executor", "-x", envvar="ETHER_PREP_EXECUTOR",
                                                 help="ray (local cluster by default) or inline (this process).")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, no Ray worker logs.")]
 DEFAULT_STORE = Path("ether_prep.zarr")
 
 

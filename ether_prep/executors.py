@@ -48,7 +48,7 @@ class RayExecutor:
     """Runs tasks on a pool of Ray actors, one stage at a time."""
 
     def __init__(self, address: str | None = None, workers: int | None = None, num_cpus: int | None = None,
-                 num_gpus: int | None = None) -> None:
+                 num_gpus: int | None = None, worker_logs: bool = True) -> None:
         # Under `uv run`, Ray would otherwise copy the project and rebuild its venv for its workers; local
         # workers already share the driver's environment. Ray reads the flag when it is first imported.
         os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
@@ -57,7 +57,7 @@ class RayExecutor:
         self.ray = ray
         self.workers = workers
         if not ray.is_initialized():
-            kwargs: dict = {"include_dashboard": False, "log_to_driver": True,
+            kwargs: dict = {"include_dashboard": False, "log_to_driver": worker_logs,
                             "configure_logging": False}
             address = address or os.environ.get("RAY_ADDRESS")
             if address:
@@ -115,10 +115,11 @@ class _RayWorker(StageWorker):
 
 
 def make_executor(name: str, ray_address: str | None = None, workers: int | None = None,
-                  num_cpus: int | None = None) -> Executor:
-    """``inline`` or ``ray``; a Ray address implies ``ray``."""
+                  num_cpus: int | None = None, worker_logs: bool = True) -> Executor:
+    """``inline`` or ``ray``; a Ray address implies ``ray``. ``worker_logs=False`` keeps Ray workers' output
+    (model libraries' chatter) out of this terminal."""
     if name == "inline" and not ray_address:
         return InlineExecutor()
     if name in ("ray", "inline"):
-        return RayExecutor(ray_address, workers, num_cpus=num_cpus)
+        return RayExecutor(ray_address, workers, num_cpus=num_cpus, worker_logs=worker_logs)
     raise ConfigError(f"unknown executor {name!r}; use 'inline' or 'ray'")

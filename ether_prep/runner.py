@@ -140,7 +140,7 @@ def run_pipeline(
     store = Store(store_path)
     sessions, probe_errors = load_sessions(store, raw_dir)
     summary = RunSummary()
-    runner = make_executor(executor, ray_address=ray_address, workers=workers)
+    runner = make_executor(executor, ray_address=ray_address, workers=workers, worker_logs=progress)
     try:
         for spec in specs:
             cls = stage_class(spec.name)
