@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from .config import Pipeline, StageSpec
-from .errors import InputError, StoreError
+from .errors import EtherPrepError, InputError, StoreError
 from .executors import make_executor
 from .provenance import fingerprint, library_versions
 from .records import Session
 from .sessions import discover_sessions, probe_session, session_from_info
 from .stages import stage_class
+from .stages.base import Stage
 from .store import SessionGroup, StageState, Store
 from .worker import Outcome, Task
 
@@ -60,10 +61,10 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def stage_fingerprint(spec: StageSpec, upstream: dict[str, str], meta: dict[str, str] | None = None) -> str:
+def stage_fingerprint(spec: StageSpec, upstream: dict[str, str], inputs: dict[str, Any] | None = None) -> str:
     payload: dict[str, Any] = {"stage": spec.identity(), "upstream": upstream}
-    if meta is not None:
-        payload["meta"] = meta
+    if inputs:
+        payload["inputs"] = inputs
     return fingerprint(payload)
 
 
@@ -102,21 +103,17 @@ def _marker(spec: StageSpec, upstream: dict[str, str], model: dict[str, str]) ->
             "libraries": library_versions(*cls.libraries)}
 
 
-def plan_stage(spec: StageSpec, group: SessionGroup, meta: dict[str, str] | None = None,
-               ) -> tuple[str, StageState, dict[str, str] | str]:
+def plan_stage(stage: Stage, session: Session, group: SessionGroup) -> tuple[str, StageState, dict[str, str] | str]:
     """(fingerprint, stored state, upstream fingerprints) for one session, or a blocking reason."""
-    cls = stage_class(spec.name)
+    spec = stage.spec
     upstream: dict[str, str] = {}
-    for dep in cls.requires:
+    for dep in stage.requires:
         state = group.stage_state(dep)
         if not state.complete:
             return "", group.stage_state(spec.name), f"needs stage {dep!r}, which is {state.state}"
         upstream[dep] = state.fingerprint or ""
-    if not cls.reads_session_meta:
-        meta = None
-    elif meta is None:
-        meta = dict(group.info.get("meta", {}))
-    return stage_fingerprint(spec, upstream, meta), group.stage_state(spec.name), upstream
+    fp = stage_fingerprint(spec, upstream, stage.fingerprint_inputs(session))
+    return fp, group.stage_state(spec.name), upstream
 
 
 def run_pipeline(
@@ -144,16 +141,20 @@ def run_pipeline(
     try:
         for spec in specs:
             cls = stage_class(spec.name)
-            model = cls(spec).model_info()
+            planner = cls(spec)  # describes the stage in the driver; workers build their own and load models
+            model = planner.model_info()
             todo: list[Task] = []
             for session in sessions:
                 group = store.session(session.id)
-                if session.id in probe_errors:
+                try:
+                    if session.id in probe_errors:
+                        raise InputError(probe_errors[session.id])
+                    fp, state, upstream = plan_stage(planner, session, group)
+                except EtherPrepError as exc:  # this session cannot run this stage; the others go on
                     group.begin_stage(spec.name, {"stage": spec.name})
-                    group.finish_stage(spec.name, "failed", None, error=probe_errors[session.id])
-                    summary.outcomes.append(Outcome(session.id, spec.name, "failed", probe_errors[session.id]))
+                    group.finish_stage(spec.name, "failed", None, error=str(exc))
+                    summary.outcomes.append(Outcome(session.id, spec.name, "failed", str(exc)))
                     continue
-                fp, state, upstream = plan_stage(spec, group, session.meta)
                 if isinstance(upstream, str):
                     summary.outcomes.append(Outcome(session.id, spec.name, "blocked", upstream))
                     continue
@@ -178,7 +179,7 @@ def run_pipeline(
                     summary.outcomes.append(outcome)
                     bar_s.update(1)
                     bar_m.update(round(outcome.media_s, 1))
-            cls(spec).finalize(store)
+            planner.finalize(store)
     finally:
         runner.close()
         store.consolidate()
@@ -190,15 +191,16 @@ def status_table(store: Store, pipeline: Pipeline | None = None) -> list[dict[st
 
     ``stale`` means done, but with other parameters, model or upstream results than ``pipeline`` now asks for.
     """
+    planners = {s.name: stage_class(s.name)(s) for s in pipeline.stages if s.enabled} if pipeline else {}
     rows = []
     for sid in store.session_ids():
         group = store.session(sid)
-        stage_names = [s.name for s in pipeline.stages if s.enabled] if pipeline else sorted(group.group.group_keys())
-        for name in stage_names:
+        session = session_from_info(group.info) if planners else None
+        for name in planners or sorted(group.group.group_keys()):
             state = group.stage_state(name)
             shown = state.state
-            if pipeline is not None and state.complete:
-                fp, _, upstream = plan_stage(pipeline.stage(name), group)
+            if session is not None and state.complete:
+                fp, _, upstream = plan_stage(planners[name], session, group)
                 if isinstance(upstream, str) or fp != state.fingerprint:
                     shown = "stale"
             rows.append({"session": sid, "relpath": group.info.get("relpath", ""), "stage": name, "state": shown,

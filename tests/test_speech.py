@@ -448,3 +448,25 @@ def test_sessions_csv_speaker_count_overrides_the_pipeline(speech_run) -> None:
         assert set(store.session(ids[name]).read_table("diarize", "turns")["speaker"]) == {"SPEAKER_00"}
         assert set(_words(store, ids[name])["speaker"]) == {"SPEAKER_00"}
     assert len(set(store.session(ids["sample.wav"]).read_table("diarize", "turns")["speaker"])) == 2
+
+
+@pytest.mark.slow
+def test_bad_speaker_count_in_sessions_csv_fails_that_session_only(tmp_path: Path) -> None:
+    from ether_prep.runner import run_pipeline
+    from ether_prep.sessions import session_id
+    from ether_prep.store import Store
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("jfk.flac", "librispeech_1272-128104-0000.wav"):
+        (raw / name).symlink_to(DATA / "speech" / name)
+    (raw / "sessions.csv").write_text("file,num_speakers\njfk.flac,two\nlibrispeech_1272-128104-0000.wav,1\n")
+    summary = run_pipeline(load_pipeline("cpu"), raw, tmp_path / "s.zarr", only=["audio", "diarize"])
+    assert summary.counts("audio") == {"done": 2}
+    assert summary.counts("diarize") == {"failed": 1, "done": 1}
+    failed = Store(tmp_path / "s.zarr").session(session_id("jfk.flac")).stage_state("diarize")
+    assert "jfk.flac" in failed.error and "num_speakers 'two'" in failed.error
+    # Fixing the file reruns diarize for that session alone.
+    (raw / "sessions.csv").write_text("file,num_speakers\njfk.flac,1\nlibrispeech_1272-128104-0000.wav,1\n")
+    fixed = run_pipeline(load_pipeline("cpu"), raw, tmp_path / "s.zarr", only=["audio", "diarize"])
+    assert fixed.ran("diarize") == [session_id("jfk.flac")] and fixed.ok

@@ -311,8 +311,12 @@ class AlignStage(Stage):
     requires = ("utterances", "face")
     needs_stream = None
     Params = AlignParams
-    reads_session_meta = True
     libraries = ("vaderSentiment", "scipy", "pyarrow")
+
+    def fingerprint_inputs(self, session: Session) -> dict[str, Any]:
+        # Roles and hand-fixed links from sessions.csv (or roles_file) change the output; notes do not.
+        meta = _meta(session, self.params.roles_file)
+        return {k: meta[k] for k in ("client", "counsellor", "speaker_tracks") if meta.get(k)}
 
     def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
         p: AlignParams = self.params

@@ -39,8 +39,7 @@ class Stage(ABC):
     - ``needs_stream``: ``"audio"``/``"video"`` when a session without that stream is skipped with a note;
     - ``backends``: accepted backend names, the first being the default;
     - ``Params``: a frozen dataclass of parameters with defaults (unknown keys are config errors);
-    - ``libraries``: distributions whose versions are recorded as provenance;
-    - ``reads_session_meta``: the session's ``sessions.csv`` row is part of its fingerprint (roles, say).
+    - ``libraries``: distributions whose versions are recorded as provenance.
     """
 
     name: ClassVar[str]
@@ -51,7 +50,6 @@ class Stage(ABC):
     backends: ClassVar[tuple[str, ...]] = ("builtin",)
     Params: ClassVar[type] = NoParams
     libraries: ClassVar[tuple[str, ...]] = ()
-    reads_session_meta: ClassVar[bool] = False
 
     def __init__(self, spec: StageSpec) -> None:
         self.spec = spec
@@ -59,6 +57,12 @@ class Stage(ABC):
 
     def model_info(self) -> dict[str, str]:
         """Which model this stage resolves to and where from (``{"id": ..., "source": ...}``), without loading it."""
+        return {}
+
+    def fingerprint_inputs(self, session: Session) -> dict[str, Any]:
+        """Per-session inputs besides parameters and upstream results that the output depends on (a
+        ``sessions.csv`` column, say); they join the fingerprint, so editing them reruns this stage. Called
+        for every session on every run: keep it cheap."""
         return {}
 
     def setup(self) -> None:  # noqa: B027 - optional hook

@@ -99,7 +99,6 @@ class DiarizeStage(Stage):
     backends = ("embeddings", "pyannote")
     Params = DiarizeParams
     libraries = ("resemblyzer", "webrtcvad", "scikit-learn", "torch")
-    reads_session_meta = True  # a `num_speakers` column in sessions.csv overrides the parameter per session
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
@@ -111,6 +110,10 @@ class DiarizeStage(Stage):
 
             return {"id": self.spec.model or DEFAULT_PIPELINE, "source": "pyannote.audio via whisperx"}
         return {"id": self.spec.model or "resemblyzer GE2E (shipped)", "source": "package resemblyzer"}
+
+    def fingerprint_inputs(self, session: Session) -> dict[str, Any]:
+        n = _num_speakers(session)
+        return {"num_speakers": n} if n is not None else {}
 
     def setup(self) -> None:
         if self._model is not None:
