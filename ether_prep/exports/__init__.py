@@ -6,10 +6,9 @@ modules are imported only when their format is used.
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
+from ..registry import resolve
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -30,8 +29,4 @@ FORMATS: dict[str, str] = {
 
 def exporter(fmt: str) -> Callable[[SessionGroup, Path], Path]:
     """The writer function of export format ``fmt``."""
-    try:
-        module, func = FORMATS[fmt].split(":")
-    except KeyError:
-        raise ConfigError(f"unknown export format {fmt!r}; available: {', '.join(FORMATS)}") from None
-    return getattr(import_module(module), func)
+    return resolve(FORMATS, fmt, "export format")

@@ -3,10 +3,9 @@ used by config validation and ``--help`` without importing torch."""
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING
 
-from ..errors import ConfigError
+from ..registry import resolve
 
 if TYPE_CHECKING:
     from .base import Stage
@@ -26,9 +25,4 @@ STAGES: dict[str, str] = {
 
 def stage_class(name: str) -> type[Stage]:
     """The class implementing stage ``name``."""
-    try:
-        target = STAGES[name]
-    except KeyError:
-        raise ConfigError(f"unknown stage {name!r}; known stages: {', '.join(STAGES)}") from None
-    module, cls = target.split(":")
-    return getattr(import_module(module), cls)
+    return resolve(STAGES, name, "stage")
