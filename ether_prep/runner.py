@@ -96,11 +96,11 @@ def load_sessions(store: Store, raw_dir: Path | None) -> tuple[list[Session], di
     return sessions, errors
 
 
-def _marker(spec: StageSpec, upstream: dict[str, str], model: dict[str, str]) -> dict[str, Any]:
-    cls = stage_class(spec.name)
-    return {"stage": spec.name, "version": cls.version, "backend": spec.backend, "model": model,
+def _marker(stage: Stage, upstream: dict[str, str], model: dict[str, str]) -> dict[str, Any]:
+    spec = stage.spec
+    return {"stage": spec.name, "version": stage.version, "backend": spec.backend, "model": model,
             "params": spec.params_dict(), "resources": vars(spec.resources).copy(), "upstream": upstream,
-            "libraries": library_versions(*cls.libraries)}
+            "libraries": library_versions(*stage.library_names())}
 
 
 def plan_stage(stage: Stage, session: Session, group: SessionGroup) -> tuple[str, StageState, dict[str, str] | str]:
@@ -161,7 +161,7 @@ def run_pipeline(
                 if not force and state.complete and state.fingerprint == fp:
                     summary.outcomes.append(Outcome(session.id, spec.name, "cached", state.note))
                     continue
-                marker = _marker(spec, upstream, model)
+                marker = _marker(planner, upstream, model)
                 stream = cls.needs_stream
                 if stream and session.probe and not getattr(session.probe, f"has_{stream}"):
                     note = f"no {stream} stream in {session.relpath}: stage skipped"

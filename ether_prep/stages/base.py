@@ -39,7 +39,8 @@ class Stage(ABC):
     - ``needs_stream``: ``"audio"``/``"video"`` when a session without that stream is skipped with a note;
     - ``backends``: accepted backend names, the first being the default;
     - ``Params``: a frozen dataclass of parameters with defaults (unknown keys are config errors);
-    - ``libraries``: distributions whose versions are recorded as provenance.
+    - ``libraries``: distributions whose versions are recorded as provenance (per backend: override
+      :meth:`library_names`).
     """
 
     name: ClassVar[str]
@@ -58,6 +59,10 @@ class Stage(ABC):
     def model_info(self) -> dict[str, str]:
         """Which model this stage resolves to and where from (``{"id": ..., "source": ...}``), without loading it."""
         return {}
+
+    def library_names(self) -> tuple[str, ...]:
+        """Distributions this stage, with its configured backend, records the versions of."""
+        return self.libraries
 
     def fingerprint_inputs(self, session: Session) -> dict[str, Any]:
         """Per-session inputs besides parameters and upstream results that the output depends on (a

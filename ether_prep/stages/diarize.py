@@ -111,6 +111,11 @@ class DiarizeStage(Stage):
             return {"id": self.spec.model or DEFAULT_PIPELINE, "source": "pyannote.audio via whisperx"}
         return {"id": self.spec.model or "resemblyzer GE2E (shipped)", "source": "package resemblyzer"}
 
+    def library_names(self) -> tuple[str, ...]:
+        if self.spec.backend == "pyannote":
+            return ("pyannote-audio", "whisperx", "torch")
+        return self.libraries
+
     def fingerprint_inputs(self, session: Session) -> dict[str, Any]:
         n = _num_speakers(session)
         return {"num_speakers": n} if n is not None else {}
@@ -165,8 +170,7 @@ class DiarizeStage(Stage):
             "end": np.array([t.end for t in turns], dtype=np.float64),
             "speaker": np.array([t.speaker for t in turns], dtype=str),
         }, attrs={"units": "seconds"})
-        libs = ("pyannote-audio", "whisperx", "torch") if self.spec.backend == "pyannote" else self.libraries
         out.attrs.update({"backend": self.spec.backend, "model": self.model_info()["id"],
                           "n_speakers": len(speakers), "speakers": speakers,
-                          "libraries": library_versions(*libs)})
+                          "libraries": library_versions(*self.library_names())})
         return None if turns else "no speech found: zero turns"

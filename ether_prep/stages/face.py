@@ -147,13 +147,18 @@ class FaceStage(Stage):
     needs_stream = "video"
     backends = ("mediapipe", "pyfeat")
     Params = FaceParams
-    libraries = ("av", "mediapipe", "py-feat", "torch", "scipy")
+    libraries = ("av", "mediapipe", "scipy")
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
         self._model_bytes: bytes | None = None
         self._model_path: Path | None = None
         self._pyfeat: Any = None
+
+    def library_names(self) -> tuple[str, ...]:
+        if self.spec.backend == "pyfeat":
+            return ("av", "py-feat", "torch", "scipy")
+        return self.libraries
 
     # -- models ----------------------------------------------------------------------------------------
     def model_info(self) -> dict[str, str]:
@@ -334,7 +339,7 @@ class FaceStage(Stage):
             "n_tracks": n_tracks,
             "n_landmarks": 478 if self.spec.backend == "mediapipe" else 68,
             "fps_analysed": round(n_frames / elapsed, 2) if elapsed > 0 else None,
-            "libraries": library_versions(*self.libraries),
+            "libraries": library_versions(*self.library_names()),
             "params": self.spec.params_dict(),
         }
         if self.spec.backend == "mediapipe":

@@ -205,7 +205,7 @@ class TranscribeStage(Stage):
             "language": info["language"], "model": self._asr.model_id, "model_source": self._asr.source,
             "model_path": self._asr.model_path, "aligner": info["aligner"], "n_segments": info["n_segments"],
             "dropped_segments": info["dropped"], "channels": "split" if channels > 1 else "mix",
-            "libraries": library_versions(*self.libraries),
+            "libraries": library_versions(*self.library_names()),
         }
         write_table(out, "words", {
             "text": np.array([w["text"] for w in words], dtype=str),
