@@ -22,6 +22,8 @@ __all__ = ["Executor", "InlineExecutor", "RayExecutor", "make_executor"]
 
 
 class Executor(Protocol):
+    placements: dict[str, list[str]]
+
     def map(self, spec: StageSpec, store_path: Path, tasks: list[Task]) -> Iterator[Outcome]: ...
 
     def close(self) -> None: ...
@@ -29,6 +31,9 @@ class Executor(Protocol):
 
 class InlineExecutor:
     """Runs every task in this process, in order."""
+
+    def __init__(self) -> None:
+        self.placements: dict[str, list[str]] = {}
 
     def map(self, spec: StageSpec, store_path: Path, tasks: list[Task]) -> Iterator[Outcome]:
         if not tasks:
@@ -56,6 +61,8 @@ class RayExecutor:
 
         self.ray = ray
         self.workers = workers
+        # Per stage, the accelerators Ray gave each actor when it was made (CUDA_VISIBLE_DEVICES).
+        self.placements: dict[str, list[str]] = {}
         if not ray.is_initialized():
             kwargs: dict = {"include_dashboard": False, "log_to_driver": worker_logs,
                             "configure_logging": False}
@@ -93,6 +100,9 @@ class RayExecutor:
         actor_opts = {"num_cpus": spec.resources.num_cpus, "num_gpus": spec.resources.num_gpus}
         actors = [self._actor_cls.options(**actor_opts).remote(spec, str(store_path))
                   for _ in range(self._pool_size(spec, len(tasks)))]
+        # Ask every actor where it landed before handing out work: placement is Ray's decision at actor
+        # creation, and this also waits until each actor is up.
+        self.placements[spec.name] = self.ray.get([actor.devices.remote() for actor in actors])
         pool = ActorPool(actors)
         try:
             # Largest sessions first, so a long video does not start last and hold up the stage.

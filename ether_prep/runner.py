@@ -35,6 +35,8 @@ class RunSummary:
     """Every (session, stage) outcome of a run, in the order they finished."""
 
     outcomes: list[Outcome] = field(default_factory=list)
+    # stage -> accelerators (CUDA_VISIBLE_DEVICES) of each worker the executor made for it
+    placements: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[Outcome]:
@@ -181,6 +183,7 @@ def run_pipeline(
                     bar_m.update(round(outcome.media_s, 1))
             planner.finalize(store)
     finally:
+        summary.placements = dict(runner.placements)
         runner.close()
         store.consolidate()
     return summary

@@ -268,7 +268,10 @@ def test_ray_gives_each_gpu_actor_its_own_device(raw_dir: Path, tmp_path: Path) 
     finally:
         ray.shutdown()
     assert summary.counts("audio")["done"] == 4
+    # Placement is checked where the actors are made: each of the two got its own GPU, whichever of
+    # them then happened to get the work.
+    assert sorted(summary.placements["audio"]) == ["0", "1"]
     store = Store(tmp_path / "g.zarr", mode="r")
     devices = {store.session(s).stage_state("audio").info["worker"]["cuda_visible_devices"]
                for s in store.session_ids() if store.session(s).stage_state("audio").state == "done"}
-    assert devices == {"0", "1"}
+    assert devices <= {"0", "1"} and devices  # provenance records the device of the actor that did it
