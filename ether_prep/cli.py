@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -41,6 +40,9 @@ From = Annotated[str | None, typer.Option("--from", help="Run from this stage on
 Executor = Annotated[ExecutorName, typer.Option("--executor", "-x", envvar="ETHER_PREP_EXECUTOR",
                                                 help="ray (local cluster by default) or inline (this process).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, no Ray worker logs.")]
+Wait = Annotated[float, typer.Option("--wait", min=0, metavar="SECONDS",
+                                     help="If another run is writing the store, wait up to this long for it "
+                                          "[default: refuse at once]. 'inf' waits as long as it takes.")]
 DEFAULT_STORE = Path("ether_prep.zarr")
 
 
@@ -58,18 +60,21 @@ def _fail(exc: EtherPrepError) -> typer.Exit:
 
 def _run(family: str | None, raw_dir: Path | None, out: Path, pipeline: str, config: Path | None,
          ray_address: str | None, workers: int | None, force: bool, only: list[str] | None, start: str | None,
-         executor: ExecutorName, quiet: bool) -> None:
+         executor: ExecutorName, quiet: bool, wait: float) -> None:
     from .config import load_pipeline
+    from .errors import StoreError
     from .runner import run_pipeline
 
-    os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
     try:
         pipe = load_pipeline(pipeline, _config_path(config))
         summary = run_pipeline(pipe, raw_dir, out, family=family, only=only, start=start, force=force,
                                executor=executor.value, workers=workers, ray_address=ray_address,
-                               progress=not quiet)
+                               progress=not quiet, wait=wait)
     except EtherPrepError as exc:
         raise _fail(exc) from exc
+    except OSError as exc:  # the store's disk, outside any one session's stage
+        raise _fail(StoreError(f"{exc.filename or out}: {exc.strerror or exc}; free space or choose a "
+                               f"writable --out, then run again (finished stages are kept)")) from exc
     typer.echo(summary.report())
     if not summary.ok:
         typer.secho(f"{len(summary.failed)} stage run(s) failed; see `ether-prep status --out {out}`",
@@ -82,20 +87,20 @@ def extract(
     raw_dir: Annotated[Path, typer.Argument(help="Folder of recordings (searched recursively).")],
     out: Out = DEFAULT_STORE, pipeline: PipelineOpt = "default", config: ConfigOpt = None,
     ray_address: RayAddress = None, workers: Workers = None, force: Force = False, only: Only = None,
-    start: From = None, executor: Executor = ExecutorName.ray, quiet: Quiet = False,
+    start: From = None, executor: Executor = ExecutorName.ray, quiet: Quiet = False, wait: Wait = 0.0,
 ) -> None:
     """Run the extract stages (audio, speech, faces) over every recording in RAW_DIR."""
-    _run("extract", raw_dir, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet)
+    _run("extract", raw_dir, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet, wait)
 
 
 @app.command()
 def align(
     out: Out = DEFAULT_STORE, pipeline: PipelineOpt = "default", config: ConfigOpt = None,
     ray_address: RayAddress = None, workers: Workers = None, force: Force = False, only: Only = None,
-    start: From = None, executor: Executor = ExecutorName.ray, quiet: Quiet = False,
+    start: From = None, executor: Executor = ExecutorName.ray, quiet: Quiet = False, wait: Wait = 0.0,
 ) -> None:
     """Run the align stages over the sessions already extracted into the store."""
-    _run("align", None, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet)
+    _run("align", None, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet, wait)
 
 
 @app.command()
@@ -103,16 +108,17 @@ def run(
     raw_dir: Annotated[Path, typer.Argument(help="Folder of recordings (searched recursively).")],
     out: Out = DEFAULT_STORE, pipeline: PipelineOpt = "default", config: ConfigOpt = None,
     ray_address: RayAddress = None, workers: Workers = None, force: Force = False, only: Only = None,
-    start: From = None, executor: Executor = ExecutorName.ray, quiet: Quiet = False,
+    start: From = None, executor: Executor = ExecutorName.ray, quiet: Quiet = False, wait: Wait = 0.0,
 ) -> None:
     """Extract and align in one batch job."""
-    _run(None, raw_dir, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet)
+    _run(None, raw_dir, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet, wait)
 
 
 @app.command()
 def status(out: Out = DEFAULT_STORE, pipeline: PipelineOpt = "default", config: ConfigOpt = None) -> None:
     """Per session and stage: done, skipped, stale, failed (with the message), running or pending."""
     from .config import load_pipeline
+    from .lock import STORE_LOCK, describe, read_holder
     from .runner import status_table
     from .store import Store
 
@@ -130,6 +136,9 @@ def status(out: Out = DEFAULT_STORE, pipeline: PipelineOpt = "default", config: 
     for row in rows:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
     typer.echo(f"{len(store.session_ids())} session(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    holder = read_holder(out / STORE_LOCK)
+    if holder is not None:
+        typer.secho(f"a run is writing this store now: {describe(holder)}", fg=typer.colors.YELLOW)
 
 
 @app.command()
