@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .errors import EtherPrepError
+from .errors import ConfigError, EtherPrepError
 
 app = typer.Typer(
     name="ether-prep",
@@ -194,19 +194,33 @@ def export(
     out: Out = DEFAULT_STORE,
     fmt: Annotated[str, typer.Option("--format", "-f", help="json, rttm, srt, vtt or faces.")] = "json",
     session: Annotated[list[str] | None, typer.Option("--session", help="Only this session id (repeatable).")] = None,
+    deidentify: Annotated[bool, typer.Option(
+        "--deidentify", help="For sharing: e-mail addresses, phone numbers, URLs and listed names in transcripts "
+                             "become [EMAIL] [PHONE] [URL] [NAME]; face boxes, landmarks and identity embeddings "
+                             "are left out; files are named session-<hash> instead of by recording.")] = False,
+    names: Annotated[Path | None, typer.Option(
+        "--names", help="With --deidentify: a text file of names to replace, one per line (first names and "
+                        "surnames on lines of their own if they may be said alone).")] = None,
 ) -> None:
     """Write transcripts (json, rttm, srt, vtt) or face tables (faces: CSV) for every session in the store."""
     from .exports import exporter
     from .store import Store
 
     try:
+        if names is not None and not deidentify:
+            raise ConfigError("--names only applies with --deidentify; add --deidentify")
         write = exporter(fmt)
+        deid = None
+        if deidentify:
+            from .deidentify import Deidentifier
+
+            deid = Deidentifier.from_names_file(names)
         store = Store(out, mode="r")
         dest_dir.mkdir(parents=True, exist_ok=True)
         failed = 0
         for sid in session or store.session_ids():
             try:
-                typer.echo(write(store.session(sid), dest_dir))
+                typer.echo(write(store.session(sid), dest_dir, deid))
             except EtherPrepError as exc:  # one session without that stage does not stop the others
                 failed += 1
                 typer.secho(f"skipped {sid}: {exc}", fg=typer.colors.YELLOW, err=True)
