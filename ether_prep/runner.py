@@ -66,8 +66,12 @@ class RunSummary:
         for stage in dict.fromkeys(o.stage for o in self.outcomes):
             c = self.counts(stage)
             lines.append(f"{stage:12s} " + ", ".join(f"{n} {s}" for s, n in sorted(c.items())))
+        # A file that cannot be read fails every stage with one message: said once, with the stages.
+        grouped: dict[tuple[str, str, str | None], list[str]] = {}
         for o in self.failed:
-            lines.append(f"  {o.state.upper()} {o.session_id} [{o.stage}]: {o.message}")
+            grouped.setdefault((o.state, o.session_id, o.message), []).append(o.stage)
+        for (state, sid, message), stages in grouped.items():
+            lines.append(f"  {state.upper()} {sid} [{', '.join(stages)}]: {message}")
         lines.extend(f"  ERROR {e}" for e in self.errors)
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
@@ -222,7 +226,7 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
     from tqdm import tqdm
 
     planners = {spec.name: stage_class(spec.name)(spec) for spec in specs}  # describe stages in the driver
-    if _go_offline(list(planners.values())):
+    if _go_offline(list(planners.values())) and any(p.model_info() for p in planners.values()):
         summary.notes.append("every model is local: model hubs switched off (HF_HUB_OFFLINE=1)")
     sessions, probe_errors = load_sessions(store, raw_dir, summary)
     runner = make_executor(executor, ray_address=ray_address, workers=workers, worker_logs=progress)
@@ -286,7 +290,10 @@ def status_table(store: Store, pipeline: Pipeline | None = None) -> list[dict[st
     rows = []
     for sid in store.session_ids():
         group = store.session(sid)
-        session = session_from_info(group.info) if planners else None
+        try:
+            session = session_from_info(group.info) if planners else None
+        except EtherPrepError:  # its sessions.csv is malformed now: judge staleness on the stored metadata
+            session = session_from_info(group.info, refresh=False)
         for name in planners or sorted(group.group.group_keys()):
             state = group.stage_state(name)
             shown = state.state

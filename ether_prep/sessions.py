@@ -70,25 +70,26 @@ def read_metadata(folder: Path) -> tuple[dict[str, dict[str, str]], list[str]]:
     reader = csv.DictReader(text.splitlines(), strict=True)
     rows: dict[str, dict[str, str]] = {}
     first_line: dict[str, int] = {}
+    line = 1  # where the row being read starts
     try:
         if not reader.fieldnames or "file" not in reader.fieldnames:
             raise ConfigError(f"{path}: needs a 'file' column naming each recording (relative to its folder); "
                               f"found columns {reader.fieldnames}; {_CSV_FIX}")
+        line = reader.line_num + 1
         for row in reader:
-            line = reader.line_num
             if None in row:
                 raise ConfigError(f"{path} line {line}: {len(reader.fieldnames) + len(row[None])} fields but the "
                                   f"header has {len(reader.fieldnames)}; quote values that contain commas")
             name = (row.get("file") or "").strip()
-            if not name:
-                continue
             if name in rows:
                 raise ConfigError(f"{path} line {line}: {name!r} again (first on line {first_line[name]}); "
                                   f"keep one row per recording")
-            first_line[name] = line
-            rows[name] = {k: (v or "").strip() for k, v in row.items() if k != "file"}
+            if name:
+                first_line[name] = line
+                rows[name] = {k: (v or "").strip() for k, v in row.items() if k != "file"}
+            line = reader.line_num + 1
     except csv.Error as exc:
-        raise ConfigError(f"{path} line {reader.line_num}: {exc}; {_CSV_FIX}") from exc
+        raise ConfigError(f"{path} line {line}: {exc} (an unclosed quote?); {_CSV_FIX}") from exc
     notes = [f"{path} line {first_line[name]}: names {name!r}, which is not in that folder"
              for name in rows if not (folder / name).exists() and not (folder / name).is_symlink()]
     return rows, notes

@@ -218,7 +218,7 @@ def iter_audio_blocks(
         if expected is not None and expected - decoded > max(_TRUNCATION_TOLERANCE_S, 0.02 * expected):
             raise InputError(
                 f"{path}: truncated or corrupt: decoded {decoded:.2f} s of audio but the header says "
-                f"{expected:.2f} s"
+                f"{expected:.2f} s; copy the complete recording again from its source"
             )
 
 
@@ -249,7 +249,8 @@ def iter_video_frames(
 
     Frames are sampled by presentation time, not by index, so variable-frame-rate recordings are analysed
     at an even ``analysis_fps`` (``None`` keeps every frame). A packet that fails to decode is skipped and
-    counted in ``stats.corrupt`` instead of ending the video. ``threads=0`` lets FFmpeg choose.
+    counted in ``stats.corrupt`` instead of ending the video; frames that stop well before the stream's
+    duration (a truncated file) raise :class:`InputError` after the last one. ``threads=0`` lets FFmpeg choose.
     """
     stats = stats if stats is not None else DecodeStats()
     with _open(path) as c:
@@ -262,6 +263,7 @@ def iter_video_frames(
         step = 1.0 / analysis_fps if analysis_fps else 0.0
         next_time = -np.inf
         t0: float | None = None
+        last = 0.0
         for packet in c.demux(stream):
             try:
                 decoded = packet.decode()
@@ -276,6 +278,7 @@ def iter_video_frames(
                     # Streams may start at a non-zero pts (e.g. MPEG-PS); times are relative to the first frame.
                     t0 = float(frame.time)
                 t = float(frame.time) - t0
+                last = max(last, t)
                 stats.decoded += 1
                 if t + 1e-6 < next_time:
                     continue
@@ -287,3 +290,9 @@ def iter_video_frames(
                 if turns := _quarter_turns(frame):  # upright, as players show it
                     rgb = np.ascontiguousarray(np.rot90(rgb, turns))
                 yield VideoFrame(index=stats.decoded - 1, time=t, rgb=rgb)
+        # The stream's own duration (not the container's, which may be the longer audio): frames that stop
+        # well short of it mean a file cut off (a copy interrupted), not a recording that ended.
+        expected = _stream_duration(stream)
+        if stats.decoded and expected and expected - last > max(_TRUNCATION_TOLERANCE_S, 0.02 * expected):
+            raise InputError(f"{path}: truncated or corrupt: video frames stop at {last:.2f} s but the header says "
+                             f"{expected:.2f} s; copy the complete recording again from its source")
