@@ -183,7 +183,7 @@ class FileLock:
         self.token = None
 
     def __enter__(self) -> FileLock:
-        return self.acquire()
+        return self if self.token is not None else self.acquire()  # ``with lock.acquire(wait=...):`` too
 
     def __exit__(self, *exc: object) -> None:
         self.release()

@@ -216,13 +216,14 @@ def run_pipeline(
         if lock.took_over:
             summary.notes.append(f"took over the store lock left by a process that no longer runs "
                                  f"(pid {lock.took_over.get('pid')}, started {lock.took_over.get('started')})")
-        _run_locked(specs, raw_dir, Store(store_path), summary, force=force, executor=executor, workers=workers,
-                    ray_address=ray_address, progress=progress)
+        _run_locked(specs, raw_dir, Store(store_path), summary, lock.token, force=force, executor=executor,
+                    workers=workers, ray_address=ray_address, progress=progress)
     return summary
 
 
-def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summary: RunSummary, *, force: bool,
-                executor: str, workers: int | None, ray_address: str | None, progress: bool) -> None:
+def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summary: RunSummary,
+                token: str | None, *, force: bool, executor: str, workers: int | None, ray_address: str | None,
+                progress: bool) -> None:
     from tqdm import tqdm
 
     planners = {spec.name: stage_class(spec.name)(spec) for spec in specs}  # describe stages in the driver
@@ -260,7 +261,7 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
                     group.finish_stage(spec.name, "skipped", fp, note=note)
                     summary.outcomes.append(Outcome(session.id, spec.name, "skipped", note))
                     continue
-                todo.append(Task(session, fp, marker))
+                todo.append(Task(session, fp, marker, token))
             media = sum(t.session.probe.duration for t in todo if t.session.probe)
             with tqdm(total=len(todo), desc=f"{spec.name} sessions", unit="session", disable=not progress,
                       file=sys.stderr, leave=False, position=0) as bar_s, \

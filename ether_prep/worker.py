@@ -13,6 +13,7 @@ from typing import Any
 
 from .config import StageSpec
 from .errors import EtherPrepError
+from .lock import STORE_LOCK, describe, read_holder
 from .records import Session
 from .stages import stage_class
 from .stages.base import Stage
@@ -28,6 +29,7 @@ class Task:
     session: Session
     fingerprint: str
     marker: dict[str, Any] = field(default_factory=dict)
+    run_token: str | None = None  # the token of the store lock the run holds; None: unchecked
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,21 @@ def _where_am_i() -> dict[str, Any]:
     """Which host, process and accelerators (as Ray assigned them) computed an output: provenance."""
     return {"host": socket.gethostname(), "pid": os.getpid(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def _lock_lost(store_path: Path, token: str | None) -> str | None:
+    """Why this worker must not write (its run no longer holds the store lock), or None.
+
+    A worker outlives its driver for a moment when the driver is killed (Ray actors finish their task); once
+    another run has taken the stale lock over, such a worker must not write into the store it now owns.
+    """
+    if token is None:
+        return None
+    holder = read_holder(store_path / STORE_LOCK)
+    if holder and holder.get("token") == token:
+        return None
+    held = describe(holder) if holder else "nobody"
+    return f"the run that started this stage no longer holds the store lock (now: {held}); stopped without writing"
 
 
 def _os_error_message(exc: OSError, session: Session, stage: str, store_path: Path) -> str:
@@ -84,6 +101,8 @@ class StageWorker:
         session = task.session
         media_s = session.probe.duration if session.probe else 0.0
         t0 = time.perf_counter()
+        if lost := _lock_lost(self.store_path, task.run_token):
+            return Outcome(session.id, self.spec.name, "failed", lost, 0.0, media_s)
         group = Store(self.store_path).session(session.id)
         try:
             out = group.begin_stage(self.spec.name, task.marker)
@@ -91,6 +110,8 @@ class StageWorker:
                 self.stage.setup()
                 self._ready = True
             note = self.stage.run(session, group, out)
+            if lost := _lock_lost(self.store_path, task.run_token):
+                return Outcome(session.id, self.spec.name, "failed", lost, time.perf_counter() - t0, media_s)
             group.finish_stage(self.spec.name, "done", task.fingerprint, note=note,
                                elapsed_s=round(time.perf_counter() - t0, 3), worker=_where_am_i())
             return Outcome(session.id, self.spec.name, "done", note, time.perf_counter() - t0, media_s)
@@ -102,6 +123,8 @@ class StageWorker:
             tail = "".join(traceback.format_exception(exc)[-3:]).strip()
             message = f"{session.relpath}: unexpected {type(exc).__name__} in stage {self.spec.name!r}: {exc}\n{tail}"
         elapsed = time.perf_counter() - t0
+        if lost := _lock_lost(self.store_path, task.run_token):
+            return Outcome(session.id, self.spec.name, "failed", f"{message}; {lost}", elapsed, media_s)
         try:
             # Partial outputs are dropped (they would only take space, e.g. on a full disk); the marker stays.
             group.begin_stage(self.spec.name, task.marker)
