@@ -246,7 +246,12 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
 
 
 def _hint_name(hint: Any) -> str:
-    return (getattr(hint, "__name__", None) or str(hint)).replace("typing.", "").replace("NoneType", "null")
+    """``int``, ``float or null``, ... as a YAML writer reads them."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_hint_name(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return (getattr(hint, "__name__", None) or str(hint)).replace("typing.", "")
 
 
 def _collect_params(cls: type, given: Any, report: typing.Callable[[int, str], None],
@@ -256,7 +261,7 @@ def _collect_params(cls: type, given: Any, report: typing.Callable[[int, str], N
     if given is None:
         given = _Map()
     if not isinstance(given, dict):
-        report(_line(given), f"{what}s must be a mapping of name: value, got {given!r}")
+        report(0, f"{what}s must be a mapping of name: value, got {given!r}")  # 0: the caller's key line
         return None
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)

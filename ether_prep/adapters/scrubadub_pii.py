@@ -26,6 +26,11 @@ _BARE_DOMAIN = re.compile(
     r"(?:com|org|net|edu|gov|info|io|co|uk|ie|de|at|ch|fr|it|es|nl|be|eu|au|nz|ca|us)\b(?:/[^\s]*)?",
     re.IGNORECASE)
 
+# Of overlapping finds, the most specific kind names the span (an e-mail address also looks like a URL).
+_PRIORITY = ("email", "phone", "name", "url")
+# The start of a spoken e-mail address before the part scrubadub finds: "jane dot " of "jane dot doe at ...".
+_SPOKEN_DOTS = re.compile(r"(?:\b[\w+-]+\s+(?:dot|\.)\s+)+$", re.IGNORECASE)
+
 
 def scrubadub_version() -> str:
     return metadata.version("scrubadub")
@@ -81,10 +86,18 @@ class PiiFinder:
         for filth in self._scrubber.iter_filth(text):
             parts = getattr(filth, "filths", None) or [filth]  # overlapping finds are merged by scrubadub
             kinds = {p.type for p in parts} & set(KINDS)
-            # Of merged finds, the most specific kind names the span (an e-mail also looks like a URL).
-            kind = next((k for k in ("email", "phone", "name", "url") if k in kinds), "url")
-            end = filth.end
-            while kind == "url" and end > filth.beg + 1 and text[end - 1] in ".,;:!?)\"'":
+            kind = next((k for k in _PRIORITY if k in kinds), "url")
+            start, end = filth.beg, filth.end
+            while kind == "url" and end > start + 1 and text[end - 1] in ".,;:!?)\"'":
                 end -= 1  # a sentence's full stop is not part of the address
-            spans.append(Span(filth.beg, end, kind))
-        return spans
+            if kind == "email" and (spoken := _SPOKEN_DOTS.search(text[:start])):
+                start = spoken.start()  # "jane dot doe at ...": scrubadub starts at "doe"
+            spans.append(Span(start, end, kind))
+        merged: list[Span] = []
+        for span in sorted(spans, key=lambda x: x.start):  # a widened find may now overlap its neighbour
+            if merged and span.start < merged[-1].end:
+                last = merged.pop()
+                kind = min(last.kind, span.kind, key=_PRIORITY.index)
+                span = Span(last.start, max(last.end, span.end), kind)
+            merged.append(span)
+        return merged
