@@ -149,7 +149,7 @@ def validate(
 ) -> None:
     """Check pipelines.yaml (and the recordings in RAW_DIR) without computing anything."""
     from .config import load_config, load_pipeline
-    from .sessions import check_readable, discover_sessions
+    from .sessions import check_readable, scan
 
     path = _config_path(config)
     try:
@@ -159,16 +159,20 @@ def validate(
         if raw_dir is None:
             return
         bad = 0
-        sessions = discover_sessions(raw_dir)
-        for s in sessions:
-            problem = check_readable(s)
+        found = scan(raw_dir)
+        for s in found.sessions:
+            problem = found.problems.get(s.id) or check_readable(s)
             if problem:
                 bad += 1
                 typer.secho(f"unreadable: {problem}", fg=typer.colors.RED, err=True)
-        typer.echo(f"{len(sessions)} recording(s), {bad} unreadable")
+        for error in found.errors:
+            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        for note in found.notes:
+            typer.echo(f"note: {note}")
+        typer.echo(f"{len(found.sessions)} recording(s), {bad} unreadable")
     except EtherPrepError as exc:
         raise _fail(exc) from exc
-    if bad:
+    if bad or found.errors:
         raise typer.Exit(1)
 
 

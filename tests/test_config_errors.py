@@ -198,3 +198,14 @@ pipelines:
     assert located == [1, 2, 5, 8, 8, 9, 11, 13, 14, 15, 16]
     assert "stage 'audio': parameters: sample_rate must be within 8000..48000 Hz, got 4000" in message
     assert "pipeline 'q': expected a mapping with a 'stages' list" in message
+
+
+def test_hubs_are_switched_off_only_when_every_model_is_local() -> None:
+    from ether_prep.config import load_pipeline
+    from ether_prep.runner import models_are_local
+
+    def planners(name: str) -> list:
+        return [stage_class(s.name)(s) for s in load_pipeline(name).stages]
+
+    assert models_are_local(planners("cpu"))  # packages and a local .task file
+    assert not models_are_local(planners("default"))  # large-v3, pyannote and py-feat come from hubs

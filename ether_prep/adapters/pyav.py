@@ -161,10 +161,11 @@ def check_complete(path: Path) -> MediaProbe:
                 if frame is not None or i >= 50:
                     break
         except av.FFmpegError as exc:
-            raise InputError(f"{path}: corrupt near {target:.1f} s ({exc})") from exc
+            raise InputError(f"{path}: corrupt near {target:.1f} s ({exc}); copy the recording again from its "
+                             f"source") from exc
         if frame is None:
             raise InputError(f"{path}: truncated: no data near the end ({target:.1f} s) that the header promises "
-                             f"({info.duration:.1f} s in all)")
+                             f"({info.duration:.1f} s in all); copy the complete recording again from its source")
     return info
 
 
