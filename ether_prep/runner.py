@@ -34,6 +34,8 @@ __all__ = ["RunSummary", "load_sessions", "models_are_local", "plan_stage", "run
 
 # Hub libraries (huggingface_hub, transformers, pyannote) read these when imported: set before any stage loads.
 _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+# Usage reports that libraries send by default (Ray's hourly usage stats, pyannote's metrics, hub telemetry).
+_NO_TELEMETRY = {"RAY_USAGE_STATS_ENABLED": "0", "PYANNOTE_METRICS_ENABLED": "0", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
 
 @dataclass
@@ -149,9 +151,10 @@ def models_are_local(stages: Sequence[Stage]) -> bool:
 
 
 def _go_offline(stages: Sequence[Stage]) -> bool:
-    """No usage metrics ever; hub libraries offline when no stage needs a hub. Set before any model loads
-    (local Ray workers inherit this environment). Returns whether hubs were switched off."""
-    os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
+    """No usage metrics ever; hub libraries offline when no stage needs a hub. Set before any model loads and
+    before Ray starts (local Ray workers inherit this environment). Returns whether hubs were switched off."""
+    for key, value in _NO_TELEMETRY.items():
+        os.environ.setdefault(key, value)
     if not models_are_local(stages):
         return False
     for key, value in _OFFLINE_ENV.items():
