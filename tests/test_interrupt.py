@@ -177,7 +177,8 @@ def test_sigkill_inline_at_several_points_then_rerun_equals_an_uninterrupted_run
     for name, when in points:
         run_and_kill(_args(setup, store, "-x", "inline"), when)
         done_at_kills.append((name, assert_done_stages_are_complete(store, setup["reference"])))
-    assert any(_stage_running(store, s) for s in ("audio", "face")) or done_at_kills[-1][1] == 6
+        if name == "face running":  # killed inside a face stage (about a second per clip): it stays running
+            assert _stage_running(store, "face")
     final = media.cli(*_args(setup, store, "-x", "inline"))
     assert final.returncode == 0, final.stdout + final.stderr
     assert "took over the store lock left by a process that no longer runs" in final.stdout
@@ -191,6 +192,7 @@ def test_sigkill_on_ray_then_rerun_equals_an_uninterrupted_run(setup: dict) -> N
     store = setup["tmp"] / "ray.zarr"
     run_and_kill(_args(setup, store, "-x", "ray", "-w", "2"), lambda _: _stage_running(store, "face"))
     assert 3 <= assert_done_stages_are_complete(store, setup["reference"]) < 6
+    assert _stage_running(store, "face")
     final = media.cli(*_args(setup, store, "-x", "inline"))
     assert final.returncode == 0, final.stdout + final.stderr
     assert_stores_equal(store, setup["reference"])
