@@ -12,7 +12,7 @@ from .errors import ConfigError, InputError
 from .records import MediaProbe, Session
 
 __all__ = ["AUDIO_EXTENSIONS", "IMAGE_EXTENSIONS", "METADATA_FILE", "VIDEO_EXTENSIONS", "discover_sessions",
-           "probe_session", "session_id"]
+           "probe_session", "read_metadata_csv", "session_id"]
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg"})
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".m4a", ".ogg"})
@@ -48,8 +48,11 @@ def _kind(path: Path) -> str | None:
 def _read_metadata(folder: Path) -> dict[str, dict[str, str]]:
     """Rows of ``folder/sessions.csv`` keyed by their ``file`` column (a name relative to that folder)."""
     path = folder / METADATA_FILE
-    if not path.is_file():
-        return {}
+    return read_metadata_csv(path) if path.is_file() else {}
+
+
+def read_metadata_csv(path: Path) -> dict[str, dict[str, str]]:
+    """Rows of a metadata CSV (``sessions.csv`` or a roles file) keyed by their ``file`` column, stripped."""
     with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         if not reader.fieldnames or "file" not in reader.fieldnames:

@@ -132,7 +132,14 @@ def write_table(group: zarr.Group, name: str, columns: Mapping[str, Any],
 def read_table(group: zarr.Group, name: str) -> dict[str, np.ndarray]:
     """Read a table written by :func:`write_table` into memory (columns in written order)."""
     table = group[name]
-    return {col: table[col][...] for col in table.attrs.get("columns", list(table.array_keys()))}
+    return {col: _plain(table[col][...]) for col in table.attrs.get("columns", list(table.array_keys()))}
+
+
+def _plain(values: np.ndarray) -> np.ndarray:
+    """Zarr returns string columns as numpy's variable-width StringDType; callers get plain unicode."""
+    if values.dtype.kind == "T":
+        return np.array(values.tolist(), dtype=str) if values.size else np.array([], dtype=str)
+    return values
 
 
 class SessionGroup:

@@ -1,6 +1,6 @@
 """Issue 5: faces to speakers, per-utterance tensors, dialogue pairs, cues, manifests, training API.
 
-Unit tests exercise the pure functions of :mod:`ether_prep.alignment` and :mod:`ether_prep.cues`; the
+Unit tests exercise the pure functions of :mod:`ether_prep.align`; the
 ``slow`` tests run the real ``cpu`` pipeline (extract, then align) once on a small folder of shared clips
 and check the acceptance criteria on what it stored.
 """
@@ -17,19 +17,13 @@ import pytest
 import yaml
 import zarr
 
-from ether_prep.alignment import (
-    link_tracks,
-    mouth_movement,
-    offsets_from_lengths,
-    pair_dialogue,
-    pool,
-    resample_track,
-    speech_activity,
-    utterance_grid,
-)
-from ether_prep.cues import CueParams, face_cues, text_cues, utterance_cues
+from ether_prep.align.cues import face_cues, text_cues, utterance_cues
+from ether_prep.align.linking import link_tracks, mouth_movement, parse_speaker_tracks, speech_activity
+from ether_prep.align.pairs import pair_dialogue
+from ether_prep.align.roles import assign_roles
+from ether_prep.align.tensors import feature_names, offsets_from_lengths, pool, resample_track, utterance_grid
 from ether_prep.errors import ConfigError
-from ether_prep.stages.align import AlignParams, _parse_tracks, assign_roles, feature_names
+from ether_prep.stages.align import AlignParams
 from ether_prep.store import read_ragged, write_ragged
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,8 +156,8 @@ def test_pair_dialogue_groups_turns_and_respects_the_gap() -> None:
     pairs = pair_dialogue(ids, starts, ends, roles, max_gap=10.0)
     assert len(pairs) == 1  # the reply at 30 s comes 20.5 s after the client's turn
     p = pairs[0]
-    assert p["client_utterances"] == ids[:2] and p["counsellor_utterances"] == ids[2:4]
-    assert p["start"] == 0.0 and p["end"] == 7.5 and p["gap"] == pytest.approx(0.5)
+    assert p.client_utterances == tuple(ids[:2]) and p.counsellor_utterances == tuple(ids[2:4])
+    assert p.start == 0.0 and p.end == 7.5 and p.gap == pytest.approx(0.5)
     assert len(pair_dialogue(ids, starts, ends, roles, max_gap=30.0)) == 2
 
 
@@ -187,10 +181,10 @@ def test_face_cues_and_flags() -> None:
     val, expr = face_cues(neutral_face, mask, names)
     assert val == pytest.approx(0.0) and expr == pytest.approx(0.025)
     text = text_cues(["I'm fine, just tired and lonely"])[0]
-    cues = utterance_cues(text, val, expr, coverage=1.0)
+    cues = utterance_cues(text, val, expr, coverage=1.0, params=AlignParams())
     assert cues.flags == ("minimizing",)
     assert 0 <= cues.mismatch <= 1
-    assert utterance_cues(text, val, expr, coverage=0.2).flags == ()  # too little face to judge
+    assert utterance_cues(text, val, expr, coverage=0.2, params=AlignParams()).flags == ()  # too little face to judge
     sad = np.zeros((10, dim))
     sad[:, names.index("sadness")] = 0.8
     sad[:, names.index("AU15")] = 0.7
@@ -198,7 +192,7 @@ def test_face_cues_and_flags() -> None:
     s_val, s_expr = face_cues(sad, mask, names)
     assert s_val < -0.5 and s_expr > 0.3
     happy_words = text_cues(["This is great, I love it"])[0]
-    assert "positive_words_negative_face" in utterance_cues(happy_words, s_val, s_expr, 1.0, CueParams()).flags
+    assert "positive_words_negative_face" in utterance_cues(happy_words, s_val, s_expr, 1.0, AlignParams()).flags
     assert np.isnan(face_cues(sad, np.zeros(10, bool), names)[0])
 
 
@@ -234,9 +228,9 @@ def test_roles_from_metadata_tracks_and_heuristics() -> None:
     roles, assumed, source = assign_roles(speakers, talk, first, meta, {1: "SPEAKER_00"}, "none", "s")
     assert roles == {"SPEAKER_00": "client", "SPEAKER_01": "other", "SPEAKER_02": "counsellor"}
     assert not assumed and source == "metadata"
-    assert _parse_tracks("SPEAKER_00=1; SPEAKER_01=-", "s") == {"SPEAKER_00": 1, "SPEAKER_01": None}
+    assert parse_speaker_tracks("SPEAKER_00=1; SPEAKER_01=-", "s") == {"SPEAKER_00": 1, "SPEAKER_01": None}
     with pytest.raises(ConfigError, match="SPEAKER_00=1"):
-        _parse_tracks("SPEAKER_00", "s")
+        parse_speaker_tracks("SPEAKER_00", "s")
 
 
 def test_bad_align_parameters_are_config_errors(tmp_path: Path) -> None:

@@ -1,71 +1,60 @@
-"""Pure alignment logic over numpy arrays: faces to speakers, per-utterance resampling, pooling, pairs.
+"""Faces to speakers: which face track (and later, which person) belongs to which diarized speaker.
 
-Nothing here touches Zarr or a model; the ``align`` stage feeds these functions with what the upstream
-stages stored, so every step can be tested on arrays cut from real recordings.
+Pure numpy; the ``align`` stage feeds it what the face and speech stages stored.
 
-Face-to-speaker linking (:func:`link_tracks`)
-    1. *Mouth signal* per track and analysed frame (:func:`mouth_signal`): the face stage's ``mouth_open``
-       (jaw opening / lip aperture, 0..~1); where it is missing, the mean of AU25 (lips part) and AU26
-       (jaw drop). NaN where the track has no face.
-    2. *Mouth movement* (:func:`mouth_movement`): the standard deviation of the mouth signal in a centred
-       window (default 0.5 s). Talking opens and closes the mouth several times a second, so movement is
-       high while a person speaks and ~0 for a still or silent face whatever its resting opening.
-    3. *Speech activity* (:func:`speech_activity`): 1 where a speaker's words (or utterances) cover a frame
-       time, else 0, per diarized speaker.
-    4. ``corr[t, s]`` is the Pearson correlation of track ``t``'s movement with speaker ``s``'s activity,
-       over the frames where the track has a face (at least ``min_frames`` of them, else 0).
-    5. Tracks and speakers are matched one-to-one by maximising the summed correlation
-       (``scipy.optimize.linear_sum_assignment``); a match with ``corr < min_corr`` is dropped, so a face
-       that never speaks, or a speaker with no visible face, stays unlinked.
-    6. ``margin = corr - r_alt`` where ``r_alt`` is the best competing correlation in the same row or
-       column (the same track with another speaker, or the same speaker with another track; 0 when there
-       is no competitor). ``confidence = clip(corr, 0, 1) * clip(margin / corr, 0, 1)``: the correlation
-       itself when no alternative comes close, 0 when another track or speaker fits as well.
-    7. Fragments: a face track often breaks (the person turns away, is hidden, leaves the frame) and comes
-       back as a new track. A still unlinked track that is never on screen together with a speaker's
-       linked tracks joins that speaker when its mean box overlaps the speaker's primary track's mean box
-       (IoU >= ``min_seat_iou``: same seat; confidence = primary confidence x IoU), or else when its own
-       mouth movement correlates best with that speaker (>= ``min_corr``; confidence as in 6). So
-       one-to-one holds among faces on screen at the same time, and a person's face survives track breaks.
+Linking (:func:`link_tracks`)
+-----------------------------
+1. *Mouth signal* per track and analysed frame (:func:`mouth_signal`): the face stage's ``mouth_open``
+   (jaw opening / lip aperture, 0..~1); where it is missing, the mean of AU25 (lips part) and AU26
+   (jaw drop). NaN where the track has no face.
+2. *Mouth movement* (:func:`mouth_movement`): the standard deviation of the mouth signal in a centred
+   window (default 0.5 s). Talking opens and closes the mouth several times a second, so movement is
+   high while a person speaks and ~0 for a still or silent face whatever its resting opening.
+3. *Speech activity* (:func:`speech_activity`): 1 where a speaker's words (or utterances) cover a frame
+   time, else 0, per diarized speaker.
+4. ``corr[t, s]`` is the Pearson correlation of track ``t``'s movement with speaker ``s``'s activity,
+   over the frames where the track has a face (at least ``min_frames`` of them, else 0).
+5. Tracks and speakers are matched one-to-one by maximising the summed correlation
+   (``scipy.optimize.linear_sum_assignment``); a match with ``corr < min_corr`` is dropped, so a face
+   that never speaks, or a speaker with no visible face, stays unlinked.
+6. ``margin = corr - r_alt`` where ``r_alt`` is the best competing correlation in the same row or
+   column (the same track with another speaker, or the same speaker with another track; 0 when there
+   is no competitor). ``confidence = clip(corr, 0, 1) * clip(margin / corr, 0, 1)``: the correlation
+   itself when no alternative comes close, 0 when another track or speaker fits as well.
+7. Fragments: a face track often breaks (the person turns away, is hidden, leaves the frame) and comes
+   back as a new track. A still unlinked track that is never on screen together with a speaker's
+   linked tracks joins that speaker when its mean box overlaps the speaker's primary track's mean box
+   (IoU >= ``min_seat_iou``: same seat; confidence = primary confidence x IoU), or else when its own
+   mouth movement correlates best with that speaker (>= ``min_corr``; confidence as in 6). So
+   one-to-one holds among faces on screen at the same time, and a person's face survives track breaks.
 
-Per-utterance tensors (:func:`utterance_grid`, :func:`resample_track`, :func:`pool`)
-    The grid runs from ``max(0, start - pad)`` in steps of ``1 / rate`` up to and including the last step
-    ``<= end + pad``. A grid time takes the linear interpolation of the two analysed frames around it when
-    both have a face and are at most 1.5 frame intervals apart, else the nearest frame with a face within
-    half a frame interval; otherwise the mask is false and the values are 0 (so a masked step never puts a
-    NaN into a loss). Pooled statistics (mean, std, max per feature, and the fraction of steps with a face)
-    are taken over the steps inside ``[start, end]`` only, not the padding.
-
-Dialogue pairs (:func:`pair_dialogue`)
-    Utterances are walked in time order and grouped into turns (consecutive utterances of one role). Each
-    client turn followed directly by a counsellor turn that starts within ``max_gap`` seconds of the client
-    turn's end forms one pair: the client's utterances and the counsellor's reply.
+Hand-fixed links (:func:`parse_speaker_tracks`, :func:`apply_manual_links`)
+    ``speaker_tracks`` in ``sessions.csv`` (``SPEAKER_00=1;SPEAKER_01=-``) replaces the automatic links of the
+    speakers and tracks it names; ``-`` or ``none`` means the speaker has no visible face.
 """
 
 from __future__ import annotations
 
-import itertools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ConfigError
+
 __all__ = [
     "TrackLink",
+    "apply_manual_links",
     "frame_interval",
     "link_tracks",
     "merge_tracks",
     "mouth_movement",
     "mouth_signal",
-    "offsets_from_lengths",
-    "pair_dialogue",
-    "pool",
-    "resample_track",
+    "parse_speaker_tracks",
     "speech_activity",
     "str_array",
     "track_presence",
-    "utterance_grid",
 ]
 
 
@@ -81,7 +70,6 @@ class TrackLink:
     n_frames: int
 
 
-# ---------------------------------------------------------------------------------------------- linking
 def str_array(values: Sequence[object] | np.ndarray) -> np.ndarray:
     """A fixed-width unicode array from anything (zarr returns numpy's variable-width StringDType)."""
     return np.array([str(v) for v in values], dtype=str) if len(values) else np.array([], dtype=str)
@@ -193,7 +181,7 @@ def link_tracks(movement: np.ndarray, activity: np.ndarray, speakers: Sequence[s
     ``movement`` is (F, T) (NaN where a track has no face), ``activity`` (S, F). ``boxes`` (T, 4), the
     tracks' mean boxes, enables seat continuity for fragments. ``speaker == ""`` means unlinked.
     """
-    from .adapters.scipy_optimize import best_assignment
+    from ..adapters.scipy_optimize import best_assignment
 
     movement = np.asarray(movement, dtype=np.float64)
     activity = np.asarray(activity, dtype=np.float64)
@@ -266,112 +254,32 @@ def merge_tracks(features: np.ndarray, present: np.ndarray, cols: Sequence[int])
     return feats, pres
 
 
-# ------------------------------------------------------------------------------------------ resampling
-def utterance_grid(start: float, end: float, pad: float, rate: float) -> np.ndarray:
-    """Times ``max(0, start - pad) + k / rate`` for k = 0.. up to the last one ``<= end + pad``."""
-    t0 = max(0.0, float(start) - pad)
-    t1 = float(end) + pad
-    n = int(np.floor((t1 - t0) * rate + 1e-9)) + 1
-    return t0 + np.arange(max(n, 1), dtype=np.float64) / rate
+def parse_speaker_tracks(value: str, where: str) -> dict[str, int | None]:
+    """``SPEAKER_00=1;SPEAKER_01=-`` -> {"SPEAKER_00": 1, "SPEAKER_01": None}."""
+    out: dict[str, int | None] = {}
+    for part in filter(None, (p.strip() for p in value.replace(",", ";").split(";"))):
+        spk, sep, trk = part.partition("=")
+        if not sep:
+            raise ConfigError(f"{where}: speaker_tracks entry {part!r} must look like SPEAKER_00=1 "
+                              f"(or SPEAKER_00=- for no face)")
+        trk = trk.strip().lower()
+        try:
+            out[spk.strip()] = None if trk in ("-", "none", "") else int(trk.removeprefix("track:"))
+        except ValueError:
+            raise ConfigError(f"{where}: speaker_tracks entry {part!r}: track must be an integer") from None
+    return out
 
 
-def resample_track(times: np.ndarray, features: np.ndarray, present: np.ndarray, grid: np.ndarray,
-                   dt: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Resample one track's (F, D) frame features onto ``grid``: (G, D) float32 values and a (G,) mask.
-
-    NaN features inside frames that have a face (a feature the backend does not provide) become 0; see
-    the module docstring for the interpolation rule. ``dt`` (the frame interval) is computed when None.
-    """
-    times = np.asarray(times, dtype=np.float64)
-    grid = np.asarray(grid, dtype=np.float64)
-    dim = features.shape[1] if features.ndim == 2 else 0
-    n_grid = grid.size
-    values = np.zeros((n_grid, dim), dtype=np.float32)
-    mask = np.zeros(n_grid, dtype=bool)
-    if times.size == 0 or n_grid == 0:
-        return values, mask
-    dt = frame_interval(times) if dt is None else dt
-    # Only the frames around the grid matter: slicing first keeps an utterance O(its length), not O(session).
-    lo = max(int(np.searchsorted(times, grid[0] - 2 * dt)) - 1, 0)
-    hi = min(int(np.searchsorted(times, grid[-1] + 2 * dt)) + 1, times.size)
-    times = times[lo:hi]
-    features = np.asarray(features[lo:hi], dtype=np.float64)
-    present = np.asarray(present[lo:hi], dtype=bool)
-    if times.size == 0 or not present.any():
-        return values, mask
-    right = np.clip(np.searchsorted(times, grid, side="left"), 0, times.size - 1)
-    left = np.clip(right - 1, 0, times.size - 1)
-    # searchsorted "left" puts an exact match on the right; make both neighbours that frame then.
-    exact = np.isclose(times[right], grid, atol=1e-9, rtol=0)
-    left = np.where(exact, right, left)
-    tl, tr = times[left], times[right]
-    pl, pr = present[left], present[right]
-    feats = np.nan_to_num(features, nan=0.0)
-    both = pl & pr & (grid >= tl - 1e-9) & (grid <= tr + 1e-9) & ((tr - tl) <= 1.5 * dt + 1e-9)
-    span = np.where(tr > tl, tr - tl, 1.0)
-    w = np.clip((grid - tl) / span, 0.0, 1.0)[:, None]
-    interp = (1 - w) * feats[left] + w * feats[right]
-    # nearest frame with a face within half a frame interval
-    dl = np.where(pl, np.abs(grid - tl), np.inf)
-    dr = np.where(pr, np.abs(tr - grid), np.inf)
-    nearest = np.where(dl <= dr, left, right)
-    near_ok = np.minimum(dl, dr) <= 0.5 * dt + 1e-6
-    mask = both | near_ok
-    values = np.where(both[:, None], interp, feats[nearest]).astype(np.float32)
-    values[~mask] = 0.0
-    return values, mask
-
-
-def pool(values: np.ndarray, mask: np.ndarray, core: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-    """Pooled (3, D) [mean, std, max] over masked steps in ``core`` (NaN when none) and the face coverage.
-
-    ``coverage`` is the fraction of ``core`` steps with a face (0 for an empty core).
-    """
-    values = np.asarray(values, dtype=np.float64)
-    mask = np.asarray(mask, dtype=bool)
-    core = np.ones_like(mask) if core is None else np.asarray(core, dtype=bool)
-    n_core = int(core.sum())
-    sel = mask & core
-    dim = values.shape[1] if values.ndim == 2 else 0
-    if not sel.any():
-        return np.full((3, dim), np.nan, dtype=np.float32), 0.0
-    v = values[sel]
-    stats = np.stack([v.mean(axis=0), v.std(axis=0), v.max(axis=0)]).astype(np.float32)
-    return stats, float(sel.sum() / max(n_core, 1))
-
-
-def offsets_from_lengths(lengths: Sequence[int] | np.ndarray) -> np.ndarray:
-    """(N + 1,) int64 offsets of ragged rows: item ``i`` is ``values[offsets[i]:offsets[i + 1]]``."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-
-
-# ---------------------------------------------------------------------------------------------- pairs
-def pair_dialogue(ids: Sequence[str], starts: np.ndarray, ends: np.ndarray, roles: Sequence[str],
-                  max_gap: float = 10.0) -> list[dict[str, object]]:
-    """Client turns and the counsellor replies that follow them (see the module docstring).
-
-    Returns dicts with ``client_utterances`` / ``counsellor_utterances`` (lists of ids, in order),
-    ``start`` (client turn start), ``end`` (reply end) and ``gap`` (reply start - client turn end).
-    """
-    order = np.argsort(np.asarray(starts, dtype=np.float64), kind="stable")
-    turns: list[tuple[str, list[int]]] = []
-    for i in order:
-        role = roles[i]
-        if turns and turns[-1][0] == role:
-            turns[-1][1].append(int(i))
+def apply_manual_links(links: list[TrackLink], manual: dict[str, int | None]) -> list[TrackLink]:
+    """Hand-fixed speaker->track links replace the automatic ones for the speakers and tracks they name."""
+    fixed_tracks = {t for t in manual.values() if t is not None}
+    out = []
+    for link in links:
+        if link.track in fixed_tracks:
+            spk = next(s for s, t in manual.items() if t == link.track)
+            out.append(TrackLink(link.track, spk, 1.0, link.corr, link.margin, link.n_frames))
+        elif link.speaker in manual:
+            out.append(TrackLink(link.track, "", 0.0, link.corr, 0.0, link.n_frames))
         else:
-            turns.append((role, [int(i)]))
-    pairs: list[dict[str, object]] = []
-    for (r1, client), (r2, reply) in itertools.pairwise(turns):
-        if r1 != "client" or r2 != "counsellor":
-            continue
-        client_end = float(max(ends[i] for i in client))
-        gap = float(starts[reply[0]]) - client_end
-        if gap > max_gap:
-            continue
-        pairs.append({"client_utterances": [ids[i] for i in client],
-                      "counsellor_utterances": [ids[i] for i in reply],
-                      "start": float(starts[client[0]]), "end": float(max(ends[i] for i in reply)),
-                      "gap": gap})
-    return pairs
+            out.append(link)
+    return out
