@@ -18,7 +18,7 @@ import yaml
 import zarr
 
 from ether_prep.align.cues import face_cues, text_cues, utterance_cues
-from ether_prep.align.linking import link_tracks, mouth_movement, parse_speaker_tracks, speech_activity
+from ether_prep.align.linking import link_persons, mouth_movement, parse_speaker_tracks, speech_activity
 from ether_prep.align.pairs import pair_dialogue
 from ether_prep.align.roles import assign_roles
 from ether_prep.align.tensors import feature_names, offsets_from_lengths, pool, resample_track, utterance_grid
@@ -99,7 +99,7 @@ def test_mouth_movement_is_high_while_talking_and_nan_without_face() -> None:
     assert np.isnan(move[100:110, 1]).all()
 
 
-def test_link_tracks_side_by_side_turns_with_confidence() -> None:
+def test_link_persons_side_by_side_turns_with_confidence() -> None:
     """Left face talks during the first reference span, right during the second (the real clip's timing)."""
     times = np.arange(150) / FPS
     left, right = _grid_turns()
@@ -108,32 +108,32 @@ def test_link_tracks_side_by_side_turns_with_confidence() -> None:
     speakers = ["SPEAKER_00", "SPEAKER_01", "SPEAKER_02"]
     starts, ends = np.array([right[0], left[0], 8.0]), np.array([right[1], left[1], 9.0])
     act = speech_activity(speakers, speakers, starts, ends, times)
-    links, corr = link_tracks(mouth_movement(mouth, times), act, speakers, [0, 1])
+    links, corr = link_persons(mouth_movement(mouth, times), act, speakers, [0, 1])
     assert [lk.speaker for lk in links] == ["SPEAKER_01", "SPEAKER_00"]
     for lk in links:
         assert 0.5 < lk.confidence <= 1.0 and lk.corr > 0.5 and lk.margin > 0.5
     assert corr.shape == (2, 3)
 
 
-def test_link_tracks_leaves_silent_faces_unlinked_and_flags_ambiguity() -> None:
+def test_link_persons_leaves_silent_faces_unlinked_and_flags_ambiguity() -> None:
     times = np.arange(150) / FPS
     left, right = _grid_turns()
     talk = _talking_mouth(times, [left, right])
     still = np.full(150, 0.2)
     act = speech_activity(["A"], ["A", "A"], np.array([left[0], right[0]]), np.array([left[1], right[1]]), times)
-    links, _ = link_tracks(mouth_movement(np.stack([still, talk], 1), times), act, ["A"], [7, 9])
-    assert links[0].speaker == "" and links[1].speaker == "A" and links[0].track == 7
+    links, _ = link_persons(mouth_movement(np.stack([still, talk], 1), times), act, ["A"], [7, 9])
+    assert links[0].speaker == "" and links[1].speaker == "A" and links[0].person == 7
     # two faces moving identically: the match is a coin toss, and the confidence says so
-    links, _ = link_tracks(mouth_movement(np.stack([talk, talk], 1), times), act, ["A"], [0, 1])
+    links, _ = link_persons(mouth_movement(np.stack([talk, talk], 1), times), act, ["A"], [0, 1])
     assert max(lk.confidence for lk in links) < 0.01
     # too few frames with a face: no link
     few = np.stack([talk], 1).copy()
     few[8:] = np.nan
-    links, _ = link_tracks(mouth_movement(few, times), act, ["A"], [0], min_frames=10)
+    links, _ = link_persons(mouth_movement(few, times), act, ["A"], [0], min_frames=10)
     assert links[0].speaker == ""
 
 
-def test_link_tracks_joins_fragments_of_one_face() -> None:
+def test_link_persons_joins_fragments_of_one_face() -> None:
     """A face hidden for a second comes back as a new track in the same place: both are the speaker's."""
     times = np.arange(75) / FPS
     talk = _talking_mouth(times, [(0.5, 2.5)])
@@ -143,9 +143,28 @@ def test_link_tracks_joins_fragments_of_one_face() -> None:
     frag[:, 2] = 0.1  # someone else, still, on screen all along
     boxes = np.array([[100, 50, 200, 180], [104, 52, 203, 182], [400, 50, 500, 180]], dtype=float)
     act = speech_activity(["A"], ["A"], np.array([0.5]), np.array([2.5]), times)
-    links, _ = link_tracks(mouth_movement(frag, times), act, ["A"], [0, 1, 2], min_frames=10, boxes=boxes)
+    links, _ = link_persons(mouth_movement(frag, times), act, ["A"], [0, 1, 2], min_frames=10, boxes=boxes)
     assert [lk.speaker for lk in links] == ["A", "A", ""]
     assert 0 < links[0].confidence <= links[1].confidence  # the seat link inherits the primary's confidence
+
+
+def test_link_persons_by_screen_time_when_the_edit_shows_whoever_talks() -> None:
+    """Edited dialogue: each shot shows the person talking, so every visible mouth moves and only screen time
+    tells who is who (the failure of mouth-only linking on TV-style editing)."""
+    times = np.arange(400) / FPS  # 16 s
+    turns = [(0.0, 3.9, "A"), (4.0, 7.9, "B"), (8.0, 11.9, "A"), (12.0, 16.0, "B")]
+    movement = np.full((400, 2), np.nan)
+    for a, b, who in turns:
+        on = (times >= a) & (times < b)
+        movement[on, 0 if who == "A" else 1] = mouth_movement(_talking_mouth(times, [(a, b)]), times)[on, 0]
+    speakers = ["SPEAKER_00", "SPEAKER_01"]  # SPEAKER_00 is B, SPEAKER_01 is A
+    spk = ["SPEAKER_01" if who == "A" else "SPEAKER_00" for _, _, who in turns]
+    act = speech_activity(speakers, spk, np.array([t[0] + 0.2 for t in turns]), np.array([t[1] - 0.2 for t in turns]),
+                          times)
+    links, _ = link_persons(movement, act, speakers, [0, 1])
+    assert [lk.speaker for lk in links] == ["SPEAKER_01", "SPEAKER_00"]
+    for lk in links:
+        assert lk.screen_corr > 0.8 and abs(lk.mouth_corr) < lk.screen_corr and lk.confidence > 0.8
 
 
 def test_pair_dialogue_groups_turns_and_respects_the_gap() -> None:

@@ -50,9 +50,10 @@ import numpy as np
 
 from ..align.cues import CUE_THRESHOLDS, FLAGS, text_cues, utterance_cues
 from ..align.linking import (
-    TrackLink,
+    PersonLink,
     apply_manual_links,
-    link_tracks,
+    by_person,
+    link_persons,
     merge_tracks,
     mouth_movement,
     mouth_signal,
@@ -63,6 +64,7 @@ from ..align.linking import (
 from ..align.pairs import pair_dialogue, pairs_table
 from ..align.roles import HEURISTICS, ROLE_KEYS, assign_roles, listener_of, session_meta
 from ..align.tensors import UtteranceTensors, cut_utterances, feature_names, padded
+from ..errors import StageError
 from ..store import write_array, write_ragged, write_table
 from .base import Stage
 from .utterances import Transcript, read_transcript
@@ -107,19 +109,28 @@ class AlignParams:
 
 @dataclass
 class _Faces:
+    """The face stage's outputs per person (all face tracks of one identity), on the analysed frames."""
+
     times: np.ndarray  # (F,)
-    features: np.ndarray  # (F, T, D) float64, NaN where absent or not provided
-    present: np.ndarray  # (F, T) bool
-    movement: np.ndarray  # (F, T)
-    tracks: list[int]
-    names: list[str]
-    boxes: np.ndarray | None = None  # (T, 4) mean box per track
+    names: list[str]  # feature names (D)
+    tracks: list[int]  # track ids (T)
+    track_person: np.ndarray  # (T,) person of each track
+    track_frames: np.ndarray  # (T,) frames with a face, per track
+    persons: list[int]  # person ids (P)
+    features: np.ndarray  # (F, P, D) float64, NaN where absent or not provided
+    present: np.ndarray  # (F, P) bool
+    movement: np.ndarray  # (F, P) mouth movement, NaN where absent
+    boxes: np.ndarray | None  # (P, 4) mean box per person
+
+    def main_track(self, person: int) -> int:
+        """The person's track seen in the most frames (-1 for no person)."""
+        cols = [i for i, p in enumerate(self.track_person) if p == person]
+        return self.tracks[max(cols, key=lambda i: self.track_frames[i])] if cols else -1
 
 
 def _load_faces(store: SessionGroup, window_s: float) -> _Faces | None:
-    """The face stage's outputs as one (F, T, D) feature array; None for a skipped or faceless session."""
-    state = store.stage_state("face")
-    if state.state == "skipped":
+    """The face stage's outputs as per-person arrays; None for a skipped session or one without a face array."""
+    if store.stage_state("face").state == "skipped":
         return None
     face = store.stage_group("face")
     if "time" not in face or "au" not in face:
@@ -133,14 +144,15 @@ def _load_faces(store: SessionGroup, window_s: float) -> _Faces | None:
         np.full((n_frames, n_tracks, 0), np.nan)
     emo_names = list(attrs.get("emotion_names") or (face["emotion"].attrs.get("names") if "emotion" in face
                                                     else []) or [])
+    names = feature_names(au_names, emo_names)
+    if n_tracks == 0:
+        return _Faces(times, names, [], np.zeros(0, np.int64), np.zeros(0, np.int64), [],
+                      np.zeros((n_frames, 0, 0)), np.zeros((n_frames, 0), bool), np.zeros((n_frames, 0)), None)
     pose = np.asarray(face["pose"][...], dtype=np.float64) if "pose" in face else \
         np.full((n_frames, n_tracks, 3), np.nan)
     mouth_open = np.asarray(face["mouth_open"][...], dtype=np.float64) if "mouth_open" in face else None
     score = np.asarray(face["score"][...], dtype=np.float64) if "score" in face else None
-    box = np.asarray(face["box"][...], dtype=np.float64) if "box" in face else None
-    if n_tracks == 0:
-        return _Faces(times, np.zeros((n_frames, 0, 0)), np.zeros((n_frames, 0), bool),
-                      np.zeros((n_frames, 0)), [], feature_names(au_names, emo_names))
+    box = np.asarray(face["box"][...], dtype=np.float64) if "box" in face else np.full((n_frames, n_tracks, 4), np.nan)
     present = track_presence(score, box)
     mouth = mouth_signal(mouth_open, au, au_names)
     mouth[~present] = np.nan
@@ -150,27 +162,28 @@ def _load_faces(store: SessionGroup, window_s: float) -> _Faces | None:
     tracks = list(range(n_tracks))
     if "tracks" in face and "track" in face["tracks"]:
         tracks = [int(t) for t in face["tracks"]["track"][...]][:n_tracks] or tracks
-    mean_box = None
-    if box is not None:
-        with warnings.catch_warnings():  # a track with no box at all keeps NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean_box = np.nanmean(np.where(present[..., None], box, np.nan), axis=0)
-    return _Faces(times, features, present, mouth_movement(mouth, times, window_s), tracks,
-                  feature_names(au_names, emo_names), mean_box)
+    # Without identities (older stores, identity off) every track is its own person.
+    track_person = np.asarray(face["person"][...], dtype=np.int64) if "person" in face else np.arange(n_tracks)
+    persons, p_present, (p_features, p_mouth, p_box) = by_person(track_person, present, features, mouth, box)
+    with warnings.catch_warnings():  # a person with no box at all keeps NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean_box = np.nanmean(p_box, axis=0)
+    return _Faces(times, names, tracks, track_person, present.sum(axis=0), persons, p_features, p_present,
+                  mouth_movement(p_mouth, times, window_s), mean_box)
 
 
 @dataclass(frozen=True)
 class _Links:
-    """Face tracks linked to speakers, and each linked speaker's merged face."""
+    """Persons linked to speakers, and each linked speaker's face (their persons merged)."""
 
-    links: list[TrackLink]
+    links: list[PersonLink]  # one per person
     source: list[str]  # per link: "auto" or "metadata"
-    speaker_tracks: dict[str, list[int]]  # speaker -> indices into links, best-linked first
+    speaker_persons: dict[str, list[int]]  # speaker -> linked person ids, best-linked first
     faces: dict[str, tuple[np.ndarray, np.ndarray]]  # speaker -> (F, D) features, (F,) presence
 
-    def track_of(self, speaker: str) -> int:
-        cols = self.speaker_tracks.get(speaker)
-        return self.links[cols[0]].track if cols else -1
+    def person_of(self, speaker: str) -> int:
+        persons = self.speaker_persons.get(speaker)
+        return persons[0] if persons else -1
 
 
 # ---------------------------------------------------------------------------------------------- stage
@@ -178,7 +191,7 @@ class AlignStage(Stage):
     """Link faces to speakers and cut per-utterance speaker/listener face tensors (see the module docstring)."""
 
     name = "align"
-    version = "1"
+    version = "2"
     family = "align"
     requires = ("utterances", "face")
     needs_stream = None
@@ -196,7 +209,9 @@ class AlignStage(Stage):
         faces = _load_faces(store, p.movement_window_s)
         meta = session_meta(session, p.roles_file)
         linked = self._link(transcript, faces, meta, where)
-        track_to_speaker = {lk.track: lk.speaker for lk in linked.links if lk.speaker}
+        person_speaker = {lk.person: lk.speaker for lk in linked.links if lk.speaker}
+        track_to_speaker = {t: person_speaker[int(p)] for t, p in zip(faces.tracks, faces.track_person, strict=True)
+                            if int(p) in person_speaker} if faces is not None else {}
         talk = transcript.talk_time()
         roles, assumed, role_source = assign_roles(transcript.speakers, talk, transcript.speakers_in_order(),
                                                    meta, track_to_speaker, p.role_heuristic, where)
@@ -209,7 +224,7 @@ class AlignStage(Stage):
             utts.get("start", np.zeros(0)), utts.get("end", np.zeros(0)),
             list(zip(utts.get("speaker", []), listeners, strict=True)), linked.faces,
             faces.times if faces is not None else np.zeros(0), names, available, p.rate_hz, p.pad_s)
-        table = self._utterance_table(transcript, roles, listeners, linked, tensors, store)
+        table = self._utterance_table(transcript, roles, listeners, linked, faces, tensors, store)
         cues = [utterance_cues(t, v, e, c, p) for t, v, e, c in zip(
             text_cues(list(table["text"])), tensors.face_valence, tensors.face_expressivity,
             tensors.coverage[:, 0], strict=True)]
@@ -217,7 +232,7 @@ class AlignStage(Stage):
         pairs = pair_dialogue(list(table["id"]), table["start"], table["end"], list(table["role"]),
                               p.max_pair_gap_s)
 
-        self._write_links(out, linked)
+        self._write_links(out, linked, faces)
         self._write_tensors(out, tensors, names, available)
         write_table(out, "utterances", table)
         write_table(out, "pairs", pairs_table(session.id, pairs, list(table["id"]), list(table["text"]),
@@ -230,45 +245,59 @@ class AlignStage(Stage):
             "rate_hz": p.rate_hz, "pad_s": p.pad_s, "sample_rate": _sample_rate(store),
             "cue_params": {k: getattr(p, k) for k in CUE_THRESHOLDS},
             "text_analyser": f"vaderSentiment {vader_version()}",
-            "n_utterances": len(transcript), "n_pairs": len(pairs), "n_tracks": len(linked.links),
-            "face": "skipped" if faces is None else f"{len(linked.links)} track(s)",
+            "n_utterances": len(transcript), "n_pairs": len(pairs),
+            "n_tracks": len(faces.tracks) if faces is not None else 0, "n_persons": len(linked.links),
+            "face": "skipped" if faces is None else f"{len(faces.tracks)} track(s), {len(linked.links)} person(s)",
         })
-        shown = ", ".join(f"track {lk.track}->{lk.speaker} ({lk.confidence:.2f})"
+        shown = ", ".join(f"person {lk.person}->{lk.speaker} ({lk.confidence:.2f})"
                           for lk in linked.links if lk.speaker)
         return (f"{len(transcript)} utterance(s), {len(pairs)} pair(s); roles {'assumed' if assumed else 'given'}; "
                 f"links: {shown or 'none'}")
 
     # -- steps -----------------------------------------------------------------------------------------
     def _link(self, transcript: Transcript, faces: _Faces | None, meta: dict[str, str], where: str) -> _Links:
-        """Face tracks -> speakers: automatic (mouth movement vs speech), then hand-fixed links from metadata."""
+        """Persons -> speakers: automatic (mouth movement and screen time vs speech), then hand-fixed links."""
         p: AlignParams = self.params
-        if faces is None or not faces.tracks:
+        if faces is None or not faces.persons:
             return _Links([], [], {}, {})
         speakers = transcript.speakers
         activity = speech_activity(speakers, *transcript.activity_spans(), faces.times)
-        links, _ = link_tracks(faces.movement, activity, speakers, faces.tracks, p.min_link_corr,
-                               p.min_link_frames, faces.boxes, p.min_seat_iou)
+        links, _ = link_persons(faces.movement, activity, speakers, faces.persons, p.min_link_corr,
+                                p.min_link_frames, faces.boxes, p.min_seat_iou)
         source = ["auto"] * len(links)
         if meta.get("speaker_tracks"):
             manual = parse_speaker_tracks(meta["speaker_tracks"], where)
-            links = apply_manual_links(links, manual)
+            person_of_track = dict(zip(faces.tracks, faces.track_person.tolist(), strict=True))
+            unknown = sorted(t for t in manual.values() if t is not None and t not in person_of_track)
+            if unknown:
+                raise StageError(f"{where}: speaker_tracks names face track(s) {unknown}, but the face stage found "
+                                 f"tracks {faces.tracks}; fix speaker_tracks in sessions.csv")
+            links = apply_manual_links(links, {s: None if t is None else person_of_track[t]
+                                               for s, t in manual.items()})
             source = ["metadata" if lk.speaker in manual else "auto" for lk in links]
-        # A speaker's face may span several tracks (a track that broke and came back); best link first.
+        # A speaker's face may span several persons (fragments without identity); best link first.
         cols: dict[str, list[int]] = {}
         for i in sorted(range(len(links)), key=lambda i: -links[i].confidence):
             if links[i].speaker:
                 cols.setdefault(links[i].speaker, []).append(i)
         merged = {spk: merge_tracks(faces.features, faces.present, c) for spk, c in cols.items()}
-        return _Links(links, source, cols, merged)
+        return _Links(links, source, {spk: [links[i].person for i in c] for spk, c in cols.items()}, merged)
 
     def _utterance_table(self, transcript: Transcript, roles: dict[str, str], listeners: list[str],
-                         linked: _Links, tensors: UtteranceTensors, store: SessionGroup) -> dict[str, np.ndarray]:
+                         linked: _Links, faces: _Faces | None, tensors: UtteranceTensors,
+                         store: SessionGroup) -> dict[str, np.ndarray]:
         """Per-utterance columns before the cues: ids, times, roles, face tracks, word/audio/tensor ranges."""
         utts = transcript.utterances
         n = len(transcript)
         starts = np.asarray(utts.get("start", []), dtype=np.float64)
         ends = np.asarray(utts.get("end", []), dtype=np.float64)
         speakers = [str(s) for s in utts.get("speaker", [])]
+        speaker_person = [linked.person_of(s) for s in speakers]
+        listener_person = [linked.person_of(s) for s in listeners]
+
+        def main_track(person: int) -> int:
+            return faces.main_track(person) if faces is not None and person >= 0 else -1
+
         sample_rate = _sample_rate(store)
         return {
             "id": np.asarray(utts.get("id", []), dtype=str),
@@ -279,8 +308,10 @@ class AlignStage(Stage):
             "role": np.asarray([roles.get(s, "unknown") for s in speakers], dtype=str),
             "listener": np.asarray(listeners, dtype=str),
             "listener_role": np.asarray([roles.get(s, "unknown") if s else "" for s in listeners], dtype=str),
-            "speaker_track": np.asarray([linked.track_of(s) for s in speakers], dtype=np.int64),
-            "listener_track": np.asarray([linked.track_of(s) for s in listeners], dtype=np.int64),
+            "speaker_person": np.asarray(speaker_person, dtype=np.int64),
+            "listener_person": np.asarray(listener_person, dtype=np.int64),
+            "speaker_track": np.asarray([main_track(q) for q in speaker_person], dtype=np.int64),
+            "listener_track": np.asarray([main_track(q) for q in listener_person], dtype=np.int64),
             "text": np.asarray([str(t) for t in utts.get("text", [])], dtype=str),
             "word_start": np.asarray(utts.get("word_start", []), dtype=np.int64),
             "word_end": np.asarray(utts.get("word_end", []), dtype=np.int64),
@@ -294,16 +325,23 @@ class AlignStage(Stage):
         }
 
     @staticmethod
-    def _write_links(out: zarr.Group, linked: _Links) -> None:
-        links = linked.links
+    def _write_links(out: zarr.Group, linked: _Links, faces: _Faces | None) -> None:
+        """One row per face track, carrying its person's link (persons, not fragments, are linked)."""
+        by_person = {lk.person: (lk, src) for lk, src in zip(linked.links, linked.source, strict=True)}
+        rows = [(t, int(p), *by_person[int(p)], n) for t, p, n in zip(
+            faces.tracks, faces.track_person, faces.track_frames, strict=True)] if faces is not None else []
         write_table(out, "links", {
-            "track": np.array([lk.track for lk in links], dtype=np.int64),
-            "speaker": np.array([lk.speaker for lk in links], dtype=str),
-            "confidence": np.array([lk.confidence for lk in links], dtype=np.float64),
-            "corr": np.array([lk.corr for lk in links], dtype=np.float64),
-            "margin": np.array([lk.margin for lk in links], dtype=np.float64),
-            "n_frames": np.array([lk.n_frames for lk in links], dtype=np.int64),
-            "source": np.array(linked.source, dtype=str),
+            "track": np.array([r[0] for r in rows], dtype=np.int64),
+            "person": np.array([r[1] for r in rows], dtype=np.int64),
+            "speaker": np.array([r[2].speaker for r in rows], dtype=str),
+            "confidence": np.array([r[2].confidence for r in rows], dtype=np.float64),
+            "corr": np.array([r[2].corr for r in rows], dtype=np.float64),
+            "mouth_corr": np.array([r[2].mouth_corr for r in rows], dtype=np.float64),
+            "screen_corr": np.array([r[2].screen_corr for r in rows], dtype=np.float64),
+            "margin": np.array([r[2].margin for r in rows], dtype=np.float64),
+            "n_frames": np.array([r[4] for r in rows], dtype=np.int64),
+            "person_frames": np.array([r[2].n_frames for r in rows], dtype=np.int64),
+            "source": np.array([r[3] for r in rows], dtype=str),
         })
 
     def _write_tensors(self, out: zarr.Group, tensors: UtteranceTensors, names: list[str],
