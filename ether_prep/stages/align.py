@@ -1,14 +1,17 @@
-"""Stage ``align``: face tracks to speakers, per-utterance face tensors, roles, dialogue pairs, cues.
+"""Stage ``align``: persons on screen to speakers, per-utterance face tensors, roles, dialogue pairs, cues.
 
 Reads ``utterances/{words,utterances}``, ``face/*`` and ``audio`` attributes; writes per session::
 
     align/                      attrs: roles, role_assumed, role_source, speakers, feature_names,
-                                       features_available, rate_hz, pad_s, cue_params, n_utterances, n_pairs
-      links/                    table, one row per face track: track, speaker ("" = unlinked), confidence,
-                                corr, margin, n_frames, source ("auto" | "metadata")
+                                       features_available, rate_hz, pad_s, cue_params, n_utterances, n_pairs,
+                                       n_tracks, n_persons
+      links/                    table, one row per face track, carrying its person's link: track, person,
+                                speaker ("" = unlinked), confidence, corr (= max of mouth_corr and
+                                screen_corr), mouth_corr, screen_corr, margin, n_frames (the track's),
+                                person_frames, source ("auto" | "metadata")
       utterances/               table, one row per utterance: id, index, start, end, speaker, role,
-                                listener, listener_role, speaker_track, listener_track (-1 = no face; the
-                                best-linked of the person's tracks), text,
+                                listener, listener_role, speaker_person, listener_person (-1 = no face),
+                                speaker_track, listener_track (that person's longest track), text,
                                 word_start, word_end, audio_start, audio_end (samples in audio/waveform),
                                 row_start, n_steps, grid_t0, speaker_coverage, listener_coverage, cue scores
                                 (text_valence, text_arousal, text_distress, distress_word, face_valence,
