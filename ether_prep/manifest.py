@@ -12,6 +12,10 @@ where the tensors live: ``group`` (``sessions/<id>/align``), ``row_start``, ``n_
 ``dialogue_pairs.parquet``: ``pair_id``, ``session_id``, ``client_utterance``, ``counsellor_utterance``,
 ``client_utterances``, ``counsellor_utterances`` (";"-joined), ``start``, ``end``, ``gap``, ``client_text``,
 ``counsellor_text``, ``client_mismatch``, ``client_flags``, ``role_assumed``.
+
+Both carry the session's quality check: ``needs_review`` (null when the ``qc`` stage has not run) and
+``review_reasons`` (";"-joined). ``sessions.parquet`` has one row per session in the store: ``session_id``,
+``relpath``, ``kind``, ``duration``, ``needs_review``, ``review_reasons`` and every ``qc`` metric.
 """
 
 from __future__ import annotations
@@ -29,10 +33,14 @@ if TYPE_CHECKING:
 __all__ = ["manifest_tables", "write_manifests"]
 
 
-def manifest_tables(store: Store) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
-    """Columns of the utterance and pair manifests over every session whose ``align`` is done."""
+def manifest_tables(store: Store) -> tuple[dict[str, list[Any]], dict[str, list[Any]], dict[str, list[Any]]]:
+    """Columns of the utterance and pair manifests over every session whose ``align`` is done, and of the
+    session manifest over every session."""
+    from .stages.qc import review_summary
+
     utt: dict[str, list[Any]] = {}
     pairs: dict[str, list[Any]] = {}
+    session_rows: list[dict[str, Any]] = []
 
     def extend(target: dict[str, list[Any]], cols: dict[str, Any]) -> None:
         for k, v in cols.items():
@@ -40,6 +48,11 @@ def manifest_tables(store: Store) -> tuple[dict[str, list[Any]], dict[str, list[
 
     for sid in store.session_ids():
         group = store.session(sid)
+        review, reasons = review_summary(group)
+        info = group.info
+        session_rows.append({"session_id": sid, "relpath": info.get("relpath", ""), "kind": info.get("kind", ""),
+                             "duration": (info.get("probe") or {}).get("duration"), "needs_review": review,
+                             "review_reasons": ";".join(reasons), **_qc_metrics(group)})
         state = group.stage_state("align")
         if state.state != "done":
             continue
@@ -66,7 +79,8 @@ def manifest_tables(store: Store) -> tuple[dict[str, list[Any]], dict[str, list[
             cols.update({k: t[k] for k in t if k.startswith("flag_")})
             cols.update({"group": [f"sessions/{sid}/align"] * n, "row_start": t["row_start"],
                          "n_steps": t["n_steps"], "grid_t0": t["grid_t0"],
-                         "rate_hz": [float(attrs.get("rate_hz", 0.0))] * n})
+                         "rate_hz": [float(attrs.get("rate_hz", 0.0))] * n,
+                         "needs_review": [review] * n, "review_reasons": [";".join(reasons)] * n})
             extend(utt, cols)
         p = read_table(align, "pairs")
         m = len(p["id"])
@@ -74,8 +88,19 @@ def manifest_tables(store: Store) -> tuple[dict[str, list[Any]], dict[str, list[
             cols = {"pair_id": p["id"], "session_id": [sid] * m}
             cols.update({k: v for k, v in p.items() if k != "id"})
             cols["role_assumed"] = [bool(attrs.get("role_assumed", True))] * m
+            cols.update({"needs_review": [review] * m, "review_reasons": [";".join(reasons)] * m})
             extend(pairs, cols)
-    return utt, pairs
+    # Sessions measure different things (audio-only ones have no face metrics): null where absent.
+    keys = list(dict.fromkeys(k for row in session_rows for k in row))
+    sessions = {k: [row.get(k) for row in session_rows] for k in keys}
+    return utt, pairs, sessions
+
+
+def _qc_metrics(group: Any) -> dict[str, Any]:
+    """The session's qc metrics as ``qc_<metric>`` (none when qc has not run)."""
+    if group.stage_state("qc").state != "done":
+        return {}
+    return {f"qc_{k}": v for k, v in dict(group.stage_group("qc").attrs.get("metrics", {})).items()}
 
 
 def _write(columns: dict[str, list[Any]], path: os.PathLike[str] | str, schema_hint: list[str]) -> None:
@@ -97,8 +122,10 @@ def read_manifest(path: os.PathLike[str] | str) -> dict[str, np.ndarray]:
 
 
 def write_manifests(store: Store) -> tuple[int, int]:
-    """Write ``utterances.parquet`` and ``dialogue_pairs.parquet`` at the store root; returns row counts."""
-    utt, pairs = manifest_tables(store)
+    """Write ``utterances.parquet``, ``dialogue_pairs.parquet`` and ``sessions.parquet`` at the store root;
+    returns the utterance and pair row counts."""
+    utt, pairs, sessions = manifest_tables(store)
     _write(utt, store.manifest_path("utterances"), ["utterance_id", "session_id"])
     _write(pairs, store.manifest_path("dialogue_pairs"), ["pair_id", "session_id"])
+    _write(sessions, store.manifest_path("sessions"), ["session_id"])
     return len(utt.get("utterance_id", [])), len(pairs.get("pair_id", []))
