@@ -130,9 +130,9 @@ def status(out: Out = DEFAULT_STORE, pipeline: PipelineOpt = "default", config: 
     for row in rows:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
     typer.echo(f"{len(store.session_ids())} session(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    from .stages.qc import review_summary
+    from .stages.qc import read_review
 
-    review = [sid for sid in store.session_ids() if review_summary(store.session(sid))[0]]
+    review = [sid for sid in store.session_ids() if read_review(store.session(sid)).needs_review]
     if review:
         typer.secho(f"{len(review)} session(s) need review (see the qc rows above): {', '.join(review)}",
                     fg=typer.colors.YELLOW)

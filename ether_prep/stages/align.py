@@ -68,6 +68,7 @@ from ..align.pairs import pair_dialogue, pairs_table
 from ..align.roles import HEURISTICS, ROLE_KEYS, assign_roles, listener_of, session_meta
 from ..align.tensors import UtteranceTensors, cut_utterances, feature_names, padded
 from ..errors import StageError
+from ..face import AU_NAMES, EMOTION_NAMES
 from ..store import write_array, write_ragged, write_table
 from .base import Stage
 from .utterances import Transcript, read_transcript
@@ -194,7 +195,7 @@ class AlignStage(Stage):
     """Link faces to speakers and cut per-utterance speaker/listener face tensors (see the module docstring)."""
 
     name = "align"
-    version = "2"
+    version = "3"
     family = "align"
     requires = ("utterances", "face")
     needs_stream = None
@@ -220,7 +221,8 @@ class AlignStage(Stage):
                                                    meta, track_to_speaker, p.role_heuristic, where)
         utts = transcript.utterances
         listeners = [listener_of(str(s), roles, talk) for s in utts.get("speaker", [])]
-        names = faces.names if faces is not None else []
+        # Sessions without video get the face schema's columns too (all masked): one width per store.
+        names = faces.names if faces is not None else feature_names(AU_NAMES, EMOTION_NAMES)
         available = (np.isfinite(faces.features).any(axis=(0, 1)) if faces is not None and faces.tracks
                      else np.zeros(len(names), bool))
         tensors = cut_utterances(
