@@ -189,10 +189,11 @@ def models(pipeline: PipelineOpt = "default", config: ConfigOpt = None) -> None:
 def export(
     dest_dir: Annotated[Path, typer.Argument(help="Folder to write one file per session into.")],
     out: Out = DEFAULT_STORE,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="json, rttm, srt, vtt or faces.")] = "json",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="One of: json (whisperx's shape), srt, vtt, txt, tsv, "
+                                                            "rttm (+ uem), faces (CSV).")] = "json",
     session: Annotated[list[str] | None, typer.Option("--session", help="Only this session id (repeatable).")] = None,
 ) -> None:
-    """Write transcripts (json, rttm, srt, vtt) or face tables (faces: CSV) for every session in the store."""
+    """Write transcripts, diarization or face tables for every session in the store, one file per session."""
     from .exports import exporter
     from .store import Store
 

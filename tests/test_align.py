@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +25,8 @@ from ether_prep.errors import ConfigError
 from ether_prep.stages.align import AlignParams
 from ether_prep.store import read_ragged, write_ragged
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-GRID2 = DATA / "video" / "grid_two_faces_side_by_side.mp4"
+from .conftest import DATA, GRID2, ROOT
+
 GRID_JSON = json.loads((DATA / "video" / "grid_two_faces_side_by_side.json").read_text())
 FPS = 25.0
 
@@ -272,37 +270,6 @@ def _pipelines_with(tmp: Path, **align_params: object) -> Path:
     path = tmp / f"pipelines_{abs(hash(tuple(sorted(align_params.items()))))}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
-
-
-@pytest.fixture(scope="module")
-def aligned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """Extract then align, once, with the real cpu pipeline, over four real sessions.
-
-    - the side-by-side clip (two faces, two speakers);
-    - a GRID clip (one face, one speaker);
-    - the same GRID clip with the face hidden from 1.0 to 2.0 s while he keeps talking (made here);
-    - the 30 s two-party telephone call (audio only: face skipped).
-    """
-    from ether_prep.config import load_pipeline
-    from ether_prep.runner import run_pipeline
-
-    tmp = tmp_path_factory.mktemp("align")
-    raw = tmp / "raw"
-    raw.mkdir()
-    (raw / GRID2.name).symlink_to(GRID2)
-    (raw / "bbaf2n.mpg").symlink_to(DATA / "video" / "bbaf2n.mpg")
-    (raw / "sample.wav").symlink_to(DATA / "diarization" / "sample.wav")
-    hidden = raw / "bbaf2n_face_hidden.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(DATA / "video" / "bbaf2n.mpg"), "-vf",
-                    "drawbox=x=0:y=0:w=iw:h=ih:color=black:t=fill:enable='between(t,1.0,2.0)'",
-                    "-c:a", "aac", str(hidden)], check=True)
-    store = tmp / "store.zarr"
-    pipeline = load_pipeline("cpu", ROOT / "pipelines.yaml")
-    extract = run_pipeline(pipeline, raw, store, family="extract")
-    assert extract.ok, extract.report()
-    align = run_pipeline(pipeline, raw, store, family="align")
-    assert align.ok, align.report()
-    return {"raw": raw, "store": store, "extract": extract, "align": align, "tmp": tmp}
 
 
 def _session(store: Path, name: str) -> tuple[str, zarr.Group]:
