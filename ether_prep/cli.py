@@ -110,6 +110,33 @@ def run(
 
 
 @app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The Zarr store to write.")] = Path("ether_prep_demo.zarr"),
+    quiet: Quiet = False,
+) -> None:
+    """Run the whole offline cpu pipeline on demo recordings that ship with ether-prep's dependencies."""
+    from .config import load_pipeline
+    from .demo import DEMO_MEDIA, demo_raw_folder
+    from .runner import run_pipeline
+
+    os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
+    try:
+        raw = demo_raw_folder(out.with_name(out.name.removesuffix(".zarr") + "_media"))
+        summary = run_pipeline(load_pipeline("cpu"), raw, out, family=None, executor="inline", progress=not quiet)
+    except EtherPrepError as exc:
+        raise _fail(exc) from exc
+    typer.echo(summary.report())
+    typer.echo(f"""
+Demo store: {out}  ({len(DEMO_MEDIA)} recordings linked in {raw})
+  ether-prep status --out {out} --pipeline cpu      # every stage of every session, and the quality check
+  ether-prep export exported/ --out {out} --format json
+  python -c "import ether_prep; s = ether_prep.open_store('{out}'); print(s.to_pandas('utterances').head())"
+""")
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
 def status(out: Out = DEFAULT_STORE, pipeline: PipelineOpt = "default", config: ConfigOpt = None) -> None:
     """Per session and stage: done, skipped, stale, failed (with the message), running or pending."""
     from .config import load_pipeline
