@@ -17,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help texts say "[default: ...]" literally; rich markup would swallow it
 )
 
 
@@ -42,6 +43,34 @@ Executor = Annotated[ExecutorName, typer.Option("--executor", "-x", envvar="ETHE
                                                 help="ray (local cluster by default) or inline (this process).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, no Ray worker logs.")]
 DEFAULT_STORE = Path("ether_prep.zarr")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"ether-prep {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details (INFO) to stderr.")] = False,
+    log_level: Annotated[str | None, typer.Option("--log-level", envvar="ETHER_PREP_LOG_LEVEL",
+                                                  help="DEBUG, INFO, WARNING (default), ERROR.")] = None,
+) -> None:
+    """Turn recorded counselling sessions into speech, face and per-utterance features in a Zarr store.
+
+    Results go to stdout; logs and warnings (ether-prep's and every library's) go to stderr.
+    """
+    from .logs import configure
+
+    try:
+        configure(log_level or ("INFO" if verbose else "WARNING"))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--log-level") from exc
 
 
 def _config_path(config: Path | None) -> Path | None:
@@ -137,32 +166,59 @@ Demo store: {out}  ({len(DEMO_MEDIA)} recordings linked in {raw})
 
 
 @app.command()
-def status(out: Out = DEFAULT_STORE, pipeline: PipelineOpt = "default", config: ConfigOpt = None) -> None:
+def status(
+    out: Out = DEFAULT_STORE,
+    pipeline: Annotated[str | None, typer.Option(
+        "--pipeline", "-p", help="Compare against this pipeline [default: the one that last ran on the store]."
+    )] = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout (rows, counts, review).")]
+    = False,
+) -> None:
     """Per session and stage: done, skipped, stale, failed (with the message), running or pending."""
+    import json
+
     from .config import load_pipeline
     from .runner import status_table
+    from .stages.qc import read_review
     from .store import Store
 
     try:
         store = Store(out, mode="r")
-        rows = status_table(store, load_pipeline(pipeline, _config_path(config)))
+        recorded = store.attrs
+        name = pipeline or recorded.get("pipeline") or "default"
+        path = _config_path(config)
+        if path is None and pipeline is None and recorded.get("config") and Path(recorded["config"]).is_file():
+            path = Path(recorded["config"])  # the file the recorded pipeline came from
+        rows = status_table(store, load_pipeline(name, path))
     except EtherPrepError as exc:
         raise _fail(exc) from exc
-    colours = {"done": typer.colors.GREEN, "skipped": typer.colors.CYAN, "failed": typer.colors.RED,
-               "stale": typer.colors.YELLOW}
-    for row in rows:
-        line = f"{row['session']:48s} {row['stage']:12s} {row['state']:8s} {row['message']}".rstrip()
-        typer.secho(line, fg=colours.get(row["state"]))
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
-    typer.echo(f"{len(store.session_ids())} session(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    from .stages.qc import read_review
-
-    review = [sid for sid in store.session_ids() if read_review(store.session(sid)).needs_review]
+    verdicts = {sid: read_review(store.session(sid)) for sid in store.session_ids()}
+    review = {sid: list(v.reasons) for sid, v in verdicts.items() if v.needs_review}
+    if as_json:
+        typer.echo(json.dumps({"store": str(out), "pipeline": name, "sessions": len(store.session_ids()),
+                               "counts": counts, "needs_review": review, "rows": rows}, ensure_ascii=False))
+        return
+    colours = {"done": typer.colors.GREEN, "skipped": typer.colors.CYAN, "failed": typer.colors.RED,
+               "stale": typer.colors.YELLOW, "review": typer.colors.YELLOW}
+    for row in rows:
+        _say(f"{row['session']:48s} {row['stage']:12s} {row['state']:8s} {row['message']}".rstrip(),
+             colours.get(row["state"]))
+    typer.echo(f"{len(store.session_ids())} session(s), pipeline {name!r}: "
+               + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if review:
-        typer.secho(f"{len(review)} session(s) need review (see the qc rows above): {', '.join(review)}",
-                    fg=typer.colors.YELLOW)
+        _say(f"{len(review)} session(s) need review (see the qc rows above): {', '.join(review)}", colours["review"])
+
+
+def _say(line: str, colour: str | None) -> None:
+    """A line on stdout, coloured unless NO_COLOR is set (https://no-color.org) or there is no colour."""
+    if colour and not os.environ.get("NO_COLOR"):
+        typer.secho(line, fg=colour)
+    else:
+        typer.echo(line)
 
 
 @app.command()

@@ -82,6 +82,12 @@ class Pipeline:
     source: Path
     description: str = ""
 
+    def digest(self) -> str:
+        """A short hash of every stage's identity (version, backend, model, parameters), in order."""
+        from .provenance import fingerprint
+
+        return fingerprint([s.identity() for s in self.stages if s.enabled])
+
     def stage(self, name: str) -> StageSpec:
         for spec in self.stages:
             if spec.name == name:

@@ -228,6 +228,10 @@ class Store:
     def attrs(self) -> dict[str, Any]:
         return dict(self.root.attrs["ether_prep"])
 
+    def record_pipeline(self, name: str, config: str, digest: str) -> None:
+        """Remember which pipeline (name, config file, digest of its stages) last ran on this store."""
+        self.root.attrs["ether_prep"] = {**self.attrs, "pipeline": name, "config": config, "config_digest": digest}
+
     def session_ids(self) -> list[str]:
         if _SESSIONS not in self.root:
             return []

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import logs
 from .config import StageSpec
 from .errors import EtherPrepError
 from .records import Session
@@ -74,6 +75,7 @@ class StageWorker:
             if not self._ready:
                 self.stage.setup()
                 self._ready = True
+                logs.reapply()  # model libraries imported by setup may have installed console handlers
             note = self.stage.run(session, group, out)
         except EtherPrepError as exc:
             message = str(exc)
