@@ -110,13 +110,17 @@ class TrackIdentities:
         return out, counts
 
 
-def cannot_link_pairs(frame: np.ndarray, track: np.ndarray, max_per_frame: int) -> np.ndarray:
+def cannot_link_pairs(frame: np.ndarray, track: np.ndarray) -> np.ndarray:
     """(k, 2) distinct pairs of tracks seen in the same frame (``frame`` sorted; ``track < 0`` ignored)."""
     frame, track = np.asarray(frame), np.asarray(track)
     keep = track >= 0
     frame, track = frame[keep], track[keep]
-    pairs = [np.column_stack([track[:-k], track[k:]])[frame[:-k] == frame[k:]]
-             for k in range(1, max(max_per_frame, 1)) if len(frame) > k]
+    if not len(frame):
+        return np.zeros((0, 2), dtype=np.int64)
+    # Rows of one frame are consecutive: pair each row with the next k rows, for k up to the most faces
+    # seen in one frame.
+    most = int(np.unique(frame, return_counts=True)[1].max())
+    pairs = [np.column_stack([track[:-k], track[k:]])[frame[:-k] == frame[k:]] for k in range(1, most)]
     if not pairs:
         return np.zeros((0, 2), dtype=np.int64)
     both = np.sort(np.concatenate(pairs), axis=1)

@@ -240,9 +240,11 @@ class FaceStage(Stage):
     def _identity_threshold(self) -> float:
         if self.params.identity_threshold is not None:
             return self.params.identity_threshold
-        # Measured on the shared media (Euclidean, L2-normalised): dlib same person <= 0.35 within a clip
-        # (a crying, laughing face), different people >= 0.47. ArcFace: cosine 0.5 (not calibrated here:
-        # no ArcFace weights can be loaded offline).
+        # dlib, measured on the shared media (Euclidean, L2-normalised): one sample to its track's mean
+        # <= 0.34 through crying and laughter (WolfgangLanger), the same GRID speaker's tracks in different
+        # shots ~0.1 apart; different people >= 0.47 sample to sample, ~0.6 track to track. dlib's own
+        # "same person below 0.6" on raw descriptors (norm ~1.44) is ~0.42 here. ArcFace: cosine 0.5 (not
+        # calibrated here: no ArcFace weights can be loaded offline).
         return 0.42 if self.params.identity == "dlib" else 1.0
 
     def setup(self) -> None:
@@ -314,7 +316,9 @@ class FaceStage(Stage):
             want = identities.due(frame.time, ids)
             if not want.any():
                 return
-            if faces.identity is not None:  # the backend's own embedding: free
+            if p.identity == "pyfeat":  # the backend's own embedding, computed with the AUs
+                if faces.identity is None:
+                    return
                 emb = faces.identity[want]
                 ident.dim = emb.shape[1]
             else:
@@ -429,7 +433,7 @@ class FaceStage(Stage):
         # Persons: track identities clustered, two tracks in one frame never one person.
         identity, n_embeddings = ident.tracks.means([s.track for s in summaries], ident.dim)
         threshold = ident.tracks.threshold
-        person = cluster_persons(identity, cannot_link_pairs(frame, track, p.num_faces), threshold)
+        person = cluster_persons(identity, cannot_link_pairs(frame, track), threshold)
         # A track lives in one shot (the tracker ends tracks at cuts): the shot of its first row.
         kept = np.flatnonzero(track >= 0)
         _, first = np.unique(track[kept], return_index=True)
