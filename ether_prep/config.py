@@ -216,6 +216,12 @@ def _stage_spec(entry: Any, source: Path, pipeline: str, index: int) -> StageSpe
         raise ConfigError(f"{where}: resources must be non-negative and batch_size >= 1, got {resources}")
     params_cls = getattr(cls, "Params")  # noqa: B009 - ClassVar on an ABC
     params = build_params(params_cls, entry.get("params"), where)
+    for_backend = getattr(params, "validate_backend", None)  # parameters that only some backends accept
+    if for_backend is not None:
+        try:
+            for_backend(backend)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
     enabled = entry.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError(f"{where}: 'enabled' must be true or false, got {enabled!r}")

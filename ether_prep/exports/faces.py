@@ -1,7 +1,8 @@
 """``ether-prep export --format faces DEST_DIR``: one CSV per session in the shape researchers know from
 OpenFace and py-feat: a row per analysed frame and face.
 
-Columns: ``frame`` (analysed-frame index), ``time`` (s), ``track``, ``x0 y0 x1 y1`` (face box, pixels),
+Columns: ``frame`` (analysed-frame index), ``time`` (s), ``track``, ``person`` (the same person across shot
+cuts, gaps and re-entries; empty in stores written before face stage version 2), ``x0 y0 x1 y1`` (face box, pixels),
 ``score``, the AU columns ``AU01`` ... ``AU43``, the emotion columns ``anger`` ... ``neutral``, ``yaw``,
 ``pitch``, ``roll`` (degrees) and ``mouth_open``. Empty cells are NaN (an AU the backend does not
 estimate). The file is written chunk by chunk, so a long session never sits in memory.
@@ -36,7 +37,8 @@ def write_faces_csv(session: SessionGroup, dest_dir: Path) -> Path:
     dest = Path(dest_dir) / f"{session.id}.faces.csv"
     au_names = list(group["au"].attrs["names"])
     emotion_names = list(group["emotion"].attrs["names"])
-    header = ["frame", "time", "track", "x0", "y0", "x1", "y1", "score", *au_names, *emotion_names,
+    person = [str(int(x)) for x in group["person"][...]] if "person" in group else None
+    header = ["frame", "time", "track", "person", "x0", "y0", "x1", "y1", "score", *au_names, *emotion_names,
               "yaw", "pitch", "roll", "mouth_open"]
     times = group["time"][...]
     n_frames, n_tracks = group["box"].shape[:2]
@@ -50,5 +52,6 @@ def write_faces_csv(session: SessionGroup, dest_dir: Path) -> Path:
             au, emo, pose, mouth = group["au"][a:b], group["emotion"][a:b], group["pose"][a:b], group["mouth_open"][a:b]
             for f, k in zip(*np.nonzero(~np.isnan(box[:, :, 0])), strict=True):
                 values = [*box[f, k], score[f, k], *au[f, k], *emo[f, k], *pose[f, k], mouth[f, k]]
-                writer.writerow([a + f, f"{times[a + f]:.4f}", k, *(_fmt(float(v)) for v in values)])
+                writer.writerow([a + f, f"{times[a + f]:.4f}", k, person[k] if person else "",
+                                 *(_fmt(float(v)) for v in values)])
     return dest
