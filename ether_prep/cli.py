@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help texts say "[default: ...]" literally; rich markup would swallow it
 )
 
 
@@ -44,6 +46,34 @@ Wait = Annotated[float, typer.Option("--wait", min=0, metavar="SECONDS",
                                      help="If another run is writing the store, wait up to this long for it "
                                           "[default: refuse at once]. 'inf' waits as long as it takes.")]
 DEFAULT_STORE = Path("ether_prep.zarr")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"ether-prep {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details (INFO) to stderr.")] = False,
+    log_level: Annotated[str | None, typer.Option("--log-level", envvar="ETHER_PREP_LOG_LEVEL",
+                                                  help="DEBUG, INFO, WARNING (default), ERROR.")] = None,
+) -> None:
+    """Turn recorded counselling sessions into speech, face and per-utterance features in a Zarr store.
+
+    Results go to stdout; logs and warnings (ether-prep's and every library's) go to stderr.
+    """
+    from .logs import configure
+
+    try:
+        configure(log_level or ("INFO" if verbose else "WARNING"))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--log-level") from exc
 
 
 def _config_path(config: Path | None) -> Path | None:
@@ -115,30 +145,90 @@ def run(
 
 
 @app.command()
-def status(out: Out = DEFAULT_STORE, pipeline: PipelineOpt = "default", config: ConfigOpt = None) -> None:
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The Zarr store to write.")] = Path("ether_prep_demo.zarr"),
+    quiet: Quiet = False,
+) -> None:
+    """Run the whole offline cpu pipeline on demo recordings that ship with ether-prep's dependencies."""
+    from .config import load_pipeline
+    from .demo import DEMO_MEDIA, demo_raw_folder
+    from .runner import run_pipeline
+
+    os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
+    try:
+        raw = demo_raw_folder(out.with_name(out.name.removesuffix(".zarr") + "_media"))
+        summary = run_pipeline(load_pipeline("cpu"), raw, out, family=None, executor="inline", progress=not quiet)
+    except EtherPrepError as exc:
+        raise _fail(exc) from exc
+    typer.echo(summary.report())
+    typer.echo(f"""
+Demo store: {out}  ({len(DEMO_MEDIA)} recordings linked in {raw})
+  ether-prep status --out {out} --pipeline cpu      # every stage of every session, and the quality check
+  ether-prep export exported/ --out {out} --format json
+  python -c "import ether_prep; s = ether_prep.open_store('{out}'); print(s.to_pandas('utterances').head())"
+""")
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    out: Out = DEFAULT_STORE,
+    pipeline: Annotated[str | None, typer.Option(
+        "--pipeline", "-p", help="Compare against this pipeline [default: the one that last ran on the store]."
+    )] = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout (rows, counts, review).")]
+    = False,
+) -> None:
     """Per session and stage: done, skipped, stale, failed (with the message), running or pending."""
+    import json
+
     from .config import load_pipeline
     from .lock import STORE_LOCK, describe, read_holder
     from .runner import status_table
+    from .stages.qc import read_review
     from .store import Store
 
     try:
         store = Store(out, mode="r")
-        rows = status_table(store, load_pipeline(pipeline, _config_path(config)))
+        recorded = store.attrs
+        name = pipeline or recorded.get("pipeline") or "default"
+        path = _config_path(config)
+        if path is None and pipeline is None and recorded.get("config") and Path(recorded["config"]).is_file():
+            path = Path(recorded["config"])  # the file the recorded pipeline came from
+        rows = status_table(store, load_pipeline(name, path))
     except EtherPrepError as exc:
         raise _fail(exc) from exc
-    colours = {"done": typer.colors.GREEN, "skipped": typer.colors.CYAN, "failed": typer.colors.RED,
-               "stale": typer.colors.YELLOW}
-    for row in rows:
-        line = f"{row['session']:48s} {row['stage']:12s} {row['state']:8s} {row['message']}".rstrip()
-        typer.secho(line, fg=colours.get(row["state"]))
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
-    typer.echo(f"{len(store.session_ids())} session(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    verdicts = {sid: read_review(store.session(sid)) for sid in store.session_ids()}
+    review = {sid: list(v.reasons) for sid, v in verdicts.items() if v.needs_review}
+    if as_json:
+        typer.echo(json.dumps({"store": str(out), "pipeline": name, "sessions": len(store.session_ids()),
+                               "counts": counts, "needs_review": review, "rows": rows}, ensure_ascii=False))
+        return
+    colours = {"done": typer.colors.GREEN, "skipped": typer.colors.CYAN, "failed": typer.colors.RED,
+               "stale": typer.colors.YELLOW, "review": typer.colors.YELLOW}
+    for row in rows:
+        _say(f"{row['session']:48s} {row['stage']:12s} {row['state']:8s} {row['message']}".rstrip(),
+             colours.get(row["state"]))
+    typer.echo(f"{len(store.session_ids())} session(s), pipeline {name!r}: "
+               + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if review:
+        _say(f"{len(review)} session(s) need review (see the qc rows above): {', '.join(review)}", colours["review"])
     holder = read_holder(out / STORE_LOCK)
     if holder is not None:
-        typer.secho(f"a run is writing this store now: {describe(holder)}", fg=typer.colors.YELLOW)
+        _say(f"a run is writing this store now: {describe(holder)}", colours["review"])
+
+
+def _say(line: str, colour: str | None) -> None:
+    """A line on stdout, coloured unless NO_COLOR is set (https://no-color.org) or there is no colour."""
+    if colour and not os.environ.get("NO_COLOR"):
+        typer.secho(line, fg=colour)
+    else:
+        typer.echo(line)
 
 
 @app.command()
@@ -196,7 +286,8 @@ def models(pipeline: PipelineOpt = "default", config: ConfigOpt = None) -> None:
 def export(
     dest_dir: Annotated[Path, typer.Argument(help="Folder to write one file per session into.")],
     out: Out = DEFAULT_STORE,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="json, rttm, srt, vtt or faces.")] = "json",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="One of: json (whisperx's shape), srt, vtt, txt, tsv, "
+                                                            "rttm (+ uem), faces (CSV).")] = "json",
     session: Annotated[list[str] | None, typer.Option("--session", help="Only this session id (repeatable).")] = None,
     deidentify: Annotated[bool, typer.Option(
         "--deidentify", help="For sharing: e-mail addresses, phone numbers, URLs and listed names in transcripts "
@@ -206,7 +297,7 @@ def export(
         "--names", help="With --deidentify: a text file of names to replace, one per line (first names and "
                         "surnames on lines of their own if they may be said alone).")] = None,
 ) -> None:
-    """Write transcripts (json, rttm, srt, vtt) or face tables (faces: CSV) for every session in the store."""
+    """Write transcripts, diarization or face tables for every session in the store, one file per session."""
     from .exports import exporter
     from .store import Store
 

@@ -85,6 +85,12 @@ class Pipeline:
     source: Path
     description: str = ""
 
+    def digest(self) -> str:
+        """A short hash of every stage's identity (version, backend, model, parameters), in order."""
+        from .provenance import fingerprint
+
+        return fingerprint([s.identity() for s in self.stages if s.enabled])
+
     def stage(self, name: str) -> StageSpec:
         for spec in self.stages:
             if spec.name == name:
@@ -332,6 +338,15 @@ def _stage_spec(entry: Any, index: int, line: int, problems: _Problems, pipeline
     params_cls = getattr(cls, "Params")  # noqa: B009 - ClassVar on an ABC
     params = _collect_params(params_cls, entry.get("params"),
                              lambda at, msg: report(at or _line(entry, "params"), msg))
+    for_backend = getattr(params, "validate_backend", None)  # parameters that only some backends accept
+    if for_backend is not None and backend in cls.backends:
+        try:
+            for_backend(backend)
+        except ValueError as exc:
+            named = [k for k in (entry.get("params") or {}) if re.search(rf"\b{re.escape(str(k))}\b", str(exc))]
+            at = _line(entry.get("params"), named[0]) if named else 0
+            report(at or _line(entry, "backend") or _line(entry), f"parameters: {exc}")
+            ok = False
     enabled = entry.get("enabled", True)
     if not isinstance(enabled, bool):
         report(_line(entry, "enabled"), f"'enabled' must be true or false, got {enabled!r}")

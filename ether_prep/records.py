@@ -108,11 +108,11 @@ class FaceTrack:
 
 @dataclass(frozen=True)
 class DialoguePair:
-    """A client utterance and the counsellor's reply that follows it: the unit incongruence labels attach to."""
+    """A client turn (one or more utterances) and the counsellor's reply that follows it: the unit
+    incongruence labels attach to. ``gap`` is the reply's start minus the client turn's end."""
 
-    id: str
-    session_id: str
-    client_utterance: str
-    counsellor_utterance: str
+    client_utterances: tuple[str, ...]
+    counsellor_utterances: tuple[str, ...]
     start: float
     end: float
+    gap: float

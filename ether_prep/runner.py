@@ -219,8 +219,10 @@ def run_pipeline(
         if lock.took_over:
             summary.notes.append(f"took over the store lock left by a process that no longer runs "
                                  f"(pid {lock.took_over.get('pid')}, started {lock.took_over.get('started')})")
-        _run_locked(specs, raw_dir, Store(store_path), summary, lock.token, force=force, executor=executor,
-                    workers=workers, ray_address=ray_address, progress=progress)
+        store = Store(store_path)
+        store.record_pipeline(pipeline.name, str(pipeline.source), pipeline.digest())
+        _run_locked(specs, raw_dir, store, summary, lock.token, force=force, executor=executor, workers=workers,
+                    ray_address=ray_address, progress=progress)
     return summary
 
 
@@ -288,7 +290,8 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
 def status_table(store: Store, pipeline: Pipeline | None = None) -> list[dict[str, Any]]:
     """One row per (session, stage): state (done, skipped, stale, failed, running, pending) and message.
 
-    ``stale`` means done, but with other parameters, model or upstream results than ``pipeline`` now asks for.
+    ``stale`` means done, but with other parameters, model or upstream results than ``pipeline`` now asks for;
+    a stage downstream of a stale one is stale too, since rerunning the upstream stage changes its input.
     """
     planners = {s.name: stage_class(s.name)(s) for s in pipeline.stages if s.enabled} if pipeline else {}
     rows = []
@@ -298,13 +301,32 @@ def status_table(store: Store, pipeline: Pipeline | None = None) -> list[dict[st
             session = session_from_info(group.info) if planners else None
         except EtherPrepError:  # its sessions.csv is malformed now: judge staleness on the stored metadata
             session = session_from_info(group.info, refresh=False)
+        expected: dict[str, str] = {}  # stage -> the fingerprint this pipeline would give it now
         for name in planners or sorted(group.group.group_keys()):
             state = group.stage_state(name)
             shown = state.state
             if session is not None and state.complete:
-                fp, _, upstream = plan_stage(planners[name], session, group)
-                if isinstance(upstream, str) or fp != state.fingerprint:
+                fp = _expected_fingerprint(planners[name], session, group, expected)
+                expected[name] = fp or ""
+                if fp != state.fingerprint:
                     shown = "stale"
             rows.append({"session": sid, "relpath": group.info.get("relpath", ""), "stage": name, "state": shown,
                          "message": state.error or state.note or ""})
     return rows
+
+
+def _expected_fingerprint(stage: Stage, session: Session, group: SessionGroup, expected: dict[str, str]) -> str | None:
+    """The fingerprint ``stage`` would get now, chaining the upstream stages' expected fingerprints."""
+    upstream = {}
+    for dep in stage.requires:
+        if dep in expected:
+            upstream[dep] = expected[dep]
+        else:
+            dep_state = group.stage_state(dep)
+            if not dep_state.complete:
+                return None
+            upstream[dep] = dep_state.fingerprint or ""
+    try:
+        return stage_fingerprint(stage.spec, upstream, stage.fingerprint_inputs(session))
+    except EtherPrepError:
+        return None

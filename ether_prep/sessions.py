@@ -21,7 +21,7 @@ from .errors import ConfigError, InputError
 from .records import MediaProbe, Session
 
 __all__ = ["AUDIO_EXTENSIONS", "IMAGE_EXTENSIONS", "METADATA_FILE", "VIDEO_EXTENSIONS", "Discovery",
-           "discover_sessions", "probe_session", "read_metadata", "scan", "session_id"]
+           "discover_sessions", "probe_session", "read_metadata", "read_metadata_csv", "scan", "session_id"]
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg"})
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".m4a", ".ogg"})
@@ -56,11 +56,25 @@ def _kind(path: Path) -> str | None:
 
 
 def read_metadata(folder: Path) -> tuple[dict[str, dict[str, str]], list[str]]:
-    """Rows of ``folder/sessions.csv`` keyed by their ``file`` column (a name relative to that folder), and
-    notes about rows naming no recording there. Raises :class:`ConfigError` naming the line and the fix."""
+    """Rows of ``folder/sessions.csv`` (see :func:`read_metadata_csv`), and notes about rows naming no
+    recording in that folder."""
     path = folder / METADATA_FILE
     if not path.is_file():
         return {}, []
+    rows, first_line = _parse_metadata(path)
+    notes = [f"{path} line {first_line[name]}: names {name!r}, which is not in that folder"
+             for name in rows if not (folder / name).exists() and not (folder / name).is_symlink()]
+    return rows, notes
+
+
+def read_metadata_csv(path: Path) -> dict[str, dict[str, str]]:
+    """Rows of a metadata CSV (``sessions.csv`` or a roles file) keyed by their ``file`` column, stripped.
+    Raises :class:`ConfigError` naming the line and the fix."""
+    return _parse_metadata(path)[0]
+
+
+def _parse_metadata(path: Path) -> tuple[dict[str, dict[str, str]], dict[str, int]]:
+    """(rows keyed by file, the line of each row)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -90,9 +104,7 @@ def read_metadata(folder: Path) -> tuple[dict[str, dict[str, str]], list[str]]:
             line = reader.line_num + 1
     except csv.Error as exc:
         raise ConfigError(f"{path} line {line}: {exc} (an unclosed quote?); {_CSV_FIX}") from exc
-    notes = [f"{path} line {first_line[name]}: names {name!r}, which is not in that folder"
-             for name in rows if not (folder / name).exists() and not (folder / name).is_symlink()]
-    return rows, notes
+    return rows, first_line
 
 
 def probe_session(session: Session) -> Session:

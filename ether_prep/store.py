@@ -132,7 +132,14 @@ def write_table(group: zarr.Group, name: str, columns: Mapping[str, Any],
 def read_table(group: zarr.Group, name: str) -> dict[str, np.ndarray]:
     """Read a table written by :func:`write_table` into memory (columns in written order)."""
     table = group[name]
-    return {col: table[col][...] for col in table.attrs.get("columns", list(table.array_keys()))}
+    return {col: _plain(table[col][...]) for col in table.attrs.get("columns", list(table.array_keys()))}
+
+
+def _plain(values: np.ndarray) -> np.ndarray:
+    """Zarr returns string columns as numpy's variable-width StringDType; callers get plain unicode."""
+    if values.dtype.kind == "T":
+        return np.array(values.tolist(), dtype=str) if values.size else np.array([], dtype=str)
+    return values
 
 
 class SessionGroup:
@@ -220,6 +227,10 @@ class Store:
     @property
     def attrs(self) -> dict[str, Any]:
         return dict(self.root.attrs["ether_prep"])
+
+    def record_pipeline(self, name: str, config: str, digest: str) -> None:
+        """Remember which pipeline (name, config file, digest of its stages) last ran on this store."""
+        self.root.attrs["ether_prep"] = {**self.attrs, "pipeline": name, "config": config, "config_digest": digest}
 
     def session_ids(self) -> list[str]:
         if _SESSIONS not in self.root:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import logs
 from .config import StageSpec
 from .errors import EtherPrepError
 from .lock import STORE_LOCK, describe, read_holder
@@ -109,6 +110,7 @@ class StageWorker:
             if not self._ready:
                 self.stage.setup()
                 self._ready = True
+                logs.reapply()  # model libraries imported by setup may have installed console handlers
             note = self.stage.run(session, group, out)
             if lost := _lock_lost(self.store_path, task.run_token):
                 return Outcome(session.id, self.spec.name, "failed", lost, time.perf_counter() - t0, media_s)

@@ -1,94 +1,98 @@
-"""Odd and broken recordings for the trust tests, made with ffmpeg from the shared media (never copied into
-the repository), plus helpers that run ``ether-prep`` in a subprocess."""
+"""Test media built from the shared GRID clips with ffmpeg, in a test's temporary folder (never in the repo).
+
+The GRID clips are 3 s, 360 x 288, 25 fps, one frontal talking face each, with audio:
+``bbaf2n.mpg`` ("bin blue at f two now", speech ~0.46-2.51 s) and ``lwbsza.mpg`` ("lay white by s zero
+again", ~0.68-2.51 s): two different people filmed the same way, on the same blue background, at the same
+place in the frame: the hard case for box tracking across cuts.
+"""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from .conftest import DATA, ROOT
+from .conftest import DATA
 
-GRID = DATA / "video" / "bbaf2n.mpg"  # 3 s, one frontal talking face, 360 x 288
-JFK = DATA / "speech" / "jfk.flac"
-LIBRI = DATA / "speech" / "librispeech_1272-128104-0000.wav"
-LIBRI_TEXT = "Mister Quilter is the apostle of the middle classes and we are glad to welcome his gospel"
-JFK_TEXT = (DATA / "speech" / "jfk.reference.txt").read_text().strip()
+__all__ = ["FPS", "GRID_A", "GRID_B", "dissolve", "edited_dialogue", "reentry"]
 
-
-def ffmpeg(*args: str | Path) -> None:
-    subprocess.run(["ffmpeg", "-v", "error", "-y", *map(str, args)], check=True)
-
-
-def rotated(dest: Path, tmp: Path) -> None:
-    """The GRID clip as a phone stores a portrait video: pixels turned a quarter counter-clockwise, and a
-    display matrix saying to turn them back (players show it upright)."""
-    sideways = tmp / "sideways.mp4"
-    ffmpeg("-i", GRID, "-vf", "transpose=2", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", sideways)
-    ffmpeg("-i", sideways, "-c", "copy", "-metadata:s:v:0", "rotate=270", dest)
+FPS = 25
+GRID_A = DATA / "video" / "bbaf2n.mpg"
+GRID_B = DATA / "video" / "lwbsza.mpg"
+_SIZE = (360, 288)
+# Frame-exact halves of a 75-frame GRID clip: [0, 38) and [38, 75).
+_HALVES = ((0, 38), (38, 75))
+DEFAULT_TURNS: tuple[tuple[Path, int, int], ...] = (
+    (GRID_A, *_HALVES[0]), (GRID_B, *_HALVES[0]), (GRID_A, *_HALVES[1]), (GRID_B, *_HALVES[1]))
 
 
-def variable_frame_rate(dest: Path) -> None:
-    """The GRID clip at 25 fps for its first second, then every third frame (8.3 fps), in one stream whose
-    timestamps keep the original times (0.04 s steps, then 0.12 s)."""
-    ffmpeg("-i", GRID, "-vf", "select='lt(t,1)+not(mod(n,3))'", "-fps_mode", "vfr", "-c:v", "libx264",
-           "-preset", "ultrafast", "-c:a", "aac", dest)
+def _concat(dst: Path, segments: list[tuple[Path | None, int, int]]) -> list[tuple[float, float]]:
+    """Concatenate ``(source, first frame, end frame)`` segments (``None``: black and silence for that
+    many frames) into an H.264/AAC mp4 with hard cuts; returns each segment's (start, end) in seconds."""
+    inputs: list[str] = []
+    chains: list[str] = []
+    windows: list[tuple[float, float]] = []
+    t = 0.0
+    for i, (src, a, b) in enumerate(segments):
+        d = (b - a) / FPS
+        k = inputs.count("-i")  # index of this segment's first input
+        if src is None:
+            inputs += ["-f", "lavfi", "-i", f"color=c=black:s={_SIZE[0]}x{_SIZE[1]}:r={FPS}:d={d}",
+                       "-f", "lavfi", "-i", f"anullsrc=r=44100:cl=mono:d={d}"]
+            chains.append(f"[{k}:v]setpts=PTS-STARTPTS,format=yuv420p[v{i}];"
+                          f"[{k + 1}:a]asetpts=PTS-STARTPTS,apad=whole_dur={d}[a{i}]")
+        else:
+            inputs += ["-i", str(src)]
+            # The clips' audio ends ~50 ms before their video: pad each piece so sound stays in sync.
+            chains.append(f"[{k}:v]trim=start_frame={a}:end_frame={b},setpts=PTS-STARTPTS,format=yuv420p[v{i}];"
+                          f"[{k}:a]atrim=start={a / FPS}:end={b / FPS},asetpts=PTS-STARTPTS,"
+                          f"aformat=sample_rates=44100:channel_layouts=mono,apad=whole_dur={d}[a{i}]")
+        windows.append((round(t, 6), round(t + d, 6)))
+        t += d
+    joined = "".join(f"[v{i}][a{i}]" for i in range(len(segments)))
+    graph = ";".join(chains) + f";{joined}concat=n={len(segments)}:v=1:a=1[v][a]"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *inputs, "-filter_complex", graph, "-map", "[v]", "-map", "[a]",
+                    "-r", str(FPS), "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-c:a", "aac",
+                    str(dst)], check=True)
+    return windows
 
 
-def four_k(dest: Path) -> None:
-    """One second of a face at 3840 x 2160, five frames a second."""
-    ffmpeg("-i", DATA / "face" / "single_face.mp4", "-t", "1", "-vf", "scale=3840:2160,fps=5", "-c:v", "libx264",
-           "-preset", "ultrafast", "-an", dest)
+def edited_dialogue(dst: Path, turns: tuple[tuple[Path, int, int], ...] = DEFAULT_TURNS) -> dict:
+    """A TV-style edited dialogue: full-frame shots of two GRID speakers, hard cuts, each shot showing the one
+    talking (with that clip's own audio). ``turns``: (clip, first frame, end frame) in the clip's 25 fps
+    frames; by default A, B, A, B from different halves of each clip (6 s, cuts at 1.52, 3.04, 4.52 s).
+
+    Returns ``{"path", "fps", "duration", "cut_times", "speakers", "turns"}``, where ``speakers`` lists the
+    clip names in order of first appearance and each turn is ``{"speaker", "person" (its index in
+    speakers), "start", "end", "source", "source_start", "source_end"}`` (seconds).
+    """
+    windows = _concat(dst, list(turns))
+    speakers: list[str] = []
+    out = []
+    for (src, a, b), (start, end) in zip(turns, windows, strict=True):
+        if src.stem not in speakers:
+            speakers.append(src.stem)
+        out.append({"speaker": src.stem, "person": speakers.index(src.stem), "start": start, "end": end,
+                    "source": str(src), "source_start": a / FPS, "source_end": b / FPS})
+    return {"path": dst, "fps": FPS, "duration": windows[-1][1], "cut_times": [w[0] for w in windows[1:]],
+            "speakers": speakers, "turns": out}
 
 
-def telephone(dest: Path) -> None:
-    """LibriSpeech as a phone line carries it: 8 kHz, mu-law."""
-    ffmpeg("-i", LIBRI, "-ar", "8000", "-ac", "1", "-c:a", "pcm_mulaw", dest)
+def reentry(dst: Path, blank_s: float = 5.0, clip: Path = GRID_A) -> dict:
+    """One GRID speaker, then ``blank_s`` of black frames (the face gone), then the same speaker again.
+
+    Returns ``{"path", "face_windows": [(start, end), (start, end)], "blank": (start, end)}`` in seconds.
+    """
+    windows = _concat(dst, [(clip, *_HALVES[0]), (None, 0, round(blank_s * FPS)), (clip, *_HALVES[1])])
+    return {"path": dst, "face_windows": [windows[0], windows[2]], "blank": windows[1]}
 
 
-def surround(dest: Path) -> None:
-    """JFK in 5.1 AAC: the voice in the centre, faintly in front left/right, nothing in LFE and surrounds."""
-    ffmpeg("-i", JFK, "-af", "pan=5.1|FL=0.2*c0|FR=0.2*c0|FC=c0|LFE=0*c0|BL=0*c0|BR=0*c0", "-c:a", "aac", dest)
-
-
-def silence(dest: Path, seconds: float = 4.0) -> None:
-    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", seconds, dest)
-
-
-def music(dest: Path, seconds: float = 5.0) -> None:
-    """A chord progression of pure tones, no voice."""
-    ffmpeg("-f", "lavfi", "-i", f"sine=f=220:d={seconds}", "-f", "lavfi", "-i", f"sine=f=277:d={seconds}",
-           "-f", "lavfi", "-i", f"sine=f=330:d={seconds}", "-filter_complex", "amix=inputs=3,volume=2", dest)
-
-
-def video_only(dest: Path) -> None:
-    ffmpeg("-i", GRID, "-an", "-c:v", "libx264", "-preset", "ultrafast", dest)
-
-
-def truncated_mp4(dest: Path, tmp: Path, keep: float = 0.5) -> None:
-    """A complete mp4 whose index sits at the front (faststart), cut at ``keep`` of its bytes, as a copy
-    interrupted mid-way leaves it: the header promises 3 s, the data stops half-way."""
-    whole = tmp / "whole.mp4"
-    ffmpeg("-i", GRID, "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-movflags", "+faststart", whole)
-    data = whole.read_bytes()
-    dest.write_bytes(data[: int(len(data) * keep)])
-
-
-def three_hours(dest: Path) -> None:
-    """A 3-hour recording (tiny: a 64 x 48 black picture at 1 fps and digital silence)."""
-    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-f", "lavfi", "-i", "color=black:s=64x48:r=1",
-           "-t", "10800", "-c:a", "flac", "-c:v", "libx264", "-preset", "ultrafast", "-shortest", dest)
-
-
-def cli_argv(*args: str | Path) -> list[str]:
-    """The command line of ``ether-prep ARGS`` with this interpreter (the tests' environment)."""
-    return [sys.executable, "-m", "ether_prep.cli", *map(str, args)]
-
-
-def cli(*args: str | Path, env: dict[str, str] | None = None, preexec_fn: Callable[[], None] | None = None,
-        timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """``ether-prep ARGS`` in a subprocess, output captured; ``preexec_fn`` runs in the child before exec."""
-    return subprocess.run(cli_argv(*args), capture_output=True, text=True, cwd=ROOT, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, preexec_fn=preexec_fn)
+def dissolve(dst: Path, first: Path = GRID_A, second: Path = GRID_B, offset: float = 1.0,
+             duration: float = 0.5) -> dict:
+    """``first`` dissolving into ``second`` (a cross-fade from ``offset`` for ``duration`` s): the face
+    changes in place without a hard cut. Returns ``{"path", "dissolve": (start, end), "duration"}``."""
+    graph = (f"[0:v]setpts=PTS-STARTPTS,format=yuv420p[a];[1:v]setpts=PTS-STARTPTS,format=yuv420p[b];"
+             f"[a][b]xfade=transition=fade:duration={duration}:offset={offset}[v]")
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(first), "-i", str(second), "-filter_complex", graph,
+                    "-map", "[v]", "-r", str(FPS), "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", str(dst)],
+                   check=True)
+    return {"path": dst, "dissolve": (offset, offset + duration), "duration": offset + 3.0}

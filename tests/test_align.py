@@ -1,6 +1,6 @@
 """Issue 5: faces to speakers, per-utterance tensors, dialogue pairs, cues, manifests, training API.
 
-Unit tests exercise the pure functions of :mod:`ether_prep.alignment` and :mod:`ether_prep.cues`; the
+Unit tests exercise the pure functions of :mod:`ether_prep.align`; the
 ``slow`` tests run the real ``cpu`` pipeline (extract, then align) once on a small folder of shared clips
 and check the acceptance criteria on what it stored.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,24 +16,17 @@ import pytest
 import yaml
 import zarr
 
-from ether_prep.alignment import (
-    link_tracks,
-    mouth_movement,
-    offsets_from_lengths,
-    pair_dialogue,
-    pool,
-    resample_track,
-    speech_activity,
-    utterance_grid,
-)
-from ether_prep.cues import CueParams, face_cues, text_cues, utterance_cues
+from ether_prep.align.cues import face_cues, text_cues, utterance_cues
+from ether_prep.align.linking import link_persons, mouth_movement, parse_speaker_tracks, speech_activity
+from ether_prep.align.pairs import pair_dialogue
+from ether_prep.align.roles import assign_roles
+from ether_prep.align.tensors import feature_names, offsets_from_lengths, pool, resample_track, utterance_grid
 from ether_prep.errors import ConfigError
-from ether_prep.stages.align import AlignParams, _parse_tracks, assign_roles, feature_names
+from ether_prep.stages.align import AlignParams
 from ether_prep.store import read_ragged, write_ragged
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-GRID2 = DATA / "video" / "grid_two_faces_side_by_side.mp4"
+from .conftest import DATA, GRID2, ROOT
+
 GRID_JSON = json.loads((DATA / "video" / "grid_two_faces_side_by_side.json").read_text())
 FPS = 25.0
 
@@ -105,7 +97,7 @@ def test_mouth_movement_is_high_while_talking_and_nan_without_face() -> None:
     assert np.isnan(move[100:110, 1]).all()
 
 
-def test_link_tracks_side_by_side_turns_with_confidence() -> None:
+def test_link_persons_side_by_side_turns_with_confidence() -> None:
     """Left face talks during the first reference span, right during the second (the real clip's timing)."""
     times = np.arange(150) / FPS
     left, right = _grid_turns()
@@ -114,32 +106,32 @@ def test_link_tracks_side_by_side_turns_with_confidence() -> None:
     speakers = ["SPEAKER_00", "SPEAKER_01", "SPEAKER_02"]
     starts, ends = np.array([right[0], left[0], 8.0]), np.array([right[1], left[1], 9.0])
     act = speech_activity(speakers, speakers, starts, ends, times)
-    links, corr = link_tracks(mouth_movement(mouth, times), act, speakers, [0, 1])
+    links, corr = link_persons(mouth_movement(mouth, times), act, speakers, [0, 1])
     assert [lk.speaker for lk in links] == ["SPEAKER_01", "SPEAKER_00"]
     for lk in links:
         assert 0.5 < lk.confidence <= 1.0 and lk.corr > 0.5 and lk.margin > 0.5
     assert corr.shape == (2, 3)
 
 
-def test_link_tracks_leaves_silent_faces_unlinked_and_flags_ambiguity() -> None:
+def test_link_persons_leaves_silent_faces_unlinked_and_flags_ambiguity() -> None:
     times = np.arange(150) / FPS
     left, right = _grid_turns()
     talk = _talking_mouth(times, [left, right])
     still = np.full(150, 0.2)
     act = speech_activity(["A"], ["A", "A"], np.array([left[0], right[0]]), np.array([left[1], right[1]]), times)
-    links, _ = link_tracks(mouth_movement(np.stack([still, talk], 1), times), act, ["A"], [7, 9])
-    assert links[0].speaker == "" and links[1].speaker == "A" and links[0].track == 7
+    links, _ = link_persons(mouth_movement(np.stack([still, talk], 1), times), act, ["A"], [7, 9])
+    assert links[0].speaker == "" and links[1].speaker == "A" and links[0].person == 7
     # two faces moving identically: the match is a coin toss, and the confidence says so
-    links, _ = link_tracks(mouth_movement(np.stack([talk, talk], 1), times), act, ["A"], [0, 1])
+    links, _ = link_persons(mouth_movement(np.stack([talk, talk], 1), times), act, ["A"], [0, 1])
     assert max(lk.confidence for lk in links) < 0.01
     # too few frames with a face: no link
     few = np.stack([talk], 1).copy()
     few[8:] = np.nan
-    links, _ = link_tracks(mouth_movement(few, times), act, ["A"], [0], min_frames=10)
+    links, _ = link_persons(mouth_movement(few, times), act, ["A"], [0], min_frames=10)
     assert links[0].speaker == ""
 
 
-def test_link_tracks_joins_fragments_of_one_face() -> None:
+def test_link_persons_joins_fragments_of_one_face() -> None:
     """A face hidden for a second comes back as a new track in the same place: both are the speaker's."""
     times = np.arange(75) / FPS
     talk = _talking_mouth(times, [(0.5, 2.5)])
@@ -149,9 +141,28 @@ def test_link_tracks_joins_fragments_of_one_face() -> None:
     frag[:, 2] = 0.1  # someone else, still, on screen all along
     boxes = np.array([[100, 50, 200, 180], [104, 52, 203, 182], [400, 50, 500, 180]], dtype=float)
     act = speech_activity(["A"], ["A"], np.array([0.5]), np.array([2.5]), times)
-    links, _ = link_tracks(mouth_movement(frag, times), act, ["A"], [0, 1, 2], min_frames=10, boxes=boxes)
+    links, _ = link_persons(mouth_movement(frag, times), act, ["A"], [0, 1, 2], min_frames=10, boxes=boxes)
     assert [lk.speaker for lk in links] == ["A", "A", ""]
     assert 0 < links[0].confidence <= links[1].confidence  # the seat link inherits the primary's confidence
+
+
+def test_link_persons_by_screen_time_when_the_edit_shows_whoever_talks() -> None:
+    """Edited dialogue: each shot shows the person talking, so every visible mouth moves and only screen time
+    tells who is who (the failure of mouth-only linking on TV-style editing)."""
+    times = np.arange(400) / FPS  # 16 s
+    turns = [(0.0, 3.9, "A"), (4.0, 7.9, "B"), (8.0, 11.9, "A"), (12.0, 16.0, "B")]
+    movement = np.full((400, 2), np.nan)
+    for a, b, who in turns:
+        on = (times >= a) & (times < b)
+        movement[on, 0 if who == "A" else 1] = mouth_movement(_talking_mouth(times, [(a, b)]), times)[on, 0]
+    speakers = ["SPEAKER_00", "SPEAKER_01"]  # SPEAKER_00 is B, SPEAKER_01 is A
+    spk = ["SPEAKER_01" if who == "A" else "SPEAKER_00" for _, _, who in turns]
+    act = speech_activity(speakers, spk, np.array([t[0] + 0.2 for t in turns]), np.array([t[1] - 0.2 for t in turns]),
+                          times)
+    links, _ = link_persons(movement, act, speakers, [0, 1])
+    assert [lk.speaker for lk in links] == ["SPEAKER_01", "SPEAKER_00"]
+    for lk in links:
+        assert lk.screen_corr > 0.8 and abs(lk.mouth_corr) < lk.screen_corr and lk.confidence > 0.8
 
 
 def test_pair_dialogue_groups_turns_and_respects_the_gap() -> None:
@@ -162,8 +173,8 @@ def test_pair_dialogue_groups_turns_and_respects_the_gap() -> None:
     pairs = pair_dialogue(ids, starts, ends, roles, max_gap=10.0)
     assert len(pairs) == 1  # the reply at 30 s comes 20.5 s after the client's turn
     p = pairs[0]
-    assert p["client_utterances"] == ids[:2] and p["counsellor_utterances"] == ids[2:4]
-    assert p["start"] == 0.0 and p["end"] == 7.5 and p["gap"] == pytest.approx(0.5)
+    assert p.client_utterances == tuple(ids[:2]) and p.counsellor_utterances == tuple(ids[2:4])
+    assert p.start == 0.0 and p.end == 7.5 and p.gap == pytest.approx(0.5)
     assert len(pair_dialogue(ids, starts, ends, roles, max_gap=30.0)) == 2
 
 
@@ -187,10 +198,10 @@ def test_face_cues_and_flags() -> None:
     val, expr = face_cues(neutral_face, mask, names)
     assert val == pytest.approx(0.0) and expr == pytest.approx(0.025)
     text = text_cues(["I'm fine, just tired and lonely"])[0]
-    cues = utterance_cues(text, val, expr, coverage=1.0)
+    cues = utterance_cues(text, val, expr, coverage=1.0, params=AlignParams())
     assert cues.flags == ("minimizing",)
     assert 0 <= cues.mismatch <= 1
-    assert utterance_cues(text, val, expr, coverage=0.2).flags == ()  # too little face to judge
+    assert utterance_cues(text, val, expr, coverage=0.2, params=AlignParams()).flags == ()  # too little face to judge
     sad = np.zeros((10, dim))
     sad[:, names.index("sadness")] = 0.8
     sad[:, names.index("AU15")] = 0.7
@@ -198,7 +209,7 @@ def test_face_cues_and_flags() -> None:
     s_val, s_expr = face_cues(sad, mask, names)
     assert s_val < -0.5 and s_expr > 0.3
     happy_words = text_cues(["This is great, I love it"])[0]
-    assert "positive_words_negative_face" in utterance_cues(happy_words, s_val, s_expr, 1.0, CueParams()).flags
+    assert "positive_words_negative_face" in utterance_cues(happy_words, s_val, s_expr, 1.0, AlignParams()).flags
     assert np.isnan(face_cues(sad, np.zeros(10, bool), names)[0])
 
 
@@ -234,9 +245,9 @@ def test_roles_from_metadata_tracks_and_heuristics() -> None:
     roles, assumed, source = assign_roles(speakers, talk, first, meta, {1: "SPEAKER_00"}, "none", "s")
     assert roles == {"SPEAKER_00": "client", "SPEAKER_01": "other", "SPEAKER_02": "counsellor"}
     assert not assumed and source == "metadata"
-    assert _parse_tracks("SPEAKER_00=1; SPEAKER_01=-", "s") == {"SPEAKER_00": 1, "SPEAKER_01": None}
+    assert parse_speaker_tracks("SPEAKER_00=1; SPEAKER_01=-", "s") == {"SPEAKER_00": 1, "SPEAKER_01": None}
     with pytest.raises(ConfigError, match="SPEAKER_00=1"):
-        _parse_tracks("SPEAKER_00", "s")
+        parse_speaker_tracks("SPEAKER_00", "s")
 
 
 def test_bad_align_parameters_are_config_errors(tmp_path: Path) -> None:
@@ -259,37 +270,6 @@ def _pipelines_with(tmp: Path, **align_params: object) -> Path:
     path = tmp / f"pipelines_{abs(hash(tuple(sorted(align_params.items()))))}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
-
-
-@pytest.fixture(scope="module")
-def aligned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """Extract then align, once, with the real cpu pipeline, over four real sessions.
-
-    - the side-by-side clip (two faces, two speakers);
-    - a GRID clip (one face, one speaker);
-    - the same GRID clip with the face hidden from 1.0 to 2.0 s while he keeps talking (made here);
-    - the 30 s two-party telephone call (audio only: face skipped).
-    """
-    from ether_prep.config import load_pipeline
-    from ether_prep.runner import run_pipeline
-
-    tmp = tmp_path_factory.mktemp("align")
-    raw = tmp / "raw"
-    raw.mkdir()
-    (raw / GRID2.name).symlink_to(GRID2)
-    (raw / "bbaf2n.mpg").symlink_to(DATA / "video" / "bbaf2n.mpg")
-    (raw / "sample.wav").symlink_to(DATA / "diarization" / "sample.wav")
-    hidden = raw / "bbaf2n_face_hidden.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(DATA / "video" / "bbaf2n.mpg"), "-vf",
-                    "drawbox=x=0:y=0:w=iw:h=ih:color=black:t=fill:enable='between(t,1.0,2.0)'",
-                    "-c:a", "aac", str(hidden)], check=True)
-    store = tmp / "store.zarr"
-    pipeline = load_pipeline("cpu", ROOT / "pipelines.yaml")
-    extract = run_pipeline(pipeline, raw, store, family="extract")
-    assert extract.ok, extract.report()
-    align = run_pipeline(pipeline, raw, store, family="align")
-    assert align.ok, align.report()
-    return {"raw": raw, "store": store, "extract": extract, "align": align, "tmp": tmp}
 
 
 def _session(store: Path, name: str) -> tuple[str, zarr.Group]:
@@ -405,9 +385,23 @@ def test_manifests_and_pairs(aligned: dict[str, object]) -> None:
     root = zarr.open_group(str(store), mode="r", zarr_format=3, use_consolidated=False)
     n_total = sum(root["sessions"][s]["align"].attrs["n_utterances"] for s in root["sessions"].group_keys())
     assert len(manifest["utterance_id"]) == n_total and len(set(manifest["utterance_id"])) == n_total
-    for k in ("session_id", "start", "end", "speaker", "role", "text", "speaker_coverage", "mismatch",
-              "text_valence", "group", "row_start", "n_steps", "flag_minimizing"):
+    for k in ("session_id", "utterance_index", "start", "end", "speaker", "role", "text", "speaker_coverage",
+              "mismatch", "text_valence", "group", "row_start", "n_steps", "flag_minimizing", "cue_flags",
+              "speaker_person", "needs_review", "review_reasons"):
         assert k in manifest
+    # no column shadows a pandas attribute, and every column says what it holds
+    schema = pq.read_schema(store / "utterances.parquet")
+    assert "index" not in schema.names and "flags" not in schema.names
+    for field in schema:
+        assert field.metadata and field.metadata[b"description"], field.name
+    # absent values are nulls, not sentinels: the audio-only call has no faces, so no person or mismatch
+    call = [i for i, s in enumerate(manifest["session_id"]) if s.startswith("sample")]
+    assert call and all(manifest["speaker_person"][i] is None for i in call)
+    assert all(manifest["mismatch"][i] is None for i in call)
+    assert all(isinstance(manifest["cue_flags"][i], list) for i in call)
+    assert all(manifest["needs_review"][i] is not None for i in range(len(manifest["utterance_id"])))
+    sessions = pq.read_table(store / "sessions.parquet").to_pydict()
+    assert len(sessions["session_id"]) == 4 and "qc_speaker_face_share" in sessions
     pairs = pq.read_table(store / "dialogue_pairs.parquet").to_pydict()
     assert len(pairs["pair_id"]) >= 1  # the two-party call has client turns followed by replies
     ids = set(manifest["utterance_id"])
@@ -453,6 +447,54 @@ def test_dataloader_batches_equal_direct_zarr_slicing(aligned: dict[str, object]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_shuffled_dataloader_over_a_mixed_store(aligned: dict[str, object], seed: int) -> None:
+    """Audio-only and video sessions in one store: every utterance has the same feature width, so shuffled
+    batches mixing them collate (the README example); audio-only steps are all masked."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    import ether_prep
+
+    store = ether_prep.open_store(aligned["store"])
+    ds = store.utterances()
+    assert len(store.sessions()) == 4
+    names = ds.feature_names
+    assert len(names) == 31 and names[:2] == ["AU01", "AU02"] and names[-1] == "mouth_open"
+    torch.manual_seed(seed)
+    loader = DataLoader(ds, batch_size=5, shuffle=True, num_workers=0, collate_fn=ds.collate)
+    seen = 0
+    for batch in loader:
+        assert batch["speaker_face"].shape[-1] == len(names)
+        for j, sid in enumerate(batch["session_id"]):
+            if sid.startswith("sample"):
+                assert not batch["speaker_mask"][j].any() and not batch["listener_mask"][j].any()
+        seen += len(batch["utterance_id"])
+    assert seen == len(ds)
+
+
+@pytest.mark.slow
+def test_pairs_dataset_and_pandas_views(aligned: dict[str, object]) -> None:
+    import ether_prep
+
+    store = ether_prep.open_store(aligned["store"])
+    frame = store.to_pandas("utterances")
+    assert len(frame) == len(store) and "utterance_index" in frame.columns
+    assert len(store.to_pandas("sessions")) == 4
+    pairs = store.pairs()
+    assert len(pairs) == len(store.to_pandas("pairs")) >= 1
+    item = pairs[0]
+    ids = store.pair_manifest["client_utterances"][0]
+    by_id = {u: store.utterances(ids=[u])[0] for u in ids}
+    assert item["client"]["utterance_ids"] == list(ids)
+    steps = sum(len(by_id[u]["time"]) for u in ids)
+    assert item["client"]["speaker_face"].shape == (steps, 31)
+    assert np.array_equal(item["client"]["speaker_face"][: len(by_id[ids[0]]["time"])], by_id[ids[0]]["speaker_face"])
+    batch = pairs.collate([pairs[i] for i in range(len(pairs))])
+    assert batch["client"]["speaker_face"].shape[0] == len(pairs) == batch["counsellor"]["lengths"].shape[0]
+
+
+@pytest.mark.slow
 def test_changing_the_rate_reruns_only_align(aligned: dict[str, object]) -> None:
     from ether_prep.config import load_pipeline
     from ether_prep.runner import run_pipeline
@@ -464,11 +506,11 @@ def test_changing_the_rate_reruns_only_align(aligned: dict[str, object]) -> None
     summary = run_pipeline(load_pipeline("cpu", cfg), aligned["raw"], store, family=None)
     assert summary.ok, summary.report()
     computed = {o.stage for o in summary.outcomes if o.state in ("done", "failed")}
-    assert computed == {"align"}, summary.report()
-    assert {o.state for o in summary.outcomes if o.stage != "align"} <= {"cached"}
+    assert computed == {"align", "qc"}, summary.report()  # align, and the quality check that reads it
+    assert {o.state for o in summary.outcomes if o.stage not in ("align", "qc")} <= {"cached"}
     after = _markers(store)
     for key, marker in before.items():
-        if key[1] != "align":
+        if key[1] not in ("align", "qc"):
             assert after[key] == marker  # extract stages untouched: same fingerprint and finish time
         else:
             assert after[key]["fingerprint"] != marker["fingerprint"]
@@ -516,7 +558,7 @@ def test_edited_sessions_csv_reaches_align_alone(aligned: dict[str, object]) -> 
     finally:
         csv.unlink()
     assert summary.ok, summary.report()
-    assert summary.ran("align") == [sid]
+    assert summary.ran("align") == [sid] and summary.ran("qc") == [sid]
     _, g = _session(store, "grid_two_faces")
     fixed = dict(g["align"].attrs)
     assert fixed["role_assumed"] is False

@@ -61,7 +61,7 @@ from ether_prep.sessions import session_id
 from ether_prep.speech import wer
 from ether_prep.store import Store
 
-from . import media
+from . import trust_media as media
 from .conftest import DATA
 
 pytestmark = pytest.mark.slow

@@ -73,7 +73,7 @@ def test_every_parameter_of_every_stage_has_a_located_error(tmp_path: Path, stag
 # A value of the right type that each stage's own checks reject, and the key its message names.
 OUT_OF_RANGE = {"audio": ("sample_rate", 4000), "transcribe": ("channels", "both"),
                 "diarize": ("max_speakers", 0), "utterances": ("max_word", -1.0), "face": ("num_faces", 0),
-                "align": ("rate_hz", -1.0)}
+                "align": ("rate_hz", -1.0), "qc": ("max_corrupt_share", -1.0)}
 
 
 @pytest.mark.parametrize("stage", ORDER)
@@ -84,6 +84,14 @@ def test_every_stage_checks_its_values(tmp_path: Path, stage: str) -> None:
     assert message.startswith(f"{tmp_path / 'pipelines.yaml'}:{_line_of(text, f'{key}:')}: pipeline 'p': "
                               f"stage '{stage}': parameters: "), message
     assert key in message
+
+
+def test_a_parameter_its_backend_cannot_use(tmp_path: Path) -> None:
+    text = _yaml(_all_stages(face={"backend": "mediapipe", "params": {"identity": "pyfeat"}}))
+    message = _error(tmp_path, text)
+    assert message.startswith(f"{tmp_path / 'pipelines.yaml'}:{_line_of(text, 'identity:')}: pipeline 'p': "
+                              "stage 'face': parameters: identity 'pyfeat' needs the pyfeat backend"), message
+    assert "use identity: dlib" in message
 
 
 def test_unknown_parameter_says_the_closest_name(tmp_path: Path) -> None:

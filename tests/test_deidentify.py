@@ -70,11 +70,14 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = group.begin_stage("utterances", {"stage": "utterances"})
     starts = np.arange(len(words), dtype=np.float64) * 0.5
     write_table(out, "words", {"text": np.array(words), "start": starts, "end": starts + 0.4,
-                               "score": np.ones(len(words)), "speaker": np.array(["SPEAKER_00"] * len(words))})
+                               "score": np.ones(len(words)), "speaker": np.array(["SPEAKER_00"] * len(words)),
+                               "interpolated": np.zeros(len(words), bool), "channel": np.full(len(words), -1)})
     write_table(out, "utterances", {"id": np.array([f"{SID}/u00000", f"{SID}/u00001"]),
-                                    "start": np.array([0.0, 4.0]), "end": np.array([3.9, 6.9]),
+                                    "start": np.array([0.0, 4.0]), "end": np.array([3.9, 5.9]),
                                     "speaker": np.array(["SPEAKER_00", "SPEAKER_01"]),
-                                    "text": np.array([" ".join(words[:8]), " ".join(words[8:])])})
+                                    "text": np.array([" ".join(words[:8]), " ".join(words[8:])]),
+                                    "word_start": np.array([0, 8]), "word_end": np.array([8, 12]),
+                                    "score": np.ones(2)})
     group.finish_stage("utterances", "done", "fp")
     out = group.begin_stage("diarize", {"stage": "diarize"})
     write_table(out, "turns", {"start": np.array([0.0]), "end": np.array([6.9]), "speaker": np.array(["SPEAKER_00"])})
@@ -96,17 +99,17 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _export(store: Path, dest: Path, fmt: str, *extra: str) -> Path:
     res = CliRunner().invoke(app, ["export", str(dest), "--out", str(store), "--format", fmt, *extra])
     assert res.exit_code == 0, res.output
-    (path,) = dest.iterdir()
+    (path,) = [p for p in dest.iterdir() if p.suffix != ".uem"]  # rttm comes with its scored extent
     return path
 
 
 def test_deidentified_transcript_exports(store: Path, tmp_path: Path) -> None:
     names = tmp_path / "names.txt"
     names.write_text("Jane Doe\n")
-    for fmt in ("json", "srt", "vtt", "rttm"):
+    for fmt in ("json", "srt", "vtt", "txt", "tsv", "rttm"):
         plain = _export(store, tmp_path / f"plain_{fmt}", fmt).read_text()
         path = _export(store, tmp_path / fmt, fmt, "--deidentify", "--names", str(names))
-        text = path.read_text()
+        text = "".join(p.read_text() for p in (tmp_path / fmt).iterdir())  # the .uem beside an .rttm too
         assert path.name == f"{ALIAS}.{fmt}" and "Jane" not in path.name
         assert "Jane" in plain or fmt == "rttm"
         for leak in ("Jane", "Doe", "jane.doe@example.org", "415", "0199"):
@@ -114,9 +117,9 @@ def test_deidentified_transcript_exports(store: Path, tmp_path: Path) -> None:
         if fmt != "rttm":
             assert "[NAME]" in text and "[EMAIL]" in text and "[PHONE]" in text
     doc = json.loads((tmp_path / "json" / f"{ALIAS}.json").read_text())
-    assert doc["session"] == ALIAS and doc["utterances"][0]["id"] == f"{ALIAS}/u00000"
-    assert [w["text"] for w in doc["words"]][:3] == ["Hello", "[NAME]", "[NAME]"]
-    assert [w["start"] for w in doc["words"]] == [i * 0.5 for i in range(12)]  # times untouched
+    assert doc["session"] == doc["uri"] == ALIAS and doc["segments"][0]["id"] == f"{ALIAS}/u00000"
+    assert [w["word"] for w in doc["word_segments"]][:3] == ["Hello", "[NAME]", "[NAME]"]
+    assert [w["start"] for w in doc["word_segments"]] == [i * 0.5 for i in range(12)]  # times untouched
     assert doc["deidentified"]["names_listed"] == 1
 
 

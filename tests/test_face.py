@@ -165,7 +165,7 @@ def test_config_and_help_do_not_import_face_models() -> None:
     code = ("import sys; from ether_prep.config import load_config; c = load_config(); "
             "s = c['cpu'].stage('face'); assert s.backend == 'mediapipe'; "
             "assert c['default'].stage('face').backend == 'pyfeat'; "
-            "bad = [m for m in ('mediapipe', 'feat', 'torch') if m in sys.modules]; assert not bad, bad")
+            "bad = [m for m in ('mediapipe', 'feat', 'torch', 'dlib') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
@@ -368,6 +368,10 @@ def test_pyfeat_backend_offline_with_random_weights(tmp_path_factory: pytest.Tem
     assert np.isfinite(au).all() and ((au >= 0) & (au <= 1)).all()  # probabilities, though meaningless
     assert np.isnan(out["landmarks"][..., 2]).all()  # 68 points in 2-D
     assert read_table(out, "tracks")["n_frames"].sum() == present.sum()
+    # py-feat's own ArcFace identity (512-d; meaningless here too) is what the persons come from.
+    assert out.attrs["identity_model"] == "py-feat arcface" and out["identity"].shape == (t_, 512)
+    assert (read_table(out, "tracks")["n_embeddings"] >= 1).all() and out["person"].shape == (t_,)
+    assert out.attrs["identity_params"]["embeddings_computed"] == 0  # none computed by the stage itself
 
 
 def test_network_is_not_needed_for_the_cpu_face_model() -> None:

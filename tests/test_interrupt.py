@@ -24,7 +24,7 @@ import zarr
 from ether_prep.config import load_pipeline
 from ether_prep.runner import run_pipeline
 
-from . import media
+from . import trust_media as media
 from .conftest import DATA
 
 pytestmark = pytest.mark.slow

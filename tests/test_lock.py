@@ -21,7 +21,7 @@ from ether_prep.runner import run_pipeline
 from ether_prep.sessions import session_id
 from ether_prep.store import Store
 
-from . import media
+from . import trust_media as media
 from .conftest import DATA, MODELS
 
 AUDIO_YAML = ("version: 1\npipelines:\n  audio:\n    stages:\n      - stage: audio\n"

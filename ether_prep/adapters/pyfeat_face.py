@@ -1,7 +1,7 @@
 """py-feat adapter: the only module that imports ``feat`` (py-feat 2.x).
 
 ``Detectorv2`` (RetinaFace -> multitask ConvNeXt: 20 AUs, 7 emotions, pose, 478 mesh -> dlib-68 landmarks;
-ArcFace identity) or ``Detectorv1`` (RetinaFace, MobileFaceNet landmarks, xgboost AUs, ResMaskNet emotions,
+ArcFace identity, 512-d) or ``Detectorv1`` (RetinaFace, MobileFaceNet landmarks, xgboost AUs, ResMaskNet emotions,
 pose MLP) runs on batches of decoded frames.
 
 Weights: by default py-feat downloads them from its ``py-feat/*`` Hugging Face repos into its own
@@ -60,10 +60,12 @@ def _use_local_resources(weights_dir: Path) -> None:
 
 
 class PyFeatFaceDetector:
-    """A loaded py-feat detector; :meth:`detect` takes a batch of RGB frames of one size."""
+    """A loaded py-feat detector; :meth:`detect` takes a batch of RGB frames of one size. With
+    ``identity`` each face also gets py-feat's ArcFace identity embedding (``FrameFaces.identity``)."""
 
     def __init__(self, detector: str = "v2", device: str = "cpu", weights_dir: Path | None = None,
-                 face_detection_threshold: float = 0.5, max_faces: int | None = None, threads: int = 0) -> None:
+                 face_detection_threshold: float = 0.5, max_faces: int | None = None, threads: int = 0,
+                 identity: bool = True) -> None:
         if weights_dir is not None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
@@ -85,10 +87,13 @@ class PyFeatFaceDetector:
         self.threshold = face_detection_threshold
         where = str(weights_dir) if weights_dir is not None else "py-feat's Hugging Face repos"
         try:
+            # ArcFace identity (512-d) only when asked for: it is a ResNet-50 on every face.
+            identity_model = "arcface" if identity else None
             if detector == "v2":
-                self._det = feat.Detectorv2(device=device, face_detection_threshold=face_detection_threshold)
+                self._det = feat.Detectorv2(device=device, face_detection_threshold=face_detection_threshold,
+                                            identity_model=identity_model)
             else:
-                self._det = feat.Detectorv1(device=device)
+                self._det = feat.Detectorv1(device=device, identity_model=identity_model)
         except Exception as exc:  # hub, safetensors, torch errors: all mean "cannot load the model"
             raise ModelError(f"py-feat Detector{detector} cannot be loaded from {where} ({type(exc).__name__}: "
                              f"{exc}); online, py-feat downloads its weights; offline, set 'model:' of the face "
@@ -143,8 +148,12 @@ def _split_fex(fex: Any, n_frames: int) -> list[FrameFaces]:
         if name in cols:
             pose[:, j] = fex[name].to_numpy(np.float32)
     mouth = mouth_open_from_landmarks(lm)
+    # Detectorv2's identity branch (ArcFace, 512-d, not normalised); all NaN when it is switched off.
+    id_cols = [f"Identity_{i + 1}" for i in range(512)]
+    identity = fex[id_cols].to_numpy(np.float32) if set(id_cols) <= cols else None
     out: list[FrameFaces] = []
     for i in range(n_frames):
         sel = np.flatnonzero((frame == i) & keep)
-        out.append(FrameFaces(boxes[sel], scores[sel], lm[sel], aus[sel], emotions[sel], pose[sel], mouth[sel]))
+        out.append(FrameFaces(boxes[sel], scores[sel], lm[sel], aus[sel], emotions[sel], pose[sel], mouth[sel],
+                              None if identity is None else identity[sel]))
     return out

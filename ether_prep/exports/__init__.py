@@ -24,6 +24,8 @@ FORMATS: dict[str, str] = {
     "rttm": "ether_prep.exports.transcripts:write_rttm",
     "srt": "ether_prep.exports.transcripts:write_srt",
     "vtt": "ether_prep.exports.transcripts:write_vtt",
+    "txt": "ether_prep.exports.transcripts:write_txt",
+    "tsv": "ether_prep.exports.transcripts:write_tsv",
     "faces": "ether_prep.exports.faces:write_faces_csv",
 }
 

@@ -14,6 +14,11 @@ it has been seen in ``min_hits`` consecutive analysed frames: a tentative track 
 retired at once, so a one-frame false detection (text, a pattern) never captures the real face that appears
 later nearby; the caller drops tracks with fewer than ``min_hits`` frames. Track ids are integers in order
 of first appearance.
+
+Tracks follow boxes, so two people filmed in turn at the same place would share one track: the caller ends
+every live track at a shot cut (:meth:`FaceTracker.end_all`, see :mod:`ether_prep.face.shots`) and gives a
+track a new id where its identity embedding changes (:meth:`FaceTracker.split`, see
+:mod:`ether_prep.face.identity`), between :meth:`FaceTracker.assign` and :meth:`FaceTracker.commit`.
 """
 
 from __future__ import annotations
@@ -129,7 +134,15 @@ class FaceTracker:
         return np.where(proximity > 0, sim, -1.0)
 
     def update(self, t: float, boxes: np.ndarray, descriptors: np.ndarray | None = None) -> np.ndarray:
-        """Assign track ids to this frame's detections (``boxes`` (n, 4), optional ``descriptors`` (n, D))."""
+        """Assign track ids to this frame's detections (``boxes`` (n, 4), optional ``descriptors`` (n, D))
+        and count them in the track summaries: :meth:`assign` then :meth:`commit`."""
+        ids = self.assign(t, boxes, descriptors)
+        self.commit(t, boxes, ids)
+        return ids
+
+    def assign(self, t: float, boxes: np.ndarray, descriptors: np.ndarray | None = None) -> np.ndarray:
+        """Match this frame's detections to live tracks (or start new ones); returns their track ids.
+        Call :meth:`commit` with the (possibly :meth:`split`) ids before the next frame."""
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         self.live = [tr for tr in self.live if t - tr.time <= self.max_gap_s]
         ids = np.full(len(boxes), -1, dtype=np.int64)
@@ -150,12 +163,30 @@ class FaceTracker:
             desc = None if descriptors is None else np.asarray(descriptors[c], dtype=np.float32)
             self.live.append(_Live(track, boxes[c].copy(), np.zeros(4), t, desc))
             ids[c] = track
+        return ids
+
+    def commit(self, t: float, boxes: np.ndarray, ids: np.ndarray) -> None:
+        """Count this frame's detections (``boxes``, final ``ids``) in the track summaries."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         for c, track in enumerate(ids):
             s = self.summaries[track]
             s.last_time = t
             s.n_frames += 1
             s.box_sum += boxes[c]
-        return ids
+
+    def split(self, track: int, t: float) -> int:
+        """Give live ``track`` a new id from time ``t`` on (its face changed); returns the new id. The
+        detection at ``t`` belongs to the new track: split between :meth:`assign` and :meth:`commit`."""
+        new = len(self.summaries)
+        self.summaries.append(TrackSummary(new, t, t))
+        for tr in self.live:
+            if tr.track == track:
+                tr.track = new
+        return new
+
+    def end_all(self) -> None:
+        """Retire every live track (a shot cut: no track continues across it)."""
+        self.live = []
 
     @staticmethod
     def _advance(tr: _Live, t: float, box: np.ndarray, desc: np.ndarray | None) -> None:

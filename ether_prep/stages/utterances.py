@@ -16,16 +16,16 @@ Output group ``utterances/`` (a contract the ``align`` stage reads)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..provenance import library_versions
-from ..records import Turn
 from ..speech import assign_speakers, build_utterances, build_utterances_by_stream
-from ..store import write_table
+from ..store import read_table, write_table
 from .base import Stage
+from .diarize import read_turns
 
 if TYPE_CHECKING:
     import zarr
@@ -33,7 +33,49 @@ if TYPE_CHECKING:
     from ..records import Session
     from ..store import SessionGroup
 
-__all__ = ["UtterancesParams", "UtterancesStage"]
+__all__ = ["Transcript", "UtterancesParams", "UtterancesStage", "read_transcript"]
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """A session's speaker-attributed ``words`` and ``utterances`` tables as this stage stored them
+    (columns as in the module docstring; strings as plain unicode arrays). Empty when there was no speech."""
+
+    words: dict[str, np.ndarray] = field(default_factory=dict)
+    utterances: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.utterances.get("id", ()))
+
+    @property
+    def speakers(self) -> list[str]:
+        return sorted({str(s) for s in self.utterances.get("speaker", [])})
+
+    def talk_time(self) -> dict[str, float]:
+        """Seconds of utterance time per speaker (in :attr:`speakers` order)."""
+        u = self.utterances
+        return {s: float(sum(e - b for b, e, k in zip(u["start"], u["end"], u["speaker"], strict=True) if k == s))
+                for s in self.speakers}
+
+    def speakers_in_order(self) -> list[str]:
+        """Speakers in the order they first speak."""
+        if not len(self):
+            return []
+        order = np.argsort(self.utterances["start"], kind="stable")
+        return list(dict.fromkeys(str(s) for s in self.utterances["speaker"][order]))
+
+    def activity_spans(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(speaker, start, end) of speech: words when there are any (tighter than utterance spans)."""
+        src = self.words if len(self.words.get("start", ())) else self.utterances
+        return src.get("speaker", np.array([], str)), src.get("start", np.zeros(0)), src.get("end", np.zeros(0))
+
+
+def read_transcript(store: SessionGroup) -> Transcript:
+    """The utterances stage's output for one session (empty when the stage was skipped: no audio)."""
+    if store.stage_state("utterances").state == "skipped" or "utterances" not in store.stage_group("utterances"):
+        return Transcript()
+    group = store.stage_group("utterances")
+    return Transcript(words=read_table(group, "words"), utterances=read_table(group, "utterances"))
 
 
 @dataclass(frozen=True)
@@ -66,9 +108,7 @@ class UtterancesStage(Stage):
         words = [{"text": str(cols["text"][i]), "start": float(cols["start"][i]), "end": float(cols["end"][i]),
                   "score": float(cols["score"][i]), "interpolated": bool(cols["interpolated"][i]),
                   "channel": int(cols["channel"][i]) if "channel" in cols else -1} for i in range(n)]
-        t = store.read_table("diarize", "turns")
-        turns = [Turn(float(a), float(b), str(s)) for a, b, s in zip(t["start"], t["end"], t["speaker"], strict=True)]
-        words = assign_speakers(words, turns, max_word=p.max_word)
+        words = assign_speakers(words, read_turns(store), max_word=p.max_word)
         if any(w["channel"] >= 0 for w in words):
             # Channels transcribed apart (one microphone per person): each channel is one speaker, labelled
             # by the diarized speaker most of its words got, and utterances are grouped per channel.

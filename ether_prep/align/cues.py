@@ -23,7 +23,7 @@ Face (per step, then averaged over the steps with a face)
       ``face_expressivity`` is the mean of those available (0..1 for AUs and probabilities in 0..1).
     - ``face_coverage`` = fraction of core steps with the speaker's face.
 
-Mismatch and flags (NaN / false when ``face_coverage < min_coverage``)
+Mismatch and flags (NaN / false when ``face_coverage < min_face_coverage``)
     - ``mismatch = 0.5 * |text_valence - face_valence| / 2 + 0.5 * |text_arousal - face_expressivity|``,
       in [0, 1]: words and face disagreeing in sign or in intensity.
     - ``minimizing``: ``text_distress >= distress_min`` (a word at least as negative as -1.4, e.g. "tired",
@@ -33,7 +33,7 @@ Mismatch and flags (NaN / false when ``face_coverage < min_coverage``)
     - ``negative_words_positive_face``: ``text_valence <= -polar`` and ``face_valence >= polar / 2``
       (e.g. smiling while describing something painful).
 
-Thresholds are :class:`CueParams` fields (stage parameters); AU scales differ between face backends
+Thresholds are ``align`` stage parameters (:class:`CueThresholds`); AU scales differ between face backends
 (MediaPipe blendshape proxies vs py-feat intensities), so calibrate them per backend before trusting flags.
 """
 
@@ -41,25 +41,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-__all__ = ["FLAGS", "CueParams", "UtteranceCues", "face_cues", "text_cues", "utterance_cues"]
+__all__ = ["CUE_THRESHOLDS", "FLAGS", "CueThresholds", "UtteranceCues", "face_cues", "text_cues", "utterance_cues"]
 
 FLAGS = ("minimizing", "positive_words_negative_face", "negative_words_positive_face")
 _NEG_EMOTIONS = ("anger", "disgust", "fear", "sadness")
 _NON_EXPRESSION_AUS = ("AU25", "AU26", "AU43")
 
 
-@dataclass(frozen=True)
-class CueParams:
-    """Thresholds of the candidate flags (see the module docstring)."""
+class CueThresholds(Protocol):
+    """Thresholds of the candidate flags (see the module docstring); the align stage's parameters have them."""
 
-    min_coverage: float = 0.5
-    distress_min: float = 0.35
-    neutral_max: float = 0.2
-    neutral_valence: float = 0.1
-    polar: float = 0.5
+    min_face_coverage: float
+    distress_min: float
+    neutral_max: float
+    neutral_valence: float
+    polar: float
+
+
+CUE_THRESHOLDS = ("min_face_coverage", "distress_min", "neutral_max", "neutral_valence", "polar")
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ class UtteranceCues:
 
 def text_cues(texts: Sequence[str]) -> list[tuple[float, float, float, str]]:
     """(valence, arousal, distress, most negative word) per text, from VADER."""
-    from .adapters.vader_text import score_texts
+    from ..adapters.vader_text import score_texts
 
     return [(s.compound, min(1.0, s.pos + s.neg), max(0.0, -s.min_word_valence) / 4.0, s.most_negative_word)
             for s in score_texts(texts)]
@@ -123,12 +126,12 @@ def face_cues(values: np.ndarray, mask: np.ndarray, feature_names: Sequence[str]
 
 
 def utterance_cues(text: tuple[float, float, float, str], face_valence: float, face_expressivity: float,
-                   coverage: float, params: CueParams = CueParams()) -> UtteranceCues:
+                   coverage: float, params: CueThresholds) -> UtteranceCues:
     """Combine text and face cues into the mismatch score and flags (see the module docstring)."""
     t_val, t_aro, t_dis, word = text
     flags: list[str] = []
     mismatch = float("nan")
-    if coverage >= params.min_coverage and np.isfinite(face_valence) and np.isfinite(face_expressivity):
+    if coverage >= params.min_face_coverage and np.isfinite(face_valence) and np.isfinite(face_expressivity):
         mismatch = 0.5 * abs(t_val - face_valence) / 2 + 0.5 * abs(t_aro - face_expressivity)
         if (t_dis >= params.distress_min and face_expressivity < params.neutral_max
                 and face_valence > -params.neutral_valence):
