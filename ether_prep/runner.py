@@ -9,6 +9,7 @@ session runs to the end of every stage it can; failures are collected and summar
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections import Counter
@@ -32,6 +33,7 @@ from .worker import Outcome, Task
 __all__ = ["RunSummary", "load_sessions", "models_are_local", "plan_stage", "run_pipeline", "stage_fingerprint",
            "status_table"]
 
+_log = logging.getLogger(__name__)
 # Hub libraries (huggingface_hub, transformers, pyannote) read these when imported: set before any stage loads.
 _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 # Usage reports that libraries send by default (Ray's hourly usage stats, pyannote's metrics, hub telemetry).
@@ -233,7 +235,7 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
 
     planners = {spec.name: stage_class(spec.name)(spec) for spec in specs}  # describe stages in the driver
     if _go_offline(list(planners.values())) and any(p.model_info() for p in planners.values()):
-        summary.notes.append("every model is local: model hubs switched off (HF_HUB_OFFLINE=1)")
+        _log.info("every model is local: model hubs switched off (HF_HUB_OFFLINE=1, TRANSFORMERS_OFFLINE=1)")
     sessions, probe_errors = load_sessions(store, raw_dir, summary)
     runner = make_executor(executor, ray_address=ray_address, workers=workers, worker_logs=progress)
     try:
