@@ -18,7 +18,6 @@ import io
 import os
 import urllib.request
 import zipfile
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +25,11 @@ import numpy as np
 
 from ..errors import InputError, ModelError
 
-__all__ = ["DEFAULT_MODEL", "MODEL_URL", "MediaPipeFaceLandmarker", "mediapipe_version", "read_model",
-           "resolve_model"]
+__all__ = ["DEFAULT_MODEL", "MODEL_URL", "MediaPipeFaceLandmarker", "read_model", "resolve_model"]
 
 DEFAULT_MODEL = "face_landmarker.task"
 MODEL_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/"
              "face_landmarker.task")
-
-
-def mediapipe_version() -> str:
-    try:
-        return metadata.version("mediapipe")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _cache_dir() -> Path:
