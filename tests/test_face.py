@@ -349,9 +349,9 @@ def test_pyfeat_backend_offline_with_random_weights(tmp_path_factory: pytest.Tem
 
     weights = build_random_pyfeat_v2(tmp_path_factory.mktemp("pyfeat_random_weights"))
     # Random RetinaFace scores tie everywhere, so its one box per frame jumps about: keep one-frame tracks.
-    params = {"device": "cpu", "analysis_fps": 2.5, "num_faces": 1, "threads": 2, "min_track_frames": 1}
+    params = {"device": "cpu", "analysis_fps": 2.5, "num_faces": 1, "threads": 2, "min_track_frames": 1,
+              "batch_size": 4}
     spec = dataclasses.replace(_spec("default", **params), model=str(weights))
-    spec = dataclasses.replace(spec, resources=dataclasses.replace(spec.resources, batch_size=4))
     out, _, _ = run_face(FACE / "single_face.mp4", tmp_path_factory.mktemp("pyfeat_store"), spec)
     n = out.attrs["frames_analysed"]
     assert 5 <= n <= 7 and out.attrs["backend"] == "pyfeat" and "py-feat" in out.attrs["libraries"]

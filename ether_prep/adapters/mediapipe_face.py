@@ -20,7 +20,6 @@ import io
 import os
 import urllib.request
 import zipfile
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,7 @@ import numpy as np
 from ..errors import InputError, LockError, ModelError
 from ..lock import FileLock
 
-__all__ = ["DEFAULT_MODEL", "MODEL_SHA256", "MODEL_URL", "MediaPipeFaceLandmarker", "mediapipe_version", "read_model",
-           "resolve_model"]
+__all__ = ["DEFAULT_MODEL", "MODEL_SHA256", "MODEL_URL", "MediaPipeFaceLandmarker", "read_model", "resolve_model"]
 
 DEFAULT_MODEL = "face_landmarker.task"
 MODEL_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/"
@@ -39,13 +37,6 @@ MODEL_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/fa
 # differs is refused.
 MODEL_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
 _DOWNLOAD_WAIT_S = 600.0  # how long a worker waits for another one's download of the same bundle
-
-
-def mediapipe_version() -> str:
-    try:
-        return metadata.version("mediapipe")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _cache_dir() -> Path:
@@ -130,7 +121,7 @@ class MediaPipeFaceLandmarker:
 
     def __init__(self, model_bytes: bytes, model_name: str, still: bool = False, num_faces: int = 4,
                  min_detection_confidence: float = 0.5, min_presence_confidence: float = 0.5,
-                 min_tracking_confidence: float = 0.5, still_tiles: int = 1) -> None:
+                 min_tracking_confidence: float = 0.5) -> None:
         try:
             import mediapipe as mp
             from mediapipe.tasks.python import BaseOptions, vision
@@ -138,7 +129,6 @@ class MediaPipeFaceLandmarker:
             raise ModelError(f"mediapipe is not importable ({exc}); reinstall ether-prep's environment") from exc
         self._mp = mp
         self.still = still
-        self.still_tiles = max(1, still_tiles)
         options = vision.FaceLandmarkerOptions(
             base_options=BaseOptions(model_asset_buffer=model_bytes),
             running_mode=vision.RunningMode.IMAGE if still else vision.RunningMode.VIDEO,
@@ -159,8 +149,6 @@ class MediaPipeFaceLandmarker:
     def detect(self, rgb: np.ndarray, time_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Faces in one RGB frame: landmarks (n, 478, 3) normalised (x, y in [0, 1] of width/height; z in
         the scale of x), blendshape scores (n, 52), transformation matrices (n, 4, 4)."""
-        if self.still and self.still_tiles > 1:
-            return self._detect_tiled(rgb)
         image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
         try:
             if self.still:
@@ -180,47 +168,6 @@ class MediaPipeFaceLandmarker:
         matrices = np.array(result.facial_transformation_matrixes, dtype=np.float32).reshape(n, 4, 4)
         return landmarks, blend, matrices
 
-    def _detect_tiled(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A still, whole and in an overlapping n x n grid of tiles, merged.
-
-        The face detector sees its input at 128 x 128 pixels, so faces in a group photo are too small to be
-        found in the whole image; in a tile they are n times larger. A face found twice (IoU > 0.3 of the
-        landmark boxes) is kept once, preferring the whole-image detection.
-        """
-        h, w = rgb.shape[:2]
-        n = self.still_tiles
-        tw, th = min(w, w / n * 1.25), min(h, h / n * 1.25)
-        regions = [(0, 0, w, h)]
-        for i in range(n):
-            for j in range(n):
-                x0 = int(min(max(0.0, (j + 0.5) * w / n - tw / 2), w - tw))
-                y0 = int(min(max(0.0, (i + 0.5) * h / n - th / 2), h - th))
-                regions.append((x0, y0, int(x0 + tw), int(y0 + th)))
-        lms, blends, mats, boxes = [], [], [], []
-        for x0, y0, x1, y1 in regions:
-            image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB,
-                                   data=np.ascontiguousarray(rgb[y0:y1, x0:x1]))
-            try:
-                result = self._landmarker.detect(image)
-            except (RuntimeError, ValueError) as exc:
-                raise InputError(f"MediaPipe face landmarker failed on an image tile ({exc})") from exc
-            for k, face in enumerate(result.face_landmarks):
-                lm = np.array([(p.x, p.y, p.z) for p in face], dtype=np.float32)
-                # Tile-normalised -> whole-image-normalised (z scales with the width, like x).
-                lm[:, 0] = (lm[:, 0] * (x1 - x0) + x0) / w
-                lm[:, 1] = (lm[:, 1] * (y1 - y0) + y0) / h
-                lm[:, 2] *= (x1 - x0) / w
-                box = np.array([lm[:, 0].min() * w, lm[:, 1].min() * h, lm[:, 0].max() * w, lm[:, 1].max() * h])
-                if any(_iou(box, b) > 0.3 for b in boxes):
-                    continue
-                boxes.append(box)
-                lms.append(lm)
-                blends.append([c.score for c in result.face_blendshapes[k]])
-                mats.append(np.asarray(result.facial_transformation_matrixes[k], dtype=np.float32).reshape(4, 4))
-        if not lms:
-            return np.zeros((0, 478, 3), np.float32), np.zeros((0, 52), np.float32), np.zeros((0, 4, 4), np.float32)
-        return np.stack(lms), np.array(blends, dtype=np.float32), np.stack(mats)
-
     def close(self) -> None:
         if self._landmarker is not None:
             self._landmarker.close()
@@ -231,14 +178,6 @@ class MediaPipeFaceLandmarker:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def read_model(path: Path) -> bytes:

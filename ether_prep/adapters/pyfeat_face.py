@@ -17,28 +17,34 @@ from __future__ import annotations
 
 import os
 import sys
-from importlib import metadata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import ModelError
-from ..face import AU_NAMES, EMOTION_NAMES, FrameFaces
-from ..face.features import mouth_open_from_landmarks
 
-__all__ = ["PyFeatFaceDetector", "pyfeat_version"]
+__all__ = ["PyFeatFaceDetector", "PyFeatFaces"]
 
-# py-feat emotion column names (v1: lower-case words; v2: capitalised short forms) -> ours.
-_EMOTION_ALIASES = {"happy": "happiness", "sad": "sadness", "angry": "anger", "disgusted": "disgust",
-                    "fearful": "fear", "surprised": "surprise"}
+_BOX = ["FaceRectX", "FaceRectY", "FaceRectWidth", "FaceRectHeight"]
+_IDENTITY = [f"Identity_{i + 1}" for i in range(512)]
 
 
-def pyfeat_version() -> str:
-    try:
-        return metadata.version("py-feat")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+@dataclass(frozen=True)
+class PyFeatFaces:
+    """The faces py-feat found in one frame, in py-feat's own terms (``n`` faces).
+
+    ``columns`` holds every other per-face number py-feat reported, by its column name (``AU01``...,
+    ``happiness`` or ``Happy``, ``Pitch``, ...); ``identity`` is Detectorv2's ArcFace embedding (n, 512,
+    not normalised; NaN when its identity branch is off) or None when the detector has none.
+    """
+
+    boxes: np.ndarray  # (n, 4) x0, y0, x1, y1 pixels
+    scores: np.ndarray  # (n,)
+    landmarks: np.ndarray  # (n, 68, 2) dlib-68 layout, pixels
+    columns: dict[str, np.ndarray]
+    identity: np.ndarray | None
 
 
 def _use_local_resources(weights_dir: Path) -> None:
@@ -107,7 +113,7 @@ class PyFeatFaceDetector:
     def info(self) -> dict[str, Any]:
         return {k: str(v) for k, v in dict(getattr(self._det, "info", {})).items()}
 
-    def detect(self, frames: list[np.ndarray]) -> list[FrameFaces]:
+    def detect(self, frames: list[np.ndarray]) -> list[PyFeatFaces]:
         """Faces per frame for a batch of (H, W, 3) uint8 RGB frames."""
         if not frames:
             return []
@@ -121,39 +127,25 @@ class PyFeatFaceDetector:
         return _split_fex(fex, len(frames))
 
 
-def _split_fex(fex: Any, n_frames: int) -> list[FrameFaces]:
+def _split_fex(fex: Any, n_frames: int) -> list[PyFeatFaces]:
     """A py-feat Fex (one row per face, a NaN placeholder row for a frame without faces) -> per-frame faces."""
-    cols = set(fex.columns)
+    names = set(fex.columns)
     frame = fex["frame"].to_numpy().astype(np.int64)
-    box_xywh = fex[["FaceRectX", "FaceRectY", "FaceRectWidth", "FaceRectHeight"]].to_numpy(np.float32)
+    box_xywh = fex[_BOX].to_numpy(np.float32)
     keep = ~np.isnan(box_xywh).any(axis=1)
     boxes = np.column_stack([box_xywh[:, 0], box_xywh[:, 1], box_xywh[:, 0] + box_xywh[:, 2],
                              box_xywh[:, 1] + box_xywh[:, 3]]).astype(np.float32)
     scores = fex["FaceScore"].to_numpy(np.float32)
-    n = len(fex)
-    lm = np.full((n, 68, 3), np.nan, dtype=np.float32)
-    lm[:, :, 0] = fex[[f"x_{i}" for i in range(68)]].to_numpy(np.float32)
-    lm[:, :, 1] = fex[[f"y_{i}" for i in range(68)]].to_numpy(np.float32)
-    aus = np.full((n, len(AU_NAMES)), np.nan, dtype=np.float32)
-    for j, au in enumerate(AU_NAMES):
-        if au in cols:
-            aus[:, j] = fex[au].to_numpy(np.float32)
-    emotions = np.full((n, len(EMOTION_NAMES)), np.nan, dtype=np.float32)
-    by_name = {_EMOTION_ALIASES.get(c.lower(), c.lower()): c for c in cols if isinstance(c, str)}
-    for j, emo in enumerate(EMOTION_NAMES):
-        if emo in by_name:
-            emotions[:, j] = fex[by_name[emo]].to_numpy(np.float32)
-    pose = np.full((n, 3), np.nan, dtype=np.float32)
-    for j, name in enumerate(("Yaw", "Pitch", "Roll")):
-        if name in cols:
-            pose[:, j] = fex[name].to_numpy(np.float32)
-    mouth = mouth_open_from_landmarks(lm)
+    landmarks = np.stack([fex[[f"x_{i}" for i in range(68)]].to_numpy(np.float32),
+                          fex[[f"y_{i}" for i in range(68)]].to_numpy(np.float32)], axis=-1)
+    skip = {*_BOX, "FaceScore", "frame", *_IDENTITY}
+    numeric = {c: fex[c].to_numpy(np.float32) for c in fex.columns if isinstance(c, str) and c not in skip
+               and not c.startswith(("x_", "y_", "mesh_")) and fex[c].dtype.kind in "fiu"}
     # Detectorv2's identity branch (ArcFace, 512-d, not normalised); all NaN when it is switched off.
-    id_cols = [f"Identity_{i + 1}" for i in range(512)]
-    identity = fex[id_cols].to_numpy(np.float32) if set(id_cols) <= cols else None
-    out: list[FrameFaces] = []
+    identity = fex[_IDENTITY].to_numpy(np.float32) if set(_IDENTITY) <= names else None
+    out: list[PyFeatFaces] = []
     for i in range(n_frames):
         sel = np.flatnonzero((frame == i) & keep)
-        out.append(FrameFaces(boxes[sel], scores[sel], lm[sel], aus[sel], emotions[sel], pose[sel], mouth[sel],
-                              None if identity is None else identity[sel]))
+        out.append(PyFeatFaces(boxes[sel], scores[sel], landmarks[sel], {c: v[sel] for c, v in numeric.items()},
+                               None if identity is None else identity[sel]))
     return out

@@ -50,6 +50,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..boxes import iou
 from ..errors import ConfigError
 
 __all__ = [
@@ -178,14 +179,6 @@ def _masked_corr(x: np.ndarray, y: np.ndarray) -> float:
     return float((x * y).sum() / den) if den > 1e-12 else 0.0
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 def link_persons(movement: np.ndarray, activity: np.ndarray, speakers: Sequence[str],
                  persons: Sequence[int] | None = None, min_corr: float = 0.2, min_frames: int = 10,
                  boxes: np.ndarray | None = None, min_seat_iou: float = 0.3) -> tuple[list[PersonLink], np.ndarray]:
@@ -247,9 +240,9 @@ def link_persons(movement: np.ndarray, activity: np.ndarray, speakers: Sequence[
             if any((present[:, t] & present[:, u]).any() for u in ts):
                 continue  # on screen together: two different people
             p = primary[s]
-            iou = _box_iou(boxes[t], boxes[p]) if boxes is not None else 0.0
-            if iou >= min_seat_iou and np.isfinite(iou):
-                cand = (links[p].confidence * iou, s, links[p].margin)
+            iou_ = iou(boxes[t], boxes[p]) if boxes is not None else 0.0
+            if iou_ >= min_seat_iou:
+                cand = (links[p].confidence * iou_, s, links[p].margin)
             elif n_present[t] >= min_frames and corr[t, s] >= min_corr and corr[t, s] == corr[t].max():
                 rival = max(float(np.delete(corr[t], s).max()) if corr.shape[1] > 1 else 0.0, 0.0)
                 r = float(corr[t, s])

@@ -69,6 +69,7 @@ from ..align.roles import HEURISTICS, ROLE_KEYS, assign_roles, listener_of, sess
 from ..align.tensors import UtteranceTensors, cut_utterances, feature_names, padded
 from ..errors import StageError
 from ..face import AU_NAMES, EMOTION_NAMES
+from ..provenance import library_versions
 from ..store import write_array, write_ragged, write_table
 from .base import Stage
 from .utterances import Transcript, read_transcript
@@ -242,14 +243,12 @@ class AlignStage(Stage):
         write_table(out, "utterances", table)
         write_table(out, "pairs", pairs_table(session.id, pairs, list(table["id"]), list(table["text"]),
                                               table["mismatch"], [c.flags for c in cues]))
-        from ..adapters.vader_text import vader_version
-
         out.attrs.update({
             "roles": roles, "role_assumed": assumed, "role_source": role_source, "speakers": transcript.speakers,
             "feature_names": names, "features_available": [bool(a) for a in available],
             "rate_hz": p.rate_hz, "pad_s": p.pad_s, "sample_rate": _sample_rate(store),
             "cue_params": {k: getattr(p, k) for k in CUE_THRESHOLDS},
-            "text_analyser": f"vaderSentiment {vader_version()}",
+            "text_analyser": f"vaderSentiment {library_versions('vaderSentiment').get('vaderSentiment')}",
             "n_utterances": len(transcript), "n_pairs": len(pairs),
             "n_tracks": len(faces.tracks) if faces is not None else 0, "n_persons": len(linked.links),
             "face": "skipped" if faces is None else f"{len(faces.tracks)} track(s), {len(linked.links)} person(s)",

@@ -53,11 +53,10 @@ every face that passed the configured confidence thresholds.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,9 +64,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
-from ..face import AU_NAMES, EMOTION_NAMES, POSE_NAMES, FrameFaces
-from ..face.identity import TrackIdentities, cannot_link_pairs, cluster_persons
-from ..face.shots import ShotDetector
+from ..face import AU_NAMES, EMOTION_NAMES, POSE_NAMES
+from ..face.backends import BACKENDS, EMBEDDERS, FaceBackend
+from ..face.sequence import FaceSequence
 from ..provenance import library_versions
 from ..store import write_array, write_table
 from .base import Stage
@@ -75,7 +74,8 @@ from .base import Stage
 if TYPE_CHECKING:
     import zarr
 
-    from ..adapters.pyav import VideoFrame
+    from ..adapters.pyav import DecodeStats, VideoFrame
+    from ..face.backends import Embedder
     from ..records import Session
     from ..store import SessionGroup
 
@@ -83,17 +83,6 @@ __all__ = ["FaceParams", "FaceStage"]
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _END = object()
-
-
-@dataclass
-class _Identity:
-    """Shot and identity state of one recording's frame loop."""
-
-    shots: ShotDetector
-    tracks: TrackIdentities
-    dim: int  # embedding size (py-feat's is known at its first face)
-    computed: int = 0  # embeddings computed by the stage's own model
-    seconds: float = 0.0  # ... and the time they took
 
 
 @dataclass(frozen=True)
@@ -108,7 +97,8 @@ class FaceParams:
     still_tiles: int = 2  # mediapipe, stills: also search an n x n grid of tiles (small faces); 1 = off
     detector: str = "v2"  # pyfeat: "v2" (Detectorv2) or "v1" (Detectorv1)
     device: str = "cpu"  # pyfeat: "cpu", "cuda", "cuda:1", "mps", "auto"
-    threads: int = 0  # torch threads (pyfeat); 0 = all cores
+    threads: int = 0  # torch threads (pyfeat); 0 = the worker's num_cpus
+    batch_size: int = 8  # pyfeat: frames per model call
     max_gap_s: float = 1.0  # a track survives this long without a detection
     appearance_weight: float = 0.4  # share of colour-histogram similarity in track matching
     min_track_frames: int = 3  # a track must be seen in this many consecutive frames (not for stills)
@@ -133,8 +123,8 @@ class FaceParams:
             raise ValueError("max_gap_s must be >= 0 and appearance_weight within [0, 1]")
         if not 1 <= self.still_tiles <= 4:
             raise ValueError(f"still_tiles must be within 1..4, got {self.still_tiles}")
-        if self.min_track_frames < 1 or self.prefetch < 1 or self.threads < 0:
-            raise ValueError("min_track_frames and prefetch must be >= 1, threads >= 0")
+        if self.min_track_frames < 1 or self.prefetch < 1 or self.threads < 0 or self.batch_size < 1:
+            raise ValueError("min_track_frames, prefetch and batch_size must be >= 1, threads >= 0")
         if self.identity not in ("dlib", "pyfeat", "off"):
             raise ValueError(f"identity must be 'dlib', 'pyfeat' or 'off', got {self.identity!r}")
         if self.identity_threshold is not None and self.identity_threshold <= 0:
@@ -190,6 +180,18 @@ def _prefetch(path: Path, analysis_fps: float | None, stats: Any, depth: int,
         worker.join(timeout=5)
 
 
+def _batches(frames: Iterable[VideoFrame], size: int) -> Iterator[list[VideoFrame]]:
+    """Consecutive frames in batches of ``size`` (a batch never mixes frame sizes)."""
+    batch: list[VideoFrame] = []
+    for frame in frames:
+        if batch and (len(batch) >= size or frame.rgb.shape != batch[0].rgb.shape):
+            yield batch
+            batch = []
+        batch.append(frame)
+    if batch:
+        yield batch
+
+
 class FaceStage(Stage):
     """Faces, AUs, emotions, head pose, landmarks and face tracks per analysed frame."""
 
@@ -198,314 +200,133 @@ class FaceStage(Stage):
     family = "extract"
     requires = ()
     needs_stream = "video"
-    backends = ("mediapipe", "pyfeat")
+    backends = tuple(BACKENDS)
     Params = FaceParams
-    libraries = ("av", "mediapipe", "scipy")
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
-        self._model_bytes: bytes | None = None
-        self._model_path: Path | None = None
-        self._pyfeat: Any = None
-        self._embedder: Any = None
+        self._backend: FaceBackend | None = None
+        self._embedder: Embedder | None = None
+
+    @property
+    def backend_class(self) -> type[FaceBackend]:
+        return BACKENDS[self.spec.backend]
 
     def library_names(self) -> tuple[str, ...]:
-        names = ("av", "py-feat", "torch", "scipy") if self.spec.backend == "pyfeat" else self.libraries
-        if self.params.identity == "dlib":
-            names = (*names, "dlib-bin", "face-recognition-models")
-        return names
+        embedder = EMBEDDERS.get(self.params.identity)
+        return (*self.backend_class.libraries, *(embedder.libraries if embedder else ()))
 
-    # -- models ----------------------------------------------------------------------------------------
     def model_info(self) -> dict[str, str]:
-        if self.spec.backend == "mediapipe":
-            from ..adapters.mediapipe_face import resolve_model
-
-            path, source = resolve_model(self.spec.model, download=False)
-            info = {"id": Path(self.spec.model or "face_landmarker.task").name, "source": str(path) if path else source}
-        elif self.spec.model:
-            info = {"id": f"py-feat Detector{self.params.detector}", "source": str(Path(self.spec.model).expanduser())}
-        else:
-            info = {"id": f"py-feat Detector{self.params.detector}", "source": "huggingface:py-feat/*"}
+        info = self.backend_class.describe(self.spec.model, self.params)
         if self.params.identity != "off":
-            info["identity"] = self._identity_model()
+            info["identity"] = EMBEDDERS[self.params.identity].describe()
         return info
 
-    def _identity_model(self) -> str | None:
-        if self.params.identity == "dlib":
-            from ..adapters.dlib_face import MODEL_ID
-
-            return f"{MODEL_ID} (package face_recognition_models)"
-        return "py-feat arcface" if self.params.identity == "pyfeat" else None
-
-    def _identity_threshold(self) -> float:
-        if self.params.identity_threshold is not None:
-            return self.params.identity_threshold
-        # dlib, measured on the shared media (Euclidean, L2-normalised): one sample to its track's mean
-        # <= 0.34 through crying and laughter (WolfgangLanger), the same GRID speaker's tracks in different
-        # shots ~0.1 apart; different people >= 0.47 sample to sample, ~0.6 track to track. dlib's own
-        # "same person below 0.6" on raw descriptors (norm ~1.44) is ~0.42 here. ArcFace: cosine 0.5 (not
-        # calibrated here: no ArcFace weights can be loaded offline).
-        return 0.42 if self.params.identity == "dlib" else 1.0
-
     def setup(self) -> None:
-        if self.spec.backend == "mediapipe":
-            from ..adapters.mediapipe_face import read_model, resolve_model
-
-            self._model_path, _ = resolve_model(self.spec.model, download=True)
-            self._model_bytes = read_model(self._model_path)
-        else:
-            from ..adapters.pyfeat_face import PyFeatFaceDetector
-
-            p = self.params
-            weights = Path(self.spec.model).expanduser() if self.spec.model else None
-            self._pyfeat = PyFeatFaceDetector(
-                detector=p.detector, device=p.device, weights_dir=weights,
-                face_detection_threshold=p.min_detection_confidence, max_faces=p.num_faces,
-                threads=p.threads or int(self.spec.resources.num_cpus) or (os.cpu_count() or 1),
-                identity=p.identity == "pyfeat")
-        if self.params.identity == "dlib" and self._embedder is None:
-            from ..adapters.dlib_face import DlibFaceEmbedder
-
-            self._embedder = DlibFaceEmbedder()
+        if self._backend is None:
+            backend = self.backend_class(self.spec.model, self.params)
+            backend.load(int(self.spec.resources.num_cpus))
+            self._backend = backend
+        if self._embedder is None and self.params.identity != "off":
+            self._embedder = EMBEDDERS[self.params.identity]()
 
     def teardown(self) -> None:
-        self._model_bytes = None
-        self._pyfeat = None
+        self._backend = None
         self._embedder = None
 
-    # -- per session -----------------------------------------------------------------------------------
+    def _threshold(self) -> float:
+        p = self.params
+        if p.identity_threshold is not None:
+            return p.identity_threshold
+        return EMBEDDERS[p.identity].threshold if p.identity != "off" else 0.0
+
     def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
         from ..adapters.pyav import DecodeStats
-        from ..face.features import (
-            aus_from_blendshapes,
-            boxes_from_landmarks,
-            emotions_from_aus,
-            mouth_open_from_landmarks,
-            pose_from_matrices,
-        )
-        from ..face.spool import DetectionSpool
-        from ..face.tracking import FaceTracker, appearance_descriptor
 
-        if (self._model_bytes is None and self._pyfeat is None) or (
-                self.params.identity == "dlib" and self._embedder is None):
-            self.setup()
+        self.setup()
+        assert self._backend is not None
         p: FaceParams = self.params
         still = session.kind == "image" or session.path.suffix.lower() in _IMAGE_SUFFIXES
-        n_landmarks = 478 if self.spec.backend == "mediapipe" else 68
-        min_hits = 1 if still else p.min_track_frames
-        tracker = FaceTracker(max_gap_s=p.max_gap_s, appearance_weight=p.appearance_weight, min_hits=min_hits)
-        ident = _Identity(ShotDetector(p.cut_threshold),
-                          TrackIdentities(every_s=p.identity_every_s, max_per_track=p.max_embeddings_per_track,
-                                          min_hits=min_hits, threshold=self._identity_threshold()),
-                          dim=self._embedder.dim if self._embedder is not None else 0)
-        shots, identities = ident.shots, ident.tracks
         stats = DecodeStats()
-        fields = {"frame": ((), np.int64), "track": ((), np.int64),
-                  "au": ((len(AU_NAMES),), np.float32), "emotion": ((len(EMOTION_NAMES),), np.float32),
-                  "pose": ((3,), np.float32), "box": ((4,), np.float32), "score": ((), np.float32),
-                  "mouth_open": ((), np.float32), "landmarks": ((n_landmarks, 3), np.float32)}
-        frame_times = DetectionSpool({"time": ((), np.float64), "shot": ((), np.int32)},
-                                     prefix="ether-prep-face-times-")
-        size = [0, 0]
-        n_frames = 0
         t_start = time.perf_counter()
         stop = threading.Event()
-
-        def identify(frame: VideoFrame, faces: FrameFaces, ids: np.ndarray) -> None:
-            """Embed the detections that are due (the RGB frame exists only now); split changed faces."""
-            want = identities.due(frame.time, ids)
-            if not want.any():
-                return
-            if p.identity == "pyfeat":  # the backend's own embedding, computed with the AUs
-                if faces.identity is None:
-                    return
-                emb = faces.identity[want]
-                ident.dim = emb.shape[1]
-            else:
-                t0 = time.perf_counter()
-                emb = self._embedder.embed(frame.rgb, faces.boxes[want])
-                ident.computed += len(emb)
-                ident.seconds += time.perf_counter() - t0
-            for c, e in zip(np.flatnonzero(want), emb, strict=True):
-                if not np.isfinite(e).all():
-                    continue  # py-feat gives NaN where its identity branch is off
-                distance = identities.add(int(ids[c]), frame.time, e)
-                if distance is not None and distance > identities.threshold:
-                    new = tracker.split(int(ids[c]), frame.time)
-                    identities.restart(int(ids[c]), new, frame.time, e, distance)
-                    ids[c] = new
-
-        def record(frame: VideoFrame, faces: FrameFaces) -> None:
-            nonlocal n_frames
-            h, w = frame.rgb.shape[:2]
-            size[0], size[1] = w, h
-            if shots.update(frame.time, frame.rgb):
-                tracker.end_all()  # no track continues across a cut
-            frame_times.append(time=np.array([frame.time]), shot=np.array([shots.shot]))
-            desc = np.stack([appearance_descriptor(frame.rgb, b) for b in faces.boxes]) if faces.n else None
-            ids = tracker.assign(frame.time, faces.boxes, desc)
-            if faces.n and p.identity != "off":
-                identify(frame, faces, ids)
-            tracker.commit(frame.time, faces.boxes, ids)
-            if faces.n:
-                spool.append(frame=np.full(faces.n, n_frames), track=ids,
-                             au=faces.aus, emotion=faces.emotions, pose=faces.pose, box=faces.boxes,
-                             score=faces.scores, mouth_open=faces.mouth_open, landmarks=faces.landmarks)
-            n_frames += 1
-
-        with DetectionSpool(fields) as spool, frame_times:
+        with FaceSequence(self._backend.n_landmarks, 1 if still else p.min_track_frames, p.max_gap_s,
+                          p.appearance_weight, p.cut_threshold, self._embedder, self._threshold(),
+                          p.identity_every_s, p.max_embeddings_per_track) as sequence:
             frames = _prefetch(session.path, None if still else p.analysis_fps, stats, p.prefetch, stop)
             try:
-                if self.spec.backend == "mediapipe":
-                    from ..adapters.mediapipe_face import MediaPipeFaceLandmarker
-
-                    assert self._model_bytes is not None
-                    with MediaPipeFaceLandmarker(
-                            self._model_bytes, str(self._model_path), still=still, num_faces=p.num_faces,
-                            min_detection_confidence=p.min_detection_confidence,
-                            min_presence_confidence=p.min_presence_confidence,
-                            min_tracking_confidence=p.min_tracking_confidence,
-                            still_tiles=p.still_tiles) as landmarker:
-                        for frame in frames:
-                            h, w = frame.rgb.shape[:2]
-                            lm, blend, mats = landmarker.detect(frame.rgb, frame.time)
-                            lm *= np.array([w, h, w], dtype=np.float32)  # z is in the scale of x
-                            mouth = mouth_open_from_landmarks(lm)
-                            aus = aus_from_blendshapes(blend, mouth)
-                            faces = FrameFaces(boxes_from_landmarks(lm, w, h), np.ones(len(lm), np.float32), lm,
-                                               aus, emotions_from_aus(aus), pose_from_matrices(mats), mouth)
-                            record(frame, faces)
-                else:
-                    batch: list[VideoFrame] = []
-                    bs = max(1, self.spec.resources.batch_size)
-                    for frame in frames:
-                        if batch and frame.rgb.shape != batch[0].rgb.shape:
-                            self._pyfeat_batch(batch, record)
-                            batch = []
-                        batch.append(frame)
-                        if len(batch) >= bs:
-                            self._pyfeat_batch(batch, record)
-                            batch = []
-                    self._pyfeat_batch(batch, record)
+                with self._backend.open(still) as detector:
+                    for batch in _batches(frames, detector.batch_size):
+                        for frame, faces in zip(batch, detector.detect(batch), strict=True):
+                            sequence.add(frame, faces)
             finally:
                 stop.set()
-                if hasattr(frames, "close"):
-                    frames.close()
-
+                frames.close()
             if stats.decoded == 0:
                 raise InputError(f"{session.path}: no video frame could be decoded "
                                  f"({stats.corrupt} corrupt packet(s))")
-            note = self._write(out, spool, frame_times, tracker, ident, n_frames, stats, size, p,
-                               time.perf_counter() - t_start)
-        return note
-
-    def _pyfeat_batch(self, batch: list[VideoFrame], record: Any) -> None:
-        if not batch:
-            return
-        for frame, faces in zip(batch, self._pyfeat.detect([f.rgb for f in batch]), strict=True):
-            record(frame, faces)
+            return self._write(out, sequence, stats, time.perf_counter() - t_start)
 
     # -- storage -----------------------------------------------------------------------------------------
-    def _write(self, out: zarr.Group, spool: Any, frame_times: Any, tracker: Any, ident: _Identity,
-               n_frames: int, stats: Any, size: list[int], p: FaceParams, elapsed: float) -> str | None:
-        # Keep tracks with enough frames (a clip shorter than that keeps all), renumbered in order of
-        # first appearance.
-        min_frames = min(tracker.min_hits, max(n_frames, 1))
-        summaries = [s for s in tracker.summaries if s.n_frames >= min_frames]
-        remap = np.full(len(tracker.summaries) + 1, -1, dtype=np.int64)
-        for new, s in enumerate(summaries):
-            remap[s.track] = new
-        n_tracks = len(summaries)
-        frame = spool.read("frame")
-        track = remap[spool.read("track")] if spool.rows else np.zeros(0, np.int64)
-
-        write_array(out, "time", frame_times.read("time"), attrs={"units": "s"})
-        frame_shot = frame_times.read("shot")
-        write_array(out, "shot", frame_shot, attrs={"description": "shot index of each analysed frame"})
+    def _write(self, out: zarr.Group, sequence: FaceSequence, stats: DecodeStats, elapsed: float) -> str | None:
+        p: FaceParams = self.params
+        assert self._backend is not None
+        tracks = sequence.tracks()
+        n_frames, n_tracks = sequence.n_frames, len(tracks.summaries)
+        write_array(out, "time", sequence.frames.read("time"), attrs={"units": "s"})
+        write_array(out, "shot", sequence.frames.read("shot"),
+                    attrs={"description": "shot index of each analysed frame"})
         dense = [("au", {"names": list(AU_NAMES)}), ("emotion", {"names": list(EMOTION_NAMES)}),
                  ("pose", {"names": list(POSE_NAMES), "units": "degrees"}),
                  ("box", {"names": ["x0", "y0", "x1", "y1"], "units": "px"}), ("score", {}),
                  ("mouth_open", {"description": "lip aperture / mouth width"}),
                  ("landmarks", {"names": ["x", "y", "z"], "units": "px"})]
         for name, attrs in dense:
-            spool.write_dense(out, name, name, frame, track, n_frames, n_tracks, attrs=attrs)
-
-        # Persons: track identities clustered, two tracks in one frame never one person.
-        identity, n_embeddings = ident.tracks.means([s.track for s in summaries], ident.dim)
-        threshold = ident.tracks.threshold
-        person = cluster_persons(identity, cannot_link_pairs(frame, track), threshold)
-        # A track lives in one shot (the tracker ends tracks at cuts): the shot of its first row.
-        kept = np.flatnonzero(track >= 0)
-        _, first = np.unique(track[kept], return_index=True)
-        track_shot = frame_shot[frame[kept[first]]].astype(np.int64)
-        write_array(out, "person", person, attrs={"description": "person id of each track column"})
-        write_array(out, "identity", identity, attrs={
-            "model": self._identity_model(), "metric": "euclidean (L2-normalised embeddings)",
+            sequence.detections.write_dense(out, name, name, tracks.frame, tracks.track, n_frames, n_tracks,
+                                            attrs=attrs)
+        threshold = sequence.identities.threshold
+        identity_model = self._embedder.model_id if self._embedder is not None else None
+        write_array(out, "person", tracks.person, attrs={"description": "person id of each track column"})
+        write_array(out, "identity", tracks.identity, attrs={
+            "model": identity_model, "metric": "euclidean (L2-normalised embeddings)",
             "threshold": threshold, "description": "mean L2-normalised identity embedding per track; NaN: none"})
-
-        boxes = np.array([s.mean_box for s in summaries], dtype=np.float64).reshape(-1, 4)
+        boxes = np.array([s.mean_box for s in tracks.summaries], dtype=np.float64).reshape(-1, 4)
         write_table(out, "tracks", {
             "track": np.arange(n_tracks, dtype=np.int64),
-            "first_time": np.array([s.first_time for s in summaries], dtype=np.float64),
-            "last_time": np.array([s.last_time for s in summaries], dtype=np.float64),
-            "n_frames": np.array([s.n_frames for s in summaries], dtype=np.int64),
+            "first_time": np.array([s.first_time for s in tracks.summaries], dtype=np.float64),
+            "last_time": np.array([s.last_time for s in tracks.summaries], dtype=np.float64),
+            "n_frames": np.array([s.n_frames for s in tracks.summaries], dtype=np.int64),
             "box_x0": boxes[:, 0], "box_y0": boxes[:, 1], "box_x1": boxes[:, 2], "box_y1": boxes[:, 3],
-            "person": person, "shot": track_shot, "n_embeddings": n_embeddings,
+            "person": tracks.person, "shot": tracks.shot, "n_embeddings": tracks.n_embeddings,
         })
-        splits = [{"track": int(remap[x.track]), "new_track": int(remap[x.new_track]), "time": x.time,
-                   "last_same_time": x.last_same_time, "distance": round(x.distance, 4)}
-                  for x in ident.tracks.splits]
-        note = None
-        if n_tracks == 0:
-            note = f"no face found in {n_frames} analysed frame(s)"
+        shots = sequence.shots
+        note = f"no face found in {n_frames} analysed frame(s)" if n_tracks == 0 else None
         info = self.model_info()
-        attrs: dict[str, Any] = {
-            "backend": self.spec.backend,
-            "model": info.get("id"),
-            "model_source": info.get("source"),
-            "au_names": list(AU_NAMES),
-            "emotion_names": list(EMOTION_NAMES),
-            "pose_names": list(POSE_NAMES),
-            "analysis_fps": p.analysis_fps,
-            "frames_decoded": stats.decoded,
-            "frames_analysed": n_frames,
-            "frames_corrupt": stats.corrupt,
-            "frame_width": size[0],
-            "frame_height": size[1],
-            "n_tracks": n_tracks,
-            "n_landmarks": 478 if self.spec.backend == "mediapipe" else 68,
+        out.attrs.update({
+            "backend": self.spec.backend, "model": info.get("id"), "model_source": info.get("source"),
+            "au_names": list(AU_NAMES), "emotion_names": list(EMOTION_NAMES), "pose_names": list(POSE_NAMES),
+            "analysis_fps": p.analysis_fps, "frames_decoded": stats.decoded, "frames_analysed": n_frames,
+            "frames_corrupt": stats.corrupt, "frame_width": sequence.size[0], "frame_height": sequence.size[1],
+            "n_tracks": n_tracks, "n_landmarks": self._backend.n_landmarks,
             "fps_analysed": round(n_frames / elapsed, 2) if elapsed > 0 else None,
-            "libraries": library_versions(*self.library_names()),
-            "params": self.spec.params_dict(),
-            "n_persons": int(person.max() + 1) if n_tracks else 0,
-            "n_shots": int(ident.shots.shot + 1),
-            "cut_times": ident.shots.cut_times,
-            "identity_model": self._identity_model(),
+            "libraries": library_versions(*self.library_names()), "params": self.spec.params_dict(),
+            "n_persons": int(tracks.person.max() + 1) if n_tracks else 0, "n_shots": int(shots.shot + 1),
+            "cut_times": shots.cut_times, "identity_model": identity_model,
             "identity_params": {
                 "threshold": threshold, "metric": "euclidean (L2-normalised embeddings)",
                 "every_s": p.identity_every_s, "max_per_track": p.max_embeddings_per_track,
-                "cut_threshold": p.cut_threshold, "cut_ratio": ident.shots.ratio,
-                "largest_jump_within_a_shot": round(ident.shots.max_within_shot, 3),
-                "embeddings_computed": ident.computed, "embedding_seconds": round(ident.seconds, 3),
-                "tracks_without_embedding": int((n_embeddings == 0).sum()),
-                **({"model": self._embedder.info} if self._embedder is not None else {})},
-            "identity_splits": splits,
-        }
-        if p.identity == "off":
-            attrs["person_kind"] = "identity off: every track is a person of its own"
-        if self.spec.backend == "mediapipe":
-            attrs["au_kind"] = "blendshape-derived scores (MediaPipe), not FACS-coded intensities"
-            attrs["emotion_kind"] = "EMFACS prototype match scores from the AUs, not probabilities"
-            attrs["score_kind"] = "1.0 = passed the configured confidences (MediaPipe exposes no score)"
-        else:
-            attrs["au_kind"] = "py-feat AU probabilities"
-            attrs["emotion_kind"] = "py-feat emotion probabilities"
-            attrs["detector"] = self._pyfeat.info if self._pyfeat is not None else {}
-        if note:
-            attrs["note"] = note
-        out.attrs.update(attrs)
+                "cut_threshold": p.cut_threshold, "cut_ratio": shots.ratio,
+                "largest_jump_within_a_shot": round(shots.max_within_shot, 3),
+                "embeddings_computed": sequence.embeddings_computed,
+                "embedding_seconds": round(sequence.embedding_seconds, 3),
+                "tracks_without_embedding": int((tracks.n_embeddings == 0).sum()),
+                **(self._embedder.info if self._embedder is not None else {})},
+            "identity_splits": tracks.splits,
+            **self._backend.kinds, **self._backend.info,
+            **({"person_kind": "identity off: every track is a person of its own"} if p.identity == "off" else {}),
+            **({"note": note} if note else {}),
+        })
         if n_frames and stats.corrupt:
             suffix = f"{stats.corrupt} corrupt packet(s) skipped"
             note = f"{note}; {suffix}" if note else suffix
         return note
-
