@@ -41,10 +41,10 @@ def _process_start(pid: int) -> int | None:
     """The start time of process ``pid`` in clock ticks since boot (Linux), to tell a reused pid apart."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        # Field 22; the command name (field 2) may hold spaces and parentheses, so split after its last ')'.
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
         return None
-    # Field 22; the command name (field 2) may hold spaces and parentheses, so split after its last ')'.
-    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def _alive(pid: int, start: int | None) -> bool:

@@ -24,10 +24,20 @@ def ffmpeg(*args: str | Path) -> None:
 
 def rotated(dest: Path, tmp: Path) -> None:
     """The GRID clip as a phone stores a portrait video: pixels turned a quarter counter-clockwise, and a
-    display matrix saying to turn them back (players show it upright)."""
+    display matrix saying to turn them back (players show it upright). The matrix is set with PyAV while the
+    packets are copied (ffmpeg's own ``rotate`` metadata option is gone from newer ffmpeg)."""
+    import av
+
     sideways = tmp / "sideways.mp4"
     ffmpeg("-i", GRID, "-vf", "transpose=2", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", sideways)
-    ffmpeg("-i", sideways, "-c", "copy", "-metadata:s:v:0", "rotate=270", dest)
+    with av.open(str(sideways)) as inp, av.open(str(dest), "w") as out:
+        video, audio = inp.streams.video[0], inp.streams.audio[0]
+        streams = {video.index: out.add_stream_from_template(video), audio.index: out.add_stream_from_template(audio)}
+        streams[video.index].set_display_rotation(-90)  # clockwise a quarter, undoing the transpose
+        for packet in inp.demux(video, audio):
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
 
 
 def variable_frame_rate(dest: Path) -> None:
