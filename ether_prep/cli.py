@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .errors import EtherPrepError
+from .errors import ConfigError, EtherPrepError
 
 app = typer.Typer(
     name="ether-prep",
@@ -42,6 +42,9 @@ From = Annotated[str | None, typer.Option("--from", help="Run from this stage on
 Executor = Annotated[ExecutorName, typer.Option("--executor", "-x", envvar="ETHER_PREP_EXECUTOR",
                                                 help="ray (local cluster by default) or inline (this process).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, no Ray worker logs.")]
+Wait = Annotated[float, typer.Option("--wait", min=0, metavar="SECONDS",
+                                     help="If another run is writing the store, wait up to this long for it "
+                                          "[default: refuse at once]. 'inf' waits as long as it takes.")]
 DEFAULT_STORE = Path("ether_prep.zarr")
 
 
@@ -87,18 +90,21 @@ def _fail(exc: EtherPrepError) -> typer.Exit:
 
 def _run(family: str | None, raw_dir: Path | None, out: Path, pipeline: str, config: Path | None,
          ray_address: str | None, workers: int | None, force: bool, only: list[str] | None, start: str | None,
-         executor: ExecutorName, quiet: bool) -> None:
+         executor: ExecutorName, quiet: bool, wait: float) -> None:
     from .config import load_pipeline
+    from .errors import StoreError
     from .runner import run_pipeline
 
-    os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
     try:
         pipe = load_pipeline(pipeline, _config_path(config))
         summary = run_pipeline(pipe, raw_dir, out, family=family, only=only, start=start, force=force,
                                executor=executor.value, workers=workers, ray_address=ray_address,
-                               progress=not quiet)
+                               progress=not quiet, wait=wait)
     except EtherPrepError as exc:
         raise _fail(exc) from exc
+    except OSError as exc:  # the store's disk, outside any one session's stage
+        raise _fail(StoreError(f"{exc.filename or out}: {exc.strerror or exc}; free space or choose a "
+                               f"writable --out, then run again (finished stages are kept)")) from exc
     typer.echo(summary.report())
     if not summary.ok:
         typer.secho(f"{len(summary.failed)} stage run(s) failed; see `ether-prep status --out {out}`",
@@ -111,20 +117,20 @@ def extract(
     raw_dir: Annotated[Path, typer.Argument(help="Folder of recordings (searched recursively).")],
     out: Out = DEFAULT_STORE, pipeline: PipelineOpt = "default", config: ConfigOpt = None,
     ray_address: RayAddress = None, workers: Workers = None, force: Force = False, only: Only = None,
-    start: From = None, executor: Executor = ExecutorName.ray, quiet: Quiet = False,
+    start: From = None, executor: Executor = ExecutorName.ray, quiet: Quiet = False, wait: Wait = 0.0,
 ) -> None:
     """Run the extract stages (audio, speech, faces) over every recording in RAW_DIR."""
-    _run("extract", raw_dir, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet)
+    _run("extract", raw_dir, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet, wait)
 
 
 @app.command()
 def align(
     out: Out = DEFAULT_STORE, pipeline: PipelineOpt = "default", config: ConfigOpt = None,
     ray_address: RayAddress = None, workers: Workers = None, force: Force = False, only: Only = None,
-    start: From = None, executor: Executor = ExecutorName.ray, quiet: Quiet = False,
+    start: From = None, executor: Executor = ExecutorName.ray, quiet: Quiet = False, wait: Wait = 0.0,
 ) -> None:
     """Run the align stages over the sessions already extracted into the store."""
-    _run("align", None, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet)
+    _run("align", None, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet, wait)
 
 
 @app.command()
@@ -132,10 +138,10 @@ def run(
     raw_dir: Annotated[Path, typer.Argument(help="Folder of recordings (searched recursively).")],
     out: Out = DEFAULT_STORE, pipeline: PipelineOpt = "default", config: ConfigOpt = None,
     ray_address: RayAddress = None, workers: Workers = None, force: Force = False, only: Only = None,
-    start: From = None, executor: Executor = ExecutorName.ray, quiet: Quiet = False,
+    start: From = None, executor: Executor = ExecutorName.ray, quiet: Quiet = False, wait: Wait = 0.0,
 ) -> None:
     """Extract and align in one batch job."""
-    _run(None, raw_dir, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet)
+    _run(None, raw_dir, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet, wait)
 
 
 @app.command()
@@ -179,6 +185,7 @@ def status(
     import json
 
     from .config import load_pipeline
+    from .lock import STORE_LOCK, describe, read_holder
     from .runner import status_table
     from .stages.qc import read_review
     from .store import Store
@@ -211,6 +218,9 @@ def status(
                + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if review:
         _say(f"{len(review)} session(s) need review (see the qc rows above): {', '.join(review)}", colours["review"])
+    holder = read_holder(out / STORE_LOCK)
+    if holder is not None:
+        _say(f"a run is writing this store now: {describe(holder)}", colours["review"])
 
 
 def _say(line: str, colour: str | None) -> None:
@@ -229,7 +239,7 @@ def validate(
 ) -> None:
     """Check pipelines.yaml (and the recordings in RAW_DIR) without computing anything."""
     from .config import load_config, load_pipeline
-    from .sessions import check_readable, discover_sessions
+    from .sessions import check_readable, scan
 
     path = _config_path(config)
     try:
@@ -239,16 +249,20 @@ def validate(
         if raw_dir is None:
             return
         bad = 0
-        sessions = discover_sessions(raw_dir)
-        for s in sessions:
-            problem = check_readable(s)
+        found = scan(raw_dir)
+        for s in found.sessions:
+            problem = found.problems.get(s.id) or check_readable(s)
             if problem:
                 bad += 1
                 typer.secho(f"unreadable: {problem}", fg=typer.colors.RED, err=True)
-        typer.echo(f"{len(sessions)} recording(s), {bad} unreadable")
+        for error in found.errors:
+            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        for note in found.notes:
+            typer.echo(f"note: {note}")
+        typer.echo(f"{len(found.sessions)} recording(s), {bad} unreadable")
     except EtherPrepError as exc:
         raise _fail(exc) from exc
-    if bad:
+    if bad or found.errors:
         raise typer.Exit(1)
 
 
@@ -275,19 +289,33 @@ def export(
     fmt: Annotated[str, typer.Option("--format", "-f", help="One of: json (whisperx's shape), srt, vtt, txt, tsv, "
                                                             "rttm (+ uem), faces (CSV).")] = "json",
     session: Annotated[list[str] | None, typer.Option("--session", help="Only this session id (repeatable).")] = None,
+    deidentify: Annotated[bool, typer.Option(
+        "--deidentify", help="For sharing: e-mail addresses, phone numbers, URLs and listed names in transcripts "
+                             "become [EMAIL] [PHONE] [URL] [NAME]; face boxes, landmarks and identity embeddings "
+                             "are left out; files are named session-<hash> instead of by recording.")] = False,
+    names: Annotated[Path | None, typer.Option(
+        "--names", help="With --deidentify: a text file of names to replace, one per line (first names and "
+                        "surnames on lines of their own if they may be said alone).")] = None,
 ) -> None:
     """Write transcripts, diarization or face tables for every session in the store, one file per session."""
     from .exports import exporter
     from .store import Store
 
     try:
+        if names is not None and not deidentify:
+            raise ConfigError("--names only applies with --deidentify; add --deidentify")
         write = exporter(fmt)
+        deid = None
+        if deidentify:
+            from .deidentify import Deidentifier
+
+            deid = Deidentifier.from_names_file(names)
         store = Store(out, mode="r")
         dest_dir.mkdir(parents=True, exist_ok=True)
         failed = 0
         for sid in session or store.session_ids():
             try:
-                typer.echo(write(store.session(sid), dest_dir))
+                typer.echo(write(store.session(sid), dest_dir, deid))
             except EtherPrepError as exc:  # one session without that stage does not stop the others
                 failed += 1
                 typer.secho(f"skipped {sid}: {exc}", fg=typer.colors.YELLOW, err=True)

@@ -26,6 +26,10 @@ Each item is a dict: ``utterance_id``, ``session_id``, ``speaker``, ``role``, ``
 ``speaker_mask`` / ``listener_mask`` (T,) bool, ``pooled`` (2, 3, D) [speaker|listener] x [mean, std, max],
 ``cues`` (6,) float32 in :data:`CUE_NAMES` order, plus ``words`` (list of (text, start, end)) with
 ``with_words=True`` and ``audio`` (float32 samples of the utterance) with ``with_audio=True``.
+
+``open_store(path, deidentify=True, names=[...])`` scrubs every text on read: e-mail addresses, phone numbers,
+URLs and the listed names become ``[EMAIL]``, ``[PHONE]``, ``[URL]``, ``[NAME]`` in utterance texts, dialogue
+pair texts and words (see :mod:`ether_prep.deidentify`); the face tensors hold no boxes or landmarks anyway.
 """
 
 from __future__ import annotations
@@ -44,17 +48,23 @@ __all__ = ["CUE_NAMES", "AlignedStore", "PairDataset", "UtteranceDataset", "coll
 
 CUE_NAMES = ("text_valence", "text_arousal", "text_distress", "face_valence", "face_expressivity", "mismatch")
 _STRINGS = ("utterance_id", "session_id", "speaker", "role", "listener_role", "text")
+_TEXT_COLUMNS = ("text", "client_text", "counsellor_text")  # what de-identification scrubs in the manifests
 
 
-def open_store(path: str | os.PathLike[str]) -> AlignedStore:
-    """Open a store written by ``ether-prep extract`` + ``ether-prep align`` for reading."""
-    return AlignedStore(path)
+def open_store(path: str | os.PathLike[str], deidentify: bool = False,
+               names: Iterable[str] | str | os.PathLike[str] | None = None) -> AlignedStore:
+    """Open a store written by ``ether-prep extract`` + ``ether-prep align`` for reading.
+
+    ``deidentify=True`` scrubs texts on read; ``names`` is a list of names or a names file (one per line).
+    """
+    return AlignedStore(path, deidentify=deidentify, names=names)
 
 
 class AlignedStore:
     """An aligned store: the utterance and pair manifests in memory, tensors read on demand."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], deidentify: bool = False,
+                 names: Iterable[str] | str | os.PathLike[str] | None = None) -> None:
         from .manifest import read_manifest
         from .store import Store
 
@@ -68,6 +78,18 @@ class AlignedStore:
         pairs = store.manifest_path("dialogue_pairs")
         self.pair_manifest = read_manifest(pairs) if pairs.exists() else {}
         self._store = store
+        self.deid = None
+        if deidentify:
+            from .deidentify import Deidentifier, read_names
+
+            listed = read_names(names) if isinstance(names, str | os.PathLike) else list(names or ())
+            self.deid = Deidentifier(listed)
+            for table in (self.manifest, self.pair_manifest):
+                for col in _TEXT_COLUMNS:
+                    if col in table:
+                        table[col] = np.array([self.deid.text(str(t)) for t in table[col]], dtype=object)
+        elif names is not None:
+            raise StoreError("names= only applies with deidentify=True")
 
     def to_pandas(self, which: str = "utterances") -> Any:
         """A manifest as a pandas DataFrame: ``utterances``, ``pairs`` or ``sessions``."""
@@ -79,7 +101,11 @@ class AlignedStore:
         path = self._store.manifest_path(names[which])
         if not path.exists():
             raise StoreError(f"{self.path}: no {path.name}; run `ether-prep align --out {self.path}` first")
-        return pq.read_table(path).to_pandas()
+        frame = pq.read_table(path).to_pandas()
+        for col in _TEXT_COLUMNS if self.deid is not None else ():
+            if col in frame:
+                frame[col] = frame[col].map(lambda t: self.deid.text(str(t)) if t is not None else t)
+        return frame
 
     def pairs(self, session: str | Sequence[str] | None = None, flag: str | Sequence[str] | None = None,
               min_mismatch: float | None = None, with_words: bool = False) -> PairDataset:
@@ -140,7 +166,7 @@ class AlignedStore:
             keep &= isin("utterance_id", list(ids))
         if where is not None:
             keep &= np.asarray(where(m), dtype=bool)
-        return UtteranceDataset(self.path, {k: v[keep] for k, v in m.items()}, with_words, with_audio)
+        return UtteranceDataset(self.path, {k: v[keep] for k, v in m.items()}, with_words, with_audio, self.deid)
 
 
 class _SessionArrays:
@@ -181,11 +207,12 @@ class UtteranceDataset:
     """Per-utterance tensors, read lazily; ``Dataset``-compatible (``len``, ``[i]``) with a padding collate."""
 
     def __init__(self, root: Path, rows: dict[str, np.ndarray], with_words: bool = False,
-                 with_audio: bool = False) -> None:
+                 with_audio: bool = False, deid: Any = None) -> None:
         self.root = Path(root)
         self.rows = rows
         self.with_words = with_words
         self.with_audio = with_audio
+        self.deid = deid  # a Deidentifier: words are scrubbed as they are read
         self._cache: dict[str, _SessionArrays] = {}
         self._pid = os.getpid()
         self._cues = np.stack([rows[c].astype(np.float32) for c in CUE_NAMES], axis=1) if len(self) else \
@@ -240,6 +267,9 @@ class UtteranceDataset:
             a, b = int(r["word_start"][i]), int(r["word_end"][i])
             item["words"] = [(str(w["text"][k]), float(w["start"][k]), float(w["end"][k])) for k in range(a, b)] \
                 if w else []
+            if self.deid is not None and item["words"]:
+                texts = self.deid.words([t for t, _, _ in item["words"]])
+                item["words"] = [(t, s, e) for t, (_, s, e) in zip(texts, item["words"], strict=True)]
         if self.with_audio:
             item["audio"] = np.asarray(arrays.waveform()[int(r["audio_start"][i]):int(r["audio_end"][i])])
         return item

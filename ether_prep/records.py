@@ -30,9 +30,10 @@ class MediaProbe:
     audio_codec: str | None = None
     video_fps: float | None = None
     video_frame_count: int | None = None
-    video_width: int | None = None
+    video_width: int | None = None  # as displayed: the display matrix's rotation applied
     video_height: int | None = None
     video_codec: str | None = None
+    video_rotation: int = 0  # degrees counter-clockwise that turn stored frames upright (0, 90, 180, 270)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

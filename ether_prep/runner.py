@@ -9,6 +9,8 @@ session runs to the end of every stage it can; failures are collected and summar
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -19,15 +21,23 @@ from typing import Any
 from .config import Pipeline, StageSpec
 from .errors import EtherPrepError, InputError, StoreError
 from .executors import make_executor
+from .lock import store_lock
 from .provenance import fingerprint, library_versions
 from .records import Session
-from .sessions import discover_sessions, probe_session, session_from_info
+from .sessions import probe_session, scan, session_from_info
 from .stages import stage_class
 from .stages.base import Stage
 from .store import SessionGroup, StageState, Store
 from .worker import Outcome, Task
 
-__all__ = ["RunSummary", "load_sessions", "plan_stage", "run_pipeline", "stage_fingerprint", "status_table"]
+__all__ = ["RunSummary", "load_sessions", "models_are_local", "plan_stage", "run_pipeline", "stage_fingerprint",
+           "status_table"]
+
+_log = logging.getLogger(__name__)
+# Hub libraries (huggingface_hub, transformers, pyannote) read these when imported: set before any stage loads.
+_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+# Usage reports that libraries send by default (Ray's hourly usage stats, pyannote's metrics, hub telemetry).
+_NO_TELEMETRY = {"RAY_USAGE_STATS_ENABLED": "0", "PYANNOTE_METRICS_ENABLED": "0", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
 
 @dataclass
@@ -37,6 +47,8 @@ class RunSummary:
     outcomes: list[Outcome] = field(default_factory=list)
     # stage -> accelerators (CUDA_VISIBLE_DEVICES) of each worker the executor made for it
     placements: dict[str, list[str]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)  # run-level: recordings that could not even be looked at
+    notes: list[str] = field(default_factory=list)  # run-level findings that lose nothing (a link loop skipped)
 
     @property
     def failed(self) -> list[Outcome]:
@@ -44,7 +56,7 @@ class RunSummary:
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.errors
 
     def counts(self, stage: str | None = None) -> Counter[str]:
         return Counter(o.state for o in self.outcomes if stage is None or o.stage == stage)
@@ -58,8 +70,14 @@ class RunSummary:
         for stage in dict.fromkeys(o.stage for o in self.outcomes):
             c = self.counts(stage)
             lines.append(f"{stage:12s} " + ", ".join(f"{n} {s}" for s, n in sorted(c.items())))
+        # A file that cannot be read fails every stage with one message: said once, with the stages.
+        grouped: dict[tuple[str, str, str | None], list[str]] = {}
         for o in self.failed:
-            lines.append(f"  {o.state.upper()} {o.session_id} [{o.stage}]: {o.message}")
+            grouped.setdefault((o.state, o.session_id, o.message), []).append(o.stage)
+        for (state, sid, message), stages in grouped.items():
+            lines.append(f"  {state.upper()} {sid} [{', '.join(stages)}]: {message}")
+        lines.extend(f"  ERROR {e}" for e in self.errors)
+        lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 
 
@@ -70,32 +88,90 @@ def stage_fingerprint(spec: StageSpec, upstream: dict[str, str], inputs: dict[st
     return fingerprint(payload)
 
 
-def _probe_all(sessions: Sequence[Session]) -> tuple[list[Session], dict[str, str]]:
-    probed, errors = [], {}
+def _probe_all(sessions: Sequence[Session], errors: dict[str, str]) -> list[Session]:
+    probed = []
     for s in sessions:
+        if s.id in errors:
+            probed.append(s)
+            continue
         try:
             probed.append(probe_session(s))
         except InputError as exc:
             probed.append(s)
             errors[s.id] = str(exc)
-    return probed, errors
+    return probed
 
 
-def load_sessions(store: Store, raw_dir: Path | None) -> tuple[list[Session], dict[str, str]]:
-    """Sessions of ``raw_dir`` (probed; unreadable ones mapped to their error), or those already in the store."""
+def load_sessions(store: Store, raw_dir: Path | None,
+                  summary: RunSummary | None = None) -> tuple[list[Session], dict[str, str]]:
+    """Sessions of ``raw_dir`` (probed; unusable ones mapped to their error), or those already in the store.
+
+    Run-level findings of discovery (folders that cannot be listed, link loops) go to ``summary``.
+    """
     if raw_dir is None:
-        sessions = [session_from_info(store.session(sid).info) for sid in store.session_ids()]
+        sessions, errors = [], {}
+        for sid in store.session_ids():
+            info = store.session(sid).info
+            try:
+                sessions.append(session_from_info(info))
+            except EtherPrepError as exc:  # e.g. its sessions.csv became malformed: that session fails alone
+                sessions.append(session_from_info(info, refresh=False))
+                errors[sid] = f"{info.get('relpath', sid)}: {exc}"
         for s in sessions:
-            store.session(s.id, info=s.to_dict())  # keeps refreshed sessions.csv metadata
+            if s.id not in errors:
+                store.session(s.id, info=s.to_dict())  # keeps refreshed sessions.csv metadata
         if not sessions:
             raise StoreError(f"{store.path}: holds no sessions; run `ether-prep extract RAW_DIR --out {store.path}`")
-        return sessions, {s.id: f"{s.relpath}: could not be probed" for s in sessions if s.probe is None}
-    sessions, errors = _probe_all(discover_sessions(raw_dir))
+        errors.update({s.id: f"{s.relpath}: could not be probed" for s in sessions
+                       if s.probe is None and s.id not in errors})
+        return sessions, errors
+    found = scan(raw_dir)
+    if summary is not None:
+        summary.errors.extend(found.errors)
+        summary.notes.extend(found.notes)
+    errors = dict(found.problems)
+    sessions = _probe_all(found.sessions, errors)
     if not sessions:
         raise InputError(f"{raw_dir}: no recordings found (looked for video, audio and image files)")
     for s in sessions:
         store.session(s.id, info=s.to_dict())
     return sessions, errors
+
+
+def models_are_local(stages: Sequence[Stage]) -> bool:
+    """Whether every model these stages name resolves to a local file or a package (no model hub)."""
+    for stage in stages:
+        info = stage.model_info()
+        source = info.get("source", "")
+        if source and not (source.startswith("package ") or source in ("path", "ETHER_PREP_MODELS", "cache")
+                           or (Path(source).is_absolute() and Path(source).exists())):
+            return False
+        # Secondary models (e.g. an aligner) named by hub id rather than by path.
+        if any(k.endswith("_model") and v and not Path(str(v)).exists() for k, v in info.items()):
+            return False
+    return True
+
+
+def _go_offline(stages: Sequence[Stage]) -> bool:
+    """No usage metrics ever; hub libraries offline when no stage needs a hub. Set before any model loads and
+    before Ray starts (local Ray workers inherit this environment). Returns whether hubs were switched off."""
+    for key, value in _NO_TELEMETRY.items():
+        os.environ.setdefault(key, value)
+    if not models_are_local(stages):
+        return False
+    for key, value in _OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    return True
+
+
+def _record_failure(group: SessionGroup, stage: str, marker: dict[str, Any], message: str) -> str:
+    """Mark a stage failed without computing it; a store that cannot take even that is said in the message."""
+    try:
+        group.begin_stage(stage, marker)
+        group.finish_stage(stage, "failed", None, error=message)
+    except OSError as exc:
+        return f"{message} (and the failure could not be recorded in the store: {exc.strerror})"
+    return message
 
 
 def _marker(stage: Stage, upstream: dict[str, str], model: dict[str, str]) -> dict[str, Any]:
@@ -131,20 +207,41 @@ def run_pipeline(
     workers: int | None = None,
     ray_address: str | None = None,
     progress: bool = False,
+    wait: float = 0.0,
 ) -> RunSummary:
-    """Run the selected stages of ``pipeline`` over the recordings in ``raw_dir`` (or those in the store)."""
+    """Run the selected stages of ``pipeline`` over the recordings in ``raw_dir`` (or those in the store).
+
+    The store is locked for the whole run (``<store>/.ether-prep.lock``): a second run on the same store waits
+    up to ``wait`` seconds for the first to end, then refuses with a :class:`~ether_prep.errors.LockError`
+    naming the holder.
+    """
+    specs = pipeline.select(family=family, only=only, start=start)
+    with store_lock(store_path, wait=wait) as lock:
+        summary = RunSummary()
+        if lock.took_over:
+            summary.notes.append(f"took over the store lock left by a process that no longer runs "
+                                 f"(pid {lock.took_over.get('pid')}, started {lock.took_over.get('started')})")
+        store = Store(store_path)
+        store.record_pipeline(pipeline.name, str(pipeline.source), pipeline.digest())
+        _run_locked(specs, raw_dir, store, summary, lock.token, force=force, executor=executor, workers=workers,
+                    ray_address=ray_address, progress=progress)
+    return summary
+
+
+def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summary: RunSummary,
+                token: str | None, *, force: bool, executor: str, workers: int | None, ray_address: str | None,
+                progress: bool) -> None:
     from tqdm import tqdm
 
-    specs = pipeline.select(family=family, only=only, start=start)
-    store = Store(store_path)
-    store.record_pipeline(pipeline.name, str(pipeline.source), pipeline.digest())
-    sessions, probe_errors = load_sessions(store, raw_dir)
-    summary = RunSummary()
+    planners = {spec.name: stage_class(spec.name)(spec) for spec in specs}  # describe stages in the driver
+    if _go_offline(list(planners.values())) and any(p.model_info() for p in planners.values()):
+        _log.info("every model is local: model hubs switched off (HF_HUB_OFFLINE=1, TRANSFORMERS_OFFLINE=1)")
+    sessions, probe_errors = load_sessions(store, raw_dir, summary)
     runner = make_executor(executor, ray_address=ray_address, workers=workers, worker_logs=progress)
     try:
         for spec in specs:
             cls = stage_class(spec.name)
-            planner = cls(spec)  # describes the stage in the driver; workers build their own and load models
+            planner = planners[spec.name]  # workers build their own and load models
             model = planner.model_info()
             todo: list[Task] = []
             for session in sessions:
@@ -154,9 +251,8 @@ def run_pipeline(
                         raise InputError(probe_errors[session.id])
                     fp, state, upstream = plan_stage(planner, session, group)
                 except EtherPrepError as exc:  # this session cannot run this stage; the others go on
-                    group.begin_stage(spec.name, {"stage": spec.name})
-                    group.finish_stage(spec.name, "failed", None, error=str(exc))
-                    summary.outcomes.append(Outcome(session.id, spec.name, "failed", str(exc)))
+                    message = _record_failure(group, spec.name, {"stage": spec.name}, str(exc))
+                    summary.outcomes.append(Outcome(session.id, spec.name, "failed", message))
                     continue
                 if isinstance(upstream, str):
                     summary.outcomes.append(Outcome(session.id, spec.name, "blocked", upstream))
@@ -172,7 +268,7 @@ def run_pipeline(
                     group.finish_stage(spec.name, "skipped", fp, note=note)
                     summary.outcomes.append(Outcome(session.id, spec.name, "skipped", note))
                     continue
-                todo.append(Task(session, fp, marker))
+                todo.append(Task(session, fp, marker, token))
             media = sum(t.session.probe.duration for t in todo if t.session.probe)
             with tqdm(total=len(todo), desc=f"{spec.name} sessions", unit="session", disable=not progress,
                       file=sys.stderr, leave=False, position=0) as bar_s, \
@@ -186,8 +282,11 @@ def run_pipeline(
     finally:
         summary.placements = dict(runner.placements)
         runner.close()
-        store.consolidate()
-    return summary
+        try:
+            store.consolidate()
+        except OSError as exc:  # readers open unconsolidated too: nothing is lost
+            summary.errors.append(f"{store.path}: metadata not consolidated ({exc.strerror}); free space and "
+                                  f"run again")
 
 
 def status_table(store: Store, pipeline: Pipeline | None = None) -> list[dict[str, Any]]:
@@ -200,7 +299,10 @@ def status_table(store: Store, pipeline: Pipeline | None = None) -> list[dict[st
     rows = []
     for sid in store.session_ids():
         group = store.session(sid)
-        session = session_from_info(group.info) if planners else None
+        try:
+            session = session_from_info(group.info) if planners else None
+        except EtherPrepError:  # its sessions.csv is malformed now: judge staleness on the stored metadata
+            session = session_from_info(group.info, refresh=False)
         expected: dict[str, str] = {}  # stage -> the fingerprint this pipeline would give it now
         for name in planners or sorted(group.group.group_keys()):
             state = group.stage_state(name)

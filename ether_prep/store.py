@@ -254,8 +254,10 @@ class Store:
         """Consolidate metadata once at the end of a run, for fast opening by readers."""
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-            # The Parquet manifests beside the hierarchy are ours, not stray objects.
-            warnings.filterwarnings("ignore", message=r".*\.parquet is not recognized as a component.*")
+            # The Parquet manifests and the run's lock file beside the hierarchy are ours, not stray objects;
+            # so are zarr's own ``*.partial`` temporaries left by a write that was killed.
+            warnings.filterwarnings("ignore", message=r".*(\.parquet|\.ether-prep\.lock|\.partial) is not "
+                                    r"recognized as a component.*")
             zarr.consolidate_metadata(str(self.path))
 
     def manifest_path(self, name: str) -> Path:

@@ -7,13 +7,15 @@ increasing millisecond timestamps) and in IMAGE mode on a still. Where the model
 1. ``model:`` in pipelines.yaml, when it is a path to an existing file (``~`` expanded);
 2. ``$ETHER_PREP_MODELS/<name>`` (``<name>`` is ``model:`` or ``face_landmarker.task``);
 3. the download cache ``$ETHER_PREP_CACHE`` (default ``~/.cache/ether-prep``) ``/models/<name>``;
-4. a download of Google's published bundle into that cache, when online.
+4. a download of Google's published bundle into that cache, when online: one process downloads while the
+   others wait on a lock file beside it, and the download is used only if its sha256 is the published one.
 
 ``mediapipe`` is imported when a landmarker is built, so resolving the model (for provenance) is cheap.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import urllib.request
@@ -23,13 +25,18 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, ModelError
+from ..errors import InputError, LockError, ModelError
+from ..lock import FileLock
 
-__all__ = ["DEFAULT_MODEL", "MODEL_URL", "MediaPipeFaceLandmarker", "read_model", "resolve_model"]
+__all__ = ["DEFAULT_MODEL", "MODEL_SHA256", "MODEL_URL", "MediaPipeFaceLandmarker", "read_model", "resolve_model"]
 
 DEFAULT_MODEL = "face_landmarker.task"
 MODEL_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/"
              "face_landmarker.task")
+# sha256 of that published bundle (the same file as ../shared/models/face_landmarker.task): a download that
+# differs is refused.
+MODEL_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
+_DOWNLOAD_WAIT_S = 600.0  # how long a worker waits for another one's download of the same bundle
 
 
 def _cache_dir() -> Path:
@@ -62,20 +69,47 @@ def resolve_model(model: str | None, download: bool = True) -> tuple[Path | None
                          f"{cached.parent}; give 'model:' as a path to the .task file")
     if not download:
         return None, MODEL_URL
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".part")
     try:
-        with urllib.request.urlopen(MODEL_URL, timeout=60) as resp, open(tmp, "wb") as fh:
-            while block := resp.read(1 << 20):
-                fh.write(block)
-        tmp.replace(cached)
+        cached.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ModelError(
-            f"cannot download the MediaPipe face model from {MODEL_URL} ({exc}); offline, download "
-            f"face_landmarker.task elsewhere and either set ETHER_PREP_MODELS to its folder or give its path "
-            f"as 'model:' of the face stage in pipelines.yaml") from exc
-    return cached, MODEL_URL
+        raise ModelError(f"{cached.parent}: cannot create the model cache ({exc.strerror}); set ETHER_PREP_CACHE "
+                         f"to a writable folder, or ETHER_PREP_MODELS to a folder holding {DEFAULT_MODEL}") from exc
+    # Workers of one host (Ray actors, several runs) share the cache: one downloads, the others wait for it.
+    return _download(cached), MODEL_URL
+
+
+def _download(cached: Path) -> Path:
+    """Download the bundle into ``cached`` under a lock file, verifying its sha256 before it is used."""
+    lock = FileLock(cached.with_name(cached.name + ".lock"), purpose=f"the download of {cached.name}")
+    try:
+        lock.acquire(wait=_DOWNLOAD_WAIT_S)
+    except LockError as exc:
+        raise ModelError(f"{exc}; it has been downloading for over {_DOWNLOAD_WAIT_S:.0f} s") from exc
+    try:
+        if cached.is_file():  # another process finished the download while this one waited
+            return cached
+        tmp = cached.with_name(f"{cached.name}.{os.getpid()}.part")
+        digest = hashlib.sha256()
+        try:
+            with urllib.request.urlopen(MODEL_URL, timeout=60) as resp, open(tmp, "wb") as fh:
+                while block := resp.read(1 << 20):
+                    digest.update(block)
+                    fh.write(block)
+            if digest.hexdigest() != MODEL_SHA256:
+                raise ModelError(f"the face model downloaded from {MODEL_URL} has sha256 {digest.hexdigest()}, not "
+                                 f"the published {MODEL_SHA256}: it was damaged or altered on the way, so it is not "
+                                 f"used; try again, or fetch it elsewhere and set ETHER_PREP_MODELS to its folder")
+            tmp.replace(cached)
+        except OSError as exc:
+            raise ModelError(
+                f"cannot download the MediaPipe face model from {MODEL_URL} ({exc}); offline, download "
+                f"face_landmarker.task elsewhere and either set ETHER_PREP_MODELS to its folder or give its path "
+                f"as 'model:' of the face stage in pipelines.yaml") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        return cached
+    finally:
+        lock.release()
 
 
 class MediaPipeFaceLandmarker:

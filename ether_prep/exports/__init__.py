@@ -1,7 +1,9 @@
 """Export formats for ``ether-prep export``: each writes one file per session, named after its id.
 
-A format maps to ``"module:function"`` with signature ``(session: SessionGroup, dest_dir: Path) -> Path``;
-modules are imported only when their format is used.
+A format maps to ``"module:function"`` with signature ``(session: SessionGroup, dest_dir: Path,
+deid: Deidentifier | None = None) -> Path``; with a :class:`~ether_prep.deidentify.Deidentifier` the file is
+de-identified (identifiers in text tagged, face boxes/landmarks/identity left out, the session id aliased).
+Modules are imported only when their format is used.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from ..store import SessionGroup
 
 __all__ = ["FORMATS", "exporter"]
 
@@ -29,6 +30,6 @@ FORMATS: dict[str, str] = {
 }
 
 
-def exporter(fmt: str) -> Callable[[SessionGroup, Path], Path]:
+def exporter(fmt: str) -> Callable[..., Path]:
     """The writer function of export format ``fmt``."""
     return resolve(FORMATS, fmt, "export format")

@@ -10,7 +10,10 @@
 - ``rttm``: NIST RTTM of the diarized turns, ``uri`` = the recording's file stem (what pyannote and dscore
   expect), beside a ``.uem`` file giving the scored extent (the whole recording).
 
-Words and utterances come from the ``utterances`` stage (speaker-attributed), turns from ``diarize``.
+Words and utterances come from the ``utterances`` stage (speaker-attributed), turns from ``diarize``. Given a
+:class:`~ether_prep.deidentify.Deidentifier` (``--deidentify``), texts have identifiers replaced by tags (times
+unchanged) and the session id and ``uri`` (built from the file name) become the session's alias, in file names
+and contents alike.
 """
 
 from __future__ import annotations
@@ -20,21 +23,36 @@ import math
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..errors import StoreError
 from ..stages.diarize import read_turns
 from ..stages.utterances import Transcript, read_transcript
 
 if TYPE_CHECKING:
+    from ..deidentify import Deidentifier
     from ..store import SessionGroup
 
 __all__ = ["whisperx_result", "write_json", "write_rttm", "write_srt", "write_tsv", "write_txt", "write_vtt"]
 
 
-def _transcript(session: SessionGroup) -> Transcript:
+def _transcript(session: SessionGroup, deid: Deidentifier | None = None) -> Transcript:
     state = session.stage_state("utterances")
     if state.state == "skipped":
         raise StoreError(f"session {session.id!r}: no transcript ({state.note or 'utterances stage skipped'})")
-    return read_transcript(session)
+    t = read_transcript(session)
+    if deid is not None and len(t.words.get("text", ())):
+        t.words["text"] = np.array(deid.words([str(w) for w in t.words["text"]]))
+    if deid is not None and len(t):
+        alias = deid.alias(session.id)
+        t.utterances["text"] = np.array([deid.text(str(x)) for x in t.utterances["text"]])
+        t.utterances["id"] = np.array([str(u).replace(session.id, alias, 1) for u in t.utterances["id"]])
+    return t
+
+
+def _name(session: SessionGroup, deid: Deidentifier | None) -> str:
+    """The id files are named after: the session id, or its alias when de-identified."""
+    return deid.alias(session.id) if deid is not None else session.id
 
 
 def _number(v: Any) -> float | None:
@@ -42,14 +60,14 @@ def _number(v: Any) -> float | None:
     return round(v, 3) if math.isfinite(v) else None  # JSON has no NaN
 
 
-def _uri(session: SessionGroup) -> str:
-    """The recording's file stem: the ``uri`` diarization tools key files by."""
-    return PurePosixPath(session.info.get("relpath", session.id)).stem
+def _uri(session: SessionGroup, deid: Deidentifier | None = None) -> str:
+    """The recording's file stem: the ``uri`` diarization tools key files by (the alias when de-identified)."""
+    return _name(session, deid) if deid is not None else PurePosixPath(session.info.get("relpath", session.id)).stem
 
 
-def whisperx_result(session: SessionGroup) -> dict[str, Any]:
+def whisperx_result(session: SessionGroup, deid: Deidentifier | None = None) -> dict[str, Any]:
     """The session's transcript as a whisperx result: one segment per utterance, words inside."""
-    t = _transcript(session)
+    t = _transcript(session, deid)
     w, u = t.words, t.utterances
     words = [{"word": str(w["text"][i]), "start": _number(w["start"][i]), "end": _number(w["end"][i]),
               "score": _number(w["score"][i]), "speaker": str(w["speaker"][i]),
@@ -58,29 +76,33 @@ def whisperx_result(session: SessionGroup) -> dict[str, Any]:
                  "text": str(u["text"][k]), "speaker": str(u["speaker"][k]),
                  "words": words[int(u["word_start"][k]):int(u["word_end"][k])]} for k in range(len(t))]
     attrs = session.stage_group("utterances").attrs
-    return {"session": session.id, "uri": _uri(session), "language": attrs.get("language"),
-            "model": attrs.get("asr_model"), "segments": segments, "word_segments": words}
+    result = {"session": _name(session, deid), "uri": _uri(session, deid), "language": attrs.get("language"),
+              "model": attrs.get("asr_model"), "segments": segments, "word_segments": words}
+    if deid is not None:
+        result["deidentified"] = deid.describe()
+    return result
 
 
-def _write(session: SessionGroup, dest_dir: Path, ext: str, text: str) -> Path:
-    path = Path(dest_dir) / f"{session.id}.{ext}"
+def _write(session: SessionGroup, dest_dir: Path, ext: str, text: str, deid: Deidentifier | None = None) -> Path:
+    path = Path(dest_dir) / f"{_name(session, deid)}.{ext}"
     path.write_text(text, encoding="utf-8")
     return path
 
 
-def write_json(session: SessionGroup, dest_dir: Path) -> Path:
+def write_json(session: SessionGroup, dest_dir: Path, deid: Deidentifier | None = None) -> Path:
     """whisperx-shaped JSON (see the module docstring)."""
-    return _write(session, dest_dir, "json", json.dumps(whisperx_result(session), ensure_ascii=False, indent=1))
+    text = json.dumps(whisperx_result(session, deid), ensure_ascii=False, indent=1)
+    return _write(session, dest_dir, "json", text, deid)
 
 
-def write_rttm(session: SessionGroup, dest_dir: Path) -> Path:
+def write_rttm(session: SessionGroup, dest_dir: Path, deid: Deidentifier | None = None) -> Path:
     """NIST RTTM, ``SPEAKER <uri> 1 <onset> <duration> <NA> <NA> <speaker> <NA> <NA>`` per turn, and a UEM."""
-    uri = _uri(session)
+    uri = _uri(session, deid)
     lines = [f"SPEAKER {uri} 1 {t.start:.3f} {t.end - t.start:.3f} <NA> <NA> {t.speaker} <NA> <NA>\n"
              for t in read_turns(session)]
     duration = float((session.info.get("probe") or {}).get("duration") or 0.0)
-    _write(session, dest_dir, "uem", f"{uri} 1 0.000 {duration:.3f}\n")
-    return _write(session, dest_dir, "rttm", "".join(lines))
+    _write(session, dest_dir, "uem", f"{uri} 1 0.000 {duration:.3f}\n", deid)
+    return _write(session, dest_dir, "rttm", "".join(lines), deid)
 
 
 def _stamp(t: float, sep: str) -> str:
@@ -91,34 +113,35 @@ def _stamp(t: float, sep: str) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
 
 
-def _cues(session: SessionGroup) -> list[tuple[float, float, str, str]]:
-    u = _transcript(session).utterances
+def _cues(session: SessionGroup, deid: Deidentifier | None) -> list[tuple[float, float, str, str]]:
+    u = _transcript(session, deid).utterances
     return [(float(s), float(e), str(spk), str(txt))
             for s, e, spk, txt in zip(u.get("start", []), u.get("end", []), u.get("speaker", []),
                                       u.get("text", []), strict=True)]
 
 
-def write_srt(session: SessionGroup, dest_dir: Path) -> Path:
+def write_srt(session: SessionGroup, dest_dir: Path, deid: Deidentifier | None = None) -> Path:
     """SubRip: one cue per utterance, text prefixed ``[SPEAKER_00]``."""
     blocks = [f"{i}\n{_stamp(s, ',')} --> {_stamp(max(e, s + 0.001), ',')}\n[{spk}] {txt}\n"
-              for i, (s, e, spk, txt) in enumerate(_cues(session), 1)]
-    return _write(session, dest_dir, "srt", "\n".join(blocks))
+              for i, (s, e, spk, txt) in enumerate(_cues(session, deid), 1)]
+    return _write(session, dest_dir, "srt", "\n".join(blocks), deid)
 
 
-def write_vtt(session: SessionGroup, dest_dir: Path) -> Path:
+def write_vtt(session: SessionGroup, dest_dir: Path, deid: Deidentifier | None = None) -> Path:
     """WebVTT: one cue per utterance with a voice span ``<v SPEAKER_00>``."""
     blocks = ["WEBVTT\n"] + [f"{_stamp(s, '.')} --> {_stamp(max(e, s + 0.001), '.')}\n<v {spk}>{txt}\n"
-                             for s, e, spk, txt in _cues(session)]
-    return _write(session, dest_dir, "vtt", "\n".join(blocks))
+                             for s, e, spk, txt in _cues(session, deid)]
+    return _write(session, dest_dir, "vtt", "\n".join(blocks), deid)
 
 
-def write_txt(session: SessionGroup, dest_dir: Path) -> Path:
+def write_txt(session: SessionGroup, dest_dir: Path, deid: Deidentifier | None = None) -> Path:
     """Plain text, one utterance per line: ``[SPEAKER_00]: text``."""
-    return _write(session, dest_dir, "txt", "".join(f"[{spk}]: {txt}\n" for _, _, spk, txt in _cues(session)))
+    lines = "".join(f"[{spk}]: {txt}\n" for _, _, spk, txt in _cues(session, deid))
+    return _write(session, dest_dir, "txt", lines, deid)
 
 
-def write_tsv(session: SessionGroup, dest_dir: Path) -> Path:
+def write_tsv(session: SessionGroup, dest_dir: Path, deid: Deidentifier | None = None) -> Path:
     """Tab-separated ``start end speaker text`` (milliseconds), one utterance per row, with a header."""
     rows = [f"{round(s * 1000)}\t{round(e * 1000)}\t{spk}\t{txt.replace(chr(9), ' ')}\n"
-            for s, e, spk, txt in _cues(session)]
-    return _write(session, dest_dir, "tsv", "start\tend\tspeaker\ttext\n" + "".join(rows))
+            for s, e, spk, txt in _cues(session, deid)]
+    return _write(session, dest_dir, "tsv", "start\tend\tspeaker\ttext\n" + "".join(rows), deid)
