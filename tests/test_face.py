@@ -161,6 +161,17 @@ def test_spool_scatters_detections_into_dense_arrays(tmp_path: Path) -> None:
     assert np.isnan(dense[[1, 2, 4]]).all() and np.isnan(dense[3, 0]).all()
 
 
+def test_spool_left_by_a_killed_run_is_cleared(tmp_path: Path) -> None:
+    """A SIGKILLed face stage leaves its spool folder behind; the next run of that session clears it first."""
+    leftover = tmp_path / "spool" / "detections"
+    leftover.mkdir(parents=True)
+    (leftover / "au.bin").write_bytes(b"x" * 1000)
+    with DetectionSpool({"v": ((), np.float32)}, leftover) as spool:
+        assert [f.name for f in leftover.iterdir()] == ["v.bin"]
+        spool.append(v=[1.0])
+    assert not leftover.exists()
+
+
 def test_config_and_help_do_not_import_face_models() -> None:
     code = ("import sys; from ether_prep.config import load_config; c = load_config(); "
             "s = c['cpu'].stage('face'); assert s.backend == 'mediapipe'; "

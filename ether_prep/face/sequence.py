@@ -10,8 +10,10 @@ one) and split where a track's identity embedding changes; see :mod:`ether_prep.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,7 +50,9 @@ class FaceSequence:
 
     def __init__(self, n_landmarks: int, min_hits: int, max_gap_s: float, appearance_weight: float,
                  cut_threshold: float | None, embedder: Embedder | None, threshold: float, every_s: float,
-                 max_per_track: int) -> None:
+                 max_per_track: int, spool_dir: Path | None = None) -> None:
+        """``spool_dir``: where detections are spooled (a fixed folder per recording lets a rerun clear what a
+        killed run left); a fresh temporary folder when None."""
         self.tracker = FaceTracker(max_gap_s=max_gap_s, appearance_weight=appearance_weight, min_hits=min_hits)
         self.shots = ShotDetector(cut_threshold)
         self.identities = TrackIdentities(every_s=every_s, max_per_track=max_per_track, min_hits=min_hits,
@@ -63,9 +67,10 @@ class FaceSequence:
             "frame": ((), np.int64), "track": ((), np.int64), "au": ((len(AU_NAMES),), np.float32),
             "emotion": ((len(EMOTION_NAMES),), np.float32), "pose": ((3,), np.float32),
             "box": ((4,), np.float32), "score": ((), np.float32), "mouth_open": ((), np.float32),
-            "landmarks": ((n_landmarks, 3), np.float32)})
+            "landmarks": ((n_landmarks, 3), np.float32)}, spool_dir / "detections" if spool_dir else None)
         self.frames = DetectionSpool({"time": ((), np.float64), "shot": ((), np.int32)},
-                                     prefix="ether-prep-face-times-")
+                                     spool_dir / "frames" if spool_dir else None)
+        self._spool_dir = spool_dir
 
     def add(self, frame: VideoFrame, faces: FrameFaces) -> None:
         """Record one analysed frame (frames in time order)."""
@@ -134,6 +139,8 @@ class FaceSequence:
     def close(self) -> None:
         self.detections.close()
         self.frames.close()
+        if self._spool_dir is not None:
+            shutil.rmtree(self._spool_dir, ignore_errors=True)
 
     def __enter__(self) -> FaceSequence:
         return self

@@ -24,8 +24,14 @@ __all__ = ["DetectionSpool"]
 class DetectionSpool:
     """Append-only columns of per-detection values (``fields``: name -> (row shape, dtype))."""
 
-    def __init__(self, fields: dict[str, tuple[tuple[int, ...], Any]], prefix: str = "ether-prep-face-") -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix=prefix))
+    def __init__(self, fields: dict[str, tuple[tuple[int, ...], Any]], directory: Path | None = None) -> None:
+        """Spool into ``directory`` (created, emptied first; removed on close), or a fresh temporary one."""
+        if directory is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="ether-prep-spool-"))
+        else:
+            shutil.rmtree(directory, ignore_errors=True)  # left by a run that was killed
+            directory.mkdir(parents=True)
+            self.dir = directory
         self.fields = {name: (tuple(shape), np.dtype(dtype)) for name, (shape, dtype) in fields.items()}
         self._files = {name: open(self.dir / f"{name}.bin", "wb") for name in self.fields}  # noqa: SIM115
         self.rows = 0

@@ -53,7 +53,9 @@ every face that passed the configured confidence thresholds.
 
 from __future__ import annotations
 
+import hashlib
 import queue
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -180,6 +182,13 @@ def _prefetch(path: Path, analysis_fps: float | None, stats: Any, depth: int,
         worker.join(timeout=5)
 
 
+def _spool_dir(out: zarr.Group) -> Path:
+    """A local folder for this stage output's detection spool, the same on every run: a rerun clears what a
+    killed run left there (the store itself may be remote)."""
+    key = hashlib.sha1(f"{out.store}/{out.path}".encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "ether-prep-spool" / key
+
+
 def _batches(frames: Iterable[VideoFrame], size: int) -> Iterator[list[VideoFrame]]:
     """Consecutive frames in batches of ``size`` (a batch never mixes frame sizes)."""
     batch: list[VideoFrame] = []
@@ -252,7 +261,7 @@ class FaceStage(Stage):
         stop = threading.Event()
         with FaceSequence(self._backend.n_landmarks, 1 if still else p.min_track_frames, p.max_gap_s,
                           p.appearance_weight, p.cut_threshold, self._embedder, self._threshold(),
-                          p.identity_every_s, p.max_embeddings_per_track) as sequence:
+                          p.identity_every_s, p.max_embeddings_per_track, _spool_dir(out)) as sequence:
             frames = _prefetch(session.path, None if still else p.analysis_fps, stats, p.prefetch, stop)
             try:
                 with self._backend.open(still) as detector:
