@@ -286,8 +286,9 @@ def models(pipeline: PipelineOpt = "default", config: ConfigOpt = None) -> None:
 def export(
     dest_dir: Annotated[Path, typer.Argument(help="Folder to write one file per session into.")],
     out: Out = DEFAULT_STORE,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="One of: json (whisperx's shape), srt, vtt, txt, tsv, "
-                                                            "rttm (+ uem), faces (CSV).")] = "json",
+    fmt: Annotated[str, typer.Option("--format", "-f", help=(
+        "One of: json (whisperx's shape), srt, vtt, txt, tsv, rttm (+ uem), faces (py-feat CSV), "
+        "openface (OpenFace 2 CSV)."))] = "json",
     session: Annotated[list[str] | None, typer.Option("--session", help="Only this session id (repeatable).")] = None,
     deidentify: Annotated[bool, typer.Option(
         "--deidentify", help="For sharing: e-mail addresses, phone numbers, URLs and listed names in transcripts "
@@ -298,7 +299,7 @@ def export(
                         "surnames on lines of their own if they may be said alone).")] = None,
 ) -> None:
     """Write transcripts, diarization or face tables for every session in the store, one file per session."""
-    from .exports import exporter
+    from .exports import NothingToExport, exporter
     from .store import Store
 
     try:
@@ -316,9 +317,11 @@ def export(
         for sid in session or store.session_ids():
             try:
                 typer.echo(write(store.session(sid), dest_dir, deid))
-            except EtherPrepError as exc:  # one session without that stage does not stop the others
+            except NothingToExport as exc:  # an audio-only session has no faces: nothing failed
+                typer.echo(f"skipped {sid}: {exc}", err=True)
+            except EtherPrepError as exc:  # one session that cannot be exported does not stop the others
                 failed += 1
-                typer.secho(f"skipped {sid}: {exc}", fg=typer.colors.YELLOW, err=True)
+                typer.secho(f"failed {sid}: {exc}", fg=typer.colors.YELLOW, err=True)
     except EtherPrepError as exc:
         raise _fail(exc) from exc
     if failed:

@@ -28,7 +28,8 @@ __all__ = ["TAGS", "Deidentifier", "face_column_shared", "read_names"]
 TAGS = {"email": "[EMAIL]", "phone": "[PHONE]", "url": "[URL]", "name": "[NAME]"}
 # Face outputs that show or identify a face, left out of de-identified exports (the identity family covers
 # any embedding a face backend adds).
-_FACE_WITHHELD = re.compile(r"^(x0|y0|x1|y1|box.*|landmark.*|identity.*|embedding.*)$")
+_FACE_WITHHELD = re.compile(r"^(x0|y0|x1|y1|box.*|FaceRect.*|[xyXYZ]_\d+|landmark.*|identity.*|Identity.*|"
+                            r"embedding.*)$")
 
 
 def face_column_shared(name: str) -> bool:

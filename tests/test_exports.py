@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from ether_prep.cli import app
+
+from .conftest import DATA
 
 pytestmark = pytest.mark.slow  # they read the store the real cpu pipeline wrote (conftest `aligned`)
 
@@ -72,3 +75,50 @@ def test_pyannote_reads_our_rttm_keyed_by_the_file_stem(exported: Path) -> None:
     assert len(annotations["sample"].labels()) == 2
     extent = load_uem(str(_call(exported, "uem")))["sample"].extent()
     assert extent.start == 0.0 and extent.end == pytest.approx(30.0, abs=0.1)
+
+
+def test_faces_export_skips_audio_only_sessions_and_py_feat_reads_it(aligned: dict[str, object],
+                                                                    tmp_path: Path) -> None:
+    from feat.utils.io import read_feat
+
+    result = CliRunner().invoke(app, ["export", str(tmp_path), "--out", str(aligned["store"]), "--format", "faces"])
+    assert result.exit_code == 0, result.output  # the audio-only call has no faces: skipped, not failed
+    assert "skipped sample" in result.output and not list(tmp_path.glob("sample-*"))
+    fex = read_feat(str(next(tmp_path.glob("grid_two_faces*.faces.csv"))))
+    assert len(fex) == 300  # 150 frames x 2 faces
+    assert list(fex.facebox.columns[:4]) == ["FaceRectX", "FaceRectY", "FaceRectWidth", "FaceRectHeight"]
+    assert fex.facebox["FaceRectWidth"].gt(20).all() and fex.aus.shape[1] == 20
+    assert {"Pitch", "Roll", "Yaw"} <= set(fex.poses.columns) and fex.emotions.shape[1] == 7
+    assert set(fex["person"]) == {0, 1}
+
+
+@pytest.fixture(scope="module")
+def opendbm_openface(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The face stage on the OpenFace reference clip, exported in OpenFace's layout."""
+    from ether_prep.exports.faces import write_openface_csv
+
+    from .test_face import run_face
+
+    tmp = tmp_path_factory.mktemp("openface")
+    _, _, group = run_face(DATA / "face" / "opendbm_subj01.mp4", tmp)
+    return write_openface_csv(group, tmp)
+
+
+def test_openface_export_uses_openface_names_and_agrees_with_it(opendbm_openface: Path) -> None:
+    import pandas as pd
+
+    ref = pd.read_csv(DATA / "face" / "opendbm_subj01.openface.csv", skipinitialspace=True)
+    ours = pd.read_csv(opendbm_openface)
+    assert set(ours.columns) <= set(ref.columns), set(ours.columns) - set(ref.columns)
+    assert {"frame", "face_id", "timestamp", "confidence", "success", "pose_Rx", "AU01_r", "AU45_r", "x_67"} \
+        <= set(ours.columns)
+    assert len(ours) == len(ref) == 158 and ours["frame"].tolist() == ref["frame"].tolist()
+    assert (ours["success"] == 1).all() and ours["timestamp"].sub(ref["timestamp"]).abs().max() < 0.02
+
+    def r(col: str) -> float:
+        return float(np.corrcoef(ours[col], ref[col])[0, 1])
+
+    assert r("AU01_r") > 0.4  # the face benchmark's figure on this clip: 0.55
+    for col in ("pose_Rx", "pose_Ry", "pose_Rz"):  # head pose in OpenFace's own signs
+        assert r(col) > 0.3, col
+    assert ours[[f"x_{i}" for i in range(68)]].sub(ref[[f"x_{i}" for i in range(68)]]).abs().median().median() < 25

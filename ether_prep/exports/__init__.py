@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..errors import StoreError
 from ..registry import resolve
 
 if TYPE_CHECKING:
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-__all__ = ["FORMATS", "exporter"]
+__all__ = ["FORMATS", "NothingToExport", "exporter"]
 
 FORMATS: dict[str, str] = {
     "json": "ether_prep.exports.transcripts:write_json",
@@ -27,7 +28,12 @@ FORMATS: dict[str, str] = {
     "txt": "ether_prep.exports.transcripts:write_txt",
     "tsv": "ether_prep.exports.transcripts:write_tsv",
     "faces": "ether_prep.exports.faces:write_faces_csv",
+    "openface": "ether_prep.exports.faces:write_openface_csv",
 }
+
+
+class NothingToExport(StoreError):
+    """The session has nothing of this kind (faces of an audio-only recording): skipped, not failed."""
 
 
 def exporter(fmt: str) -> Callable[..., Path]:
