@@ -57,8 +57,10 @@ def test_names_file(tmp_path: Path) -> None:
 
 def test_face_columns_that_identify_are_withheld() -> None:
     assert not any(face_column_shared(c) for c in ("x0", "y0", "x1", "y1", "box", "landmarks", "identity",
-                                                     "identity_embedding", "embedding_512"))
-    assert all(face_column_shared(c) for c in ("frame", "time", "track", "AU12", "happiness", "yaw", "mouth_open"))
+                                                     "identity_embedding", "embedding_512", "FaceRectX",
+                                                     "FaceRectWidth", "x_0", "y_67", "Identity_1"))
+    assert all(face_column_shared(c) for c in ("frame", "time", "track", "person", "AU12", "AU45_r", "happiness",
+                                               "Yaw", "pose_Rx", "mouth_open", "FaceScore"))
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +128,10 @@ def test_deidentified_transcript_exports(store: Path, tmp_path: Path) -> None:
 def test_deidentified_face_export_leaves_out_boxes(store: Path, tmp_path: Path) -> None:
     plain = list(csv.reader(_export(store, tmp_path / "plain", "faces").open()))
     shared = list(csv.reader(_export(store, tmp_path / "shared", "faces", "--deidentify").open()))
-    assert {"x0", "y0", "x1", "y1"} <= set(plain[0])
-    assert shared[0] == [c for c in plain[0] if c not in ("x0", "y0", "x1", "y1")]
+    withheld = {"FaceRectX", "FaceRectY", "FaceRectWidth", "FaceRectHeight", *(f"{a}_{i}" for a in "xy"
+                                                                             for i in range(68))}
+    assert withheld <= set(plain[0])
+    assert shared[0] == [c for c in plain[0] if c not in withheld]
     keep = [plain[0].index(c) for c in shared[0]]
     assert [[row[i] for i in keep] for row in plain[1:]] == shared[1:]  # the same features, row for row
     assert (tmp_path / "shared" / f"{ALIAS}.faces.csv").exists()

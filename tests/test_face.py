@@ -304,7 +304,8 @@ def test_schema_storage_sampling_and_csv_export(tmp_path: Path) -> None:
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == n and path.name == f"{group.id}.faces.csv"
-    assert {"time", "track", "x0", "score", "AU01", "AU43", "happiness", "yaw", "pitch", "roll"} <= set(rows[0])
+    assert {"time", "track", "FaceRectX", "FaceScore", "x_67", "AU01", "AU43", "happiness", "Yaw", "Pitch",
+            "Roll"} <= set(rows[0])
     assert float(rows[3]["time"]) == pytest.approx(t[3], abs=1e-3) and rows[0]["AU11"] == ""
 
 

@@ -57,7 +57,7 @@ class _Block:
     landmarks68: np.ndarray  # (F, T, 68, 2)
 
 
-def _face_group(session: SessionGroup) -> tuple[zarr.Group, dict]:
+def _face_group(session: SessionGroup) -> zarr.Group:
     try:
         group = session.stage_group("face")
     except StoreError as exc:
@@ -65,18 +65,20 @@ def _face_group(session: SessionGroup) -> tuple[zarr.Group, dict]:
     if "au" not in group:  # the stage was skipped: a recording without video has no faces to export
         note = dict(group.attrs.get("stage", {})).get("note") or "face stage skipped"
         raise NothingToExport(f"session {session.id!r}: no faces to export ({note})")
-    return group, dict(group.attrs)
+    return group
 
 
 def _blocks(group: zarr.Group) -> Iterator[_Block]:
     times = group["time"][...]
     n_frames = group["box"].shape[0]
     rows = max(1, group["au"].chunks[0])
-    mesh = group["landmarks"].shape[2] == 478
+    has_landmarks = "landmarks" in group
+    mesh = has_landmarks and group["landmarks"].shape[2] == 478
     for a in range(0, n_frames, rows):
         b = min(a + rows, n_frames)
-        lm = group["landmarks"][a:b]
-        yield _Block(np.arange(a, b), times[a:b], group["box"][a:b], group["score"][a:b], group["au"][a:b],
+        box = group["box"][a:b]
+        lm = group["landmarks"][a:b] if has_landmarks else np.full((*box.shape[:2], 68, 2), np.nan)
+        yield _Block(np.arange(a, b), times[a:b], box, group["score"][a:b], group["au"][a:b],
                      group["emotion"][a:b], group["pose"][a:b], group["mouth_open"][a:b],
                      (lm[:, :, DLIB68_FROM_MP478] if mesh else lm)[..., :2])
 
@@ -110,8 +112,8 @@ def _dest(session: SessionGroup, dest_dir: Path, suffix: str, deid: Deidentifier
 
 def write_faces_csv(session: SessionGroup, dest_dir: Path, deid: Deidentifier | None = None) -> Path:
     """``<session id>.faces.csv`` in py-feat's layout (see the module docstring); returns its path."""
-    group, attrs = _face_group(session)
-    au_names, emotion_names = list(attrs["au_names"]), list(attrs["emotion_names"])
+    group = _face_group(session)
+    au_names, emotion_names = list(group["au"].attrs["names"]), list(group["emotion"].attrs["names"])
     person = group["person"][...] if "person" in group else None
     header = ["frame", "time", "track", "person", "FaceRectX", "FaceRectY", "FaceRectWidth", "FaceRectHeight",
               "FaceScore", *(f"x_{i}" for i in range(68)), *(f"y_{i}" for i in range(68)), *au_names,
@@ -133,8 +135,8 @@ def write_faces_csv(session: SessionGroup, dest_dir: Path, deid: Deidentifier | 
 
 def write_openface_csv(session: SessionGroup, dest_dir: Path, deid: Deidentifier | None = None) -> Path:
     """``<session id>.openface.csv`` with OpenFace 2.x column names (see the module docstring)."""
-    group, attrs = _face_group(session)
-    au_index = {name: i for i, name in enumerate(attrs["au_names"])}
+    group = _face_group(session)
+    au_index = {name: i for i, name in enumerate(group["au"].attrs["names"])}
     aus = {col: au_index[au] for col, au in _OPENFACE_AUS.items() if au in au_index}
     face_id = group["person"][...] if "person" in group else np.arange(group["box"].shape[1])
     header = ["frame", "face_id", "timestamp", "confidence", "success", "pose_Rx", "pose_Ry", "pose_Rz",
