@@ -122,3 +122,25 @@ def test_openface_export_uses_openface_names_and_agrees_with_it(opendbm_openface
     for col in ("pose_Rx", "pose_Ry", "pose_Rz"):  # head pose in OpenFace's own signs
         assert r(col) > 0.3, col
     assert ours[[f"x_{i}" for i in range(68)]].sub(ref[[f"x_{i}" for i in range(68)]]).abs().median().median() < 25
+
+
+def test_xarray_opens_the_store_with_named_dimensions(aligned: dict[str, object]) -> None:
+    import xarray as xr
+
+    tree = xr.open_datatree(str(aligned["store"]), engine="zarr")
+    assert tree.attrs["ether_prep"]["pipeline"] == "cpu" and tree.attrs["ether_prep"]["config_digest"]
+    sid = next(s for s in tree["sessions"].children if s.startswith("grid_two_faces"))
+    face = tree[f"sessions/{sid}/face"].ds
+    assert face["au"].dims == ("time", "track", "au_name") and face.sizes["time"] == 150
+    smile = face["au"].sel(au_name="AU12")
+    assert smile.dims == ("time", "track") and float(face["time"][-1]) == pytest.approx(5.96, abs=0.01)
+    assert face["landmarks"].dims == ("time", "track", "landmark", "xyz")
+    assert tree[f"sessions/{sid}/face/tracks"].ds["person"].dims == ("track",)
+    align = tree[f"sessions/{sid}/align"]
+    assert align.ds["pooled"].dims == ("utterance", "slot", "stat", "feature")
+    assert list(align.ds["slot"].values) == ["speaker", "listener"]
+    mouth = align.ds["pooled"].sel(slot="speaker", stat="mean", feature="mouth_open")
+    assert mouth.dims == ("utterance",) and len(mouth) == align["utterances"].ds.sizes["utterance"]
+    assert align["tensors"].ds["face"].dims == ("step", "slot", "feature")
+    words = tree[f"sessions/{sid}/utterances/words"].ds
+    assert words["text"].dims == ("word",)

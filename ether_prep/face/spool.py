@@ -62,14 +62,15 @@ class DetectionSpool:
         return data.reshape(-1, *shape)
 
     def write_dense(self, group: zarr.Group, name: str, field: str, frame: np.ndarray, column: np.ndarray,
-                    n_frames: int, n_columns: int, attrs: dict[str, Any] | None = None) -> zarr.Array:
+                    n_frames: int, n_columns: int, attrs: dict[str, Any] | None = None,
+                    dims: tuple[str, ...] | None = None) -> zarr.Array:
         """Scatter detections (at ``frame[i]``, ``column[i]``; ``column < 0`` dropped) into a NaN-filled
         ``(n_frames, n_columns, *row shape)`` array, one chunk of frames at a time.
 
         ``frame`` must be sorted (detections are spooled in frame order).
         """
         shape, dtype = self.fields[field]
-        arr = create_array(group, name, (n_frames, n_columns, *shape), dtype, attrs=attrs)
+        arr = create_array(group, name, (n_frames, n_columns, *shape), dtype, attrs=attrs, dims=dims)
         rows = arr.chunks[0]
         for a in range(0, n_frames, rows):
             b = min(a + rows, n_frames)

@@ -70,7 +70,7 @@ from ..align.tensors import UtteranceTensors, cut_utterances, feature_names, pad
 from ..errors import StageError
 from ..face import AU_NAMES, EMOTION_NAMES
 from ..provenance import library_versions
-from ..store import write_array, write_ragged, write_table
+from ..store import write_array, write_labels, write_ragged, write_table
 from .base import Stage
 from .utterances import Transcript, read_transcript
 
@@ -240,9 +240,9 @@ class AlignStage(Stage):
 
         self._write_links(out, linked, faces)
         self._write_tensors(out, tensors, names, available)
-        write_table(out, "utterances", table)
+        write_table(out, "utterances", table, dim="utterance")
         write_table(out, "pairs", pairs_table(session.id, pairs, list(table["id"]), list(table["text"]),
-                                              table["mismatch"], [c.flags for c in cues]))
+                                              table["mismatch"], [c.flags for c in cues]), dim="pair")
         out.attrs.update({
             "roles": roles, "role_assumed": assumed, "role_source": role_source, "speakers": transcript.speakers,
             "feature_names": names, "features_available": [bool(a) for a in available],
@@ -346,29 +346,35 @@ class AlignStage(Stage):
             "n_frames": np.array([r[4] for r in rows], dtype=np.int64),
             "person_frames": np.array([r[2].n_frames for r in rows], dtype=np.int64),
             "source": np.array([r[3] for r in rows], dtype=str),
-        })
+        }, dim="track")
 
     def _write_tensors(self, out: zarr.Group, tensors: UtteranceTensors, names: list[str],
                        available: np.ndarray) -> None:
         p: AlignParams = self.params
         n = len(tensors.grid_t0)
         write_ragged(out, "tensors", {"time": tensors.time, "face": tensors.face, "mask": tensors.mask},
-                     tensors.offsets, attrs={"feature_names": names,
+                     tensors.offsets, dims={"time": ("step",), "face": ("step", "slot", "feature"),
+                                            "mask": ("step", "slot")}, attrs={"feature_names": names,
                                              "features_available": [bool(a) for a in available],
                                              "slots": ["speaker", "listener"], "rate_hz": p.rate_hz,
                                              "pad_s": p.pad_s, "fill": "0 where mask is false"})
-        write_array(out, "pooled", tensors.pooled, chunk_len=max(n, 1),
+        write_array(out, "pooled", tensors.pooled, chunk_len=max(n, 1), dims=("utterance", "slot", "stat", "feature"),
                     attrs={"dims": ["utterance", "slot", "stat", "feature"], "stats": ["mean", "std", "max"],
                            "feature_names": names, "span": "core [start, end], steps with a face"})
-        write_array(out, "coverage", tensors.coverage, chunk_len=max(n, 1), attrs={"slots": ["speaker", "listener"]})
+        write_array(out, "coverage", tensors.coverage, chunk_len=max(n, 1), dims=("utterance", "slot"),
+                    attrs={"slots": ["speaker", "listener"]})
+        for group in (out, out["tensors"]):
+            write_labels(group, "slot", ("speaker", "listener"))
+            write_labels(group, "feature", names)
+        write_labels(out, "stat", ("mean", "std", "max"))
         if p.max_len > 0:
             face, mask, length = padded(tensors, p.max_len)
             grp = out.create_group("padded", overwrite=True)
             # ~1 MB chunks of whole utterances: one read per batch of neighbouring utterances.
             per = max(1, (1024 * 1024) // max(face[0:1].nbytes, 1))
-            write_array(grp, "face", face, chunk_len=per)
-            write_array(grp, "mask", mask, chunk_len=per)
-            write_array(grp, "length", length)
+            write_array(grp, "face", face, chunk_len=per, dims=("utterance", "step", "slot", "feature"))
+            write_array(grp, "mask", mask, chunk_len=per, dims=("utterance", "step", "slot"))
+            write_array(grp, "length", length, dims=("utterance",))
             grp.attrs.update({"max_len": p.max_len, "note": "utterances longer than max_len are cut"})
 
     def finalize(self, store: Store) -> None:

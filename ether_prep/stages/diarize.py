@@ -169,7 +169,7 @@ class DiarizeStage(Stage):
             "start": np.array([t.start for t in turns], dtype=np.float64),
             "end": np.array([t.end for t in turns], dtype=np.float64),
             "speaker": np.array([t.speaker for t in turns], dtype=str),
-        }, attrs={"units": "seconds"})
+        }, attrs={"units": "seconds"}, dim="turn")
         out.attrs.update({"backend": self.spec.backend, "model": self.model_info()["id"],
                           "n_speakers": len(speakers), "speakers": speakers,
                           "libraries": library_versions(*self.library_names())})

@@ -70,7 +70,7 @@ from ..face import AU_NAMES, EMOTION_NAMES, POSE_NAMES
 from ..face.backends import BACKENDS, EMBEDDERS, FaceBackend
 from ..face.sequence import FaceSequence
 from ..provenance import library_versions
-from ..store import write_array, write_table
+from ..store import write_array, write_labels, write_table
 from .base import Stage
 
 if TYPE_CHECKING:
@@ -283,20 +283,26 @@ class FaceStage(Stage):
         tracks = sequence.tracks()
         n_frames, n_tracks = sequence.n_frames, len(tracks.summaries)
         write_array(out, "time", sequence.frames.read("time"), attrs={"units": "s"})
-        write_array(out, "shot", sequence.frames.read("shot"),
+        write_array(out, "shot", sequence.frames.read("shot"), dims=("time",),
                     attrs={"description": "shot index of each analysed frame"})
-        dense = [("au", {"names": list(AU_NAMES)}), ("emotion", {"names": list(EMOTION_NAMES)}),
-                 ("pose", {"names": list(POSE_NAMES), "units": "degrees"}),
-                 ("box", {"names": ["x0", "y0", "x1", "y1"], "units": "px"}), ("score", {}),
-                 ("mouth_open", {"description": "lip aperture / mouth width"}),
-                 ("landmarks", {"names": ["x", "y", "z"], "units": "px"})]
-        for name, attrs in dense:
+        # (array, its last dimension and that dimension's labels, attrs): xarray reads them as labelled data.
+        dense = [("au", "au_name", AU_NAMES, {"names": list(AU_NAMES)}),
+                 ("emotion", "emotion_name", EMOTION_NAMES, {"names": list(EMOTION_NAMES)}),
+                 ("pose", "angle", POSE_NAMES, {"names": list(POSE_NAMES), "units": "degrees"}),
+                 ("box", "box_edge", ("x0", "y0", "x1", "y1"), {"names": ["x0", "y0", "x1", "y1"], "units": "px"}),
+                 ("score", None, (), {}), ("mouth_open", None, (), {"description": "lip aperture / mouth width"}),
+                 ("landmarks", "xyz", ("x", "y", "z"), {"names": ["x", "y", "z"], "units": "px"})]
+        for name, dim, labels, attrs in dense:
+            dims = ("time", "track", *(("landmark",) if name == "landmarks" else ()), *((dim,) if dim else ()))
             sequence.detections.write_dense(out, name, name, tracks.frame, tracks.track, n_frames, n_tracks,
-                                            attrs=attrs)
+                                            attrs=attrs, dims=dims)
+            if dim:
+                write_labels(out, dim, labels)
         threshold = sequence.identities.threshold
         identity_model = self._embedder.model_id if self._embedder is not None else None
-        write_array(out, "person", tracks.person, attrs={"description": "person id of each track column"})
-        write_array(out, "identity", tracks.identity, attrs={
+        write_array(out, "person", tracks.person, dims=("track",),
+                    attrs={"description": "person id of each track column"})
+        write_array(out, "identity", tracks.identity, dims=("track", "embedding"), attrs={
             "model": identity_model, "metric": "euclidean (L2-normalised embeddings)",
             "threshold": threshold, "description": "mean L2-normalised identity embedding per track; NaN: none"})
         boxes = np.array([s.mean_box for s in tracks.summaries], dtype=np.float64).reshape(-1, 4)
@@ -307,7 +313,7 @@ class FaceStage(Stage):
             "n_frames": np.array([s.n_frames for s in tracks.summaries], dtype=np.int64),
             "box_x0": boxes[:, 0], "box_y0": boxes[:, 1], "box_x1": boxes[:, 2], "box_y1": boxes[:, 3],
             "person": tracks.person, "shot": tracks.shot, "n_embeddings": tracks.n_embeddings,
-        })
+        }, dim="track")
         shots = sequence.shots
         note = f"no face found in {n_frames} analysed frame(s)" if n_tracks == 0 else None
         info = self.model_info()

@@ -140,7 +140,7 @@ class QcStage(Stage):
             "applies": np.array([c.applies for c in checks], dtype=bool),
             "ok": np.array([c.ok for c in checks], dtype=bool),
             "reason": np.array([c.reason for c in checks], dtype=str),
-        })
+        }, dim="check")
         reasons = [c.reason for c in checks if not c.ok]
         out.attrs.update({"needs_review": bool(reasons), "reasons": reasons,
                           "metrics": {k: (v if math.isfinite(v) else None) for k, v in metrics.items()},

@@ -135,7 +135,7 @@ class UtterancesStage(Stage):
             "speaker": np.array([w["speaker"] for w in words], dtype=str),
             "interpolated": np.array([w["interpolated"] for w in words], dtype=bool),
             "channel": np.array([w["channel"] for w in words], dtype=np.int8),
-        }, attrs={"units": "seconds"})
+        }, attrs={"units": "seconds"}, dim="word")
         write_table(out, "utterances", {
             "id": np.array([u.id for u in utts], dtype=str),
             "start": np.array([u.start for u in utts], dtype=np.float64),
@@ -145,7 +145,7 @@ class UtterancesStage(Stage):
             "word_start": np.array([u.word_start for u in utts], dtype=np.int64),
             "word_end": np.array([u.word_end for u in utts], dtype=np.int64),
             "score": np.array([u.score for u in utts], dtype=np.float32),
-        }, attrs={"units": "seconds"})
+        }, attrs={"units": "seconds"}, dim="utterance")
         tx = store.stage_group("transcribe").attrs
         out.attrs.update({"language": tx.get("language"), "asr_model": tx.get("model"),
                           "diarization": store.stage_group("diarize").attrs.get("backend"),
