@@ -87,13 +87,17 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = group.begin_stage("face", {"stage": "face"})
     n, rng = 4, np.random.default_rng(0)
     write_array(out, "time", np.arange(n) * 0.04)
-    write_array(out, "au", rng.random((n, 1, 2), dtype=np.float32), attrs={"names": ["AU01", "AU12"]})
-    write_array(out, "emotion", rng.random((n, 1, 2), dtype=np.float32), attrs={"names": ["happiness", "neutral"]})
-    write_array(out, "pose", rng.random((n, 1, 3), dtype=np.float32))
-    write_array(out, "box", np.tile(np.array([10, 20, 110, 140], np.float32), (n, 1, 1)))
-    write_array(out, "score", np.ones((n, 1), np.float32))
-    write_array(out, "mouth_open", rng.random((n, 1), dtype=np.float32))
-    write_array(out, "landmarks", rng.random((n, 1, 478, 3), dtype=np.float32))
+    write_array(out, "au", rng.random((n, 1, 2), dtype=np.float32), attrs={"names": ["AU01", "AU12"]},
+                dims=("time", "track", "au_name"))
+    write_array(out, "emotion", rng.random((n, 1, 2), dtype=np.float32), attrs={"names": ["happiness", "neutral"]},
+                dims=("time", "track", "emotion_name"))
+    write_array(out, "pose", rng.random((n, 1, 3), dtype=np.float32), dims=("time", "track", "angle"))
+    write_array(out, "box", np.tile(np.array([10, 20, 110, 140], np.float32), (n, 1, 1)),
+                dims=("time", "track", "box_edge"))
+    write_array(out, "score", np.ones((n, 1), np.float32), dims=("time", "track"))
+    write_array(out, "mouth_open", rng.random((n, 1), dtype=np.float32), dims=("time", "track"))
+    write_array(out, "landmarks", rng.random((n, 1, 478, 3), dtype=np.float32),
+                dims=("time", "track", "landmark", "xyz"))
     group.finish_stage("face", "done", "fp")
     return path
 
