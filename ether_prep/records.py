@@ -97,13 +97,15 @@ class Utterance:
 
 @dataclass(frozen=True)
 class FaceTrack:
-    """One face followed across analysed frames."""
+    """One face followed across analysed frames (within one shot), and the person it belongs to."""
 
     track: int
     first_time: float
     last_time: float
     n_frames: int
     mean_box: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
+    person: int  # the same id for every track of one person (across cuts, gaps and re-entries)
+    shot: int
 
 
 @dataclass(frozen=True)

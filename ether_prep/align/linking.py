@@ -65,7 +65,6 @@ __all__ = [
     "parse_speaker_tracks",
     "speech_activity",
     "str_array",
-    "track_presence",
 ]
 
 
@@ -87,15 +86,6 @@ class PersonLink:
 def str_array(values: Sequence[object] | np.ndarray) -> np.ndarray:
     """A fixed-width unicode array from anything (zarr returns numpy's variable-width StringDType)."""
     return np.array([str(v) for v in values], dtype=str) if len(values) else np.array([], dtype=str)
-
-
-def track_presence(score: np.ndarray | None, box: np.ndarray | None = None) -> np.ndarray:
-    """(F, T) bool: whether each track has a face in each frame (finite detection score, or finite box)."""
-    if score is not None:
-        return np.isfinite(np.asarray(score, dtype=np.float64))
-    if box is not None:
-        return np.isfinite(np.asarray(box, dtype=np.float64)).all(axis=-1)
-    raise ValueError("track_presence needs the face stage's score or box array")
 
 
 def mouth_signal(mouth_open: np.ndarray | None, au: np.ndarray | None = None,

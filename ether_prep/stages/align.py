@@ -62,7 +62,6 @@ from ..align.linking import (
     mouth_signal,
     parse_speaker_tracks,
     speech_activity,
-    track_presence,
 )
 from ..align.pairs import pair_dialogue, pairs_table
 from ..align.roles import HEURISTICS, ROLE_KEYS, assign_roles, listener_of, session_meta
@@ -72,6 +71,7 @@ from ..face import AU_NAMES, EMOTION_NAMES
 from ..provenance import library_versions
 from ..store import write_array, write_labels, write_ragged, write_table
 from .base import Stage
+from .face import read_faces
 from .utterances import Transcript, read_transcript
 
 if TYPE_CHECKING:
@@ -134,47 +134,26 @@ class _Faces:
 
 
 def _load_faces(store: SessionGroup, window_s: float) -> _Faces | None:
-    """The face stage's outputs as per-person arrays; None for a skipped session or one without a face array."""
-    if store.stage_state("face").state == "skipped":
+    """The face stage's outputs as per-person arrays; None for a session without video."""
+    out = read_faces(store)
+    if out is None:
         return None
-    face = store.stage_group("face")
-    if "time" not in face or "au" not in face:
-        return None
-    times = np.asarray(face["time"][...], dtype=np.float64)
-    au = np.asarray(face["au"][...], dtype=np.float64)
-    n_frames, n_tracks = au.shape[:2] if au.ndim == 3 else (times.size, 0)
-    attrs = dict(face.attrs)
-    au_names = list(attrs.get("au_names") or face["au"].attrs.get("names") or [])
-    emo = np.asarray(face["emotion"][...], dtype=np.float64) if "emotion" in face else \
-        np.full((n_frames, n_tracks, 0), np.nan)
-    emo_names = list(attrs.get("emotion_names") or (face["emotion"].attrs.get("names") if "emotion" in face
-                                                    else []) or [])
-    names = feature_names(au_names, emo_names)
+    n_frames, n_tracks = out.au.shape[:2]
+    names = feature_names(out.au_names, out.emotion_names)
     if n_tracks == 0:
-        return _Faces(times, names, [], np.zeros(0, np.int64), np.zeros(0, np.int64), [],
+        return _Faces(out.time, names, [], np.zeros(0, np.int64), np.zeros(0, np.int64), [],
                       np.zeros((n_frames, 0, 0)), np.zeros((n_frames, 0), bool), np.zeros((n_frames, 0)), None)
-    pose = np.asarray(face["pose"][...], dtype=np.float64) if "pose" in face else \
-        np.full((n_frames, n_tracks, 3), np.nan)
-    mouth_open = np.asarray(face["mouth_open"][...], dtype=np.float64) if "mouth_open" in face else None
-    score = np.asarray(face["score"][...], dtype=np.float64) if "score" in face else None
-    box = np.asarray(face["box"][...], dtype=np.float64) if "box" in face else np.full((n_frames, n_tracks, 4), np.nan)
-    present = track_presence(score, box)
-    mouth = mouth_signal(mouth_open, au, au_names)
+    present = out.present
+    mouth = mouth_signal(out.mouth_open, out.au, out.au_names)
     mouth[~present] = np.nan
-    features = np.concatenate([au, emo, pose, (mouth_open if mouth_open is not None else mouth)[..., None]],
-                              axis=-1)
+    features = np.concatenate([out.au, out.emotion, out.pose, out.mouth_open[..., None]], axis=-1)
     features[~present] = np.nan
-    tracks = list(range(n_tracks))
-    if "tracks" in face and "track" in face["tracks"]:
-        tracks = [int(t) for t in face["tracks"]["track"][...]][:n_tracks] or tracks
-    # Without identities (older stores, identity off) every track is its own person.
-    track_person = np.asarray(face["person"][...], dtype=np.int64) if "person" in face else np.arange(n_tracks)
-    persons, p_present, (p_features, p_mouth, p_box) = by_person(track_person, present, features, mouth, box)
+    persons, p_present, (p_features, p_mouth, p_box) = by_person(out.person, present, features, mouth, out.box)
     with warnings.catch_warnings():  # a person with no box at all keeps NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         mean_box = np.nanmean(p_box, axis=0)
-    return _Faces(times, names, tracks, track_person, present.sum(axis=0), persons, p_features, p_present,
-                  mouth_movement(p_mouth, times, window_s), mean_box)
+    return _Faces(out.time, names, [t.track for t in out.tracks], out.person, present.sum(axis=0), persons,
+                  p_features, p_present, mouth_movement(p_mouth, out.time, window_s), mean_box)
 
 
 @dataclass(frozen=True)

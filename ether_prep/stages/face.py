@@ -70,7 +70,8 @@ from ..face import AU_NAMES, EMOTION_NAMES, POSE_NAMES
 from ..face.backends import BACKENDS, EMBEDDERS, FaceBackend
 from ..face.sequence import FaceSequence
 from ..provenance import library_versions
-from ..store import write_array, write_labels, write_table
+from ..records import FaceTrack
+from ..store import read_table, write_array, write_labels, write_table
 from .base import Stage
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ if TYPE_CHECKING:
     from ..records import Session
     from ..store import SessionGroup
 
-__all__ = ["FaceParams", "FaceStage"]
+__all__ = ["FaceOutputs", "FaceParams", "FaceStage", "read_faces"]
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _END = object()
@@ -345,3 +346,53 @@ class FaceStage(Stage):
             suffix = f"{stats.corrupt} corrupt packet(s) skipped"
             note = f"{note}; {suffix}" if note else suffix
         return note
+
+
+@dataclass(frozen=True)
+class FaceOutputs:
+    """A session's face stage output, in memory: F analysed frames, T tracks (NaN where a track has no face)."""
+
+    time: np.ndarray  # (F,) seconds
+    au: np.ndarray  # (F, T, A)
+    emotion: np.ndarray  # (F, T, E)
+    pose: np.ndarray  # (F, T, 3) yaw, pitch, roll
+    box: np.ndarray  # (F, T, 4)
+    score: np.ndarray  # (F, T)
+    mouth_open: np.ndarray  # (F, T)
+    au_names: list[str]
+    emotion_names: list[str]
+    tracks: list[FaceTrack]
+
+    @property
+    def present(self) -> np.ndarray:
+        """(F, T) whether each track has a face in each frame."""
+        return np.isfinite(self.score)
+
+    @property
+    def person(self) -> np.ndarray:
+        """(T,) person of each track column."""
+        return np.array([t.person for t in self.tracks], dtype=np.int64)
+
+
+def read_faces(store: SessionGroup) -> FaceOutputs | None:
+    """The face stage's output for one session; None when the stage was skipped (no video).
+
+    Stores written before persons existed (face stage version 1) read with every track its own person.
+    """
+    if store.stage_state("face").state == "skipped":
+        return None
+    g = store.stage_group("face")
+    if "au" not in g:
+        return None
+    arrays = {k: np.asarray(g[k][...], dtype=np.float64) for k in ("time", "au", "emotion", "pose", "box", "score",
+                                                                    "mouth_open")}
+    t = read_table(g, "tracks")
+    n = arrays["au"].shape[1]
+    person = t["person"] if "person" in t else np.arange(n)
+    shot = t["shot"] if "shot" in t else np.zeros(n, np.int64)
+    tracks = [FaceTrack(int(t["track"][i]), float(t["first_time"][i]), float(t["last_time"][i]),
+                        int(t["n_frames"][i]), (float(t["box_x0"][i]), float(t["box_y0"][i]),
+                                                float(t["box_x1"][i]), float(t["box_y1"][i])),
+                        int(person[i]), int(shot[i])) for i in range(n)]
+    return FaceOutputs(**arrays, au_names=list(g["au"].attrs["names"]),
+                       emotion_names=list(g["emotion"].attrs["names"]), tracks=tracks)
