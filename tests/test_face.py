@@ -153,7 +153,8 @@ def test_spool_scatters_detections_into_dense_arrays(tmp_path: Path) -> None:
     with DetectionSpool({"v": ((2,), np.float32), "frame": ((), np.int64)}) as spool:
         spool.append(v=[[1, 1], [2, 2]], frame=[0, 0])
         spool.append(v=[[3, 3]], frame=[3])
-        arr = spool.write_dense(group, "v", "v", spool.read("frame"), np.array([1, 0, 1]), 5, 2)
+        arr = spool.write_dense(group, "v", "v", spool.read("frame"), np.array([1, 0, 1]), 5, 2,
+                                dims=("time", "track", "xy"))
     dense = arr[...]
     assert dense.shape == (5, 2, 2)
     np.testing.assert_array_equal(dense[0], [[2, 2], [1, 1]])
