@@ -8,6 +8,12 @@ routes:
   uses), computed *inside* whisperx's batched pipeline on the encoder output it already has, so word
   timing costs one short forced-decoding pass per batch instead of a second transcription.
 
+whisperx decodes each VAD chunk (up to 30 s) without timestamp tokens by default; a chunk holding several
+turns then often loses one. ``timestamps`` decodes them with timestamp tokens inside the batch, which keeps
+far more turns. The transcriber also reports the VAD's speech regions, and :meth:`decode_sequential`
+re-decodes short audio the faster-whisper way (sequential, timestamps, word times) on the same loaded model,
+for the transcribe stage's completeness guard.
+
 Every library error is translated into :class:`~ether_prep.errors.ModelError` naming the model and the fix.
 """
 
@@ -56,6 +62,7 @@ class AsrOptions:
     align_model: str | None = None
     model_dir: str | None = None
     local_files_only: bool = False
+    timestamps: bool = True  # decode timestamp tokens inside whisperx's batch (whisperx's own default: no)
 
 
 @dataclass
@@ -67,6 +74,8 @@ class AsrResult:
     n_segments: int
     dropped: list[str] = field(default_factory=list)  # texts of segments rejected as non-speech
     aligner: str = "whisper-cross-attention"
+    speech: list[tuple[float, float]] = field(default_factory=list)  # the VAD's speech regions (s)
+    no_speech_probs: list[float] = field(default_factory=list)  # per decoding window (sequential decoding)
 
 
 def resolve_asr_model(model: str) -> tuple[str, str]:
@@ -104,6 +113,16 @@ def resolve_asr_model(model: str) -> tuple[str, str]:
 def _compression_ratio(text: str) -> float:
     data = text.encode("utf-8")
     return len(data) / max(len(zlib.compress(data)), 1)
+
+
+def _anomalous(words: list[Any]) -> bool:
+    """faster-whisper's hallucination test on a segment's first 8 words (``is_segment_anomaly`` in its
+    ``generate_segments``): improbable (< 0.15), very short (< 0.133 s) or very long (> 2 s) words."""
+    score = 0.0
+    for w in words[:8]:
+        duration = w.end - w.start
+        score += (w.probability < 0.15) + max(0.133 - duration, 0.0) * 15 + max(duration - 2.0, 0.0)
+    return bool(words) and (score >= 3 or score + 0.01 >= len(words[:8]))
 
 
 def _content_frames(features: np.ndarray) -> int:
@@ -147,6 +166,9 @@ def _aligning_model_class() -> type:
                 seq_len = len(r.sequences_ids[0])
                 avg_logprobs.append(r.scores[0] * (seq_len ** options.length_penalty) / (seq_len + 1))
             alignments: list[list[dict[str, Any]]] = [[] for _ in range(batch_size)]
+            # With timestamp tokens in the sequence (nearly always probable) its mean log-probability no longer
+            # tells speech from noise; the text tokens' own probabilities, from the alignment pass, still do.
+            text_logprobs = list(avg_logprobs)
             if self.word_timestamps and any(tokens):
                 feats = np.asarray(features)
                 frames = [max(_content_frames(feats[i]), 2) for i in range(batch_size)]
@@ -155,15 +177,49 @@ def _aligning_model_class() -> type:
                 found = self.find_alignment(tokenizer, to_align, encoder_output, frames)
                 for i, words in enumerate(found):
                     if tokens[i]:
+                        if not options.without_timestamps and words:
+                            n = sum(len(w["tokens"]) for w in words)
+                            text_logprobs[i] = sum(len(w["tokens"]) * np.log(max(w["probability"], 1e-9))
+                                                   for w in words) / max(n, 1)
                         fwt.merge_punctuations(words, options.prepend_punctuations, options.append_punctuations)
                         alignments[i] = [w for w in words if w["word"]]
             for i, r in enumerate(results):
                 self.extras.append({"no_speech_prob": float(r.no_speech_prob), "words": alignments[i],
-                                    "avg_logprob": float(avg_logprobs[i])})
+                                    "avg_logprob": float(text_logprobs[i])})
             text = tokenizer.tokenizer.decode_batch(tokens)
             return {"text": text, "avg_logprob": avg_logprobs}
 
+        def generate_with_fallback(self, encoder_output, prompt, tokenizer, options):  # type: ignore[override]
+            """faster-whisper's sequential decoding step; keeps each window's no-speech probability, which
+            faster-whisper drops with the window when it judges it silent."""
+            found = super().generate_with_fallback(encoder_output, prompt, tokenizer, options)
+            self.no_speech_probs.append(float(found[0].no_speech_prob))
+            return found
+
     return AligningWhisperModel
+
+
+def _recording_vad(inner: Any) -> Any:
+    """whisperx's VAD, unchanged, keeping the speech regions it found before merging them into chunks."""
+    from whisperx.vads import Vad
+
+    class RecordingVad(Vad):
+        def __init__(self) -> None:  # Vad.__init__ only checks an onset the inner VAD already has
+            self.regions: list[tuple[float, float]] = []
+
+        def __call__(self, audio: Any, **kwargs: Any) -> Any:
+            return inner(audio, **kwargs)
+
+        def preprocess_audio(self, audio: Any) -> Any:
+            return inner.preprocess_audio(audio)
+
+        def merge_chunks(self, segments: Any, chunk_size: int, onset: float, offset: float | None) -> list:
+            chunks = inner.merge_chunks(segments, chunk_size, onset=onset, offset=offset)
+            self.regions = [(float(a), float(b)) for c in chunks for a, b in c.get("segments") or
+                            [(c["start"], c["end"])]]
+            return chunks
+
+    return RecordingVad()
 
 
 class WhisperxTranscriber:
@@ -192,6 +248,7 @@ class WhisperxTranscriber:
                              ) from exc
         model.word_timestamps = options.word_timestamps and options.align_model is None
         model.extras = []
+        model.no_speech_probs = []
         self._model = model
         if not model.model.is_multilingual:
             language = "en"
@@ -200,7 +257,8 @@ class WhisperxTranscriber:
                 self.model_path, device=options.device, device_index=options.device_index,
                 compute_type=options.compute_type, language=language, model=model, threads=options.threads,
                 asr_options={"beam_size": options.beam_size, "no_speech_threshold": options.no_speech_threshold,
-                             "log_prob_threshold": options.log_prob_threshold},
+                             "log_prob_threshold": options.log_prob_threshold,
+                             "without_timestamps": not options.timestamps},
                 vad_options={"vad_onset": options.vad_onset, "vad_offset": options.vad_offset,
                              "chunk_size": options.chunk_size},
             )
@@ -209,6 +267,8 @@ class WhisperxTranscriber:
                              f"in whisperx/assets): {exc}") from exc
         if options.vad_step != 0.1:
             self._set_vad_step(options.vad_step)
+        self._vad = _recording_vad(self.pipeline.vad_model)
+        self.pipeline.vad_model = self._vad
         self._align: tuple[Any, dict[str, Any]] | None = None
         self._align_language: str | None = None
 
@@ -249,6 +309,7 @@ class WhisperxTranscriber:
         """Transcribe one recording; returns words with times in seconds from the start of ``audio``."""
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         self._model.extras = []
+        self._vad.regions = []
         try:
             result = self.pipeline.transcribe(audio, batch_size=self.options.batch_size,
                                               chunk_size=self.options.chunk_size,
@@ -268,14 +329,52 @@ class WhisperxTranscriber:
                 continue
             kept.append((seg, extra))
         language = result.get("language") or self.options.language or "en"
+        speech = list(self._vad.regions)
         if self.options.align_model is not None and kept:
             words = self._wav2vec2_words([s for s, _ in kept], audio, language)
-            return AsrResult(words, language, len(kept), dropped, aligner=f"whisperx.align:{self.options.align_model}")
+            return AsrResult(words, language, len(kept), dropped, aligner=f"whisperx.align:{self.options.align_model}",
+                             speech=speech)
         words = []
         for seg, extra in kept:
             words.extend(self._segment_words(seg, extra))
         aligner = "whisper-cross-attention" if self.options.word_timestamps else "none (segment times)"
-        return AsrResult(words, language, len(kept), dropped, aligner=aligner)
+        return AsrResult(words, language, len(kept), dropped, aligner=aligner, speech=speech)
+
+    def decode_sequential(self, audio: np.ndarray, language: str | None = None) -> AsrResult:
+        """Decode short audio (up to 30 s) the faster-whisper way on the loaded model: sequential
+        windows, timestamp tokens, cross-attention word times, greedy temperature only (no fallback: this
+        re-decodes small stretches and must stay cheap).
+
+        It is a second opinion on audio the batched pass found no words in, so its segments must be surer:
+        besides the usual non-speech guards, a segment is dropped (and listed) when its no-speech probability
+        alone passes the threshold, or when its words look hallucinated by faster-whisper's own anomaly score
+        (improbable, very short or very long words: "Thank you." on noise).
+        """
+        self._model.no_speech_probs = []
+        language = language or self.options.language or ("en" if not self._model.model.is_multilingual else None)
+        # Fast speech is ~5 tokens/s: a bound that stops repetition loops from decoding 448 tokens.
+        max_new_tokens = min(int(24 + 8 * len(audio) / SAMPLE_RATE), 400)
+        try:
+            segments, info = self._model.transcribe(
+                np.ascontiguousarray(audio, dtype=np.float32), language=language, beam_size=self.options.beam_size,
+                temperature=0.0, condition_on_previous_text=False, word_timestamps=True, vad_filter=False,
+                no_speech_threshold=self.options.no_speech_threshold, max_new_tokens=max_new_tokens,
+                log_prob_threshold=self.options.log_prob_threshold)
+            segments = list(segments)
+        except Exception as exc:
+            raise StageError(f"faster-whisper re-decoding failed: {exc}") from exc
+        words, dropped = [], []
+        for seg in segments:
+            text = seg.text.strip()
+            timed = [w for w in seg.words or [] if any(c.isalnum() for c in w.word)]  # not a lone "-"
+            if (self._is_non_speech(text, {"no_speech_prob": seg.no_speech_prob, "avg_logprob": seg.avg_logprob})
+                    or seg.no_speech_prob > self.options.no_speech_threshold or _anomalous(timed)):
+                dropped.append(text)
+                continue
+            words.extend({"text": w.word.strip(), "start": float(w.start), "end": float(max(w.end, w.start)),
+                          "score": float(w.probability), "interpolated": False} for w in timed)
+        return AsrResult(words, info.language, len(segments) - len(dropped), dropped,
+                         no_speech_probs=list(self._model.no_speech_probs))
 
     def _is_non_speech(self, text: str, extra: dict[str, Any]) -> bool:
         """Whisper's guards against text invented for silence, noise or music."""
