@@ -7,8 +7,9 @@ Builds a ~5-minute recording from the shared clips (PyAV, in a temporary folder)
   ``run_pipeline`` (model loading excluded the same way: the figures are per-stage run times);
 
 and prints real-time factors, the transcription overhead over bare whisperx (as the ``cpu`` pipeline runs it,
-and with whisperx's own VAD hop, ``vad_step: 0.1``), diarization's share of the speech stages, and peak
-memory (ru_maxrss of this process).
+and with whisperx's own VAD hop, ``vad_step: 0.1``), the completeness guard's cost (the ``transcribe`` stage
+with ``completeness: false`` in the same rounds) and what it re-decoded, diarization's share of the speech
+stages, and peak memory (ru_maxrss of this process).
 Run: ``uv run python bench/bench_speech.py``.
 """
 
@@ -20,8 +21,12 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ether_prep.config import Pipeline
 
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -56,6 +61,13 @@ def build_input(dest: Path, seconds: float = 300.0, sr: int = 16000) -> Path:
     return dest
 
 
+def with_transcribe(pipeline: Pipeline, **params: object) -> Pipeline:
+    """The pipeline with some of the transcribe stage's parameters changed."""
+    tx = pipeline.stage("transcribe")
+    tx = dataclasses.replace(tx, params=dataclasses.replace(tx.params, **params))
+    return dataclasses.replace(pipeline, stages=tuple(tx if s.name == "transcribe" else s for s in pipeline.stages))
+
+
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -68,6 +80,8 @@ def main() -> None:
     args = ap.parse_args()
     from ether_prep.config import load_pipeline
     from ether_prep.runner import run_pipeline
+    from ether_prep.sessions import session_id
+    from ether_prep.store import Store
 
     pipeline = load_pipeline("cpu")
     tx = pipeline.stage("transcribe")
@@ -98,21 +112,24 @@ def main() -> None:
         summary = run_pipeline(pipeline, raw, store, only=["audio", "transcribe", "diarize", "utterances"])
         times = {o.stage: o.elapsed_s for o in summary.outcomes if o.session_id.startswith("five_minutes")}
         # The same stage with whisperx's own VAD hop (pyannote's 10%), to separate our overhead (word timing,
-        # guards, storage) from the VAD speed-up the cpu pipeline configures.
-        same_vad = dataclasses.replace(tx, params=dataclasses.replace(tx.params, vad_step=0.1))
-        same_vad_pipeline = dataclasses.replace(
-            pipeline, stages=tuple(same_vad if s.name == "transcribe" else s for s in pipeline.stages))
+        # guards, storage) from the VAD speed-up the cpu pipeline configures; and without the completeness
+        # guard (re-decoding speech left without words), to price the guard.
+        same_vad_pipeline = with_transcribe(pipeline, vad_step=0.1)
+        no_guard_pipeline = with_transcribe(pipeline, completeness=False)
         # Shared machines are noisy: alternate bare and ether-prep transcription and keep each one's best.
-        bare_runs, ours_runs, same_vad_runs = [], [times["transcribe"]], []
+        bare_runs, ours_runs, same_vad_runs, no_guard_runs = [], [times["transcribe"]], [], []
         for _ in range(args.rounds):
             t0 = time.perf_counter()
             model.transcribe(whisperx.load_audio(str(wav)), batch_size=tx.resources.batch_size)
             bare_runs.append(time.perf_counter() - t0)
-            for pipe, runs in ((pipeline, ours_runs), (same_vad_pipeline, same_vad_runs)):
+            for pipe, runs in ((pipeline, ours_runs), (no_guard_pipeline, no_guard_runs),
+                               (same_vad_pipeline, same_vad_runs)):
                 again = run_pipeline(pipe, raw, store, only=["transcribe"], force=True)
                 runs += [o.elapsed_s for o in again.outcomes if o.session_id.startswith("five_minutes")]
         bare_t = min(bare_runs)
         times["transcribe"] = min(ours_runs)
+        run_pipeline(pipeline, raw, store, only=["transcribe"], force=True)  # leave the guard's attrs in place
+        guard = dict(Store(store).session(session_id(wav.name)).stage_group("transcribe").attrs)
         del model
         mem_bare = peak_mb()
     speech_total = sum(times[s] for s in ("audio", "transcribe", "diarize", "utterances"))
@@ -124,9 +141,15 @@ def main() -> None:
           f"(words with times, hallucination guards, store writes included)")
     print(f"  with whisperx's own VAD hop (vad_step 0.1): {min(same_vad_runs):.2f} s, "
           f"overhead {min(same_vad_runs) / bare_t - 1:+.1%}")
+    redecoded = guard["redecoded"]
+    print(f"completeness guard: transcribe {times['transcribe']:.2f} s with it, {min(no_guard_runs):.2f} s without: "
+          f"cost {times['transcribe'] / min(no_guard_runs) - 1:+.1%}; re-decoded {len(redecoded)} stretch(es), "
+          f"{sum(e - s for s, e in redecoded):.1f} s; speech coverage {guard['speech_coverage']:.3f}; "
+          f"still uncovered {len(guard['uncovered'])}")
     print(f"diarization share of the speech stages: {times['diarize'] / speech_total:.1%}")
     print(f"transcription runs (s): bare {[round(t, 2) for t in bare_runs]}, "
-          f"ether-prep {[round(t, 2) for t in ours_runs]}, vad_step 0.1 {[round(t, 2) for t in same_vad_runs]}")
+          f"ether-prep {[round(t, 2) for t in ours_runs]}, no guard {[round(t, 2) for t in no_guard_runs]}, "
+          f"vad_step 0.1 {[round(t, 2) for t in same_vad_runs]}")
     print(f"peak memory (RSS, one process running both): {mem_bare:.0f} MB")
 
 
