@@ -170,18 +170,20 @@ def _aligning_model_class() -> type:
             # With timestamp tokens in the sequence (nearly always probable) its mean log-probability no longer
             # tells speech from noise; the text tokens' own probabilities, from the alignment pass, still do.
             text_logprobs = list(avg_logprobs)
-            if self.word_timestamps and any(tokens):
+            if (self.word_timestamps or not options.without_timestamps) and any(tokens):
                 feats = np.asarray(features)
                 frames = [max(_content_frames(feats[i]), 2) for i in range(batch_size)]
                 # ctranslate2 cannot align an empty sequence: give empty items the end-of-text token alone.
                 to_align = [t if t else [tokenizer.eot] for t in tokens]
                 found = self.find_alignment(tokenizer, to_align, encoder_output, frames)
                 for i, words in enumerate(found):
-                    if tokens[i]:
-                        if not options.without_timestamps and words:
-                            n = sum(len(w["tokens"]) for w in words)
-                            text_logprobs[i] = sum(len(w["tokens"]) * np.log(max(w["probability"], 1e-9))
-                                                   for w in words) / max(n, 1)
+                    if not tokens[i]:
+                        continue
+                    if not options.without_timestamps and words:
+                        n = sum(len(w["tokens"]) for w in words)
+                        text_logprobs[i] = sum(len(w["tokens"]) * np.log(max(w["probability"], 1e-9))
+                                               for w in words) / max(n, 1)
+                    if self.word_timestamps:
                         fwt.merge_punctuations(words, options.prepend_punctuations, options.append_punctuations)
                         alignments[i] = [w for w in words if w["word"]]
             for i, r in enumerate(results):
