@@ -17,7 +17,8 @@ Output group ``transcribe/``::
             measured against
     attrs   language, model, model_source, aligner, n_segments, dropped_segments, channels, libraries,
             speech_seconds, covered_seconds, speech_coverage (0..1, null without speech), redecoded
-            ([[start, end], ...]), uncovered ([{start, end, reason}, ...]), stretched_words
+            ([[start, end], ...]), uncovered ([{start, end, reason}, ...]), stretched_words,
+            completeness_seconds (time the guard took)
 
 Word times come from ``whisperx.align`` (wav2vec2) when ``align_model`` is set, else from Whisper's
 cross-attention alignment computed inside the same batched pass; then word edges that run into silence are
@@ -45,6 +46,7 @@ VAD missed (up to 0.5 s), otherwise the word is clamped into it. What is still u
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -217,6 +219,7 @@ class TranscribeStage(Stage):
         """The completeness guard: re-decode speech left without words, merge, put every word inside speech."""
         assert self._asr is not None
         p: TranscribeParams = self.params
+        started = time.perf_counter()
         speech = refine_speech_regions(vad, energy)
         redecoded: list[tuple[float, float]] = []
         why: dict[tuple[float, float], str] = {}
@@ -255,7 +258,8 @@ class TranscribeStage(Stage):
             reasons.append({"start": round(s, 3), "end": round(e, 3), "reason": reason})
         total, covered = speech_coverage(speech, words)
         return words, {"speech": speech, "speech_seconds": total, "covered_seconds": covered,
-                       "redecoded": sorted(redecoded), "uncovered": reasons, "stretched_words": n_cut}
+                       "redecoded": sorted(redecoded), "uncovered": reasons, "stretched_words": n_cut,
+                       "guard_seconds": time.perf_counter() - started}
 
     @staticmethod
     def _why(new: list[dict[str, Any]], echoes: list[dict[str, Any]], result: AsrResult) -> str:
@@ -317,6 +321,7 @@ class TranscribeStage(Stage):
             "speech_coverage": covered / total if total > 0 else None,
             "redecoded": redecoded, "uncovered": uncovered,
             "stretched_words": sum(i["stretched_words"] for i in infos),
+            "completeness_seconds": round(sum(i["guard_seconds"] for i in infos), 3),
             "libraries": library_versions(*self.library_names()),
         }
         write_table(out, "words", {
