@@ -200,10 +200,11 @@ def subtract_spans(regions: Sequence[Span], spans: Iterable[Span]) -> list[Span]
     return out
 
 
-def speech_coverage(regions: Sequence[Span], words: Sequence[Word]) -> tuple[float, float]:
-    """Seconds of speech and seconds of it that word spans cover."""
+def speech_coverage(regions: Sequence[Span], words: Sequence[Word], slack: float = 0.0) -> tuple[float, float]:
+    """Seconds of speech and seconds of it that word spans cover, each span widened by ``slack`` s per side
+    (the precision of word edges, as in :func:`uncovered_speech`)."""
     total = float(sum(e - s for s, e in regions))
-    left = subtract_spans(regions, [(w["start"], w["end"]) for w in words])
+    left = subtract_spans(regions, [(w["start"] - slack, w["end"] + slack) for w in words])
     return total, total - float(sum(e - s for s, e in left))
 
 

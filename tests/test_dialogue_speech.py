@@ -75,6 +75,8 @@ def test_coverage_and_uncovered_speech_with_slack() -> None:
     words = [_w("a", 0.0, 0.5), _w("b", 0.9, 2.0), _w("c", 3.1, 3.4)]
     total, covered = sp.speech_coverage(regions, words)
     assert total == pytest.approx(4.0) and covered == pytest.approx(0.5 + 1.1 + 0.3)
+    # with word edges good to 0.15 s, only 0.65-0.75 and 3.55-5.0 are left
+    assert sp.speech_coverage(regions, words, slack=0.15)[1] == pytest.approx(4.0 - 0.1 - 1.45)
     # 0.5-0.9 is a 0.4 s gap between words: within 2 x 0.15 s slack of them it is not speech without words
     # (0.1 s left); 3.55-5.0 after "c" is.
     assert _same(sp.uncovered_speech(regions, words, slack=0.15, min_len=0.3), [(3.55, 5.0)])

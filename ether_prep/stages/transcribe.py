@@ -16,9 +16,9 @@ Output group ``transcribe/``::
     speech  table: start, end (float64 s), channel (int, -1 = downmix): the speech regions coverage is
             measured against
     attrs   language, model, model_source, aligner, n_segments, dropped_segments, channels, libraries,
-            speech_seconds, covered_seconds, speech_coverage (0..1, null without speech), redecoded
-            ([[start, end], ...]), uncovered ([{start, end, reason}, ...]), stretched_words,
-            completeness_seconds (time the guard took)
+            speech_seconds, covered_seconds (by word spans widened by ``coverage_slack``),
+            speech_coverage (0..1, null without speech), redecoded ([[start, end], ...]),
+            uncovered ([{start, end, reason}, ...]), stretched_words, completeness_seconds (the guard's time)
 
 Word times come from ``whisperx.align`` (wav2vec2) when ``align_model`` is set, else from Whisper's
 cross-attention alignment computed inside the same batched pass; then word edges that run into silence are
@@ -256,7 +256,7 @@ class TranscribeStage(Stage):
             reason = inside[-1] if inside else ("completeness guard off" if not p.completeness else
                                                "not re-decoded: uncovered only once words were placed in speech")
             reasons.append({"start": round(s, 3), "end": round(e, 3), "reason": reason})
-        total, covered = speech_coverage(speech, words)
+        total, covered = speech_coverage(speech, words, p.coverage_slack)
         return words, {"speech": speech, "speech_seconds": total, "covered_seconds": covered,
                        "redecoded": sorted(redecoded), "uncovered": reasons, "stretched_words": n_cut,
                        "guard_seconds": time.perf_counter() - started}
