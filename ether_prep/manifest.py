@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .store import read_table
+from .store import is_url, read_table
 
 if TYPE_CHECKING:
     from .store import Store
@@ -109,6 +109,14 @@ def _write(columns: dict[str, list[Any]], path: os.PathLike[str] | str, schema_h
 
     table = pa.table(columns) if columns else pa.table({k: pa.array([], pa.string()) for k in schema_hint})
     tmp = f"{path}.tmp"
+    if is_url(path):  # a store behind an fsspec URL (object stores replace an object whole)
+        import fsspec
+
+        fs, target = fsspec.core.url_to_fs(str(path))
+        with fs.open(f"{target}.tmp", "wb") as fh:
+            pq.write_table(table, fh)
+        fs.mv(f"{target}.tmp", target)
+        return
     pq.write_table(table, tmp)
     os.replace(tmp, path)  # readers never see a half-written manifest
 

@@ -6,6 +6,7 @@ import os
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,12 @@ from .stages import stage_class
 from .stages.base import Stage
 from .store import Store
 
-__all__ = ["Outcome", "StageWorker", "Task"]
+__all__ = ["Outcome", "ProgressFn", "StageWorker", "Task"]
+
+# (stage, session id, media seconds processed so far): how a worker tells the driver where it is in a session.
+ProgressFn = Callable[[str, str, float], None]
+# A worker forwards at most this many in-session progress reports a second.
+_REPORTS_PER_S = 4.0
 
 
 @dataclass(frozen=True)
@@ -25,13 +31,22 @@ class Task:
     """A (session, stage) to compute, with the fingerprint and provenance its marker will carry."""
 
     session: Session
+    stage: str
     fingerprint: str
     marker: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def media_s(self) -> float:
+        return self.session.probe.duration if self.session.probe else 0.0
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one (session, stage): done, skipped, cached, failed or blocked."""
+    """What happened to one (session, stage): done, skipped, cached, failed or blocked.
+
+    ``retries`` counts the times the session was handed to a new worker because the one computing it was
+    lost (a crashed process, a dead node); ``started_at`` is the wall-clock time (epoch seconds) it began.
+    """
 
     session_id: str
     stage: str
@@ -39,6 +54,8 @@ class Outcome:
     message: str | None = None
     elapsed_s: float = 0.0
     media_s: float = 0.0
+    retries: int = 0
+    started_at: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -55,21 +72,38 @@ class StageWorker:
     """Holds one stage instance, loads its models once, and processes sessions one by one.
 
     Executors create one per worker (one per Ray actor); the worker opens the store itself so that it
-    can run in another process or on another node with the store on a shared filesystem.
+    can run in another process or on another node with the store on a shared filesystem or behind an
+    fsspec URL. ``stage_cls`` defaults to the registered class of ``spec.name``; ``report`` receives
+    in-session progress (throttled here, so stages may report as often as they like).
     """
 
-    def __init__(self, spec: StageSpec, store_path: str | Path) -> None:
+    def __init__(self, spec: StageSpec, store_path: str | Path, stage_cls: type[Stage] | None = None,
+                 report: ProgressFn | None = None) -> None:
         self.spec = spec
-        self.store_path = Path(store_path)
-        self.stage: Stage = stage_class(spec.name)(spec)
+        self.store_path = store_path
+        self.stage: Stage = (stage_cls or stage_class(spec.name))(spec)
+        self._report = report
         self._ready = False
+
+    def _progress_for(self, session_id: str) -> Callable[[float], None] | None:
+        if self._report is None:
+            return None
+        report, stage, last = self._report, self.spec.name, [0.0]
+
+        def progress(media_s: float) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 1.0 / _REPORTS_PER_S:
+                last[0] = now
+                report(stage, session_id, media_s)
+
+        return progress
 
     def process(self, task: Task) -> Outcome:
         session = task.session
-        media_s = session.probe.duration if session.probe else 0.0
-        t0 = time.perf_counter()
+        started_at, t0 = time.time(), time.perf_counter()
         group = Store(self.store_path).session(session.id)
         out = group.begin_stage(self.spec.name, task.marker)
+        self.stage.progress_hook = self._progress_for(session.id)
         try:
             if not self._ready:
                 self.stage.setup()
@@ -84,11 +118,13 @@ class StageWorker:
             elapsed = time.perf_counter() - t0
             group.finish_stage(self.spec.name, "done", task.fingerprint, note=note, elapsed_s=round(elapsed, 3),
                                worker=_where_am_i())
-            return Outcome(session.id, self.spec.name, "done", note, elapsed, media_s)
+            return Outcome(session.id, self.spec.name, "done", note, elapsed, task.media_s, started_at=started_at)
+        finally:
+            self.stage.progress_hook = None
         elapsed = time.perf_counter() - t0
         group.finish_stage(self.spec.name, "failed", None, error=message, elapsed_s=round(elapsed, 3),
                            worker=_where_am_i())
-        return Outcome(session.id, self.spec.name, "failed", message, elapsed, media_s)
+        return Outcome(session.id, self.spec.name, "failed", message, elapsed, task.media_s, started_at=started_at)
 
     def close(self) -> None:
         if self._ready:
