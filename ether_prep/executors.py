@@ -28,6 +28,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -49,6 +50,8 @@ AUTO_RAY_MIN_SESSIONS = 4
 AUTO_RAY_MIN_MEDIA_S = 600.0
 # Ray restarts a crashed actor process this often before the actor counts as gone (then it is replaced).
 _MAX_RESTARTS = 2
+# What starting an actor is assumed to cost until one has started (seconds).
+_START_S = 2.0
 # How often the driver asks Ray for in-session progress and for the cluster's resources (seconds).
 _PROGRESS_EVERY_S = 0.5
 _RESOURCES_EVERY_S = 10.0
@@ -125,6 +128,7 @@ class ActorRecord:
     name: str
     created: float
     devices: str | None = None  # CUDA_VISIBLE_DEVICES as the actor found it once up; None until then
+    up: float | None = None  # when it first answered
     ended: float | None = None
 
 
@@ -162,6 +166,7 @@ class _Pool:
         self.start_failures = 0
         self.unplaceable: str | None = None  # why no node of the cluster can hold one of its actors
         self.made = 0
+        self.task_s, self.tasks_done = 0.0, 0  # time its finished tasks took, model loads included
 
     def push(self, job: _Job, first: bool = False) -> None:
         # Longest session first, so a long recording does not start last; a retried one goes before all.
@@ -174,9 +179,18 @@ class _Pool:
     def busy(self) -> bool:
         return bool(self.queue) or any(a.job for a in self.actors)
 
-    def wants_actor(self, cap: int | None) -> bool:
+    def wants_actor(self, cap: int | None, start_s: float) -> bool:
+        """Whether one more actor would pay: tasks wait beyond the free actors, and the queue would keep each
+        actor busy longer than starting one takes (``start_s``). A task takes what this stage's finished
+        tasks took on average; before any has finished, at least as long as the oldest running one."""
         free = sum(1 for a in self.actors if a.job is None)
-        return len(self.queue) > free and (cap is None or len(self.actors) < cap) and self.unplaceable is None
+        if len(self.queue) <= free or (cap is not None and len(self.actors) >= cap):
+            return False
+        if self.tasks_done:
+            per_task = self.task_s / self.tasks_done
+        else:
+            per_task = max((time.time() - a.job.started for a in self.actors if a.job), default=0.0)
+        return per_task * len(self.queue) / len(self.actors) > start_s
 
 
 def _add(a: dict[str, float], b: dict[str, float], sign: float = 1.0) -> dict[str, float]:
@@ -187,9 +201,11 @@ def _fits(used: dict[str, float], need: dict[str, float], total: dict[str, float
     return all(used.get(k, 0.0) + v <= total.get(k, 0.0) + 1e-9 for k, v in need.items() if v > 0)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+def _why(exc: BaseException) -> str:
+    """One line on a Ray error: its first, or for an actor whose ``__init__`` raised, the exception's own."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if ln.strip()]
+    line = (lines[-1] if getattr(exc, "actor_init_failed", False) else lines[0]) if lines else ""
+    return f"{type(exc).__name__}: {line}"
 
 
 class RayExecutor:
@@ -334,14 +350,17 @@ class RayExecutor:
                 held = _add(held, pool.need)
         return held
 
+    def _expecting(self, pool: _Pool) -> bool:
+        """Whether tasks are on their way: a stage it reads is at work."""
+        return any(self._pools[up].busy for up in pool.upstream)
+
     def _reserve(self, grower: _Pool, held: dict[str, float]) -> dict[str, float]:
-        """Room for one actor of each stage without one whose upstream is at work (its tasks are coming)."""
+        """Room for one actor of each stage that has none while its tasks are on their way."""
         reserve: dict[str, float] = {}
         for pool in self._pools.values():
-            if pool is grower or pool.actors or pool.finished or pool.unplaceable:
+            if pool is grower or pool.actors or pool.finished or pool.unplaceable or not self._expecting(pool):
                 continue
-            if any(self._pools[up].busy for up in pool.upstream) and _fits(_add(held, reserve), pool.need,
-                                                                           self._total):
+            if _fits(_add(held, reserve), pool.need, self._total):
                 reserve = _add(reserve, pool.need)
         return reserve
 
@@ -363,19 +382,33 @@ class RayExecutor:
         return None if best is None else (best[1], best[2])
 
     def _schedule(self) -> None:
-        """Start actors where work waits (first actors before second ones), then hand out tasks."""
+        """Start actors, then hand out tasks. First the first actor of each stage with tasks waiting (taking
+        an idle actor's place if need be); then that of each stage whose tasks are on their way, so its
+        start overlaps the upstream work; then more actors where queues justify them (see
+        :meth:`_Pool.wants_actor`), leaving room for the first actor of stages still to come."""
         held, stuck = self._held(), set()
+        ups = [a.up - a.created for a in self.actor_log if a.up is not None]
+        start_s = sum(ups) / len(ups) if ups else _START_S
         while True:
-            wanting = [p for p in self._pools.values() if p.name not in stuck and p.wants_actor(self.workers)]
-            if not wanting:
+            options: list[tuple[tuple[float, ...], _Pool]] = []
+            for p in self._pools.values():
+                if p.name in stuck or p.finished or p.unplaceable:
+                    continue
+                if not p.actors and p.queue:
+                    options.append(((0, p.index), p))
+                elif not p.actors and self._expecting(p):
+                    options.append(((1, p.index), p))
+                elif p.actors and p.wants_actor(self.workers, start_s):
+                    options.append(((2, -len(p.queue) / len(p.actors), p.index), p))
+            if not options:
                 break
-            pool = min(wanting, key=lambda p: (bool(p.actors), -len(p.queue) / max(len(p.actors), 1), p.index))
-            used = _add(held, self._reserve(pool, held)) if pool.actors else held
+            rank, pool = min(options, key=lambda o: o[0])
+            used = _add(held, self._reserve(pool, held)) if rank[0] == 2 else held
             if _fits(used, pool.need, self._total):
                 self._create(pool)
                 held = _add(held, pool.need)
                 continue
-            victim = self._victim(pool, used)
+            victim = self._victim(pool, used) if rank[0] != 1 else None  # no one makes way for a guess
             if victim is None:
                 stuck.add(pool.name)
                 continue
@@ -416,14 +449,14 @@ class RayExecutor:
             if not actor.up:
                 pool.start_failures += 1
                 if pool.start_failures >= self.max_attempts:
-                    self._fail_queue(pool, f"its workers could not start ({_first_line(exc)})")
+                    self._fail_queue(pool, f"its workers could not start ({_why(exc)})")
             return
         actor.ping = None
         if actor.up:  # restarted by Ray after its process died: possibly elsewhere, so a new placement
             actor.record.ended = time.monotonic()
             actor.record = ActorRecord(pool.name, actor.record.name, time.monotonic())
             self.actor_log.append(actor.record)
-        actor.up, actor.record.devices, pool.start_failures = True, devices, 0
+        actor.up, actor.record.devices, actor.record.up, pool.start_failures = True, devices, time.monotonic(), 0
         if pool.finished and not pool.queue:
             self._end(pool, actor)
 
@@ -439,7 +472,7 @@ class RayExecutor:
                               f"{task.session.relpath}: {type(cause).__name__} in the worker of stage "
                               f"{task.stage!r}: {cause}", media_s=task.media_s, started_at=job.started)
         except self._RayError as exc:  # the worker was lost (process or node): another one takes the session
-            job.losses.append(_first_line(exc))
+            job.losses.append(_why(exc))
             actor.ping = actor.handle.devices.remote()  # answers once Ray has restarted it, fails if it is gone
             if len(job.losses) < self.max_attempts:
                 pool.push(job, first=True)
@@ -448,6 +481,8 @@ class RayExecutor:
                               f"{task.session.relpath}: the worker computing it was lost {len(job.losses)} times "
                               f"({'; '.join(job.losses)}); not retried further", media_s=task.media_s,
                               started_at=job.started)
+        pool.task_s += outcome.elapsed_s
+        pool.tasks_done += 1
         if job.losses:
             outcome = replace(outcome, retries=len(job.losses))
         if pool.finished and not pool.queue:

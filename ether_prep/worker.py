@@ -84,6 +84,7 @@ class StageWorker:
         self.stage: Stage = (stage_cls or stage_class(spec.name))(spec)
         self._report = report
         self._ready = False
+        self._store: Store | None = None  # opened at the first task, in the process that runs it
 
     def _progress_for(self, session_id: str) -> Callable[[float], None] | None:
         if self._report is None:
@@ -101,7 +102,9 @@ class StageWorker:
     def process(self, task: Task) -> Outcome:
         session = task.session
         started_at, t0 = time.time(), time.perf_counter()
-        group = Store(self.store_path).session(session.id)
+        if self._store is None:
+            self._store = Store(self.store_path)
+        group = self._store.session(session.id)
         out = group.begin_stage(self.spec.name, task.marker)
         self.stage.progress_hook = self._progress_for(session.id)
         try:

@@ -1,4 +1,5 @@
-"""Issue 2: discovery, the audio stage, resume, failures, status, Ray, validate, fast --help."""
+"""Issue 2: discovery, the audio stage, resume, failures, status, Ray, validate, fast --help (GPU placement on
+Ray: tests/test_ray.py)."""
 
 from __future__ import annotations
 
@@ -254,18 +255,3 @@ def test_sessions_csv_attaches_roles_and_notes(raw_dir: Path, tmp_path: Path) ->
     (raw / "sessions.csv").write_text("name,client\nclient.wav,A\n")
     with pytest.raises(ConfigError, match="needs a 'file' column"):
         discover_sessions(raw)
-
-
-def test_ray_gives_each_gpu_actor_its_own_device(ray_instance, raw_dir: Path, tmp_path: Path) -> None:
-    """GPU scheduling on a CPU machine: Ray's declared (fake) GPUs, one per actor of a num_gpus: 1 stage."""
-    yaml_text = (AUDIO_ONLY_YAML % {"block": 30}) + "        resources: {num_cpus: 0.5, num_gpus: 1}\n"
-    config = _write(tmp_path / "gpu.yaml", yaml_text)
-    summary = run_pipeline(load_pipeline("audio", config), raw_dir, tmp_path / "g.zarr", executor="ray")
-    assert summary.counts("audio")["done"] == 4
-    # Placement is checked where the actors are made: each of the two got its own GPU, whichever of
-    # them then happened to get the work.
-    assert sorted(summary.placements["audio"]) == ["0", "1"]
-    store = Store(tmp_path / "g.zarr", mode="r")
-    devices = {store.session(s).stage_state("audio").info["worker"]["cuda_visible_devices"]
-               for s in store.session_ids() if store.session(s).stage_state("audio").state == "done"}
-    assert devices <= {"0", "1"} and devices  # provenance records the device of the actor that did it
