@@ -12,11 +12,12 @@ they finish (:meth:`Executor.results`) and hears when a stage can get no more ta
   actors (GPUs, nodes) and restarts lost ones. Pools run side by side: a session enters ``transcribe`` while
   others are still in ``audio`` and ``face`` has the GPUs it does not need. A task goes to an actor only
   when that actor is free, so queues wait in the driver (backpressure) and a long session never holds a
-  short one behind it. Pool sizes follow the work: an idle actor whose stage has nothing queued gives its
-  resources to a stage with a backlog; one actor's worth stays reserved for a stage whose upstream is busy,
-  so it can start as soon as its first session arrives. A worker lost mid-session (process or node) is
-  replaced and the session handed to another, at most ``max_attempts`` times; an error inside the stage
-  is that session's failure and never retried. Nothing imports or starts Ray before the first task.
+  short one behind it. Pool sizes follow the work (see :meth:`RayExecutor._schedule`): every stage with
+  tasks waiting gets an actor, pools grow where their queue outlasts an actor's start, idle actors make way
+  for backlogs, and spare resources start the next stages' actors early. A worker lost mid-session
+  (process or node) is restarted by Ray or replaced, and the session handed to another, at most
+  ``max_attempts`` times; an error inside the stage is that session's failure and never retried.
+  Nothing imports or starts Ray before the first task.
 
 :func:`make_executor` also picks between them for ``auto``: inline for a small job on a machine without
 GPUs (fewer than :data:`AUTO_RAY_MIN_SESSIONS` sessions or :data:`AUTO_RAY_MIN_MEDIA_S` seconds of media
@@ -147,6 +148,7 @@ class _Actor:
     ping: Any = None  # devices() call in flight: the actor is starting or restarting
     job: _Job | None = None
     up: bool = False  # has answered a ping at least once
+    idle_since: float = 0.0  # driver clock
 
     @property
     def idle(self) -> bool:
@@ -166,7 +168,8 @@ class _Pool:
         self.start_failures = 0
         self.unplaceable: str | None = None  # why no node of the cluster can hold one of its actors
         self.made = 0
-        self.task_s, self.tasks_done = 0.0, 0  # time its finished tasks took, model loads included
+        self.task_s, self.tasks_done = 0.0, 0  # time its finished tasks took, model loads excluded
+        self.setup_s = 0.0  # the longest model load one of its actors took
 
     def push(self, job: _Job, first: bool = False) -> None:
         # Longest session first, so a long recording does not start last; a retried one goes before all.
@@ -318,6 +321,9 @@ class RayExecutor:
         if self.ray is None:
             return []
         self._refresh_resources()
+        for pool in self._pools.values():
+            if pool.unplaceable and pool.queue:
+                self._fail_queue(pool, pool.unplaceable)
         self._schedule()
         outcomes, self._failed = self._failed, []
         waiting = {}
@@ -354,38 +360,47 @@ class RayExecutor:
         """Whether tasks are on their way: a stage it reads is at work."""
         return any(self._pools[up].busy for up in pool.upstream)
 
-    def _reserve(self, grower: _Pool, held: dict[str, float]) -> dict[str, float]:
-        """Room for one actor of each stage that has none while its tasks are on their way."""
-        reserve: dict[str, float] = {}
-        for pool in self._pools.values():
-            if pool is grower or pool.actors or pool.finished or pool.unplaceable or not self._expecting(pool):
-                continue
-            if _fits(_add(held, reserve), pool.need, self._total):
-                reserve = _add(reserve, pool.need)
-        return reserve
+    def _victims(self, pool: _Pool, held: dict[str, float], first: bool, start_s: float) -> list[tuple[_Pool, _Actor]]:
+        """Idle actors of other stages to end so that one of ``pool`` fits, or none if that cannot be done.
 
-    def _victim(self, pool: _Pool, used: dict[str, float]) -> tuple[_Pool, _Actor] | None:
-        """An idle actor of another stage with nothing queued whose resources ``pool`` lacks: a stage keeps its
-        last actor unless ``pool`` has none at all (a stage with work and no actor is never starved)."""
-        short = {k for k, v in pool.need.items() if v > 0 and used.get(k, 0.0) + v > self._total.get(k, 0.0) + 1e-9}
-        best: tuple[tuple[bool, int], _Pool, _Actor] | None = None
+        Any stage that has finished gives its actors up. For a stage's first actor (``first``), so that every
+        stage with work has one: also the idle actor of a stage with nothing queued, or, between two of its
+        tasks, one of a stage that has several. For one more actor: only an actor idle, with nothing queued,
+        for longer than replacing it would take (an actor start plus its stage's model load).
+        """
+        now = time.monotonic()
+        candidates = []
         for other in self._pools.values():
-            if other is pool or other.queue or not (other.finished or len(other.actors) > 1 or not pool.actors):
-                continue
-            if not any(other.need.get(k, 0.0) > 0 for k in short):
+            if other is pool:
                 continue
             for actor in other.actors:
-                if actor.idle:
-                    key = (not other.finished, -len(other.actors))
-                    if best is None or key < best[0]:
-                        best = (key, other, actor)
-        return None if best is None else (best[1], best[2])
+                if not actor.idle:
+                    continue
+                if other.finished:
+                    rank = 0
+                elif first and (not other.queue or len(other.actors) > 1):
+                    rank = 1 if not other.queue else 2
+                elif not other.queue and now - actor.idle_since > start_s + other.setup_s:
+                    rank = 1
+                else:
+                    continue
+                candidates.append((rank, actor.idle_since, other, actor))
+        chosen, freed = [], held
+        for _, _, other, actor in sorted(candidates, key=lambda c: (c[0], c[1])):
+            if _fits(freed, pool.need, self._total):
+                break
+            if any(other.need.get(k, 0.0) > 0 and freed.get(k, 0.0) + v > self._total.get(k, 0.0) + 1e-9
+                   for k, v in pool.need.items() if v > 0):
+                chosen.append((other, actor))
+                freed = _add(freed, other.need, -1.0)
+        return chosen if _fits(freed, pool.need, self._total) else []
 
     def _schedule(self) -> None:
-        """Start actors, then hand out tasks. First the first actor of each stage with tasks waiting (taking
-        an idle actor's place if need be); then that of each stage whose tasks are on their way, so its
-        start overlaps the upstream work; then more actors where queues justify them (see
-        :meth:`_Pool.wants_actor`), leaving room for the first actor of stages still to come."""
+        """Start actors, then hand out tasks. First the first actor of each stage with tasks waiting (every
+        stage with work gets one, at the next task boundary of a stage with several if need be); then more
+        actors where queues justify them (see :meth:`_Pool.wants_actor`), largest backlog per actor first;
+        last, with resources nobody else wants, the first actor of a stage whose tasks are on their way, so
+        that its start overlaps the upstream work."""
         held, stuck = self._held(), set()
         ups = [a.up - a.created for a in self.actor_log if a.up is not None]
         start_s = sum(ups) / len(ups) if ups else _START_S
@@ -396,24 +411,23 @@ class RayExecutor:
                     continue
                 if not p.actors and p.queue:
                     options.append(((0, p.index), p))
-                elif not p.actors and self._expecting(p):
-                    options.append(((1, p.index), p))
                 elif p.actors and p.wants_actor(self.workers, start_s):
-                    options.append(((2, -len(p.queue) / len(p.actors), p.index), p))
+                    options.append(((1, -len(p.queue) / len(p.actors), p.index), p))
+                elif not p.actors and self._expecting(p):
+                    options.append(((2, p.index), p))
             if not options:
                 break
             rank, pool = min(options, key=lambda o: o[0])
-            used = _add(held, self._reserve(pool, held)) if rank[0] == 2 else held
-            if _fits(used, pool.need, self._total):
-                self._create(pool)
-                held = _add(held, pool.need)
-                continue
-            victim = self._victim(pool, used) if rank[0] != 1 else None  # no one makes way for a guess
-            if victim is None:
-                stuck.add(pool.name)
-                continue
-            self._end(*victim)
-            held = _add(held, victim[0].need, -1.0)
+            if not _fits(held, pool.need, self._total):
+                victims = self._victims(pool, held, rank[0] == 0, start_s) if rank[0] < 2 else []
+                if not victims:
+                    stuck.add(pool.name)
+                    continue
+                for other, actor in victims:
+                    self._end(other, actor)
+                    held = _add(held, other.need, -1.0)
+            self._create(pool)
+            held = _add(held, pool.need)
         for pool in self._pools.values():
             for actor in pool.actors:
                 if actor.idle and pool.queue:
@@ -456,7 +470,8 @@ class RayExecutor:
             actor.record.ended = time.monotonic()
             actor.record = ActorRecord(pool.name, actor.record.name, time.monotonic())
             self.actor_log.append(actor.record)
-        actor.up, actor.record.devices, actor.record.up, pool.start_failures = True, devices, time.monotonic(), 0
+        actor.up, actor.record.devices, pool.start_failures = True, devices, 0
+        actor.record.up = actor.idle_since = time.monotonic()
         if pool.finished and not pool.queue:
             self._end(pool, actor)
 
@@ -481,8 +496,10 @@ class RayExecutor:
                               f"{task.session.relpath}: the worker computing it was lost {len(job.losses)} times "
                               f"({'; '.join(job.losses)}); not retried further", media_s=task.media_s,
                               started_at=job.started)
-        pool.task_s += outcome.elapsed_s
+        pool.task_s += outcome.elapsed_s - outcome.setup_s
         pool.tasks_done += 1
+        pool.setup_s = max(pool.setup_s, outcome.setup_s)
+        actor.idle_since = time.monotonic()
         if job.losses:
             outcome = replace(outcome, retries=len(job.losses))
         if pool.finished and not pool.queue:
@@ -497,10 +514,10 @@ class RayExecutor:
                                         media_s=task.media_s))
 
     def _fail_unplaceable(self) -> list[Outcome]:
-        """Nothing runs and tasks still wait: their stages fit no node. Those sessions fail with the reason."""
+        """Nothing runs and tasks still wait, so no actor can be placed for them: those sessions fail."""
         for pool in self._pools.values():
             if pool.queue:
-                self._fail_queue(pool, pool.unplaceable or "the cluster has no room for a worker")
+                self._fail_queue(pool, "the Ray cluster has no room for one of its workers")
         outcomes, self._failed = self._failed, []
         return outcomes
 

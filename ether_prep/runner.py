@@ -190,9 +190,10 @@ class _Walk:
         """An executor's outcome: record it and plan what it unblocks."""
         self.running -= 1
         if outcome.state == "failed":
-            # A worker lost for good (or failing outside the stage) left the marker 'running': say why.
+            # Failed in the executor (a worker lost for good, no room for one): the marker still says
+            # 'running', or nothing; make it say why.
             group = self._group(outcome.session_id)
-            if group.stage_state(outcome.stage).state == "running":
+            if group.stage_state(outcome.stage).state in ("pending", "running"):
                 group.finish_stage(outcome.stage, "failed", None, error=outcome.message)
         self._record(outcome)
 

@@ -45,7 +45,8 @@ class Outcome:
     """What happened to one (session, stage): done, skipped, cached, failed or blocked.
 
     ``retries`` counts the times the session was handed to a new worker because the one computing it was
-    lost (a crashed process, a dead node); ``started_at`` is the wall-clock time (epoch seconds) it began.
+    lost (a crashed process, a dead node); ``started_at`` is the wall-clock time (epoch seconds) it began;
+    ``setup_s`` the part of ``elapsed_s`` its worker spent loading models first (0 when already loaded).
     """
 
     session_id: str
@@ -56,6 +57,7 @@ class Outcome:
     media_s: float = 0.0
     retries: int = 0
     started_at: float = 0.0
+    setup_s: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -107,10 +109,12 @@ class StageWorker:
         group = self._store.session(session.id)
         out = group.begin_stage(self.spec.name, task.marker)
         self.stage.progress_hook = self._progress_for(session.id)
+        setup_s = 0.0
         try:
             if not self._ready:
                 self.stage.setup()
                 self._ready = True
+                setup_s = time.perf_counter() - t0
             note = self.stage.run(session, group, out)
         except EtherPrepError as exc:
             message = str(exc)
@@ -121,13 +125,15 @@ class StageWorker:
             elapsed = time.perf_counter() - t0
             group.finish_stage(self.spec.name, "done", task.fingerprint, note=note, elapsed_s=round(elapsed, 3),
                                worker=_where_am_i())
-            return Outcome(session.id, self.spec.name, "done", note, elapsed, task.media_s, started_at=started_at)
+            return Outcome(session.id, self.spec.name, "done", note, elapsed, task.media_s, started_at=started_at,
+                           setup_s=setup_s)
         finally:
             self.stage.progress_hook = None
         elapsed = time.perf_counter() - t0
         group.finish_stage(self.spec.name, "failed", None, error=message, elapsed_s=round(elapsed, 3),
                            worker=_where_am_i())
-        return Outcome(session.id, self.spec.name, "failed", message, elapsed, task.media_s, started_at=started_at)
+        return Outcome(session.id, self.spec.name, "failed", message, elapsed, task.media_s, started_at=started_at,
+                       setup_s=setup_s)
 
     def close(self) -> None:
         if self._ready:

@@ -4,8 +4,8 @@
   reporting progress, so that a test can catch a worker mid-session. A recording with a ``<name>.crash``
   file beside it kills its worker process the first time (the file is removed); one whose name contains
   ``bad`` fails with a StageError, as a bad file would.
-- ``face_meet`` and ``asr_meet``: GPU-shaped stages that only finish once the other one has started on the
-  same session, so they complete only if the executor runs them at the same time.
+- ``asr_nap`` (after ``audio``) and ``face_nap`` (on its own): the same naps, for pipelines that give them
+  GPUs.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from ether_prep.store import write_array
 
 TEST_STAGES = {
     "nap": "tests.ray_helpers:NapStage",
-    "face_meet": "tests.ray_helpers:FaceMeetStage",
-    "asr_meet": "tests.ray_helpers:AsrMeetStage",
+    "asr_nap": "tests.ray_helpers:AsrNapStage",
+    "face_nap": "tests.ray_helpers:FaceNapStage",
 }
 
 
@@ -61,37 +61,22 @@ class NapStage(Stage):
         return None
 
 
-@dataclass(frozen=True)
-class MeetParams:
-    meet_dir: str = ""
-    timeout_s: float = 60.0
+class AsrNapStage(NapStage):
+    """A GPU-shaped nap after ``audio``, as transcription is."""
+
+    name = "asr_nap"
 
 
-class _Meet(Stage):
-    Params = MeetParams
-    partner: str
+class FaceNapStage(Stage):
+    """A GPU-shaped nap that reads no other stage, as ``face``; stores one value per media second."""
+
+    name = "face_nap"
+    Params = NapParams
 
     def run(self, session: Any, store: Any, out: zarr.Group) -> str | None:
-        folder = Path(self.params.meet_dir)
-        (folder / f"{session.id}.{self.name}").touch()
-        deadline = time.monotonic() + self.params.timeout_s
-        while not (folder / f"{session.id}.{self.partner}").exists():
-            if time.monotonic() > deadline:
-                raise StageError(f"{self.name} on {session.id}: {self.partner} never ran at the same time")
-            time.sleep(0.02)
-        out.attrs["met"] = self.partner
+        write_array(out, "seconds", np.arange(int(session.probe.duration), dtype=np.int32))
+        time.sleep(self.params.seconds_per_session)
         return None
-
-
-class FaceMeetStage(_Meet):
-    name = "face_meet"
-    partner = "asr_meet"
-
-
-class AsrMeetStage(_Meet):
-    name = "asr_meet"
-    requires = ("audio",)
-    partner = "face_meet"
 
 
 # Markers' times and worker, and the face stage's measured speed, differ between any two runs.

@@ -38,14 +38,14 @@ PIPELINES = {
         params: {seconds_per_session: %(nap)s}
         resources: {num_cpus: 1}
 """,
-    "meet": """
+    "gpu": """
       - stage: audio
         resources: {num_cpus: 1}
-      - stage: face_meet
-        params: {meet_dir: %(meet)s}
+      - stage: face_nap
+        params: {seconds_per_session: 1.0}
         resources: {num_cpus: 0.5, num_gpus: 1}
-      - stage: asr_meet
-        params: {meet_dir: %(meet)s}
+      - stage: asr_nap
+        params: {seconds_per_session: 1.0}
         resources: {num_cpus: 0.5, num_gpus: 1}
 """,
 }
@@ -61,10 +61,10 @@ def test_stages() -> None:
         STAGES.pop(name, None)
 
 
-def _pipeline(tmp: Path, name: str, nap: float = 1.0, meet: Path | None = None) -> Path:
+def _pipeline(tmp: Path, name: str, nap: float = 1.0) -> Path:
     """pipelines.yaml holding pipeline ``name`` only (a process without the test stages can read it)."""
     path = tmp / f"{name}.yaml"
-    stages = PIPELINES[name] % {"nap": nap, "meet": json.dumps(str(meet or tmp))}
+    stages = PIPELINES[name] % {"nap": nap}
     path.write_text(f"version: 1\npipelines:\n  {name}:\n    stages:{stages}")
     return path
 
@@ -78,31 +78,31 @@ def _raw(tmp: Path, names: list[str], clip: str = "speech/jfk.flac") -> Path:
 
 
 @pytest.mark.parametrize("round_", range(REPEAT))
-def test_gpu_stages_get_distinct_gpus_and_run_side_by_side(ray_instance, test_stages: None, tmp_path: Path,
-                                                           round_: int) -> None:
-    """face_meet and asr_meet each ask for a whole GPU and finish only while the other runs the same session:
-    the run completes only if both pools hold a GPU at the same time (face's backlog does not take asr's)."""
+def test_gpu_actors_get_a_gpu_of_their_own(ray_instance, test_stages: None, tmp_path: Path, round_: int) -> None:
+    """face_nap and asr_nap each ask for a whole GPU of the two declared: every actor Ray makes for them gets
+    exactly one, and no two actors alive at the same time share one. Placement is read where each actor is
+    made (its CUDA_VISIBLE_DEVICES once it is up), whichever actor then got work."""
     raw = tmp_path / "raw"
     raw.mkdir()
-    shutil.copy(DATA / "speech" / "jfk.flac", raw / "long.flac")
-    shutil.copy(DATA / "speech" / "librispeech_1272-128104-0000.wav", raw / "short.wav")
-    meet = tmp_path / "meet"
-    meet.mkdir()
-    store = tmp_path / "m.zarr"
-    summary = run_pipeline(load_pipeline("meet", _pipeline(tmp_path, "meet", meet=meet)), raw, store, executor="ray")
+    for name, clip in (("a.flac", "speech/jfk.flac"), ("b.wav", "speech/librispeech_1272-128104-0000.wav"),
+                       ("c.flac", "speech/jfk.flac")):
+        shutil.copy(DATA / clip, raw / name)
+    store = tmp_path / "g.zarr"
+    summary = run_pipeline(load_pipeline("gpu", _pipeline(tmp_path, "gpu")), raw, store, executor="ray")
     assert summary.ok, summary.report()
-    assert summary.counts("face_meet") == {"done": 2} and summary.counts("asr_meet") == {"done": 2}
-    # Placement is read where each actor is made (its CUDA_VISIBLE_DEVICES once up), whoever got work.
-    face, asr = summary.placements["face_meet"], summary.placements["asr_meet"]
-    assert len(face) == 1 and len(asr) == 1, summary.placements
-    assert {face[0], asr[0]} == {"0", "1"}
-    lifetimes = {a.stage: (a.created, a.ended) for a in summary.actors if a.stage in ("face_meet", "asr_meet")}
-    assert max(lifetimes["face_meet"][0], lifetimes["asr_meet"][0]) < min(lifetimes["face_meet"][1],
-                                                                           lifetimes["asr_meet"][1])
+    assert summary.counts("face_nap") == {"done": 3} and summary.counts("asr_nap") == {"done": 3}
+    gpu_actors = [a for a in summary.actors if a.stage in ("face_nap", "asr_nap") and a.devices is not None]
+    assert {a.stage for a in gpu_actors} == {"face_nap", "asr_nap"}
+    assert all(a.devices in ("0", "1") for a in gpu_actors), summary.placements
+    for i, a in enumerate(gpu_actors):
+        for b in gpu_actors[i + 1:]:
+            if a.created < b.ended and b.created < a.ended:  # alive at the same time
+                assert a.devices != b.devices, (a, b)
     got = Store(store, mode="r")
     for sid in got.session_ids():
-        for stage, devices in (("face_meet", face[0]), ("asr_meet", asr[0])):
-            assert got.session(sid).stage_state(stage).info["worker"]["cuda_visible_devices"] == devices
+        for stage in ("face_nap", "asr_nap"):
+            devices = got.session(sid).stage_state(stage).info["worker"]["cuda_visible_devices"]
+            assert devices in summary.placements[stage]  # provenance: the GPU of the actor that computed it
 
 
 def test_lost_workers_are_replaced_and_the_store_matches_an_undisturbed_run(ray_instance, test_stages: None,
@@ -181,6 +181,18 @@ def test_progress_moves_within_a_session(request, executor: str, tmp_path: Path,
         assert mine[-1][0] == "outcome"
         within = [m for kind, _, m in mine if kind == "progress"]
         assert within and all(0 < m < s.probe.duration for m in within), mine
+
+
+def test_a_stage_no_node_can_hold_fails_its_sessions_with_the_reason(ray_instance, tmp_path: Path) -> None:
+    config = _pipeline(tmp_path, "audio")
+    config.write_text(config.read_text().replace("{num_cpus: 1}", "{num_cpus: 1, num_gpus: 4}"))
+    summary = run_pipeline(load_pipeline("audio", config), _raw(tmp_path, ["a.flac"]), tmp_path / "u.zarr",
+                           executor="ray")
+    [outcome] = summary.outcomes
+    assert outcome.state == "failed" and "no node of the Ray cluster has that much" in outcome.message
+    assert "2 GPU" in outcome.message and not summary.actors
+    state = Store(tmp_path / "u.zarr", mode="r").session(outcome.session_id).stage_state("audio")
+    assert state.state == "failed" and state.error == outcome.message  # `status` shows why
 
 
 def test_fully_cached_rerun_does_not_start_ray(tmp_path: Path) -> None:
