@@ -145,18 +145,20 @@ def run_streaming(pipe: Any, raw: Path, store: Path, **kw: Any) -> tuple[float, 
     return time.perf_counter() - t0, summary
 
 
-def run_stage_at_a_time(pipe: Any, raw: Path, store: Path, **kw: Any) -> tuple[float, dict[str, float], list]:
-    """What ether-prep did before: each stage over every session on its own pool, then the next."""
+def run_stage_at_a_time(pipe: Any, raw: Path, store: Path, **kw: Any) -> tuple[float, dict[str, float], list, dict]:
+    """What ether-prep did before: each stage over every session on its own pool, then the next. Returns the
+    wall time, each stage's, the outcomes and how many actors each stage had at most."""
     from ether_prep.runner import run_pipeline
 
-    t0, per_stage, outcomes = time.perf_counter(), {}, []
+    t0, per_stage, outcomes, actors = time.perf_counter(), {}, [], {}
     for spec in pipe.stages:
         t = time.perf_counter()
         summary = run_pipeline(pipe, raw, store, family=None, only=[spec.name], executor="ray", **kw)
         assert summary.ok, summary.report()
         per_stage[spec.name] = time.perf_counter() - t
         outcomes += summary.outcomes
-    return time.perf_counter() - t0, per_stage, outcomes
+        actors[spec.name] = len(summary.actors)
+    return time.perf_counter() - t0, per_stage, outcomes, actors
 
 
 def measured_costs(outcomes: list) -> dict[str, float]:
@@ -169,7 +171,7 @@ def measured_costs(outcomes: list) -> dict[str, float]:
     return costs
 
 
-def bench_stream(tmp: Path, rounds: int, scale: bool) -> dict[str, float]:
+def bench_stream(tmp: Path, rounds: int, stream: bool, scale: bool) -> dict[str, float]:
     import ray
 
     from ether_prep.config import load_pipeline
@@ -183,7 +185,7 @@ def bench_stream(tmp: Path, rounds: int, scale: bool) -> dict[str, float]:
         print(f"[stream] {len(SESSIONS)} sessions, {media:.0f} s of media; cpu pipeline, 1 CPU per stage worker, "
               f"Ray with 2 CPUs ({load_avg()})")
         streams, staged = [], []
-        for r in range(rounds):
+        for r in range(rounds if stream else 0):
             for mode in (("streaming", "staged") if r % 2 == 0 else ("staged", "streaming")):
                 store = tmp / f"{mode}_{r}.zarr"
                 if mode == "streaming":
@@ -193,28 +195,35 @@ def bench_stream(tmp: Path, rounds: int, scale: bool) -> dict[str, float]:
                     print(f"  streaming  {wall:7.1f} s")
                     print("    " + summary.report().replace("\n", "\n    "))
                 else:
-                    wall, per_stage, _ = run_stage_at_a_time(pipe, raw, store)
+                    wall, per_stage, _, _ = run_stage_at_a_time(pipe, raw, store)
                     staged.append(wall)
                     print(f"  stage-at-a-time {wall:7.1f} s: "
                           + ", ".join(f"{k} {v:.1f}" for k, v in per_stage.items()))
-        s, b = min(streams), min(staged)
-        print(f"[stream] best of {rounds}: streaming {s:.1f} s, stage-at-a-time {b:.1f} s: "
-              f"{b / s:.2f}x ({1 - s / b:+.0%} wall time)")
+        if stream:
+            s, b = min(streams), min(staged)
+            print(f"[stream] best of {rounds}: streaming {s:.1f} s, stage-at-a-time {b:.1f} s: "
+                  f"{b / s:.2f}x ({1 - s / b:+.0%} wall time)")
         if scale:
             store = tmp / "streaming_0.zarr"
-            walls = {}
+            if not stream:
+                run_streaming(pipe, raw, store)
+            walls, made = {}, {}
             for workers in (1, 2):
-                _, per_stage, outcomes = run_stage_at_a_time(pipe, raw, store, workers=workers, force=True)
-                walls[workers] = per_stage
+                _, walls[workers], outcomes, made[workers] = run_stage_at_a_time(pipe, raw, store, workers=workers,
+                                                                                 force=True)
                 if workers == 1:
                     costs = measured_costs(outcomes) or costs
             print(f"[scale] stage by stage, --workers 1 vs 2, Ray with 2 CPUs ({load_avg()})")
             for stage in walls[1]:
                 t1, t2 = walls[1][stage], walls[2][stage]
-                print(f"  {stage:11s} 1 worker {t1:7.1f} s, 2 workers {t2:7.1f} s, efficiency {t1 / (2 * t2):.2f}")
-            t1, t2 = sum(walls[1].values()), sum(walls[2].values())
-            print(f"[scale] all stages: 1 worker {t1:.1f} s, 2 workers {t2:.1f} s, efficiency T1/(2 T2) = "
-                  f"{t1 / (2 * t2):.2f}")
+                print(f"  {stage:11s} 1 worker {t1:7.1f} s, 2 workers {t2:7.1f} s ({made[2][stage]} actors), "
+                      f"efficiency {t1 / (2 * t2):.2f}")
+            for label, stages in (("all stages", list(walls[1])),
+                                  ("the default pipeline's CPU stages (audio, utterances, align, qc)",
+                                   ["audio", "utterances", "align", "qc"])):
+                t1, t2 = sum(walls[1][s] for s in stages), sum(walls[2][s] for s in stages)
+                print(f"[scale] {label}: 1 worker {t1:.1f} s, 2 workers {t2:.1f} s, efficiency T1/(2 T2) = "
+                      f"{t1 / (2 * t2):.2f}")
         print(f"peak memory of the driver: {peak_mb():.0f} MB")
     finally:
         ray.shutdown()
@@ -341,7 +350,7 @@ def bench_sim(tmp: Path, costs: dict[str, float], target_s: float) -> None:
                     print(f"    {stage:11s} {made:2d} actors, busy {busy:6.1f} of {alive:6.1f} actor-s alive "
                           f"({busy / alive if alive else 0:.0%}); work {work[stage]:6.1f} s")
             else:
-                wall, per_stage, _ = run_stage_at_a_time(pipe, raw, store)
+                wall, per_stage, _, _ = run_stage_at_a_time(pipe, raw, store)
                 print(f"  stage-at-a-time: wall {wall:.1f} s, bound / wall = {bound / wall:.2f} (" +
                       ", ".join(f"{k} {v:.1f}" for k, v in per_stage.items()) + ")")
     finally:
@@ -363,7 +372,7 @@ def main() -> None:
             bench_cached(tmp, args.cached_sessions)
         costs: dict[str, float] = {}
         if "stream" in args.parts or "scale" in args.parts:
-            costs = bench_stream(tmp, args.rounds, "scale" in args.parts)
+            costs = bench_stream(tmp, args.rounds, "stream" in args.parts, "scale" in args.parts)
         if "sim" in args.parts:
             bench_sim(tmp, costs, args.sim_seconds)
 
