@@ -105,7 +105,7 @@ def _build(source: Path, out: Path, reps: int, copies: int) -> int:
         group.finish_stage("utterances", "done", "bench-utterances")
         g = group.begin_stage("face", {})
         for name, arr in tiled_face.items():
-            write_array(g, name, arr, attrs=dict(face[name].attrs))
+            write_array(g, name, arr, attrs=dict(face[name].attrs), dims=face[name].metadata.dimension_names)
         write_table(g, "tracks", tracks)
         g.attrs.update({k: v for k, v in face.attrs.items() if k != "stage"})
         group.finish_stage("face", "done", "bench-face")

@@ -1,12 +1,16 @@
-"""Benchmark of the face stage (issue 4). Run: ``uv run python bench/bench_face.py [--quick]``.
+"""Benchmark of the face stage (issues 4 and 8). Run: ``uv run python bench/bench_face.py [--quick]``.
 
 1. Speed on the 640x360 WolfgangLanger clip at full frame rate, measured in the same run (machines are
    shared and noisy: compare the ratios, not the absolute figures):
    - decode only: PyAV frames to RGB (``iter_video_frames``);
    - bare MediaPipe loop: decode + ``FaceLandmarker.detect_for_video`` in one plain loop, same options;
-   - the face stage: the same frames through ``FaceStage.run`` into a Zarr store (tracking, AUs, storage).
-   Goal: the stage within 15% of the bare loop.
-2. Peak memory (ru_maxrss, each run in its own process) on a 30-minute video vs a 1-minute one, both looped
+   - the face stage: the same frames through ``FaceStage.run`` into a Zarr store (tracking, AUs, storage,
+     shot cuts, identity embeddings and persons: the ``cpu`` pipeline as shipped);
+   - the face stage without the identity step (``identity: off``, ``cut_threshold: null``): the stage as
+     it was before issue 8.
+   Goals: the stage within 15% of the bare loop; with identity >= 0.85 of its speed without.
+   Peak memory (VmHWM) of the stage with and without identity, each in its own process.
+2. Peak memory (VmHWM, each run in its own process) on a 30-minute video vs a 1-minute one, both looped
    from the shared clip with ``ffmpeg -stream_loop`` (stream copy) in a temporary folder. Goal: within 10%.
 3. Per-frame Pearson correlation of our AU scores with OpenFace 2.x ``AUxx_r`` on opendbm_subj01 (one
    posed expression, so figures to watch, not a test), and of our head pose with OpenFace's.
@@ -35,6 +39,15 @@ DATA = SHARED / "data"
 CLIP = DATA / "face" / "WolfgangLanger_Pexels.mp4"
 os.environ.setdefault("ETHER_PREP_MODELS", str(SHARED / "models"))
 sys.path.insert(0, str(ROOT))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not ru_maxrss: Linux carries that over an exec, so a child
+    started by a larger parent would report the parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _spec(**params: object):
@@ -93,6 +106,10 @@ def bare_mediapipe(path: Path) -> tuple[int, float]:
         return n, time.perf_counter() - t
 
 
+# The face stage as it was before the identity step (issue 8): no shot cuts, no embeddings.
+NO_IDENTITY = {"identity": "off", "cut_threshold": None}
+
+
 def speed(repeats: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         best: dict[str, float] = {}
@@ -101,17 +118,42 @@ def speed(repeats: int) -> dict[str, float]:
             best["decode_fps"] = max(best.get("decode_fps", 0), n / dt)
             n, dt = bare_mediapipe(CLIP)
             best["bare_mediapipe_fps"] = max(best.get("bare_mediapipe_fps", 0), n / dt)
+            out, dt = run_stage(CLIP, Path(tmp), **NO_IDENTITY)
+            best["stage_no_identity_fps"] = max(best.get("stage_no_identity_fps", 0),
+                                                out.attrs["frames_analysed"] / dt)
             out, dt = run_stage(CLIP, Path(tmp))
             best["stage_fps"] = max(best.get("stage_fps", 0), out.attrs["frames_analysed"] / dt)
+            ident = out.attrs["identity_params"]
+            best["embeddings"] = ident["embeddings_computed"]
+            best["embedding_seconds"] = min(best.get("embedding_seconds", np.inf), ident["embedding_seconds"])
+            best["tracks"], best["persons"] = out.attrs["n_tracks"], out.attrs["n_persons"]
     best["stage_over_bare"] = best["stage_fps"] / best["bare_mediapipe_fps"]
     best["stage_over_decode"] = best["stage_fps"] / best["decode_fps"]
+    best["identity_over_no_identity"] = best["stage_fps"] / best["stage_no_identity_fps"]
     return best
+
+
+def _identity_memory_child(identity: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        _, dt = run_stage(CLIP, Path(tmp), **({} if identity == "on" else NO_IDENTITY))
+        print(json.dumps({"maxrss_mb": peak_rss_mb(), "seconds": dt}))
+
+
+def identity_memory() -> dict[str, float]:
+    """Peak RSS of a process running the stage on the clip, with and without the identity step."""
+    result: dict[str, float] = {}
+    for identity in ("off", "on"):
+        proc = subprocess.run([sys.executable, __file__, "--identity-memory-child", identity],
+                              check=True, capture_output=True, text=True)
+        result[f"identity_{identity}_maxrss_mb"] = json.loads(proc.stdout.strip().splitlines()[-1])["maxrss_mb"]
+    result["ratio_on_over_off"] = result["identity_on_maxrss_mb"] / result["identity_off_maxrss_mb"]
+    return result
 
 
 def _memory_child(path: str, analysis_fps: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out, dt = run_stage(Path(path), Path(tmp), analysis_fps=float(analysis_fps))
-        print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        print(json.dumps({"maxrss_mb": peak_rss_mb(),
                           "seconds": dt, "frames_decoded": out.attrs["frames_decoded"],
                           "frames_analysed": out.attrs["frames_analysed"], "tracks": out.attrs["n_tracks"]}))
 
@@ -175,11 +217,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5 vs 1 minute, one speed repeat")
     parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--identity-memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--speed-only", action="store_true", help="only the speed and identity figures")
     parser.add_argument("--analysis-fps", type=float, default=5.0,
                         help="analysis rate of the memory runs (decoding is always full rate)")
     args = parser.parse_args()
     if args.memory_child:
         _memory_child(*args.memory_child)
+        return
+    if args.identity_memory_child:
+        _identity_memory_child(args.identity_memory_child)
         return
     results: dict[str, object] = {"cpus": os.cpu_count()}
     print("speed (best of interleaved runs) ...", flush=True)
@@ -187,6 +234,15 @@ def main() -> None:
     print(f"  decode {s['decode_fps']:.0f} fps | bare MediaPipe loop {s['bare_mediapipe_fps']:.1f} fps | "
           f"face stage {s['stage_fps']:.1f} fps | stage/bare {s['stage_over_bare']:.2f} | "
           f"stage/decode {s['stage_over_decode']:.3f}", flush=True)
+    print(f"  identity: stage without it {s['stage_no_identity_fps']:.1f} fps | with/without "
+          f"{s['identity_over_no_identity']:.3f} | {s['embeddings']} embeddings in {s['embedding_seconds']:.2f} s | "
+          f"{s['tracks']} track(s), {s['persons']} person(s)", flush=True)
+    results["identity_memory"] = im = identity_memory()
+    print(f"  peak RSS: identity off {im['identity_off_maxrss_mb']:.0f} MB, on {im['identity_on_maxrss_mb']:.0f} MB "
+          f"(ratio {im['ratio_on_over_off']:.3f})", flush=True)
+    if args.speed_only:
+        print(json.dumps(results, indent=2))
+        return
     print("OpenFace correlations (opendbm_subj01) ...", flush=True)
     results["openface"] = o = openface_correlations()
     print(f"  AU Pearson r: {o['au_pearson']}\n  mean |r| {o['mean_abs_r']}; pose: {o['pose_pearson']}", flush=True)

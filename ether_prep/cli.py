@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .errors import EtherPrepError
+from .errors import ConfigError, EtherPrepError
 
 app = typer.Typer(
     name="ether-prep",
@@ -17,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # help texts say "[default: ...]" literally; rich markup would swallow it
 )
 
 
@@ -49,8 +50,39 @@ Executor = Annotated[ExecutorName, typer.Option("--executor", "-x", envvar="ETHE
                                                      "inline (this process).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, no Ray worker logs (bars show only "
                                                            "on a terminal anyway).")]
+Wait = Annotated[float, typer.Option("--wait", min=0, metavar="SECONDS",
+                                     help="If another run is writing the store, wait up to this long for it "
+                                          "[default: refuse at once]. 'inf' waits as long as it takes.")]
 DEFAULT_STORE = Path("ether_prep.zarr")
 DEFAULT_STORE_URL = str(DEFAULT_STORE)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"ether-prep {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details (INFO) to stderr.")] = False,
+    log_level: Annotated[str | None, typer.Option("--log-level", envvar="ETHER_PREP_LOG_LEVEL",
+                                                  help="DEBUG, INFO, WARNING (default), ERROR.")] = None,
+) -> None:
+    """Turn recorded counselling sessions into speech, face and per-utterance features in a Zarr store.
+
+    Results go to stdout; logs and warnings (ether-prep's and every library's) go to stderr.
+    """
+    from .logs import configure
+
+    try:
+        configure(log_level or ("INFO" if verbose else "WARNING"))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--log-level") from exc
 
 
 def _config_path(config: Path | None) -> Path | None:
@@ -67,18 +99,21 @@ def _fail(exc: EtherPrepError) -> typer.Exit:
 
 def _run(family: str | None, raw_dir: Path | None, out: str, pipeline: str, config: Path | None,
          ray_address: str | None, workers: int | None, force: bool, only: list[str] | None, start: str | None,
-         executor: ExecutorName, quiet: bool) -> None:
+         executor: ExecutorName, quiet: bool, wait: float) -> None:
     from .config import load_pipeline
+    from .errors import StoreError
     from .runner import run_pipeline
 
-    os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
     try:
         pipe = load_pipeline(pipeline, _config_path(config))
         summary = run_pipeline(pipe, raw_dir, out, family=family, only=only, start=start, force=force,
                                executor=executor.value, workers=workers, ray_address=ray_address,
-                               progress=not quiet)
+                               progress=not quiet, wait=wait)
     except EtherPrepError as exc:
         raise _fail(exc) from exc
+    except OSError as exc:  # the store's disk, outside any one session's stage
+        raise _fail(StoreError(f"{exc.filename or out}: {exc.strerror or exc}; free space or choose a "
+                               f"writable --out, then run again (finished stages are kept)")) from exc
     typer.echo(summary.report())
     if not summary.ok:
         typer.secho(f"{len(summary.failed)} stage run(s) failed; see `ether-prep status --out {out}`",
@@ -91,20 +126,20 @@ def extract(
     raw_dir: Annotated[Path, typer.Argument(help="Folder of recordings (searched recursively).")],
     out: OutUrl = DEFAULT_STORE_URL, pipeline: PipelineOpt = "default", config: ConfigOpt = None,
     ray_address: RayAddress = None, workers: Workers = None, force: Force = False, only: Only = None,
-    start: From = None, executor: Executor = ExecutorName.auto, quiet: Quiet = False,
+    start: From = None, executor: Executor = ExecutorName.auto, quiet: Quiet = False, wait: Wait = 0.0,
 ) -> None:
     """Run the extract stages (audio, speech, faces) over every recording in RAW_DIR."""
-    _run("extract", raw_dir, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet)
+    _run("extract", raw_dir, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet, wait)
 
 
 @app.command()
 def align(
     out: OutUrl = DEFAULT_STORE_URL, pipeline: PipelineOpt = "default", config: ConfigOpt = None,
     ray_address: RayAddress = None, workers: Workers = None, force: Force = False, only: Only = None,
-    start: From = None, executor: Executor = ExecutorName.auto, quiet: Quiet = False,
+    start: From = None, executor: Executor = ExecutorName.auto, quiet: Quiet = False, wait: Wait = 0.0,
 ) -> None:
     """Run the align stages over the sessions already extracted into the store."""
-    _run("align", None, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet)
+    _run("align", None, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet, wait)
 
 
 @app.command()
@@ -112,39 +147,98 @@ def run(
     raw_dir: Annotated[Path, typer.Argument(help="Folder of recordings (searched recursively).")],
     out: OutUrl = DEFAULT_STORE_URL, pipeline: PipelineOpt = "default", config: ConfigOpt = None,
     ray_address: RayAddress = None, workers: Workers = None, force: Force = False, only: Only = None,
-    start: From = None, executor: Executor = ExecutorName.auto, quiet: Quiet = False,
+    start: From = None, executor: Executor = ExecutorName.auto, quiet: Quiet = False, wait: Wait = 0.0,
 ) -> None:
     """Extract and align in one batch job."""
-    _run(None, raw_dir, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet)
+    _run(None, raw_dir, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet, wait)
 
 
 @app.command()
-def status(out: OutUrl = DEFAULT_STORE_URL, pipeline: PipelineOpt = "default", config: ConfigOpt = None) -> None:
-    """Per session and stage: done, skipped, stale, failed (with the message), running or pending."""
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The Zarr store to write.")] = Path("ether_prep_demo.zarr"),
+    quiet: Quiet = False,
+) -> None:
+    """Run the whole offline cpu pipeline on demo recordings that ship with ether-prep's dependencies."""
     from .config import load_pipeline
+    from .demo import DEMO_MEDIA, demo_raw_folder
+    from .runner import run_pipeline
+
+    os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
+    try:
+        raw = demo_raw_folder(out.with_name(out.name.removesuffix(".zarr") + "_media"))
+        summary = run_pipeline(load_pipeline("cpu"), raw, out, family=None, executor="inline", progress=not quiet)
+    except EtherPrepError as exc:
+        raise _fail(exc) from exc
+    typer.echo(summary.report())
+    typer.echo(f"""
+Demo store: {out}  ({len(DEMO_MEDIA)} recordings linked in {raw})
+  ether-prep status --out {out} --pipeline cpu      # every stage of every session, and the quality check
+  ether-prep export exported/ --out {out} --format json
+  python -c "import ether_prep; s = ether_prep.open_store('{out}'); print(s.to_pandas('utterances').head())"
+""")
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    out: OutUrl = DEFAULT_STORE_URL,
+    pipeline: Annotated[str | None, typer.Option(
+        "--pipeline", "-p", help="Compare against this pipeline [default: the one that last ran on the store]."
+    )] = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout (rows, counts, review).")]
+    = False,
+) -> None:
+    """Per session and stage: done, skipped, stale, failed (with the message), running or pending."""
+    import json
+
+    from .config import load_pipeline
+    from .lock import STORE_LOCK, describe, read_holder
     from .runner import status_table
-    from .store import Store
+    from .stages.qc import read_review
+    from .store import Store, local_path
 
     try:
         store = Store(out, mode="r")
-        rows = status_table(store, load_pipeline(pipeline, _config_path(config)))
+        recorded = store.attrs
+        name = pipeline or recorded.get("pipeline") or "default"
+        path = _config_path(config)
+        if path is None and pipeline is None and recorded.get("config") and Path(recorded["config"]).is_file():
+            path = Path(recorded["config"])  # the file the recorded pipeline came from
+        rows = status_table(store, load_pipeline(name, path))
     except EtherPrepError as exc:
         raise _fail(exc) from exc
-    colours = {"done": typer.colors.GREEN, "skipped": typer.colors.CYAN, "failed": typer.colors.RED,
-               "stale": typer.colors.YELLOW}
-    for row in rows:
-        line = f"{row['session']:48s} {row['stage']:12s} {row['state']:8s} {row['message']}".rstrip()
-        typer.secho(line, fg=colours.get(row["state"]))
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
-    typer.echo(f"{len(store.session_ids())} session(s): " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    from .stages.qc import review_summary
-
-    review = [sid for sid in store.session_ids() if review_summary(store.session(sid))[0]]
+    verdicts = {sid: read_review(store.session(sid)) for sid in store.session_ids()}
+    review = {sid: list(v.reasons) for sid, v in verdicts.items() if v.needs_review}
+    if as_json:
+        typer.echo(json.dumps({"store": str(out), "pipeline": name, "sessions": len(store.session_ids()),
+                               "counts": counts, "needs_review": review, "rows": rows}, ensure_ascii=False))
+        return
+    colours = {"done": typer.colors.GREEN, "skipped": typer.colors.CYAN, "failed": typer.colors.RED,
+               "stale": typer.colors.YELLOW, "review": typer.colors.YELLOW}
+    for row in rows:
+        _say(f"{row['session']:48s} {row['stage']:12s} {row['state']:8s} {row['message']}".rstrip(),
+             colours.get(row["state"]))
+    typer.echo(f"{len(store.session_ids())} session(s), pipeline {name!r}: "
+               + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if review:
-        typer.secho(f"{len(review)} session(s) need review (see the qc rows above): {', '.join(review)}",
-                    fg=typer.colors.YELLOW)
+        _say(f"{len(review)} session(s) need review (see the qc rows above): {', '.join(review)}", colours["review"])
+    folder = local_path(out)
+    holder = read_holder(folder / STORE_LOCK) if folder is not None else None
+    if holder is not None:
+        _say(f"a run is writing this store now: {describe(holder)}", colours["review"])
+
+
+def _say(line: str, colour: str | None) -> None:
+    """A line on stdout, coloured unless NO_COLOR is set (https://no-color.org) or there is no colour."""
+    if colour and not os.environ.get("NO_COLOR"):
+        typer.secho(line, fg=colour)
+    else:
+        typer.echo(line)
 
 
 @app.command()
@@ -155,7 +249,7 @@ def validate(
 ) -> None:
     """Check pipelines.yaml (and the recordings in RAW_DIR) without computing anything."""
     from .config import load_config, load_pipeline
-    from .sessions import check_readable, discover_sessions
+    from .sessions import check_readable, scan
 
     path = _config_path(config)
     try:
@@ -165,16 +259,20 @@ def validate(
         if raw_dir is None:
             return
         bad = 0
-        sessions = discover_sessions(raw_dir)
-        for s in sessions:
-            problem = check_readable(s)
+        found = scan(raw_dir)
+        for s in found.sessions:
+            problem = found.problems.get(s.id) or check_readable(s)
             if problem:
                 bad += 1
                 typer.secho(f"unreadable: {problem}", fg=typer.colors.RED, err=True)
-        typer.echo(f"{len(sessions)} recording(s), {bad} unreadable")
+        for error in found.errors:
+            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        for note in found.notes:
+            typer.echo(f"note: {note}")
+        typer.echo(f"{len(found.sessions)} recording(s), {bad} unreadable")
     except EtherPrepError as exc:
         raise _fail(exc) from exc
-    if bad:
+    if bad or found.errors:
         raise typer.Exit(1)
 
 
@@ -198,24 +296,42 @@ def models(pipeline: PipelineOpt = "default", config: ConfigOpt = None) -> None:
 def export(
     dest_dir: Annotated[Path, typer.Argument(help="Folder to write one file per session into.")],
     out: Out = DEFAULT_STORE,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="json, rttm, srt, vtt or faces.")] = "json",
+    fmt: Annotated[str, typer.Option("--format", "-f", help=(
+        "One of: json (whisperx's shape), srt, vtt, txt, tsv, rttm (+ uem), faces (py-feat CSV), "
+        "openface (OpenFace 2 CSV)."))] = "json",
     session: Annotated[list[str] | None, typer.Option("--session", help="Only this session id (repeatable).")] = None,
+    deidentify: Annotated[bool, typer.Option(
+        "--deidentify", help="For sharing: e-mail addresses, phone numbers, URLs and listed names in transcripts "
+                             "become [EMAIL] [PHONE] [URL] [NAME]; face boxes, landmarks and identity embeddings "
+                             "are left out; files are named session-<hash> instead of by recording.")] = False,
+    names: Annotated[Path | None, typer.Option(
+        "--names", help="With --deidentify: a text file of names to replace, one per line (first names and "
+                        "surnames on lines of their own if they may be said alone).")] = None,
 ) -> None:
-    """Write transcripts (json, rttm, srt, vtt) or face tables (faces: CSV) for every session in the store."""
-    from .exports import exporter
+    """Write transcripts, diarization or face tables for every session in the store, one file per session."""
+    from .exports import NothingToExport, exporter
     from .store import Store
 
     try:
+        if names is not None and not deidentify:
+            raise ConfigError("--names only applies with --deidentify; add --deidentify")
         write = exporter(fmt)
+        deid = None
+        if deidentify:
+            from .deidentify import Deidentifier
+
+            deid = Deidentifier.from_names_file(names)
         store = Store(out, mode="r")
         dest_dir.mkdir(parents=True, exist_ok=True)
         failed = 0
         for sid in session or store.session_ids():
             try:
-                typer.echo(write(store.session(sid), dest_dir))
-            except EtherPrepError as exc:  # one session without that stage does not stop the others
+                typer.echo(write(store.session(sid), dest_dir, deid))
+            except NothingToExport as exc:  # an audio-only session has no faces: nothing failed
+                typer.echo(f"skipped {sid}: {exc}", err=True)
+            except EtherPrepError as exc:  # one session that cannot be exported does not stop the others
                 failed += 1
-                typer.secho(f"skipped {sid}: {exc}", fg=typer.colors.YELLOW, err=True)
+                typer.secho(f"failed {sid}: {exc}", fg=typer.colors.YELLOW, err=True)
     except EtherPrepError as exc:
         raise _fail(exc) from exc
     if failed:

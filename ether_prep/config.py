@@ -15,13 +15,16 @@ Layout::
             params: {device: cpu, compute_type: int8}
             resources: {num_cpus: 2, num_gpus: 0, batch_size: 8}
 
-Every unknown key, stage, backend or parameter is a :class:`ConfigError` naming the file, the pipeline
-and the key.
+Every unknown key, stage, backend or parameter, and every wrong type or value, is reported with the file, its
+line, the pipeline, the stage, the key and the fix; all problems of a file are reported at once, in one
+:class:`ConfigError`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -82,6 +85,12 @@ class Pipeline:
     source: Path
     description: str = ""
 
+    def digest(self) -> str:
+        """A short hash of every stage's identity (version, backend, model, parameters), in order."""
+        from .provenance import fingerprint
+
+        return fingerprint([s.identity() for s in self.stages if s.enabled])
+
     def stage(self, name: str) -> StageSpec:
         for spec in self.stages:
             if spec.name == name:
@@ -107,33 +116,111 @@ class Pipeline:
         return chosen
 
 
-def _where(source: Path, pipeline: str | None = None, stage: str | None = None) -> str:
-    parts = [str(source)]
-    if pipeline:
-        parts.append(f"pipeline {pipeline!r}")
-    if stage:
-        parts.append(f"stage {stage!r}")
-    return ": ".join(parts)
+# ------------------------------------------------------------------------------------------ YAML with lines
+class _Map(dict):
+    """A YAML mapping that remembers the line of each key (1-based)."""
+
+    line: int = 0
+    lines: dict[Any, int]
 
 
-def _unknown(keys: typing.Iterable[str], allowed: typing.Iterable[str], where: str, what: str) -> None:
-    extra = sorted(set(keys) - set(allowed))
-    if extra:
-        raise ConfigError(f"{where}: unknown {what} {', '.join(map(repr, extra))}; "
-                          f"allowed: {', '.join(sorted(allowed))}")
+class _Seq(list):
+    """A YAML sequence that remembers the line of each item (1-based)."""
+
+    line: int = 0
+    lines: list[int]
 
 
-def _check_type(value: Any, hint: Any, where: str, key: str) -> Any:
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader whose mappings and sequences carry line numbers, and which reports repeated keys."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.repeated: list[tuple[int, Any]] = []
+
+    def construct_yaml_map(self, node: yaml.MappingNode) -> Any:
+        out = _Map()
+        out.line, out.lines = node.start_mark.line + 1, {}
+        yield out
+        self.flatten_mapping(node)
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                key = str(key)
+            if key in out.lines:
+                self.repeated.append((key_node.start_mark.line + 1, key))
+            out[key] = self.construct_object(value_node, deep=True)
+            out.lines[key] = key_node.start_mark.line + 1
+
+    def construct_yaml_seq(self, node: yaml.SequenceNode) -> Any:
+        out = _Seq()
+        out.line, out.lines = node.start_mark.line + 1, [n.start_mark.line + 1 for n in node.value]
+        yield out
+        out.extend(self.construct_object(n, deep=True) for n in node.value)
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:map", _LineLoader.construct_yaml_map)
+_LineLoader.add_constructor("tag:yaml.org,2002:seq", _LineLoader.construct_yaml_seq)
+
+
+def _line(container: Any, key: Any = None) -> int:
+    """The line of ``key`` in a mapping (of item ``key`` in a sequence), else of the container itself."""
+    if isinstance(container, _Map) and key in container.lines:
+        return container.lines[key]
+    if isinstance(container, _Seq) and isinstance(key, int) and 0 <= key < len(container.lines):
+        return container.lines[key]
+    return getattr(container, "line", 0)
+
+
+class _Problems:
+    """Every problem of one config file, each with its line; raised together as one ConfigError."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.items: list[tuple[int, str]] = []
+
+    def add(self, line: int, message: str, pipeline: str | None = None, stage: str | None = None) -> None:
+        parts = [f"{self.source}:{line}" if line else str(self.source)]
+        if pipeline is not None:
+            parts.append(f"pipeline {pipeline!r}")
+        if stage is not None:
+            parts.append(f"stage {stage!r}")
+        self.items.append((line, ": ".join([*parts, message])))
+
+    def raise_if_any(self) -> None:
+        if not self.items:
+            return
+        lines = [m for _, m in sorted(self.items, key=lambda x: x[0])]
+        if len(lines) == 1:
+            raise ConfigError(lines[0])
+        raise ConfigError(f"{self.source}: {len(lines)} problems:\n" + "\n".join(f"  {m}" for m in lines))
+
+
+def _unknown(given: dict[str, Any], allowed: typing.Iterable[str], what: str) -> list[tuple[str, str]]:
+    """(key, message) for each key of ``given`` that is not ``allowed``, with the closest allowed name."""
+    allowed = sorted(allowed)
+    out = []
+    for key in given:
+        if key in allowed:
+            continue
+        close = difflib.get_close_matches(str(key), allowed, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        out.append((key, f"unknown {what} {key!r}; {hint}allowed: {', '.join(allowed)}"))
+    return out
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
     """Check (and lightly coerce: int -> float, list -> tuple) ``value`` against a type hint."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for option in typing.get_args(hint):
             try:
-                return _check_type(value, option, where, key)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise ConfigError(f"{where}: parameter {key!r} = {value!r} is not a valid {_hint_name(hint)}")
+                return _check_type(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key!r} = {value!r} is not a valid {_hint_name(hint)}")
     if hint is type(None):
         if value is None:
             return None
@@ -155,96 +242,189 @@ def _check_type(value: Any, hint: Any, where: str, key: str) -> Any:
         if isinstance(value, list | tuple):
             args = typing.get_args(hint)
             inner = args[0] if args else Any
-            return tuple(_check_type(v, inner, where, key) for v in value)
+            return tuple(_check_type(v, inner, key) for v in value)
     elif origin is dict or hint is dict:
         if isinstance(value, dict):
             return dict(value)
     elif isinstance(hint, type) and isinstance(value, hint):
         return value
-    raise ConfigError(f"{where}: parameter {key!r} = {value!r} is not a valid {_hint_name(hint)}")
+    raise ConfigError(f"{key!r} = {value!r} is not a valid {_hint_name(hint)}")
 
 
 def _hint_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    """``int``, ``float or null``, ... as a YAML writer reads them."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_hint_name(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return (getattr(hint, "__name__", None) or str(hint)).replace("typing.", "")
 
 
-def build_params(cls: type, given: dict[str, Any] | None, where: str) -> Any:
-    """Instantiate a stage's Params dataclass from a mapping, rejecting unknown keys and wrong types."""
-    given = dict(given or {})
+def _collect_params(cls: type, given: Any, report: typing.Callable[[int, str], None],
+                    what: str = "parameter") -> Any:
+    """A ``cls`` (a Params dataclass) built from a YAML mapping; every problem goes to ``report(line, msg)``.
+    Returns None when there was any."""
+    if given is None:
+        given = _Map()
+    if not isinstance(given, dict):
+        report(0, f"{what}s must be a mapping of name: value, got {given!r}")  # 0: the caller's key line
+        return None
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    _unknown(given, fields, where, "parameter(s)")
     hints = typing.get_type_hints(cls)
-    values = {k: _check_type(v, hints[k], where, k) for k, v in given.items()}
+    values, ok = {}, True
+    for key, message in _unknown(given, fields, what):
+        report(_line(given, key), message)  # reported; the known keys are still checked
+    for key, value in given.items():
+        if key not in fields:
+            continue
+        try:
+            values[key] = _check_type(value, hints[key], key)
+        except ConfigError as exc:
+            default = fields[key].default
+            shown = "" if default is dataclasses.MISSING else f" (default: {default!r})"
+            report(_line(given, key), f"{what} {exc}; expected {_hint_name(hints[key])}{shown}")
+            ok = False
+    if not ok:  # a value of the wrong type: checking the combination would only add confusing errors
+        return None
     try:
         params = cls(**values)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
-    validate = getattr(params, "validate", None)
-    if validate is not None:
-        try:
+        validate = getattr(params, "validate", None)
+        if validate is not None:
             validate()
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from exc
-    return params
+    except (TypeError, ValueError) as exc:
+        # The line of the first parameter the message names, else of the mapping.
+        named = [k for k in given if re.search(rf"\b{re.escape(str(k))}\b", str(exc))]
+        report(_line(given, named[0]) if named else _line(given), f"{what}s: {exc}")
+        return None
+    return None if set(given) - set(fields) else params
 
 
-def _stage_spec(entry: Any, source: Path, pipeline: str, index: int) -> StageSpec:
+def _stage_spec(entry: Any, index: int, line: int, problems: _Problems, pipeline: str) -> StageSpec | None:
     if not isinstance(entry, dict) or "stage" not in entry:
-        raise ConfigError(f"{_where(source, pipeline)}: stage #{index + 1} must be a mapping with a 'stage' key")
+        problems.add(line, f"stage #{index + 1} must be a mapping with a 'stage' key, e.g. '- stage: audio'",
+                     pipeline)
+        return None
     name = entry["stage"]
     if name not in STAGES:
-        raise ConfigError(f"{_where(source, pipeline)}: unknown stage {name!r} (stage #{index + 1}); "
-                          f"known stages: {', '.join(STAGES)}")
-    where = _where(source, pipeline, name)
-    _unknown(entry, _STAGE_KEYS, where, "key(s)")
+        close = difflib.get_close_matches(str(name), list(STAGES), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        problems.add(_line(entry, "stage"), f"unknown stage {name!r} (stage #{index + 1}); {hint}known stages: "
+                     f"{', '.join(STAGES)}", pipeline)
+        return None
+
+    def report(at: int, message: str) -> None:
+        problems.add(at, message, pipeline, name)
+
+    ok = True
+    for key, message in _unknown(entry, _STAGE_KEYS, "key"):
+        report(_line(entry, key), message)
+        ok = False
     cls = stage_class(name)
     backend = entry.get("backend") or cls.backends[0]
     if backend not in cls.backends:
-        raise ConfigError(f"{where}: unknown backend {backend!r}; stage {name!r} supports: "
-                          f"{', '.join(cls.backends)}")
+        report(_line(entry, "backend"), f"unknown backend {backend!r}; stage {name!r} supports: "
+               f"{', '.join(cls.backends)}")
+        ok = False
     model = entry.get("model")
     if model is not None and not isinstance(model, str):
-        raise ConfigError(f"{where}: 'model' must be a string (a model name or a path), got {model!r}")
-    resources = build_params(Resources, entry.get("resources"), f"{where}: resources")
-    if resources.batch_size < 1 or resources.num_cpus < 0 or resources.num_gpus < 0:
-        raise ConfigError(f"{where}: resources must be non-negative and batch_size >= 1, got {resources}")
+        report(_line(entry, "model"), f"'model' must be a string (a model name or a path), got {model!r}")
+        ok = False
+    resources = _collect_params(Resources, entry.get("resources"),
+                                lambda at, msg: report(at or _line(entry, "resources"), msg), "resource")
+    if resources is not None and (resources.batch_size < 1 or resources.num_cpus < 0 or resources.num_gpus < 0):
+        report(_line(entry, "resources"), f"resources must be non-negative and batch_size >= 1, got "
+               f"num_cpus {resources.num_cpus}, num_gpus {resources.num_gpus}, batch_size {resources.batch_size}")
+        resources = None
     params_cls = getattr(cls, "Params")  # noqa: B009 - ClassVar on an ABC
-    params = build_params(params_cls, entry.get("params"), where)
+    params = _collect_params(params_cls, entry.get("params"),
+                             lambda at, msg: report(at or _line(entry, "params"), msg))
+    for_backend = getattr(params, "validate_backend", None)  # parameters that only some backends accept
+    if for_backend is not None and backend in cls.backends:
+        try:
+            for_backend(backend)
+        except ValueError as exc:
+            named = [k for k in (entry.get("params") or {}) if re.search(rf"\b{re.escape(str(k))}\b", str(exc))]
+            at = _line(entry.get("params"), named[0]) if named else 0
+            report(at or _line(entry, "backend") or _line(entry), f"parameters: {exc}")
+            ok = False
     enabled = entry.get("enabled", True)
     if not isinstance(enabled, bool):
-        raise ConfigError(f"{where}: 'enabled' must be true or false, got {enabled!r}")
+        report(_line(entry, "enabled"), f"'enabled' must be true or false, got {enabled!r}")
+        ok = False
+    if not ok or resources is None or params is None:
+        return None
     return StageSpec(name=name, backend=backend, model=model, params=params, resources=resources, enabled=enabled)
 
 
-def load_config(path: Path | None = None) -> dict[str, Pipeline]:
-    """Load and validate every pipeline in ``path`` (default: the pipelines.yaml shipped with ether-prep)."""
-    source = Path(path) if path is not None else DEFAULT_CONFIG
+def _read_yaml(source: Path) -> tuple[Any, list[tuple[int, Any]]]:
     try:
-        raw = yaml.safe_load(source.read_text(encoding="utf-8"))
+        text = source.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{source}: config file not found; pass --config PATH to a pipelines.yaml") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot be read as UTF-8 text ({exc})") from exc
+    loader = _LineLoader(text)
+    try:
+        raw = loader.get_single_data()
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML ({exc})") from exc
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{source}:{mark.line + 1}" if mark is not None else str(source)
+        raise ConfigError(f"{at}: not valid YAML ({getattr(exc, 'problem', None) or exc}); check the indentation "
+                          f"and quoting there") from exc
+    finally:
+        loader.dispose()
+    return raw, loader.repeated
+
+
+def load_config(path: Path | None = None) -> dict[str, Pipeline]:
+    """Load and validate every pipeline in ``path`` (default: the pipelines.yaml shipped with ether-prep).
+
+    Every problem of the file is reported at once, each with its line: one :class:`ConfigError`.
+    """
+    source = Path(path) if path is not None else DEFAULT_CONFIG
+    raw, repeated = _read_yaml(source)
+    problems = _Problems(source)
+    for line, key in repeated:
+        problems.add(line, f"key {key!r} appears twice in one mapping (the second would silently win); keep one")
     if not isinstance(raw, dict) or not isinstance(raw.get("pipelines"), dict):
-        raise ConfigError(f"{source}: expected a mapping with a 'pipelines' mapping at the top")
-    _unknown(raw, _TOP_KEYS, str(source), "top-level key(s)")
+        problems.add(_line(raw, "pipelines") if isinstance(raw, dict) else 1,
+                     "expected a mapping with a 'pipelines' mapping at the top (version: 1, pipelines: {NAME: ...})")
+        problems.raise_if_any()
+    for key, message in _unknown(raw, _TOP_KEYS, "top-level key"):
+        problems.add(_line(raw, key), message)
     if raw.get("version", 1) != 1:
-        raise ConfigError(f"{source}: unsupported config version {raw['version']!r}; this ether-prep reads version 1")
+        problems.add(_line(raw, "version"), f"unsupported config version {raw['version']!r}; this ether-prep reads "
+                     f"version 1 (write 'version: 1')")
     pipelines: dict[str, Pipeline] = {}
-    for pname, body in raw["pipelines"].items():
-        where = _where(source, pname)
+    body_of = raw["pipelines"]
+    for pname, body in body_of.items():
         if not isinstance(body, dict) or not isinstance(body.get("stages"), list):
-            raise ConfigError(f"{where}: expected a mapping with a 'stages' list")
-        _unknown(body, _PIPELINE_KEYS, where, "key(s)")
-        specs = tuple(_stage_spec(e, source, pname, i) for i, e in enumerate(body["stages"]))
-        names = [s.name for s in specs]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"{where}: a stage appears twice: {names}")
-        for i, spec in enumerate(specs):
+            problems.add(_line(body_of, pname), "expected a mapping with a 'stages' list (stages: [- stage: NAME])",
+                         str(pname))
+            continue
+        for key, message in _unknown(body, _PIPELINE_KEYS, "key"):
+            problems.add(_line(body, key), message, str(pname))
+        description = body.get("description", "")
+        if not isinstance(description, str | None):
+            problems.add(_line(body, "description"), f"'description' must be text, got {description!r}", str(pname))
+        stages = body["stages"]
+        specs = [_stage_spec(e, i, _line(stages, i), problems, str(pname)) for i, e in enumerate(stages)]
+        if any(s is None for s in specs):
+            continue
+        valid = [s for s in specs if s is not None]
+        names = [s.name for s in valid]
+        for i, spec in enumerate(valid):
+            if spec.name in names[:i]:
+                problems.add(_line(stages, i), f"stage {spec.name!r} appears twice; keep one entry per stage",
+                             str(pname))
+                continue
             for dep in stage_class(spec.name).requires:
                 if dep not in names[:i]:
-                    raise ConfigError(f"{where}: stage {spec.name!r} requires stage {dep!r} before it")
-        pipelines[pname] = Pipeline(name=pname, stages=specs, source=source, description=body.get("description", ""))
+                    problems.add(_line(stages, i), f"stage {spec.name!r} requires stage {dep!r} before it; add it "
+                                 f"earlier in the list", str(pname), spec.name)
+        pipelines[str(pname)] = Pipeline(name=str(pname), stages=tuple(valid),
+                                         source=source, description=description or "")
+    problems.raise_if_any()
     return pipelines
 
 

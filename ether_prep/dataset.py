@@ -26,6 +26,10 @@ Each item is a dict: ``utterance_id``, ``session_id``, ``speaker``, ``role``, ``
 ``speaker_mask`` / ``listener_mask`` (T,) bool, ``pooled`` (2, 3, D) [speaker|listener] x [mean, std, max],
 ``cues`` (6,) float32 in :data:`CUE_NAMES` order, plus ``words`` (list of (text, start, end)) with
 ``with_words=True`` and ``audio`` (float32 samples of the utterance) with ``with_audio=True``.
+
+``open_store(path, deidentify=True, names=[...])`` scrubs every text on read: e-mail addresses, phone numbers,
+URLs and the listed names become ``[EMAIL]``, ``[PHONE]``, ``[URL]``, ``[NAME]`` in utterance texts, dialogue
+pair texts and words (see :mod:`ether_prep.deidentify`); the face tensors hold no boxes or landmarks anyway.
 """
 
 from __future__ import annotations
@@ -39,21 +43,28 @@ import numpy as np
 
 from .errors import StoreError
 
-__all__ = ["CUE_NAMES", "AlignedStore", "UtteranceDataset", "collate_utterances", "open_store"]
+__all__ = ["CUE_NAMES", "AlignedStore", "PairDataset", "UtteranceDataset", "collate_pairs", "collate_utterances",
+           "open_store"]
 
 CUE_NAMES = ("text_valence", "text_arousal", "text_distress", "face_valence", "face_expressivity", "mismatch")
 _STRINGS = ("utterance_id", "session_id", "speaker", "role", "listener_role", "text")
+_TEXT_COLUMNS = ("text", "client_text", "counsellor_text")  # what de-identification scrubs in the manifests
 
 
-def open_store(path: str | os.PathLike[str]) -> AlignedStore:
-    """Open a store written by ``ether-prep extract`` + ``ether-prep align`` for reading."""
-    return AlignedStore(path)
+def open_store(path: str | os.PathLike[str], deidentify: bool = False,
+               names: Iterable[str] | str | os.PathLike[str] | None = None) -> AlignedStore:
+    """Open a store written by ``ether-prep extract`` + ``ether-prep align`` for reading.
+
+    ``deidentify=True`` scrubs texts on read; ``names`` is a list of names or a names file (one per line).
+    """
+    return AlignedStore(path, deidentify=deidentify, names=names)
 
 
 class AlignedStore:
     """An aligned store: the utterance and pair manifests in memory, tensors read on demand."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], deidentify: bool = False,
+                 names: Iterable[str] | str | os.PathLike[str] | None = None) -> None:
         from .manifest import read_manifest
         from .store import Store
 
@@ -65,7 +76,52 @@ class AlignedStore:
                              f"{self.path}` first")
         self.manifest = read_manifest(manifest)
         pairs = store.manifest_path("dialogue_pairs")
-        self.pairs = read_manifest(pairs) if pairs.exists() else {}
+        self.pair_manifest = read_manifest(pairs) if pairs.exists() else {}
+        self._store = store
+        self.deid = None
+        if deidentify:
+            from .deidentify import Deidentifier, read_names
+
+            listed = read_names(names) if isinstance(names, str | os.PathLike) else list(names or ())
+            self.deid = Deidentifier(listed)
+            for table in (self.manifest, self.pair_manifest):
+                for col in _TEXT_COLUMNS:
+                    if col in table:
+                        table[col] = np.array([self.deid.text(str(t)) for t in table[col]], dtype=object)
+        elif names is not None:
+            raise StoreError("names= only applies with deidentify=True")
+
+    def to_pandas(self, which: str = "utterances") -> Any:
+        """A manifest as a pandas DataFrame: ``utterances``, ``pairs`` or ``sessions``."""
+        import pyarrow.parquet as pq
+
+        names = {"utterances": "utterances", "pairs": "dialogue_pairs", "sessions": "sessions"}
+        if which not in names:
+            raise StoreError(f"unknown manifest {which!r}; use one of {', '.join(names)}")
+        path = self._store.manifest_path(names[which])
+        if not path.exists():
+            raise StoreError(f"{self.path}: no {path.name}; run `ether-prep align --out {self.path}` first")
+        frame = pq.read_table(path).to_pandas()
+        for col in _TEXT_COLUMNS if self.deid is not None else ():
+            if col in frame:
+                frame[col] = frame[col].map(lambda t: self.deid.text(str(t)) if t is not None else t)
+        return frame
+
+    def pairs(self, session: str | Sequence[str] | None = None, flag: str | Sequence[str] | None = None,
+              min_mismatch: float | None = None, with_words: bool = False) -> PairDataset:
+        """A dataset of dialogue pairs (a client turn and the counsellor's reply), both people's faces over
+        each turn; ``flag`` keeps pairs whose client turn raised any of the named cue flags."""
+        m = self.pair_manifest
+        n = len(m.get("pair_id", []))
+        keep = np.ones(n, dtype=bool)
+        if session is not None:
+            keep &= np.isin(m["session_id"].astype(str), [session] if isinstance(session, str) else list(session))
+        if flag is not None:
+            wanted = {flag} if isinstance(flag, str) else set(flag)
+            keep &= np.array([bool(wanted & set(f)) for f in m["client_flags"]], dtype=bool)
+        if min_mismatch is not None:
+            keep &= np.nan_to_num(m["client_mismatch"].astype(float), nan=-1.0) >= min_mismatch
+        return PairDataset(self.utterances(with_words=with_words), {k: v[keep] for k, v in m.items()})
 
     def __len__(self) -> int:
         return len(self.manifest.get("utterance_id", []))
@@ -110,7 +166,7 @@ class AlignedStore:
             keep &= isin("utterance_id", list(ids))
         if where is not None:
             keep &= np.asarray(where(m), dtype=bool)
-        return UtteranceDataset(self.path, {k: v[keep] for k, v in m.items()}, with_words, with_audio)
+        return UtteranceDataset(self.path, {k: v[keep] for k, v in m.items()}, with_words, with_audio, self.deid)
 
 
 class _SessionArrays:
@@ -125,6 +181,7 @@ class _SessionArrays:
             tensors = align["tensors"]
             self.face = tensors["face"]
             self.mask = tensors["mask"]
+            self.feature_names = list(tensors.attrs.get("feature_names", []))
             self.pooled = np.asarray(align["pooled"][...])
         except (KeyError, StoreError) as exc:
             raise StoreError(f"{root}: session {session_id!r} has no align tensors ({exc}); re-run "
@@ -150,11 +207,12 @@ class UtteranceDataset:
     """Per-utterance tensors, read lazily; ``Dataset``-compatible (``len``, ``[i]``) with a padding collate."""
 
     def __init__(self, root: Path, rows: dict[str, np.ndarray], with_words: bool = False,
-                 with_audio: bool = False) -> None:
+                 with_audio: bool = False, deid: Any = None) -> None:
         self.root = Path(root)
         self.rows = rows
         self.with_words = with_words
         self.with_audio = with_audio
+        self.deid = deid  # a Deidentifier: words are scrubbed as they are read
         self._cache: dict[str, _SessionArrays] = {}
         self._pid = os.getpid()
         self._cues = np.stack([rows[c].astype(np.float32) for c in CUE_NAMES], axis=1) if len(self) else \
@@ -171,11 +229,10 @@ class UtteranceDataset:
 
     @property
     def feature_names(self) -> list[str]:
+        """Names of the face feature columns (the last axis of ``speaker_face`` / ``listener_face``)."""
         if not len(self):
             return []
-        arrays = self._session(str(self.rows["session_id"][0]))
-        return list(arrays.face.attrs.get("feature_names") or
-                    arrays.group["align"]["tensors"].attrs.get("feature_names", []))
+        return self._session(str(self.rows["session_id"][0])).feature_names
 
     def _session(self, session_id: str) -> _SessionArrays:
         if os.getpid() != self._pid:  # forked worker: never reuse the parent's handles
@@ -198,18 +255,21 @@ class UtteranceDataset:
         mask = arrays.mask[lo:lo + n]
         # The grid is t0 + k / rate, exactly as the stage built it, so it need not be read from disk.
         time = float(r["grid_t0"][i]) + np.arange(n, dtype=np.float64) / float(r["rate_hz"][i])
-        item: dict[str, Any] = {k: str(r[k][i]) for k in _STRINGS}
+        item: dict[str, Any] = {k: None if r[k][i] is None else str(r[k][i]) for k in _STRINGS}
         item.update({
             "start": float(r["start"][i]), "end": float(r["end"][i]), "time": time,
             "speaker_face": face[:, 0], "speaker_mask": mask[:, 0],
             "listener_face": face[:, 1], "listener_mask": mask[:, 1],
-            "pooled": arrays.pooled[int(r["index"][i])], "cues": self._cues[i],
+            "pooled": arrays.pooled[int(r["utterance_index"][i])], "cues": self._cues[i],
         })
         if self.with_words:
             w = arrays.words()
             a, b = int(r["word_start"][i]), int(r["word_end"][i])
             item["words"] = [(str(w["text"][k]), float(w["start"][k]), float(w["end"][k])) for k in range(a, b)] \
                 if w else []
+            if self.deid is not None and item["words"]:
+                texts = self.deid.words([t for t, _, _ in item["words"]])
+                item["words"] = [(t, s, e) for t, (_, s, e) in zip(texts, item["words"], strict=True)]
         if self.with_audio:
             item["audio"] = np.asarray(arrays.waveform()[int(r["audio_start"][i]):int(r["audio_end"][i])])
         return item
@@ -226,23 +286,10 @@ def collate_utterances(batch: list[dict[str, Any]], as_torch: bool = True) -> di
     lists; ``audio`` is zero-padded with ``audio_lengths``.
     """
     n = len(batch)
-    lengths = np.array([len(b["time"]) for b in batch], dtype=np.int64)
-    t_max = int(lengths.max()) if n else 0
     out: dict[str, Any] = {k: [b[k] for b in batch] for k in (*_STRINGS, "start", "end")}
     out["start"] = np.asarray(out["start"], dtype=np.float64)
     out["end"] = np.asarray(out["end"], dtype=np.float64)
-    dim = batch[0]["speaker_face"].shape[-1] if n else 0
-    out["lengths"] = lengths
-    out["valid"] = np.arange(t_max)[None, :] < lengths[:, None]
-    out["time"] = np.zeros((n, t_max), dtype=np.float64)
-    for key in ("speaker_face", "listener_face"):
-        out[key] = np.zeros((n, t_max, dim), dtype=np.float32)
-    for key in ("speaker_mask", "listener_mask"):
-        out[key] = np.zeros((n, t_max), dtype=bool)
-    for j, b in enumerate(batch):
-        k = lengths[j]
-        for key in ("time", "speaker_face", "listener_face", "speaker_mask", "listener_mask"):
-            out[key][j, :k] = b[key]
+    out.update(_pad_turns(batch, as_torch=False))
     out["pooled"] = np.stack([b["pooled"] for b in batch]) if n else np.zeros((0,))
     out["cues"] = np.stack([b["cues"] for b in batch]) if n else np.zeros((0, len(CUE_NAMES)))
     if n and "words" in batch[0]:
@@ -253,10 +300,87 @@ def collate_utterances(batch: list[dict[str, Any]], as_torch: bool = True) -> di
         for j, b in enumerate(batch):
             audio[j, :alen[j]] = b["audio"]
         out["audio"], out["audio_lengths"] = audio, alen
-    if as_torch:
-        import torch
+    return _to_torch(out) if as_torch else out
 
-        for k, v in list(out.items()):
-            if isinstance(v, np.ndarray):
-                out[k] = torch.from_numpy(np.ascontiguousarray(v))
-    return out
+
+_STEP_KEYS = ("time", "speaker_face", "listener_face", "speaker_mask", "listener_mask")
+
+
+def _pad_turns(items: list[dict[str, Any]], as_torch: bool) -> dict[str, Any]:
+    """The per-step arrays of ``items`` padded to the longest: ``lengths``, ``valid`` and :data:`_STEP_KEYS`."""
+    n = len(items)
+    lengths = np.array([len(b["time"]) for b in items], dtype=np.int64)
+    t_max = int(lengths.max()) if n else 0
+    dims = {b["speaker_face"].shape[-1] for b in items}
+    if len(dims) > 1:  # one store has one width; a store aligned by an older ether-prep may mix them
+        raise StoreError(f"utterances with different face feature widths {sorted(dims)} in one batch; "
+                         f"re-run `ether-prep align --force` so every session has the same feature columns")
+    dim = dims.pop() if n else 0
+    out: dict[str, Any] = {"lengths": lengths, "valid": np.arange(t_max)[None, :] < lengths[:, None],
+                           "time": np.zeros((n, t_max), dtype=np.float64)}
+    for key in ("speaker_face", "listener_face"):
+        out[key] = np.zeros((n, t_max, dim), dtype=np.float32)
+    for key in ("speaker_mask", "listener_mask"):
+        out[key] = np.zeros((n, t_max), dtype=bool)
+    for j, b in enumerate(items):
+        for key in _STEP_KEYS:
+            out[key][j, :lengths[j]] = b[key]
+    return _to_torch(out) if as_torch else out
+
+
+def _to_torch(out: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in out.items()}
+
+
+class PairDataset:
+    """Dialogue pairs read lazily: each item holds the client's turn and the counsellor's reply, each as the
+    concatenated tensors of its utterances (``speaker_face`` is the one talking, ``listener_face`` the other
+    person over the same steps), plus the pair's texts and cues."""
+
+    def __init__(self, utterances: UtteranceDataset, rows: dict[str, np.ndarray]) -> None:
+        self.utterances = utterances
+        self.rows = rows
+        self._row_of = {str(u): k for k, u in enumerate(utterances.rows.get("utterance_id", []))}
+
+    def __len__(self) -> int:
+        return len(self.rows.get("pair_id", []))
+
+    def _turn(self, ids: Sequence[str]) -> dict[str, Any]:
+        parts = [self.utterances[self._row_of[str(u)]] for u in ids]
+        turn = {k: np.concatenate([p[k] for p in parts]) for k in
+                ("time", "speaker_face", "speaker_mask", "listener_face", "listener_mask")}
+        turn["utterance_ids"] = [str(u) for u in ids]
+        turn["text"] = " ".join(p["text"] for p in parts)
+        return turn
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"pair index {i} out of range for {len(self)} pairs")
+        i = int(i) % len(self)
+        r = self.rows
+        return {"pair_id": str(r["pair_id"][i]), "session_id": str(r["session_id"][i]),
+                "start": float(r["start"][i]), "end": float(r["end"][i]),
+                "client_mismatch": float("nan") if r["client_mismatch"][i] is None else float(r["client_mismatch"][i]),
+                "client_flags": list(r["client_flags"][i]),
+                "client": self._turn(r["client_utterances"][i]),
+                "counsellor": self._turn(r["counsellor_utterances"][i])}
+
+    def collate(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        """Pad each turn to the longest in the batch (see :func:`collate_pairs`); torch tensors out."""
+        return collate_pairs(batch, as_torch=True)
+
+
+def collate_pairs(batch: list[dict[str, Any]], as_torch: bool = True) -> dict[str, Any]:
+    """Stack pairs: ``client`` and ``counsellor`` are each padded like :func:`collate_utterances` batches."""
+    out: dict[str, Any] = {k: [b[k] for b in batch] for k in ("pair_id", "session_id", "client_flags")}
+    out["start"] = np.array([b["start"] for b in batch], dtype=np.float64)
+    out["end"] = np.array([b["end"] for b in batch], dtype=np.float64)
+    out["client_mismatch"] = np.array([b["client_mismatch"] for b in batch], dtype=np.float64)
+    for side in ("client", "counsellor"):
+        turns = [b[side] for b in batch]
+        out[side] = _pad_turns(turns, as_torch)
+        out[side]["utterance_ids"] = [t["utterance_ids"] for t in turns]
+        out[side]["text"] = [t["text"] for t in turns]
+    return _to_torch(out) if as_torch else out

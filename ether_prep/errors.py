@@ -8,7 +8,8 @@ Lower-level errors (PyAV, zarr, whisperx, MediaPipe, ...) are translated at the 
     ├── InputError         a recording cannot be read: corrupt, truncated, empty, not media
     ├── ModelError         a model cannot be found or loaded (path, package, hub)
     ├── StageError         a stage failed on one session for another reason
-    └── StoreError         the Zarr store is missing, of another schema, or inconsistent
+    ├── StoreError         the Zarr store is missing, of another schema, or inconsistent
+    └── LockError          another process holds the store (or a model download) right now
 """
 
 from __future__ import annotations
@@ -36,3 +37,7 @@ class StageError(EtherPrepError):
 
 class StoreError(EtherPrepError):
     """The store is missing or inconsistent."""
+
+
+class LockError(EtherPrepError):
+    """Another process holds the lock (a run writing the store, a model download)."""

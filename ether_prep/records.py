@@ -30,9 +30,10 @@ class MediaProbe:
     audio_codec: str | None = None
     video_fps: float | None = None
     video_frame_count: int | None = None
-    video_width: int | None = None
+    video_width: int | None = None  # as displayed: the display matrix's rotation applied
     video_height: int | None = None
     video_codec: str | None = None
+    video_rotation: int = 0  # degrees counter-clockwise that turn stored frames upright (0, 90, 180, 270)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,13 +97,15 @@ class Utterance:
 
 @dataclass(frozen=True)
 class FaceTrack:
-    """One face followed across analysed frames."""
+    """One face followed across analysed frames (within one shot), and the person it belongs to."""
 
     track: int
     first_time: float
     last_time: float
     n_frames: int
     mean_box: tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
+    person: int  # the same id for every track of one person (across cuts, gaps and re-entries)
+    shot: int
 
 
 @dataclass(frozen=True)

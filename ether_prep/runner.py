@@ -15,27 +15,37 @@ swallowed.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .config import Pipeline, StageSpec
 from .errors import EtherPrepError, InputError, StoreError
 from .executors import ActorRecord, Executor, make_executor
+from .lock import store_lock
 from .provenance import fingerprint, library_versions
 from .records import Session
-from .sessions import discover_sessions, probe_session, session_from_info
+from .sessions import probe_session, scan, session_from_info
 from .stages import stage_class
 from .stages.base import Stage
-from .store import SessionGroup, StageState, Store
+from .store import SessionGroup, StageState, Store, local_path
 from .worker import Outcome, Task
 
-__all__ = ["RunSummary", "load_sessions", "plan_stage", "run_pipeline", "stage_fingerprint", "status_table"]
+__all__ = ["RunSummary", "load_sessions", "models_are_local", "plan_stage", "run_pipeline", "stage_fingerprint",
+           "status_table"]
 
+_log = logging.getLogger(__name__)
+# Hub libraries (huggingface_hub, transformers, pyannote) read these when imported: set before any stage loads.
+_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+# Usage reports that libraries send by default (Ray's hourly usage stats, pyannote's metrics, hub telemetry).
+_NO_TELEMETRY = {"RAY_USAGE_STATS_ENABLED": "0", "PYANNOTE_METRICS_ENABLED": "0", "HF_HUB_DISABLE_TELEMETRY": "1"}
 # How long the driver waits for an outcome before it looks at progress again (seconds).
 _POLL_S = 0.5
 
@@ -47,6 +57,8 @@ class RunSummary:
     outcomes: list[Outcome] = field(default_factory=list)
     # stage -> accelerators (CUDA_VISIBLE_DEVICES) of each worker the executor made for it
     placements: dict[str, list[str]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)  # run-level: recordings that could not even be looked at
+    notes: list[str] = field(default_factory=list)  # run-level findings that lose nothing (a link loop skipped)
     executor: str = "none"  # what ran the tasks: inline, ray, or none (nothing to compute)
     wall_s: float = 0.0
     actors: list[ActorRecord] = field(default_factory=list)  # Ray only: every actor made, and its lifetime
@@ -57,7 +69,7 @@ class RunSummary:
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.errors
 
     def counts(self, stage: str | None = None) -> Counter[str]:
         return Counter(o.state for o in self.outcomes if stage is None or o.stage == stage)
@@ -88,8 +100,14 @@ class RunSummary:
         for o in self.outcomes:
             if o.retries:
                 lines.append(f"  RETRIED {o.session_id} [{o.stage}]: its worker was lost {o.retries}x; then {o.state}")
+        # A file that cannot be read fails every stage with one message: said once, with the stages.
+        grouped: dict[tuple[str, str, str | None], list[str]] = {}
         for o in self.failed:
-            lines.append(f"  {o.state.upper()} {o.session_id} [{o.stage}]: {o.message}")
+            grouped.setdefault((o.state, o.session_id, o.message), []).append(o.stage)
+        for (state, sid, message), stages in grouped.items():
+            lines.append(f"  {state.upper()} {sid} [{', '.join(stages)}]: {message}")
+        lines.extend(f"  ERROR {e}" for e in self.errors)
+        lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 
 
@@ -100,32 +118,90 @@ def stage_fingerprint(spec: StageSpec, upstream: dict[str, str], inputs: dict[st
     return fingerprint(payload)
 
 
-def _probe_all(sessions: Sequence[Session]) -> tuple[list[Session], dict[str, str]]:
-    probed, errors = [], {}
+def _probe_all(sessions: Sequence[Session], errors: dict[str, str]) -> list[Session]:
+    probed = []
     for s in sessions:
+        if s.id in errors:
+            probed.append(s)
+            continue
         try:
             probed.append(probe_session(s))
         except InputError as exc:
             probed.append(s)
             errors[s.id] = str(exc)
-    return probed, errors
+    return probed
 
 
-def load_sessions(store: Store, raw_dir: Path | None) -> tuple[list[Session], dict[str, str]]:
-    """Sessions of ``raw_dir`` (probed; unreadable ones mapped to their error), or those already in the store."""
+def load_sessions(store: Store, raw_dir: Path | None,
+                  summary: RunSummary | None = None) -> tuple[list[Session], dict[str, str]]:
+    """Sessions of ``raw_dir`` (probed; unusable ones mapped to their error), or those already in the store.
+
+    Run-level findings of discovery (folders that cannot be listed, link loops) go to ``summary``.
+    """
     if raw_dir is None:
-        sessions = [session_from_info(store.session(sid).info) for sid in store.session_ids()]
+        sessions, errors = [], {}
+        for sid in store.session_ids():
+            info = store.session(sid).info
+            try:
+                sessions.append(session_from_info(info))
+            except EtherPrepError as exc:  # e.g. its sessions.csv became malformed: that session fails alone
+                sessions.append(session_from_info(info, refresh=False))
+                errors[sid] = f"{info.get('relpath', sid)}: {exc}"
         for s in sessions:
-            store.session(s.id, info=s.to_dict())  # keeps refreshed sessions.csv metadata
+            if s.id not in errors:
+                store.session(s.id, info=s.to_dict())  # keeps refreshed sessions.csv metadata
         if not sessions:
             raise StoreError(f"{store.url}: holds no sessions; run `ether-prep extract RAW_DIR --out {store.url}`")
-        return sessions, {s.id: f"{s.relpath}: could not be probed" for s in sessions if s.probe is None}
-    sessions, errors = _probe_all(discover_sessions(raw_dir))
+        errors.update({s.id: f"{s.relpath}: could not be probed" for s in sessions
+                       if s.probe is None and s.id not in errors})
+        return sessions, errors
+    found = scan(raw_dir)
+    if summary is not None:
+        summary.errors.extend(found.errors)
+        summary.notes.extend(found.notes)
+    errors = dict(found.problems)
+    sessions = _probe_all(found.sessions, errors)
     if not sessions:
         raise InputError(f"{raw_dir}: no recordings found (looked for video, audio and image files)")
     for s in sessions:
         store.session(s.id, info=s.to_dict())
     return sessions, errors
+
+
+def models_are_local(stages: Sequence[Stage]) -> bool:
+    """Whether every model these stages name resolves to a local file or a package (no model hub)."""
+    for stage in stages:
+        info = stage.model_info()
+        source = info.get("source", "")
+        if source and not (source.startswith("package ") or source in ("path", "ETHER_PREP_MODELS", "cache")
+                           or (Path(source).is_absolute() and Path(source).exists())):
+            return False
+        # Secondary models (e.g. an aligner) named by hub id rather than by path.
+        if any(k.endswith("_model") and v and not Path(str(v)).exists() for k, v in info.items()):
+            return False
+    return True
+
+
+def _go_offline(stages: Sequence[Stage]) -> bool:
+    """No usage metrics ever; hub libraries offline when no stage needs a hub. Set before any model loads and
+    before Ray starts (local Ray workers inherit this environment). Returns whether hubs were switched off."""
+    for key, value in _NO_TELEMETRY.items():
+        os.environ.setdefault(key, value)
+    if not models_are_local(stages):
+        return False
+    for key, value in _OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    return True
+
+
+def _record_failure(group: SessionGroup, stage: str, marker: dict[str, Any], message: str) -> str:
+    """Mark a stage failed without computing it; a store that cannot take even that is said in the message."""
+    try:
+        group.begin_stage(stage, marker)
+        group.finish_stage(stage, "failed", None, error=message)
+    except OSError as exc:
+        return f"{message} (and the failure could not be recorded in the store: {exc.strerror})"
+    return message
 
 
 def _marker(stage: Stage, upstream: dict[str, str], model: dict[str, str]) -> dict[str, Any]:
@@ -152,11 +228,11 @@ class _Walk:
     """Each session's way through the selected stages (see the module docstring); planning happens here, in
     the driver, because a stage's fingerprint depends on the upstream fingerprints just written."""
 
-    def __init__(self, specs: Sequence[StageSpec], store: Store, sessions: Sequence[Session],
-                 probe_errors: dict[str, str], force: bool, summary: RunSummary) -> None:
+    def __init__(self, planners: dict[str, Stage], store: Store, sessions: Sequence[Session],
+                 probe_errors: dict[str, str], force: bool, summary: RunSummary, token: str | None) -> None:
         self.store, self.probe_errors, self.force, self.summary = store, probe_errors, force, summary
-        # Planners describe each stage in the driver; workers build their own and load the models.
-        self.planners = {spec.name: stage_class(spec.name)(spec) for spec in specs}
+        self.token = token  # of the store lock this run holds: workers check it before writing
+        self.planners = planners  # describe each stage in the driver; workers build their own and load models
         self.models = {name: planner.model_info() for name, planner in self.planners.items()}
         self.deps = {name: [d for d in planner.requires if d in self.planners]
                      for name, planner in self.planners.items()}
@@ -194,7 +270,8 @@ class _Walk:
             # 'running', or nothing; make it say why.
             group = self._group(outcome.session_id)
             if group.stage_state(outcome.stage).state in ("pending", "running"):
-                group.finish_stage(outcome.stage, "failed", None, error=outcome.message)
+                message = _record_failure(group, outcome.stage, {"stage": outcome.stage}, outcome.message or "")
+                outcome = replace(outcome, message=message)
         self._record(outcome)
 
     def _group(self, session_id: str) -> SessionGroup:
@@ -225,9 +302,7 @@ class _Walk:
                 raise InputError(self.probe_errors[session.id])
             fp, state, upstream = plan_stage(planner, session, group)
         except EtherPrepError as exc:  # this session cannot run this stage; the others go on
-            group.begin_stage(name, {"stage": name})
-            group.finish_stage(name, "failed", None, error=str(exc))
-            self._record(Outcome(session.id, name, "failed", str(exc)))
+            self._record(Outcome(session.id, name, "failed", _record_failure(group, name, {"stage": name}, str(exc))))
             return
         if isinstance(upstream, str):
             self._record(Outcome(session.id, name, "blocked", upstream))
@@ -243,7 +318,7 @@ class _Walk:
             group.finish_stage(name, "skipped", fp, note=note)
             self._record(Outcome(session.id, name, "skipped", note))
             return
-        self.ready.append(Task(session, name, fp, marker))
+        self.ready.append(Task(session, name, fp, marker, self.token))
 
 
 class _Bars:
@@ -297,19 +372,43 @@ def run_pipeline(
     workers: int | None = None,
     ray_address: str | None = None,
     progress: bool = False,
+    wait: float = 0.0,
 ) -> RunSummary:
     """Run the selected stages of ``pipeline`` over the recordings in ``raw_dir`` (or those in the store).
 
     ``store_path``: a folder, or an fsspec URL (``file://``, ``s3://``, ``gs://``). ``executor``: ``inline``,
     ``ray`` or ``auto`` (see :mod:`ether_prep.executors`). ``progress``: bars on a terminal and Ray workers'
-    logs; False keeps both quiet.
+    logs; False keeps both quiet. The store is locked for the whole run (``<store>/.ether-prep.lock``): a
+    second run on the same store waits up to ``wait`` seconds for the first to end, then refuses with a
+    :class:`~ether_prep.errors.LockError` naming the holder. A store behind an object-store URL (``s3://``,
+    ``gs://``) has no lock file: one run at a time on it is up to you.
     """
     t0 = time.perf_counter()
     specs = pipeline.select(family=family, only=only, start=start)
-    store = Store(store_path)
-    sessions, probe_errors = load_sessions(store, raw_dir)
-    summary = RunSummary()
-    walk = _Walk(specs, store, sessions, probe_errors, force, summary)
+    folder = local_path(store_path)
+    with store_lock(folder, wait=wait) if folder is not None else contextlib.nullcontext() as lock:
+        summary = RunSummary()
+        if lock is not None and lock.took_over:
+            summary.notes.append(f"took over the store lock left by a process that no longer runs "
+                                 f"(pid {lock.took_over.get('pid')}, started {lock.took_over.get('started')})")
+        store = Store(store_path)
+        store.record_pipeline(pipeline.name, str(pipeline.source), pipeline.digest())
+        try:
+            _run_locked(specs, raw_dir, store, summary, lock.token if lock is not None else None, force=force,
+                        executor=executor, workers=workers, ray_address=ray_address, progress=progress)
+        finally:
+            summary.wall_s = time.perf_counter() - t0
+    return summary
+
+
+def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summary: RunSummary,
+                token: str | None, *, force: bool, executor: str, workers: int | None, ray_address: str | None,
+                progress: bool) -> None:
+    planners = {spec.name: stage_class(spec.name)(spec) for spec in specs}  # describe stages in the driver
+    if _go_offline(list(planners.values())) and any(p.model_info() for p in planners.values()):
+        _log.info("every model is local: model hubs switched off (HF_HUB_OFFLINE=1, TRANSFORMERS_OFFLINE=1)")
+    sessions, probe_errors = load_sessions(store, raw_dir, summary)
+    walk = _Walk(planners, store, sessions, probe_errors, force, summary, token)
     bars = _Bars(specs, enabled=progress and sys.stderr.isatty())
     runner: Executor | None = None
     try:
@@ -337,28 +436,53 @@ def run_pipeline(
             summary.placements = dict(runner.placements)
             summary.actors = list(getattr(runner, "actor_log", []))
             runner.close()
-        store.consolidate()
-        summary.wall_s = time.perf_counter() - t0
-    return summary
+        try:
+            store.consolidate()
+        except OSError as exc:  # readers open unconsolidated too: nothing is lost
+            summary.errors.append(f"{store.url}: metadata not consolidated ({exc.strerror}); free space and "
+                                  f"run again")
 
 
 def status_table(store: Store, pipeline: Pipeline | None = None) -> list[dict[str, Any]]:
     """One row per (session, stage): state (done, skipped, stale, failed, running, pending) and message.
 
-    ``stale`` means done, but with other parameters, model or upstream results than ``pipeline`` now asks for.
+    ``stale`` means done, but with other parameters, model or upstream results than ``pipeline`` now asks for;
+    a stage downstream of a stale one is stale too, since rerunning the upstream stage changes its input.
     """
     planners = {s.name: stage_class(s.name)(s) for s in pipeline.stages if s.enabled} if pipeline else {}
     rows = []
     for sid in store.session_ids():
         group = store.session(sid)
-        session = session_from_info(group.info) if planners else None
+        try:
+            session = session_from_info(group.info) if planners else None
+        except EtherPrepError:  # its sessions.csv is malformed now: judge staleness on the stored metadata
+            session = session_from_info(group.info, refresh=False)
+        expected: dict[str, str] = {}  # stage -> the fingerprint this pipeline would give it now
         for name in planners or sorted(group.group.group_keys()):
             state = group.stage_state(name)
             shown = state.state
             if session is not None and state.complete:
-                fp, _, upstream = plan_stage(planners[name], session, group)
-                if isinstance(upstream, str) or fp != state.fingerprint:
+                fp = _expected_fingerprint(planners[name], session, group, expected)
+                expected[name] = fp or ""
+                if fp != state.fingerprint:
                     shown = "stale"
             rows.append({"session": sid, "relpath": group.info.get("relpath", ""), "stage": name, "state": shown,
                          "message": state.error or state.note or ""})
     return rows
+
+
+def _expected_fingerprint(stage: Stage, session: Session, group: SessionGroup, expected: dict[str, str]) -> str | None:
+    """The fingerprint ``stage`` would get now, chaining the upstream stages' expected fingerprints."""
+    upstream = {}
+    for dep in stage.requires:
+        if dep in expected:
+            upstream[dep] = expected[dep]
+        else:
+            dep_state = group.stage_state(dep)
+            if not dep_state.complete:
+                return None
+            upstream[dep] = dep_state.fingerprint or ""
+    try:
+        return stage_fingerprint(stage.spec, upstream, stage.fingerprint_inputs(session))
+    except EtherPrepError:
+        return None

@@ -1,23 +1,33 @@
-"""Session discovery: recursive, stable ids from relative paths, optional per-folder ``sessions.csv``."""
+"""Session discovery: recursive, stable ids from relative paths, optional per-folder ``sessions.csv``.
+
+Discovery never stops over one bad entry: :func:`scan` returns the sessions it found together with what
+it could not use. A malformed ``sessions.csv`` fails the recordings of its folder (each with a message naming
+the file, the line and the fix); a folder that cannot be listed is a run-level error; folder links are
+followed once (a link back to a folder already searched, a symlink loop, is skipped with a note); a link
+named like a recording that loops or dangles becomes a session whose probe says so.
+"""
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
 import unicodedata
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError, InputError
 from .records import MediaProbe, Session
 
-__all__ = ["AUDIO_EXTENSIONS", "IMAGE_EXTENSIONS", "METADATA_FILE", "VIDEO_EXTENSIONS", "discover_sessions",
-           "probe_session", "read_metadata_csv", "session_id"]
+__all__ = ["AUDIO_EXTENSIONS", "IMAGE_EXTENSIONS", "METADATA_FILE", "VIDEO_EXTENSIONS", "Discovery",
+           "discover_sessions", "probe_session", "read_metadata", "read_metadata_csv", "scan", "session_id"]
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg"})
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".m4a", ".ogg"})
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 METADATA_FILE = "sessions.csv"
+_CSV_FIX = "fix it: UTF-8 CSV, a header row with a 'file' column, one row per recording"
 
 
 def session_id(relpath: str) -> str:
@@ -45,21 +55,56 @@ def _kind(path: Path) -> str | None:
     return None
 
 
-def _read_metadata(folder: Path) -> dict[str, dict[str, str]]:
-    """Rows of ``folder/sessions.csv`` keyed by their ``file`` column (a name relative to that folder)."""
+def read_metadata(folder: Path) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """Rows of ``folder/sessions.csv`` (see :func:`read_metadata_csv`), and notes about rows naming no
+    recording in that folder."""
     path = folder / METADATA_FILE
-    return read_metadata_csv(path) if path.is_file() else {}
+    if not path.is_file():
+        return {}, []
+    rows, first_line = _parse_metadata(path)
+    notes = [f"{path} line {first_line[name]}: names {name!r}, which is not in that folder"
+             for name in rows if not (folder / name).exists() and not (folder / name).is_symlink()]
+    return rows, notes
 
 
 def read_metadata_csv(path: Path) -> dict[str, dict[str, str]]:
-    """Rows of a metadata CSV (``sessions.csv`` or a roles file) keyed by their ``file`` column, stripped."""
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
+    """Rows of a metadata CSV (``sessions.csv`` or a roles file) keyed by their ``file`` column, stripped.
+    Raises :class:`ConfigError` naming the line and the fix."""
+    return _parse_metadata(path)[0]
+
+
+def _parse_metadata(path: Path) -> tuple[dict[str, dict[str, str]], dict[str, int]]:
+    """(rows keyed by file, the line of each row)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror}); make it readable by this user") from exc
+    reader = csv.DictReader(text.splitlines(), strict=True)
+    rows: dict[str, dict[str, str]] = {}
+    first_line: dict[str, int] = {}
+    line = 1  # where the row being read starts
+    try:
         if not reader.fieldnames or "file" not in reader.fieldnames:
             raise ConfigError(f"{path}: needs a 'file' column naming each recording (relative to its folder); "
-                              f"found columns {reader.fieldnames}")
-        return {row["file"].strip(): {k: (v or "").strip() for k, v in row.items() if k != "file"}
-                for row in reader if row.get("file")}
+                              f"found columns {reader.fieldnames}; {_CSV_FIX}")
+        line = reader.line_num + 1
+        for row in reader:
+            if None in row:
+                raise ConfigError(f"{path} line {line}: {len(reader.fieldnames) + len(row[None])} fields but the "
+                                  f"header has {len(reader.fieldnames)}; quote values that contain commas")
+            name = (row.get("file") or "").strip()
+            if name in rows:
+                raise ConfigError(f"{path} line {line}: {name!r} again (first on line {first_line[name]}); "
+                                  f"keep one row per recording")
+            if name:
+                first_line[name] = line
+                rows[name] = {k: (v or "").strip() for k, v in row.items() if k != "file"}
+            line = reader.line_num + 1
+    except csv.Error as exc:
+        raise ConfigError(f"{path} line {line}: {exc} (an unclosed quote?); {_CSV_FIX}") from exc
+    return rows, first_line
 
 
 def probe_session(session: Session) -> Session:
@@ -70,42 +115,91 @@ def probe_session(session: Session) -> Session:
     return Session(session.id, session.path, session.relpath, session.kind, session.meta, probe)
 
 
-def discover_sessions(raw_dir: Path) -> list[Session]:
-    """All recordings under ``raw_dir`` (recursively, hidden files skipped), sorted by relative path.
+@dataclass
+class Discovery:
+    """What :func:`scan` found: sessions, per-session problems, run-level errors and notes."""
 
-    Files are not opened here; :func:`probe_session` does that, so one unreadable file never stops discovery.
-    """
+    sessions: list[Session] = field(default_factory=list)
+    problems: dict[str, str] = field(default_factory=dict)  # session id -> why it cannot be processed
+    errors: list[str] = field(default_factory=list)  # recordings that may exist but could not be looked at
+    notes: list[str] = field(default_factory=list)  # harmless findings (a folder link loop skipped, ...)
+
+
+def _walk(raw_dir: Path, found: Discovery) -> list[Path]:
+    """Candidate recordings under ``raw_dir``: links followed, each real folder searched once, hidden
+    entries skipped; a link named like a recording is kept even when it dangles or loops (its probe says so)."""
+    files: list[Path] = []
+    seen: dict[tuple[int, int], str] = {}
+
+    def unlistable(exc: OSError) -> None:
+        found.errors.append(f"{exc.filename}: cannot list this folder ({exc.strerror}); its recordings are not "
+                            f"included: give the user running ether-prep read and execute permission on it")
+
+    for top, dirs, names in os.walk(raw_dir, followlinks=True, onerror=unlistable):
+        here = Path(top)
+        st = here.stat()
+        key = (st.st_dev, st.st_ino)
+        rel = here.relative_to(raw_dir).as_posix()
+        if key in seen:
+            found.notes.append(f"{here}: leads back to {raw_dir / seen[key]}, already searched (a symlink loop "
+                               f"or a second link to one folder): skipped")
+            dirs[:] = []
+            continue
+        seen[key] = rel
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            path = here / name
+            if not name.startswith(".") and _kind(path) is not None and (path.is_file() or path.is_symlink()):
+                files.append(path)
+    return files
+
+
+def scan(raw_dir: Path) -> Discovery:
+    """All recordings under ``raw_dir`` (recursively, hidden files skipped), sorted by relative path, with
+    everything that stands in the way of processing them. Files are not opened here; :func:`probe_session`
+    does that, so one unreadable file never stops discovery."""
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise ConfigError(f"{raw_dir}: not a folder of recordings")
-    metadata: dict[Path, dict[str, dict[str, str]]] = {}
-    sessions = []
-    for path in sorted(raw_dir.rglob("*")):
-        rel = path.relative_to(raw_dir)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
-            continue
-        kind = _kind(path)
-        if kind is None:
-            continue
+    found = Discovery()
+    metadata: dict[Path, tuple[dict[str, dict[str, str]], str | None]] = {}
+    for path in sorted(_walk(raw_dir, found), key=lambda p: p.relative_to(raw_dir).as_posix()):
         if path.parent not in metadata:
-            metadata[path.parent] = _read_metadata(path.parent)
-        relpath = rel.as_posix()
-        meta = metadata[path.parent].get(path.name, {})
-        sessions.append(Session(session_id(relpath), path.absolute(), relpath, kind, meta))
-    return sessions
+            try:
+                rows, notes = read_metadata(path.parent)
+                metadata[path.parent] = (rows, None)
+                found.notes.extend(notes)
+            except ConfigError as exc:
+                metadata[path.parent] = ({}, str(exc))
+        rows, problem = metadata[path.parent]
+        relpath = path.relative_to(raw_dir).as_posix()
+        session = Session(session_id(relpath), path.absolute(), relpath, _kind(path) or "", rows.get(path.name, {}))
+        found.sessions.append(session)
+        if problem:
+            found.problems[session.id] = f"{relpath}: its folder's {METADATA_FILE} cannot be used: {problem}"
+    return found
 
 
-def session_from_info(info: dict) -> Session:
+def discover_sessions(raw_dir: Path) -> list[Session]:
+    """All recordings under ``raw_dir`` (see :func:`scan`); raises :class:`ConfigError` on a bad ``sessions.csv``."""
+    found = scan(raw_dir)
+    if found.problems:
+        raise ConfigError(next(iter(found.problems.values())))
+    return found.sessions
+
+
+def session_from_info(info: dict, refresh: bool = True) -> Session:
     """Rebuild a :class:`Session` from the attributes the runner stored in its group.
 
-    The metadata is read again from the recording's ``sessions.csv`` when the file is still there, so an
-    edited role or note reaches ``ether-prep align`` without re-extracting.
+    With ``refresh``, the metadata is read again from the recording's ``sessions.csv`` when the file is still
+    there, so an edited role or note reaches ``ether-prep align`` without re-extracting; raises
+    :class:`ConfigError` when that file has become malformed.
     """
     probe = MediaProbe(**info["probe"]) if info.get("probe") else None
     path = Path(info["path"])
     meta = dict(info.get("meta", {}))
-    if (path.parent / METADATA_FILE).is_file():
-        meta = _read_metadata(path.parent).get(path.name, {})
+    if refresh and (path.parent / METADATA_FILE).is_file():
+        meta = read_metadata(path.parent)[0].get(path.name, {})
     return Session(info["id"], path, info["relpath"], info["kind"], meta, probe)
 
 

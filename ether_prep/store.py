@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,9 +41,11 @@ __all__ = [
     "StageState",
     "Store",
     "is_url",
+    "local_path",
     "now",
     "read_ragged",
     "write_array",
+    "write_labels",
     "write_ragged",
     "write_table",
 ]
@@ -79,16 +81,28 @@ def _chunk_rows(n_rows: int, row_bytes: int) -> int:
     return max(1, min(max(n_rows, 1), DEFAULT_CHUNK_BYTES // max(row_bytes, 1)))
 
 
+def _dims(name: str, shape: tuple[int, ...], dims: Sequence[str] | None) -> list[str]:
+    """Zarr v3 dimension names (xarray reads them): ``dims`` as given, or the array's own name for 1-D."""
+    if dims is None:
+        if len(shape) > 1:
+            raise StoreError(f"array {name!r} of shape {shape}: name its dimensions (dims=...)")
+        dims = (name,) * len(shape)
+    if len(dims) != len(shape):
+        raise StoreError(f"array {name!r} of shape {shape}: {len(dims)} dimension names {list(dims)}")
+    return list(dims)
+
+
 def write_array(group: zarr.Group, name: str, data: np.ndarray, chunk_len: int | None = None,
-                attrs: Mapping[str, Any] | None = None) -> zarr.Array:
-    """Write an N-d array chunked along its first (time) axis; float arrays use NaN as fill."""
+                attrs: Mapping[str, Any] | None = None, dims: Sequence[str] | None = None) -> zarr.Array:
+    """Write an N-d array chunked along its first (time) axis; float arrays use NaN as fill. ``dims`` names
+    its dimensions (required beyond 1-D; a 1-D array's default is its own name, a coordinate for xarray)."""
     data = np.asarray(data)
     row_bytes = int(np.prod(data.shape[1:], dtype=np.int64)) * data.dtype.itemsize if data.ndim else 1
     rows = chunk_len or _chunk_rows(data.shape[0] if data.ndim else 1, row_bytes)
     chunks = (min(rows, max(data.shape[0], 1)), *data.shape[1:]) if data.ndim else ()
     fill = np.nan if data.dtype.kind == "f" else None
     arr = group.create_array(name, shape=data.shape, chunks=chunks, dtype=data.dtype, fill_value=fill,
-                             overwrite=True)
+                             overwrite=True, dimension_names=_dims(name, data.shape, dims))
     if data.size:
         arr[...] = data
     if attrs:
@@ -97,24 +111,37 @@ def write_array(group: zarr.Group, name: str, data: np.ndarray, chunk_len: int |
 
 
 def create_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype: Any,
-                 chunk_len: int | None = None, attrs: Mapping[str, Any] | None = None) -> zarr.Array:
+                 chunk_len: int | None = None, attrs: Mapping[str, Any] | None = None,
+                 dims: Sequence[str] | None = None, fill_value: Any = None) -> zarr.Array:
     """Create an empty array chunked along its first (time) axis, for writing block by block
-    (``arr[a:b] = block``) when the whole array would not fit in memory; float arrays fill with NaN."""
+    (``arr[a:b] = block``) or appending, when the whole array would not fit in memory; float arrays fill with
+    NaN unless ``fill_value`` says otherwise. ``dims`` as in :func:`write_array`."""
     dtype = np.dtype(dtype)
     row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize if len(shape) else 1
     rows = chunk_len or _chunk_rows(shape[0] if shape else 1, row_bytes)
-    chunks = (min(rows, max(shape[0], 1)), *shape[1:]) if shape else ()
+    chunks = (min(rows, max(shape[0], 1)) if chunk_len is None else chunk_len, *shape[1:]) if shape else ()
     chunks = tuple(max(c, 1) for c in chunks)
-    fill = np.nan if dtype.kind == "f" else None
-    arr = group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, overwrite=True)
+    fill = fill_value if fill_value is not None else (np.nan if dtype.kind == "f" else None)
+    arr = group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, overwrite=True,
+                             dimension_names=_dims(name, shape, dims))
     if attrs:
         arr.attrs.update(dict(attrs))
     return arr
 
 
+def write_labels(group: zarr.Group, dim: str, labels: Sequence[str]) -> zarr.Array:
+    """A 1-D string array named like a dimension: xarray takes it as that dimension's coordinate labels."""
+    arr = group.create_array(dim, shape=(len(labels),), dtype=str, overwrite=True, dimension_names=[dim])
+    if labels:
+        arr[...] = np.asarray(labels, dtype=str)
+    return arr
+
+
 def write_table(group: zarr.Group, name: str, columns: Mapping[str, Any],
-                attrs: Mapping[str, Any] | None = None) -> zarr.Group:
-    """Write a table as a group of equal-length 1-D (or N-d) columns; str columns become UTF-8 strings."""
+                attrs: Mapping[str, Any] | None = None, dim: str | None = None) -> zarr.Group:
+    """Write a table as a group of equal-length 1-D columns sharing the dimension ``dim`` (default: the
+    table's name); str columns become UTF-8 strings."""
+    dim = dim or name
     lengths = {k: len(v) for k, v in columns.items()}
     if len(set(lengths.values())) > 1:
         raise StoreError(f"table {name!r}: columns differ in length: {lengths}")
@@ -123,11 +150,12 @@ def write_table(group: zarr.Group, name: str, columns: Mapping[str, Any],
         arr = np.asarray(values)
         if arr.dtype.kind in ("U", "O", "T"):
             arr = arr.astype(str) if arr.size else np.array([], dtype=str)
-            out = table.create_array(col, shape=arr.shape, chunks=(_chunk_rows(len(arr), 64),), dtype=str)
+            out = table.create_array(col, shape=arr.shape, chunks=(_chunk_rows(len(arr), 64),), dtype=str,
+                                     dimension_names=[dim])
             if arr.size:
                 out[...] = arr
         else:
-            write_array(table, col, arr)
+            write_array(table, col, arr, dims=(dim,))
     table.attrs.update({"columns": list(columns), "n_rows": next(iter(lengths.values()), 0), **(attrs or {})})
     return table
 
@@ -210,6 +238,14 @@ def is_url(location: str | os.PathLike[str]) -> bool:
     return "://" in str(location)
 
 
+def local_path(location: str | os.PathLike[str]) -> Path | None:
+    """The folder of a store on this machine: the path given, or a ``file://`` URL's; None for other URLs."""
+    text = str(location)
+    if not is_url(text):
+        return Path(text)
+    return Path(urlsplit(text).path) if text.startswith("file://") else None
+
+
 class Store:
     """An ether-prep Zarr store (created on first write): a folder, or an fsspec URL such as
     ``s3://bucket/study.zarr`` (credentials come from that filesystem's usual environment, e.g. AWS_PROFILE
@@ -240,11 +276,10 @@ class Store:
     @property
     def path(self) -> Path:
         """The store's folder on this machine (also for a ``file://`` URL); a store elsewhere has none."""
-        if not self.remote:
-            return Path(self.url)
-        if self.url.startswith("file://"):
-            return Path(urlsplit(self.url).path)
-        raise StoreError(f"{self.url}: a store behind a URL has no local folder")
+        folder = local_path(self.url)
+        if folder is None:
+            raise StoreError(f"{self.url}: a store behind a URL has no local folder")
+        return folder
 
     def _exists(self, key: str) -> bool:
         if not self.remote:
@@ -257,6 +292,10 @@ class Store:
     @property
     def attrs(self) -> dict[str, Any]:
         return dict(self.root.attrs["ether_prep"])
+
+    def record_pipeline(self, name: str, config: str, digest: str) -> None:
+        """Remember which pipeline (name, config file, digest of its stages) last ran on this store."""
+        self.root.attrs["ether_prep"] = {**self.attrs, "pipeline": name, "config": config, "config_digest": digest}
 
     def session_ids(self) -> list[str]:
         if _SESSIONS not in self.root:
@@ -280,8 +319,10 @@ class Store:
         """Consolidate metadata once at the end of a run, for fast opening by readers."""
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-            # The Parquet manifests beside the hierarchy are ours, not stray objects.
-            warnings.filterwarnings("ignore", message=r".*\.parquet is not recognized as a component.*")
+            # The Parquet manifests and the run's lock file beside the hierarchy are ours, not stray objects;
+            # so are zarr's own ``*.partial`` temporaries left by a write that was killed.
+            warnings.filterwarnings("ignore", message=r".*(\.parquet|\.ether-prep\.lock|\.partial) is not "
+                                    r"recognized as a component.*")
             zarr.consolidate_metadata(self.root.store)
 
     def manifest_path(self, name: str) -> Path | str:
@@ -312,8 +353,10 @@ def ragged_chunk_rows(row_bytes: int, n_rows: int, chunk_bytes: int = RAGGED_CHU
 
 def write_ragged(group: zarr.Group, name: str, columns: Mapping[str, np.ndarray], offsets: np.ndarray,
                  chunk_rows: int | None = None, chunks_per_shard: int | None = None,
-                 attrs: Mapping[str, Any] | None = None) -> zarr.Group:
-    """Write ragged rows: ``columns`` share their first axis, split into items by ``offsets`` (N + 1,)."""
+                 attrs: Mapping[str, Any] | None = None, dims: Mapping[str, Sequence[str]] | None = None
+                 ) -> zarr.Group:
+    """Write ragged rows: ``columns`` share their first axis, split into items by ``offsets`` (N + 1,).
+    ``dims`` names each column's dimensions (the first is the shared row axis, ``row`` by default)."""
     offsets = np.asarray(offsets, dtype=np.int64)
     n_rows = int(offsets[-1]) if offsets.size else 0
     for col, arr in columns.items():
@@ -331,11 +374,12 @@ def write_ragged(group: zarr.Group, name: str, columns: Mapping[str, np.ndarray]
         # Shards only pay off once there are several chunks; a small session stays one plain chunk.
         shards = (rows * per_shard, *arr.shape[1:]) if n_rows > rows else None
         fill = np.nan if arr.dtype.kind == "f" else (False if arr.dtype.kind == "b" else 0)
+        col_dims = (dims or {}).get(col) or ("row", *(f"{col}_{i}" for i in range(1, arr.ndim)))
         z = out.create_array(col, shape=arr.shape, chunks=chunks, shards=shards, dtype=arr.dtype,
-                             fill_value=fill, overwrite=True)
+                             fill_value=fill, overwrite=True, dimension_names=_dims(col, arr.shape, col_dims))
         if arr.size:
             z[...] = arr
-    write_array(out, "offsets", offsets)
+    write_array(out, "offsets", offsets, dims=("item_edge",))
     out.attrs.update({"columns": list(columns), "n_items": int(max(offsets.size - 1, 0)),
                       "chunk_rows": rows, "shard_rows": rows * per_shard if n_rows > rows else rows,
                       **(attrs or {})})

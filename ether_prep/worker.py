@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import time
@@ -11,12 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import logs
 from .config import StageSpec
 from .errors import EtherPrepError
+from .lock import STORE_LOCK, describe, read_holder
 from .records import Session
 from .stages import stage_class
 from .stages.base import Stage
-from .store import Store
+from .store import Store, local_path
 
 __all__ = ["Outcome", "ProgressFn", "StageWorker", "Task"]
 
@@ -34,6 +37,7 @@ class Task:
     stage: str
     fingerprint: str
     marker: dict[str, Any] = field(default_factory=dict)
+    run_token: str | None = None  # the token of the store lock the run holds; None: unchecked
 
     @property
     def media_s(self) -> float:
@@ -70,6 +74,37 @@ def _where_am_i() -> dict[str, Any]:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
+def _lock_lost(store_path: str | Path, token: str | None) -> str | None:
+    """Why this worker must not write (its run no longer holds the store lock), or None.
+
+    A worker outlives its driver for a moment when the driver is killed (Ray actors finish their task); once
+    another run has taken the stale lock over, such a worker must not write into the store it now owns.
+    """
+    folder = local_path(store_path)
+    if token is None or folder is None:  # unchecked, or a store behind a URL (no lock file there)
+        return None
+    holder = read_holder(folder / STORE_LOCK)
+    if holder and holder.get("token") == token:
+        return None
+    held = describe(holder) if holder else "nobody"
+    return f"the run that started this stage no longer holds the store lock (now: {held}); stopped without writing"
+
+
+def _os_error_message(exc: OSError, session: Session, stage: str, store_path: str | Path) -> str:
+    """What a filesystem error while computing a stage means, and what to do."""
+    where = exc.filename or store_path
+    if exc.errno == errno.ENOSPC:
+        why = f"no space left on the device holding {where}"
+    elif exc.errno == errno.EROFS:
+        why = f"{where} is on a read-only file system"
+    elif exc.errno == errno.EACCES:
+        why = f"permission denied writing {where}"
+    else:
+        return f"{session.relpath}: stage {stage!r} failed with {exc.strerror or exc} ({where})"
+    return (f"{session.relpath}: stage {stage!r} stopped: {why}; free space or choose a writable --out (and TMPDIR),"
+            f" then run again: finished stages are kept and this one is redone")
+
+
 class StageWorker:
     """Holds one stage instance, loads its models once, and processes sessions one by one.
 
@@ -104,34 +139,49 @@ class StageWorker:
     def process(self, task: Task) -> Outcome:
         session = task.session
         started_at, t0 = time.time(), time.perf_counter()
+        if lost := _lock_lost(self.store_path, task.run_token):
+            return Outcome(session.id, self.spec.name, "failed", lost, 0.0, task.media_s, started_at=started_at)
         if self._store is None:
             self._store = Store(self.store_path)
         group = self._store.session(session.id)
-        out = group.begin_stage(self.spec.name, task.marker)
         self.stage.progress_hook = self._progress_for(session.id)
         setup_s = 0.0
         try:
+            out = group.begin_stage(self.spec.name, task.marker)
             if not self._ready:
                 self.stage.setup()
                 self._ready = True
                 setup_s = time.perf_counter() - t0
+                logs.reapply()  # model libraries imported by setup may have installed console handlers
             note = self.stage.run(session, group, out)
-        except EtherPrepError as exc:
-            message = str(exc)
-        except Exception as exc:  # recorded in status with its traceback tail, and the batch goes on
-            tail = "".join(traceback.format_exception(exc)[-3:]).strip()
-            message = f"{session.relpath}: unexpected {type(exc).__name__} in stage {self.spec.name!r}: {exc}\n{tail}"
-        else:
             elapsed = time.perf_counter() - t0
+            if lost := _lock_lost(self.store_path, task.run_token):
+                return Outcome(session.id, self.spec.name, "failed", lost, elapsed, task.media_s,
+                               started_at=started_at, setup_s=setup_s)
             group.finish_stage(self.spec.name, "done", task.fingerprint, note=note, elapsed_s=round(elapsed, 3),
                                worker=_where_am_i())
             return Outcome(session.id, self.spec.name, "done", note, elapsed, task.media_s, started_at=started_at,
                            setup_s=setup_s)
+        except EtherPrepError as exc:
+            message = str(exc)
+        except OSError as exc:  # the store or a temporary folder: full, read-only, gone
+            message = _os_error_message(exc, session, self.spec.name, self.store_path)
+        except Exception as exc:  # recorded in status with its traceback tail, and the batch goes on
+            tail = "".join(traceback.format_exception(exc)[-3:]).strip()
+            message = f"{session.relpath}: unexpected {type(exc).__name__} in stage {self.spec.name!r}: {exc}\n{tail}"
         finally:
             self.stage.progress_hook = None
         elapsed = time.perf_counter() - t0
-        group.finish_stage(self.spec.name, "failed", None, error=message, elapsed_s=round(elapsed, 3),
-                           worker=_where_am_i())
+        if lost := _lock_lost(self.store_path, task.run_token):
+            return Outcome(session.id, self.spec.name, "failed", f"{message}; {lost}", elapsed, task.media_s,
+                           started_at=started_at, setup_s=setup_s)
+        try:
+            # Partial outputs are dropped (they would only take space, e.g. on a full disk); the marker stays.
+            group.begin_stage(self.spec.name, task.marker)
+            group.finish_stage(self.spec.name, "failed", None, error=message, elapsed_s=round(elapsed, 3),
+                               worker=_where_am_i())
+        except OSError as exc:
+            message += f" (the failure could not be recorded in the store either: {exc.strerror}; it shows as running)"
         return Outcome(session.id, self.spec.name, "failed", message, elapsed, task.media_s, started_at=started_at,
                        setup_s=setup_s)
 

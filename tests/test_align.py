@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +25,8 @@ from ether_prep.errors import ConfigError
 from ether_prep.stages.align import AlignParams
 from ether_prep.store import read_ragged, write_ragged
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-GRID2 = DATA / "video" / "grid_two_faces_side_by_side.mp4"
+from .conftest import DATA, GRID2, ROOT
+
 GRID_JSON = json.loads((DATA / "video" / "grid_two_faces_side_by_side.json").read_text())
 FPS = 25.0
 
@@ -274,37 +272,6 @@ def _pipelines_with(tmp: Path, **align_params: object) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def aligned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """Extract then align, once, with the real cpu pipeline, over four real sessions.
-
-    - the side-by-side clip (two faces, two speakers);
-    - a GRID clip (one face, one speaker);
-    - the same GRID clip with the face hidden from 1.0 to 2.0 s while he keeps talking (made here);
-    - the 30 s two-party telephone call (audio only: face skipped).
-    """
-    from ether_prep.config import load_pipeline
-    from ether_prep.runner import run_pipeline
-
-    tmp = tmp_path_factory.mktemp("align")
-    raw = tmp / "raw"
-    raw.mkdir()
-    (raw / GRID2.name).symlink_to(GRID2)
-    (raw / "bbaf2n.mpg").symlink_to(DATA / "video" / "bbaf2n.mpg")
-    (raw / "sample.wav").symlink_to(DATA / "diarization" / "sample.wav")
-    hidden = raw / "bbaf2n_face_hidden.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(DATA / "video" / "bbaf2n.mpg"), "-vf",
-                    "drawbox=x=0:y=0:w=iw:h=ih:color=black:t=fill:enable='between(t,1.0,2.0)'",
-                    "-c:a", "aac", str(hidden)], check=True)
-    store = tmp / "store.zarr"
-    pipeline = load_pipeline("cpu", ROOT / "pipelines.yaml")
-    extract = run_pipeline(pipeline, raw, store, family="extract")
-    assert extract.ok, extract.report()
-    align = run_pipeline(pipeline, raw, store, family="align")
-    assert align.ok, align.report()
-    return {"raw": raw, "store": store, "extract": extract, "align": align, "tmp": tmp}
-
-
 def _session(store: Path, name: str) -> tuple[str, zarr.Group]:
     root = zarr.open_group(str(store), mode="r", zarr_format=3, use_consolidated=False)
     for sid in root["sessions"].group_keys():
@@ -418,9 +385,23 @@ def test_manifests_and_pairs(aligned: dict[str, object]) -> None:
     root = zarr.open_group(str(store), mode="r", zarr_format=3, use_consolidated=False)
     n_total = sum(root["sessions"][s]["align"].attrs["n_utterances"] for s in root["sessions"].group_keys())
     assert len(manifest["utterance_id"]) == n_total and len(set(manifest["utterance_id"])) == n_total
-    for k in ("session_id", "start", "end", "speaker", "role", "text", "speaker_coverage", "mismatch",
-              "text_valence", "group", "row_start", "n_steps", "flag_minimizing"):
+    for k in ("session_id", "utterance_index", "start", "end", "speaker", "role", "text", "speaker_coverage",
+              "mismatch", "text_valence", "group", "row_start", "n_steps", "flag_minimizing", "cue_flags",
+              "speaker_person", "needs_review", "review_reasons"):
         assert k in manifest
+    # no column shadows a pandas attribute, and every column says what it holds
+    schema = pq.read_schema(store / "utterances.parquet")
+    assert "index" not in schema.names and "flags" not in schema.names
+    for field in schema:
+        assert field.metadata and field.metadata[b"description"], field.name
+    # absent values are nulls, not sentinels: the audio-only call has no faces, so no person or mismatch
+    call = [i for i, s in enumerate(manifest["session_id"]) if s.startswith("sample")]
+    assert call and all(manifest["speaker_person"][i] is None for i in call)
+    assert all(manifest["mismatch"][i] is None for i in call)
+    assert all(isinstance(manifest["cue_flags"][i], list) for i in call)
+    assert all(manifest["needs_review"][i] is not None for i in range(len(manifest["utterance_id"])))
+    sessions = pq.read_table(store / "sessions.parquet").to_pydict()
+    assert len(sessions["session_id"]) == 4 and "qc_speaker_face_share" in sessions
     pairs = pq.read_table(store / "dialogue_pairs.parquet").to_pydict()
     assert len(pairs["pair_id"]) >= 1  # the two-party call has client turns followed by replies
     ids = set(manifest["utterance_id"])
@@ -466,6 +447,54 @@ def test_dataloader_batches_equal_direct_zarr_slicing(aligned: dict[str, object]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_shuffled_dataloader_over_a_mixed_store(aligned: dict[str, object], seed: int) -> None:
+    """Audio-only and video sessions in one store: every utterance has the same feature width, so shuffled
+    batches mixing them collate (the README example); audio-only steps are all masked."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    import ether_prep
+
+    store = ether_prep.open_store(aligned["store"])
+    ds = store.utterances()
+    assert len(store.sessions()) == 4
+    names = ds.feature_names
+    assert len(names) == 31 and names[:2] == ["AU01", "AU02"] and names[-1] == "mouth_open"
+    torch.manual_seed(seed)
+    loader = DataLoader(ds, batch_size=5, shuffle=True, num_workers=0, collate_fn=ds.collate)
+    seen = 0
+    for batch in loader:
+        assert batch["speaker_face"].shape[-1] == len(names)
+        for j, sid in enumerate(batch["session_id"]):
+            if sid.startswith("sample"):
+                assert not batch["speaker_mask"][j].any() and not batch["listener_mask"][j].any()
+        seen += len(batch["utterance_id"])
+    assert seen == len(ds)
+
+
+@pytest.mark.slow
+def test_pairs_dataset_and_pandas_views(aligned: dict[str, object]) -> None:
+    import ether_prep
+
+    store = ether_prep.open_store(aligned["store"])
+    frame = store.to_pandas("utterances")
+    assert len(frame) == len(store) and "utterance_index" in frame.columns
+    assert len(store.to_pandas("sessions")) == 4
+    pairs = store.pairs()
+    assert len(pairs) == len(store.to_pandas("pairs")) >= 1
+    item = pairs[0]
+    ids = store.pair_manifest["client_utterances"][0]
+    by_id = {u: store.utterances(ids=[u])[0] for u in ids}
+    assert item["client"]["utterance_ids"] == list(ids)
+    steps = sum(len(by_id[u]["time"]) for u in ids)
+    assert item["client"]["speaker_face"].shape == (steps, 31)
+    assert np.array_equal(item["client"]["speaker_face"][: len(by_id[ids[0]]["time"])], by_id[ids[0]]["speaker_face"])
+    batch = pairs.collate([pairs[i] for i in range(len(pairs))])
+    assert batch["client"]["speaker_face"].shape[0] == len(pairs) == batch["counsellor"]["lengths"].shape[0]
+
+
+@pytest.mark.slow
 def test_changing_the_rate_reruns_only_align(aligned: dict[str, object]) -> None:
     from ether_prep.config import load_pipeline
     from ether_prep.runner import run_pipeline
@@ -477,11 +506,11 @@ def test_changing_the_rate_reruns_only_align(aligned: dict[str, object]) -> None
     summary = run_pipeline(load_pipeline("cpu", cfg), aligned["raw"], store, family=None)
     assert summary.ok, summary.report()
     computed = {o.stage for o in summary.outcomes if o.state in ("done", "failed")}
-    assert computed == {"align"}, summary.report()
-    assert {o.state for o in summary.outcomes if o.stage != "align"} <= {"cached"}
+    assert computed == {"align", "qc"}, summary.report()  # align, and the quality check that reads it
+    assert {o.state for o in summary.outcomes if o.stage not in ("align", "qc")} <= {"cached"}
     after = _markers(store)
     for key, marker in before.items():
-        if key[1] != "align":
+        if key[1] not in ("align", "qc"):
             assert after[key] == marker  # extract stages untouched: same fingerprint and finish time
         else:
             assert after[key]["fingerprint"] != marker["fingerprint"]
@@ -529,7 +558,7 @@ def test_edited_sessions_csv_reaches_align_alone(aligned: dict[str, object]) -> 
     finally:
         csv.unlink()
     assert summary.ok, summary.report()
-    assert summary.ran("align") == [sid]
+    assert summary.ran("align") == [sid] and summary.ran("qc") == [sid]
     _, g = _session(store, "grid_two_faces")
     fixed = dict(g["align"].attrs)
     assert fixed["role_assumed"] is False

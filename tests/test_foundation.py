@@ -128,7 +128,7 @@ def test_bad_files_fail_with_clear_messages(extracted: tuple[Path, Path, object]
     failed = [ln for ln in lines if " failed " in ln]
     assert len(failed) == 2 and any("notes.mp4" in ln for ln in failed)
     assert sum(" done " in f"{ln} " for ln in lines[:-1]) == 4
-    assert "6 session(s): 4 done, 2 failed" in status.output
+    assert "6 session(s), pipeline 'audio': 4 done, 2 failed" in status.output
 
 
 def test_rerun_does_no_work_and_a_changed_parameter_reruns_the_stage(raw_dir: Path, tmp_path: Path) -> None:

@@ -235,7 +235,7 @@ def test_store_behind_a_file_url_equals_a_folder_store(tmp_path: Path) -> None:
     assert run_pipeline(load_pipeline("audio", config), raw, tmp_path / "dir.zarr").ok
     assert store_digest(url) == store_digest(tmp_path / "dir.zarr")
     status = CliRunner().invoke(app, ["status", "--out", url, "-c", str(config), "-p", "audio"])
-    assert status.exit_code == 0 and "2 session(s): 2 done" in status.output, status.output
+    assert status.exit_code == 0 and "2 session(s), pipeline 'audio': 2 done" in status.output, status.output
 
 
 CPU_SESSIONS = {  # six recordings: audio-only speech, a two-speaker conversation, talking faces

@@ -424,9 +424,10 @@ def test_exports_parse_back(speech_run, tmp_path: Path) -> None:
         assert res.exit_code == 0, res.output
     u = store.session(sid).read_table("utterances", "utterances")
     doc = json.loads((tmp_path / "json" / f"{sid}.json").read_text())
-    assert [x["id"] for x in doc["utterances"]] == list(u["id"])
-    assert {"text", "start", "end", "speaker", "score"} <= set(doc["words"][0])
-    assert {"id", "start", "end", "speaker", "text"} <= set(doc["utterances"][0])
+    # whisperx's result shape: one segment per utterance, words inside and in word_segments.
+    assert [x["id"] for x in doc["segments"]] == list(u["id"])
+    assert {"word", "start", "end", "speaker", "score"} <= set(doc["word_segments"][0])
+    assert {"id", "start", "end", "speaker", "text", "words"} <= set(doc["segments"][0])
     turns = _rttm(tmp_path / "rttm" / f"{sid}.rttm")
     stored = store.session(sid).read_table("diarize", "turns")
     assert len(turns) == len(stored["start"]) and turns[0].start == pytest.approx(stored["start"][0], abs=1e-3)

@@ -7,38 +7,36 @@ increasing millisecond timestamps) and in IMAGE mode on a still. Where the model
 1. ``model:`` in pipelines.yaml, when it is a path to an existing file (``~`` expanded);
 2. ``$ETHER_PREP_MODELS/<name>`` (``<name>`` is ``model:`` or ``face_landmarker.task``);
 3. the download cache ``$ETHER_PREP_CACHE`` (default ``~/.cache/ether-prep``) ``/models/<name>``;
-4. a download of Google's published bundle into that cache, when online.
+4. a download of Google's published bundle into that cache, when online: one process downloads while the
+   others wait on a lock file beside it, and the download is used only if its sha256 is the published one.
 
 ``mediapipe`` is imported when a landmarker is built, so resolving the model (for provenance) is cheap.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import urllib.request
 import zipfile
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, ModelError
+from ..errors import InputError, LockError, ModelError
+from ..lock import FileLock
 
-__all__ = ["DEFAULT_MODEL", "MODEL_URL", "MediaPipeFaceLandmarker", "mediapipe_version", "read_model",
-           "resolve_model"]
+__all__ = ["DEFAULT_MODEL", "MODEL_SHA256", "MODEL_URL", "MediaPipeFaceLandmarker", "read_model", "resolve_model"]
 
 DEFAULT_MODEL = "face_landmarker.task"
 MODEL_URL = ("https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/"
              "face_landmarker.task")
-
-
-def mediapipe_version() -> str:
-    try:
-        return metadata.version("mediapipe")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+# sha256 of that published bundle (the same file as ../shared/models/face_landmarker.task): a download that
+# differs is refused.
+MODEL_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
+_DOWNLOAD_WAIT_S = 600.0  # how long a worker waits for another one's download of the same bundle
 
 
 def _cache_dir() -> Path:
@@ -71,20 +69,47 @@ def resolve_model(model: str | None, download: bool = True) -> tuple[Path | None
                          f"{cached.parent}; give 'model:' as a path to the .task file")
     if not download:
         return None, MODEL_URL
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".part")
     try:
-        with urllib.request.urlopen(MODEL_URL, timeout=60) as resp, open(tmp, "wb") as fh:
-            while block := resp.read(1 << 20):
-                fh.write(block)
-        tmp.replace(cached)
+        cached.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ModelError(
-            f"cannot download the MediaPipe face model from {MODEL_URL} ({exc}); offline, download "
-            f"face_landmarker.task elsewhere and either set ETHER_PREP_MODELS to its folder or give its path "
-            f"as 'model:' of the face stage in pipelines.yaml") from exc
-    return cached, MODEL_URL
+        raise ModelError(f"{cached.parent}: cannot create the model cache ({exc.strerror}); set ETHER_PREP_CACHE "
+                         f"to a writable folder, or ETHER_PREP_MODELS to a folder holding {DEFAULT_MODEL}") from exc
+    # Workers of one host (Ray actors, several runs) share the cache: one downloads, the others wait for it.
+    return _download(cached), MODEL_URL
+
+
+def _download(cached: Path) -> Path:
+    """Download the bundle into ``cached`` under a lock file, verifying its sha256 before it is used."""
+    lock = FileLock(cached.with_name(cached.name + ".lock"), purpose=f"the download of {cached.name}")
+    try:
+        lock.acquire(wait=_DOWNLOAD_WAIT_S)
+    except LockError as exc:
+        raise ModelError(f"{exc}; it has been downloading for over {_DOWNLOAD_WAIT_S:.0f} s") from exc
+    try:
+        if cached.is_file():  # another process finished the download while this one waited
+            return cached
+        tmp = cached.with_name(f"{cached.name}.{os.getpid()}.part")
+        digest = hashlib.sha256()
+        try:
+            with urllib.request.urlopen(MODEL_URL, timeout=60) as resp, open(tmp, "wb") as fh:
+                while block := resp.read(1 << 20):
+                    digest.update(block)
+                    fh.write(block)
+            if digest.hexdigest() != MODEL_SHA256:
+                raise ModelError(f"the face model downloaded from {MODEL_URL} has sha256 {digest.hexdigest()}, not "
+                                 f"the published {MODEL_SHA256}: it was damaged or altered on the way, so it is not "
+                                 f"used; try again, or fetch it elsewhere and set ETHER_PREP_MODELS to its folder")
+            tmp.replace(cached)
+        except OSError as exc:
+            raise ModelError(
+                f"cannot download the MediaPipe face model from {MODEL_URL} ({exc}); offline, download "
+                f"face_landmarker.task elsewhere and either set ETHER_PREP_MODELS to its folder or give its path "
+                f"as 'model:' of the face stage in pipelines.yaml") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        return cached
+    finally:
+        lock.release()
 
 
 class MediaPipeFaceLandmarker:
@@ -96,7 +121,7 @@ class MediaPipeFaceLandmarker:
 
     def __init__(self, model_bytes: bytes, model_name: str, still: bool = False, num_faces: int = 4,
                  min_detection_confidence: float = 0.5, min_presence_confidence: float = 0.5,
-                 min_tracking_confidence: float = 0.5, still_tiles: int = 1) -> None:
+                 min_tracking_confidence: float = 0.5) -> None:
         try:
             import mediapipe as mp
             from mediapipe.tasks.python import BaseOptions, vision
@@ -104,7 +129,6 @@ class MediaPipeFaceLandmarker:
             raise ModelError(f"mediapipe is not importable ({exc}); reinstall ether-prep's environment") from exc
         self._mp = mp
         self.still = still
-        self.still_tiles = max(1, still_tiles)
         options = vision.FaceLandmarkerOptions(
             base_options=BaseOptions(model_asset_buffer=model_bytes),
             running_mode=vision.RunningMode.IMAGE if still else vision.RunningMode.VIDEO,
@@ -125,8 +149,6 @@ class MediaPipeFaceLandmarker:
     def detect(self, rgb: np.ndarray, time_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Faces in one RGB frame: landmarks (n, 478, 3) normalised (x, y in [0, 1] of width/height; z in
         the scale of x), blendshape scores (n, 52), transformation matrices (n, 4, 4)."""
-        if self.still and self.still_tiles > 1:
-            return self._detect_tiled(rgb)
         image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
         try:
             if self.still:
@@ -146,47 +168,6 @@ class MediaPipeFaceLandmarker:
         matrices = np.array(result.facial_transformation_matrixes, dtype=np.float32).reshape(n, 4, 4)
         return landmarks, blend, matrices
 
-    def _detect_tiled(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A still, whole and in an overlapping n x n grid of tiles, merged.
-
-        The face detector sees its input at 128 x 128 pixels, so faces in a group photo are too small to be
-        found in the whole image; in a tile they are n times larger. A face found twice (IoU > 0.3 of the
-        landmark boxes) is kept once, preferring the whole-image detection.
-        """
-        h, w = rgb.shape[:2]
-        n = self.still_tiles
-        tw, th = min(w, w / n * 1.25), min(h, h / n * 1.25)
-        regions = [(0, 0, w, h)]
-        for i in range(n):
-            for j in range(n):
-                x0 = int(min(max(0.0, (j + 0.5) * w / n - tw / 2), w - tw))
-                y0 = int(min(max(0.0, (i + 0.5) * h / n - th / 2), h - th))
-                regions.append((x0, y0, int(x0 + tw), int(y0 + th)))
-        lms, blends, mats, boxes = [], [], [], []
-        for x0, y0, x1, y1 in regions:
-            image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB,
-                                   data=np.ascontiguousarray(rgb[y0:y1, x0:x1]))
-            try:
-                result = self._landmarker.detect(image)
-            except (RuntimeError, ValueError) as exc:
-                raise InputError(f"MediaPipe face landmarker failed on an image tile ({exc})") from exc
-            for k, face in enumerate(result.face_landmarks):
-                lm = np.array([(p.x, p.y, p.z) for p in face], dtype=np.float32)
-                # Tile-normalised -> whole-image-normalised (z scales with the width, like x).
-                lm[:, 0] = (lm[:, 0] * (x1 - x0) + x0) / w
-                lm[:, 1] = (lm[:, 1] * (y1 - y0) + y0) / h
-                lm[:, 2] *= (x1 - x0) / w
-                box = np.array([lm[:, 0].min() * w, lm[:, 1].min() * h, lm[:, 0].max() * w, lm[:, 1].max() * h])
-                if any(_iou(box, b) > 0.3 for b in boxes):
-                    continue
-                boxes.append(box)
-                lms.append(lm)
-                blends.append([c.score for c in result.face_blendshapes[k]])
-                mats.append(np.asarray(result.facial_transformation_matrixes[k], dtype=np.float32).reshape(4, 4))
-        if not lms:
-            return np.zeros((0, 478, 3), np.float32), np.zeros((0, 52), np.float32), np.zeros((0, 4, 4), np.float32)
-        return np.stack(lms), np.array(blends, dtype=np.float32), np.stack(mats)
-
     def close(self) -> None:
         if self._landmarker is not None:
             self._landmarker.close()
@@ -197,14 +178,6 @@ class MediaPipeFaceLandmarker:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def read_model(path: Path) -> bytes:

@@ -6,6 +6,9 @@ Every FFmpeg error is translated into :class:`~ether_prep.errors.InputError` nam
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,18 +30,48 @@ def pyav_version() -> str:
     return av.__version__
 
 
+def _unreachable(path: Path, exc: OSError) -> str:
+    """Why ``path`` cannot even be looked at, and what to do about it."""
+    if path.is_symlink():
+        target = os.readlink(path)
+        if exc.errno == errno.ELOOP:
+            return (f"{path}: a symbolic link loop ({path.name} -> {target} -> ... never reaches a file); "
+                    f"replace the link with the recording or a link to it")
+        return f"{path}: a symbolic link to {target}, which does not exist; fix or remove the link"
+    if exc.errno == errno.EACCES:
+        return (f"{path}: permission denied on a folder above it; give the user running ether-prep "
+                f"execute permission on its folders")
+    return f"{path}: file not found (moved or deleted since it was found?)"
+
+
+def _check_file(path: Path) -> None:
+    """Raise :class:`InputError` with the cause and the fix when ``path`` cannot be opened for reading."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise InputError(_unreachable(path, exc)) from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: not a regular file; recordings must be files")
+    if st.st_size == 0:
+        raise InputError(f"{path}: file is empty (0 bytes); copy the recording again from its source")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: permission denied: the user running ether-prep (uid {os.getuid()}) cannot "
+                         f"read it; give it read access (e.g. `chmod a+r`) or run as its owner")
+
+
 @contextmanager
 def _open(path: Path) -> Iterator[av.container.InputContainer]:
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: file is empty (0 bytes)")
+    _check_file(path)
     try:
         container = av.open(str(path), mode="r")
+    except PermissionError as exc:
+        raise InputError(f"{path}: permission denied ({exc.strerror}); give the user running ether-prep read "
+                         f"access (e.g. `chmod a+r`)") from exc
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise InputError(
-            f"{path}: not a readable media file: {reason} (corrupt, truncated, or not audio/video)"
+            f"{path}: not a readable media file: {reason} (corrupt, truncated, or not audio/video); "
+            f"check it plays, then copy or export the original recording again"
         ) from exc
     try:
         yield container
@@ -52,13 +85,33 @@ def _stream_duration(stream: av.stream.Stream) -> float | None:
     return None
 
 
+def _quarter_turns(frame: av.VideoFrame) -> int:
+    """Counter-clockwise quarter turns that show ``frame`` as players do (its display matrix: phone
+    videos are often stored sideways with a rotation to apply). Mirroring is not undone."""
+    return round((frame.rotation or 0) / 90.0) % 4
+
+
+def _display_rotation(c: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
+    """The display rotation (0, 90, 180, 270 degrees counter-clockwise) of the first decodable frame."""
+    try:
+        for i, packet in enumerate(c.demux(stream)):
+            for frame in packet.decode():
+                return _quarter_turns(frame) * 90
+            if i >= 100:
+                break
+    except av.FFmpegError:
+        pass  # an undecodable start is reported by the stages that decode; the probe stays metadata
+    return 0
+
+
 def probe(path: Path) -> MediaProbe:
-    """Read the container's metadata (no decoding): duration, streams, rate, fps, frame count."""
+    """Read the container's metadata: duration, streams, rate, fps, frame count, and the video's display size
+    and rotation (one frame is decoded for that: the display matrix travels with frames)."""
     with _open(path) as c:
         audio = c.streams.audio[0] if c.streams.audio else None
         video = c.streams.video[0] if c.streams.video else None
         if audio is None and video is None:
-            raise InputError(f"{path}: holds no audio or video stream")
+            raise InputError(f"{path}: holds no audio or video stream; is it a recording?")
         durations = [d for s in (audio, video) if s is not None and (d := _stream_duration(s)) is not None]
         if c.duration is not None:
             durations.append(c.duration / av.time_base)
@@ -67,6 +120,11 @@ def probe(path: Path) -> MediaProbe:
         frames = int(video.frames) if video is not None and video.frames else None
         if video is not None and frames is None and fps:
             frames = round(duration * fps)
+        width = video.codec_context.width if video is not None else None
+        height = video.codec_context.height if video is not None else None
+        rotation = _display_rotation(c, video) if video is not None else 0
+        if rotation in (90, 270):
+            width, height = height, width
         return MediaProbe(
             duration=duration,
             has_audio=audio is not None,
@@ -77,9 +135,10 @@ def probe(path: Path) -> MediaProbe:
             audio_codec=audio.codec_context.name if audio is not None else None,
             video_fps=fps,
             video_frame_count=frames,
-            video_width=video.codec_context.width if video is not None else None,
-            video_height=video.codec_context.height if video is not None else None,
+            video_width=width,
+            video_height=height,
             video_codec=video.codec_context.name if video is not None else None,
+            video_rotation=rotation,
         )
 
 
@@ -102,10 +161,11 @@ def check_complete(path: Path) -> MediaProbe:
                 if frame is not None or i >= 50:
                     break
         except av.FFmpegError as exc:
-            raise InputError(f"{path}: corrupt near {target:.1f} s ({exc})") from exc
+            raise InputError(f"{path}: corrupt near {target:.1f} s ({exc}); copy the recording again from its "
+                             f"source") from exc
         if frame is None:
             raise InputError(f"{path}: truncated: no data near the end ({target:.1f} s) that the header promises "
-                             f"({info.duration:.1f} s in all)")
+                             f"({info.duration:.1f} s in all); copy the complete recording again from its source")
     return info
 
 
@@ -159,7 +219,7 @@ def iter_audio_blocks(
         if expected is not None and expected - decoded > max(_TRUNCATION_TOLERANCE_S, 0.02 * expected):
             raise InputError(
                 f"{path}: truncated or corrupt: decoded {decoded:.2f} s of audio but the header says "
-                f"{expected:.2f} s"
+                f"{expected:.2f} s; copy the complete recording again from its source"
             )
 
 
@@ -184,11 +244,14 @@ class DecodeStats:
 def iter_video_frames(
     path: Path, analysis_fps: float | None = None, stats: DecodeStats | None = None, threads: int = 0
 ) -> Iterator[VideoFrame]:
-    """Stream RGB frames of the first video stream with their real presentation times.
+    """Stream RGB frames of the first video stream with their real presentation times, turned upright as
+    the display matrix says (a phone video stored sideways comes out as it is shown; sizes and boxes computed on
+    these frames are display coordinates).
 
     Frames are sampled by presentation time, not by index, so variable-frame-rate recordings are analysed
     at an even ``analysis_fps`` (``None`` keeps every frame). A packet that fails to decode is skipped and
-    counted in ``stats.corrupt`` instead of ending the video. ``threads=0`` lets FFmpeg choose.
+    counted in ``stats.corrupt`` instead of ending the video; frames that stop well before the stream's
+    duration (a truncated file) raise :class:`InputError` after the last one. ``threads=0`` lets FFmpeg choose.
     """
     stats = stats if stats is not None else DecodeStats()
     with _open(path) as c:
@@ -201,6 +264,7 @@ def iter_video_frames(
         step = 1.0 / analysis_fps if analysis_fps else 0.0
         next_time = -np.inf
         t0: float | None = None
+        last = 0.0
         for packet in c.demux(stream):
             try:
                 decoded = packet.decode()
@@ -215,6 +279,7 @@ def iter_video_frames(
                     # Streams may start at a non-zero pts (e.g. MPEG-PS); times are relative to the first frame.
                     t0 = float(frame.time)
                 t = float(frame.time) - t0
+                last = max(last, t)
                 stats.decoded += 1
                 if t + 1e-6 < next_time:
                     continue
@@ -222,4 +287,13 @@ def iter_video_frames(
                 if step and next_time <= t:
                     next_time = t + step
                 stats.kept += 1
-                yield VideoFrame(index=stats.decoded - 1, time=t, rgb=frame.to_ndarray(format="rgb24"))
+                rgb = frame.to_ndarray(format="rgb24")
+                if turns := _quarter_turns(frame):  # upright, as players show it
+                    rgb = np.ascontiguousarray(np.rot90(rgb, turns))
+                yield VideoFrame(index=stats.decoded - 1, time=t, rgb=rgb)
+        # The stream's own duration (not the container's, which may be the longer audio): frames that stop
+        # well short of it mean a file cut off (a copy interrupted), not a recording that ended.
+        expected = _stream_duration(stream)
+        if stats.decoded and expected and expected - last > max(_TRUNCATION_TOLERANCE_S, 0.02 * expected):
+            raise InputError(f"{path}: truncated or corrupt: video frames stop at {last:.2f} s but the header says "
+                             f"{expected:.2f} s; copy the complete recording again from its source")

@@ -1,7 +1,7 @@
 """py-feat adapter: the only module that imports ``feat`` (py-feat 2.x).
 
 ``Detectorv2`` (RetinaFace -> multitask ConvNeXt: 20 AUs, 7 emotions, pose, 478 mesh -> dlib-68 landmarks;
-ArcFace identity) or ``Detectorv1`` (RetinaFace, MobileFaceNet landmarks, xgboost AUs, ResMaskNet emotions,
+ArcFace identity, 512-d) or ``Detectorv1`` (RetinaFace, MobileFaceNet landmarks, xgboost AUs, ResMaskNet emotions,
 pose MLP) runs on batches of decoded frames.
 
 Weights: by default py-feat downloads them from its ``py-feat/*`` Hugging Face repos into its own
@@ -17,28 +17,34 @@ from __future__ import annotations
 
 import os
 import sys
-from importlib import metadata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import ModelError
-from ..face import AU_NAMES, EMOTION_NAMES, FrameFaces
-from ..face.features import mouth_open_from_landmarks
 
-__all__ = ["PyFeatFaceDetector", "pyfeat_version"]
+__all__ = ["PyFeatFaceDetector", "PyFeatFaces"]
 
-# py-feat emotion column names (v1: lower-case words; v2: capitalised short forms) -> ours.
-_EMOTION_ALIASES = {"happy": "happiness", "sad": "sadness", "angry": "anger", "disgusted": "disgust",
-                    "fearful": "fear", "surprised": "surprise"}
+_BOX = ["FaceRectX", "FaceRectY", "FaceRectWidth", "FaceRectHeight"]
+_IDENTITY = [f"Identity_{i + 1}" for i in range(512)]
 
 
-def pyfeat_version() -> str:
-    try:
-        return metadata.version("py-feat")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+@dataclass(frozen=True)
+class PyFeatFaces:
+    """The faces py-feat found in one frame, in py-feat's own terms (``n`` faces).
+
+    ``columns`` holds every other per-face number py-feat reported, by its column name (``AU01``...,
+    ``happiness`` or ``Happy``, ``Pitch``, ...); ``identity`` is Detectorv2's ArcFace embedding (n, 512,
+    not normalised; NaN when its identity branch is off) or None when the detector has none.
+    """
+
+    boxes: np.ndarray  # (n, 4) x0, y0, x1, y1 pixels
+    scores: np.ndarray  # (n,)
+    landmarks: np.ndarray  # (n, 68, 2) dlib-68 layout, pixels
+    columns: dict[str, np.ndarray]
+    identity: np.ndarray | None
 
 
 def _use_local_resources(weights_dir: Path) -> None:
@@ -60,10 +66,12 @@ def _use_local_resources(weights_dir: Path) -> None:
 
 
 class PyFeatFaceDetector:
-    """A loaded py-feat detector; :meth:`detect` takes a batch of RGB frames of one size."""
+    """A loaded py-feat detector; :meth:`detect` takes a batch of RGB frames of one size. With
+    ``identity`` each face also gets py-feat's ArcFace identity embedding (``FrameFaces.identity``)."""
 
     def __init__(self, detector: str = "v2", device: str = "cpu", weights_dir: Path | None = None,
-                 face_detection_threshold: float = 0.5, max_faces: int | None = None, threads: int = 0) -> None:
+                 face_detection_threshold: float = 0.5, max_faces: int | None = None, threads: int = 0,
+                 identity: bool = True) -> None:
         if weights_dir is not None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
@@ -85,10 +93,13 @@ class PyFeatFaceDetector:
         self.threshold = face_detection_threshold
         where = str(weights_dir) if weights_dir is not None else "py-feat's Hugging Face repos"
         try:
+            # ArcFace identity (512-d) only when asked for: it is a ResNet-50 on every face.
+            identity_model = "arcface" if identity else None
             if detector == "v2":
-                self._det = feat.Detectorv2(device=device, face_detection_threshold=face_detection_threshold)
+                self._det = feat.Detectorv2(device=device, face_detection_threshold=face_detection_threshold,
+                                            identity_model=identity_model)
             else:
-                self._det = feat.Detectorv1(device=device)
+                self._det = feat.Detectorv1(device=device, identity_model=identity_model)
         except Exception as exc:  # hub, safetensors, torch errors: all mean "cannot load the model"
             raise ModelError(f"py-feat Detector{detector} cannot be loaded from {where} ({type(exc).__name__}: "
                              f"{exc}); online, py-feat downloads its weights; offline, set 'model:' of the face "
@@ -102,7 +113,7 @@ class PyFeatFaceDetector:
     def info(self) -> dict[str, Any]:
         return {k: str(v) for k, v in dict(getattr(self._det, "info", {})).items()}
 
-    def detect(self, frames: list[np.ndarray]) -> list[FrameFaces]:
+    def detect(self, frames: list[np.ndarray]) -> list[PyFeatFaces]:
         """Faces per frame for a batch of (H, W, 3) uint8 RGB frames."""
         if not frames:
             return []
@@ -116,35 +127,25 @@ class PyFeatFaceDetector:
         return _split_fex(fex, len(frames))
 
 
-def _split_fex(fex: Any, n_frames: int) -> list[FrameFaces]:
+def _split_fex(fex: Any, n_frames: int) -> list[PyFeatFaces]:
     """A py-feat Fex (one row per face, a NaN placeholder row for a frame without faces) -> per-frame faces."""
-    cols = set(fex.columns)
+    names = set(fex.columns)
     frame = fex["frame"].to_numpy().astype(np.int64)
-    box_xywh = fex[["FaceRectX", "FaceRectY", "FaceRectWidth", "FaceRectHeight"]].to_numpy(np.float32)
+    box_xywh = fex[_BOX].to_numpy(np.float32)
     keep = ~np.isnan(box_xywh).any(axis=1)
     boxes = np.column_stack([box_xywh[:, 0], box_xywh[:, 1], box_xywh[:, 0] + box_xywh[:, 2],
                              box_xywh[:, 1] + box_xywh[:, 3]]).astype(np.float32)
     scores = fex["FaceScore"].to_numpy(np.float32)
-    n = len(fex)
-    lm = np.full((n, 68, 3), np.nan, dtype=np.float32)
-    lm[:, :, 0] = fex[[f"x_{i}" for i in range(68)]].to_numpy(np.float32)
-    lm[:, :, 1] = fex[[f"y_{i}" for i in range(68)]].to_numpy(np.float32)
-    aus = np.full((n, len(AU_NAMES)), np.nan, dtype=np.float32)
-    for j, au in enumerate(AU_NAMES):
-        if au in cols:
-            aus[:, j] = fex[au].to_numpy(np.float32)
-    emotions = np.full((n, len(EMOTION_NAMES)), np.nan, dtype=np.float32)
-    by_name = {_EMOTION_ALIASES.get(c.lower(), c.lower()): c for c in cols if isinstance(c, str)}
-    for j, emo in enumerate(EMOTION_NAMES):
-        if emo in by_name:
-            emotions[:, j] = fex[by_name[emo]].to_numpy(np.float32)
-    pose = np.full((n, 3), np.nan, dtype=np.float32)
-    for j, name in enumerate(("Yaw", "Pitch", "Roll")):
-        if name in cols:
-            pose[:, j] = fex[name].to_numpy(np.float32)
-    mouth = mouth_open_from_landmarks(lm)
-    out: list[FrameFaces] = []
+    landmarks = np.stack([fex[[f"x_{i}" for i in range(68)]].to_numpy(np.float32),
+                          fex[[f"y_{i}" for i in range(68)]].to_numpy(np.float32)], axis=-1)
+    skip = {*_BOX, "FaceScore", "frame", *_IDENTITY}
+    numeric = {c: fex[c].to_numpy(np.float32) for c in fex.columns if isinstance(c, str) and c not in skip
+               and not c.startswith(("x_", "y_", "mesh_")) and fex[c].dtype.kind in "fiu"}
+    # Detectorv2's identity branch (ArcFace, 512-d, not normalised); all NaN when it is switched off.
+    identity = fex[_IDENTITY].to_numpy(np.float32) if set(_IDENTITY) <= names else None
+    out: list[PyFeatFaces] = []
     for i in range(n_frames):
         sel = np.flatnonzero((frame == i) & keep)
-        out.append(FrameFaces(boxes[sel], scores[sel], lm[sel], aus[sel], emotions[sel], pose[sel], mouth[sel]))
+        out.append(PyFeatFaces(boxes[sel], scores[sel], landmarks[sel], {c: v[sel] for c, v in numeric.items()},
+                               None if identity is None else identity[sel]))
     return out

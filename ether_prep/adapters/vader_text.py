@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-__all__ = ["TextScores", "score_texts", "vader_version"]
+__all__ = ["TextScores", "score_texts"]
 
 # Words that signal distress in counselling talk but that VADER lacks or rates as neutral or positive
 # ("overwhelmed" is +0.2 there). Valences on VADER's -4..+4 scale.
@@ -49,15 +49,6 @@ def _analyzer() -> Any:
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     return SentimentIntensityAnalyzer()
-
-
-def vader_version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("vaderSentiment")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def score_texts(texts: Sequence[str]) -> list[TextScores]:

@@ -50,6 +50,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..boxes import iou
 from ..errors import ConfigError
 
 __all__ = [
@@ -64,7 +65,6 @@ __all__ = [
     "parse_speaker_tracks",
     "speech_activity",
     "str_array",
-    "track_presence",
 ]
 
 
@@ -86,15 +86,6 @@ class PersonLink:
 def str_array(values: Sequence[object] | np.ndarray) -> np.ndarray:
     """A fixed-width unicode array from anything (zarr returns numpy's variable-width StringDType)."""
     return np.array([str(v) for v in values], dtype=str) if len(values) else np.array([], dtype=str)
-
-
-def track_presence(score: np.ndarray | None, box: np.ndarray | None = None) -> np.ndarray:
-    """(F, T) bool: whether each track has a face in each frame (finite detection score, or finite box)."""
-    if score is not None:
-        return np.isfinite(np.asarray(score, dtype=np.float64))
-    if box is not None:
-        return np.isfinite(np.asarray(box, dtype=np.float64)).all(axis=-1)
-    raise ValueError("track_presence needs the face stage's score or box array")
 
 
 def mouth_signal(mouth_open: np.ndarray | None, au: np.ndarray | None = None,
@@ -178,14 +169,6 @@ def _masked_corr(x: np.ndarray, y: np.ndarray) -> float:
     return float((x * y).sum() / den) if den > 1e-12 else 0.0
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 def link_persons(movement: np.ndarray, activity: np.ndarray, speakers: Sequence[str],
                  persons: Sequence[int] | None = None, min_corr: float = 0.2, min_frames: int = 10,
                  boxes: np.ndarray | None = None, min_seat_iou: float = 0.3) -> tuple[list[PersonLink], np.ndarray]:
@@ -247,9 +230,9 @@ def link_persons(movement: np.ndarray, activity: np.ndarray, speakers: Sequence[
             if any((present[:, t] & present[:, u]).any() for u in ts):
                 continue  # on screen together: two different people
             p = primary[s]
-            iou = _box_iou(boxes[t], boxes[p]) if boxes is not None else 0.0
-            if iou >= min_seat_iou and np.isfinite(iou):
-                cand = (links[p].confidence * iou, s, links[p].margin)
+            iou_ = iou(boxes[t], boxes[p]) if boxes is not None else 0.0
+            if iou_ >= min_seat_iou:
+                cand = (links[p].confidence * iou_, s, links[p].margin)
             elif n_present[t] >= min_frames and corr[t, s] >= min_corr and corr[t, s] == corr[t].max():
                 rival = max(float(np.delete(corr[t], s).max()) if corr.shape[1] > 1 else 0.0, 0.0)
                 r = float(corr[t, s])

@@ -1,54 +1,160 @@
-"""``ether-prep export --format faces DEST_DIR``: one CSV per session in the shape researchers know from
-OpenFace and py-feat: a row per analysed frame and face.
+"""Face tables, one CSV per session, a row per analysed frame and face, written chunk by chunk (a long session
+never sits in memory):
 
-Columns: ``frame`` (analysed-frame index), ``time`` (s), ``track``, ``x0 y0 x1 y1`` (face box, pixels),
-``score``, the AU columns ``AU01`` ... ``AU43``, the emotion columns ``anger`` ... ``neutral``, ``yaw``,
-``pitch``, ``roll`` (degrees) and ``mouth_open``. Empty cells are NaN (an AU the backend does not
-estimate). The file is written chunk by chunk, so a long session never sits in memory.
+- ``faces``: py-feat's layout, so ``feat.utils.io.read_feat`` loads it with working ``.aus``, ``.emotions``,
+  ``.poses`` and ``.facebox`` views: ``frame`` (analysed-frame index), ``FaceRectX/Y/Width/Height``,
+  ``FaceScore``, ``x_0..x_67``/``y_0..y_67`` (dlib-68 landmarks; MediaPipe's mesh sampled at the same points),
+  the AUs ``AU01`` ... ``AU43`` and emotions ``anger`` ... ``neutral`` as stored, ``Pitch``, ``Roll``,
+  ``Yaw`` (degrees; ``X``, ``Y``, ``Z`` empty), plus ours: ``time`` (s), ``track``, ``person`` (the same
+  person across cuts, gaps and re-entries) and ``mouth_open``;
+- ``openface``: OpenFace 2.x names (``frame`` from 1, ``face_id`` = the person, ``timestamp``,
+  ``confidence``, ``success`` 0 on a row for a frame without any face), ``pose_Rx/Ry/Rz`` (radians, OpenFace's
+  signs: pitch and roll flipped from py-feat's), ``x_0..x_67``/``y_0..y_67``, and ``AUxx_r`` for the AUs
+  OpenFace has (our AU43, eyes closed, is its AU45, blink), scaled x5 to OpenFace's 0-5 range: with the
+  mediapipe backend they stay blendshape-derived scores, not FACS-coded intensities.
+
+Empty cells are values a backend does not give. De-identified (``--deidentify``), the columns that show where
+a face is (boxes, landmarks) are left out (:func:`ether_prep.deidentify.face_column_shared`); person ids are
+kept (numbers within the session) and the file is named by the session's alias.
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import zarr
 
+from ..deidentify import Deidentifier, face_column_shared
 from ..errors import StoreError
+from ..face.features import DLIB68_FROM_MP478
 from ..store import SessionGroup
+from . import NothingToExport
 
-__all__ = ["write_faces_csv"]
+__all__ = ["write_faces_csv", "write_openface_csv"]
+
+# OpenFace 2's AU intensity columns, and our AU each comes from.
+_OPENFACE_AUS = {f"{au}_r": au for au in ("AU01", "AU02", "AU04", "AU05", "AU06", "AU07", "AU09", "AU10", "AU12",
+                                          "AU14", "AU15", "AU17", "AU20", "AU23", "AU25", "AU26")}
+_OPENFACE_AUS["AU45_r"] = "AU43"
 
 
-def _fmt(v: float) -> str:
-    return "" if np.isnan(v) else f"{v:.5g}"
+@dataclass(frozen=True)
+class _Block:
+    """The faces of a run of analysed frames (``frames`` absolute indices; arrays (F, T, ...))."""
+
+    frames: np.ndarray
+    times: np.ndarray
+    box: np.ndarray
+    score: np.ndarray
+    au: np.ndarray
+    emotion: np.ndarray
+    pose: np.ndarray
+    mouth: np.ndarray
+    landmarks68: np.ndarray  # (F, T, 68, 2)
 
 
-def write_faces_csv(session: SessionGroup, dest_dir: Path) -> Path:
-    """Write ``<session id>.faces.csv`` into ``dest_dir`` from the session's ``face`` stage; return its path."""
+def _face_group(session: SessionGroup) -> zarr.Group:
     try:
         group = session.stage_group("face")
     except StoreError as exc:
         raise StoreError(f"session {session.id!r}: no face results to export ({exc})") from exc
-    if "au" not in group:  # the stage was skipped (no video stream)
+    if "au" not in group:  # the stage was skipped: a recording without video has no faces to export
         note = dict(group.attrs.get("stage", {})).get("note") or "face stage skipped"
-        raise StoreError(f"session {session.id!r}: no face results to export ({note})")
-    dest = Path(dest_dir) / f"{session.id}.faces.csv"
-    au_names = list(group["au"].attrs["names"])
-    emotion_names = list(group["emotion"].attrs["names"])
-    header = ["frame", "time", "track", "x0", "y0", "x1", "y1", "score", *au_names, *emotion_names,
-              "yaw", "pitch", "roll", "mouth_open"]
+        raise NothingToExport(f"session {session.id!r}: no faces to export ({note})")
+    return group
+
+
+def _blocks(group: zarr.Group) -> Iterator[_Block]:
     times = group["time"][...]
-    n_frames, n_tracks = group["box"].shape[:2]
+    n_frames = group["box"].shape[0]
     rows = max(1, group["au"].chunks[0])
-    with open(dest, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        for a in range(0, n_frames if n_tracks else 0, rows):
-            b = min(a + rows, n_frames)
-            box, score = group["box"][a:b], group["score"][a:b]
-            au, emo, pose, mouth = group["au"][a:b], group["emotion"][a:b], group["pose"][a:b], group["mouth_open"][a:b]
-            for f, k in zip(*np.nonzero(~np.isnan(box[:, :, 0])), strict=True):
-                values = [*box[f, k], score[f, k], *au[f, k], *emo[f, k], *pose[f, k], mouth[f, k]]
-                writer.writerow([a + f, f"{times[a + f]:.4f}", k, *(_fmt(float(v)) for v in values)])
+    has_landmarks = "landmarks" in group
+    mesh = has_landmarks and group["landmarks"].shape[2] == 478
+    for a in range(0, n_frames, rows):
+        b = min(a + rows, n_frames)
+        box = group["box"][a:b]
+        lm = group["landmarks"][a:b] if has_landmarks else np.full((*box.shape[:2], 68, 2), np.nan)
+        yield _Block(np.arange(a, b), times[a:b], box, group["score"][a:b], group["au"][a:b],
+                     group["emotion"][a:b], group["pose"][a:b], group["mouth_open"][a:b],
+                     (lm[:, :, DLIB68_FROM_MP478] if mesh else lm)[..., :2])
+
+
+def _fmt(v: float) -> str:
+    return "" if not np.isfinite(v) else f"{v:.5g}"
+
+
+class _Csv:
+    """A CSV file whose columns a de-identified export may thin out (rows are given in full)."""
+
+    def __init__(self, dest: Path, header: list[str], deid: Deidentifier | None) -> None:
+        self.keep = [i for i, col in enumerate(header) if deid is None or face_column_shared(col)]
+        self._fh = open(dest, "w", newline="", encoding="utf-8")  # noqa: SIM115 - closed by __exit__
+        self._writer = csv.writer(self._fh)
+        self._writer.writerow([header[i] for i in self.keep])
+
+    def row(self, values: list[object]) -> None:
+        self._writer.writerow([values[i] for i in self.keep])
+
+    def __enter__(self) -> _Csv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._fh.close()
+
+
+def _dest(session: SessionGroup, dest_dir: Path, suffix: str, deid: Deidentifier | None) -> Path:
+    return Path(dest_dir) / f"{deid.alias(session.id) if deid is not None else session.id}.{suffix}.csv"
+
+
+def write_faces_csv(session: SessionGroup, dest_dir: Path, deid: Deidentifier | None = None) -> Path:
+    """``<session id>.faces.csv`` in py-feat's layout (see the module docstring); returns its path."""
+    group = _face_group(session)
+    au_names, emotion_names = list(group["au"].attrs["names"]), list(group["emotion"].attrs["names"])
+    person = group["person"][...] if "person" in group else None
+    header = ["frame", "time", "track", "person", "FaceRectX", "FaceRectY", "FaceRectWidth", "FaceRectHeight",
+              "FaceScore", *(f"x_{i}" for i in range(68)), *(f"y_{i}" for i in range(68)), *au_names,
+              *emotion_names, "Pitch", "Roll", "Yaw", "X", "Y", "Z", "mouth_open"]
+    dest = _dest(session, dest_dir, "faces", deid)
+    with _Csv(dest, header, deid) as out:
+        for blk in _blocks(group):
+            for f, k in zip(*np.nonzero(np.isfinite(blk.box[:, :, 0])), strict=True):
+                x0, y0, x1, y1 = blk.box[f, k]
+                yaw, pitch, roll = blk.pose[f, k]
+                values = [x0, y0, x1 - x0, y1 - y0, blk.score[f, k], *blk.landmarks68[f, k, :, 0],
+                          *blk.landmarks68[f, k, :, 1], *blk.au[f, k], *blk.emotion[f, k], pitch, roll, yaw,
+                          np.nan, np.nan, np.nan, blk.mouth[f, k]]
+                row = [int(blk.frames[f]), f"{blk.times[f]:.4f}", int(k), "" if person is None else int(person[k]),
+                       *(_fmt(float(v)) for v in values)]
+                out.row(row)
+    return dest
+
+
+def write_openface_csv(session: SessionGroup, dest_dir: Path, deid: Deidentifier | None = None) -> Path:
+    """``<session id>.openface.csv`` with OpenFace 2.x column names (see the module docstring)."""
+    group = _face_group(session)
+    au_index = {name: i for i, name in enumerate(group["au"].attrs["names"])}
+    aus = {col: au_index[au] for col, au in _OPENFACE_AUS.items() if au in au_index}
+    face_id = group["person"][...] if "person" in group else np.arange(group["box"].shape[1])
+    header = ["frame", "face_id", "timestamp", "confidence", "success", "pose_Rx", "pose_Ry", "pose_Rz",
+              *(f"x_{i}" for i in range(68)), *(f"y_{i}" for i in range(68)), *aus]
+    dest = _dest(session, dest_dir, "openface", deid)
+    empty = [""] * (len(header) - 5)
+    with _Csv(dest, header, deid) as out:
+        for blk in _blocks(group):
+            present = np.isfinite(blk.box[:, :, 0])
+            for f in range(len(blk.frames)):
+                stamp = f"{blk.times[f]:.3f}"
+                faces = np.flatnonzero(present[f])
+                if not faces.size:  # OpenFace writes a row for a frame without a face, success 0
+                    out.row([int(blk.frames[f]) + 1, 0, stamp, "0", 0, *empty])
+                for k in faces:
+                    yaw, pitch, roll = np.radians(blk.pose[f, k].astype(np.float64))
+                    values = [-pitch, yaw, -roll, *blk.landmarks68[f, k, :, 0], *blk.landmarks68[f, k, :, 1],
+                              *(5.0 * blk.au[f, k, j] for j in aus.values())]
+                    out.row([int(blk.frames[f]) + 1, int(face_id[k]), stamp, _fmt(float(blk.score[f, k])), 1,
+                             *(_fmt(float(v)) for v in values)])
     return dest

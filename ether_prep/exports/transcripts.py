@@ -1,75 +1,108 @@
-"""Transcript exports: JSON (words + utterances), RTTM (diarization turns), SRT and WebVTT (utterances with
-speaker labels). Each writes one file per session, ``<dest_dir>/<session_id>.<ext>``.
+"""Transcript exports, one file per session named after its id, in the shapes the field's tools read:
 
-Words and utterances come from the ``utterances`` stage (speaker-attributed); RTTM from ``diarize``.
+- ``json``: whisperx's result shape, ``{"segments": [{"start", "end", "text", "speaker", "words": [{"word",
+  "start", "end", "score", "speaker", "interpolated"}]}], "word_segments": [...], "language"}`` (one segment
+  per utterance), plus ``session``, ``uri`` and ``model``: ``whisperx.utils.get_writer`` writes SRT, VTT, TXT
+  and TSV from it;
+- ``srt`` and ``vtt``: one cue per utterance, ``[SPEAKER_00] text`` / ``<v SPEAKER_00>text``;
+- ``txt``: one line per utterance, ``[SPEAKER_00]: text`` (as whisperx writes it);
+- ``tsv``: ``start end speaker text`` with times in integer milliseconds (Whisper's TSV, plus a speaker column);
+- ``rttm``: NIST RTTM of the diarized turns, ``uri`` = the recording's file stem (what pyannote and dscore
+  expect), beside a ``.uem`` file giving the scored extent (the whole recording).
+
+Words and utterances come from the ``utterances`` stage (speaker-attributed), turns from ``diarize``. Given a
+:class:`~ether_prep.deidentify.Deidentifier` (``--deidentify``), texts have identifiers replaced by tags (times
+unchanged) and the session id and ``uri`` (built from the file name) become the session's alias, in file names
+and contents alike.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import StoreError
+from ..stages.diarize import read_turns
+from ..stages.utterances import Transcript, read_transcript
 
 if TYPE_CHECKING:
+    from ..deidentify import Deidentifier
     from ..store import SessionGroup
 
-__all__ = ["write_json", "write_rttm", "write_srt", "write_vtt"]
+__all__ = ["whisperx_result", "write_json", "write_rttm", "write_srt", "write_tsv", "write_txt", "write_vtt"]
 
 
-def _rows(table: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    keys = list(table)
-    n = len(table[keys[0]]) if keys else 0
-    out = []
-    for i in range(n):
-        row = {}
-        for k in keys:
-            v = table[k][i]
-            v = v.item() if isinstance(v, np.generic) else v
-            if isinstance(v, float) and not math.isfinite(v):
-                v = None  # JSON has no NaN
-            elif isinstance(v, float):
-                v = round(v, 3)
-            row[k] = v
-        out.append(row)
-    return out
-
-
-def _speech(session: SessionGroup) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def _transcript(session: SessionGroup, deid: Deidentifier | None = None) -> Transcript:
     state = session.stage_state("utterances")
     if state.state == "skipped":
         raise StoreError(f"session {session.id!r}: no transcript ({state.note or 'utterances stage skipped'})")
-    return session.read_table("utterances", "words"), session.read_table("utterances", "utterances")
+    t = read_transcript(session)
+    if deid is not None and len(t.words.get("text", ())):
+        t.words["text"] = np.array(deid.words([str(w) for w in t.words["text"]]))
+    if deid is not None and len(t):
+        alias = deid.alias(session.id)
+        t.utterances["text"] = np.array([deid.text(str(x)) for x in t.utterances["text"]])
+        t.utterances["id"] = np.array([str(u).replace(session.id, alias, 1) for u in t.utterances["id"]])
+    return t
 
 
-def write_json(session: SessionGroup, dest_dir: Path) -> Path:
-    """``{"session", "language", "model", "words": [...], "utterances": [...]}``."""
-    words, utts = _speech(session)
+def _name(session: SessionGroup, deid: Deidentifier | None) -> str:
+    """The id files are named after: the session id, or its alias when de-identified."""
+    return deid.alias(session.id) if deid is not None else session.id
+
+
+def _number(v: Any) -> float | None:
+    v = float(v)
+    return round(v, 3) if math.isfinite(v) else None  # JSON has no NaN
+
+
+def _uri(session: SessionGroup, deid: Deidentifier | None = None) -> str:
+    """The recording's file stem: the ``uri`` diarization tools key files by (the alias when de-identified)."""
+    return _name(session, deid) if deid is not None else PurePosixPath(session.info.get("relpath", session.id)).stem
+
+
+def whisperx_result(session: SessionGroup, deid: Deidentifier | None = None) -> dict[str, Any]:
+    """The session's transcript as a whisperx result: one segment per utterance, words inside."""
+    t = _transcript(session, deid)
+    w, u = t.words, t.utterances
+    words = [{"word": str(w["text"][i]), "start": _number(w["start"][i]), "end": _number(w["end"][i]),
+              "score": _number(w["score"][i]), "speaker": str(w["speaker"][i]),
+              "interpolated": bool(w["interpolated"][i])} for i in range(len(w.get("text", ())))]
+    segments = [{"id": str(u["id"][k]), "start": _number(u["start"][k]), "end": _number(u["end"][k]),
+                 "text": str(u["text"][k]), "speaker": str(u["speaker"][k]),
+                 "words": words[int(u["word_start"][k]):int(u["word_end"][k])]} for k in range(len(t))]
     attrs = session.stage_group("utterances").attrs
-    doc = {
-        "session": session.id,
-        "language": attrs.get("language"),
-        "model": attrs.get("asr_model"),
-        "words": _rows({k: words[k] for k in ("text", "start", "end", "speaker", "score")}),
-        "utterances": _rows({k: utts[k] for k in ("id", "start", "end", "speaker", "text")}),
-    }
-    path = Path(dest_dir) / f"{session.id}.json"
-    path.write_text(json.dumps(doc, ensure_ascii=False, indent=1), encoding="utf-8")
+    result = {"session": _name(session, deid), "uri": _uri(session, deid), "language": attrs.get("language"),
+              "model": attrs.get("asr_model"), "segments": segments, "word_segments": words}
+    if deid is not None:
+        result["deidentified"] = deid.describe()
+    return result
+
+
+def _write(session: SessionGroup, dest_dir: Path, ext: str, text: str, deid: Deidentifier | None = None) -> Path:
+    path = Path(dest_dir) / f"{_name(session, deid)}.{ext}"
+    path.write_text(text, encoding="utf-8")
     return path
 
 
-def write_rttm(session: SessionGroup, dest_dir: Path) -> Path:
-    """NIST RTTM: ``SPEAKER <file> 1 <onset> <duration> <NA> <NA> <speaker> <NA> <NA>`` per turn."""
-    turns = session.read_table("diarize", "turns")
-    lines = [f"SPEAKER {session.id} 1 {s:.3f} {e - s:.3f} <NA> <NA> {spk} <NA> <NA>"
-             for s, e, spk in zip(turns["start"], turns["end"], turns["speaker"], strict=True)]
-    path = Path(dest_dir) / f"{session.id}.rttm"
-    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-    return path
+def write_json(session: SessionGroup, dest_dir: Path, deid: Deidentifier | None = None) -> Path:
+    """whisperx-shaped JSON (see the module docstring)."""
+    text = json.dumps(whisperx_result(session, deid), ensure_ascii=False, indent=1)
+    return _write(session, dest_dir, "json", text, deid)
+
+
+def write_rttm(session: SessionGroup, dest_dir: Path, deid: Deidentifier | None = None) -> Path:
+    """NIST RTTM, ``SPEAKER <uri> 1 <onset> <duration> <NA> <NA> <speaker> <NA> <NA>`` per turn, and a UEM."""
+    uri = _uri(session, deid)
+    lines = [f"SPEAKER {uri} 1 {t.start:.3f} {t.end - t.start:.3f} <NA> <NA> {t.speaker} <NA> <NA>\n"
+             for t in read_turns(session)]
+    duration = float((session.info.get("probe") or {}).get("duration") or 0.0)
+    _write(session, dest_dir, "uem", f"{uri} 1 0.000 {duration:.3f}\n", deid)
+    return _write(session, dest_dir, "rttm", "".join(lines), deid)
 
 
 def _stamp(t: float, sep: str) -> str:
@@ -80,25 +113,35 @@ def _stamp(t: float, sep: str) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
 
 
-def _cues(session: SessionGroup) -> list[tuple[float, float, str, str]]:
-    _, utts = _speech(session)
+def _cues(session: SessionGroup, deid: Deidentifier | None) -> list[tuple[float, float, str, str]]:
+    u = _transcript(session, deid).utterances
     return [(float(s), float(e), str(spk), str(txt))
-            for s, e, spk, txt in zip(utts["start"], utts["end"], utts["speaker"], utts["text"], strict=True)]
+            for s, e, spk, txt in zip(u.get("start", []), u.get("end", []), u.get("speaker", []),
+                                      u.get("text", []), strict=True)]
 
 
-def write_srt(session: SessionGroup, dest_dir: Path) -> Path:
+def write_srt(session: SessionGroup, dest_dir: Path, deid: Deidentifier | None = None) -> Path:
     """SubRip: one cue per utterance, text prefixed ``[SPEAKER_00]``."""
     blocks = [f"{i}\n{_stamp(s, ',')} --> {_stamp(max(e, s + 0.001), ',')}\n[{spk}] {txt}\n"
-              for i, (s, e, spk, txt) in enumerate(_cues(session), 1)]
-    path = Path(dest_dir) / f"{session.id}.srt"
-    path.write_text("\n".join(blocks), encoding="utf-8")
-    return path
+              for i, (s, e, spk, txt) in enumerate(_cues(session, deid), 1)]
+    return _write(session, dest_dir, "srt", "\n".join(blocks), deid)
 
 
-def write_vtt(session: SessionGroup, dest_dir: Path) -> Path:
+def write_vtt(session: SessionGroup, dest_dir: Path, deid: Deidentifier | None = None) -> Path:
     """WebVTT: one cue per utterance with a voice span ``<v SPEAKER_00>``."""
     blocks = ["WEBVTT\n"] + [f"{_stamp(s, '.')} --> {_stamp(max(e, s + 0.001), '.')}\n<v {spk}>{txt}\n"
-                             for s, e, spk, txt in _cues(session)]
-    path = Path(dest_dir) / f"{session.id}.vtt"
-    path.write_text("\n".join(blocks), encoding="utf-8")
-    return path
+                             for s, e, spk, txt in _cues(session, deid)]
+    return _write(session, dest_dir, "vtt", "\n".join(blocks), deid)
+
+
+def write_txt(session: SessionGroup, dest_dir: Path, deid: Deidentifier | None = None) -> Path:
+    """Plain text, one utterance per line: ``[SPEAKER_00]: text``."""
+    lines = "".join(f"[{spk}]: {txt}\n" for _, _, spk, txt in _cues(session, deid))
+    return _write(session, dest_dir, "txt", lines, deid)
+
+
+def write_tsv(session: SessionGroup, dest_dir: Path, deid: Deidentifier | None = None) -> Path:
+    """Tab-separated ``start end speaker text`` (milliseconds), one utterance per row, with a header."""
+    rows = [f"{round(s * 1000)}\t{round(e * 1000)}\t{spk}\t{txt.replace(chr(9), ' ')}\n"
+            for s, e, spk, txt in _cues(session, deid)]
+    return _write(session, dest_dir, "tsv", "start\tend\tspeaker\ttext\n" + "".join(rows), deid)

@@ -26,7 +26,8 @@ class FrameFaces:
     """Every face found in one frame, in the shared schema (``n`` faces; arrays float32).
 
     ``landmarks`` are pixel x, y and z (z NaN where a backend has none); ``pose`` is yaw, pitch, roll in
-    degrees; ``mouth_open`` is lip aperture over mouth width (0 closed .. ~1 wide open).
+    degrees; ``mouth_open`` is lip aperture over mouth width (0 closed .. ~1 wide open); ``identity`` is the
+    backend's own face-identity embedding (n, E) where it has one (py-feat's ArcFace), else None.
     """
 
     boxes: np.ndarray  # (n, 4) x0, y0, x1, y1
@@ -36,6 +37,7 @@ class FrameFaces:
     emotions: np.ndarray  # (n, 7)
     pose: np.ndarray  # (n, 3)
     mouth_open: np.ndarray  # (n,)
+    identity: np.ndarray | None = None  # (n, E)
 
     @property
     def n(self) -> int:

@@ -66,6 +66,7 @@ from . import AU_NAMES, EMOTION_NAMES
 
 __all__ = [
     "BLENDSHAPE_NAMES",
+    "DLIB68_FROM_MP478",
     "EMFACS_PROTOTYPES",
     "aus_from_blendshapes",
     "boxes_from_landmarks",
@@ -175,6 +176,17 @@ def pose_from_matrices(matrices: np.ndarray) -> np.ndarray:
     # +about_x moves the nose down (y up), +about_y moves it to image-right (the subject's left).
     return np.degrees(np.stack([-about_y, -about_x, about_z], axis=1)).astype(np.float32)
 
+
+# The MediaPipe mesh point at each of dlib's 68 landmarks (jaw 0-16, brows 17-26, nose 27-35, eyes 36-47,
+# lips 48-67): the correspondence py-feat uses (feat.utils.blendshape_to_au, MIT licence), so 68-point tools
+# (OpenFace and py-feat readers) can use MediaPipe faces.
+DLIB68_FROM_MP478: tuple[int, ...] = (
+    127, 234, 93, 132, 58, 172, 136, 150, 176, 148, 152, 377, 400, 379, 365, 397, 356,
+    70, 63, 105, 66, 107, 336, 296, 334, 293, 300,
+    168, 6, 195, 4, 240, 75, 1, 305, 460,
+    33, 160, 158, 133, 153, 144, 362, 385, 387, 263, 373, 380,
+    61, 39, 37, 0, 267, 269, 291, 405, 314, 17, 84, 181, 78, 82, 13, 312, 308, 317, 14, 87,
+)
 
 # (upper inner lip, lower inner lip, left corner, right corner) landmark indices per layout.
 _MOUTH_POINTS = {478: (13, 14, 78, 308), 468: (13, 14, 78, 308), 68: (62, 66, 60, 64)}

@@ -24,8 +24,14 @@ __all__ = ["DetectionSpool"]
 class DetectionSpool:
     """Append-only columns of per-detection values (``fields``: name -> (row shape, dtype))."""
 
-    def __init__(self, fields: dict[str, tuple[tuple[int, ...], Any]], prefix: str = "ether-prep-face-") -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix=prefix))
+    def __init__(self, fields: dict[str, tuple[tuple[int, ...], Any]], directory: Path | None = None) -> None:
+        """Spool into ``directory`` (created, emptied first; removed on close), or a fresh temporary one."""
+        if directory is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="ether-prep-spool-"))
+        else:
+            shutil.rmtree(directory, ignore_errors=True)  # left by a run that was killed
+            directory.mkdir(parents=True)
+            self.dir = directory
         self.fields = {name: (tuple(shape), np.dtype(dtype)) for name, (shape, dtype) in fields.items()}
         self._files = {name: open(self.dir / f"{name}.bin", "wb") for name in self.fields}  # noqa: SIM115
         self.rows = 0
@@ -56,14 +62,15 @@ class DetectionSpool:
         return data.reshape(-1, *shape)
 
     def write_dense(self, group: zarr.Group, name: str, field: str, frame: np.ndarray, column: np.ndarray,
-                    n_frames: int, n_columns: int, attrs: dict[str, Any] | None = None) -> zarr.Array:
+                    n_frames: int, n_columns: int, attrs: dict[str, Any] | None = None,
+                    dims: tuple[str, ...] | None = None) -> zarr.Array:
         """Scatter detections (at ``frame[i]``, ``column[i]``; ``column < 0`` dropped) into a NaN-filled
         ``(n_frames, n_columns, *row shape)`` array, one chunk of frames at a time.
 
         ``frame`` must be sorted (detections are spooled in frame order).
         """
         shape, dtype = self.fields[field]
-        arr = create_array(group, name, (n_frames, n_columns, *shape), dtype, attrs=attrs)
+        arr = create_array(group, name, (n_frames, n_columns, *shape), dtype, attrs=attrs, dims=dims)
         rows = arr.chunks[0]
         for a in range(0, n_frames, rows):
             b = min(a + rows, n_frames)

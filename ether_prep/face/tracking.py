@@ -14,6 +14,11 @@ it has been seen in ``min_hits`` consecutive analysed frames: a tentative track 
 retired at once, so a one-frame false detection (text, a pattern) never captures the real face that appears
 later nearby; the caller drops tracks with fewer than ``min_hits`` frames. Track ids are integers in order
 of first appearance.
+
+Tracks follow boxes, so two people filmed in turn at the same place would share one track: the caller ends
+every live track at a shot cut (:meth:`FaceTracker.end_all`, see :mod:`ether_prep.face.shots`) and gives a
+track a new id where its identity embedding changes (:meth:`FaceTracker.split`, see
+:mod:`ether_prep.face.identity`), between :meth:`FaceTracker.assign` and :meth:`FaceTracker.commit`.
 """
 
 from __future__ import annotations
@@ -23,25 +28,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..adapters.scipy_optimize import best_assignment
+from ..boxes import iou_matrix
 
-__all__ = ["FaceTracker", "TrackSummary", "appearance_descriptor", "iou_matrix"]
+__all__ = ["FaceTracker", "TrackSummary", "appearance_descriptor"]
 
 _HIST_BINS = 4  # per RGB channel: 64-bin histogram
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(n, 4) x (m, 4) x0, y0, x1, y1 boxes -> (n, m) intersection over union."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    x0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
 
 
 def appearance_descriptor(rgb: np.ndarray, box: np.ndarray, samples: int = 24) -> np.ndarray:
@@ -129,7 +120,15 @@ class FaceTracker:
         return np.where(proximity > 0, sim, -1.0)
 
     def update(self, t: float, boxes: np.ndarray, descriptors: np.ndarray | None = None) -> np.ndarray:
-        """Assign track ids to this frame's detections (``boxes`` (n, 4), optional ``descriptors`` (n, D))."""
+        """Assign track ids to this frame's detections (``boxes`` (n, 4), optional ``descriptors`` (n, D))
+        and count them in the track summaries: :meth:`assign` then :meth:`commit`."""
+        ids = self.assign(t, boxes, descriptors)
+        self.commit(t, boxes, ids)
+        return ids
+
+    def assign(self, t: float, boxes: np.ndarray, descriptors: np.ndarray | None = None) -> np.ndarray:
+        """Match this frame's detections to live tracks (or start new ones); returns their track ids.
+        Call :meth:`commit` with the (possibly :meth:`split`) ids before the next frame."""
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         self.live = [tr for tr in self.live if t - tr.time <= self.max_gap_s]
         ids = np.full(len(boxes), -1, dtype=np.int64)
@@ -150,12 +149,30 @@ class FaceTracker:
             desc = None if descriptors is None else np.asarray(descriptors[c], dtype=np.float32)
             self.live.append(_Live(track, boxes[c].copy(), np.zeros(4), t, desc))
             ids[c] = track
+        return ids
+
+    def commit(self, t: float, boxes: np.ndarray, ids: np.ndarray) -> None:
+        """Count this frame's detections (``boxes``, final ``ids``) in the track summaries."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         for c, track in enumerate(ids):
             s = self.summaries[track]
             s.last_time = t
             s.n_frames += 1
             s.box_sum += boxes[c]
-        return ids
+
+    def split(self, track: int, t: float) -> int:
+        """Give live ``track`` a new id from time ``t`` on (its face changed); returns the new id. The
+        detection at ``t`` belongs to the new track: split between :meth:`assign` and :meth:`commit`."""
+        new = len(self.summaries)
+        self.summaries.append(TrackSummary(new, t, t))
+        for tr in self.live:
+            if tr.track == track:
+                tr.track = new
+        return new
+
+    def end_all(self) -> None:
+        """Retire every live track (a shot cut: no track continues across it)."""
+        self.live = []
 
     @staticmethod
     def _advance(tr: _Live, t: float, box: np.ndarray, desc: np.ndarray | None) -> None:

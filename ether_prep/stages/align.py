@@ -62,14 +62,16 @@ from ..align.linking import (
     mouth_signal,
     parse_speaker_tracks,
     speech_activity,
-    track_presence,
 )
 from ..align.pairs import pair_dialogue, pairs_table
 from ..align.roles import HEURISTICS, ROLE_KEYS, assign_roles, listener_of, session_meta
 from ..align.tensors import UtteranceTensors, cut_utterances, feature_names, padded
 from ..errors import StageError
-from ..store import write_array, write_ragged, write_table
+from ..face import AU_NAMES, EMOTION_NAMES
+from ..provenance import library_versions
+from ..store import write_array, write_labels, write_ragged, write_table
 from .base import Stage
+from .face import read_faces
 from .utterances import Transcript, read_transcript
 
 if TYPE_CHECKING:
@@ -132,47 +134,26 @@ class _Faces:
 
 
 def _load_faces(store: SessionGroup, window_s: float) -> _Faces | None:
-    """The face stage's outputs as per-person arrays; None for a skipped session or one without a face array."""
-    if store.stage_state("face").state == "skipped":
+    """The face stage's outputs as per-person arrays; None for a session without video."""
+    out = read_faces(store)
+    if out is None:
         return None
-    face = store.stage_group("face")
-    if "time" not in face or "au" not in face:
-        return None
-    times = np.asarray(face["time"][...], dtype=np.float64)
-    au = np.asarray(face["au"][...], dtype=np.float64)
-    n_frames, n_tracks = au.shape[:2] if au.ndim == 3 else (times.size, 0)
-    attrs = dict(face.attrs)
-    au_names = list(attrs.get("au_names") or face["au"].attrs.get("names") or [])
-    emo = np.asarray(face["emotion"][...], dtype=np.float64) if "emotion" in face else \
-        np.full((n_frames, n_tracks, 0), np.nan)
-    emo_names = list(attrs.get("emotion_names") or (face["emotion"].attrs.get("names") if "emotion" in face
-                                                    else []) or [])
-    names = feature_names(au_names, emo_names)
+    n_frames, n_tracks = out.au.shape[:2]
+    names = feature_names(out.au_names, out.emotion_names)
     if n_tracks == 0:
-        return _Faces(times, names, [], np.zeros(0, np.int64), np.zeros(0, np.int64), [],
+        return _Faces(out.time, names, [], np.zeros(0, np.int64), np.zeros(0, np.int64), [],
                       np.zeros((n_frames, 0, 0)), np.zeros((n_frames, 0), bool), np.zeros((n_frames, 0)), None)
-    pose = np.asarray(face["pose"][...], dtype=np.float64) if "pose" in face else \
-        np.full((n_frames, n_tracks, 3), np.nan)
-    mouth_open = np.asarray(face["mouth_open"][...], dtype=np.float64) if "mouth_open" in face else None
-    score = np.asarray(face["score"][...], dtype=np.float64) if "score" in face else None
-    box = np.asarray(face["box"][...], dtype=np.float64) if "box" in face else np.full((n_frames, n_tracks, 4), np.nan)
-    present = track_presence(score, box)
-    mouth = mouth_signal(mouth_open, au, au_names)
+    present = out.present
+    mouth = mouth_signal(out.mouth_open, out.au, out.au_names)
     mouth[~present] = np.nan
-    features = np.concatenate([au, emo, pose, (mouth_open if mouth_open is not None else mouth)[..., None]],
-                              axis=-1)
+    features = np.concatenate([out.au, out.emotion, out.pose, out.mouth_open[..., None]], axis=-1)
     features[~present] = np.nan
-    tracks = list(range(n_tracks))
-    if "tracks" in face and "track" in face["tracks"]:
-        tracks = [int(t) for t in face["tracks"]["track"][...]][:n_tracks] or tracks
-    # Without identities (older stores, identity off) every track is its own person.
-    track_person = np.asarray(face["person"][...], dtype=np.int64) if "person" in face else np.arange(n_tracks)
-    persons, p_present, (p_features, p_mouth, p_box) = by_person(track_person, present, features, mouth, box)
+    persons, p_present, (p_features, p_mouth, p_box) = by_person(out.person, present, features, mouth, out.box)
     with warnings.catch_warnings():  # a person with no box at all keeps NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         mean_box = np.nanmean(p_box, axis=0)
-    return _Faces(times, names, tracks, track_person, present.sum(axis=0), persons, p_features, p_present,
-                  mouth_movement(p_mouth, times, window_s), mean_box)
+    return _Faces(out.time, names, [t.track for t in out.tracks], out.person, present.sum(axis=0), persons,
+                  p_features, p_present, mouth_movement(p_mouth, out.time, window_s), mean_box)
 
 
 @dataclass(frozen=True)
@@ -194,7 +175,7 @@ class AlignStage(Stage):
     """Link faces to speakers and cut per-utterance speaker/listener face tensors (see the module docstring)."""
 
     name = "align"
-    version = "2"
+    version = "3"
     family = "align"
     requires = ("utterances", "face")
     needs_stream = None
@@ -220,7 +201,8 @@ class AlignStage(Stage):
                                                    meta, track_to_speaker, p.role_heuristic, where)
         utts = transcript.utterances
         listeners = [listener_of(str(s), roles, talk) for s in utts.get("speaker", [])]
-        names = faces.names if faces is not None else []
+        # Sessions without video get the face schema's columns too (all masked): one width per store.
+        names = faces.names if faces is not None else feature_names(AU_NAMES, EMOTION_NAMES)
         available = (np.isfinite(faces.features).any(axis=(0, 1)) if faces is not None and faces.tracks
                      else np.zeros(len(names), bool))
         tensors = cut_utterances(
@@ -237,17 +219,15 @@ class AlignStage(Stage):
 
         self._write_links(out, linked, faces)
         self._write_tensors(out, tensors, names, available)
-        write_table(out, "utterances", table)
+        write_table(out, "utterances", table, dim="utterance")
         write_table(out, "pairs", pairs_table(session.id, pairs, list(table["id"]), list(table["text"]),
-                                              table["mismatch"], [c.flags for c in cues]))
-        from ..adapters.vader_text import vader_version
-
+                                              table["mismatch"], [c.flags for c in cues]), dim="pair")
         out.attrs.update({
             "roles": roles, "role_assumed": assumed, "role_source": role_source, "speakers": transcript.speakers,
             "feature_names": names, "features_available": [bool(a) for a in available],
             "rate_hz": p.rate_hz, "pad_s": p.pad_s, "sample_rate": _sample_rate(store),
             "cue_params": {k: getattr(p, k) for k in CUE_THRESHOLDS},
-            "text_analyser": f"vaderSentiment {vader_version()}",
+            "text_analyser": f"vaderSentiment {library_versions('vaderSentiment').get('vaderSentiment')}",
             "n_utterances": len(transcript), "n_pairs": len(pairs),
             "n_tracks": len(faces.tracks) if faces is not None else 0, "n_persons": len(linked.links),
             "face": "skipped" if faces is None else f"{len(faces.tracks)} track(s), {len(linked.links)} person(s)",
@@ -345,29 +325,35 @@ class AlignStage(Stage):
             "n_frames": np.array([r[4] for r in rows], dtype=np.int64),
             "person_frames": np.array([r[2].n_frames for r in rows], dtype=np.int64),
             "source": np.array([r[3] for r in rows], dtype=str),
-        })
+        }, dim="track")
 
     def _write_tensors(self, out: zarr.Group, tensors: UtteranceTensors, names: list[str],
                        available: np.ndarray) -> None:
         p: AlignParams = self.params
         n = len(tensors.grid_t0)
         write_ragged(out, "tensors", {"time": tensors.time, "face": tensors.face, "mask": tensors.mask},
-                     tensors.offsets, attrs={"feature_names": names,
+                     tensors.offsets, dims={"time": ("step",), "face": ("step", "slot", "feature"),
+                                            "mask": ("step", "slot")}, attrs={"feature_names": names,
                                              "features_available": [bool(a) for a in available],
                                              "slots": ["speaker", "listener"], "rate_hz": p.rate_hz,
                                              "pad_s": p.pad_s, "fill": "0 where mask is false"})
-        write_array(out, "pooled", tensors.pooled, chunk_len=max(n, 1),
+        write_array(out, "pooled", tensors.pooled, chunk_len=max(n, 1), dims=("utterance", "slot", "stat", "feature"),
                     attrs={"dims": ["utterance", "slot", "stat", "feature"], "stats": ["mean", "std", "max"],
                            "feature_names": names, "span": "core [start, end], steps with a face"})
-        write_array(out, "coverage", tensors.coverage, chunk_len=max(n, 1), attrs={"slots": ["speaker", "listener"]})
+        write_array(out, "coverage", tensors.coverage, chunk_len=max(n, 1), dims=("utterance", "slot"),
+                    attrs={"slots": ["speaker", "listener"]})
+        for group in (out, out["tensors"]):
+            write_labels(group, "slot", ("speaker", "listener"))
+            write_labels(group, "feature", names)
+        write_labels(out, "stat", ("mean", "std", "max"))
         if p.max_len > 0:
             face, mask, length = padded(tensors, p.max_len)
             grp = out.create_group("padded", overwrite=True)
             # ~1 MB chunks of whole utterances: one read per batch of neighbouring utterances.
             per = max(1, (1024 * 1024) // max(face[0:1].nbytes, 1))
-            write_array(grp, "face", face, chunk_len=per)
-            write_array(grp, "mask", mask, chunk_len=per)
-            write_array(grp, "length", length)
+            write_array(grp, "face", face, chunk_len=per, dims=("utterance", "step", "slot", "feature"))
+            write_array(grp, "mask", mask, chunk_len=per, dims=("utterance", "step", "slot"))
+            write_array(grp, "length", length, dims=("utterance",))
             grp.attrs.update({"max_len": p.max_len, "note": "utterances longer than max_len are cut"})
 
     def finalize(self, store: Store) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..store import create_array
 from .base import Stage
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class AudioStage(Stage):
             out.attrs.update({"sample_rate": self.params.sample_rate, "n_samples": 0, "duration": 0.0})
             return "no audio stream: speech stages are skipped"
         block = int(self.params.block_seconds * self.params.sample_rate)
-        wave = out.create_array("waveform", shape=(0,), chunks=(block,), dtype="float32", fill_value=0.0)
+        wave = create_array(out, "waveform", (0,), np.float32, chunk_len=block, dims=("sample",), fill_value=0.0)
         n = 0
         for samples in pyav.iter_audio_blocks(session.path, self.params.sample_rate, block, self.params.channel):
             wave.append(np.asarray(samples, dtype=np.float32))

@@ -35,7 +35,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..provenance import library_versions
 from ..speech import cluster_embeddings, speech_regions, speech_windows, turns_from_windows
-from ..store import write_table
+from ..store import read_table, write_table
 from .base import Stage
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from ..records import Session, Turn
     from ..store import SessionGroup
 
-__all__ = ["DiarizeParams", "DiarizeStage"]
+__all__ = ["DiarizeParams", "DiarizeStage", "read_turns"]
 
 
 @dataclass(frozen=True)
@@ -169,8 +169,18 @@ class DiarizeStage(Stage):
             "start": np.array([t.start for t in turns], dtype=np.float64),
             "end": np.array([t.end for t in turns], dtype=np.float64),
             "speaker": np.array([t.speaker for t in turns], dtype=str),
-        }, attrs={"units": "seconds"})
+        }, attrs={"units": "seconds"}, dim="turn")
         out.attrs.update({"backend": self.spec.backend, "model": self.model_info()["id"],
                           "n_speakers": len(speakers), "speakers": speakers,
                           "libraries": library_versions(*self.library_names())})
         return None if turns else "no speech found: zero turns"
+
+
+def read_turns(store: SessionGroup) -> list[Turn]:
+    """The diarized turns of one session (empty when the stage was skipped: no audio)."""
+    from ..records import Turn
+
+    if store.stage_state("diarize").state == "skipped":
+        return []
+    t = read_table(store.stage_group("diarize"), "turns")
+    return [Turn(float(a), float(b), str(k)) for a, b, k in zip(t["start"], t["end"], t["speaker"], strict=True)]

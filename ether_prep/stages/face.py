@@ -1,5 +1,6 @@
 """Stage ``face``: every face in every analysed frame: box, score, landmarks, AUs, emotions, head pose,
-mouth activity, and a track id that follows each face through the video.
+mouth activity, a track id that follows each face through one shot, and a person id that stays the same
+across shot cuts, gaps and re-entries.
 
 Example (pipelines.yaml)::
 
@@ -7,8 +8,20 @@ Example (pipelines.yaml)::
       backend: mediapipe            # or pyfeat
       model: face_landmarker.task   # a path, or a name looked up in $ETHER_PREP_MODELS / the cache
       params: {analysis_fps: null, num_faces: 4, min_detection_confidence: 0.3,
-               min_presence_confidence: 0.3}
+               min_presence_confidence: 0.3,
+               identity: dlib,                # dlib (any backend), pyfeat (its ArcFace), or off
+               identity_threshold: null,      # null: the model's own (dlib 0.42, ArcFace 1.0)
+               identity_every_s: 2.0, max_embeddings_per_track: 6,
+               cut_threshold: 20.0}           # null: no shot-cut detection
       resources: {num_cpus: 2, batch_size: 8}
+
+Identity: the tracker ends every track at a shot cut (:mod:`ether_prep.face.shots`); each track's faces are
+embedded when it is confirmed, then ``identity_every_s`` later, at intervals doubling from there, at most
+``max_embeddings_per_track`` times, during the frame loop; a sample farther than ``identity_threshold`` from
+its track's mean splits the track (the face changed without a cut); tracks are clustered into persons with the
+rule that two faces in one frame are two people (:mod:`ether_prep.face.identity`). Distances are Euclidean
+between L2-normalised embeddings; dlib's "same person below 0.6" on its raw 128-d descriptors (norm ~1.44) is
+0.42 here.
 
 Output group ``face/`` (F analysed frames, T tracks; NaN where a track has no face in a frame)::
 
@@ -20,7 +33,16 @@ Output group ``face/`` (F analysed frames, T tracks; NaN where a track has no fa
     score       (F, T)        float32  detection score
     mouth_open  (F, T)        float32  lip aperture / mouth width (0 closed .. ~1 wide open)
     landmarks   (F, T, L, 3)  float32  pixel x, y and z (NaN where none); L = 478 (mediapipe) or 68 (pyfeat)
-    tracks      table: track, first_time, last_time, n_frames, box_x0, box_y0, box_x1, box_y1 (mean box)
+    tracks      table: track, first_time, last_time, n_frames, box_x0, box_y0, box_x1, box_y1 (mean box),
+                       person, shot (index of the shot the track lives in), n_embeddings
+    person      (T,)          int64    person id of each track column (0.. in order of first appearance)
+    identity    (T, E)        float32  each track's mean L2-normalised identity embedding (NaN row: none);
+                                       attrs model, metric, threshold
+    shot        (F,)          int32    shot index of each analysed frame
+
+Group attrs add ``n_persons``, ``n_shots``, ``cut_times`` (first frame of each later shot, s),
+``identity_model``, ``identity_params`` and ``identity_splits`` (tracks split where the face changed: the
+change lies between ``last_same_time`` and ``time``). With ``identity: off`` every track is its own person.
 
 Frames decode in a background thread (a small prefetch queue) while the model runs; detections are
 spooled to temporary files and written as time-chunked arrays at the end, so memory stays flat.
@@ -31,11 +53,12 @@ every face that passed the configured confidence thresholds.
 
 from __future__ import annotations
 
-import os
+import hashlib
 import queue
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,19 +66,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
-from ..face import AU_NAMES, EMOTION_NAMES, POSE_NAMES, FrameFaces
+from ..face import AU_NAMES, EMOTION_NAMES, POSE_NAMES
+from ..face.backends import BACKENDS, EMBEDDERS, FaceBackend
+from ..face.sequence import FaceSequence
 from ..provenance import library_versions
-from ..store import write_array, write_table
+from ..records import FaceTrack
+from ..store import read_table, write_array, write_labels, write_table
 from .base import Stage
 
 if TYPE_CHECKING:
     import zarr
 
-    from ..adapters.pyav import VideoFrame
+    from ..adapters.pyav import DecodeStats, VideoFrame
+    from ..face.backends import Embedder
     from ..records import Session
     from ..store import SessionGroup
 
-__all__ = ["FaceParams", "FaceStage"]
+__all__ = ["FaceOutputs", "FaceParams", "FaceStage", "read_faces"]
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _END = object()
@@ -73,11 +100,17 @@ class FaceParams:
     still_tiles: int = 2  # mediapipe, stills: also search an n x n grid of tiles (small faces); 1 = off
     detector: str = "v2"  # pyfeat: "v2" (Detectorv2) or "v1" (Detectorv1)
     device: str = "cpu"  # pyfeat: "cpu", "cuda", "cuda:1", "mps", "auto"
-    threads: int = 0  # torch threads (pyfeat); 0 = all cores
+    threads: int = 0  # torch threads (pyfeat); 0 = the worker's num_cpus
+    batch_size: int = 8  # pyfeat: frames per model call
     max_gap_s: float = 1.0  # a track survives this long without a detection
     appearance_weight: float = 0.4  # share of colour-histogram similarity in track matching
     min_track_frames: int = 3  # a track must be seen in this many consecutive frames (not for stills)
     prefetch: int = 16  # decoded frames queued ahead of the model
+    identity: str = "dlib"  # "dlib" (ResNet descriptor, any backend), "pyfeat" (its ArcFace), "off"
+    identity_threshold: float | None = None  # same person below this distance; None = the model's own
+    identity_every_s: float = 2.0  # first interval between a track's identity samples; then doubling
+    max_embeddings_per_track: int = 6
+    cut_threshold: float | None = 20.0  # shot-cut signature jump (0..255); None = no cut detection
 
     def validate(self) -> None:
         if self.analysis_fps is not None and self.analysis_fps <= 0:
@@ -93,8 +126,21 @@ class FaceParams:
             raise ValueError("max_gap_s must be >= 0 and appearance_weight within [0, 1]")
         if not 1 <= self.still_tiles <= 4:
             raise ValueError(f"still_tiles must be within 1..4, got {self.still_tiles}")
-        if self.min_track_frames < 1 or self.prefetch < 1 or self.threads < 0:
-            raise ValueError("min_track_frames and prefetch must be >= 1, threads >= 0")
+        if self.min_track_frames < 1 or self.prefetch < 1 or self.threads < 0 or self.batch_size < 1:
+            raise ValueError("min_track_frames, prefetch and batch_size must be >= 1, threads >= 0")
+        if self.identity not in ("dlib", "pyfeat", "off"):
+            raise ValueError(f"identity must be 'dlib', 'pyfeat' or 'off', got {self.identity!r}")
+        if self.identity_threshold is not None and self.identity_threshold <= 0:
+            raise ValueError(f"identity_threshold must be positive or null, got {self.identity_threshold}")
+        if self.identity_every_s < 0 or self.max_embeddings_per_track < 1:
+            raise ValueError("identity_every_s must be >= 0 and max_embeddings_per_track >= 1")
+        if self.cut_threshold is not None and self.cut_threshold <= 0:
+            raise ValueError(f"cut_threshold must be positive or null (no cut detection), got {self.cut_threshold}")
+
+    def validate_backend(self, backend: str) -> None:
+        if self.identity == "pyfeat" and backend != "pyfeat":
+            raise ValueError(f"identity 'pyfeat' needs the pyfeat backend (this stage uses {backend!r}); "
+                             f"use identity: dlib")
 
 
 def _prefetch(path: Path, analysis_fps: float | None, stats: Any, depth: int,
@@ -137,224 +183,216 @@ def _prefetch(path: Path, analysis_fps: float | None, stats: Any, depth: int,
         worker.join(timeout=5)
 
 
+def _spool_dir(out: zarr.Group) -> Path:
+    """A local folder for this stage output's detection spool, the same on every run: a rerun clears what a
+    killed run left there (the store itself may be remote)."""
+    key = hashlib.sha1(f"{out.store}/{out.path}".encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "ether-prep-spool" / key
+
+
+def _batches(frames: Iterable[VideoFrame], size: int) -> Iterator[list[VideoFrame]]:
+    """Consecutive frames in batches of ``size`` (a batch never mixes frame sizes)."""
+    batch: list[VideoFrame] = []
+    for frame in frames:
+        if batch and (len(batch) >= size or frame.rgb.shape != batch[0].rgb.shape):
+            yield batch
+            batch = []
+        batch.append(frame)
+    if batch:
+        yield batch
+
+
 class FaceStage(Stage):
     """Faces, AUs, emotions, head pose, landmarks and face tracks per analysed frame."""
 
     name = "face"
-    version = "1"
+    version = "2"
     family = "extract"
     requires = ()
     needs_stream = "video"
-    backends = ("mediapipe", "pyfeat")
+    backends = tuple(BACKENDS)
     Params = FaceParams
-    libraries = ("av", "mediapipe", "scipy")
 
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
-        self._model_bytes: bytes | None = None
-        self._model_path: Path | None = None
-        self._pyfeat: Any = None
+        self._backend: FaceBackend | None = None
+        self._embedder: Embedder | None = None
+
+    @property
+    def backend_class(self) -> type[FaceBackend]:
+        return BACKENDS[self.spec.backend]
 
     def library_names(self) -> tuple[str, ...]:
-        if self.spec.backend == "pyfeat":
-            return ("av", "py-feat", "torch", "scipy")
-        return self.libraries
+        embedder = EMBEDDERS.get(self.params.identity)
+        return (*self.backend_class.libraries, *(embedder.libraries if embedder else ()))
 
-    # -- models ----------------------------------------------------------------------------------------
     def model_info(self) -> dict[str, str]:
-        if self.spec.backend == "mediapipe":
-            from ..adapters.mediapipe_face import resolve_model
-
-            path, source = resolve_model(self.spec.model, download=False)
-            return {"id": Path(self.spec.model or "face_landmarker.task").name,
-                    "source": str(path) if path else source}
-        if self.spec.model:
-            return {"id": f"py-feat Detector{self.params.detector}", "source": str(Path(self.spec.model).expanduser())}
-        return {"id": f"py-feat Detector{self.params.detector}", "source": "huggingface:py-feat/*"}
+        info = self.backend_class.describe(self.spec.model, self.params)
+        if self.params.identity != "off":
+            info["identity"] = EMBEDDERS[self.params.identity].describe()
+        return info
 
     def setup(self) -> None:
-        if self.spec.backend == "mediapipe":
-            from ..adapters.mediapipe_face import read_model, resolve_model
-
-            self._model_path, _ = resolve_model(self.spec.model, download=True)
-            self._model_bytes = read_model(self._model_path)
-        else:
-            from ..adapters.pyfeat_face import PyFeatFaceDetector
-
-            p = self.params
-            weights = Path(self.spec.model).expanduser() if self.spec.model else None
-            self._pyfeat = PyFeatFaceDetector(
-                detector=p.detector, device=p.device, weights_dir=weights,
-                face_detection_threshold=p.min_detection_confidence, max_faces=p.num_faces,
-                threads=p.threads or int(self.spec.resources.num_cpus) or (os.cpu_count() or 1))
+        if self._backend is None:
+            backend = self.backend_class(self.spec.model, self.params)
+            backend.load(int(self.spec.resources.num_cpus))
+            self._backend = backend
+        if self._embedder is None and self.params.identity != "off":
+            self._embedder = EMBEDDERS[self.params.identity]()
 
     def teardown(self) -> None:
-        self._model_bytes = None
-        self._pyfeat = None
+        self._backend = None
+        self._embedder = None
 
-    # -- per session -----------------------------------------------------------------------------------
+    def _threshold(self) -> float:
+        p = self.params
+        if p.identity_threshold is not None:
+            return p.identity_threshold
+        return EMBEDDERS[p.identity].threshold if p.identity != "off" else 0.0
+
     def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
         from ..adapters.pyav import DecodeStats
-        from ..face.features import (
-            aus_from_blendshapes,
-            boxes_from_landmarks,
-            emotions_from_aus,
-            mouth_open_from_landmarks,
-            pose_from_matrices,
-        )
-        from ..face.spool import DetectionSpool
-        from ..face.tracking import FaceTracker, appearance_descriptor
 
-        if self._model_bytes is None and self._pyfeat is None:
-            self.setup()
+        self.setup()
+        assert self._backend is not None
         p: FaceParams = self.params
         still = session.kind == "image" or session.path.suffix.lower() in _IMAGE_SUFFIXES
-        n_landmarks = 478 if self.spec.backend == "mediapipe" else 68
-        tracker = FaceTracker(max_gap_s=p.max_gap_s, appearance_weight=p.appearance_weight,
-                              min_hits=1 if still else p.min_track_frames)
         stats = DecodeStats()
-        fields = {"frame": ((), np.int64), "track": ((), np.int64),
-                  "au": ((len(AU_NAMES),), np.float32), "emotion": ((len(EMOTION_NAMES),), np.float32),
-                  "pose": ((3,), np.float32), "box": ((4,), np.float32), "score": ((), np.float32),
-                  "mouth_open": ((), np.float32), "landmarks": ((n_landmarks, 3), np.float32)}
-        frame_times = DetectionSpool({"time": ((), np.float64)}, prefix="ether-prep-face-times-")
-        size = [0, 0]
-        n_frames = 0
         t_start = time.perf_counter()
         stop = threading.Event()
-
-        def record(frame: VideoFrame, faces: FrameFaces) -> None:
-            nonlocal n_frames
-            h, w = frame.rgb.shape[:2]
-            size[0], size[1] = w, h
-            frame_times.append(time=np.array([frame.time]))
-            desc = np.stack([appearance_descriptor(frame.rgb, b) for b in faces.boxes]) if faces.n else None
-            ids = tracker.update(frame.time, faces.boxes, desc)
-            if faces.n:
-                spool.append(frame=np.full(faces.n, n_frames), track=ids,
-                             au=faces.aus, emotion=faces.emotions, pose=faces.pose, box=faces.boxes,
-                             score=faces.scores, mouth_open=faces.mouth_open, landmarks=faces.landmarks)
-            n_frames += 1
-
-        with DetectionSpool(fields) as spool, frame_times:
+        with FaceSequence(self._backend.n_landmarks, 1 if still else p.min_track_frames, p.max_gap_s,
+                          p.appearance_weight, p.cut_threshold, self._embedder, self._threshold(),
+                          p.identity_every_s, p.max_embeddings_per_track, _spool_dir(out)) as sequence:
             frames = _prefetch(session.path, None if still else p.analysis_fps, stats, p.prefetch, stop)
             try:
-                if self.spec.backend == "mediapipe":
-                    from ..adapters.mediapipe_face import MediaPipeFaceLandmarker
-
-                    assert self._model_bytes is not None
-                    with MediaPipeFaceLandmarker(
-                            self._model_bytes, str(self._model_path), still=still, num_faces=p.num_faces,
-                            min_detection_confidence=p.min_detection_confidence,
-                            min_presence_confidence=p.min_presence_confidence,
-                            min_tracking_confidence=p.min_tracking_confidence,
-                            still_tiles=p.still_tiles) as landmarker:
-                        for frame in frames:
-                            h, w = frame.rgb.shape[:2]
-                            lm, blend, mats = landmarker.detect(frame.rgb, frame.time)
-                            lm *= np.array([w, h, w], dtype=np.float32)  # z is in the scale of x
-                            mouth = mouth_open_from_landmarks(lm)
-                            aus = aus_from_blendshapes(blend, mouth)
-                            faces = FrameFaces(boxes_from_landmarks(lm, w, h), np.ones(len(lm), np.float32), lm,
-                                               aus, emotions_from_aus(aus), pose_from_matrices(mats), mouth)
-                            record(frame, faces)
-                else:
-                    batch: list[VideoFrame] = []
-                    bs = max(1, self.spec.resources.batch_size)
-                    for frame in frames:
-                        if batch and frame.rgb.shape != batch[0].rgb.shape:
-                            self._pyfeat_batch(batch, record)
-                            batch = []
-                        batch.append(frame)
-                        if len(batch) >= bs:
-                            self._pyfeat_batch(batch, record)
-                            batch = []
-                    self._pyfeat_batch(batch, record)
+                with self._backend.open(still) as detector:
+                    for batch in _batches(frames, detector.batch_size):
+                        for frame, faces in zip(batch, detector.detect(batch), strict=True):
+                            sequence.add(frame, faces)
             finally:
                 stop.set()
-                if hasattr(frames, "close"):
-                    frames.close()
-
+                frames.close()
             if stats.decoded == 0:
                 raise InputError(f"{session.path}: no video frame could be decoded "
                                  f"({stats.corrupt} corrupt packet(s))")
-            note = self._write(out, spool, frame_times, tracker, n_frames, stats, size, p,
-                               time.perf_counter() - t_start)
-        return note
-
-    def _pyfeat_batch(self, batch: list[VideoFrame], record: Any) -> None:
-        if not batch:
-            return
-        for frame, faces in zip(batch, self._pyfeat.detect([f.rgb for f in batch]), strict=True):
-            record(frame, faces)
+            return self._write(out, sequence, stats, time.perf_counter() - t_start)
 
     # -- storage -----------------------------------------------------------------------------------------
-    def _write(self, out: zarr.Group, spool: Any, frame_times: Any, tracker: Any, n_frames: int, stats: Any,
-               size: list[int], p: FaceParams, elapsed: float) -> str | None:
-        # Keep tracks with enough frames (a clip shorter than that keeps all), renumbered in order of
-        # first appearance.
-        min_frames = min(tracker.min_hits, max(n_frames, 1))
-        summaries = [s for s in tracker.summaries if s.n_frames >= min_frames]
-        remap = np.full(len(tracker.summaries) + 1, -1, dtype=np.int64)
-        for new, s in enumerate(summaries):
-            remap[s.track] = new
-        n_tracks = len(summaries)
-        frame = spool.read("frame")
-        track = remap[spool.read("track")] if spool.rows else np.zeros(0, np.int64)
-
-        write_array(out, "time", frame_times.read("time"), attrs={"units": "s"})
-        dense = [("au", {"names": list(AU_NAMES)}), ("emotion", {"names": list(EMOTION_NAMES)}),
-                 ("pose", {"names": list(POSE_NAMES), "units": "degrees"}),
-                 ("box", {"names": ["x0", "y0", "x1", "y1"], "units": "px"}), ("score", {}),
-                 ("mouth_open", {"description": "lip aperture / mouth width"}),
-                 ("landmarks", {"names": ["x", "y", "z"], "units": "px"})]
-        for name, attrs in dense:
-            spool.write_dense(out, name, name, frame, track, n_frames, n_tracks, attrs=attrs)
-
-        boxes = np.array([s.mean_box for s in summaries], dtype=np.float64).reshape(-1, 4)
+    def _write(self, out: zarr.Group, sequence: FaceSequence, stats: DecodeStats, elapsed: float) -> str | None:
+        p: FaceParams = self.params
+        assert self._backend is not None
+        tracks = sequence.tracks()
+        n_frames, n_tracks = sequence.n_frames, len(tracks.summaries)
+        write_array(out, "time", sequence.frames.read("time"), attrs={"units": "s"})
+        write_array(out, "shot", sequence.frames.read("shot"), dims=("time",),
+                    attrs={"description": "shot index of each analysed frame"})
+        # (array, its last dimension and that dimension's labels, attrs): xarray reads them as labelled data.
+        dense = [("au", "au_name", AU_NAMES, {"names": list(AU_NAMES)}),
+                 ("emotion", "emotion_name", EMOTION_NAMES, {"names": list(EMOTION_NAMES)}),
+                 ("pose", "angle", POSE_NAMES, {"names": list(POSE_NAMES), "units": "degrees"}),
+                 ("box", "box_edge", ("x0", "y0", "x1", "y1"), {"names": ["x0", "y0", "x1", "y1"], "units": "px"}),
+                 ("score", None, (), {}), ("mouth_open", None, (), {"description": "lip aperture / mouth width"}),
+                 ("landmarks", "xyz", ("x", "y", "z"), {"names": ["x", "y", "z"], "units": "px"})]
+        for name, dim, labels, attrs in dense:
+            dims = ("time", "track", *(("landmark",) if name == "landmarks" else ()), *((dim,) if dim else ()))
+            sequence.detections.write_dense(out, name, name, tracks.frame, tracks.track, n_frames, n_tracks,
+                                            attrs=attrs, dims=dims)
+            if dim:
+                write_labels(out, dim, labels)
+        threshold = sequence.identities.threshold
+        identity_model = self._embedder.model_id if self._embedder is not None else None
+        write_array(out, "person", tracks.person, dims=("track",),
+                    attrs={"description": "person id of each track column"})
+        write_array(out, "identity", tracks.identity, dims=("track", "embedding"), attrs={
+            "model": identity_model, "metric": "euclidean (L2-normalised embeddings)",
+            "threshold": threshold, "description": "mean L2-normalised identity embedding per track; NaN: none"})
+        boxes = np.array([s.mean_box for s in tracks.summaries], dtype=np.float64).reshape(-1, 4)
         write_table(out, "tracks", {
             "track": np.arange(n_tracks, dtype=np.int64),
-            "first_time": np.array([s.first_time for s in summaries], dtype=np.float64),
-            "last_time": np.array([s.last_time for s in summaries], dtype=np.float64),
-            "n_frames": np.array([s.n_frames for s in summaries], dtype=np.int64),
+            "first_time": np.array([s.first_time for s in tracks.summaries], dtype=np.float64),
+            "last_time": np.array([s.last_time for s in tracks.summaries], dtype=np.float64),
+            "n_frames": np.array([s.n_frames for s in tracks.summaries], dtype=np.int64),
             "box_x0": boxes[:, 0], "box_y0": boxes[:, 1], "box_x1": boxes[:, 2], "box_y1": boxes[:, 3],
-        })
-        note = None
-        if n_tracks == 0:
-            note = f"no face found in {n_frames} analysed frame(s)"
+            "person": tracks.person, "shot": tracks.shot, "n_embeddings": tracks.n_embeddings,
+        }, dim="track")
+        shots = sequence.shots
+        note = f"no face found in {n_frames} analysed frame(s)" if n_tracks == 0 else None
         info = self.model_info()
-        attrs: dict[str, Any] = {
-            "backend": self.spec.backend,
-            "model": info.get("id"),
-            "model_source": info.get("source"),
-            "au_names": list(AU_NAMES),
-            "emotion_names": list(EMOTION_NAMES),
-            "pose_names": list(POSE_NAMES),
-            "analysis_fps": p.analysis_fps,
-            "frames_decoded": stats.decoded,
-            "frames_analysed": n_frames,
-            "frames_corrupt": stats.corrupt,
-            "frame_width": size[0],
-            "frame_height": size[1],
-            "n_tracks": n_tracks,
-            "n_landmarks": 478 if self.spec.backend == "mediapipe" else 68,
+        out.attrs.update({
+            "backend": self.spec.backend, "model": info.get("id"), "model_source": info.get("source"),
+            "au_names": list(AU_NAMES), "emotion_names": list(EMOTION_NAMES), "pose_names": list(POSE_NAMES),
+            "analysis_fps": p.analysis_fps, "frames_decoded": stats.decoded, "frames_analysed": n_frames,
+            "frames_corrupt": stats.corrupt, "frame_width": sequence.size[0], "frame_height": sequence.size[1],
+            "n_tracks": n_tracks, "n_landmarks": self._backend.n_landmarks,
             "fps_analysed": round(n_frames / elapsed, 2) if elapsed > 0 else None,
-            "libraries": library_versions(*self.library_names()),
-            "params": self.spec.params_dict(),
-        }
-        if self.spec.backend == "mediapipe":
-            attrs["au_kind"] = "blendshape-derived scores (MediaPipe), not FACS-coded intensities"
-            attrs["emotion_kind"] = "EMFACS prototype match scores from the AUs, not probabilities"
-            attrs["score_kind"] = "1.0 = passed the configured confidences (MediaPipe exposes no score)"
-        else:
-            attrs["au_kind"] = "py-feat AU probabilities"
-            attrs["emotion_kind"] = "py-feat emotion probabilities"
-            attrs["detector"] = self._pyfeat.info if self._pyfeat is not None else {}
-        if note:
-            attrs["note"] = note
-        out.attrs.update(attrs)
+            "libraries": library_versions(*self.library_names()), "params": self.spec.params_dict(),
+            "n_persons": int(tracks.person.max() + 1) if n_tracks else 0, "n_shots": int(shots.shot + 1),
+            "cut_times": shots.cut_times, "identity_model": identity_model,
+            "identity_params": {
+                "threshold": threshold, "metric": "euclidean (L2-normalised embeddings)",
+                "every_s": p.identity_every_s, "max_per_track": p.max_embeddings_per_track,
+                "cut_threshold": p.cut_threshold, "cut_ratio": shots.ratio,
+                "largest_jump_within_a_shot": round(shots.max_within_shot, 3),
+                "embeddings_computed": sequence.embeddings_computed,
+                "embedding_seconds": round(sequence.embedding_seconds, 3),
+                "tracks_without_embedding": int((tracks.n_embeddings == 0).sum()),
+                **(self._embedder.info if self._embedder is not None else {})},
+            "identity_splits": tracks.splits,
+            **self._backend.kinds, **self._backend.info,
+            **({"person_kind": "identity off: every track is a person of its own"} if p.identity == "off" else {}),
+            **({"note": note} if note else {}),
+        })
         if n_frames and stats.corrupt:
             suffix = f"{stats.corrupt} corrupt packet(s) skipped"
             note = f"{note}; {suffix}" if note else suffix
         return note
 
+
+@dataclass(frozen=True)
+class FaceOutputs:
+    """A session's face stage output, in memory: F analysed frames, T tracks (NaN where a track has no face)."""
+
+    time: np.ndarray  # (F,) seconds
+    au: np.ndarray  # (F, T, A)
+    emotion: np.ndarray  # (F, T, E)
+    pose: np.ndarray  # (F, T, 3) yaw, pitch, roll
+    box: np.ndarray  # (F, T, 4)
+    score: np.ndarray  # (F, T)
+    mouth_open: np.ndarray  # (F, T)
+    au_names: list[str]
+    emotion_names: list[str]
+    tracks: list[FaceTrack]
+
+    @property
+    def present(self) -> np.ndarray:
+        """(F, T) whether each track has a face in each frame."""
+        return np.isfinite(self.score)
+
+    @property
+    def person(self) -> np.ndarray:
+        """(T,) person of each track column."""
+        return np.array([t.person for t in self.tracks], dtype=np.int64)
+
+
+def read_faces(store: SessionGroup) -> FaceOutputs | None:
+    """The face stage's output for one session; None when the stage was skipped (no video).
+
+    Stores written before persons existed (face stage version 1) read with every track its own person.
+    """
+    if store.stage_state("face").state == "skipped":
+        return None
+    g = store.stage_group("face")
+    if "au" not in g:
+        return None
+    arrays = {k: np.asarray(g[k][...], dtype=np.float64) for k in ("time", "au", "emotion", "pose", "box", "score",
+                                                                    "mouth_open")}
+    t = read_table(g, "tracks")
+    n = arrays["au"].shape[1]
+    person = t["person"] if "person" in t else np.arange(n)
+    shot = t["shot"] if "shot" in t else np.zeros(n, np.int64)
+    tracks = [FaceTrack(int(t["track"][i]), float(t["first_time"][i]), float(t["last_time"][i]),
+                        int(t["n_frames"][i]), (float(t["box_x0"][i]), float(t["box_y0"][i]),
+                                                float(t["box_x1"][i]), float(t["box_y1"][i])),
+                        int(person[i]), int(shot[i])) for i in range(n)]
+    return FaceOutputs(**arrays, au_names=list(g["au"].attrs["names"]),
+                       emotion_names=list(g["emotion"].attrs["names"]), tracks=tracks)

@@ -38,7 +38,7 @@ Output group ``qc/``::
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from ..records import Session
     from ..store import SessionGroup, Store
 
-__all__ = ["Check", "QcParams", "QcStage", "quality_checks"]
+__all__ = ["Check", "QcParams", "QcStage", "Review", "quality_checks", "read_review"]
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ class QcStage(Stage):
             "applies": np.array([c.applies for c in checks], dtype=bool),
             "ok": np.array([c.ok for c in checks], dtype=bool),
             "reason": np.array([c.reason for c in checks], dtype=str),
-        })
+        }, dim="check")
         reasons = [c.reason for c in checks if not c.ok]
         out.attrs.update({"needs_review": bool(reasons), "reasons": reasons,
                           "metrics": {k: (v if math.isfinite(v) else None) for k, v in metrics.items()},
@@ -207,11 +207,18 @@ def _expected_frames(session: Session) -> float | None:
     return None
 
 
-def review_summary(store: SessionGroup) -> tuple[bool | None, list[str]]:
-    """(needs_review, reasons) of a session; ``None`` when its qc stage has not run."""
-    state = store.stage_state("qc")
-    if state.state != "done":
-        return None, []
-    attrs = dict(store.stage_group("qc").attrs)
-    return bool(attrs.get("needs_review")), list(attrs.get("reasons", []))
+@dataclass(frozen=True)
+class Review:
+    """A session's quality verdict: ``needs_review`` is None when its qc stage has not run."""
 
+    needs_review: bool | None = None
+    reasons: tuple[str, ...] = ()
+    metrics: dict[str, float | None] = field(default_factory=dict)
+
+
+def read_review(store: SessionGroup) -> Review:
+    """The qc stage's verdict for one session (an empty :class:`Review` when qc has not run)."""
+    if store.stage_state("qc").state != "done":
+        return Review()
+    attrs = dict(store.stage_group("qc").attrs)
+    return Review(bool(attrs.get("needs_review")), tuple(attrs.get("reasons", [])), dict(attrs.get("metrics", {})))

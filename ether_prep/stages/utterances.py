@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..provenance import library_versions
-from ..records import Turn
 from ..speech import assign_speakers, build_utterances, build_utterances_by_stream
 from ..store import read_table, write_table
 from .base import Stage
+from .diarize import read_turns
 
 if TYPE_CHECKING:
     import zarr
@@ -108,9 +108,7 @@ class UtterancesStage(Stage):
         words = [{"text": str(cols["text"][i]), "start": float(cols["start"][i]), "end": float(cols["end"][i]),
                   "score": float(cols["score"][i]), "interpolated": bool(cols["interpolated"][i]),
                   "channel": int(cols["channel"][i]) if "channel" in cols else -1} for i in range(n)]
-        t = store.read_table("diarize", "turns")
-        turns = [Turn(float(a), float(b), str(s)) for a, b, s in zip(t["start"], t["end"], t["speaker"], strict=True)]
-        words = assign_speakers(words, turns, max_word=p.max_word)
+        words = assign_speakers(words, read_turns(store), max_word=p.max_word)
         if any(w["channel"] >= 0 for w in words):
             # Channels transcribed apart (one microphone per person): each channel is one speaker, labelled
             # by the diarized speaker most of its words got, and utterances are grouped per channel.
@@ -137,7 +135,7 @@ class UtterancesStage(Stage):
             "speaker": np.array([w["speaker"] for w in words], dtype=str),
             "interpolated": np.array([w["interpolated"] for w in words], dtype=bool),
             "channel": np.array([w["channel"] for w in words], dtype=np.int8),
-        }, attrs={"units": "seconds"})
+        }, attrs={"units": "seconds"}, dim="word")
         write_table(out, "utterances", {
             "id": np.array([u.id for u in utts], dtype=str),
             "start": np.array([u.start for u in utts], dtype=np.float64),
@@ -147,7 +145,7 @@ class UtterancesStage(Stage):
             "word_start": np.array([u.word_start for u in utts], dtype=np.int64),
             "word_end": np.array([u.word_end for u in utts], dtype=np.int64),
             "score": np.array([u.score for u in utts], dtype=np.float32),
-        }, attrs={"units": "seconds"})
+        }, attrs={"units": "seconds"}, dim="utterance")
         tx = store.stage_group("transcribe").attrs
         out.attrs.update({"language": tx.get("language"), "asr_model": tx.get("model"),
                           "diarization": store.stage_group("diarize").attrs.get("backend"),

@@ -1,0 +1,86 @@
+"""The command line as scripts and people use it: version, results on stdout and logs on stderr, status as
+JSON, the recorded pipeline, staleness that propagates, NO_COLOR."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ether_prep import __version__
+from ether_prep.cli import app
+
+from .conftest import DATA, ROOT
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"ether-prep {__version__}"
+
+
+def test_help_shows_defaults_literally() -> None:
+    out = CliRunner().invoke(app, ["run", "--help"], terminal_width=200).output
+    assert "[default: ./pipelines.yaml if present" in out and "[default: what resources allow]" in out
+
+
+@pytest.mark.slow
+def test_stdout_carries_results_and_library_logs_go_to_stderr(tmp_path: Path) -> None:
+    """whisperx logs to stdout by itself; through ether-prep its lines reach stderr (its INFO chatter at DEBUG
+    only), and stdout holds the summary alone."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "jfk.flac").symlink_to(DATA / "speech" / "jfk.flac")
+    cmd = [sys.executable, "-m", "ether_prep.cli", "--log-level", "DEBUG", "extract", str(raw),
+           "--out", str(tmp_path / "s.zarr"), "-p", "cpu", "--executor", "inline", "--only", "audio",
+           "--only", "transcribe", "--quiet"]
+    env = {**os.environ, "PYANNOTE_METRICS_ENABLED": "0"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["audio        1 done", "transcribe   1 done"]
+    assert "whisperx" in proc.stderr and "voice activity detection" in proc.stderr.lower()
+    quiet = subprocess.run([*cmd[:3], *cmd[5:], "--force"], capture_output=True, text=True, env=env, cwd=ROOT,
+                           timeout=600)
+    assert quiet.returncode == 0 and quiet.stdout.splitlines() == proc.stdout.splitlines()
+    assert "voice activity detection" not in quiet.stderr.lower()  # library INFO lines need DEBUG
+
+
+@pytest.mark.slow
+def test_status_json_uses_the_recorded_pipeline(aligned: dict[str, object]) -> None:
+    result = CliRunner().invoke(app, ["status", "--out", str(aligned["store"]), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["pipeline"] == "cpu" and doc["sessions"] == 4
+    assert "stale" not in doc["counts"] and doc["counts"]["done"] >= 4 * 6
+    assert {r["state"] for r in doc["rows"]} <= {"done", "skipped"}
+    assert set(doc["needs_review"]) <= {r["session"] for r in doc["rows"]}
+
+
+@pytest.mark.slow
+def test_staleness_propagates_downstream(aligned: dict[str, object], tmp_path: Path) -> None:
+    raw = yaml.safe_load((ROOT / "pipelines.yaml").read_text())
+    for entry in raw["pipelines"]["cpu"]["stages"]:
+        if entry["stage"] == "diarize":
+            entry["params"]["window"] = 2.0
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["status", "--out", str(aligned["store"]), "-p", "cpu", "-c", str(config),
+                                      "--json"])
+    doc = json.loads(result.output)
+    call = {r["stage"]: r["state"] for r in doc["rows"] if r["session"].startswith("sample")}
+    assert call["audio"] == "done" and call["transcribe"] == "done" and call["face"] == "skipped"
+    assert call["diarize"] == call["utterances"] == call["align"] == call["qc"] == "stale"
+
+
+@pytest.mark.slow
+def test_no_color_means_no_escape_codes(aligned: dict[str, object]) -> None:
+    args = ["status", "--out", str(aligned["store"])]
+    coloured = CliRunner().invoke(app, args, color=True).output
+    assert "\x1b[" in coloured  # a terminal gets colours ...
+    plain = CliRunner(env={"NO_COLOR": "1"}).invoke(app, args, color=True).output
+    assert "\x1b[" not in plain  # ... unless NO_COLOR is set

@@ -1,0 +1,219 @@
+"""Issue 12, config errors: every field of pipelines.yaml, when wrong, gives a message naming the file, the line,
+the pipeline, the stage, the key and the fix; every problem of a file is reported at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ether_prep.config import Resources, load_config
+from ether_prep.errors import ConfigError
+from ether_prep.stages import STAGES, stage_class
+
+ORDER = list(STAGES)  # audio, transcribe, diarize, utterances, face, align: each one's requirements come first
+
+
+def _yaml(stages: dict[str, dict], name: str = "p", top: str = "version: 1\n") -> str:
+    """A pipelines.yaml with one pipeline of ``stages`` (stage -> extra keys), one key per line (block style)."""
+    body = yaml.safe_dump({"pipelines": {name: {"stages": [{"stage": s, **extra} for s, extra in stages.items()]}}},
+                          sort_keys=False, default_flow_style=False)
+    return top + body
+
+
+def _all_stages(**extra: dict) -> dict[str, dict]:
+    return {s: extra.get(s, {}) for s in ORDER}
+
+
+def _error(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return str(info.value)
+
+
+def _line_of(text: str, needle: str) -> int:
+    """1-based line of the first line containing ``needle``."""
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def _wrong_value(hint: typing.Any) -> object:
+    """A value of the wrong type for a field of type ``hint`` (its non-None part)."""
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    return {str: 3, float: "fast", int: 2.5, bool: "yes"}[base]
+
+
+def _type_name(hint: typing.Any) -> str:
+    names = [getattr(a, "__name__", str(a)) for a in (typing.get_args(hint) or (hint,))]
+    return " or ".join("null" if n == "NoneType" else n for n in names)
+
+
+PARAM_FIELDS = [(stage, f.name) for stage in ORDER for f in dataclasses.fields(stage_class(stage).Params)]
+
+
+@pytest.mark.parametrize(("stage", "key"), PARAM_FIELDS, ids=[f"{s}.{k}" for s, k in PARAM_FIELDS])
+def test_every_parameter_of_every_stage_has_a_located_error(tmp_path: Path, stage: str, key: str) -> None:
+    params_cls = stage_class(stage).Params
+    hint = typing.get_type_hints(params_cls)[key]
+    value = _wrong_value(hint)
+    text = _yaml(_all_stages(**{stage: {"params": {key: value}}}))
+    message = _error(tmp_path, text)
+    line = _line_of(text, f"{key}:")
+    default = next(f.default for f in dataclasses.fields(params_cls) if f.name == key)
+    assert message.startswith(f"{tmp_path / 'pipelines.yaml'}:{line}: pipeline 'p': stage '{stage}': "), message
+    assert f"parameter {key!r} = {value!r} is not a valid" in message
+    assert message.endswith(f"; expected {_type_name(hint)} (default: {default!r})")  # the fix
+
+
+# A value of the right type that each stage's own checks reject, and the key its message names.
+OUT_OF_RANGE = {"audio": ("sample_rate", 4000), "transcribe": ("channels", "both"),
+                "diarize": ("max_speakers", 0), "utterances": ("max_word", -1.0), "face": ("num_faces", 0),
+                "align": ("rate_hz", -1.0), "qc": ("max_corrupt_share", -1.0)}
+
+
+@pytest.mark.parametrize("stage", ORDER)
+def test_every_stage_checks_its_values(tmp_path: Path, stage: str) -> None:
+    key, value = OUT_OF_RANGE[stage]
+    text = _yaml(_all_stages(**{stage: {"params": {key: value}}}))
+    message = _error(tmp_path, text)
+    assert message.startswith(f"{tmp_path / 'pipelines.yaml'}:{_line_of(text, f'{key}:')}: pipeline 'p': "
+                              f"stage '{stage}': parameters: "), message
+    assert key in message
+
+
+def test_a_parameter_its_backend_cannot_use(tmp_path: Path) -> None:
+    text = _yaml(_all_stages(face={"backend": "mediapipe", "params": {"identity": "pyfeat"}}))
+    message = _error(tmp_path, text)
+    assert message.startswith(f"{tmp_path / 'pipelines.yaml'}:{_line_of(text, 'identity:')}: pipeline 'p': "
+                              "stage 'face': parameters: identity 'pyfeat' needs the pyfeat backend"), message
+    assert "use identity: dlib" in message
+
+
+def test_unknown_parameter_says_the_closest_name(tmp_path: Path) -> None:
+    text = _yaml(_all_stages(audio={"params": {"sample_rat": 16000}}))
+    message = _error(tmp_path, text)
+    assert f":{_line_of(text, 'sample_rat:')}: pipeline 'p': stage 'audio': unknown parameter 'sample_rat'; " \
+           "did you mean 'sample_rate'? allowed: block_seconds, channel, sample_rate" in message
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("num_cpus", "two", "resource 'num_cpus' = 'two' is not a valid float; expected float (default: 1.0)"),
+    ("num_gpus", [1], "resource 'num_gpus' = [1] is not a valid float; expected float (default: 0.0)"),
+    ("batch_size", 0.5, "resource 'batch_size' = 0.5 is not a valid int; expected int (default: 1)"),
+    ("num_cpus", -1, "resources must be non-negative and batch_size >= 1, got num_cpus -1.0, num_gpus 0.0, "
+                     "batch_size 1"),
+    ("batch_size", 0, "resources must be non-negative and batch_size >= 1, got num_cpus 1.0, num_gpus 0.0, "
+                      "batch_size 0"),
+    ("gpus", 1, "unknown resource 'gpus'; did you mean 'num_gpus'? allowed: batch_size, num_cpus, num_gpus"),
+])
+def test_resources(tmp_path: Path, key: str, value: object, expected: str) -> None:
+    assert {f.name for f in dataclasses.fields(Resources)} == {"num_cpus", "num_gpus", "batch_size"}
+    text = _yaml(_all_stages(face={"resources": {key: value}}))
+    message = _error(tmp_path, text)
+    line = _line_of(text, f"{key}:") if "unknown" in expected or "not a valid" in expected else \
+        _line_of(text, "resources:")
+    assert message == f"{tmp_path / 'pipelines.yaml'}:{line}: pipeline 'p': stage 'face': {expected}"
+
+
+@pytest.mark.parametrize(("extra", "expected", "needle"), [
+    ({"backend": "whisper"}, "unknown backend 'whisper'; stage 'transcribe' supports: whisperx", "backend:"),
+    ({"model": 3}, "'model' must be a string (a model name or a path), got 3", "model:"),
+    ({"enabled": "no"}, "'enabled' must be true or false, got 'no'", "enabled:"),
+    ({"params": [1, 2]}, "parameters must be a mapping of name: value, got [1, 2]", "params:"),
+    ({"resources": 2}, "resources must be a mapping of name: value, got 2", "resources:"),
+    ({"parms": {}}, "unknown key 'parms'; did you mean 'params'? allowed: backend, enabled, model, params, "
+                    "resources, stage", "parms:"),
+])
+def test_stage_keys(tmp_path: Path, extra: dict, expected: str, needle: str) -> None:
+    text = _yaml(_all_stages(transcribe=extra))
+    message = _error(tmp_path, text)
+    assert message == f"{tmp_path / 'pipelines.yaml'}:{_line_of(text, needle)}: pipeline 'p': stage 'transcribe': " \
+                      f"{expected}"
+
+
+def test_stage_names_entries_and_order(tmp_path: Path) -> None:
+    text = _yaml({"audio": {}, "transcrib": {}})
+    assert _error(tmp_path, text) == (
+        f"{tmp_path / 'pipelines.yaml'}:{_line_of(text, 'transcrib')}: pipeline 'p': unknown stage 'transcrib' "
+        f"(stage #2); did you mean 'transcribe'? known stages: {', '.join(STAGES)}")
+    text = "version: 1\npipelines:\n  p:\n    stages:\n      - audio\n"
+    assert _error(tmp_path, text).endswith(":5: pipeline 'p': stage #1 must be a mapping with a 'stage' key, "
+                                           "e.g. '- stage: audio'")
+    text = _yaml({"audio": {}, "utterances": {}})
+    message = _error(tmp_path, text)
+    for dep in ("transcribe", "diarize"):
+        assert (f":{_line_of(text, 'utterances')}: pipeline 'p': stage 'utterances': stage 'utterances' requires "
+                f"stage {dep!r} before it; add it earlier in the list") in message
+    text = "version: 1\npipelines:\n  p:\n    stages:\n      - stage: audio\n      - stage: audio\n"
+    assert "pipeline 'p': stage 'audio' appears twice; keep one entry per stage" in _error(tmp_path, text)
+
+
+def test_pipeline_keys(tmp_path: Path) -> None:
+    text = "version: 1\npipelines:\n  p:\n    descripton: x\n    stages:\n      - stage: audio\n"
+    assert _error(tmp_path, text).endswith(":4: pipeline 'p': unknown key 'descripton'; did you mean "
+                                           "'description'? allowed: description, stages")
+    text = "version: 1\npipelines:\n  p:\n    description: [a]\n    stages:\n      - stage: audio\n"
+    assert _error(tmp_path, text).endswith(":4: pipeline 'p': 'description' must be text, got ['a']")
+    text = "version: 1\npipelines:\n  p:\n    stages: audio\n"
+    assert _error(tmp_path, text).endswith(":3: pipeline 'p': expected a mapping with a 'stages' list "
+                                           "(stages: [- stage: NAME])")
+
+
+def test_top_level(tmp_path: Path) -> None:
+    text = "version: 2\npipelines:\n  p:\n    stages:\n      - stage: audio\n"
+    assert _error(tmp_path, text).endswith(":1: unsupported config version 2; this ether-prep reads version 1 "
+                                           "(write 'version: 1')")
+    text = "version: 1\npipeline: {}\npipelines:\n  p:\n    stages:\n      - stage: audio\n"
+    assert _error(tmp_path, text).endswith(":2: unknown top-level key 'pipeline'; did you mean 'pipelines'? "
+                                           "allowed: pipelines, version")
+    assert "expected a mapping with a 'pipelines' mapping at the top" in _error(tmp_path, "version: 1\n")
+    text = "version: 1\npipelines:\n  p:\n    stages:\n      - stage: audio\n    stages: []\n"
+    assert _error(tmp_path, text).endswith(":6: key 'stages' appears twice in one mapping (the second would "
+                                           "silently win); keep one")
+    text = "version: 1\npipelines:\n  p:\n    stages:\n     - stage: audio\n    - stage: face\n"
+    assert re.search(r"pipelines.yaml:\d+: not valid YAML \(.*\); check the indentation and quoting there",
+                     _error(tmp_path, text))
+
+
+def test_every_problem_of_a_file_at_once_in_line_order(tmp_path: Path) -> None:
+    text = """version: 2
+pipelnes: {}
+pipelines:
+  p:
+    descripton: x
+    stages:
+      - stage: audio
+        params: {sample_rate: 4000, blok_seconds: 3}
+        resources: {batch_size: many}
+      - stage: transcribe
+        backend: whisper
+        params:
+          beam_size: 1.5
+        enabled: "yes"
+      - stage: fase
+  q: [1, 2]
+"""
+    message = _error(tmp_path, text)
+    path = tmp_path / "pipelines.yaml"
+    lines = message.splitlines()
+    assert lines[0] == f"{path}: 11 problems:"
+    located = [int(re.match(rf"  {re.escape(str(path))}:(\d+): ", ln).group(1)) for ln in lines[1:]]
+    assert located == [1, 2, 5, 8, 8, 9, 11, 13, 14, 15, 16]
+    assert "stage 'audio': parameters: sample_rate must be within 8000..48000 Hz, got 4000" in message
+    assert "pipeline 'q': expected a mapping with a 'stages' list" in message
+
+
+def test_hubs_are_switched_off_only_when_every_model_is_local() -> None:
+    from ether_prep.config import load_pipeline
+    from ether_prep.runner import models_are_local
+
+    def planners(name: str) -> list:
+        return [stage_class(s.name)(s) for s in load_pipeline(name).stages]
+
+    assert models_are_local(planners("cpu"))  # packages and a local .task file
+    assert not models_are_local(planners("default"))  # large-v3, pyannote and py-feat come from hubs

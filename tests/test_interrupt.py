@@ -1,0 +1,198 @@
+"""Issue 12, interruption: ``ether-prep run`` killed with SIGKILL at several points of a multi-session,
+multi-stage run (inline and on Ray), then rerun, ends with a store equal, array for array and fingerprint for
+fingerprint, to an uninterrupted run's; and at every kill point no stage was ``done`` before all its arrays
+were complete (each stage marked done already equals the reference in full).
+
+Pipeline: ``audio`` then ``face`` (MediaPipe) on three short clips (two GRID speakers, the side-by-side pair).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from ether_prep.config import load_pipeline
+from ether_prep.runner import run_pipeline
+
+from . import trust_media as media
+from .conftest import DATA
+
+pytestmark = pytest.mark.slow
+
+PIPELINE = """version: 1
+pipelines:
+  af:
+    stages:
+      - stage: audio
+        params: {block_seconds: 1}
+      - stage: face
+        backend: mediapipe
+        model: face_landmarker.task
+        params: {num_faces: 2, min_detection_confidence: 0.3}
+        resources: {num_cpus: 1}
+"""
+CLIPS = {"a.mpg": DATA / "video" / "bbaf2n.mpg", "b.mpg": DATA / "video" / "lwbsza.mpg",
+         "c.mp4": DATA / "video" / "grid_two_faces_side_by_side.mp4"}
+
+
+# ------------------------------------------------------------------------------------------ store compare
+def stage_contents(store: Path) -> dict[tuple[str, str], dict]:
+    """Per (session, stage): the marker's state and fingerprint, and every array under the stage, by path."""
+    root = zarr.open_group(str(store), mode="r", zarr_format=3, use_consolidated=False)
+    out: dict[tuple[str, str], dict] = {}
+    if "sessions" not in root:
+        return out
+    for sid, session in root["sessions"].groups():
+        for stage, group in session.groups():
+            marker = dict(group.attrs.get("stage", {}))
+            arrays = {path: arr for path, arr in group.members(max_depth=None) if isinstance(arr, zarr.Array)}
+            out[(sid, stage)] = {"state": marker.get("state"), "fingerprint": marker.get("fingerprint"),
+                                 "arrays": arrays}
+    return out
+
+
+def assert_same_arrays(got: dict, want: dict, where: tuple[str, str]) -> None:
+    assert sorted(got) == sorted(want), (where, sorted(got), sorted(want))
+    for path, arr in want.items():
+        a, b = got[path][...], arr[...]
+        assert a.dtype == b.dtype and a.shape == b.shape, (where, path, a.dtype, b.dtype, a.shape, b.shape)
+        if a.dtype.kind == "f":
+            np.testing.assert_array_equal(a, b, err_msg=f"{where} {path}")  # NaN == NaN here
+        else:
+            assert (a == b).all(), (where, path)
+
+
+def assert_done_stages_are_complete(store: Path, reference: Path) -> int:
+    """Every stage marked done equals the reference in full (fingerprint and every array); returns how many."""
+    ref = stage_contents(reference)
+    done = 0
+    for key, got in stage_contents(store).items():
+        if got["state"] != "done":
+            assert got["fingerprint"] is None, (key, got["state"])  # only done/skipped stages carry one
+            continue
+        assert got["fingerprint"] == ref[key]["fingerprint"], key
+        assert_same_arrays(got["arrays"], ref[key]["arrays"], key)
+        done += 1
+    return done
+
+
+def assert_stores_equal(store: Path, reference: Path) -> None:
+    got, want = stage_contents(store), stage_contents(reference)
+    assert sorted(got) == sorted(want)
+    for key in want:
+        assert (got[key]["state"], got[key]["fingerprint"]) == (want[key]["state"], want[key]["fingerprint"]), key
+        assert_same_arrays(got[key]["arrays"], want[key]["arrays"], key)
+
+
+# ----------------------------------------------------------------------------------------------- killing
+def _stage_running(store: Path, stage: str) -> bool:
+    for marker in store.glob(f"sessions/*/{stage}/zarr.json"):
+        try:
+            if json.loads(marker.read_text())["attributes"]["stage"]["state"] == "running":
+                return True
+        except (OSError, ValueError, KeyError):
+            continue
+    return False
+
+
+def _session_pids(sid: int) -> list[int]:
+    """Processes of session ``sid``: the run and whatever it started (Ray's raylet, workers)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":  # field 6: the session id; zombies are already dead
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def run_and_kill(args: list[str | Path], when: Callable[[float], bool], timeout: float = 300) -> float:
+    """Start ``ether-prep ARGS`` in a session of its own and SIGKILL all of it as soon as ``when(elapsed)``
+    is true; returns the elapsed time at the kill (or the time it finished by itself)."""
+    proc = subprocess.Popen(media.cli_argv(*args), cwd=media.ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(media.ROOT)})
+    t0 = time.monotonic()
+    try:
+        while proc.poll() is None:
+            elapsed = time.monotonic() - t0
+            assert elapsed < timeout, "the kill point was never reached"
+            if when(elapsed):
+                break
+            time.sleep(0.01)
+        return time.monotonic() - t0
+    finally:
+        for _ in range(50):  # the run, then anything it started (Ray workers may sit in groups of their own)
+            pids = _session_pids(proc.pid)
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.poll()
+            time.sleep(0.1)
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("interrupt")
+    raw = tmp / "raw"
+    raw.mkdir()
+    for name, src in CLIPS.items():
+        (raw / name).symlink_to(src)
+    config = tmp / "pipelines.yaml"
+    config.write_text(PIPELINE)
+    reference = tmp / "reference.zarr"
+    summary = run_pipeline(load_pipeline("af", config), raw, reference)  # uninterrupted, inline
+    assert summary.ok and summary.counts() == {"done": 6}, summary.report()
+    return {"raw": raw, "config": config, "reference": reference, "tmp": tmp}
+
+
+def _args(setup: dict, store: Path, *extra: str) -> list[str | Path]:
+    return ["run", setup["raw"], "--out", store, "-c", setup["config"], "-p", "af", "-q", *extra]
+
+
+def test_sigkill_inline_at_several_points_then_rerun_equals_an_uninterrupted_run(setup: dict) -> None:
+    store = setup["tmp"] / "inline.zarr"
+    rng = np.random.default_rng(12)
+    points: list[tuple[str, Callable[[float], bool]]] = [
+        ("audio running", lambda _: _stage_running(store, "audio")),
+        ("face running", lambda _: _stage_running(store, "face")),
+        *[(f"after {d:.1f} s", lambda t, d=d: t >= d) for d in rng.uniform(1.0, 8.0, size=3)],
+    ]
+    done_at_kills = []
+    for name, when in points:
+        run_and_kill(_args(setup, store, "-x", "inline"), when)
+        done_at_kills.append((name, assert_done_stages_are_complete(store, setup["reference"])))
+        if name == "face running":  # killed inside a face stage (about a second per clip): it stays running
+            assert _stage_running(store, "face")
+    final = media.cli(*_args(setup, store, "-x", "inline"))
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert "took over the store lock left by a process that no longer runs" in final.stdout
+    assert_stores_equal(store, setup["reference"])
+    # The first two kills landed inside a stage (that is what they waited for).
+    assert done_at_kills[0][1] < 6 and done_at_kills[1][1] < 6, done_at_kills
+
+
+def test_sigkill_on_ray_then_rerun_equals_an_uninterrupted_run(setup: dict) -> None:
+    # One kill (a Ray start costs tens of seconds on 2 cores): inside the face stage, after audio ran on Ray.
+    store = setup["tmp"] / "ray.zarr"
+    run_and_kill(_args(setup, store, "-x", "ray", "-w", "2"), lambda _: _stage_running(store, "face"))
+    assert 3 <= assert_done_stages_are_complete(store, setup["reference"]) < 6
+    assert _stage_running(store, "face")
+    final = media.cli(*_args(setup, store, "-x", "inline"))
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert_stores_equal(store, setup["reference"])

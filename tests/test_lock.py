@@ -1,0 +1,222 @@
+"""Issue 12, concurrency: one writing run per store (a lock with the holder's host and pid, taken over when
+its process is dead, waited for with --wait), and one download per model file."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ether_prep.config import load_pipeline
+from ether_prep.errors import LockError, ModelError
+from ether_prep.lock import STORE_LOCK, FileLock, read_holder
+from ether_prep.runner import run_pipeline
+from ether_prep.sessions import session_id
+from ether_prep.store import Store
+
+from . import trust_media as media
+from .conftest import DATA, MODELS
+
+AUDIO_YAML = ("version: 1\npipelines:\n  audio:\n    stages:\n      - stage: audio\n"
+              "        params: {block_seconds: %s}\n")
+
+
+def _config(tmp: Path, block: float = 5.0) -> Path:
+    path = tmp / f"audio_{block}.yaml"
+    path.write_text(AUDIO_YAML % block)
+    return path
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_lock_records_its_holder_and_refuses_a_second_holder(tmp_path: Path) -> None:
+    path = tmp_path / "x.lock"
+    with FileLock(path, purpose="the test lock", command="first") as lock:
+        holder = read_holder(path)
+        assert holder["host"] == socket.gethostname() and holder["pid"] == lock_pid()
+        assert holder["command"] == "first" and holder["token"] == lock.token and holder["started"]
+        with pytest.raises(LockError) as info:
+            FileLock(path, purpose="the test lock").acquire(wait=0)
+        message = str(info.value)
+        assert f"pid {lock_pid()} on host {socket.gethostname()}" in message and "first" in message
+    assert not path.exists()  # released
+
+
+def lock_pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:
+    path = tmp_path / "x.lock"
+    dead = {"host": socket.gethostname(), "pid": _dead_pid(), "started": "earlier", "token": "old"}
+    path.write_text(json.dumps(dead))
+    lock = FileLock(path, purpose="the test lock").acquire(wait=0)
+    assert lock.took_over == dead and read_holder(path)["token"] == lock.token
+    lock.release()
+    # A lock file left empty (its writer died between creating and filling it) is stale after a while.
+    path.write_text("")
+    stale = time.time() - 60
+    import os
+
+    os.utime(path, (stale, stale))
+    FileLock(path, purpose="the test lock").acquire(wait=0).release()
+
+
+def test_a_lock_from_another_host_is_never_guessed_stale(tmp_path: Path) -> None:
+    path = tmp_path / "x.lock"
+    path.write_text(json.dumps({"host": "other-node", "pid": _dead_pid(), "started": "earlier", "token": "t"}))
+    with pytest.raises(LockError, match=rf"host other-node.*delete {path}"):
+        FileLock(path, purpose="the test lock").acquire(wait=0.2, poll=0.05)
+    assert read_holder(path)["host"] == "other-node"  # untouched
+
+
+def test_waiting_for_a_lock_ends_when_its_holder_releases_it(tmp_path: Path) -> None:
+    path = tmp_path / "x.lock"
+    first = FileLock(path, purpose="the test lock").acquire()
+    order: list[str] = []
+
+    def second() -> None:
+        with FileLock(path, purpose="the test lock").acquire(wait=30, poll=0.05):
+            order.append("second")
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    time.sleep(0.5)
+    order.append("first released")
+    first.release()
+    thread.join(timeout=30)
+    assert order == ["first released", "second"]
+
+
+@pytest.fixture(scope="module")
+def long_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 10-minute recording (a loop of the telephone call): decoding it in 0.25 s blocks takes seconds."""
+    raw = tmp_path_factory.mktemp("long_raw")
+    media.ffmpeg("-stream_loop", "19", "-i", DATA / "diarization" / "sample.wav", "-c", "copy", raw / "long.wav")
+    return raw
+
+
+def test_a_second_run_on_one_store_refuses_or_waits_and_never_interleaves(long_raw: Path, tmp_path: Path) -> None:
+    store, config = tmp_path / "s.zarr", _config(tmp_path, block=0.25)
+    args = ["run", long_raw, "--out", store, "-c", config, "-p", "audio", "-x", "inline", "-q"]
+    first = subprocess.Popen(media.cli_argv(*args), cwd=media.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while (read_holder(store / STORE_LOCK) or {}).get("pid") != first.pid:
+            assert time.monotonic() < deadline and first.poll() is None, "the first run never took the lock"
+            time.sleep(0.02)
+        refused = media.cli(*args)
+        status = media.cli("status", "--out", store, "-c", config, "-p", "audio")
+        waiting = subprocess.Popen(media.cli_argv(*args, "--wait", "300"), cwd=media.ROOT, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+        waited_out, waited_err = waiting.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert refused.returncode == 2
+    assert f"held by pid {first.pid} on host {socket.gethostname()}" in refused.stderr
+    assert f"cli.py run {long_raw} --out {store}" in refused.stderr  # the holder's command line
+    assert "wait for that run to finish, or pass --wait SECONDS" in refused.stderr
+    assert f"a run is writing this store now: pid {first.pid}" in status.stdout
+    # The waiting run started only after the first ended: it found the stage done and computed nothing.
+    assert waiting.returncode == 0, waited_err
+    assert "audio        1 cached" in waited_out
+    state = Store(store, mode="r").session(session_id("long.wav")).stage_state("audio")
+    assert state.state == "done" and state.info["worker"]["pid"] == first.pid
+    assert not (store / STORE_LOCK).exists()
+
+
+def test_a_run_takes_over_the_lock_of_a_killed_run(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.wav").symlink_to(media.LIBRI)
+    store = tmp_path / "s.zarr"
+    store.mkdir()
+    dead = _dead_pid()
+    (store / STORE_LOCK).write_text(json.dumps({"host": socket.gethostname(), "pid": dead, "started": "earlier",
+                                                "command": "ether-prep run (killed)", "token": "old"}))
+    summary = run_pipeline(load_pipeline("audio", _config(tmp_path)), raw, store)
+    assert summary.ok and summary.counts("audio") == {"done": 1}
+    assert any(f"took over the store lock left by a process that no longer runs (pid {dead}" in n
+               for n in summary.notes)
+    # A worker of the killed run (a Ray actor outliving its driver) may not write once the lock changed hands.
+    from ether_prep.worker import StageWorker, Task
+
+    pipeline = load_pipeline("audio", _config(tmp_path))
+    session = Store(store).session(session_id("a.wav")).info
+    from ether_prep.sessions import session_from_info
+
+    with FileLock(store / STORE_LOCK, purpose="the store lock"):
+        outcome = StageWorker(pipeline.stage("audio"), store).process(
+            Task(session_from_info(session), "audio", "fp", {"stage": "audio"}, run_token="the killed run's token"))
+    assert outcome.state == "failed" and "no longer holds the store lock" in outcome.message
+    assert Store(store).session(session_id("a.wav")).stage_state("audio").state == "done"  # untouched
+
+
+def test_a_lock_held_from_another_host_refuses_the_run_with_the_way_out(tmp_path: Path) -> None:
+    store = tmp_path / "s.zarr"
+    store.mkdir()
+    (store / STORE_LOCK).write_text(json.dumps({"host": "gpu-node-7", "pid": 4242, "started": "2026-01-01T00:00",
+                                                "command": "ether-prep run /shared/raw", "token": "t"}))
+    res = media.cli("run", DATA / "speech", "--out", store, "-c", _config(tmp_path), "-p", "audio", "-x", "inline")
+    assert res.returncode == 2
+    assert "pid 4242 on host gpu-node-7" in res.stderr and f"delete {store / STORE_LOCK}" in res.stderr
+    assert not (store / "sessions").exists()  # nothing written
+
+
+class _SlowModelResponse(io.BytesIO):
+    """A fake HTTP response serving ``data`` slowly, counting how many were opened."""
+
+    opened = 0
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        type(self).opened += 1
+
+    def read(self, n: int = -1) -> bytes:
+        time.sleep(0.05)
+        return super().read(min(n, 256 * 1024) if n and n > 0 else 256 * 1024)
+
+    def __enter__(self) -> _SlowModelResponse:
+        return self
+
+
+def test_the_model_download_takes_a_lock_and_checks_the_sha256(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from ether_prep.adapters import mediapipe_face
+
+    real = (MODELS / "face_landmarker.task").read_bytes()
+    monkeypatch.delenv("ETHER_PREP_MODELS", raising=False)
+    monkeypatch.setenv("ETHER_PREP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(mediapipe_face.urllib.request, "urlopen", lambda url, timeout: _SlowModelResponse(real))
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda: results.append(mediapipe_face.resolve_model(None)[0]))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert _SlowModelResponse.opened == 1  # one download; the others waited for it and found it
+    assert len(results) == 3 and len(set(results)) == 1 and results[0].read_bytes() == real
+    assert sorted(p.name for p in results[0].parent.iterdir()) == ["face_landmarker.task"]  # no lock, no .part
+    # A download that is not the published file is refused, and nothing is left in the cache.
+    results[0].unlink()
+    monkeypatch.setattr(mediapipe_face.urllib.request, "urlopen",
+                        lambda url, timeout: _SlowModelResponse(real[:-10] + b"tampered!!"))
+    with pytest.raises(ModelError, match=f"not the published {mediapipe_face.MODEL_SHA256}"):
+        mediapipe_face.resolve_model(None)
+    assert not list((tmp_path / "cache" / "models").iterdir())

@@ -1,0 +1,104 @@
+"""Odd and broken recordings for the trust tests (issue 12), made with ffmpeg from the shared media (never
+copied into the repository), plus helpers that run ``ether-prep`` in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from .conftest import DATA, ROOT
+
+GRID = DATA / "video" / "bbaf2n.mpg"  # 3 s, one frontal talking face, 360 x 288
+JFK = DATA / "speech" / "jfk.flac"
+LIBRI = DATA / "speech" / "librispeech_1272-128104-0000.wav"
+LIBRI_TEXT = "Mister Quilter is the apostle of the middle classes and we are glad to welcome his gospel"
+JFK_TEXT = (DATA / "speech" / "jfk.reference.txt").read_text().strip()
+
+
+def ffmpeg(*args: str | Path) -> None:
+    subprocess.run(["ffmpeg", "-v", "error", "-y", *map(str, args)], check=True)
+
+
+def rotated(dest: Path, tmp: Path) -> None:
+    """The GRID clip as a phone stores a portrait video: pixels turned a quarter counter-clockwise, and a
+    display matrix saying to turn them back (players show it upright). The matrix is set with PyAV while the
+    packets are copied (ffmpeg's own ``rotate`` metadata option is gone from newer ffmpeg)."""
+    import av
+
+    sideways = tmp / "sideways.mp4"
+    ffmpeg("-i", GRID, "-vf", "transpose=2", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", sideways)
+    with av.open(str(sideways)) as inp, av.open(str(dest), "w") as out:
+        video, audio = inp.streams.video[0], inp.streams.audio[0]
+        streams = {video.index: out.add_stream_from_template(video), audio.index: out.add_stream_from_template(audio)}
+        streams[video.index].set_display_rotation(-90)  # clockwise a quarter, undoing the transpose
+        for packet in inp.demux(video, audio):
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+
+
+def variable_frame_rate(dest: Path) -> None:
+    """The GRID clip at 25 fps for its first second, then every third frame (8.3 fps), in one stream whose
+    timestamps keep the original times (0.04 s steps, then 0.12 s)."""
+    ffmpeg("-i", GRID, "-vf", "select='lt(t,1)+not(mod(n,3))'", "-fps_mode", "vfr", "-c:v", "libx264",
+           "-preset", "ultrafast", "-c:a", "aac", dest)
+
+
+def four_k(dest: Path) -> None:
+    """One second of a face at 3840 x 2160, five frames a second."""
+    ffmpeg("-i", DATA / "face" / "single_face.mp4", "-t", "1", "-vf", "scale=3840:2160,fps=5", "-c:v", "libx264",
+           "-preset", "ultrafast", "-an", dest)
+
+
+def telephone(dest: Path) -> None:
+    """LibriSpeech as a phone line carries it: 8 kHz, mu-law."""
+    ffmpeg("-i", LIBRI, "-ar", "8000", "-ac", "1", "-c:a", "pcm_mulaw", dest)
+
+
+def surround(dest: Path) -> None:
+    """JFK in 5.1 AAC: the voice in the centre, faintly in front left/right, nothing in LFE and surrounds."""
+    ffmpeg("-i", JFK, "-af", "pan=5.1|FL=0.2*c0|FR=0.2*c0|FC=c0|LFE=0*c0|BL=0*c0|BR=0*c0", "-c:a", "aac", dest)
+
+
+def silence(dest: Path, seconds: float = 4.0) -> None:
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", seconds, dest)
+
+
+def music(dest: Path, seconds: float = 5.0) -> None:
+    """A chord progression of pure tones, no voice."""
+    ffmpeg("-f", "lavfi", "-i", f"sine=f=220:d={seconds}", "-f", "lavfi", "-i", f"sine=f=277:d={seconds}",
+           "-f", "lavfi", "-i", f"sine=f=330:d={seconds}", "-filter_complex", "amix=inputs=3,volume=2", dest)
+
+
+def video_only(dest: Path) -> None:
+    ffmpeg("-i", GRID, "-an", "-c:v", "libx264", "-preset", "ultrafast", dest)
+
+
+def truncated_mp4(dest: Path, tmp: Path, keep: float = 0.5) -> None:
+    """A complete mp4 whose index sits at the front (faststart), cut at ``keep`` of its bytes, as a copy
+    interrupted mid-way leaves it: the header promises 3 s, the data stops half-way."""
+    whole = tmp / "whole.mp4"
+    ffmpeg("-i", GRID, "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-movflags", "+faststart", whole)
+    data = whole.read_bytes()
+    dest.write_bytes(data[: int(len(data) * keep)])
+
+
+def three_hours(dest: Path) -> None:
+    """A 3-hour recording (tiny: a 64 x 48 black picture at 1 fps and digital silence)."""
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-f", "lavfi", "-i", "color=black:s=64x48:r=1",
+           "-t", "10800", "-c:a", "flac", "-c:v", "libx264", "-preset", "ultrafast", "-shortest", dest)
+
+
+def cli_argv(*args: str | Path) -> list[str]:
+    """The command line of ``ether-prep ARGS`` with this interpreter (the tests' environment)."""
+    return [sys.executable, "-m", "ether_prep.cli", *map(str, args)]
+
+
+def cli(*args: str | Path, env: dict[str, str] | None = None, preexec_fn: Callable[[], None] | None = None,
+        timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``ether-prep ARGS`` in a subprocess, output captured; ``preexec_fn`` runs in the child before exec."""
+    return subprocess.run(cli_argv(*args), capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, preexec_fn=preexec_fn)
