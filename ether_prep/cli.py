@@ -22,30 +22,39 @@ app = typer.Typer(
 
 
 class ExecutorName(StrEnum):
+    auto = "auto"
     ray = "ray"
     inline = "inline"
 
 
 Out = Annotated[Path, typer.Option("--out", "-o", help="The Zarr store to write or read.")]
+OutUrl = Annotated[str, typer.Option("--out", "-o", help="The Zarr store: a folder, or an fsspec URL "
+                                                          "(file://, s3://, gs://).")]
 PipelineOpt = Annotated[str, typer.Option("--pipeline", "-p", envvar="ETHER_PREP_PIPELINE",
                                           help="Pipeline name in pipelines.yaml (e.g. default, cpu).")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", envvar="ETHER_PREP_CONFIG",
                                                 help="pipelines.yaml to use [default: ./pipelines.yaml if "
                                                      "present, else the one shipped with ether-prep].")]
 RayAddress = Annotated[str | None, typer.Option("--ray-address", envvar="RAY_ADDRESS",
-                                                help="Ray cluster address; implies --executor ray.")]
+                                                help="Ray cluster address ('auto': the cluster this node belongs "
+                                                     "to; set for you under `ray job submit`); implies "
+                                                     "--executor ray.")]
 Workers = Annotated[int | None, typer.Option("--workers", "-w", min=1,
                                              help="Workers (Ray actors) per stage [default: what resources allow].")]
 Force = Annotated[bool, typer.Option("--force", help="Recompute even what is already done.")]
 Only = Annotated[list[str] | None, typer.Option("--only", help="Run only this stage (repeatable).")]
 From = Annotated[str | None, typer.Option("--from", help="Run from this stage on.")]
 Executor = Annotated[ExecutorName, typer.Option("--executor", "-x", envvar="ETHER_PREP_EXECUTOR",
-                                                help="ray (local cluster by default) or inline (this process).")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, no Ray worker logs.")]
+                                                help="auto (inline for a small job on a machine without GPUs, "
+                                                     "else ray), ray (a local cluster unless --ray-address) or "
+                                                     "inline (this process).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, no Ray worker logs (bars show only "
+                                                           "on a terminal anyway).")]
 Wait = Annotated[float, typer.Option("--wait", min=0, metavar="SECONDS",
                                      help="If another run is writing the store, wait up to this long for it "
                                           "[default: refuse at once]. 'inf' waits as long as it takes.")]
 DEFAULT_STORE = Path("ether_prep.zarr")
+DEFAULT_STORE_URL = str(DEFAULT_STORE)
 
 
 def _version(value: bool) -> None:
@@ -88,7 +97,7 @@ def _fail(exc: EtherPrepError) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _run(family: str | None, raw_dir: Path | None, out: Path, pipeline: str, config: Path | None,
+def _run(family: str | None, raw_dir: Path | None, out: str, pipeline: str, config: Path | None,
          ray_address: str | None, workers: int | None, force: bool, only: list[str] | None, start: str | None,
          executor: ExecutorName, quiet: bool, wait: float) -> None:
     from .config import load_pipeline
@@ -115,9 +124,9 @@ def _run(family: str | None, raw_dir: Path | None, out: Path, pipeline: str, con
 @app.command()
 def extract(
     raw_dir: Annotated[Path, typer.Argument(help="Folder of recordings (searched recursively).")],
-    out: Out = DEFAULT_STORE, pipeline: PipelineOpt = "default", config: ConfigOpt = None,
+    out: OutUrl = DEFAULT_STORE_URL, pipeline: PipelineOpt = "default", config: ConfigOpt = None,
     ray_address: RayAddress = None, workers: Workers = None, force: Force = False, only: Only = None,
-    start: From = None, executor: Executor = ExecutorName.ray, quiet: Quiet = False, wait: Wait = 0.0,
+    start: From = None, executor: Executor = ExecutorName.auto, quiet: Quiet = False, wait: Wait = 0.0,
 ) -> None:
     """Run the extract stages (audio, speech, faces) over every recording in RAW_DIR."""
     _run("extract", raw_dir, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet, wait)
@@ -125,9 +134,9 @@ def extract(
 
 @app.command()
 def align(
-    out: Out = DEFAULT_STORE, pipeline: PipelineOpt = "default", config: ConfigOpt = None,
+    out: OutUrl = DEFAULT_STORE_URL, pipeline: PipelineOpt = "default", config: ConfigOpt = None,
     ray_address: RayAddress = None, workers: Workers = None, force: Force = False, only: Only = None,
-    start: From = None, executor: Executor = ExecutorName.ray, quiet: Quiet = False, wait: Wait = 0.0,
+    start: From = None, executor: Executor = ExecutorName.auto, quiet: Quiet = False, wait: Wait = 0.0,
 ) -> None:
     """Run the align stages over the sessions already extracted into the store."""
     _run("align", None, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet, wait)
@@ -136,9 +145,9 @@ def align(
 @app.command()
 def run(
     raw_dir: Annotated[Path, typer.Argument(help="Folder of recordings (searched recursively).")],
-    out: Out = DEFAULT_STORE, pipeline: PipelineOpt = "default", config: ConfigOpt = None,
+    out: OutUrl = DEFAULT_STORE_URL, pipeline: PipelineOpt = "default", config: ConfigOpt = None,
     ray_address: RayAddress = None, workers: Workers = None, force: Force = False, only: Only = None,
-    start: From = None, executor: Executor = ExecutorName.ray, quiet: Quiet = False, wait: Wait = 0.0,
+    start: From = None, executor: Executor = ExecutorName.auto, quiet: Quiet = False, wait: Wait = 0.0,
 ) -> None:
     """Extract and align in one batch job."""
     _run(None, raw_dir, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet, wait)
@@ -173,7 +182,7 @@ Demo store: {out}  ({len(DEMO_MEDIA)} recordings linked in {raw})
 
 @app.command()
 def status(
-    out: Out = DEFAULT_STORE,
+    out: OutUrl = DEFAULT_STORE_URL,
     pipeline: Annotated[str | None, typer.Option(
         "--pipeline", "-p", help="Compare against this pipeline [default: the one that last ran on the store]."
     )] = None,
@@ -188,7 +197,7 @@ def status(
     from .lock import STORE_LOCK, describe, read_holder
     from .runner import status_table
     from .stages.qc import read_review
-    from .store import Store
+    from .store import Store, local_path
 
     try:
         store = Store(out, mode="r")
@@ -218,7 +227,8 @@ def status(
                + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if review:
         _say(f"{len(review)} session(s) need review (see the qc rows above): {', '.join(review)}", colours["review"])
-    holder = read_holder(out / STORE_LOCK)
+    folder = local_path(out)
+    holder = read_holder(folder / STORE_LOCK) if folder is not None else None
     if holder is not None:
         _say(f"a run is writing this store now: {describe(holder)}", colours["review"])
 

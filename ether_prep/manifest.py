@@ -16,7 +16,7 @@ import numpy as np
 
 from .align.cues import FLAGS
 from .stages.qc import read_review
-from .store import read_table
+from .store import is_url, read_table
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -198,6 +198,14 @@ def _write(columns: dict[str, list[Any]], spec: dict[str, tuple[str, str]], path
 
     table = pa.table(columns, schema=_schema(columns, spec))
     tmp = f"{path}.tmp"
+    if is_url(path):  # a store behind an fsspec URL (object stores replace an object whole)
+        import fsspec
+
+        fs, target = fsspec.core.url_to_fs(str(path))
+        with fs.open(f"{target}.tmp", "wb") as fh:
+            pq.write_table(table, fh)
+        fs.mv(f"{target}.tmp", target)
+        return
     pq.write_table(table, tmp)
     os.replace(tmp, path)  # readers never see a half-written manifest
 

@@ -1,33 +1,41 @@
-"""Stage-by-stage execution with fingerprints, resume and a failure summary.
+"""Streaming execution with fingerprints, resume and a failure summary.
 
-For each selected stage, over all sessions: compute the fingerprint of (stage version, backend, model,
-parameters, upstream fingerprints); skip sessions whose stored marker matches; skip with a note those that
-lack the stream the stage needs; hand the rest to the executor. A changed parameter therefore redoes that
-stage and, through the fingerprints, every stage after it; ``force`` redoes all selected stages. Every
-session runs to the end of every stage it can; failures are collected and summarised, never swallowed.
+Every session walks through the selected stages on its own: a stage is planned for a session as soon as
+the stages it reads (its ``requires`` within the selection) have an outcome for that session. Planning, in
+this process: compute the fingerprint of (stage version, backend, model, parameters, upstream
+fingerprints, per-session inputs); a stored marker that matches makes the stage ``cached`` and the walk
+goes straight on; a session lacking the stream the stage needs is ``skipped`` with a note; a failed
+upstream makes it ``blocked``; anything else becomes a task for the executor, whose outcome moves the
+walk on. A changed parameter therefore redoes that stage and, through the fingerprints, every stage after
+it; ``force`` redoes all selected stages. When a stage has an outcome for every session its
+``finalize`` runs, once. Nothing is handed to an executor (nor Ray started) when everything is cached.
+Every session runs to the end of every stage it can; failures are collected and summarised, never
+swallowed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .config import Pipeline, StageSpec
 from .errors import EtherPrepError, InputError, StoreError
-from .executors import make_executor
+from .executors import ActorRecord, Executor, make_executor
 from .lock import store_lock
 from .provenance import fingerprint, library_versions
 from .records import Session
 from .sessions import probe_session, scan, session_from_info
 from .stages import stage_class
 from .stages.base import Stage
-from .store import SessionGroup, StageState, Store
+from .store import SessionGroup, StageState, Store, local_path
 from .worker import Outcome, Task
 
 __all__ = ["RunSummary", "load_sessions", "models_are_local", "plan_stage", "run_pipeline", "stage_fingerprint",
@@ -38,6 +46,8 @@ _log = logging.getLogger(__name__)
 _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 # Usage reports that libraries send by default (Ray's hourly usage stats, pyannote's metrics, hub telemetry).
 _NO_TELEMETRY = {"RAY_USAGE_STATS_ENABLED": "0", "PYANNOTE_METRICS_ENABLED": "0", "HF_HUB_DISABLE_TELEMETRY": "1"}
+# How long the driver waits for an outcome before it looks at progress again (seconds).
+_POLL_S = 0.5
 
 
 @dataclass
@@ -49,6 +59,9 @@ class RunSummary:
     placements: dict[str, list[str]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)  # run-level: recordings that could not even be looked at
     notes: list[str] = field(default_factory=list)  # run-level findings that lose nothing (a link loop skipped)
+    executor: str = "none"  # what ran the tasks: inline, ray, or none (nothing to compute)
+    wall_s: float = 0.0
+    actors: list[ActorRecord] = field(default_factory=list)  # Ray only: every actor made, and its lifetime
 
     @property
     def failed(self) -> list[Outcome]:
@@ -65,11 +78,28 @@ class RunSummary:
         """Ids of the sessions whose ``stage`` was actually computed in this run."""
         return [o.session_id for o in self.outcomes if o.stage == stage and o.state in ("done", "failed")]
 
+    def throughput(self, stage: str) -> tuple[float, float]:
+        """(media seconds computed, wall seconds from the stage's first start to its last end) in this run."""
+        runs = [o for o in self.outcomes if o.stage == stage and o.state in ("done", "failed") and o.started_at]
+        if not runs:
+            return 0.0, 0.0
+        span = max(o.started_at + o.elapsed_s for o in runs) - min(o.started_at for o in runs)
+        return sum(o.media_s for o in runs), span
+
     def report(self) -> str:
         lines = []
         for stage in dict.fromkeys(o.stage for o in self.outcomes):
             c = self.counts(stage)
-            lines.append(f"{stage:12s} " + ", ".join(f"{n} {s}" for s, n in sorted(c.items())))
+            line = f"{stage:12s} " + ", ".join(f"{n} {s}" for s, n in sorted(c.items()))
+            media, span = self.throughput(stage)
+            if span > 0:
+                line = f"{line:44s} {media:8.1f} media s in {span:7.1f} s: {media / span:7.1f}x real time"
+            lines.append(line)
+        how = f"{self.executor} executor" if self.executor != "none" else "nothing to compute: no executor started"
+        lines.append(f"{len({o.session_id for o in self.outcomes})} session(s) in {self.wall_s:.1f} s ({how})")
+        for o in self.outcomes:
+            if o.retries:
+                lines.append(f"  RETRIED {o.session_id} [{o.stage}]: its worker was lost {o.retries}x; then {o.state}")
         # A file that cannot be read fails every stage with one message: said once, with the stages.
         grouped: dict[tuple[str, str, str | None], list[str]] = {}
         for o in self.failed:
@@ -121,7 +151,7 @@ def load_sessions(store: Store, raw_dir: Path | None,
             if s.id not in errors:
                 store.session(s.id, info=s.to_dict())  # keeps refreshed sessions.csv metadata
         if not sessions:
-            raise StoreError(f"{store.path}: holds no sessions; run `ether-prep extract RAW_DIR --out {store.path}`")
+            raise StoreError(f"{store.url}: holds no sessions; run `ether-prep extract RAW_DIR --out {store.url}`")
         errors.update({s.id: f"{s.relpath}: could not be probed" for s in sessions
                        if s.probe is None and s.id not in errors})
         return sessions, errors
@@ -194,10 +224,145 @@ def plan_stage(stage: Stage, session: Session, group: SessionGroup) -> tuple[str
     return fp, group.stage_state(spec.name), upstream
 
 
+class _Walk:
+    """Each session's way through the selected stages (see the module docstring); planning happens here, in
+    the driver, because a stage's fingerprint depends on the upstream fingerprints just written."""
+
+    def __init__(self, planners: dict[str, Stage], store: Store, sessions: Sequence[Session],
+                 probe_errors: dict[str, str], force: bool, summary: RunSummary, token: str | None) -> None:
+        self.store, self.probe_errors, self.force, self.summary = store, probe_errors, force, summary
+        self.token = token  # of the store lock this run holds: workers check it before writing
+        self.planners = planners  # describe each stage in the driver; workers build their own and load models
+        self.models = {name: planner.model_info() for name, planner in self.planners.items()}
+        self.deps = {name: [d for d in planner.requires if d in self.planners]
+                     for name, planner in self.planners.items()}
+        self.downstream = {name: [n for n in self.planners if name in self.deps[n]] for name in self.planners}
+        self.sessions = {s.id: s for s in sessions}
+        self.settled: dict[str, set[str]] = {s.id: set() for s in sessions}
+        self.waiting = {name: set(self.sessions) for name in self.planners}  # sessions without an outcome
+        self.groups: dict[str, SessionGroup] = {}
+        self.ready: list[Task] = []
+        self.running = 0
+        self.finished: list[str] = []  # stages with an outcome for every session, in the order they got there
+        self.executor: Executor | None = None
+
+    def start(self) -> None:
+        """Plan every session as far as it goes without computing anything."""
+        for session in self.sessions.values():
+            for name in self.planners:
+                if not self.deps[name]:
+                    self._plan(session, name)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.ready) or self.running > 0
+
+    def take_ready(self) -> list[Task]:
+        tasks, self.ready = self.ready, []
+        self.running += len(tasks)
+        return tasks
+
+    def settle(self, outcome: Outcome) -> None:
+        """An executor's outcome: record it and plan what it unblocks."""
+        self.running -= 1
+        if outcome.state == "failed":
+            # Failed in the executor (a worker lost for good, no room for one): the marker still says
+            # 'running', or nothing; make it say why.
+            group = self._group(outcome.session_id)
+            if group.stage_state(outcome.stage).state in ("pending", "running"):
+                message = _record_failure(group, outcome.stage, {"stage": outcome.stage}, outcome.message or "")
+                outcome = replace(outcome, message=message)
+        self._record(outcome)
+
+    def _group(self, session_id: str) -> SessionGroup:
+        if session_id not in self.groups:
+            self.groups[session_id] = self.store.session(session_id)
+        return self.groups[session_id]
+
+    def _record(self, outcome: Outcome) -> None:
+        sid, name = outcome.session_id, outcome.stage
+        self.summary.outcomes.append(outcome)
+        self.settled[sid].add(name)
+        self.waiting[name].discard(sid)
+        for nxt in self.downstream[name]:
+            if all(d in self.settled[sid] for d in self.deps[nxt]):
+                self._plan(self.sessions[sid], nxt)
+        if not self.waiting[name]:
+            self.planners[name].finalize(self.store)
+            self.finished.append(name)
+            if self.executor is not None:
+                self.executor.stage_finished(name)
+
+    def _plan(self, session: Session, name: str) -> None:
+        """Cached, skipped, failed or blocked at once; otherwise a task. (A stage declaring ``window_split``
+        would be planned here as several window tasks plus a join; not done yet: one task per session.)"""
+        planner, group = self.planners[name], self._group(session.id)
+        try:
+            if session.id in self.probe_errors:
+                raise InputError(self.probe_errors[session.id])
+            fp, state, upstream = plan_stage(planner, session, group)
+        except EtherPrepError as exc:  # this session cannot run this stage; the others go on
+            self._record(Outcome(session.id, name, "failed", _record_failure(group, name, {"stage": name}, str(exc))))
+            return
+        if isinstance(upstream, str):
+            self._record(Outcome(session.id, name, "blocked", upstream))
+            return
+        if not self.force and state.complete and state.fingerprint == fp:
+            self._record(Outcome(session.id, name, "cached", state.note))
+            return
+        marker = _marker(planner, upstream, self.models[name])
+        stream = planner.needs_stream
+        if stream and session.probe and not getattr(session.probe, f"has_{stream}"):
+            note = f"no {stream} stream in {session.relpath}: stage skipped"
+            group.begin_stage(name, marker)
+            group.finish_stage(name, "skipped", fp, note=note)
+            self._record(Outcome(session.id, name, "skipped", note))
+            return
+        self.ready.append(Task(session, name, fp, marker, self.token))
+
+
+class _Bars:
+    """Per-stage progress bars on stderr in media seconds; they move within a session as workers report."""
+
+    def __init__(self, specs: Sequence[StageSpec], enabled: bool) -> None:
+        self.bars: dict[str, Any] = {}
+        self.shown: dict[tuple[str, str], float] = {}  # (stage, session) -> media seconds on its bar so far
+        if enabled:
+            from tqdm import tqdm
+
+            self.bars = {spec.name: tqdm(total=0.0, desc=f"{spec.name:12s}", unit="s", file=sys.stderr,
+                                         position=i, leave=False, dynamic_ncols=True,
+                                         bar_format="{desc} {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s media "
+                                                    "[{elapsed}<{remaining}, {rate_fmt}]")
+                         for i, spec in enumerate(specs)}
+
+    def add(self, task: Task) -> None:
+        if self.bars:
+            bar = self.bars[task.stage]
+            bar.total += task.media_s
+            bar.refresh()
+            self.shown[(task.stage, task.session.id)] = 0.0
+
+    def advance(self, stage: str, session_id: str, media_s: float) -> None:
+        key = (stage, session_id)
+        if key in self.shown and media_s > self.shown[key]:
+            self.bars[stage].update(media_s - self.shown[key])
+            self.shown[key] = media_s
+
+    def finish(self, outcome: Outcome) -> None:
+        key = (outcome.stage, outcome.session_id)
+        if key in self.shown:
+            self.bars[outcome.stage].update(max(outcome.media_s - self.shown.pop(key), 0.0))
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
 def run_pipeline(
     pipeline: Pipeline,
     raw_dir: Path | None,
-    store_path: Path,
+    store_path: Path | str,
     *,
     family: str | None = "extract",
     only: list[str] | None = None,
@@ -211,81 +376,70 @@ def run_pipeline(
 ) -> RunSummary:
     """Run the selected stages of ``pipeline`` over the recordings in ``raw_dir`` (or those in the store).
 
-    The store is locked for the whole run (``<store>/.ether-prep.lock``): a second run on the same store waits
-    up to ``wait`` seconds for the first to end, then refuses with a :class:`~ether_prep.errors.LockError`
-    naming the holder.
+    ``store_path``: a folder, or an fsspec URL (``file://``, ``s3://``, ``gs://``). ``executor``: ``inline``,
+    ``ray`` or ``auto`` (see :mod:`ether_prep.executors`). ``progress``: bars on a terminal and Ray workers'
+    logs; False keeps both quiet. The store is locked for the whole run (``<store>/.ether-prep.lock``): a
+    second run on the same store waits up to ``wait`` seconds for the first to end, then refuses with a
+    :class:`~ether_prep.errors.LockError` naming the holder. A store behind an object-store URL (``s3://``,
+    ``gs://``) has no lock file: one run at a time on it is up to you.
     """
+    t0 = time.perf_counter()
     specs = pipeline.select(family=family, only=only, start=start)
-    with store_lock(store_path, wait=wait) as lock:
+    folder = local_path(store_path)
+    with store_lock(folder, wait=wait) if folder is not None else contextlib.nullcontext() as lock:
         summary = RunSummary()
-        if lock.took_over:
+        if lock is not None and lock.took_over:
             summary.notes.append(f"took over the store lock left by a process that no longer runs "
                                  f"(pid {lock.took_over.get('pid')}, started {lock.took_over.get('started')})")
         store = Store(store_path)
         store.record_pipeline(pipeline.name, str(pipeline.source), pipeline.digest())
-        _run_locked(specs, raw_dir, store, summary, lock.token, force=force, executor=executor, workers=workers,
-                    ray_address=ray_address, progress=progress)
+        try:
+            _run_locked(specs, raw_dir, store, summary, lock.token if lock is not None else None, force=force,
+                        executor=executor, workers=workers, ray_address=ray_address, progress=progress)
+        finally:
+            summary.wall_s = time.perf_counter() - t0
     return summary
 
 
 def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summary: RunSummary,
                 token: str | None, *, force: bool, executor: str, workers: int | None, ray_address: str | None,
                 progress: bool) -> None:
-    from tqdm import tqdm
-
     planners = {spec.name: stage_class(spec.name)(spec) for spec in specs}  # describe stages in the driver
     if _go_offline(list(planners.values())) and any(p.model_info() for p in planners.values()):
         _log.info("every model is local: model hubs switched off (HF_HUB_OFFLINE=1, TRANSFORMERS_OFFLINE=1)")
     sessions, probe_errors = load_sessions(store, raw_dir, summary)
-    runner = make_executor(executor, ray_address=ray_address, workers=workers, worker_logs=progress)
+    walk = _Walk(planners, store, sessions, probe_errors, force, summary, token)
+    bars = _Bars(specs, enabled=progress and sys.stderr.isatty())
+    runner: Executor | None = None
     try:
-        for spec in specs:
-            cls = stage_class(spec.name)
-            planner = planners[spec.name]  # workers build their own and load models
-            model = planner.model_info()
-            todo: list[Task] = []
-            for session in sessions:
-                group = store.session(session.id)
-                try:
-                    if session.id in probe_errors:
-                        raise InputError(probe_errors[session.id])
-                    fp, state, upstream = plan_stage(planner, session, group)
-                except EtherPrepError as exc:  # this session cannot run this stage; the others go on
-                    message = _record_failure(group, spec.name, {"stage": spec.name}, str(exc))
-                    summary.outcomes.append(Outcome(session.id, spec.name, "failed", message))
-                    continue
-                if isinstance(upstream, str):
-                    summary.outcomes.append(Outcome(session.id, spec.name, "blocked", upstream))
-                    continue
-                if not force and state.complete and state.fingerprint == fp:
-                    summary.outcomes.append(Outcome(session.id, spec.name, "cached", state.note))
-                    continue
-                marker = _marker(planner, upstream, model)
-                stream = cls.needs_stream
-                if stream and session.probe and not getattr(session.probe, f"has_{stream}"):
-                    note = f"no {stream} stream in {session.relpath}: stage skipped"
-                    group.begin_stage(spec.name, marker)
-                    group.finish_stage(spec.name, "skipped", fp, note=note)
-                    summary.outcomes.append(Outcome(session.id, spec.name, "skipped", note))
-                    continue
-                todo.append(Task(session, fp, marker, token))
-            media = sum(t.session.probe.duration for t in todo if t.session.probe)
-            with tqdm(total=len(todo), desc=f"{spec.name} sessions", unit="session", disable=not progress,
-                      file=sys.stderr, leave=False, position=0) as bar_s, \
-                 tqdm(total=round(media, 1), desc=f"{spec.name} media", unit="s", disable=not progress,
-                      file=sys.stderr, position=1) as bar_m:
-                for outcome in runner.map(spec, store.path, todo):
-                    summary.outcomes.append(outcome)
-                    bar_s.update(1)
-                    bar_m.update(round(outcome.media_s, 1))
-            planner.finalize(store)
+        walk.start()
+        if walk.ready:  # something to compute: only now is an executor (and perhaps Ray) needed
+            todo = {t.session.id: t.media_s for t in walk.ready}
+            runner = make_executor(executor, specs, store.url, ray_address=ray_address, workers=workers,
+                                   worker_logs=progress, progress=bars.advance if bars.bars else None,
+                                   sessions=len(todo), media_s=sum(todo.values()))
+            summary.executor = type(runner).__name__.removesuffix("Executor").lower()
+            walk.executor = runner
+            for name in walk.finished:
+                runner.stage_finished(name)
+        while walk.busy:
+            assert runner is not None
+            for task in walk.take_ready():
+                bars.add(task)
+                runner.submit(task)
+            for outcome in runner.results(timeout=_POLL_S):
+                bars.finish(outcome)
+                walk.settle(outcome)
     finally:
-        summary.placements = dict(runner.placements)
-        runner.close()
+        bars.close()
+        if runner is not None:
+            summary.placements = dict(runner.placements)
+            summary.actors = list(getattr(runner, "actor_log", []))
+            runner.close()
         try:
             store.consolidate()
         except OSError as exc:  # readers open unconsolidated too: nothing is lost
-            summary.errors.append(f"{store.path}: metadata not consolidated ({exc.strerror}); free space and "
+            summary.errors.append(f"{store.url}: metadata not consolidated ({exc.strerror}); free space and "
                                   f"run again")
 
 

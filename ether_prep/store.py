@@ -20,12 +20,14 @@ chunk. Metadata is consolidated once at the end of a run; writers always open un
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import zarr
@@ -38,6 +40,8 @@ __all__ = [
     "SessionGroup",
     "StageState",
     "Store",
+    "is_url",
+    "local_path",
     "now",
     "read_ragged",
     "write_array",
@@ -229,27 +233,61 @@ def open_session(store_path: Path | str, session_id: str) -> SessionGroup:
     return SessionGroup(session_id, group)
 
 
+def is_url(location: str | os.PathLike[str]) -> bool:
+    """Whether a store location is an fsspec URL (``file://``, ``s3://``, ``gs://``) rather than a folder."""
+    return "://" in str(location)
+
+
+def local_path(location: str | os.PathLike[str]) -> Path | None:
+    """The folder of a store on this machine: the path given, or a ``file://`` URL's; None for other URLs."""
+    text = str(location)
+    if not is_url(text):
+        return Path(text)
+    return Path(urlsplit(text).path) if text.startswith("file://") else None
+
+
 class Store:
-    """An ether-prep Zarr store on disk (created on first write)."""
+    """An ether-prep Zarr store (created on first write): a folder, or an fsspec URL such as
+    ``s3://bucket/study.zarr`` (credentials come from that filesystem's usual environment, e.g. AWS_PROFILE
+    for s3fs, GOOGLE_APPLICATION_CREDENTIALS for gcsfs; the package itself must be installed)."""
 
     def __init__(self, path: Path | str, mode: str = "a") -> None:
-        self.path = Path(path)
-        if mode == "r" and not (self.path / "zarr.json").exists():
-            raise StoreError(f"{self.path}: no ether-prep store here; run `ether-prep extract RAW_DIR "
-                             f"--out {self.path}` first")
+        self.url = str(path)  # what workers on other nodes open
+        self.remote = is_url(self.url)
+        if mode == "r" and not self._exists("zarr.json"):
+            raise StoreError(f"{self.url}: no ether-prep store here; run `ether-prep extract RAW_DIR "
+                             f"--out {self.url}` first")
+        # fsspec's local filesystem does not make folders for a new key unless asked to.
+        options = {"storage_options": {"auto_mkdir": True}} if self.url.startswith("file://") else {}
         try:
-            self.root = zarr.open_group(str(self.path), mode=mode, zarr_format=3, use_consolidated=False)
+            self.root = zarr.open_group(self.url, mode=mode, zarr_format=3, use_consolidated=False, **options)
         except Exception as exc:
-            raise StoreError(f"{self.path}: cannot open as a Zarr v3 store ({exc})") from exc
+            raise StoreError(f"{self.url}: cannot open as a Zarr v3 store ({exc})") from exc
         meta = self.root.attrs.get("ether_prep")
         if meta is None:
             if mode == "r":
-                raise StoreError(f"{self.path}: a Zarr store, but not written by ether-prep")
+                raise StoreError(f"{self.url}: a Zarr store, but not written by ether-prep")
             self.root.attrs["ether_prep"] = {"schema_version": SCHEMA_VERSION, "version": __version__,
                                              "created": now()}
         elif meta.get("schema_version") != SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: store schema version {meta.get('schema_version')} but this ether-prep "
+            raise StoreError(f"{self.url}: store schema version {meta.get('schema_version')} but this ether-prep "
                              f"reads {SCHEMA_VERSION}; write to a new --out or re-run with --force")
+
+    @property
+    def path(self) -> Path:
+        """The store's folder on this machine (also for a ``file://`` URL); a store elsewhere has none."""
+        folder = local_path(self.url)
+        if folder is None:
+            raise StoreError(f"{self.url}: a store behind a URL has no local folder")
+        return folder
+
+    def _exists(self, key: str) -> bool:
+        if not self.remote:
+            return (Path(self.url) / key).exists()
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.url)
+        return bool(fs.exists(f"{root.rstrip('/')}/{key}"))
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -274,7 +312,7 @@ class Store:
             try:
                 group = self.root[f"{_SESSIONS}/{session_id}"]
             except KeyError:
-                raise StoreError(f"{self.path}: no session {session_id!r}") from None
+                raise StoreError(f"{self.url}: no session {session_id!r}") from None
         return SessionGroup(session_id, group)
 
     def consolidate(self) -> None:
@@ -285,11 +323,12 @@ class Store:
             # so are zarr's own ``*.partial`` temporaries left by a write that was killed.
             warnings.filterwarnings("ignore", message=r".*(\.parquet|\.ether-prep\.lock|\.partial) is not "
                                     r"recognized as a component.*")
-            zarr.consolidate_metadata(str(self.path))
+            zarr.consolidate_metadata(self.root.store)
 
-    def manifest_path(self, name: str) -> Path:
-        """Where a Parquet manifest (``utterances``, ``dialogue_pairs``) lives beside the Zarr hierarchy."""
-        return self.path / f"{name}.parquet"
+    def manifest_path(self, name: str) -> Path | str:
+        """Where a Parquet manifest (``utterances``, ``dialogue_pairs``) lives beside the Zarr hierarchy: a path,
+        or a URL for a store behind one."""
+        return f"{self.url.rstrip('/')}/{name}.parquet" if self.remote else self.path / f"{name}.parquet"
 
 
 # ------------------------------------------------------------------------------------------ ragged rows

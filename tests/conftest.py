@@ -59,3 +59,15 @@ def aligned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     align = run_pipeline(pipeline, raw, store, family="align")
     assert align.ok, align.report()
     return {"raw": raw, "store": store, "extract": extract, "align": align, "tmp": tmp}
+
+
+@pytest.fixture(scope="session")
+def ray_instance():
+    """One local Ray for the whole test session (a start costs 10-30 s here): 2 CPUs and 2 declared GPUs,
+    so GPU scheduling is real (CUDA_VISIBLE_DEVICES is set per actor) on a machine without any."""
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

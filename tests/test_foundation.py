@@ -1,4 +1,5 @@
-"""Issue 2: discovery, the audio stage, resume, failures, status, Ray, validate, fast --help."""
+"""Issue 2: discovery, the audio stage, resume, failures, status, Ray, validate, fast --help (GPU placement on
+Ray: tests/test_ray.py)."""
 
 from __future__ import annotations
 
@@ -149,7 +150,7 @@ def test_rerun_does_no_work_and_a_changed_parameter_reruns_the_stage(raw_dir: Pa
     assert chunks == (int(7.5 * 16000),)
 
 
-def test_ray_executor_gives_identical_arrays(raw_dir: Path, tmp_path: Path,
+def test_ray_executor_gives_identical_arrays(ray_instance, raw_dir: Path, tmp_path: Path,
                                              extracted: tuple[Path, Path, object]) -> None:
     store_path = tmp_path / "ray.zarr"
     summary = run_pipeline(load_pipeline("audio", _config(tmp_path)), raw_dir, store_path, executor="ray", workers=2)
@@ -254,24 +255,3 @@ def test_sessions_csv_attaches_roles_and_notes(raw_dir: Path, tmp_path: Path) ->
     (raw / "sessions.csv").write_text("name,client\nclient.wav,A\n")
     with pytest.raises(ConfigError, match="needs a 'file' column"):
         discover_sessions(raw)
-
-
-def test_ray_gives_each_gpu_actor_its_own_device(raw_dir: Path, tmp_path: Path) -> None:
-    """GPU scheduling on a CPU machine: Ray's declared (fake) GPUs, one per actor of a num_gpus: 1 stage."""
-    import ray
-
-    yaml_text = (AUDIO_ONLY_YAML % {"block": 30}) + "        resources: {num_cpus: 0.5, num_gpus: 1}\n"
-    config = _write(tmp_path / "gpu.yaml", yaml_text)
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False)
-    try:
-        summary = run_pipeline(load_pipeline("audio", config), raw_dir, tmp_path / "g.zarr", executor="ray")
-    finally:
-        ray.shutdown()
-    assert summary.counts("audio")["done"] == 4
-    # Placement is checked where the actors are made: each of the two got its own GPU, whichever of
-    # them then happened to get the work.
-    assert sorted(summary.placements["audio"]) == ["0", "1"]
-    store = Store(tmp_path / "g.zarr", mode="r")
-    devices = {store.session(s).stage_state("audio").info["worker"]["cuda_visible_devices"]
-               for s in store.session_ids() if store.session(s).stage_state("audio").state == "done"}
-    assert devices <= {"0", "1"} and devices  # provenance records the device of the actor that did it

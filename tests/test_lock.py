@@ -162,7 +162,7 @@ def test_a_run_takes_over_the_lock_of_a_killed_run(tmp_path: Path) -> None:
 
     with FileLock(store / STORE_LOCK, purpose="the store lock"):
         outcome = StageWorker(pipeline.stage("audio"), store).process(
-            Task(session_from_info(session), "fp", {"stage": "audio"}, run_token="the killed run's token"))
+            Task(session_from_info(session), "audio", "fp", {"stage": "audio"}, run_token="the killed run's token"))
     assert outcome.state == "failed" and "no longer holds the store lock" in outcome.message
     assert Store(store).session(session_id("a.wav")).stage_state("audio").state == "done"  # untouched
 

@@ -64,6 +64,7 @@ class AudioStage(Stage):
         for samples in pyav.iter_audio_blocks(session.path, self.params.sample_rate, block, self.params.channel):
             wave.append(np.asarray(samples, dtype=np.float32))
             n += samples.size
+            self.report_progress(n / self.params.sample_rate)
         wave.attrs.update({"sample_rate": self.params.sample_rate, "units": "amplitude [-1, 1]"})
         out.attrs.update({"sample_rate": self.params.sample_rate, "n_samples": n,
                           "duration": n / self.params.sample_rate})

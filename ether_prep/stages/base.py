@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import zarr
 
     from ..config import StageSpec
@@ -40,7 +42,10 @@ class Stage(ABC):
     - ``backends``: accepted backend names, the first being the default;
     - ``Params``: a frozen dataclass of parameters with defaults (unknown keys are config errors);
     - ``libraries``: distributions whose versions are recorded as provenance (per backend: override
-      :meth:`library_names`).
+      :meth:`library_names`);
+    - ``window_split``: True declares that ``run`` could compute a session as independent time windows
+      joined afterwards, so that an executor may spread one long recording over several workers. It is a
+      declaration only: the runner still plans one task per (session, stage).
     """
 
     name: ClassVar[str]
@@ -51,6 +56,9 @@ class Stage(ABC):
     backends: ClassVar[tuple[str, ...]] = ("builtin",)
     Params: ClassVar[type] = NoParams
     libraries: ClassVar[tuple[str, ...]] = ()
+    window_split: ClassVar[bool] = False
+    # Set by the worker around each ``run``: where :meth:`report_progress` goes (None: nowhere).
+    progress_hook: Callable[[float], None] | None = None
 
     def __init__(self, spec: StageSpec) -> None:
         self.spec = spec
@@ -75,6 +83,12 @@ class Stage(ABC):
 
     def teardown(self) -> None:  # noqa: B027 - optional hook
         """Release models (e.g. before the next model family loads)."""
+
+    def report_progress(self, media_s: float) -> None:
+        """Tell the driver's progress bar how far into the session ``run`` has got, in media seconds. Call it
+        as often as is natural (per decoded block, per batch): the worker forwards a few reports a second."""
+        if self.progress_hook is not None:
+            self.progress_hook(media_s)
 
     def finalize(self, store: Store) -> None:  # noqa: B027 - optional hook
         """Called once in the driver after the stage ran over all sessions (e.g. to write a manifest)."""

@@ -1,0 +1,125 @@
+"""Small stages for executor tests (registered by the tests that use them), and a store digest.
+
+- ``nap``: reads ``audio/waveform``, stores its RMS per second, and sleeps ``seconds_per_session`` while
+  reporting progress, so that a test can catch a worker mid-session. A recording with a ``<name>.crash``
+  file beside it kills its worker process the first time (the file is removed); one whose name contains
+  ``bad`` fails with a StageError, as a bad file would.
+- ``asr_nap`` (after ``audio``) and ``face_nap`` (on its own): the same naps, for pipelines that give them
+  GPUs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from ether_prep.errors import StageError
+from ether_prep.stages.base import Stage
+from ether_prep.store import write_array
+
+TEST_STAGES = {
+    "nap": "tests.ray_helpers:NapStage",
+    "asr_nap": "tests.ray_helpers:AsrNapStage",
+    "face_nap": "tests.ray_helpers:FaceNapStage",
+}
+
+
+@dataclass(frozen=True)
+class NapParams:
+    seconds_per_session: float = 1.0
+
+
+class NapStage(Stage):
+    name = "nap"
+    requires = ("audio",)
+    needs_stream = "audio"
+    Params = NapParams
+
+    def run(self, session: Any, store: Any, out: zarr.Group) -> str | None:
+        crash = Path(f"{session.path}.crash")
+        if crash.exists():
+            crash.unlink()
+            os._exit(1)  # the worker process dies mid-session, as an OOM kill would do it
+        if "bad" in session.relpath:
+            raise StageError(f"{session.relpath}: refused by the nap stage")
+        wave = np.asarray(store.array("audio", "waveform")[...], dtype=np.float64)
+        rate = int(store.stage_group("audio").attrs["sample_rate"])
+        seconds = max(1, int(np.ceil(len(wave) / rate)))
+        rms = np.array([np.sqrt(np.mean(wave[i * rate:(i + 1) * rate] ** 2)) for i in range(seconds)])
+        write_array(out, "rms", rms.astype(np.float32))
+        steps = 10
+        for k in range(steps):
+            time.sleep(self.params.seconds_per_session / steps)
+            self.report_progress(len(wave) / rate * (k + 1) / (steps + 1))
+        return None
+
+
+class AsrNapStage(NapStage):
+    """A GPU-shaped nap after ``audio``, as transcription is."""
+
+    name = "asr_nap"
+
+
+class FaceNapStage(Stage):
+    """A GPU-shaped nap that reads no other stage, as ``face``; stores one value per media second."""
+
+    name = "face_nap"
+    Params = NapParams
+
+    def run(self, session: Any, store: Any, out: zarr.Group) -> str | None:
+        write_array(out, "seconds", np.arange(int(session.probe.duration), dtype=np.int32))
+        time.sleep(self.params.seconds_per_session)
+        return None
+
+
+# Markers' times and worker, and the face stage's measured speed, differ between any two runs.
+_VOLATILE = {"started_at", "finished_at", "elapsed_s", "worker"}
+_MEASURED = {"fps_analysed"}
+
+
+def _nan_safe(value: Any) -> Any:
+    return "NaN" if isinstance(value, float) and value != value else value
+
+
+def _group_digest(group: zarr.Group) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    attrs = {k: v for k, v in dict(group.attrs).items() if k not in _MEASURED}
+    if "stage" in attrs:
+        attrs["stage"] = {k: v for k, v in dict(attrs["stage"]).items() if k not in _VOLATILE}
+    out["@attrs"] = attrs
+    for name, arr in group.arrays():
+        data = np.asarray(arr[...])
+        raw = (np.array(data.tolist(), dtype=str).tobytes() if data.dtype.kind in "OTU"
+               else np.ascontiguousarray(data).tobytes())
+        out[name] = (data.shape, str(data.dtype), hashlib.sha1(raw).hexdigest(), dict(arr.attrs))
+    for name, sub in group.groups():
+        out[name] = _group_digest(sub)
+    return out
+
+
+def store_digest(location: str | Path) -> dict[str, Any]:
+    """Everything a store holds, as comparable values: every attribute (less times and worker), every array's
+    shape, dtype and a hash of its contents; plus the Parquet manifests' contents."""
+    from ether_prep.store import Store
+
+    store = Store(location, mode="r")
+    digest: dict[str, Any] = {sid: _group_digest(store.session(sid).group) for sid in store.session_ids()}
+    for name in ("utterances", "dialogue_pairs", "sessions"):
+        path = store.manifest_path(name)
+        import fsspec
+
+        fs, target = fsspec.core.url_to_fs(str(path))
+        if fs.exists(target):
+            import pyarrow.parquet as pq
+
+            with fs.open(target, "rb") as fh:
+                rows = pq.read_table(fh).to_pylist()
+            digest[f"{name}.parquet"] = [{k: _nan_safe(v) for k, v in row.items()} for row in rows]
+    return digest
