@@ -20,7 +20,8 @@ import numpy as np
 from ..errors import InputError
 from ..records import MediaProbe
 
-__all__ = ["VideoFrame", "check_complete", "iter_audio_blocks", "iter_video_frames", "probe", "pyav_version"]
+__all__ = ["FramePlan", "PlanMismatch", "VideoFrame", "check_complete", "iter_audio_blocks", "iter_planned_frames",
+           "iter_video_frames", "plan_video_frames", "probe", "pyav_version"]
 
 # A decoded length this much shorter than the container promises means the file was cut off.
 _TRUNCATION_TOLERANCE_S = 0.5
@@ -241,6 +242,22 @@ class DecodeStats:
     corrupt: int = 0
 
 
+class _Sampler:
+    """Whether each frame, given its time in order, is analysed at an even ``analysis_fps`` (None: every frame)."""
+
+    def __init__(self, analysis_fps: float | None) -> None:
+        self.step = 1.0 / analysis_fps if analysis_fps else 0.0
+        self.next_time = -np.inf
+
+    def __call__(self, t: float) -> bool:
+        if t + 1e-6 < self.next_time:
+            return False
+        self.next_time = (self.next_time if np.isfinite(self.next_time) else t) + self.step
+        if self.step and self.next_time <= t:
+            self.next_time = t + self.step
+        return True
+
+
 def iter_video_frames(
     path: Path, analysis_fps: float | None = None, stats: DecodeStats | None = None, threads: int = 0
 ) -> Iterator[VideoFrame]:
@@ -261,8 +278,7 @@ def iter_video_frames(
         stream.thread_type = "AUTO"
         if threads:
             stream.codec_context.thread_count = threads
-        step = 1.0 / analysis_fps if analysis_fps else 0.0
-        next_time = -np.inf
+        sample = _Sampler(analysis_fps)
         t0: float | None = None
         last = 0.0
         for packet in c.demux(stream):
@@ -281,11 +297,8 @@ def iter_video_frames(
                 t = float(frame.time) - t0
                 last = max(last, t)
                 stats.decoded += 1
-                if t + 1e-6 < next_time:
+                if not sample(t):
                     continue
-                next_time = (next_time if np.isfinite(next_time) else t) + step
-                if step and next_time <= t:
-                    next_time = t + step
                 stats.kept += 1
                 rgb = frame.to_ndarray(format="rgb24")
                 if turns := _quarter_turns(frame):  # upright, as players show it
@@ -297,3 +310,109 @@ def iter_video_frames(
         if stats.decoded and expected and expected - last > max(_TRUNCATION_TOLERANCE_S, 0.02 * expected):
             raise InputError(f"{path}: truncated or corrupt: video frames stop at {last:.2f} s but the header says "
                              f"{expected:.2f} s; copy the complete recording again from its source")
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """Every frame of a video's first stream and the ones :func:`iter_video_frames` would yield, found from
+    packet timestamps without decoding (``None`` from :func:`plan_video_frames` when they cannot be known).
+
+    ``pts``: every frame's presentation timestamp in stream units, in presentation order (D frames);
+    ``kept``: indices into ``pts`` of the frames analysed at ``analysis_fps``; ``time``: their times (s from
+    the first frame, exactly as :func:`iter_video_frames` gives them); ``keyframes``: keyframe pts.
+    """
+
+    time_base: tuple[int, int]
+    pts: np.ndarray
+    kept: np.ndarray
+    time: np.ndarray
+    keyframes: np.ndarray
+
+
+def _frame_time(pts: int, time_base: tuple[int, int]) -> float:
+    # PyAV's VideoFrame.time, operation for operation, so that planned times equal decoded ones bit for bit.
+    return float(pts) * time_base[0] / time_base[1]
+
+
+
+
+def plan_video_frames(path: Path, analysis_fps: float | None = None) -> FramePlan | None:
+    """Which frames a full decode would give, from the packets alone (a fast pass: nothing is decoded but the
+    first frame). None when that cannot be known: a packet without a timestamp, or no video stream."""
+    with _open(path) as c:
+        if not c.streams.video:
+            return None
+        stream = c.streams.video[0]
+        pts, keys = [], []
+        try:
+            for packet in c.demux(stream):
+                if packet.size == 0:  # the demuxer's flush packet
+                    continue
+                if packet.pts is None:
+                    return None
+                pts.append(int(packet.pts))
+                if packet.is_keyframe:
+                    keys.append(int(packet.pts))
+        except av.FFmpegError:
+            return None
+        if not pts or stream.time_base is None:
+            return None
+        tb = (stream.time_base.numerator, stream.time_base.denominator)
+        order = np.sort(np.asarray(pts, dtype=np.int64))
+        # Times count from the first frame decoded: it must be the earliest packet (a decoder may drop
+        # leading frames that refer to pictures before the file's start).
+        c.seek(0, stream=stream, backward=True)
+        try:
+            first = next((f for f in c.decode(stream) if f.pts is not None), None)
+        except av.FFmpegError:
+            return None
+        if first is None or first.pts != order[0]:
+            return None
+        t0 = _frame_time(int(order[0]), tb)
+        times = np.array([_frame_time(int(p), tb) - t0 for p in order], dtype=np.float64)
+        sample = _Sampler(analysis_fps)
+        kept = np.flatnonzero([sample(t) for t in times.tolist()])
+        return FramePlan(tb, order, kept, times[kept], np.sort(np.asarray(keys, dtype=np.int64)))
+
+
+class PlanMismatch(InputError):
+    """A window decoded other frames than its plan says (a corrupt packet, odd timestamps)."""
+
+
+def iter_planned_frames(path: Path, plan: FramePlan, first: int, stop: int, context: int = 0) -> Iterator[VideoFrame]:
+    """The analysed frames ``first:stop`` of ``plan`` (indices into ``plan.kept``), decoded after a seek, each
+    with the time and index :func:`iter_video_frames` gives it; ``context`` analysed frames before ``first``
+    come too. The seek goes one keyframe further back than needed, so that frames referring to the previous
+    group of pictures decode as in a full pass. Raises :class:`PlanMismatch` when the decoded frames are not
+    the planned ones."""
+    lo = max(first - context, 0)
+    if lo >= stop:
+        return
+    want = plan.pts[plan.kept[lo:stop]]
+    t0 = _frame_time(int(plan.pts[0]), plan.time_base)
+    keys = plan.keyframes[plan.keyframes <= want[0]]
+    seek = int(keys[-2]) if len(keys) >= 2 else None
+    with _open(path) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        if seek is not None:
+            c.seek(seek, stream=stream, backward=True)
+        got = 0
+        try:
+            for frame in c.decode(stream):
+                if frame.pts is None or frame.pts < want[got]:
+                    continue
+                if frame.pts != want[got]:
+                    break
+                rgb = frame.to_ndarray(format="rgb24")
+                if turns := _quarter_turns(frame):
+                    rgb = np.ascontiguousarray(np.rot90(rgb, turns))
+                k = lo + got
+                yield VideoFrame(index=int(plan.kept[k]), time=float(frame.time) - t0, rgb=rgb)
+                got += 1
+                if got == len(want):
+                    return
+        except av.FFmpegError as exc:
+            raise PlanMismatch(f"{path}: decoding frames {lo}..{stop} failed ({exc})") from exc
+    raise PlanMismatch(f"{path}: analysed frames {lo}..{stop}: decoded {got} of the {len(want)} planned "
+                       f"(next planned pts {int(want[got]) if got < len(want) else None})")
