@@ -48,11 +48,15 @@ _STAGE_KEYS = {"stage", "enabled", "backend", "model", "params", "resources"}
 
 @dataclass(frozen=True)
 class Resources:
-    """What one worker of a stage asks Ray for, and how many items it processes per batch."""
+    """What one worker of a stage asks Ray for, how many items it processes per batch, and (a stage that
+    computes recordings in time windows) the window length: a recording at least twice ``window_s`` long is
+    spread over the stage's workers in windows of about that many seconds. Windows change where the work
+    runs, never the result, so ``window_s`` is not part of a stage's fingerprint."""
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     batch_size: int = 1
+    window_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -335,6 +339,15 @@ def _stage_spec(entry: Any, index: int, line: int, problems: _Problems, pipeline
         report(_line(entry, "resources"), f"resources must be non-negative and batch_size >= 1, got "
                f"num_cpus {resources.num_cpus}, num_gpus {resources.num_gpus}, batch_size {resources.batch_size}")
         resources = None
+    if resources is not None and resources.window_s is not None:
+        if not getattr(cls, "window_split", False):
+            report(_line(entry.get("resources"), "window_s") or _line(entry, "resources"),
+                   f"stage {name!r} cannot compute a recording in time windows; remove resources.window_s")
+            resources = None
+        elif resources.window_s < 1:
+            report(_line(entry.get("resources"), "window_s") or _line(entry, "resources"),
+                   f"resources.window_s must be >= 1 (seconds) or null (whole recordings), got {resources.window_s}")
+            resources = None
     params_cls = getattr(cls, "Params")  # noqa: B009 - ClassVar on an ABC
     params = _collect_params(params_cls, entry.get("params"),
                              lambda at, msg: report(at or _line(entry, "params"), msg))

@@ -16,7 +16,9 @@ they finish (:meth:`Executor.results`) and hears when a stage can get no more ta
   tasks waiting gets an actor, pools grow where their queue outlasts an actor's start, idle actors make way
   for backlogs, and spare resources start the next stages' actors early. A worker lost mid-session
   (process or node) is restarted by Ray or replaced, and the session handed to another, at most
-  ``max_attempts`` times; an error inside the stage is that session's failure and never retried.
+  ``max_attempts`` times; an error inside the stage is that session's failure and never retried. A long
+  recording that its stage computes in time windows (``Stage.window_split``) comes as one task per window,
+  spread over the stage's actors like sessions (a lost window is retried like a task), then a join task.
   Nothing imports or starts Ray before the first task.
 
 :func:`make_executor` also picks between them for ``auto``: inline for a small job on a machine without
@@ -485,7 +487,8 @@ class RayExecutor:
             cause = exc.cause if exc.cause is not None else exc
             outcome = Outcome(task.session.id, task.stage, "failed",
                               f"{task.session.relpath}: {type(cause).__name__} in the worker of stage "
-                              f"{task.stage!r}: {cause}", media_s=task.media_s, started_at=job.started)
+                              f"{task.stage!r}: {cause}", media_s=task.media_s, started_at=job.started,
+                              part=task.part)
         except self._RayError as exc:  # the worker was lost (process or node): another one takes the session
             job.losses.append(_why(exc))
             actor.ping = actor.handle.devices.remote()  # answers once Ray has restarted it, fails if it is gone
@@ -495,7 +498,7 @@ class RayExecutor:
             outcome = Outcome(task.session.id, task.stage, "failed",
                               f"{task.session.relpath}: the worker computing it was lost {len(job.losses)} times "
                               f"({'; '.join(job.losses)}); not retried further", media_s=task.media_s,
-                              started_at=job.started)
+                              started_at=job.started, part=task.part)
         pool.task_s += outcome.elapsed_s - outcome.setup_s
         pool.tasks_done += 1
         pool.setup_s = max(pool.setup_s, outcome.setup_s)
@@ -511,7 +514,7 @@ class RayExecutor:
             task = pool.pop().task
             self._failed.append(Outcome(task.session.id, task.stage, "failed",
                                         f"{task.session.relpath}: stage {task.stage!r} cannot run: {why}",
-                                        media_s=task.media_s))
+                                        media_s=task.media_s, part=task.part))
 
     def _fail_unplaceable(self) -> list[Outcome]:
         """Nothing runs and tasks still wait, so no actor can be placed for them: those sessions fail."""
@@ -525,7 +528,7 @@ class RayExecutor:
         if self._board is None or time.monotonic() < self._next_progress:
             return
         self._next_progress = time.monotonic() + _PROGRESS_EVERY_S
-        running = {(p.name, a.job.task.session.id) for p in self._pools.values() for a in p.actors if a.job}
+        running = {(p.name, a.job.task.key) for p in self._pools.values() for a in p.actors if a.job}
         for key, media_s in self.ray.get(self._board.take.remote()).items():
             if key in running:  # a late report of a session already finished would move its bar back
                 self._progress(*key, media_s)

@@ -243,6 +243,7 @@ class _Walk:
         self.groups: dict[str, SessionGroup] = {}
         self.ready: list[Task] = []
         self.running = 0
+        self.splits: dict[tuple[str, str], _Split] = {}  # (session, stage) computed in windows, until joined
         self.finished: list[str] = []  # stages with an outcome for every session, in the order they got there
         self.executor: Executor | None = None
 
@@ -265,6 +266,28 @@ class _Walk:
     def settle(self, outcome: Outcome) -> None:
         """An executor's outcome: record it and plan what it unblocks."""
         self.running -= 1
+        split = self.splits.get((outcome.session_id, outcome.stage))
+        if outcome.part is not None:
+            if split is None or split.failed:
+                return  # a window of a stage that already failed
+            split.started = min(split.started, outcome.started_at or split.started)
+            split.retries += outcome.retries
+            if outcome.state == "done":
+                split.left -= 1
+                if split.left == 0:  # every window is in: the join
+                    self.ready.append(split.task)
+                return
+            # One window failed: so does the stage for this session; its other windows are ignored.
+            split.failed = True
+            self.store.drop_parts(outcome.session_id, outcome.stage)
+            message = _record_failure(self._group(outcome.session_id), outcome.stage, split.task.marker,
+                                      f"window {outcome.part + 1} of {split.task.parts}: {outcome.message}")
+            self._record(replace(outcome, part=None, message=message))
+            return
+        elif split is not None:  # the join: the stage's outcome, timed from its first window
+            del self.splits[(outcome.session_id, outcome.stage)]
+            outcome = replace(outcome, started_at=split.started, elapsed_s=outcome.started_at + outcome.elapsed_s
+                              - split.started, retries=outcome.retries + split.retries)
         if outcome.state == "failed":
             # Failed in the executor (a worker lost for good, no room for one): the marker still says
             # 'running', or nothing; make it say why.
@@ -318,7 +341,28 @@ class _Walk:
             group.finish_stage(name, "skipped", fp, note=note)
             self._record(Outcome(session.id, name, "skipped", note))
             return
-        self.ready.append(Task(session, name, fp, marker, self.token))
+        task = Task(session, name, fp, marker, self.token)
+        try:
+            windows = planner.windows(session) if planner.window_split else []
+        except EtherPrepError as exc:
+            self._record(Outcome(session.id, name, "failed", _record_failure(group, name, marker, str(exc))))
+            return
+        if len(windows) > 1:
+            self.splits[(session.id, name)] = _Split(replace(task, parts=len(windows)), len(windows))
+            self.ready.extend(replace(task, window=w) for w in windows)
+        else:
+            self.ready.append(task)
+
+
+@dataclass
+class _Split:
+    """A (session, stage) computed as time windows: the join task, the windows still out, when the first began."""
+
+    task: Task
+    left: int
+    started: float = float("inf")
+    failed: bool = False
+    retries: int = 0  # windows handed to another worker because theirs was lost
 
 
 class _Bars:
@@ -337,20 +381,20 @@ class _Bars:
                          for i, spec in enumerate(specs)}
 
     def add(self, task: Task) -> None:
-        if self.bars:
+        if self.bars and not task.parts:  # a join's media was counted by its windows
             bar = self.bars[task.stage]
             bar.total += task.media_s
             bar.refresh()
-            self.shown[(task.stage, task.session.id)] = 0.0
+            self.shown[(task.stage, task.key)] = 0.0
 
-    def advance(self, stage: str, session_id: str, media_s: float) -> None:
-        key = (stage, session_id)
+    def advance(self, stage: str, task_key: str, media_s: float) -> None:
+        key = (stage, task_key)
         if key in self.shown and media_s > self.shown[key]:
             self.bars[stage].update(media_s - self.shown[key])
             self.shown[key] = media_s
 
     def finish(self, outcome: Outcome) -> None:
-        key = (outcome.stage, outcome.session_id)
+        key = (outcome.stage, outcome.key)
         if key in self.shown:
             self.bars[outcome.stage].update(max(outcome.media_s - self.shown.pop(key), 0.0))
 
@@ -436,6 +480,11 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
             summary.placements = dict(runner.placements)
             summary.actors = list(getattr(runner, "actor_log", []))
             runner.close()
+        try:
+            store.drop_parts()  # every window was joined or its stage failed: nothing reads them any more
+        except OSError as exc:
+            summary.notes.append(f"{store.url}: scratch windows under parts/ not removed ({exc.strerror}); "
+                                 f"the next run removes them")
         try:
             store.consolidate()
         except OSError as exc:  # readers open unconsolidated too: nothing is lost

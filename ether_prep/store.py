@@ -8,6 +8,9 @@
         <stage>/                           one group per stage; attrs.stage = completion marker (below)
           <array>                          stage outputs: e.g. audio/waveform (float32, 16 kHz mono)
           <table>/<column>                 a table is a group of equal-length 1-D columns
+      parts/<session_id>/<stage>/<k>/     while a stage computes one recording as time windows (a stage's
+                                           ``window_split``): window k's per-frame measurements, until the join
+                                           has written the stage's group; then removed
       utterances.parquet, dialogue_pairs.parquet   manifests written by ``align``
 
 A stage group's ``stage`` attribute holds ``state`` (running, done, skipped, failed), the ``fingerprint``
@@ -52,6 +55,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 _SESSIONS = "sessions"
+_PARTS = "parts"
 # About 2 MB of float32 per chunk: big enough for fast sequential reads, small enough to slice.
 DEFAULT_CHUNK_BYTES = 2 * 1024 * 1024
 
@@ -314,6 +318,30 @@ class Store:
             except KeyError:
                 raise StoreError(f"{self.url}: no session {session_id!r}") from None
         return SessionGroup(session_id, group)
+
+    def begin_part(self, session_id: str, stage: str, index: int) -> zarr.Group:
+        """An empty group for window ``index`` of a stage computed in windows (what an earlier try left is
+        replaced)."""
+        return self.root.require_group(f"{_PARTS}/{session_id}/{stage}").create_group(str(index), overwrite=True)
+
+    def parts(self, session_id: str, stage: str, count: int) -> list[zarr.Group]:
+        """The ``count`` window groups of a stage computed in windows, in window order."""
+        try:
+            return [self.root[f"{_PARTS}/{session_id}/{stage}/{k}"] for k in range(count)]
+        except KeyError as exc:
+            raise StoreError(f"{self.url}: session {session_id!r}, stage {stage!r}: window {exc} is missing; "
+                             f"run again") from exc
+
+    def drop_parts(self, session_id: str | None = None, stage: str | None = None) -> None:
+        """Remove the window groups of a stage (after its join, or when it failed); with no arguments, every
+        one (at the end of a run: a run killed mid-window leaves some, never reused)."""
+        if session_id is None or stage is None:
+            if _PARTS in self.root:
+                del self.root[_PARTS]
+            return
+        group = self.root.get(f"{_PARTS}/{session_id}")
+        if isinstance(group, zarr.Group) and stage in group:
+            del group[stage]
 
     def consolidate(self) -> None:
         """Consolidate metadata once at the end of a run, for fast opening by readers."""

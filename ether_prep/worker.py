@@ -18,7 +18,7 @@ from .errors import EtherPrepError
 from .lock import STORE_LOCK, describe, read_holder
 from .records import Session
 from .stages import stage_class
-from .stages.base import Stage
+from .stages.base import Stage, Window
 from .store import Store, local_path
 
 __all__ = ["Outcome", "ProgressFn", "StageWorker", "Task"]
@@ -31,17 +31,35 @@ _REPORTS_PER_S = 4.0
 
 @dataclass(frozen=True)
 class Task:
-    """A (session, stage) to compute, with the fingerprint and provenance its marker will carry."""
+    """A (session, stage) to compute, with the fingerprint and provenance its marker will carry.
+
+    A stage computed in time windows is several tasks: one per ``window`` (into scratch groups), then the
+    join (``parts``: how many windows it stitches), which writes the stage's output and marker.
+    """
 
     session: Session
     stage: str
     fingerprint: str
     marker: dict[str, Any] = field(default_factory=dict)
     run_token: str | None = None  # the token of the store lock the run holds; None: unchecked
+    window: Window | None = None
+    parts: int = 0
 
     @property
     def media_s(self) -> float:
+        if self.window is not None:
+            return self.window.end - self.window.start
         return self.session.probe.duration if self.session.probe else 0.0
+
+    @property
+    def part(self) -> int | None:
+        """The window this task computes (None: a whole session, or a join)."""
+        return None if self.window is None else self.window.index
+
+    @property
+    def key(self) -> str:
+        """What progress reports are filed under: the session, or one window of it."""
+        return self.session.id if self.window is None else f"{self.session.id}#{self.window.index}"
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,11 @@ class Outcome:
     retries: int = 0
     started_at: float = 0.0
     setup_s: float = 0.0
+    part: int | None = None  # the window computed, for a window task
+
+    @property
+    def key(self) -> str:
+        return self.session_id if self.part is None else f"{self.session_id}#{self.part}"
 
     @property
     def ok(self) -> bool:
@@ -123,7 +146,7 @@ class StageWorker:
         self._ready = False
         self._store: Store | None = None  # opened at the first task, in the process that runs it
 
-    def _progress_for(self, session_id: str) -> Callable[[float], None] | None:
+    def _progress_for(self, key: str) -> Callable[[float], None] | None:
         if self._report is None:
             return None
         report, stage, last = self._report, self.spec.name, [0.0]
@@ -132,28 +155,43 @@ class StageWorker:
             now = time.monotonic()
             if now - last[0] >= 1.0 / _REPORTS_PER_S:
                 last[0] = now
-                report(stage, session_id, media_s)
+                report(stage, key, media_s)
 
         return progress
 
     def process(self, task: Task) -> Outcome:
         session = task.session
         started_at, t0 = time.time(), time.perf_counter()
+        part = task.part
         if lost := _lock_lost(self.store_path, task.run_token):
-            return Outcome(session.id, self.spec.name, "failed", lost, 0.0, task.media_s, started_at=started_at)
+            return Outcome(session.id, self.spec.name, "failed", lost, 0.0, task.media_s, started_at=started_at,
+                           part=part)
         if self._store is None:
             self._store = Store(self.store_path)
         group = self._store.session(session.id)
-        self.stage.progress_hook = self._progress_for(session.id)
+        self.stage.progress_hook = self._progress_for(task.key)
         setup_s = 0.0
         try:
-            out = group.begin_stage(self.spec.name, task.marker)
+            if task.window is not None:  # scratch output: the stage's own group is the join's to write
+                out = self._store.begin_part(session.id, self.spec.name, task.window.index)
+            else:
+                out = group.begin_stage(self.spec.name, task.marker)
             if not self._ready:
                 self.stage.setup()
                 self._ready = True
                 setup_s = time.perf_counter() - t0
                 logs.reapply()  # model libraries imported by setup may have installed console handlers
-            note = self.stage.run(session, group, out)
+            if task.window is not None:
+                self.stage.run_part(session, group, task.window, out)
+                out.attrs["worker"] = _where_am_i()  # provenance: the join lists where each window ran
+                return Outcome(session.id, self.spec.name, "done", None, time.perf_counter() - t0, task.media_s,
+                               started_at=started_at, setup_s=setup_s, part=part)
+            if task.parts:
+                note = self.stage.join(session, group, self._store.parts(session.id, self.spec.name, task.parts),
+                                       out)
+                self._store.drop_parts(session.id, self.spec.name)
+            else:
+                note = self.stage.run(session, group, out)
             elapsed = time.perf_counter() - t0
             if lost := _lock_lost(self.store_path, task.run_token):
                 return Outcome(session.id, self.spec.name, "failed", lost, elapsed, task.media_s,
@@ -174,7 +212,10 @@ class StageWorker:
         elapsed = time.perf_counter() - t0
         if lost := _lock_lost(self.store_path, task.run_token):
             return Outcome(session.id, self.spec.name, "failed", f"{message}; {lost}", elapsed, task.media_s,
-                           started_at=started_at, setup_s=setup_s)
+                           started_at=started_at, setup_s=setup_s, part=part)
+        if part is not None:  # the driver records the stage's failure (other windows may still be running)
+            return Outcome(session.id, self.spec.name, "failed", message, elapsed, task.media_s,
+                           started_at=started_at, setup_s=setup_s, part=part)
         try:
             # Partial outputs are dropped (they would only take space, e.g. on a full disk); the marker stays.
             group.begin_stage(self.spec.name, task.marker)

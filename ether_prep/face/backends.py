@@ -267,8 +267,9 @@ class Embedder(Protocol):
     libraries: tuple[str, ...]
     dim: int | None  # None: known at the first face (a backend's own embedding)
     threshold: float  # same person below this Euclidean distance of L2-normalised embeddings
+    needs_frame: bool  # False: the embedding comes with the detections (``embed`` gets no frame)
 
-    def embed(self, frame: VideoFrame, faces: FrameFaces, which: np.ndarray) -> np.ndarray | None:
+    def embed(self, frame: VideoFrame | None, faces: FrameFaces, which: np.ndarray) -> np.ndarray | None:
         """(k, E) embeddings of ``faces`` rows ``which`` (bool mask); None when the frame has none."""
 
     @property
@@ -285,6 +286,7 @@ class DlibEmbedder:
     # apart; different people >= 0.47 sample to sample, ~0.6 track to track. dlib's own "same person
     # below 0.6" on raw descriptors (norm ~1.44) is ~0.42 here.
     threshold = 0.42
+    needs_frame = True
 
     def __init__(self) -> None:
         from ..adapters.dlib_face import MODEL_ID, DlibFaceEmbedder
@@ -302,7 +304,8 @@ class DlibEmbedder:
     def info(self) -> dict[str, Any]:
         return {"model": self._model.info}
 
-    def embed(self, frame: VideoFrame, faces: FrameFaces, which: np.ndarray) -> np.ndarray | None:
+    def embed(self, frame: VideoFrame | None, faces: FrameFaces, which: np.ndarray) -> np.ndarray | None:
+        assert frame is not None
         return self._model.embed(frame.rgb, faces.boxes[which])
 
 
@@ -314,6 +317,7 @@ class PyFeatEmbedder:
     dim: int | None = None
     # Cosine 0.5 between L2-normalised vectors; not calibrated here (no ArcFace weights load offline).
     threshold = 1.0
+    needs_frame = False
 
     @classmethod
     def describe(cls) -> str:
@@ -323,7 +327,7 @@ class PyFeatEmbedder:
     def info(self) -> dict[str, Any]:
         return {}
 
-    def embed(self, frame: VideoFrame, faces: FrameFaces, which: np.ndarray) -> np.ndarray | None:
+    def embed(self, frame: VideoFrame | None, faces: FrameFaces, which: np.ndarray) -> np.ndarray | None:
         return None if faces.identity is None else faces.identity[which]
 
 

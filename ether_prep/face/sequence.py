@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,12 @@ if TYPE_CHECKING:
     from ..adapters.pyav import VideoFrame
     from .backends import Embedder
 
-__all__ = ["FaceSequence", "Tracks"]
+__all__ = ["FaceSequence", "Tracks", "descriptors"]
+
+
+def descriptors(rgb: np.ndarray, faces: FrameFaces) -> np.ndarray | None:
+    """(n, 64) appearance descriptors of a frame's faces for the tracker (None: no face)."""
+    return np.stack([appearance_descriptor(rgb, b) for b in faces.boxes]) if faces.n else None
 
 
 @dataclass(frozen=True)
@@ -75,29 +81,37 @@ class FaceSequence:
     def add(self, frame: VideoFrame, faces: FrameFaces) -> None:
         """Record one analysed frame (frames in time order)."""
         h, w = frame.rgb.shape[:2]
-        self.size = (w, h)
-        if self.shots.update(frame.time, frame.rgb):
+        self.add_measured(frame.time, (w, h), self.shots.difference(frame.rgb), faces,
+                          descriptors(frame.rgb, faces), lambda: frame)
+
+    def add_measured(self, t: float, size: tuple[int, int], cut_score: float | None, faces: FrameFaces,
+                     desc: np.ndarray | None, frame: Callable[[], VideoFrame]) -> None:
+        """Record one analysed frame from what was measured on its pixels: its size, its shot
+        signature's difference from the previous frame's, each face's appearance descriptor. ``frame`` gives the
+        pixels, asked for only when a face is due an identity embedding (a window join decodes that frame again).
+        """
+        self.size = size
+        if self.shots.decide(t, cut_score):
             self.tracker.end_all()  # no track continues across a cut
-        self.frames.append(time=np.array([frame.time]), shot=np.array([self.shots.shot]))
-        desc = np.stack([appearance_descriptor(frame.rgb, b) for b in faces.boxes]) if faces.n else None
-        ids = self.tracker.assign(frame.time, faces.boxes, desc)
+        self.frames.append(time=np.array([t]), shot=np.array([self.shots.shot]))
+        ids = self.tracker.assign(t, faces.boxes, desc)
         if faces.n and self.embedder is not None:
-            self._identify(frame, faces, ids)
-        self.tracker.commit(frame.time, faces.boxes, ids)
+            self._identify(t, frame, faces, ids)
+        self.tracker.commit(t, faces.boxes, ids)
         if faces.n:
             self.detections.append(frame=np.full(faces.n, self.n_frames), track=ids, au=faces.aus,
                                    emotion=faces.emotions, pose=faces.pose, box=faces.boxes, score=faces.scores,
                                    mouth_open=faces.mouth_open, landmarks=faces.landmarks)
         self.n_frames += 1
 
-    def _identify(self, frame: VideoFrame, faces: FrameFaces, ids: np.ndarray) -> None:
-        """Embed the detections that are due (the RGB frame exists only now); split tracks whose face changed."""
+    def _identify(self, t: float, frame: Callable[[], VideoFrame], faces: FrameFaces, ids: np.ndarray) -> None:
+        """Embed the detections that are due; split tracks whose face changed."""
         assert self.embedder is not None
-        want = self.identities.due(frame.time, ids)
+        want = self.identities.due(t, ids)
         if not want.any():
             return
         t0 = time.perf_counter()
-        emb = self.embedder.embed(frame, faces, want)
+        emb = self.embedder.embed(frame() if self.embedder.needs_frame else None, faces, want)
         if emb is None:
             return
         if self.embedder.dim is None:  # a backend's own embedding: nothing computed here
@@ -108,10 +122,10 @@ class FaceSequence:
         for c, e in zip(np.flatnonzero(want), emb, strict=True):
             if not np.isfinite(e).all():
                 continue  # py-feat gives NaN where its identity branch is off
-            distance = self.identities.add(int(ids[c]), frame.time, e)
+            distance = self.identities.add(int(ids[c]), t, e)
             if distance is not None and distance > self.identities.threshold:
-                new = self.tracker.split(int(ids[c]), frame.time)
-                self.identities.restart(int(ids[c]), new, frame.time, e, distance)
+                new = self.tracker.split(int(ids[c]), t)
+                self.identities.restart(int(ids[c]), new, t, e, distance)
                 ids[c] = new
 
     def tracks(self) -> Tracks:

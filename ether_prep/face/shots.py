@@ -60,14 +60,20 @@ class ShotDetector:
             return None
         return float(np.abs(signature - self._previous).mean())
 
-    def update(self, t: float, rgb: np.ndarray) -> bool:
-        """True when the frame at ``t`` starts a new shot."""
+    def difference(self, rgb: np.ndarray) -> float | None:
+        """This frame's signature difference from the previous frame's (None: the first, a new size, or
+        detection off); remembers this frame's. Only this needs the pixels: a recording cut into time
+        windows computes it per window (each from the frame before it) and :meth:`decide` runs in order."""
         if self.threshold is None:
-            return False
+            return None
         signature = frame_signature(rgb)
         score = self.score(signature)
         self._previous = signature
-        if score is None:
+        return score
+
+    def decide(self, t: float, score: float | None) -> bool:
+        """True when the frame at ``t``, ``score`` from the previous one (:meth:`difference`), starts a new shot."""
+        if self.threshold is None or score is None:
             return False
         typical = float(np.median(self._recent)) if self._recent else 0.0
         self._recent.append(score)
@@ -77,3 +83,7 @@ class ShotDetector:
             return True
         self.max_within_shot = max(self.max_within_shot, score)
         return False
+
+    def update(self, t: float, rgb: np.ndarray) -> bool:
+        """True when the frame at ``t`` starts a new shot."""
+        return self.decide(t, self.difference(rgb))

@@ -9,7 +9,7 @@ completion marker after ``run`` returns, so an interrupted stage is never counte
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -21,12 +21,24 @@ if TYPE_CHECKING:
     from ..records import Session
     from ..store import SessionGroup, Store
 
-__all__ = ["NoParams", "Stage"]
+__all__ = ["NoParams", "Stage", "Window"]
 
 
 @dataclass(frozen=True)
 class NoParams:
     """For stages without parameters."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """Window ``index`` of ``count`` of one recording, ``start``..``end`` seconds, and what the stage needs to
+    compute exactly that window (``data``: its own; it travels with the task to whichever worker runs it)."""
+
+    index: int
+    count: int
+    start: float
+    end: float
+    data: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 class Stage(ABC):
@@ -43,9 +55,10 @@ class Stage(ABC):
     - ``Params``: a frozen dataclass of parameters with defaults (unknown keys are config errors);
     - ``libraries``: distributions whose versions are recorded as provenance (per backend: override
       :meth:`library_names`);
-    - ``window_split``: True declares that ``run`` could compute a session as independent time windows
-      joined afterwards, so that an executor may spread one long recording over several workers. It is a
-      declaration only: the runner still plans one task per (session, stage).
+    - ``window_split``: True declares that the stage can compute one recording as time windows: the runner
+      asks :meth:`windows`; when it gives more than one, each window is a task of its own (:meth:`run_part`,
+      on any worker of the stage, in any order) and a last task joins them (:meth:`join`) into the stage's
+      output, which must equal what :meth:`run` writes. So one long recording keeps several workers busy.
     """
 
     name: ClassVar[str]
@@ -92,6 +105,19 @@ class Stage(ABC):
 
     def finalize(self, store: Store) -> None:  # noqa: B027 - optional hook
         """Called once in the driver after the stage ran over all sessions (e.g. to write a manifest)."""
+
+    def windows(self, session: Session) -> list[Window]:
+        """The time windows to compute ``session`` in (``window_split`` stages; called in the driver, keep it
+        cheap); none or one: the whole recording, by :meth:`run`."""
+        return []
+
+    def run_part(self, session: Session, store: SessionGroup, window: Window, out: zarr.Group) -> None:
+        """Compute one window of ``session`` into ``out`` (a scratch group that :meth:`join` reads)."""
+        raise NotImplementedError(f"stage {self.name!r} does not compute windows")
+
+    def join(self, session: Session, store: SessionGroup, parts: list[zarr.Group], out: zarr.Group) -> str | None:
+        """Stitch the windows' groups (in window order) into the stage's output ``out``, as :meth:`run`."""
+        raise NotImplementedError(f"stage {self.name!r} does not compute windows")
 
     @abstractmethod
     def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:

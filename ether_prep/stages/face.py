@@ -54,25 +54,28 @@ every face that passed the configured confidence thresholds.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import queue
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InputError
-from ..face import AU_NAMES, EMOTION_NAMES, POSE_NAMES
+from ..errors import InputError, StageError
+from ..face import AU_NAMES, EMOTION_NAMES, POSE_NAMES, FrameFaces
 from ..face.backends import BACKENDS, EMBEDDERS, FaceBackend
-from ..face.sequence import FaceSequence
+from ..face.sequence import FaceSequence, descriptors
+from ..face.shots import ShotDetector
 from ..provenance import library_versions
 from ..records import FaceTrack
 from ..store import read_table, write_array, write_labels, write_table
-from .base import Stage
+from .base import Stage, Window
 
 if TYPE_CHECKING:
     import zarr
@@ -84,6 +87,8 @@ if TYPE_CHECKING:
 
 __all__ = ["FaceOutputs", "FaceParams", "FaceStage", "read_faces"]
 
+# Per-face values a window stores, in FrameFaces order (boxes, scores, landmarks, aus, emotions, pose, mouth_open).
+_PART_ROWS = ("box", "score", "landmarks", "au", "emotion", "pose", "mouth_open", "descriptor")
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _END = object()
 
@@ -143,11 +148,9 @@ class FaceParams:
                              f"use identity: dlib")
 
 
-def _prefetch(path: Path, analysis_fps: float | None, stats: Any, depth: int,
+def _prefetch(decode: Callable[[], Iterator[VideoFrame]], name: str, depth: int,
               stop: threading.Event) -> Iterator[VideoFrame]:
-    """Decode in a background thread, ``depth`` frames ahead (PyAV releases the GIL while decoding)."""
-    from ..adapters.pyav import iter_video_frames
-
+    """Run ``decode`` in a background thread, ``depth`` frames ahead (PyAV releases the GIL while decoding)."""
     q: queue.Queue[Any] = queue.Queue(maxsize=depth)
 
     def put(item: Any) -> bool:
@@ -161,14 +164,14 @@ def _prefetch(path: Path, analysis_fps: float | None, stats: Any, depth: int,
 
     def produce() -> None:
         try:
-            for frame in iter_video_frames(path, analysis_fps=analysis_fps, stats=stats):
+            for frame in decode():
                 if not put(frame):
                     return
             put(_END)
         except BaseException as exc:  # handed to the consumer, re-raised there
             put(exc)
 
-    worker = threading.Thread(target=produce, name=f"face-decode:{path.name}", daemon=True)
+    worker = threading.Thread(target=produce, name=f"face-decode:{name}", daemon=True)
     worker.start()
     try:
         while True:
@@ -210,6 +213,7 @@ class FaceStage(Stage):
     family = "extract"
     requires = ()
     needs_stream = "video"
+    window_split = True
     backends = tuple(BACKENDS)
     Params = FaceParams
 
@@ -251,19 +255,20 @@ class FaceStage(Stage):
         return EMBEDDERS[p.identity].threshold if p.identity != "off" else 0.0
 
     def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
-        from ..adapters.pyav import DecodeStats
+        from ..adapters.pyav import DecodeStats, iter_video_frames
 
         self.setup()
         assert self._backend is not None
         p: FaceParams = self.params
-        still = session.kind == "image" or session.path.suffix.lower() in _IMAGE_SUFFIXES
+        still = self._still(session)
         stats = DecodeStats()
         t_start = time.perf_counter()
         stop = threading.Event()
         with FaceSequence(self._backend.n_landmarks, 1 if still else p.min_track_frames, p.max_gap_s,
                           p.appearance_weight, p.cut_threshold, self._embedder, self._threshold(),
                           p.identity_every_s, p.max_embeddings_per_track, _spool_dir(out)) as sequence:
-            frames = _prefetch(session.path, None if still else p.analysis_fps, stats, p.prefetch, stop)
+            frames = _prefetch(partial(iter_video_frames, session.path, None if still else p.analysis_fps, stats),
+                               session.path.name, p.prefetch, stop)
             try:
                 with self._backend.open(still) as detector:
                     for batch in _batches(frames, detector.batch_size):
@@ -276,6 +281,158 @@ class FaceStage(Stage):
                 raise InputError(f"{session.path}: no video frame could be decoded "
                                  f"({stats.corrupt} corrupt packet(s))")
             return self._write(out, sequence, stats, time.perf_counter() - t_start)
+
+    # -- time windows ------------------------------------------------------------------------------------
+    # The per-frame work (decoding, detection, AUs, landmarks, shot signatures, appearance descriptors) depends
+    # on one frame alone (MediaPipe's VIDEO mode gives bit-identical faces from a fresh landmarker: measured),
+    # so windows compute it anywhere; what carries state from frame to frame (shot cuts, tracking, identity
+    # sampling and splits, persons) runs in the join over every frame in order, exactly as in ``run``.
+    def _still(self, session: Session) -> bool:
+        return session.kind == "image" or session.path.suffix.lower() in _IMAGE_SUFFIXES
+
+    def windows(self, session: Session) -> list[Window]:
+        """Windows of about ``resources.window_s`` seconds (whole detector batches) for a video at least two
+        windows long whose frames can be planned from its packets (else none: the whole recording in one task)."""
+        from ..adapters.pyav import plan_video_frames
+
+        p: FaceParams = self.params
+        window_s = self.spec.resources.window_s
+        if window_s is None or self._still(session) or session.probe is None or session.probe.duration < 2 * window_s:
+            return []
+        plan = plan_video_frames(session.path, p.analysis_fps)
+        if plan is None:
+            return []
+        batch = p.batch_size if self.spec.backend == "pyfeat" else 1  # a batch never straddles two windows
+        n = len(plan.kept)
+        cuts = np.searchsorted(plan.time, np.arange(window_s, plan.time[-1], window_s)) // batch * batch
+        edges = [0, *sorted({int(c) for c in cuts if 0 < c < n}), n]
+        count = len(edges) - 1
+        ends = [*(float(plan.time[e]) for e in edges[1:-1]), float(session.probe.duration)]
+        return [Window(k, count, float(plan.time[a]), ends[k], {"plan": plan, "first": a, "stop": b})
+                for k, (a, b) in enumerate(itertools.pairwise(edges))]
+
+    def run_part(self, session: Session, store: SessionGroup, window: Window, out: zarr.Group) -> None:
+        """The per-frame measurements of one window's frames (and, in the first window, the frame plan)."""
+        from ..adapters.pyav import PlanMismatch, iter_planned_frames
+
+        self.setup()
+        assert self._backend is not None
+        p: FaceParams = self.params
+        plan, first, stop = window.data["plan"], window.data["first"], window.data["stop"]
+        out.attrs.update({"first": first, "stop": stop})
+        if window.index == 0:  # the join decodes frames again (identity embeddings) by this plan
+            for name in ("pts", "kept", "time", "keyframes"):
+                write_array(out, f"plan_{name}", getattr(plan, name), dims=(f"plan_{name}",))
+            out.attrs["plan_time_base"] = list(plan.time_base)
+        shots = ShotDetector(p.cut_threshold)
+        frame_scores: list[float | None] = []
+        columns: dict[str, list[np.ndarray]] = {k: [] for k in _PART_ROWS}
+        times, sizes, counts, identity = [], [], [], []
+
+        def measured() -> Iterator[VideoFrame]:
+            # The frame before the window (context) only gives the first frame's shot-signature difference.
+            for k, frame in enumerate(iter_planned_frames(session.path, plan, first, stop, context=min(first, 1))):
+                score = shots.difference(frame.rgb)
+                if k or not first:
+                    frame_scores.append(score)
+                    yield frame
+
+        stop_event = threading.Event()
+        frames = _prefetch(measured, session.path.name, p.prefetch, stop_event)
+        try:
+            with self._backend.open(False) as detector:
+                for batch in _batches(frames, detector.batch_size):
+                    for frame, faces in zip(batch, detector.detect(batch), strict=True):
+                        times.append(frame.time)
+                        sizes.append(frame.rgb.shape[1::-1])
+                        counts.append(faces.n)
+                        for key, value in zip(_PART_ROWS, (faces.boxes, faces.scores, faces.landmarks, faces.aus,
+                                                           faces.emotions, faces.pose, faces.mouth_open), strict=False):
+                            columns[key].append(value)
+                        desc = descriptors(frame.rgb, faces)
+                        columns["descriptor"].append(desc if desc is not None else np.zeros((0, 64), np.float32))
+                        identity.append(faces.identity)
+                    self.report_progress(batch[-1].time - window.start)
+        except PlanMismatch as exc:  # the join computes the recording whole instead (see join)
+            out.attrs["mismatch"] = str(exc)
+            return
+        finally:
+            stop_event.set()
+            frames.close()
+        write_array(out, "time", np.asarray(times, dtype=np.float64))
+        write_array(out, "size", np.asarray(sizes, dtype=np.int64).reshape(-1, 2), dims=("time", "wh"))
+        write_array(out, "n_faces", np.asarray(counts, dtype=np.int64), dims=("time",))
+        write_array(out, "cut_score", np.array([np.nan if x is None else x for x in frame_scores], np.float64),
+                    dims=("time",))
+        for key, values in columns.items():
+            data = np.concatenate(values) if values else np.zeros((0,), np.float32)
+            write_array(out, key, data, dims=("row", *(f"d{i}" for i in range(1, data.ndim))))
+        with_faces = [x for x, c in zip(identity, counts, strict=True) if c]
+        if with_faces and all(x is not None for x in with_faces):
+            write_array(out, "identity", np.concatenate(with_faces), dims=("row", "embedding"))
+
+    def join(self, session: Session, store: SessionGroup, parts: list[zarr.Group], out: zarr.Group) -> str | None:
+        """Replay every window's frames in order through shot cuts, tracking and identity (the frames due an
+        identity embedding are decoded again), then write as :meth:`run` does."""
+        from ..adapters.pyav import DecodeStats, FramePlan, iter_planned_frames
+
+        mismatch = [str(g.attrs["mismatch"]) for g in parts if "mismatch" in g.attrs]
+        if mismatch:  # the planned frames were not the decoded ones: no window can be trusted
+            note = self.run(session, store, out)
+            out.attrs["windows"] = {"count": len(parts), "used": False, "why": mismatch[0]}
+            return note
+        self.setup()
+        assert self._backend is not None
+        p: FaceParams = self.params
+        t_start = time.perf_counter()
+        head = parts[0]
+        plan = FramePlan(tuple(int(x) for x in head.attrs["plan_time_base"]),  # type: ignore[arg-type]
+                         *(np.asarray(head[f"plan_{name}"][...]) for name in ("pts", "kept", "time", "keyframes")))
+
+        def fetch(index: int) -> VideoFrame:
+            frames = iter_planned_frames(session.path, plan, index, index + 1)
+            try:
+                return next(frames)
+            finally:
+                frames.close()
+
+        with FaceSequence(self._backend.n_landmarks, p.min_track_frames, p.max_gap_s, p.appearance_weight,
+                          p.cut_threshold, self._embedder, self._threshold(), p.identity_every_s,
+                          p.max_embeddings_per_track, _spool_dir(out)) as sequence:
+            expected = 0
+            for k, g in enumerate(parts):
+                if int(g.attrs["first"]) != expected:
+                    raise StageError(f"{session.path}: window {k + 1} starts at analysed frame {g.attrs['first']}, "
+                                     f"not {expected}: frames would be lost or doubled; run again")
+                self._replay(sequence, g, expected, fetch)
+                expected = int(g.attrs["stop"])
+            if expected != len(plan.kept) or sequence.n_frames != len(plan.kept):
+                raise StageError(f"{session.path}: the windows hold {sequence.n_frames} analysed frames, the plan "
+                                 f"{len(plan.kept)}; run again")
+            stats = DecodeStats(decoded=len(plan.pts), kept=len(plan.kept))
+            note = self._write(out, sequence, stats, time.perf_counter() - t_start)
+        out.attrs["windows"] = {"count": len(parts), "used": True,
+                                "first_frames": [int(g.attrs["first"]) for g in parts],
+                                "workers": [g.attrs.get("worker") for g in parts]}
+        return note
+
+    def _replay(self, sequence: FaceSequence, g: zarr.Group, offset: int,
+                fetch: Callable[[int], VideoFrame]) -> None:
+        """One window's frames into ``sequence``, in order."""
+        rows = {k: np.asarray(g[k][...]) for k in (*_PART_ROWS, "descriptor")}
+        identity = np.asarray(g["identity"][...]) if "identity" in g else None
+        times, sizes = np.asarray(g["time"][...]), np.asarray(g["size"][...])
+        scores = np.asarray(g["cut_score"][...])
+        bounds = np.concatenate([[0], np.cumsum(np.asarray(g["n_faces"][...]))])
+        for i, t in enumerate(times.tolist()):
+            lo, hi = int(bounds[i]), int(bounds[i + 1])
+            faces = FrameFaces(rows["box"][lo:hi], rows["score"][lo:hi], rows["landmarks"][lo:hi],
+                               rows["au"][lo:hi], rows["emotion"][lo:hi], rows["pose"][lo:hi],
+                               rows["mouth_open"][lo:hi], identity[lo:hi] if identity is not None else None)
+            score = float(scores[i])
+            sequence.add_measured(t, (int(sizes[i, 0]), int(sizes[i, 1])), None if np.isnan(score) else score,
+                                  faces, rows["descriptor"][lo:hi] if hi > lo else None,
+                                  partial(fetch, offset + i))
 
     # -- storage -----------------------------------------------------------------------------------------
     def _write(self, out: zarr.Group, sequence: FaceSequence, stats: DecodeStats, elapsed: float) -> str | None:

@@ -1,0 +1,130 @@
+"""One long video computed as time windows (the face stage's ``resources.window_s``): windows spread over 2 Ray actors,
+or run one after another inline, give the same face arrays, tracks and persons as the whole video in one
+task; no analysed frame is lost or doubled at a window edge."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from ether_prep.adapters.pyav import iter_video_frames, plan_video_frames
+from ether_prep.config import load_pipeline
+from ether_prep.runner import run_pipeline
+from ether_prep.store import Store
+
+from .media import GRID_A, GRID_B, edited_dialogue
+
+pytestmark = pytest.mark.slow
+
+WINDOW_S = 5.0
+# Whole 3 s GRID shots and half shots, A and B alternating: 21 s, 9 cuts; window edges (~5, 10, 15, 20 s) fall
+# inside shots, so tracks and identity samples run across them.
+TURNS = ((GRID_A, 0, 75), (GRID_B, 0, 75), (GRID_A, 0, 75), (GRID_B, 0, 38), (GRID_A, 38, 75), (GRID_B, 0, 75),
+         (GRID_A, 0, 38), (GRID_B, 38, 75), (GRID_A, 0, 75))
+# Attributes that say how or how fast, not what: excluded from the comparison.
+_HOW = {"fps_analysed", "windows", "stage"}
+
+
+def _config(tmp: Path, window_s: float | None) -> Path:
+    path = tmp / f"face_{window_s}.yaml"
+    path.write_text(f"""version: 1
+pipelines:
+  face:
+    stages:
+      - stage: face
+        backend: mediapipe
+        model: face_landmarker.task
+        params: {{min_detection_confidence: 0.3, identity: dlib, identity_every_s: 1.0}}
+        resources: {{num_cpus: 1, window_s: {'null' if window_s is None else window_s}}}
+""")
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> dict:
+    """The video, and its face stage three ways: whole (inline), windows inline, windows on 2 Ray actors."""
+    tmp = tmp_path_factory.mktemp("split")
+    raw = tmp / "raw"
+    raw.mkdir()
+    video = edited_dialogue(raw / "long_dialogue.mp4", TURNS)
+    out = {"video": video, "tmp": tmp}
+    for name, window_s, executor in (("whole", None, "inline"), ("inline", WINDOW_S, "inline"),
+                                     ("ray", WINDOW_S, "ray")):
+        if executor == "ray":
+            request.getfixturevalue("ray_instance")
+        store = tmp / f"{name}.zarr"
+        summary = run_pipeline(load_pipeline("face", _config(tmp, window_s)), raw, store, executor=executor)
+        assert summary.ok, summary.report()
+        out[name] = Store(store, mode="r")
+        out[f"{name}_summary"] = summary
+    return out
+
+
+def _face(store: Store) -> zarr.Group:
+    (sid,) = store.session_ids()
+    return store.session(sid).stage_group("face")
+
+
+def _assert_same_faces(a: zarr.Group, b: zarr.Group) -> int:
+    """Every array, table column and attribute of two face groups equal (NaN equals NaN); returns how many
+    arrays were compared."""
+    arrays_a, arrays_b = dict(a.arrays()), dict(b.arrays())
+    assert sorted(arrays_a) == sorted(arrays_b)
+    for name, arr in arrays_a.items():
+        x, y = np.asarray(arr[...]), np.asarray(arrays_b[name][...])
+        assert x.shape == y.shape and x.dtype == y.dtype, name
+        assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), name
+    n = len(arrays_a)
+    assert sorted(dict(a.groups())) == sorted(dict(b.groups()))
+    for name, sub in a.groups():
+        n += _assert_same_faces(sub, b[name])
+    attrs_a = {k: v for k, v in dict(a.attrs).items() if k not in _HOW}
+    attrs_b = {k: v for k, v in dict(b.attrs).items() if k not in _HOW}
+    for attrs in (attrs_a, attrs_b):
+        if "identity_params" in attrs:
+            attrs["identity_params"] = {k: v for k, v in attrs["identity_params"].items() if k != "embedding_seconds"}
+    assert attrs_a == attrs_b
+    return n
+
+
+def test_windows_cover_every_frame_once(runs: dict) -> None:
+    path = runs["video"]["path"]
+    full = [f.time for f in iter_video_frames(path)]
+    windows = dict(_face(runs["inline"]).attrs)["windows"]
+    assert windows["used"] and windows["count"] == 5
+    plan = plan_video_frames(path)
+    assert plan is not None and np.array_equal(plan.time, full)
+    edges = [*windows["first_frames"], len(full)]
+    assert edges[0] == 0 and all(a < b for a, b in itertools.pairwise(edges))
+    # Each window starts at the first frame at or after its k * window_s: frames per window ~ 5 s x 25 fps.
+    assert [full[e] for e in edges[1:-1]] == pytest.approx([5.0, 10.0, 15.0, 20.0], abs=0.041)
+    face = _face(runs["ray"])
+    times = np.asarray(face["time"][...])
+    assert np.array_equal(times, full)  # no frame lost or doubled at any edge
+    assert face.attrs["frames_analysed"] == face.attrs["frames_decoded"] == len(full)
+
+
+def test_windows_on_two_ray_actors_equal_one_task(runs: dict) -> None:
+    ray_windows = dict(_face(runs["ray"]).attrs)["windows"]
+    pids = {w["pid"] for w in ray_windows["workers"]}
+    assert len(pids) >= 2, ray_windows["workers"]  # the windows really ran on different actors
+    n = _assert_same_faces(_face(runs["ray"]), _face(runs["whole"]))
+    assert n >= 12
+
+
+def test_windows_inline_equal_whole(runs: dict) -> None:
+    _assert_same_faces(_face(runs["inline"]), _face(runs["whole"]))
+    face = _face(runs["whole"])
+    tracks = {k: np.asarray(face["tracks"][k][...]) for k in ("first_time", "last_time", "person", "shot")}
+    video = runs["video"]
+    # Tracks cross the window edges (continuous), persons are the two speakers, one track per shot.
+    assert any(s < e < t for e in (5.0, 10.0, 15.0, 20.0) for s, t in zip(tracks["first_time"], tracks["last_time"],
+                                                                         strict=True))
+    assert face.attrs["n_shots"] == len(video["cut_times"]) + 1
+    assert face.attrs["n_persons"] == 2
+    assert [int(p) for p in tracks["person"]] == [t["person"] for t in video["turns"]]
+    assert not any(k.startswith("parts") for k in Store(runs["tmp"] / "ray.zarr").root.group_keys())
