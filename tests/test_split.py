@@ -1,10 +1,13 @@
-"""One long video computed as time windows (the face stage's ``resources.window_s``): windows spread over 2 Ray actors,
-or run one after another inline, give the same face arrays, tracks and persons as the whole video in one
-task; no analysed frame is lost or doubled at a window edge."""
+"""One long video computed as time windows (the face stage's ``resources.window_s``): windows spread over 2
+Ray actors, or run one after another inline, give the same face arrays, tracks and persons as the whole video
+in one task; no analysed frame is lost or doubled at a window edge. Windows lost with their worker are
+retried; a window that fails fails its session."""
 
 from __future__ import annotations
 
 import itertools
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +17,13 @@ import zarr
 from ether_prep.adapters.pyav import iter_video_frames, plan_video_frames
 from ether_prep.config import load_pipeline
 from ether_prep.runner import run_pipeline
+from ether_prep.sessions import session_id
+from ether_prep.stages import STAGES
 from ether_prep.store import Store
 
+from .conftest import DATA
 from .media import GRID_A, GRID_B, edited_dialogue
+from .ray_helpers import TEST_STAGES, store_digest
 
 pytestmark = pytest.mark.slow
 
@@ -127,4 +134,93 @@ def test_windows_inline_equal_whole(runs: dict) -> None:
     assert face.attrs["n_shots"] == len(video["cut_times"]) + 1
     assert face.attrs["n_persons"] == 2
     assert [int(p) for p in tracks["person"]] == [t["person"] for t in video["turns"]]
-    assert not any(k.startswith("parts") for k in Store(runs["tmp"] / "ray.zarr").root.group_keys())
+    assert "parts" not in Store(runs["tmp"] / "ray.zarr").root  # scratch windows removed
+
+
+def test_a_video_whose_frames_do_not_decode_as_planned_is_computed_whole(runs: dict, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plan that the decoded frames contradict (here: one planned timestamp moved) is never trusted: the
+    windows say so and the join computes the recording whole, with the same result and a note."""
+    from ether_prep.adapters import pyav
+
+    real = pyav.plan_video_frames
+
+    def wrong_plan(path: Path, analysis_fps: float | None = None) -> pyav.FramePlan | None:
+        plan = real(path, analysis_fps)
+        assert plan is not None
+        pts = plan.pts.copy()
+        pts[300] += 1  # a frame in window 3 that will not decode at that time
+        return pyav.FramePlan(plan.time_base, pts, plan.kept, plan.time, plan.keyframes)
+
+    monkeypatch.setattr(pyav, "plan_video_frames", wrong_plan)
+    store = tmp_path / "whole.zarr"
+    summary = run_pipeline(load_pipeline("face", _config(runs["tmp"], WINDOW_S)), runs["tmp"] / "raw", store,
+                           executor="inline")
+    assert summary.ok, summary.report()
+    face = _face(Store(store, mode="r"))
+    windows = dict(face.attrs)["windows"]
+    assert not windows["used"] and "not among the decoded frames" in windows["why"]
+    assert "computed whole, not in 5 windows" in face.attrs["stage"]["note"]
+    _assert_same_faces(face, _face(runs["whole"]))
+
+
+def test_no_plan_without_packet_timestamps_and_a_wrong_plan_raises(runs: dict) -> None:
+    from ether_prep.adapters.pyav import FramePlan, PlanMismatch, iter_planned_frames
+
+    assert plan_video_frames(GRID_A) is None  # MPEG-PS packets without timestamps: computed whole
+    path = runs["video"]["path"]
+    plan = plan_video_frames(path, analysis_fps=5.0)
+    assert plan is not None
+    full = list(iter_video_frames(path, analysis_fps=5.0))
+    got = [f for a, b in ((0, 40), (40, 41), (41, len(plan.kept))) for f in iter_planned_frames(path, plan, a, b)]
+    assert [(f.index, f.time) for f in got] == [(f.index, f.time) for f in full]
+    assert all(np.array_equal(f.rgb, g.rgb) for f, g in zip(full, got, strict=True))
+    pts = plan.pts.copy()
+    pts[plan.kept[50]] -= 1
+    with pytest.raises(PlanMismatch, match="not among the decoded frames"):
+        list(iter_planned_frames(path, FramePlan(plan.time_base, pts, plan.kept, plan.time, plan.keyframes), 45, 60))
+
+
+@pytest.fixture()
+def window_nap() -> Iterator[None]:
+    STAGES.update(TEST_STAGES)
+    yield
+    for name in TEST_STAGES:
+        STAGES.pop(name, None)
+
+
+def test_a_lost_window_is_retried_and_a_failed_window_fails_its_session(ray_instance, window_nap: None,
+                                                                        tmp_path: Path) -> None:
+    """Windows on Ray: the worker computing one window of a.flac dies (its window goes to another worker, the
+    session completes); window 2 of bad.flac fails in the stage (not retried: the session fails, saying which
+    window). The store equals the same windows computed inline."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("a.flac", "b.flac", "bad.flac"):
+        shutil.copy(DATA / "speech" / "jfk.flac", raw / name)  # 11 s: windows [0, 4), [4, 8), [8, 11)
+    config = tmp_path / "nap.yaml"
+    config.write_text("""version: 1
+pipelines:
+  nap:
+    stages:
+      - stage: audio
+        resources: {num_cpus: 1}
+      - stage: window_nap
+        params: {seconds_per_session: 1.5}
+        resources: {num_cpus: 1, window_s: 4}
+""")
+    reference = run_pipeline(load_pipeline("nap", config), raw, tmp_path / "inline.zarr", executor="inline")
+    assert reference.counts("window_nap") == {"done": 2, "failed": 1}
+    Path(f"{raw / 'a.flac'}.crash").touch()
+    store = tmp_path / "ray.zarr"
+    summary = run_pipeline(load_pipeline("nap", config), raw, store, executor="ray")
+    nap = {o.session_id: o for o in summary.outcomes if o.stage == "window_nap"}
+    a, b, bad = (nap[session_id(n)] for n in ("a.flac", "b.flac", "bad.flac"))
+    assert a.state == "done" and a.retries == 1 and b.state == "done" and b.retries == 0
+    assert bad.state == "failed" and bad.retries == 0
+    assert bad.message.startswith("window 2 of 3: ") and "refused by the nap stage" in bad.message
+    assert "RETRIED" in summary.report()
+    assert store_digest(store) == store_digest(tmp_path / "inline.zarr")
+    rms = np.asarray(Store(store, mode="r").session(session_id("a.flac")).array("window_nap", "rms")[...])
+    assert len(rms) == 11  # every second once, in order
+    assert "parts" not in Store(store, mode="r").root

@@ -20,8 +20,8 @@ import numpy as np
 from ..errors import InputError
 from ..records import MediaProbe
 
-__all__ = ["FramePlan", "PlanMismatch", "VideoFrame", "check_complete", "iter_audio_blocks", "iter_planned_frames",
-           "iter_video_frames", "plan_video_frames", "probe", "pyav_version"]
+__all__ = ["FramePlan", "PlanMismatch", "PlannedFrames", "VideoFrame", "check_complete", "iter_audio_blocks",
+           "iter_planned_frames", "iter_video_frames", "plan_video_frames", "probe", "pyav_version"]
 
 # A decoded length this much shorter than the container promises means the file was cut off.
 _TRUNCATION_TOLERANCE_S = 0.5
@@ -242,6 +242,14 @@ class DecodeStats:
     corrupt: int = 0
 
 
+def _upright(frame: av.VideoFrame) -> np.ndarray:
+    """The frame's RGB pixels turned upright, as players show it."""
+    rgb = frame.to_ndarray(format="rgb24")
+    if turns := _quarter_turns(frame):
+        rgb = np.ascontiguousarray(np.rot90(rgb, turns))
+    return rgb
+
+
 class _Sampler:
     """Whether each frame, given its time in order, is analysed at an even ``analysis_fps`` (None: every frame)."""
 
@@ -300,10 +308,7 @@ def iter_video_frames(
                 if not sample(t):
                     continue
                 stats.kept += 1
-                rgb = frame.to_ndarray(format="rgb24")
-                if turns := _quarter_turns(frame):  # upright, as players show it
-                    rgb = np.ascontiguousarray(np.rot90(rgb, turns))
-                yield VideoFrame(index=stats.decoded - 1, time=t, rgb=rgb)
+                yield VideoFrame(index=stats.decoded - 1, time=t, rgb=_upright(frame))
         # The stream's own duration (not the container's, which may be the longer audio): frames that stop
         # well short of it mean a file cut off (a copy interrupted), not a recording that ended.
         expected = _stream_duration(stream)
@@ -379,40 +384,70 @@ class PlanMismatch(InputError):
     """A window decoded other frames than its plan says (a corrupt packet, odd timestamps)."""
 
 
+def _seek_point(plan: FramePlan, pts: int) -> int | None:
+    """Where to seek to decode the frame at ``pts`` as a full pass does: one keyframe further back than needed,
+    so that frames referring to the previous group of pictures (open GOPs) decode whole. None: the start."""
+    keys = plan.keyframes[plan.keyframes <= pts]
+    return int(keys[-2]) if len(keys) >= 2 else None
+
+
 def iter_planned_frames(path: Path, plan: FramePlan, first: int, stop: int, context: int = 0) -> Iterator[VideoFrame]:
     """The analysed frames ``first:stop`` of ``plan`` (indices into ``plan.kept``), decoded after a seek, each
     with the time and index :func:`iter_video_frames` gives it; ``context`` analysed frames before ``first``
-    come too. The seek goes one keyframe further back than needed, so that frames referring to the previous
-    group of pictures decode as in a full pass. Raises :class:`PlanMismatch` when the decoded frames are not
-    the planned ones."""
+    come too. Raises :class:`PlanMismatch` when the decoded frames are not the planned ones."""
     lo = max(first - context, 0)
     if lo >= stop:
         return
-    want = plan.pts[plan.kept[lo:stop]]
-    t0 = _frame_time(int(plan.pts[0]), plan.time_base)
-    keys = plan.keyframes[plan.keyframes <= want[0]]
-    seek = int(keys[-2]) if len(keys) >= 2 else None
-    with _open(path) as c:
-        stream = c.streams.video[0]
-        stream.thread_type = "AUTO"
-        if seek is not None:
-            c.seek(seek, stream=stream, backward=True)
-        got = 0
+    with PlannedFrames(path, plan) as reader:
+        for k in range(lo, stop):
+            yield reader.frame(k)
+
+
+class PlannedFrames:
+    """Analysed frames of a plan by index (``plan.kept`` order), for a reader that goes forward with jumps:
+    it decodes on from where it is when that is no further than a seek would start, else seeks. Each frame
+    comes with the time and index :func:`iter_video_frames` gives it; a frame that does not decode as planned
+    raises :class:`PlanMismatch`. Use as a context manager (it holds the file open)."""
+
+    def __init__(self, path: Path, plan: FramePlan) -> None:
+        self.path, self.plan = path, plan
+        self._t0 = _frame_time(int(plan.pts[0]), plan.time_base)
+        self._open = _open(path)
+        self._container = self._open.__enter__()
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"
+        self._frames: Iterator[av.VideoFrame] | None = None
+        self._at = -1  # pts of the last frame decoded (-1: nothing decoded since the last seek)
+
+    def frame(self, k: int) -> VideoFrame:
+        target = int(self.plan.pts[self.plan.kept[k]])
+        seek = _seek_point(self.plan, target)
+        if self._frames is None or target <= self._at or (seek is not None and seek > self._at):
+            self._container.seek(seek if seek is not None else int(self.plan.pts[0]), stream=self._stream,
+                                 backward=True)
+            self._frames, self._at = iter(self._container.decode(self._stream)), -1
         try:
-            for frame in c.decode(stream):
-                if frame.pts is None or frame.pts < want[got]:
+            for frame in self._frames:
+                if frame.pts is None:
                     continue
-                if frame.pts != want[got]:
+                self._at = int(frame.pts)
+                if frame.pts < target:
+                    continue
+                if frame.pts != target:
                     break
-                rgb = frame.to_ndarray(format="rgb24")
-                if turns := _quarter_turns(frame):
-                    rgb = np.ascontiguousarray(np.rot90(rgb, turns))
-                k = lo + got
-                yield VideoFrame(index=int(plan.kept[k]), time=float(frame.time) - t0, rgb=rgb)
-                got += 1
-                if got == len(want):
-                    return
+                return VideoFrame(index=int(self.plan.kept[k]), time=float(frame.time) - self._t0, rgb=_upright(frame))
         except av.FFmpegError as exc:
-            raise PlanMismatch(f"{path}: decoding frames {lo}..{stop} failed ({exc})") from exc
-    raise PlanMismatch(f"{path}: analysed frames {lo}..{stop}: decoded {got} of the {len(want)} planned "
-                       f"(next planned pts {int(want[got]) if got < len(want) else None})")
+            raise PlanMismatch(f"{self.path}: decoding analysed frame {k} (pts {target}) failed ({exc})") from exc
+        self._frames = None
+        raise PlanMismatch(f"{self.path}: analysed frame {k} (pts {target}) is not among the decoded frames "
+                           f"(next decoded: pts {self._at})")
+
+    def close(self) -> None:
+        self._frames = None
+        self._open.__exit__(None, None, None)
+
+    def __enter__(self) -> PlannedFrames:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -374,13 +374,24 @@ class FaceStage(Stage):
     def join(self, session: Session, store: SessionGroup, parts: list[zarr.Group], out: zarr.Group) -> str | None:
         """Replay every window's frames in order through shot cuts, tracking and identity (the frames due an
         identity embedding are decoded again), then write as :meth:`run` does."""
-        from ..adapters.pyav import DecodeStats, FramePlan, iter_planned_frames
+        from ..adapters.pyav import PlanMismatch
 
         mismatch = [str(g.attrs["mismatch"]) for g in parts if "mismatch" in g.attrs]
-        if mismatch:  # the planned frames were not the decoded ones: no window can be trusted
-            note = self.run(session, store, out)
-            out.attrs["windows"] = {"count": len(parts), "used": False, "why": mismatch[0]}
-            return note
+        if not mismatch:
+            try:
+                return self._join(session, parts, out)
+            except PlanMismatch as exc:
+                mismatch.append(str(exc))
+        # The planned frames were not the decoded ones (a corrupt packet, odd timestamps): no window can be
+        # trusted, so the recording is computed whole, as without windows.
+        note = self.run(session, store, out)
+        out.attrs["windows"] = {"count": len(parts), "used": False, "why": mismatch[0]}
+        whole = f"computed whole, not in {len(parts)} windows: {mismatch[0]}"
+        return f"{note}; {whole}" if note else whole
+
+    def _join(self, session: Session, parts: list[zarr.Group], out: zarr.Group) -> str | None:
+        from ..adapters.pyav import DecodeStats, FramePlan, PlannedFrames
+
         self.setup()
         assert self._backend is not None
         p: FaceParams = self.params
@@ -388,23 +399,16 @@ class FaceStage(Stage):
         head = parts[0]
         plan = FramePlan(tuple(int(x) for x in head.attrs["plan_time_base"]),  # type: ignore[arg-type]
                          *(np.asarray(head[f"plan_{name}"][...]) for name in ("pts", "kept", "time", "keyframes")))
-
-        def fetch(index: int) -> VideoFrame:
-            frames = iter_planned_frames(session.path, plan, index, index + 1)
-            try:
-                return next(frames)
-            finally:
-                frames.close()
-
-        with FaceSequence(self._backend.n_landmarks, p.min_track_frames, p.max_gap_s, p.appearance_weight,
-                          p.cut_threshold, self._embedder, self._threshold(), p.identity_every_s,
-                          p.max_embeddings_per_track, _spool_dir(out)) as sequence:
+        with PlannedFrames(session.path, plan) as frames, FaceSequence(
+                self._backend.n_landmarks, p.min_track_frames, p.max_gap_s, p.appearance_weight, p.cut_threshold,
+                self._embedder, self._threshold(), p.identity_every_s, p.max_embeddings_per_track,
+                _spool_dir(out)) as sequence:
             expected = 0
             for k, g in enumerate(parts):
                 if int(g.attrs["first"]) != expected:
                     raise StageError(f"{session.path}: window {k + 1} starts at analysed frame {g.attrs['first']}, "
                                      f"not {expected}: frames would be lost or doubled; run again")
-                self._replay(sequence, g, expected, fetch)
+                self._replay(sequence, g, expected, frames.frame)
                 expected = int(g.attrs["stop"])
             if expected != len(plan.kept) or sequence.n_frames != len(plan.kept):
                 raise StageError(f"{session.path}: the windows hold {sequence.n_frames} analysed frames, the plan "
