@@ -109,15 +109,26 @@ def test_unknown_parameter_says_the_closest_name(tmp_path: Path) -> None:
                      "batch_size 1"),
     ("batch_size", 0, "resources must be non-negative and batch_size >= 1, got num_cpus 1.0, num_gpus 0.0, "
                       "batch_size 0"),
-    ("gpus", 1, "unknown resource 'gpus'; did you mean 'num_gpus'? allowed: batch_size, num_cpus, num_gpus"),
+    ("gpus", 1, "unknown resource 'gpus'; did you mean 'num_gpus'? allowed: batch_size, num_cpus, num_gpus, "
+                "window_s"),
+    ("window_s", "long", "resource 'window_s' = 'long' is not a valid float or null; expected float or null "
+                             "(default: None)"),
+    ("window_s", 0.5, "resources.window_s must be >= 1 (seconds) or null (whole recordings), got 0.5"),
 ])
 def test_resources(tmp_path: Path, key: str, value: object, expected: str) -> None:
-    assert {f.name for f in dataclasses.fields(Resources)} == {"num_cpus", "num_gpus", "batch_size"}
+    assert {f.name for f in dataclasses.fields(Resources)} == {"num_cpus", "num_gpus", "batch_size", "window_s"}
     text = _yaml(_all_stages(face={"resources": {key: value}}))
     message = _error(tmp_path, text)
-    line = _line_of(text, f"{key}:") if "unknown" in expected or "not a valid" in expected else \
-        _line_of(text, "resources:")
+    line = _line_of(text, f"{key}:") if "unknown" in expected or "not a valid" in expected or "window_s" in key \
+        else _line_of(text, "resources:")
     assert message == f"{tmp_path / 'pipelines.yaml'}:{line}: pipeline 'p': stage 'face': {expected}"
+
+
+def test_window_s_only_for_stages_that_compute_windows(tmp_path: Path) -> None:
+    text = _yaml(_all_stages(transcribe={"resources": {"window_s": 600}}))
+    assert _error(tmp_path, text) == (
+        f"{tmp_path / 'pipelines.yaml'}:{_line_of(text, 'window_s:')}: pipeline 'p': stage 'transcribe': stage "
+        "'transcribe' cannot compute a recording in time windows; remove resources.window_s")
 
 
 @pytest.mark.parametrize(("extra", "expected", "needle"), [

@@ -13,7 +13,8 @@ Example (pipelines.yaml)::
                identity_threshold: null,      # null: the model's own (dlib 0.42, ArcFace 1.0)
                identity_every_s: 2.0, max_embeddings_per_track: 6,
                cut_threshold: 20.0}           # null: no shot-cut detection
-      resources: {num_cpus: 2, batch_size: 8}
+      resources: {num_cpus: 2, batch_size: 8,
+                  window_s: 600}              # optional: long videos in ~600 s windows over several workers
 
 Identity: the tracker ends every track at a shot cut (:mod:`ether_prep.face.shots`); each track's faces are
 embedded when it is confirmed, then ``identity_every_s`` later, at intervals doubling from there, at most
@@ -43,6 +44,12 @@ Output group ``face/`` (F analysed frames, T tracks; NaN where a track has no fa
 Group attrs add ``n_persons``, ``n_shots``, ``cut_times`` (first frame of each later shot, s),
 ``identity_model``, ``identity_params`` and ``identity_splits`` (tracks split where the face changed: the
 change lies between ``last_same_time`` and ``time``). With ``identity: off`` every track is its own person.
+
+Windows (``resources.window_s``, see :meth:`FaceStage.windows`): a long video is cut into windows of analysed
+frames planned from its packets; each window (:meth:`FaceStage.run_part`, any worker) stores what depends on
+its frames alone: faces, the shot signature's difference from the frame before, appearance descriptors; the
+join (:meth:`FaceStage.join`) replays every frame in order through shot cuts, tracking and identity, decoding
+again only the frames due an identity embedding, and writes what :meth:`FaceStage.run` writes, array for array.
 
 Frames decode in a background thread (a small prefetch queue) while the model runs; detections are
 spooled to temporary files and written as time-chunked arrays at the end, so memory stays flat.
