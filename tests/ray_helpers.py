@@ -116,9 +116,21 @@ class FaceNapStage(Stage):
         return None
 
 
-# Markers' times and worker, and the face stage's measured speed, differ between any two runs.
+# Markers' times and worker, and what stages measure of their own speed, differ between any two runs.
 _VOLATILE = {"started_at", "finished_at", "elapsed_s", "worker"}
-_MEASURED = {"fps_analysed"}
+_MEASURED = {"fps_analysed", "completeness_seconds"}
+_MEASURED_IN = {"identity_params": {"embedding_seconds"}}
+
+
+def comparable_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """A group's attributes less what measures time (which differs between any two runs)."""
+    out = {k: v for k, v in attrs.items() if k not in _MEASURED}
+    for key, inner in _MEASURED_IN.items():
+        if isinstance(out.get(key), dict):
+            out[key] = {k: v for k, v in out[key].items() if k not in inner}
+    if "stage" in out:
+        out["stage"] = {k: v for k, v in dict(out["stage"]).items() if k not in _VOLATILE}
+    return out
 
 
 def _nan_safe(value: Any) -> Any:
@@ -127,10 +139,7 @@ def _nan_safe(value: Any) -> Any:
 
 def _group_digest(group: zarr.Group) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    attrs = {k: v for k, v in dict(group.attrs).items() if k not in _MEASURED}
-    if "stage" in attrs:
-        attrs["stage"] = {k: v for k, v in dict(attrs["stage"]).items() if k not in _VOLATILE}
-    out["@attrs"] = attrs
+    out["@attrs"] = comparable_attrs(dict(group.attrs))
     for name, arr in group.arrays():
         data = np.asarray(arr[...])
         raw = (np.array(data.tolist(), dtype=str).tobytes() if data.dtype.kind in "OTU"
