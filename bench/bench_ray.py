@@ -17,7 +17,11 @@
   actor-seconds), the GPUs' utilisation, and the lower bound (GPU work / 8 GPUs, or the longest session's
   chain of stages if longer) over the wall time; stage-at-a-time on the same simulation for comparison.
 
-Run: ``uv run python bench/bench_ray.py [cached] [stream] [scale] [sim]``. Figures go to stdout.
+- ``windows``: one long video (``--windows-video`` s, 25 fps, two faces) through the ``face`` stage on Ray
+  with 2 CPUs: whole in one task against windows of ``--window-s`` s spread over 2 actors (1 CPU each); wall
+  times, the join's share, and whether the two stores hold the same arrays.
+
+Run: ``uv run python bench/bench_ray.py [cached] [stream] [scale] [sim] [windows]``. Figures go to stdout.
 """
 
 from __future__ import annotations
@@ -359,12 +363,66 @@ def bench_sim(tmp: Path, costs: dict[str, float], target_s: float) -> None:
         STAGES.update(saved)
 
 
+# ---------------------------------------------------------------------------------------------- windows
+def bench_windows(tmp: Path, seconds: float, window_s: float, rounds: int) -> None:
+    """One long video's ``face`` stage (the ``cpu`` pipeline's MediaPipe + dlib, 1 CPU per worker) on Ray: whole
+    in one task against ``window_s`` windows over this machine's 2 CPUs, alternating for ``rounds``, on one Ray
+    instance (its start excluded from both); checks that the two stores hold the same face arrays."""
+    import numpy as np
+    import ray
+
+    from ether_prep.config import load_pipeline
+    from ether_prep.runner import run_pipeline
+    from ether_prep.store import Store
+
+    raw = tmp / "windows_raw"
+    raw.mkdir()
+    clip = DATA / "video" / "grid_two_faces_side_by_side.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-stream_loop", "-1", "-i", str(clip), "-t", str(seconds), "-r", "25",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-an", str(raw / "long.mp4")], check=True)
+    doc = yaml.safe_load((ROOT / "pipelines.yaml").read_text())
+    face = next(st for st in doc["pipelines"]["cpu"]["stages"] if st["stage"] == "face")
+    configs = {}
+    for name, window in (("whole", None), ("windows", window_s)):
+        stage = {**face, "resources": {"num_cpus": 1, "window_s": window}}
+        configs[name] = tmp / f"face_{name}.yaml"
+        configs[name].write_text(yaml.safe_dump({"version": 1, "pipelines": {"face": {"stages": [stage]}}}))
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    walls: dict[str, list[float]] = {"whole": [], "windows": []}
+    try:
+        for r in range(rounds):
+            for name in ("whole", "windows"):
+                store = tmp / f"{name}_{r}.zarr"
+                t0 = time.perf_counter()
+                summary = run_pipeline(load_pipeline("face", configs[name]), raw, store, executor="ray")
+                walls[name].append(time.perf_counter() - t0)
+                assert summary.ok, summary.report()
+    finally:
+        ray.shutdown()
+    groups = {name: Store(tmp / f"{name}_0.zarr", mode="r") for name in walls}
+    faces = {name: st.session(st.session_ids()[0]).stage_group("face") for name, st in groups.items()}
+    same = all(np.array_equal(np.asarray(faces["whole"][k][...]), np.asarray(faces["windows"][k][...]),
+                              equal_nan=True) for k in ("time", "au", "landmarks", "box", "person", "shot"))
+    attrs = dict(faces["windows"].attrs)
+    win = attrs["windows"]
+    join_s = attrs["frames_analysed"] / attrs["fps_analysed"] if attrs.get("fps_analysed") else float("nan")
+    whole, split = statistics.median(walls["whole"]), statistics.median(walls["windows"])
+    print(f"[windows] one {seconds:.0f} s video ({attrs['frames_analysed']} frames), face stage on Ray, 2 CPUs: "
+          f"whole {whole:.1f} s, {win['count']} windows of {window_s:.0f} s on "
+          f"{len({w['pid'] for w in win['workers']})} actors {split:.1f} s (join {join_s:.1f} s of it): "
+          f"{whole / split:.2f}x; same arrays: {same}; medians of {rounds} (whole "
+          f"{[round(w, 1) for w in walls['whole']]}, windows {[round(w, 1) for w in walls['windows']]}); "
+          f"peak {peak_mb():.0f} MB ({load_avg()})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("parts", nargs="*", default=["cached", "stream", "scale", "sim"])
+    ap.add_argument("parts", nargs="*", default=["cached", "stream", "scale", "sim", "windows"])
     ap.add_argument("--rounds", type=int, default=1, help="alternating streaming / stage-at-a-time rounds")
     ap.add_argument("--cached-sessions", type=int, default=100)
     ap.add_argument("--sim-seconds", type=float, default=60.0, help="about how long the simulated GPU work lasts")
+    ap.add_argument("--windows-video", type=float, default=120.0, help="seconds of the `windows` part's video")
+    ap.add_argument("--window-s", type=float, default=30.0, help="the `windows` part's window length")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
@@ -375,6 +433,8 @@ def main() -> None:
             costs = bench_stream(tmp, args.rounds, "stream" in args.parts, "scale" in args.parts)
         if "sim" in args.parts:
             bench_sim(tmp, costs, args.sim_seconds)
+        if "windows" in args.parts:
+            bench_windows(tmp, args.windows_video, args.window_s, args.rounds)
 
 
 if __name__ == "__main__":

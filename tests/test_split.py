@@ -220,3 +220,30 @@ pipelines:
     rms = np.asarray(Store(store, mode="r").session(session_id("a.flac")).array("window_nap", "rms")[...])
     assert len(rms) == 11  # every second once, in order
     assert "parts" not in Store(store, mode="r").root
+
+
+@pytest.mark.parametrize("kind", ["rotated", "variable_frame_rate", "truncated"])
+def test_plans_of_odd_videos(kind: str, tmp_path: Path) -> None:
+    """A phone video stored sideways and a variable-frame-rate one plan to exactly the frames, times and
+    (upright) pixels a full decode gives, window by window; a file cut off is not planned (computed whole, it
+    fails with the reason)."""
+    from ether_prep.adapters.pyav import iter_planned_frames
+
+    from . import trust_media
+
+    path = tmp_path / f"{kind}.mp4"
+    if kind == "variable_frame_rate":
+        trust_media.variable_frame_rate(path)
+    else:
+        getattr(trust_media, f"{kind}_mp4" if kind == "truncated" else kind)(path, tmp_path)
+    if kind == "truncated":
+        assert plan_video_frames(path) is None
+        return
+    for fps in (None, 5.0):
+        plan = plan_video_frames(path, fps)
+        full = list(iter_video_frames(path, fps))
+        assert plan is not None and np.array_equal(plan.time, [f.time for f in full])
+        edges = [0, len(full) // 3, 2 * len(full) // 3, len(full)]
+        got = [f for a, b in itertools.pairwise(edges) for f in iter_planned_frames(path, plan, a, b)]
+        assert [(f.index, f.time) for f in got] == [(f.index, f.time) for f in full]
+        assert all(np.array_equal(f.rgb, g.rgb) for f, g in zip(full, got, strict=True))

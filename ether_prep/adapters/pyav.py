@@ -343,7 +343,8 @@ def _frame_time(pts: int, time_base: tuple[int, int]) -> float:
 
 def plan_video_frames(path: Path, analysis_fps: float | None = None) -> FramePlan | None:
     """Which frames a full decode would give, from the packets alone (a fast pass: nothing is decoded but the
-    first frame). None when that cannot be known: a packet without a timestamp, or no video stream."""
+    first frame). None when that cannot be known (no video stream, a packet without a timestamp, a first frame
+    that is not the earliest packet) or the file is cut off."""
     with _open(path) as c:
         if not c.streams.video:
             return None
@@ -372,6 +373,11 @@ def plan_video_frames(path: Path, analysis_fps: float | None = None) -> FramePla
         except av.FFmpegError:
             return None
         if first is None or first.pts != order[0]:
+            return None
+        # A file cut off (see iter_video_frames) is not planned: decoded whole, it fails with the reason.
+        expected = _stream_duration(stream)
+        last = _frame_time(int(order[-1]), tb) - _frame_time(int(order[0]), tb)
+        if expected and expected - last > max(_TRUNCATION_TOLERANCE_S, 0.02 * expected):
             return None
         t0 = _frame_time(int(order[0]), tb)
         times = np.array([_frame_time(int(p), tb) - t0 for p in order], dtype=np.float64)

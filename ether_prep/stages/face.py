@@ -94,7 +94,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FaceOutputs", "FaceParams", "FaceStage", "read_faces"]
 
-# Per-face values a window stores, in FrameFaces order (boxes, scores, landmarks, aus, emotions, pose, mouth_open).
+# Per-face values a window stores: FrameFaces' (boxes .. mouth_open, in its order), then appearance descriptors.
 _PART_ROWS = ("box", "score", "landmarks", "au", "emotion", "pose", "mouth_open", "descriptor")
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _END = object()
@@ -353,11 +353,12 @@ class FaceStage(Stage):
                         times.append(frame.time)
                         sizes.append(frame.rgb.shape[1::-1])
                         counts.append(faces.n)
-                        for key, value in zip(_PART_ROWS, (faces.boxes, faces.scores, faces.landmarks, faces.aus,
-                                                           faces.emotions, faces.pose, faces.mouth_open), strict=False):
-                            columns[key].append(value)
                         desc = descriptors(frame.rgb, faces)
-                        columns["descriptor"].append(desc if desc is not None else np.zeros((0, 64), np.float32))
+                        for key, value in zip(_PART_ROWS, (faces.boxes, faces.scores, faces.landmarks, faces.aus,
+                                                           faces.emotions, faces.pose, faces.mouth_open,
+                                                           desc if desc is not None else np.zeros((0, 64), np.float32)),
+                                              strict=True):
+                            columns[key].append(value)
                         identity.append(faces.identity)
                     self.report_progress(batch[-1].time - window.start)
         except PlanMismatch as exc:  # the join computes the recording whole instead (see join)
