@@ -284,10 +284,11 @@ class _Walk:
                                       f"window {outcome.part + 1} of {split.task.parts}: {outcome.message}")
             self._record(replace(outcome, part=None, message=message))
             return
-        elif split is not None:  # the join: the stage's outcome, timed from its first window
+        if split is not None:  # the join: the stage's outcome, timed from its first window
             del self.splits[(outcome.session_id, outcome.stage)]
-            outcome = replace(outcome, started_at=split.started, elapsed_s=outcome.started_at + outcome.elapsed_s
-                              - split.started, retries=outcome.retries + split.retries)
+            end = (outcome.started_at or split.started) + outcome.elapsed_s
+            outcome = replace(outcome, started_at=split.started, elapsed_s=end - split.started,
+                              retries=outcome.retries + split.retries)
         if outcome.state == "failed":
             # Failed in the executor (a worker lost for good, no room for one): the marker still says
             # 'running', or nothing; make it say why.
