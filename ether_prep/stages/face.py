@@ -431,7 +431,7 @@ class FaceStage(Stage):
     def _replay(self, sequence: FaceSequence, g: zarr.Group, offset: int,
                 fetch: Callable[[int], VideoFrame]) -> None:
         """One window's frames into ``sequence``, in order."""
-        rows = {k: np.asarray(g[k][...]) for k in (*_PART_ROWS, "descriptor")}
+        rows = {k: np.asarray(g[k][...]) for k in _PART_ROWS}
         identity = np.asarray(g["identity"][...]) if "identity" in g else None
         times, sizes = np.asarray(g["time"][...]), np.asarray(g["size"][...])
         scores = np.asarray(g["cut_score"][...])
