@@ -349,6 +349,7 @@ class _Walk:
             self._record(Outcome(session.id, name, "failed", _record_failure(group, name, marker, str(exc))))
             return
         if len(windows) > 1:
+            group.begin_stage(name, marker)  # running from its first window on, as a whole task would be
             self.splits[(session.id, name)] = _Split(replace(task, parts=len(windows)), len(windows))
             self.ready.extend(replace(task, window=w) for w in windows)
         else:

@@ -65,8 +65,9 @@ class NapStage(Stage):
 
 class WindowNapStage(NapStage):
     """The nap, computed in windows of ``resources.window_s`` whole seconds when given: each window stores its
-    seconds' RMS and naps its share; the join concatenates them (the same ``rms`` as the whole nap). A
-    ``<name>.crash`` file kills the worker of the first window that sees it; ``bad`` fails window 2."""
+    seconds' RMS and naps its share, noting the stage's state as it ran; the join concatenates them (the same
+    ``rms`` as the whole nap) and keeps those states. A ``<name>.crash`` file kills the worker of the first
+    window that sees it; ``bad`` fails window 2."""
 
     name = "window_nap"
     window_split = True
@@ -88,6 +89,7 @@ class WindowNapStage(NapStage):
             raise StageError(f"{session.relpath}: refused by the nap stage")
         wave = np.asarray(store.array("audio", "waveform")[...], dtype=np.float64)
         rate = int(store.stage_group("audio").attrs["sample_rate"])
+        out.attrs["stage_state"] = store.stage_state(self.name).state  # what `status` says meanwhile
         seconds = range(int(window.start), int(np.ceil(window.end)))
         write_array(out, "rms", np.array([np.sqrt(np.mean(wave[i * rate:(i + 1) * rate] ** 2)) for i in seconds],
                                          dtype=np.float32))
@@ -95,6 +97,7 @@ class WindowNapStage(NapStage):
 
     def join(self, session: Any, store: Any, parts: list[zarr.Group], out: zarr.Group) -> str | None:
         write_array(out, "rms", np.concatenate([np.asarray(g["rms"][...]) for g in parts]))
+        out.attrs["stage_states"] = [g.attrs["stage_state"] for g in parts]
         return None
 
 
