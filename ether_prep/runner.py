@@ -26,13 +26,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .config import Pipeline, StageSpec
+from .config import Pipeline
 from .errors import EtherPrepError, InputError, StoreError
 from .executors import ActorRecord, Executor, make_executor
 from .lock import store_lock
 from .provenance import fingerprint, library_versions
 from .records import Session
 from .sessions import probe_session, scan, session_from_info
+from .spec import StageSpec
 from .stages import stage_class
 from .stages.base import Stage
 from .store import SessionGroup, StageState, Store, local_path

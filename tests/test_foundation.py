@@ -255,3 +255,19 @@ def test_sessions_csv_attaches_roles_and_notes(raw_dir: Path, tmp_path: Path) ->
     (raw / "sessions.csv").write_text("name,client\nclient.wav,A\n")
     with pytest.raises(ConfigError, match="needs a 'file' column"):
         discover_sessions(raw)
+
+
+def test_resources_schedule_only_and_stay_out_of_the_fingerprint() -> None:
+    """Workers' CPUs and GPUs never change a result, so they never make a stage stale; a batch size is a
+    parameter of the stage that batches, and is fingerprinted like any other."""
+    import dataclasses
+
+    from ether_prep.runner import stage_fingerprint
+    from ether_prep.spec import Resources
+
+    spec = load_pipeline("cpu", ROOT / "pipelines.yaml").stage("transcribe")
+    assert "resources" not in spec.identity() and spec.params.batch_size == 8
+    rescheduled = dataclasses.replace(spec, resources=Resources(num_cpus=8, num_gpus=1))
+    assert stage_fingerprint(rescheduled, {}) == stage_fingerprint(spec, {})
+    rebatched = dataclasses.replace(spec, params=dataclasses.replace(spec.params, batch_size=16))
+    assert stage_fingerprint(rebatched, {}) != stage_fingerprint(spec, {})

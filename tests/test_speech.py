@@ -204,9 +204,10 @@ def test_pipelines_have_the_speech_stages_and_validate_without_torch() -> None:
 def test_pyannote_backend_without_model_is_a_clear_model_error(tmp_path: Path) -> None:
     from ether_prep.adapters.pyannote_diarization import PyannoteDiarizer
     from ether_prep.errors import ModelError
+    from ether_prep.stages.diarize import DiarizeParams
 
     with pytest.raises(ModelError, match="no such file or directory"):
-        PyannoteDiarizer(str(tmp_path / "missing" / "pipeline"))
+        PyannoteDiarizer(str(tmp_path / "missing" / "pipeline"), DiarizeParams())
 
 
 def test_whisperx_align_gets_a_sentence_splitter_without_nltk_download() -> None:
