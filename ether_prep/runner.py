@@ -328,6 +328,7 @@ class _Bars:
     def __init__(self, specs: Sequence[StageSpec], enabled: bool) -> None:
         self.bars: dict[str, Any] = {}
         self.shown: dict[tuple[str, str], float] = {}  # (stage, session) -> media seconds on its bar so far
+        self.planned: dict[tuple[str, str], float] = {}  # (stage, session) -> media seconds added to its total
         if enabled:
             from tqdm import tqdm
 
@@ -343,9 +344,12 @@ class _Bars:
             bar.total += task.media_s
             bar.refresh()
             self.shown[(task.stage, task.session.id)] = 0.0
+            self.planned[(task.stage, task.session.id)] = task.media_s
 
     def advance(self, stage: str, session_id: str, media_s: float) -> None:
         key = (stage, session_id)
+        # a worker's clock can pass the probed duration (last frame, padding): the bar never overshoots
+        media_s = min(media_s, self.planned.get(key, 0.0))
         if key in self.shown and media_s > self.shown[key]:
             self.bars[stage].update(media_s - self.shown[key])
             self.shown[key] = media_s
@@ -353,7 +357,10 @@ class _Bars:
     def finish(self, outcome: Outcome) -> None:
         key = (outcome.stage, outcome.session_id)
         if key in self.shown:
-            self.bars[outcome.stage].update(max(outcome.media_s - self.shown.pop(key), 0.0))
+            # the bar's total counted the planned seconds: finishing adds what is left of those, no more
+            bar = self.bars[outcome.stage]
+            bar.update(max(self.planned.pop(key) - self.shown.pop(key), 0.0))
+            bar.refresh()  # a session's end is always drawn, however soon after the last update it comes
 
     def close(self) -> None:
         for bar in self.bars.values():

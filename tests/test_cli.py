@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,47 @@ def test_no_color_means_no_escape_codes(aligned: dict[str, object]) -> None:
     assert "\x1b[" in coloured  # a terminal gets colours ...
     plain = CliRunner(env={"NO_COLOR": "1"}).invoke(app, args, color=True).output
     assert "\x1b[" not in plain  # ... unless NO_COLOR is set
+
+
+def _run_on_terminal(cmd: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """Run ``cmd`` with stderr on a 120-column pseudo-terminal (as in an interactive shell); stdout piped."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, env=env, cwd=ROOT, text=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:  # the terminal closes when the process exits
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    out = proc.stdout.read() if proc.stdout else ""
+    os.close(master)
+    return proc.wait(timeout=600), out, b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_progress_bars_only_on_a_terminal_and_never_past_100(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("bbaf2n.mpg", "lwbsza.mpg"):
+        (raw / name).symlink_to(DATA / "video" / name)
+    cmd = [sys.executable, "-m", "ether_prep.cli", "extract", str(raw), "--out", str(tmp_path / "s.zarr"), "-p",
+           "cpu", "--executor", "inline", "--only", "audio", "--only", "face"]  # face reports within a session
+    env = {**os.environ, "PYANNOTE_METRICS_ENABLED": "0"}
+    rc, out, terminal = _run_on_terminal(cmd, env)
+    assert rc == 0, terminal[-2000:]
+    percents = [int(p) for p in re.findall(r"(\d+)%\|", terminal)]
+    assert percents and max(percents) == 100, terminal[-2000:]  # a bar, and it ends full, never beyond
+    assert "TqdmWarning" not in terminal, terminal
+    assert out.splitlines()[0].startswith("audio        2 done")
+    piped = subprocess.run([*cmd, "--force"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert piped.returncode == 0 and "%|" not in piped.stderr and "\r" not in piped.stderr  # no bars in a log file
