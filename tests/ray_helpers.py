@@ -79,18 +79,25 @@ class FaceNapStage(Stage):
         return None
 
 
-# Markers' times and worker, and the face stage's measured speed, differ between any two runs.
+# Markers' times and worker, and the times stages measure (face speed, identity embedding and completeness
+# guard seconds, at any depth of the attrs), differ between any two runs.
 _VOLATILE = {"started_at", "finished_at", "elapsed_s", "worker"}
-_MEASURED = {"fps_analysed"}
+_MEASURED = {"fps_analysed", "embedding_seconds", "completeness_seconds"}
 
 
 def _nan_safe(value: Any) -> Any:
     return "NaN" if isinstance(value, float) and value != value else value
 
 
+def _unmeasured(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _unmeasured(v) for k, v in value.items() if k not in _MEASURED}
+    return value
+
+
 def _group_digest(group: zarr.Group) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    attrs = {k: v for k, v in dict(group.attrs).items() if k not in _MEASURED}
+    attrs = _unmeasured(dict(group.attrs))
     if "stage" in attrs:
         attrs["stage"] = {k: v for k, v in dict(attrs["stage"]).items() if k not in _VOLATILE}
     out["@attrs"] = attrs

@@ -166,8 +166,7 @@ def test_progress_moves_within_a_session(request, executor: str, tmp_path: Path,
 
 
 def test_a_stage_no_node_can_hold_fails_its_sessions_with_the_reason(ray_instance, tmp_path: Path) -> None:
-    config = _pipeline(tmp_path, "audio")
-    config.write_text(config.read_text().replace("{num_cpus: 1}", "{num_cpus: 1, num_gpus: 4}"))
+    config = pipeline_file(tmp_path, "audio", [{"stage": "audio", "resources": {"num_cpus": 1, "num_gpus": 4}}])
     summary = run_pipeline(load_pipeline("audio", config), _raw(tmp_path, ["a.flac"]), tmp_path / "u.zarr",
                            executor="ray")
     [outcome] = summary.outcomes
