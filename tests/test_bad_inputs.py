@@ -58,11 +58,11 @@ import zarr
 from ether_prep.config import load_pipeline
 from ether_prep.runner import run_pipeline
 from ether_prep.sessions import session_id
-from ether_prep.speech import wer
 from ether_prep.store import Store
 
 from . import trust_media as media
 from .conftest import DATA, pipeline, pipeline_file
+from .scoring import wer
 
 pytestmark = pytest.mark.slow
 

@@ -21,6 +21,7 @@ from ether_prep import speech as sp
 
 from .conftest import DATA, pipeline, pipeline_file
 from .media import write_wav
+from .scoring import wer
 
 SR = 16000
 GAP_S = 0.15
@@ -193,7 +194,7 @@ def _in_place(words: dict[str, np.ndarray], windows: list[tuple[str, float, floa
         ref = sp.normalize_text(CLIPS[name][1])
         hyp = sp.normalize_text(" ".join(str(t) for t, m in zip(words["text"], mid, strict=True) if a <= m <= b))
         rows.append({"clip": name, "start": a, "end": b, "hits": _hits(ref, hyp), "n": len(ref),
-                     "wer": sp.wer(ref, hyp), "text": " ".join(hyp)})
+                     "wer": wer(ref, hyp), "text": " ".join(hyp)})
     return rows
 
 

@@ -1,5 +1,5 @@
 """Pure speech logic: word timing fixes, the completeness guard, diarization by clustering, speaker assignment,
-utterances, metrics; and the interfaces of the speech backends (:mod:`.backends`).
+utterances, text normalisation; and the interfaces of the speech backends (:mod:`.backends`).
 
 No model and no heavy library is imported here (numpy always; clustering and assignment go through the
 scikit-learn and scipy adapters, imported inside the functions that need them), so these modules are cheap to
@@ -11,7 +11,7 @@ times are seconds from the start of the recording.
 - :mod:`.completeness`: speech without words found, re-decoding planned, words put inside speech;
 - :mod:`.diarization`: speech regions, embedding windows, clustering, turns;
 - :mod:`.utterances`: speakers to words, words to utterances;
-- :mod:`.metrics`: WER and DER.
+- :mod:`.text`: text normalisation (scoring itself, WER and DER, is the tests' job: jiwer, pyannote.metrics).
 """
 
 from .completeness import (
@@ -26,7 +26,7 @@ from .completeness import (
     uncovered_speech,
 )
 from .diarization import cluster_embeddings, merge_turns, speech_regions, speech_windows, turns_from_windows
-from .metrics import der, normalize_text, wer
+from .text import normalize_text
 from .timing import fill_missing_times, frame_energy_db, refine_word_times, voiced_spans
 from .utterances import SENTENCE_END, assign_speakers, build_utterances, build_utterances_by_stream, utterance_id
 
@@ -37,7 +37,6 @@ __all__ = [
     "build_utterances_by_stream",
     "cluster_embeddings",
     "cut_stretched_words",
-    "der",
     "drop_echoes",
     "fill_missing_times",
     "frame_energy_db",
@@ -56,5 +55,4 @@ __all__ = [
     "uncovered_speech",
     "utterance_id",
     "voiced_spans",
-    "wer",
 ]

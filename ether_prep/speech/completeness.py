@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from ..records import Span, Word
-from .metrics import normalize_text
+from .text import normalize_text
 from .timing import voiced_spans
 
 __all__ = [
