@@ -204,7 +204,7 @@ def demo(
     typer.echo(summary.report())
     typer.echo(f"""
 Demo store: {out}  ({len(DEMO_MEDIA)} recordings linked in {raw})
-  ether-prep status --out {out} --pipeline cpu      # every stage of every session, and the quality check
+  ether-prep status --out {out}      # every stage of every session, and the quality check
   ether-prep export exported/ --out {out} --format json
   python -c "import ether_prep; s = ether_prep.open_store('{out}'); print(s.to_pandas('utterances').head())"
 """)
