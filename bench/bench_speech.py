@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from ether_prep.config import Pipeline, StageSpec
+    from ether_prep.config import Pipeline
+    from ether_prep.spec import StageSpec
 
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -125,14 +126,14 @@ def main() -> None:
         audio = np.concatenate(list(iter_audio_blocks(wav)))
         duration = len(audio) / 16000
         print(f"input: {duration:.0f} s built from {len(CLIPS)} shared clips; 2 CPU threads, tiny.en int8, "
-              f"batch {tx.resources.batch_size}")
+              f"batch {tx.params.batch_size}")
 
         t0 = time.perf_counter()
         model = whisperx.load_model(resolve_asr_model(tx.model)[0], device="cpu", compute_type="int8",
                                     language="en", threads=tx.params.threads,
                                     asr_options={"beam_size": tx.params.beam_size})
         load_bare = time.perf_counter() - t0
-        model.transcribe(audio[: 16000 * 30], batch_size=tx.resources.batch_size)  # warm-up
+        model.transcribe(audio[: 16000 * 30], batch_size=tx.params.batch_size)  # warm-up
         store = Path(tmp) / "store"
         summary = run_pipeline(pipeline, raw, store, only=["audio", "transcribe", "diarize", "utterances"])
         times = {o.stage: o.elapsed_s for o in summary.outcomes if o.session_id.startswith("five_minutes")}
@@ -144,7 +145,7 @@ def main() -> None:
         bare_runs, ours_runs, same_vad_runs, guard_share = [], [times["transcribe"]], [], []
         for _ in range(args.rounds):
             t0 = time.perf_counter()
-            model.transcribe(whisperx.load_audio(str(wav)), batch_size=tx.resources.batch_size)
+            model.transcribe(whisperx.load_audio(str(wav)), batch_size=tx.params.batch_size)
             bare_runs.append(time.perf_counter() - t0)
             for pipe, runs in ((pipeline, ours_runs), (same_vad_pipeline, same_vad_runs)):
                 again = run_pipeline(pipe, raw, store, only=["transcribe"], force=True)

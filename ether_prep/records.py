@@ -1,20 +1,23 @@
-"""Small frozen records with stable ids; all times are in seconds from the start of the recording."""
+"""Small records with stable ids, shared by every layer; all times are in seconds from the start of the recording."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 __all__ = [
     "DialoguePair",
     "FaceTrack",
     "MediaProbe",
     "Session",
+    "Span",
     "Turn",
     "Utterance",
     "Word",
 ]
+
+Span = tuple[float, float]  # (start, end) in seconds
 
 
 @dataclass(frozen=True)
@@ -59,16 +62,19 @@ class Session:
                 "meta": dict(self.meta), "probe": self.probe.to_dict() if self.probe else None}
 
 
-@dataclass(frozen=True)
-class Word:
-    """A recognised word; ``interpolated`` marks times filled in for words the aligner could not place."""
+class Word(TypedDict):
+    """A recognised word, as it goes from the ASR adapter through the speech logic to the ``transcribe`` and
+    ``utterances`` tables (a plain dict, as whisperx passes words). ``interpolated`` marks times filled in,
+    not measured; ``speaker`` is set by the utterances stage, ``channel`` and ``source`` by transcribe."""
 
     text: str
     start: float
     end: float
     score: float
-    speaker: str = ""
-    interpolated: bool = False
+    interpolated: NotRequired[bool]
+    speaker: NotRequired[str]
+    channel: NotRequired[int]
+    source: NotRequired[str]  # "batch" (whisperx's batched pass) or "redecode" (the completeness guard)
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .config import Pipeline, StageSpec
+from .config import Pipeline
 from .errors import EtherPrepError, InputError, StoreError
 from .executors import ActorRecord, Executor, make_executor
 from .lock import store_lock
 from .provenance import fingerprint, library_versions
 from .records import Session
 from .sessions import probe_session, scan, session_from_info
+from .spec import StageSpec
 from .stages import stage_class
 from .stages.base import Stage
 from .store import SessionGroup, StageState, Store, local_path
@@ -318,8 +319,8 @@ class _Walk:
                 self.executor.stage_finished(name)
 
     def _plan(self, session: Session, name: str) -> None:
-        """Cached, skipped, failed or blocked at once; otherwise a task. (A stage declaring ``window_split``
-        would be planned here as several window tasks plus a join; not done yet: one task per session.)"""
+        """Cached, skipped, failed or blocked at once; otherwise a task, or one task per time window (a
+        ``window_split`` stage on a long recording; the join is queued when every window is in)."""
         planner, group = self.planners[name], self._group(session.id)
         try:
             if session.id in self.probe_errors:
@@ -372,7 +373,8 @@ class _Bars:
 
     def __init__(self, specs: Sequence[StageSpec], enabled: bool) -> None:
         self.bars: dict[str, Any] = {}
-        self.shown: dict[tuple[str, str], float] = {}  # (stage, session) -> media seconds on its bar so far
+        self.shown: dict[tuple[str, str], float] = {}  # (stage, task key) -> media seconds on its bar so far
+        self.planned: dict[tuple[str, str], float] = {}  # (stage, task key) -> media seconds added to its total
         if enabled:
             from tqdm import tqdm
 
@@ -388,9 +390,12 @@ class _Bars:
             bar.total += task.media_s
             bar.refresh()
             self.shown[(task.stage, task.key)] = 0.0
+            self.planned[(task.stage, task.key)] = task.media_s
 
     def advance(self, stage: str, task_key: str, media_s: float) -> None:
         key = (stage, task_key)
+        # a worker's clock can pass the probed duration (last frame, padding): the bar never overshoots
+        media_s = min(media_s, self.planned.get(key, 0.0))
         if key in self.shown and media_s > self.shown[key]:
             self.bars[stage].update(media_s - self.shown[key])
             self.shown[key] = media_s
@@ -398,7 +403,10 @@ class _Bars:
     def finish(self, outcome: Outcome) -> None:
         key = (outcome.stage, outcome.key)
         if key in self.shown:
-            self.bars[outcome.stage].update(max(outcome.media_s - self.shown.pop(key), 0.0))
+            # the bar's total counted the planned seconds: finishing adds what is left of those, no more
+            bar = self.bars[outcome.stage]
+            bar.update(max(self.planned.pop(key) - self.shown.pop(key), 0.0))
+            bar.refresh()  # a session's end is always drawn, however soon after the last update it comes
 
     def close(self) -> None:
         for bar in self.bars.values():

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from . import logs
-from .config import StageSpec
 from .errors import EtherPrepError
 from .lock import STORE_LOCK, describe, read_holder
 from .records import Session
+from .spec import StageSpec
 from .stages import stage_class
 from .stages.base import Stage, Window
 from .store import Store, local_path

@@ -1,12 +1,20 @@
-"""Shared test fixtures: the real media in ../shared/data and the models in ../shared/models."""
+"""Shared test fixtures: the real media in ../shared/data and the models in ../shared/models (their paths are
+computed here only), and the one way tests build a pipeline (:func:`pipeline_file`, :func:`pipeline`)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+import yaml
+
+if TYPE_CHECKING:
+    from ether_prep.config import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -20,14 +28,35 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
 
 
-@pytest.fixture(scope="session")
-def data_dir() -> Path:
-    return DATA
+def pipeline_file(folder: Path, name: str = "cpu", stages: list[dict[str, Any]] | None = None,
+                  **params: dict[str, Any]) -> Path:
+    """A pipelines.yaml in ``folder`` holding pipeline ``name``: the shipped pipeline of that name, or ``stages``
+    (entries as written in pipelines.yaml), with ``params`` (stage -> {parameter: value}) merged into the
+    entries' parameters: ``pipeline_file(tmp, face={"identity": "off"})``. Loading it validates it like any
+    user's file; the CLI and other processes can read it."""
+    if stages is None:
+        shipped = yaml.safe_load((ROOT / "pipelines.yaml").read_text(encoding="utf-8"))
+        stages = shipped["pipelines"][name]["stages"]
+    entries = [dict(e) for e in stages]
+    unknown = set(params) - {e["stage"] for e in entries}
+    assert not unknown, f"pipeline {name!r} has no stage {sorted(unknown)}"
+    for entry in entries:
+        if entry["stage"] in params:
+            entry["params"] = {**(entry.get("params") or {}), **params[entry["stage"]]}
+    text = yaml.safe_dump({"version": 1, "pipelines": {name: {"stages": entries}}}, sort_keys=False)
+    path = folder / f"{name}-{hashlib.sha1(text.encode()).hexdigest()[:10]}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
-@pytest.fixture(scope="session")
-def models_dir() -> Path:
-    return MODELS
+def pipeline(name: str = "cpu", stages: list[dict[str, Any]] | None = None, **params: dict[str, Any]) -> Pipeline:
+    """The validated pipeline of :func:`pipeline_file` (the shipped file itself when nothing is changed)."""
+    from ether_prep.config import load_pipeline
+
+    if stages is None and not params:
+        return load_pipeline(name, ROOT / "pipelines.yaml")
+    with tempfile.TemporaryDirectory() as folder:
+        return load_pipeline(name, pipeline_file(Path(folder), name, stages, **params))
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +68,6 @@ def aligned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     - the same GRID clip with the face hidden from 1.0 to 2.0 s while he keeps talking (made here);
     - the 30 s two-party telephone call (audio only: face skipped).
     """
-    from ether_prep.config import load_pipeline
     from ether_prep.runner import run_pipeline
 
     tmp = tmp_path_factory.mktemp("align")
@@ -53,10 +81,10 @@ def aligned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
                     "drawbox=x=0:y=0:w=iw:h=ih:color=black:t=fill:enable='between(t,1.0,2.0)'",
                     "-c:a", "aac", str(hidden)], check=True)
     store = tmp / "store.zarr"
-    pipeline = load_pipeline("cpu", ROOT / "pipelines.yaml")
-    extract = run_pipeline(pipeline, raw, store, family="extract")
+    cpu = pipeline("cpu")
+    extract = run_pipeline(cpu, raw, store, family="extract")
     assert extract.ok, extract.report()
-    align = run_pipeline(pipeline, raw, store, family="align")
+    align = run_pipeline(cpu, raw, store, family="align")
     assert align.ok, align.report()
     return {"raw": raw, "store": store, "extract": extract, "align": align, "tmp": tmp}
 

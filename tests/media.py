@@ -9,11 +9,14 @@ place in the frame: the hard case for box tracking across cuts.
 from __future__ import annotations
 
 import subprocess
+import wave
 from pathlib import Path
+
+import numpy as np
 
 from .conftest import DATA
 
-__all__ = ["FPS", "GRID_A", "GRID_B", "dissolve", "edited_dialogue", "reentry"]
+__all__ = ["FPS", "GRID_A", "GRID_B", "dissolve", "edited_dialogue", "reentry", "write_wav"]
 
 FPS = 25
 GRID_A = DATA / "video" / "bbaf2n.mpg"
@@ -96,3 +99,12 @@ def dissolve(dst: Path, first: Path = GRID_A, second: Path = GRID_B, offset: flo
                     "-map", "[v]", "-r", str(FPS), "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", str(dst)],
                    check=True)
     return {"path": dst, "dissolve": (offset, offset + duration), "duration": offset + 3.0}
+
+
+def write_wav(path: Path, audio: np.ndarray, sr: int = 16000) -> None:
+    """A 16-bit mono WAV of ``audio`` (float, clipped to [-1, 1])."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sr)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())

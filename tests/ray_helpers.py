@@ -6,7 +6,6 @@
   ``bad`` fails with a StageError, as a bad file would.
 - ``asr_nap`` (after ``audio``) and ``face_nap`` (on its own): the same naps, for pipelines that give them
   GPUs.
-- ``window_nap``: the nap computed in time windows (``resources.window_s``), for window scheduling tests.
 """
 
 from __future__ import annotations
@@ -22,14 +21,13 @@ import numpy as np
 import zarr
 
 from ether_prep.errors import StageError
-from ether_prep.stages.base import Stage, Window
+from ether_prep.stages.base import Stage
 from ether_prep.store import write_array
 
 TEST_STAGES = {
     "nap": "tests.ray_helpers:NapStage",
     "asr_nap": "tests.ray_helpers:AsrNapStage",
     "face_nap": "tests.ray_helpers:FaceNapStage",
-    "window_nap": "tests.ray_helpers:WindowNapStage",
 }
 
 
@@ -63,44 +61,6 @@ class NapStage(Stage):
         return None
 
 
-class WindowNapStage(NapStage):
-    """The nap, computed in windows of ``resources.window_s`` whole seconds when given: each window stores its
-    seconds' RMS and naps its share, noting the stage's state as it ran; the join concatenates them (the same
-    ``rms`` as the whole nap) and keeps those states. A ``<name>.crash`` file kills the worker of the first
-    window that sees it; ``bad`` fails window 2."""
-
-    name = "window_nap"
-    window_split = True
-
-    def windows(self, session: Any) -> list[Window]:
-        step = self.spec.resources.window_s
-        duration = session.probe.duration
-        if step is None or duration < 2 * step:
-            return []
-        starts = np.arange(0, int(np.ceil(duration)), int(step))
-        return [Window(k, len(starts), float(a), float(min(a + step, duration))) for k, a in enumerate(starts)]
-
-    def run_part(self, session: Any, store: Any, window: Window, out: zarr.Group) -> None:
-        crash = Path(f"{session.path}.crash")
-        if crash.exists():
-            crash.unlink()
-            os._exit(1)
-        if "bad" in session.relpath and window.index == 1:
-            raise StageError(f"{session.relpath}: refused by the nap stage")
-        wave = np.asarray(store.array("audio", "waveform")[...], dtype=np.float64)
-        rate = int(store.stage_group("audio").attrs["sample_rate"])
-        out.attrs["stage_state"] = store.stage_state(self.name).state  # what `status` says meanwhile
-        seconds = range(int(window.start), int(np.ceil(window.end)))
-        write_array(out, "rms", np.array([np.sqrt(np.mean(wave[i * rate:(i + 1) * rate] ** 2)) for i in seconds],
-                                         dtype=np.float32))
-        time.sleep(self.params.seconds_per_session * (window.end - window.start) / session.probe.duration)
-
-    def join(self, session: Any, store: Any, parts: list[zarr.Group], out: zarr.Group) -> str | None:
-        write_array(out, "rms", np.concatenate([np.asarray(g["rms"][...]) for g in parts]))
-        out.attrs["stage_states"] = [g.attrs["stage_state"] for g in parts]
-        return None
-
-
 class AsrNapStage(NapStage):
     """A GPU-shaped nap after ``audio``, as transcription is."""
 
@@ -119,25 +79,28 @@ class FaceNapStage(Stage):
         return None
 
 
-# Markers' times and worker, and what stages measure of their own speed, differ between any two runs.
+# Markers' times and worker, and the times stages measure (face speed, identity embedding and completeness
+# guard seconds, at any depth of the attrs), differ between any two runs.
 _VOLATILE = {"started_at", "finished_at", "elapsed_s", "worker"}
-_MEASURED = {"fps_analysed", "completeness_seconds"}
-_MEASURED_IN = {"identity_params": {"embedding_seconds"}}
-
-
-def comparable_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
-    """A group's attributes less what measures time (which differs between any two runs)."""
-    out = {k: v for k, v in attrs.items() if k not in _MEASURED}
-    for key, inner in _MEASURED_IN.items():
-        if isinstance(out.get(key), dict):
-            out[key] = {k: v for k, v in out[key].items() if k not in inner}
-    if "stage" in out:
-        out["stage"] = {k: v for k, v in dict(out["stage"]).items() if k not in _VOLATILE}
-    return out
+_MEASURED = {"fps_analysed", "embedding_seconds", "completeness_seconds"}
 
 
 def _nan_safe(value: Any) -> Any:
     return "NaN" if isinstance(value, float) and value != value else value
+
+
+def _unmeasured(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _unmeasured(v) for k, v in value.items() if k not in _MEASURED}
+    return value
+
+
+def comparable_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """A group's attributes less what measures time (which differs between any two runs)."""
+    out = _unmeasured(attrs)
+    if "stage" in out:
+        out["stage"] = {k: v for k, v in dict(out["stage"]).items() if k not in _VOLATILE}
+    return out
 
 
 def _group_digest(group: zarr.Group) -> dict[str, Any]:

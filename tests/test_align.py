@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 import zarr
 
 from ether_prep.align.cues import face_cues, text_cues, utterance_cues
@@ -25,7 +24,7 @@ from ether_prep.errors import ConfigError
 from ether_prep.stages.align import AlignParams
 from ether_prep.store import read_ragged, write_ragged
 
-from .conftest import DATA, GRID2, ROOT
+from .conftest import DATA, GRID2, pipeline, pipeline_file
 
 GRID_JSON = json.loads((DATA / "video" / "grid_two_faces_side_by_side.json").read_text())
 FPS = 25.0
@@ -255,23 +254,12 @@ def test_bad_align_parameters_are_config_errors(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="role_heuristic"):
         AlignParams(role_heuristic="loudest").validate()
-    cfg = _pipelines_with(tmp_path, rate_hz=-1.0)
+    cfg = pipeline_file(tmp_path, align={"rate_hz": -1.0})
     with pytest.raises(ConfigError, match="rate_hz"):
         load_pipeline("cpu", cfg)
 
 
 # --------------------------------------------------------------------------------- end to end (slow)
-def _pipelines_with(tmp: Path, **align_params: object) -> Path:
-    """A copy of the shipped pipelines.yaml whose cpu ``align`` entry has ``align_params`` merged in."""
-    raw = yaml.safe_load((ROOT / "pipelines.yaml").read_text())
-    for entry in raw["pipelines"]["cpu"]["stages"]:
-        if entry["stage"] == "align":
-            entry["params"] = {**(entry.get("params") or {}), **align_params}
-    path = tmp / f"pipelines_{abs(hash(tuple(sorted(align_params.items()))))}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
 def _session(store: Path, name: str) -> tuple[str, zarr.Group]:
     root = zarr.open_group(str(store), mode="r", zarr_format=3, use_consolidated=False)
     for sid in root["sessions"].group_keys():
@@ -317,8 +305,7 @@ def test_side_by_side_faces_are_linked_to_their_turns(aligned: dict[str, object]
 
 @pytest.mark.slow
 def test_tensors_cover_each_utterance_from_distinct_tracks(aligned: dict[str, object]) -> None:
-    rate = float(yaml.safe_load((ROOT / "pipelines.yaml").read_text())["pipelines"]["cpu"]["stages"][-1]
-                 .get("params", {}).get("rate_hz", 10.0))
+    rate = pipeline("cpu").stage("align").params.rate_hz
     root = zarr.open_group(str(aligned["store"]), mode="r", zarr_format=3, use_consolidated=False)
     n_both = 0
     for sid in root["sessions"].group_keys():
@@ -496,14 +483,12 @@ def test_pairs_dataset_and_pandas_views(aligned: dict[str, object]) -> None:
 
 @pytest.mark.slow
 def test_changing_the_rate_reruns_only_align(aligned: dict[str, object]) -> None:
-    from ether_prep.config import load_pipeline
     from ether_prep.runner import run_pipeline
 
     store = aligned["tmp"] / "rate_store.zarr"
     shutil.copytree(aligned["store"], store)
     before = _markers(store)
-    cfg = _pipelines_with(aligned["tmp"], rate_hz=5.0, max_len=40)
-    summary = run_pipeline(load_pipeline("cpu", cfg), aligned["raw"], store, family=None)
+    summary = run_pipeline(pipeline("cpu", align={"rate_hz": 5.0, "max_len": 40}), aligned["raw"], store, family=None)
     assert summary.ok, summary.report()
     computed = {o.stage for o in summary.outcomes if o.state in ("done", "failed")}
     assert computed == {"align", "qc"}, summary.report()  # align, and the quality check that reads it
@@ -541,7 +526,6 @@ def _markers(store: Path) -> dict[tuple[str, str], dict]:
 def test_edited_sessions_csv_reaches_align_alone(aligned: dict[str, object]) -> None:
     """Roles fixed by hand in sessions.csv after extraction: `align` (no raw folder) picks them up and reruns
     only for that session; nothing is re-extracted."""
-    from ether_prep.config import load_pipeline
     from ether_prep.runner import run_pipeline
 
     store = aligned["tmp"] / "roles_store.zarr"
@@ -554,7 +538,7 @@ def test_edited_sessions_csv_reaches_align_alone(aligned: dict[str, object]) -> 
     csv = aligned["raw"] / "sessions.csv"
     csv.write_text(f"file,client,counsellor\n{GRID2.name},{client},{counsellor}\n")
     try:
-        summary = run_pipeline(load_pipeline("cpu", ROOT / "pipelines.yaml"), None, store, family="align")
+        summary = run_pipeline(pipeline("cpu"), None, store, family="align")
     finally:
         csv.unlink()
     assert summary.ok, summary.report()

@@ -58,11 +58,11 @@ import zarr
 from ether_prep.config import load_pipeline
 from ether_prep.runner import run_pipeline
 from ether_prep.sessions import session_id
-from ether_prep.speech import wer
 from ether_prep.store import Store
 
 from . import trust_media as media
-from .conftest import DATA
+from .conftest import DATA, pipeline, pipeline_file
+from .scoring import wer
 
 pytestmark = pytest.mark.slow
 
@@ -70,8 +70,8 @@ GOOD = ["jfk audio only.flac", "no_audio.mp4", "no_face.mp4", "silence.wav", "mu
         "phone_rotated.mp4", "4k.mp4", "telephone_8k.wav", "surround_5.1.m4a",
         "clinic Zürich/séance 1/client – première.mpg", "two_people.mp4"]
 BROKEN = ["empty.mp4", "truncated.mp4", "notes.mp4", "loop.mp4", "bad csv/stereo.wav"]
-STAGES = [s.name for s in load_pipeline("cpu").stages if s.enabled]  # audio ... align, qc
-AUDIO_YAML = "version: 1\npipelines:\n  audio:\n    stages:\n      - stage: audio\n        params: {block_seconds: 5}\n"
+STAGES = [s.name for s in pipeline("cpu").stages if s.enabled]  # audio ... align, qc
+AUDIO = [{"stage": "audio", "params": {"block_seconds": 5}}]  # pipeline "audio"
 # What ether-prep must decide for itself in the run (the test suite sets these for its own process).
 _SUITE_OFFLINE = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "PYANNOTE_METRICS_ENABLED")
 
@@ -389,8 +389,7 @@ def test_unreadable_file_and_folder(tmp_path: Path) -> None:
     shutil.copy(media.LIBRI, raw / "locked folder" / "hidden.wav")
     (raw / "unreadable.wav").chmod(0o000)
     (raw / "locked folder").chmod(0o000)
-    config = tmp_path / "audio.yaml"
-    config.write_text(AUDIO_YAML)
+    config = pipeline_file(tmp_path, "audio", AUDIO)
     try:
         res = _unprivileged("run", raw, "--out", tmp_path / "s.zarr", "-c", config, "-p", "audio", "-x", "inline",
                             "-q")
@@ -409,8 +408,7 @@ def test_read_only_output_location(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "a.wav").symlink_to(media.LIBRI)
-    config = tmp_path / "audio.yaml"
-    config.write_text(AUDIO_YAML)
+    config = pipeline_file(tmp_path, "audio", AUDIO)
     out = tmp_path / "shelf"
     out.mkdir()
     assert run_pipeline(load_pipeline("audio", config), raw, out / "s.zarr").ok
@@ -440,8 +438,7 @@ def test_full_disk_fails_the_session_that_does_not_fit_and_finishes_the_next(tmp
     raw.mkdir()
     media.ffmpeg("-f", "lavfi", "-i", "anoisesrc=d=60:c=white:r=16000:a=0.5", raw / "a_long.wav")  # 3.8 MB stored
     (raw / "b_short.wav").symlink_to(media.LIBRI)  # 0.4 MB stored
-    config = tmp_path / "audio.yaml"
-    config.write_text(AUDIO_YAML)
+    config = pipeline_file(tmp_path, "audio", AUDIO)
     disk, kept = tmp_path / "disk", tmp_path / "kept"
     disk.mkdir()
     script = ('mount -t tmpfs -o size=2m tmpfs "$0" && "$@" run RAW --out "$0/s.zarr" -c CFG -p audio -x inline -q; '

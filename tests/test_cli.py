@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,10 +30,31 @@ def test_help_shows_defaults_literally() -> None:
     assert "[default: ./pipelines.yaml if present" in out and "[default: what resources allow]" in out
 
 
+def test_run_commands_share_one_option_set() -> None:
+    """extract, align and run take the same options (names, defaults, help), declared once."""
+    from typer.main import get_command
+
+    commands = get_command(app).commands  # type: ignore[attr-defined]
+
+    def options(name: str) -> list[tuple]:
+        return [(tuple(p.opts), p.default, p.help) for p in commands[name].params if p.param_type_name == "option"]
+
+    assert options("extract") == options("align") == options("run")
+    assert [o[0] for o in options("run")][:3] == [("--out", "-o"), ("--pipeline", "-p"), ("--config", "-c")]
+    assert len(options("run")) == 11
+
+
+def _shape(stdout: str) -> list[str]:
+    """The summary's lines without their timings: a line per stage (then throughput figures), then the total."""
+    lines = stdout.splitlines()
+    return [ln[:19] for ln in lines[:-1]] + [ln[:16] for ln in lines[-1:]]
+
+
 @pytest.mark.slow
 def test_stdout_carries_results_and_library_logs_go_to_stderr(tmp_path: Path) -> None:
-    """whisperx logs to stdout by itself; through ether-prep its lines reach stderr (its INFO chatter at DEBUG
-    only), and stdout holds the summary alone."""
+    """whisperx logs to stdout by itself and lightning (loading whisperx's VAD) through a console handler of its
+    own; through ether-prep their lines reach stderr in our format (INFO chatter at DEBUG only), and stdout
+    holds the summary alone."""
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "jfk.flac").symlink_to(DATA / "speech" / "jfk.flac")
@@ -42,12 +64,17 @@ def test_stdout_carries_results_and_library_logs_go_to_stderr(tmp_path: Path) ->
     env = {**os.environ, "PYANNOTE_METRICS_ENABLED": "0"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.splitlines() == ["audio        1 done", "transcribe   1 done"]
+    summary = ["audio        1 done", "transcribe   1 done", "1 session(s) in "]
+    assert _shape(proc.stdout) == summary
     assert "whisperx" in proc.stderr and "voice activity detection" in proc.stderr.lower()
+    upgraded = "Lightning automatically upgraded your loaded checkpoint"
+    assert f"INFO lightning.pytorch.utilities.migration.utils: {upgraded}" in proc.stderr  # our handler
+    assert proc.stderr.count(upgraded) == 1 and f"INFO: {upgraded}" not in proc.stderr  # not lightning's
     quiet = subprocess.run([*cmd[:3], *cmd[5:], "--force"], capture_output=True, text=True, env=env, cwd=ROOT,
                            timeout=600)
-    assert quiet.returncode == 0 and quiet.stdout.splitlines() == proc.stdout.splitlines()
+    assert quiet.returncode == 0 and _shape(quiet.stdout) == summary
     assert "voice activity detection" not in quiet.stderr.lower()  # library INFO lines need DEBUG
+    assert upgraded not in quiet.stderr
 
 
 @pytest.mark.slow
@@ -84,3 +111,47 @@ def test_no_color_means_no_escape_codes(aligned: dict[str, object]) -> None:
     assert "\x1b[" in coloured  # a terminal gets colours ...
     plain = CliRunner(env={"NO_COLOR": "1"}).invoke(app, args, color=True).output
     assert "\x1b[" not in plain  # ... unless NO_COLOR is set
+
+
+def _run_on_terminal(cmd: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """Run ``cmd`` with stderr on a 120-column pseudo-terminal (as in an interactive shell); stdout piped."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, env=env, cwd=ROOT, text=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:  # the terminal closes when the process exits
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    out = proc.stdout.read() if proc.stdout else ""
+    os.close(master)
+    return proc.wait(timeout=600), out, b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_progress_bars_only_on_a_terminal_and_never_past_100(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("bbaf2n.mpg", "lwbsza.mpg"):
+        (raw / name).symlink_to(DATA / "video" / name)
+    cmd = [sys.executable, "-m", "ether_prep.cli", "extract", str(raw), "--out", str(tmp_path / "s.zarr"), "-p",
+           "cpu", "--executor", "inline", "--only", "audio", "--only", "face"]  # face reports within a session
+    env = {**os.environ, "PYANNOTE_METRICS_ENABLED": "0"}
+    rc, out, terminal = _run_on_terminal(cmd, env)
+    assert rc == 0, terminal[-2000:]
+    percents = [int(p) for p in re.findall(r"(\d+)%\|", terminal)]
+    assert percents and max(percents) == 100, terminal[-2000:]  # a bar, and it ends full, never beyond
+    assert "TqdmWarning" not in terminal, terminal
+    assert out.splitlines()[0].startswith("audio        2 done")
+    piped = subprocess.run([*cmd, "--force"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert piped.returncode == 0 and "%|" not in piped.stderr and "\r" not in piped.stderr  # no bars in a log file

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ether_prep.config import Resources, load_config
+from ether_prep.config import load_config
 from ether_prep.errors import ConfigError
+from ether_prep.spec import Resources
 from ether_prep.stages import STAGES, stage_class
 
 ORDER = list(STAGES)  # audio, transcribe, diarize, utterances, face, align: each one's requirements come first
@@ -104,23 +105,19 @@ def test_unknown_parameter_says_the_closest_name(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("key", "value", "expected"), [
     ("num_cpus", "two", "resource 'num_cpus' = 'two' is not a valid float; expected float (default: 1.0)"),
     ("num_gpus", [1], "resource 'num_gpus' = [1] is not a valid float; expected float (default: 0.0)"),
-    ("batch_size", 0.5, "resource 'batch_size' = 0.5 is not a valid int; expected int (default: 1)"),
-    ("num_cpus", -1, "resources must be non-negative and batch_size >= 1, got num_cpus -1.0, num_gpus 0.0, "
-                     "batch_size 1"),
-    ("batch_size", 0, "resources must be non-negative and batch_size >= 1, got num_cpus 1.0, num_gpus 0.0, "
-                      "batch_size 0"),
-    ("gpus", 1, "unknown resource 'gpus'; did you mean 'num_gpus'? allowed: batch_size, num_cpus, num_gpus, "
-                "window_s"),
+    ("num_cpus", -1, "resources must be non-negative, got num_cpus -1.0, num_gpus 0.0"),
+    ("gpus", 1, "unknown resource 'gpus'; did you mean 'num_gpus'? allowed: num_cpus, num_gpus, window_s"),
     ("window_s", "long", "resource 'window_s' = 'long' is not a valid float or null; expected float or null "
-                             "(default: None)"),
+                         "(default: None)"),
     ("window_s", 0.5, "resources.window_s must be >= 1 (seconds) or null (whole recordings), got 0.5"),
+    ("batch_size", 8, "resource 'batch_size' moved to the stage's params (resources only schedule work and never "
+                      "change results); move it there: params: {batch_size: 8}"),
 ])
 def test_resources(tmp_path: Path, key: str, value: object, expected: str) -> None:
-    assert {f.name for f in dataclasses.fields(Resources)} == {"num_cpus", "num_gpus", "batch_size", "window_s"}
+    assert {f.name for f in dataclasses.fields(Resources)} == {"num_cpus", "num_gpus", "window_s"}
     text = _yaml(_all_stages(face={"resources": {key: value}}))
     message = _error(tmp_path, text)
-    line = _line_of(text, f"{key}:") if "unknown" in expected or "not a valid" in expected or "window_s" in key \
-        else _line_of(text, "resources:")
+    line = _line_of(text, "resources:") if "non-negative" in expected else _line_of(text, f"{key}:")
     assert message == f"{tmp_path / 'pipelines.yaml'}:{line}: pipeline 'p': stage 'face': {expected}"
 
 
@@ -129,6 +126,18 @@ def test_window_s_only_for_stages_that_compute_windows(tmp_path: Path) -> None:
     assert _error(tmp_path, text) == (
         f"{tmp_path / 'pipelines.yaml'}:{_line_of(text, 'window_s:')}: pipeline 'p': stage 'transcribe': stage "
         "'transcribe' cannot compute a recording in time windows; remove resources.window_s")
+
+
+def test_a_batch_size_under_resources_says_where_it_went(tmp_path: Path) -> None:
+    """Stages that batch (transcribe, face) take it as a parameter; others have none to take."""
+    text = _yaml(_all_stages(transcribe={"resources": {"num_cpus": 2, "batch_size": 16}},
+                             audio={"resources": {"batch_size": 4}}))
+    message = _error(tmp_path, text)
+    assert "stage 'transcribe': resource 'batch_size' moved to the stage's params" in message
+    assert "move it there: params: {batch_size: 16}" in message
+    assert "stage 'audio': resource 'batch_size' moved to the stage's params" in message
+    assert "stage 'audio' has no batch_size parameter; remove it" in message
+    assert "unknown resource" not in message  # said once, as a move
 
 
 @pytest.mark.parametrize(("extra", "expected", "needle"), [

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
-from .conftest import ROOT
+from .conftest import ROOT, pipeline
 from .media import GRID_A, GRID_B, edited_dialogue
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,6 @@ def _noise(dst: Path) -> None:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from ether_prep.config import load_pipeline
     from ether_prep.runner import run_pipeline
 
     tmp = tmp_path_factory.mktemp("dialogue")
@@ -45,7 +44,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     _faceless(raw / "faceless.mp4")
     _noise(raw / "noise.wav")
     store = tmp / "store.zarr"
-    summary = run_pipeline(load_pipeline("cpu", ROOT / "pipelines.yaml"), raw, store, family=None)
+    summary = run_pipeline(pipeline("cpu"), raw, store, family=None)
     assert summary.ok, summary.report()
     root = zarr.open_group(str(store), mode="r", zarr_format=3, use_consolidated=False)
     groups = {sid.split("-")[0]: root["sessions"][sid] for sid in root["sessions"].group_keys()}

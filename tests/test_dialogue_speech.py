@@ -11,7 +11,6 @@ the failure the guard exists for.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from pathlib import Path
 
@@ -19,11 +18,11 @@ import numpy as np
 import pytest
 
 from ether_prep import speech as sp
-from ether_prep.config import load_pipeline
 
-from .test_speech import _write_wav
+from .conftest import DATA, pipeline, pipeline_file
+from .media import write_wav
+from .scoring import wer
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SR = 16000
 GAP_S = 0.15
 LIBRI_TEXT = "Mister Quilter is the apostle of the middle classes and we are glad to welcome his gospel"
@@ -137,14 +136,12 @@ def test_completeness_params_are_validated(tmp_path: Path) -> None:
     from ether_prep.config import load_config
     from ether_prep.errors import ConfigError
 
-    for params, message in [("{min_uncovered_s: 0.0}", "min_uncovered_s"), ("{coverage_slack: 2}", "coverage_slack"),
-                            ("{completeness: maybe}", "completeness")]:
-        cfg = tmp_path / "p.yaml"
-        cfg.write_text("version: 1\npipelines:\n  p:\n    stages:\n      - stage: audio\n"
-                       f"      - stage: transcribe\n        params: {params}\n")
+    for params, message in [({"min_uncovered_s": 0.0}, "min_uncovered_s"), ({"coverage_slack": 2}, "coverage_slack"),
+                            ({"completeness": "maybe"}, "completeness")]:
+        cfg = pipeline_file(tmp_path, "p", [{"stage": "audio"}, {"stage": "transcribe", "params": params}])
         with pytest.raises(ConfigError, match=message):
             load_config(cfg)
-    tx = load_pipeline("cpu").stage("transcribe").params
+    tx = pipeline("cpu").stage("transcribe").params
     assert tx.completeness and tx.timestamps and tx.min_uncovered_s == 0.3
 
 
@@ -171,7 +168,7 @@ def _build_dialogues(raw: Path) -> dict[str, list[tuple[str, float, float]]]:
             windows.append((name, n / SR, (n + len(clips[name])) / SR))
             parts.append(clips[name])
             n += len(clips[name])
-        _write_wav(raw / f"dialogue{k}.wav", np.concatenate(parts), SR)
+        write_wav(raw / f"dialogue{k}.wav", np.concatenate(parts), SR)
         files[f"dialogue{k}.wav"] = windows
     # One speaker count per file, as a researcher would give it (sessions.csv overrides the pipeline's 2).
     rows = [f"{f},{len(set(n for n, _, _ in w))}" for f, w in files.items()]
@@ -197,7 +194,7 @@ def _in_place(words: dict[str, np.ndarray], windows: list[tuple[str, float, floa
         ref = sp.normalize_text(CLIPS[name][1])
         hyp = sp.normalize_text(" ".join(str(t) for t, m in zip(words["text"], mid, strict=True) if a <= m <= b))
         rows.append({"clip": name, "start": a, "end": b, "hits": _hits(ref, hyp), "n": len(ref),
-                     "wer": sp.wer(ref, hyp), "text": " ".join(hyp)})
+                     "wer": wer(ref, hyp), "text": " ".join(hyp)})
     return rows
 
 
@@ -205,13 +202,7 @@ def _run(raw: Path, store: Path, only: list[str], **transcribe_params: object):
     from ether_prep.runner import run_pipeline
     from ether_prep.store import Store
 
-    pipeline = load_pipeline("cpu")
-    if transcribe_params:
-        tx = pipeline.stage("transcribe")
-        tx = dataclasses.replace(tx, params=dataclasses.replace(tx.params, **transcribe_params))
-        pipeline = dataclasses.replace(pipeline, stages=tuple(tx if s.name == "transcribe" else s
-                                                              for s in pipeline.stages))
-    summary = run_pipeline(pipeline, raw, store, only=only, executor="inline")
+    summary = run_pipeline(pipeline("cpu", transcribe=transcribe_params), raw, store, only=only, executor="inline")
     assert not [o for o in summary.outcomes if o.state == "failed"], summary.report()
     return Store(store)
 

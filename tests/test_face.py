@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import zarr
 
-from ether_prep.config import load_pipeline
 from ether_prep.errors import ModelError
 from ether_prep.face import AU_NAMES, EMOTION_NAMES
 from ether_prep.face.features import (
@@ -31,17 +30,14 @@ from ether_prep.sessions import probe_session
 from ether_prep.stages.face import FaceStage
 from ether_prep.store import SessionGroup, Store, read_table
 
-from .conftest import DATA, MODELS, ROOT
+from .conftest import DATA, MODELS, ROOT, pipeline
 
 FACE = DATA / "face"
 _STAGES: dict[tuple, FaceStage] = {}
 
 
-def _spec(pipeline: str = "cpu", **params: object):
-    spec = load_pipeline(pipeline).stage("face")
-    if params:
-        spec = dataclasses.replace(spec, params=dataclasses.replace(spec.params, **params))
-    return spec
+def _spec(name: str = "cpu", **params: object):
+    return pipeline(name, face=params).stage("face") if params else pipeline(name).stage("face")
 
 
 def run_face(path: Path, tmp_path: Path, spec=None) -> tuple[zarr.Group, str | None, SessionGroup]:
@@ -335,10 +331,10 @@ def test_end_to_end_through_the_runner_and_cli_export(tmp_path: Path) -> None:
     for src in (FACE / "single_face.mp4", FACE / "no_face.mp4", DATA / "speech" / "jfk.flac"):
         os.symlink(src, raw / src.name)
     store = tmp_path / "store.zarr"
-    summary = run_pipeline(load_pipeline("cpu"), raw, store, only=["face"])
+    summary = run_pipeline(pipeline("cpu"), raw, store, only=["face"])
     assert summary.ok, summary.report()
     assert summary.counts("face") == {"done": 2, "skipped": 1}  # the audio-only file has no video
-    again = run_pipeline(load_pipeline("cpu"), raw, store, only=["face"])
+    again = run_pipeline(pipeline("cpu"), raw, store, only=["face"])
     assert again.ran("face") == [] and set(again.counts("face")) == {"cached"}  # resumed, nothing redone
     dest = tmp_path / "csv"
     videos = [o.session_id for o in summary.outcomes if o.stage == "face" and o.state == "done"]

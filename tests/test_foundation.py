@@ -24,22 +24,13 @@ from ether_prep.runner import run_pipeline
 from ether_prep.sessions import discover_sessions, session_id
 from ether_prep.store import Store
 
-from .conftest import DATA, ROOT
-
-AUDIO_ONLY_YAML = """
-version: 1
-pipelines:
-  audio:
-    stages:
-      - stage: audio
-        params: {sample_rate: 16000, block_seconds: %(block)s}
-"""
+from .conftest import DATA, ROOT, pipeline, pipeline_file
 
 
-def _config(tmp: Path, block: float = 30.0, name: str = "pipelines.yaml") -> Path:
-    path = tmp / name
-    path.write_text(AUDIO_ONLY_YAML % {"block": block})
-    return path
+def _config(tmp: Path, block: object = 30.0, **audio: object) -> Path:
+    """Pipeline ``audio``: the audio stage alone."""
+    return pipeline_file(tmp, "audio", [{"stage": "audio", "params": {"sample_rate": 16000, "block_seconds": block,
+                                                                        **audio}}])
 
 
 @pytest.fixture(scope="module")
@@ -191,24 +182,16 @@ def test_killed_run_leaves_no_stage_counted_as_done(tmp_path: Path) -> None:
 
 
 def test_validate_rejects_a_misspelt_key(tmp_path: Path) -> None:
-    bad = tmp_path / "pipelines.yaml"
-    bad.write_text("version: 1\npipelines:\n  mine:\n    stages:\n      - stage: audio\n        parmas: {}\n")
+    bad = pipeline_file(tmp_path, "mine", [{"stage": "audio", "parmas": {}}])
     result = CliRunner().invoke(app, ["validate", "--config", str(bad)])
     assert result.exit_code == 2
     assert "'parmas'" in result.output and "mine" in result.output and str(bad) in result.output
     with pytest.raises(ConfigError, match="unknown parameter"):
-        load_pipeline("audio", _write(tmp_path / "p2.yaml", AUDIO_ONLY_YAML.replace("block_seconds", "blok_seconds")
-                                      % {"block": 1}))
+        load_pipeline("audio", _config(tmp_path, block=1, blok_seconds=1))
     with pytest.raises(ConfigError, match="unknown stage 'audoi'"):
-        load_config(_write(tmp_path / "p3.yaml", AUDIO_ONLY_YAML.replace("stage: audio", "stage: audoi")
-                           % {"block": 1}))
+        load_config(pipeline_file(tmp_path, "audio", [{"stage": "audoi"}]))
     with pytest.raises(ConfigError, match="block_seconds"):
-        load_config(_write(tmp_path / "p4.yaml", AUDIO_ONLY_YAML % {"block": "'fast'"}))
-
-
-def _write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
+        load_config(_config(tmp_path, block="fast"))
 
 
 def test_shipped_pipelines_validate() -> None:
@@ -255,3 +238,19 @@ def test_sessions_csv_attaches_roles_and_notes(raw_dir: Path, tmp_path: Path) ->
     (raw / "sessions.csv").write_text("name,client\nclient.wav,A\n")
     with pytest.raises(ConfigError, match="needs a 'file' column"):
         discover_sessions(raw)
+
+
+def test_resources_schedule_only_and_stay_out_of_the_fingerprint() -> None:
+    """Workers' CPUs and GPUs never change a result, so they never make a stage stale; a batch size is a
+    parameter of the stage that batches, and is fingerprinted like any other."""
+    import dataclasses
+
+    from ether_prep.runner import stage_fingerprint
+    from ether_prep.spec import Resources
+
+    spec = pipeline("cpu").stage("transcribe")
+    assert "resources" not in spec.identity() and spec.params.batch_size == 8
+    rescheduled = dataclasses.replace(spec, resources=Resources(num_cpus=8, num_gpus=1))
+    assert stage_fingerprint(rescheduled, {}) == stage_fingerprint(spec, {})
+    rebatched = dataclasses.replace(spec, params=dataclasses.replace(spec.params, batch_size=16))
+    assert stage_fingerprint(rebatched, {}) != stage_fingerprint(spec, {})

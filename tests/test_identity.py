@@ -18,7 +18,7 @@ from ether_prep.face.shots import ShotDetector
 from ether_prep.face.tracking import FaceTracker
 from ether_prep.store import read_table
 
-from .conftest import DATA
+from .conftest import DATA, pipeline_file
 from .media import FPS, GRID_A, GRID_B, dissolve, edited_dialogue, reentry
 from .test_face import _spec, run_face
 
@@ -142,11 +142,9 @@ def test_config_rejects_bad_identity_settings(tmp_path: Path) -> None:
     good = load_config()
     assert good["cpu"].stage("face").params.identity == "dlib"
     assert good["default"].stage("face").params.identity == "pyfeat"
-    for params, message in [("{identity: pyfeat}", "needs the pyfeat backend"), ("{identity: arcface}", "identity"),
-                            ("{cut_threshold: -1}", "cut_threshold"), ("{max_embeddings_per_track: 0}", "max_emb")]:
-        path = tmp_path / "p.yaml"
-        path.write_text(f"version: 1\npipelines:\n  x:\n    stages:\n      - stage: face\n"
-                        f"        backend: mediapipe\n        params: {params}\n")
+    for params, message in [({"identity": "pyfeat"}, "needs the pyfeat backend"), ({"identity": "arcface"}, "identity"),
+                            ({"cut_threshold": -1}, "cut_threshold"), ({"max_embeddings_per_track": 0}, "max_emb")]:
+        path = pipeline_file(tmp_path, "x", [{"stage": "face", "backend": "mediapipe", "params": params}])
         with pytest.raises(ConfigError, match=message):
             load_config(path)
 

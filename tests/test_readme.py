@@ -1,0 +1,61 @@
+"""README's first command on a fresh clone: the repository's files alone in a new folder (no ./raw, no store,
+no .venv), ../shared beside it as on a new machine, and the command exactly as README.md gives it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, SHARED
+
+pytestmark = pytest.mark.slow
+
+
+def _first_command() -> str:
+    """The first line of README's first bash block, without its comment."""
+    block = re.search(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert block, "README.md must start with a bash block of commands"
+    return block.group(1).splitlines()[0].split("#")[0].strip()
+
+
+def _clone(dst: Path) -> Path:
+    """The files a clone of this checkout would hold (tracked, and new files not ignored), copied to ``dst``."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           check=True, capture_output=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        if (ROOT / rel).is_file():  # a file deleted but not yet staged is listed too
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dst / rel)
+    return dst
+
+
+def test_a_fresh_clone_runs_the_readme_first_command_to_the_end(tmp_path: Path) -> None:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs a git checkout to know which files a clone holds")
+    command = _first_command()
+    assert "setup.sh" in command and "ether-prep" in command, command
+    repo = _clone(tmp_path / "ether-prep")
+    (tmp_path / "shared").symlink_to(SHARED)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "UV_PROJECT", "ETHER_PREP"))}
+    done = subprocess.run(["bash", "-c", command], cwd=repo, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (repo / ".venv").is_dir()  # setup made the clone its own environment
+
+    status = subprocess.run(["uv", "run", "ether-prep", "status", "--out", "ether_prep_demo.zarr", "--json"],
+                            cwd=repo, env=env, capture_output=True, text=True, check=True)
+    report = json.loads(status.stdout)
+    states = {(row["session"], row["stage"]): row["state"] for row in report["rows"]}
+    assert len({s for s, _ in states}) == 3
+    assert set(states.values()) <= {"done", "skipped"}, states
+    # the telephone call: two people talking, each found and transcribed
+    from ether_prep import open_store
+
+    utts = open_store(repo / "ether_prep_demo.zarr").to_pandas("utterances")
+    call = utts[utts["session_id"].str.startswith("call")]
+    assert call["speaker"].nunique() >= 2 and call["n_words"].sum() > 40
