@@ -76,6 +76,11 @@ class FaceBackend(ABC):
     def describe(cls, model: str | None, params: Any) -> dict[str, str]:
         """``{"id": ..., "source": ...}`` of the model this backend resolves to, without loading it."""
 
+    @classmethod
+    def frames_per_batch(cls, params: Any) -> int:
+        """How many frames its detectors take at once (time windows of a video start on whole batches)."""
+        return 1
+
     @abstractmethod
     def load(self, threads: int) -> None:
         """Load the model (once per worker)."""
@@ -207,6 +212,10 @@ class PyFeatBackend(FaceBackend):
         source = str(Path(model).expanduser()) if model else "huggingface:py-feat/*"
         return {"id": f"py-feat Detector{params.detector}", "source": source}
 
+    @classmethod
+    def frames_per_batch(cls, params: Any) -> int:
+        return max(1, params.batch_size)
+
     def load(self, threads: int) -> None:
         from ..adapters.pyfeat_face import PyFeatFaceDetector
 
@@ -221,7 +230,7 @@ class PyFeatBackend(FaceBackend):
         return {"detector": self._detector.info}
 
     def open(self, still: bool) -> FaceDetector:
-        return _PyFeatDetector(self._detector, self.params.batch_size)
+        return _PyFeatDetector(self._detector, self.frames_per_batch(self.params))
 
 
 class _PyFeatDetector(FaceDetector):

@@ -310,7 +310,7 @@ class FaceStage(Stage):
         plan = plan_video_frames(session.path, p.analysis_fps)
         if plan is None:
             return []
-        batch = p.batch_size if self.spec.backend == "pyfeat" else 1  # a batch never straddles two windows
+        batch = self.backend_class.frames_per_batch(p)  # a batch never straddles two windows
         n = len(plan.kept)
         cuts = np.searchsorted(plan.time, np.arange(window_s, plan.time[-1], window_s)) // batch * batch
         edges = [0, *sorted({int(c) for c in cuts if 0 < c < n}), n]
