@@ -18,7 +18,7 @@ Layout::
 Every unknown key, stage, backend or parameter, and every wrong type or value, is reported with the file, its
 line, the pipeline, the stage, the key and the fix; all problems of a file are reported at once, in one
 :class:`ConfigError`. ``params`` decide results (they enter each stage's fingerprint); ``resources`` (``num_cpus``,
-``num_gpus``) only schedule workers.
+``num_gpus``, ``window_s``) only schedule workers.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@
   ``bad`` fails with a StageError, as a bad file would.
 - ``asr_nap`` (after ``audio``) and ``face_nap`` (on its own): the same naps, for pipelines that give them
   GPUs.
+- ``window_nap``: the nap computed in time windows (``resources.window_s``), for window scheduling tests.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import numpy as np
 import zarr
 
 from ether_prep.errors import StageError
-from ether_prep.stages.base import Stage
+from ether_prep.stages.base import Stage, Window
 from ether_prep.store import write_array
 
 TEST_STAGES = {
     "nap": "tests.ray_helpers:NapStage",
     "asr_nap": "tests.ray_helpers:AsrNapStage",
     "face_nap": "tests.ray_helpers:FaceNapStage",
+    "window_nap": "tests.ray_helpers:WindowNapStage",
 }
 
 
@@ -58,6 +60,44 @@ class NapStage(Stage):
         for k in range(steps):
             time.sleep(self.params.seconds_per_session / steps)
             self.report_progress(len(wave) / rate * (k + 1) / (steps + 1))
+        return None
+
+
+class WindowNapStage(NapStage):
+    """The nap, computed in windows of ``resources.window_s`` whole seconds when given: each window stores its
+    seconds' RMS and naps its share, noting the stage's state as it ran; the join concatenates them (the same
+    ``rms`` as the whole nap) and keeps those states. A ``<name>.crash`` file kills the worker of the first
+    window that sees it; ``bad`` fails window 2."""
+
+    name = "window_nap"
+    window_split = True
+
+    def windows(self, session: Any) -> list[Window]:
+        step = self.spec.resources.window_s
+        duration = session.probe.duration
+        if step is None or duration < 2 * step:
+            return []
+        starts = np.arange(0, int(np.ceil(duration)), int(step))
+        return [Window(k, len(starts), float(a), float(min(a + step, duration))) for k, a in enumerate(starts)]
+
+    def run_part(self, session: Any, store: Any, window: Window, out: zarr.Group) -> None:
+        crash = Path(f"{session.path}.crash")
+        if crash.exists():
+            crash.unlink()
+            os._exit(1)
+        if "bad" in session.relpath and window.index == 1:
+            raise StageError(f"{session.relpath}: refused by the nap stage")
+        wave = np.asarray(store.array("audio", "waveform")[...], dtype=np.float64)
+        rate = int(store.stage_group("audio").attrs["sample_rate"])
+        out.attrs["stage_state"] = store.stage_state(self.name).state  # what `status` says meanwhile
+        seconds = range(int(window.start), int(np.ceil(window.end)))
+        write_array(out, "rms", np.array([np.sqrt(np.mean(wave[i * rate:(i + 1) * rate] ** 2)) for i in seconds],
+                                         dtype=np.float32))
+        time.sleep(self.params.seconds_per_session * (window.end - window.start) / session.probe.duration)
+
+    def join(self, session: Any, store: Any, parts: list[zarr.Group], out: zarr.Group) -> str | None:
+        write_array(out, "rms", np.concatenate([np.asarray(g["rms"][...]) for g in parts]))
+        out.attrs["stage_states"] = [g.attrs["stage_state"] for g in parts]
         return None
 
 
