@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -99,3 +100,27 @@ def ray_instance():
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def audio_config(tmp: Path, block: object = 30.0, **audio: object) -> Path:
+    """Pipeline ``audio``: the audio stage alone."""
+    return pipeline_file(tmp, "audio", [{"stage": "audio", "params": {"sample_rate": 16000, "block_seconds": block,
+                                                                        **audio}}])
+
+
+@pytest.fixture(scope="session")
+def raw_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Video and audio-only recordings, nested folders, a name with spaces and non-ASCII letters,
+    a truncated copy and a text file renamed .mp4."""
+    raw = tmp_path_factory.mktemp("raw")
+    nested = raw / "clinic Zürich" / "week 1"
+    nested.mkdir(parents=True)
+    shutil.copy(DATA / "video" / "bbaf2n.mpg", nested / "séance à deux.mpg")
+    shutil.copy(DATA / "speech" / "jfk.flac", raw / "jfk.flac")
+    shutil.copy(DATA / "speech" / "librispeech_1272-128104-0000.wav", nested / "client.wav")
+    shutil.copy(DATA / "face" / "single_face.mp4", raw / "clinic Zürich" / "single_face.mp4")
+    whole = (DATA / "face" / "WolfgangLanger_Pexels.mp4").read_bytes()
+    (raw / "truncated.mp4").write_bytes(whole[: len(whole) // 10])
+    (raw / "notes.mp4").write_text("this is a text file, not a video\n")
+    (raw / "readme.txt").write_text("not a recording, ignored\n")
+    return raw

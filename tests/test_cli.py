@@ -155,3 +155,16 @@ def test_progress_bars_only_on_a_terminal_and_never_past_100(tmp_path: Path) -> 
     assert out.splitlines()[0].startswith("audio        2 done")
     piped = subprocess.run([*cmd, "--force"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert piped.returncode == 0 and "%|" not in piped.stderr and "\r" not in piped.stderr  # no bars in a log file
+
+
+def test_help_is_fast_and_imports_no_torch() -> None:
+    code = ("import sys, time; t = time.perf_counter()\n"
+            "from ether_prep.cli import app\n"
+            "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+            "import json; print(json.dumps({'torch': 'torch' in sys.modules, 'ray': 'ray' in sys.modules,"
+            " 's': time.perf_counter() - t}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "COLUMNS": "100"})
+    facts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert facts["torch"] is False and facts["ray"] is False
+    assert "extract" in out.stdout and "align" in out.stdout

@@ -1,5 +1,6 @@
-"""Issue 12, config errors: every field of pipelines.yaml, when wrong, gives a message naming the file, the line,
-the pipeline, the stage, the key and the fix; every problem of a file is reported at once."""
+"""Config: the shipped pipelines validate and ``validate`` checks inputs without computing; every field of
+pipelines.yaml, when wrong, gives a message naming the file, the line, the pipeline, the stage, the key and the
+fix; every problem of a file is reported at once."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
-from ether_prep.config import load_config
+from ether_prep.cli import app
+from ether_prep.config import load_config, load_pipeline
 from ether_prep.errors import ConfigError
 from ether_prep.spec import Resources
 from ether_prep.stages import STAGES, stage_class
+
+from .conftest import ROOT, audio_config, pipeline_file
 
 ORDER = list(STAGES)  # audio, transcribe, diarize, utterances, face, align: each one's requirements come first
 
@@ -237,3 +242,29 @@ def test_hubs_are_switched_off_only_when_every_model_is_local() -> None:
 
     assert models_are_local(planners("cpu"))  # packages and a local .task file
     assert not models_are_local(planners("default"))  # large-v3, pyannote and py-feat come from hubs
+
+
+def test_validate_rejects_a_misspelt_key(tmp_path: Path) -> None:
+    bad = pipeline_file(tmp_path, "mine", [{"stage": "audio", "parmas": {}}])
+    result = CliRunner().invoke(app, ["validate", "--config", str(bad)])
+    assert result.exit_code == 2
+    assert "'parmas'" in result.output and "mine" in result.output and str(bad) in result.output
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        load_pipeline("audio", audio_config(tmp_path, block=1, blok_seconds=1))
+    with pytest.raises(ConfigError, match="unknown stage 'audoi'"):
+        load_config(pipeline_file(tmp_path, "audio", [{"stage": "audoi"}]))
+    with pytest.raises(ConfigError, match="block_seconds"):
+        load_config(audio_config(tmp_path, block="fast"))
+
+
+def test_shipped_pipelines_validate() -> None:
+    pipelines = load_config(ROOT / "pipelines.yaml")
+    assert {"default", "cpu"} <= set(pipelines)
+    result = CliRunner().invoke(app, ["validate", "--config", str(ROOT / "pipelines.yaml")])
+    assert result.exit_code == 0, result.output
+
+
+def test_validate_checks_inputs_without_computing(raw_dir: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["validate", str(raw_dir), "--config", str(audio_config(tmp_path))])
+    assert result.exit_code == 1
+    assert "6 recording(s), 2 unreadable" in result.output
