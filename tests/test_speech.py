@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -234,6 +235,9 @@ def speech_run(tmp_path_factory: pytest.TempPathFactory):
     rng = np.random.default_rng(1)
     write_wav(raw / "silence.wav", 1e-4 * rng.standard_normal(10 * 16000))
     write_wav(raw / "music.wav", _music())
+    # A second microphone that recorded nothing: nothing to split off (and no correlation to measure).
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(DATA / "speech" / "jfk.flac"), "-af", "pan=stereo|c0=c0|c1=0*c0",
+                    str(raw / "one_silent_channel.wav")], check=True)
     _video_without_audio(raw / "no_audio.mp4")
     # Monologues: the per-recording speaker count overrides the pipeline's num_speakers: 2.
     (raw / "sessions.csv").write_text("file,num_speakers\njfk.flac,1\nlibrispeech_1272-128104-0000.wav,1\n")
@@ -341,6 +345,15 @@ def test_stereo_channels_both_transcribed(speech_run) -> None:
         # ... and each sentence is one utterance of its own, not interleaved with the other channel.
         assert any(wer(refs[key], str(t)) <= 0.1 for t in u["text"])
     assert len(set(u["speaker"])) == 2
+
+
+@pytest.mark.slow
+def test_a_silent_second_channel_is_not_split_off(speech_run) -> None:
+    _, store, ids, _ = speech_run
+    sid = ids["one_silent_channel.wav"]
+    assert store.session(sid).stage_group("transcribe").attrs["channels"] == "mix"
+    text = " ".join(_words(store, sid)["text"])
+    assert wer((DATA / "speech" / "jfk.reference.txt").read_text(), text) <= 0.05, text
 
 
 @pytest.mark.slow

@@ -259,8 +259,9 @@ class TranscribeStage(Stage):
                    for ch in range(n_channels)]
         if mode == "auto":
             n = min(len(x) for x in signals)
-            corr = np.corrcoef(np.stack([x[:n] for x in signals]))
-            if np.nanmin(corr) >= self.params.split_below:
+            live = [x[:n] for x in signals if np.ptp(x[:n]) > 0]
+            # a silent channel has no correlation to measure and nothing to transcribe: the downmix is the rest
+            if len(live) < 2 or np.corrcoef(np.stack(live)).min() >= self.params.split_below:
                 return None
         return signals
 
@@ -280,49 +281,61 @@ class TranscribeStage(Stage):
             infos.append({**info, "uncovered": [{**u, "channel": channel} if per_channel is not None else u
                                                 for u in info["uncovered"]]})
         words.sort(key=lambda w: (w["start"], w["channel"]))
+        attrs = self._attrs(infos, split=per_channel is not None)
+        _write_words(out, words, speech)
+        out.attrs.update(attrs)
+        return _note(words, attrs)
+
+    def _attrs(self, infos: list[dict[str, Any]], split: bool) -> dict[str, Any]:
+        """The stage's attrs: what the transcriber reported and the guard did, summed over channels."""
+        assert self._asr is not None
         total = sum(i["speech_seconds"] for i in infos)
         covered = sum(i["covered_seconds"] for i in infos)
-        redecoded = [[round(s, 3), round(e, 3)] for i in infos for s, e in i["redecoded"]]
-        uncovered = [u for i in infos for u in i["uncovered"]]
-        dropped = [d for i in infos for d in i["dropped"]]
-        assert self._asr is not None
-        attrs = {
+        return {
             "language": infos[0]["language"], "model": self._asr.model_id, "model_source": self._asr.source,
             "model_path": self._asr.model_path, "aligner": infos[0]["aligner"],
-            "n_segments": sum(i["n_segments"] for i in infos), "dropped_segments": dropped,
-            "channels": "split" if per_channel is not None else "mix",
+            "n_segments": sum(i["n_segments"] for i in infos),
+            "dropped_segments": [d for i in infos for d in i["dropped"]],
+            "channels": "split" if split else "mix",
             "speech_seconds": total, "covered_seconds": covered,
             "speech_coverage": covered / total if total > 0 else None,
-            "redecoded": redecoded, "uncovered": uncovered,
+            "redecoded": [[round(s, 3), round(e, 3)] for i in infos for s, e in i["redecoded"]],
+            "uncovered": [u for i in infos for u in i["uncovered"]],
             "stretched_words": sum(i["stretched_words"] for i in infos),
             "completeness_seconds": round(sum(i["guard_seconds"] for i in infos), 3),
             "libraries": library_versions(*self.library_names()),
         }
-        write_table(out, "words", {
-            "text": np.array([w["text"] for w in words], dtype=str),
-            "start": np.array([w["start"] for w in words], dtype=np.float64),
-            "end": np.array([w["end"] for w in words], dtype=np.float64),
-            "score": np.array([w["score"] for w in words], dtype=np.float32),
-            "interpolated": np.array([bool(w.get("interpolated", False)) for w in words], dtype=bool),
-            "channel": np.array([w["channel"] for w in words], dtype=np.int8),
-            "source": np.array([w["source"] for w in words], dtype=str),
-        }, attrs={"units": "seconds"})
-        write_table(out, "speech", {
-            "start": np.array([s for s, _, _ in speech], dtype=np.float64),
-            "end": np.array([e for _, e, _ in speech], dtype=np.float64),
-            "channel": np.array([c for _, _, c in speech], dtype=np.int8),
-        }, attrs={"units": "seconds"})
-        out.attrs.update(attrs)
-        notes = []
-        if not words:
-            notes.append("no speech found: zero words")
-        if dropped:
-            notes.append(f"{len(dropped)} segment(s) rejected as non-speech (silence, music or noise)")
-        if redecoded:
-            n_new = sum(w["source"] == "redecode" for w in words)
-            notes.append(f"{len(redecoded)} stretch(es) of speech without words re-decoded "
-                         f"({sum(e - s for s, e in redecoded):.1f} s), {n_new} word(s) found")
-        if uncovered:
-            notes.append(f"{len(uncovered)} stretch(es) of speech still without words "
-                         f"({sum(u['end'] - u['start'] for u in uncovered):.1f} s; reasons in attrs 'uncovered')")
-        return "; ".join(notes) or None
+
+
+def _write_words(out: zarr.Group, words: list[dict[str, Any]], speech: list[tuple[float, float, int]]) -> None:
+    write_table(out, "words", {
+        "text": np.array([w["text"] for w in words], dtype=str),
+        "start": np.array([w["start"] for w in words], dtype=np.float64),
+        "end": np.array([w["end"] for w in words], dtype=np.float64),
+        "score": np.array([w["score"] for w in words], dtype=np.float32),
+        "interpolated": np.array([bool(w.get("interpolated", False)) for w in words], dtype=bool),
+        "channel": np.array([w["channel"] for w in words], dtype=np.int8),
+        "source": np.array([w["source"] for w in words], dtype=str),
+    }, attrs={"units": "seconds"})
+    write_table(out, "speech", {
+        "start": np.array([s for s, _, _ in speech], dtype=np.float64),
+        "end": np.array([e for _, e, _ in speech], dtype=np.float64),
+        "channel": np.array([c for _, _, c in speech], dtype=np.int8),
+    }, attrs={"units": "seconds"})
+
+
+def _note(words: list[dict[str, Any]], attrs: dict[str, Any]) -> str | None:
+    """What ``status`` shows: no speech, segments rejected, stretches re-decoded or still without words."""
+    notes = []
+    if not words:
+        notes.append("no speech found: zero words")
+    if dropped := attrs["dropped_segments"]:
+        notes.append(f"{len(dropped)} segment(s) rejected as non-speech (silence, music or noise)")
+    if redecoded := attrs["redecoded"]:
+        n_new = sum(w["source"] == "redecode" for w in words)
+        notes.append(f"{len(redecoded)} stretch(es) of speech without words re-decoded "
+                     f"({sum(e - s for s, e in redecoded):.1f} s), {n_new} word(s) found")
+    if uncovered := attrs["uncovered"]:
+        notes.append(f"{len(uncovered)} stretch(es) of speech still without words "
+                     f"({sum(u['end'] - u['start'] for u in uncovered):.1f} s; reasons in attrs 'uncovered')")
+    return "; ".join(notes) or None
