@@ -278,9 +278,9 @@ class _Walk:
                 if split.left == 0:  # every window is in: the join
                     self.ready.append(split.task)
                 return
-            # One window failed: so does the stage for this session; its other windows are ignored.
+            # One window failed: so does the stage for this session; its other windows are ignored. They may
+            # still be writing their parts on other workers, so the parts are dropped at the end of the run.
             split.failed = True
-            self.store.drop_parts(outcome.session_id, outcome.stage)
             message = _record_failure(self._group(outcome.session_id), outcome.stage, split.task.marker,
                                       f"window {outcome.part + 1} of {split.task.parts}: {outcome.message}")
             self._record(replace(outcome, part=None, message=message))

@@ -333,8 +333,9 @@ class Store:
                              f"run again") from exc
 
     def drop_parts(self, session_id: str | None = None, stage: str | None = None) -> None:
-        """Remove the window groups of a stage (after its join, or when it failed); with no arguments, every
-        one (at the end of a run: a run killed mid-window leaves some, never reused)."""
+        """Remove the window groups of a stage (after its join); with no arguments, every one (at the end of a
+        run: those of a stage whose window failed, whose other windows may have been writing until then, and
+        those a killed run left, never reused)."""
         if session_id is None or stage is None:
             if _PARTS in self.root:
                 del self.root[_PARTS]
