@@ -20,8 +20,15 @@
 - ``windows``: one long video (``--windows-video`` s, 25 fps, two faces) through the ``face`` stage on Ray
   with 2 CPUs: whole in one task against windows of ``--window-s`` s spread over 2 actors (1 CPU each); wall
   times, the join's share, and whether the two stores hold the same arrays.
+- ``speech-windows``: one long recording (``--speech-seconds`` s: the shared two-party call, LibriSpeech and
+  jfk in turn, 0.3-1 s apart) through the ``cpu`` pipeline's ``audio`` and ``transcribe`` on Ray with 2 CPUs:
+  transcribed whole in one task against windows of ``--speech-window-s`` s cut at pauses on 2 actors (1 CPU
+  and 1 thread each, as one GPU each), alternating for ``--rounds``; wall times, the cuts, and how far the two
+  transcripts differ (WER of the windows' words against the whole recording's, and each against the
+  reference text of the turns).
 
-Run: ``uv run python bench/bench_ray.py [cached] [stream] [scale] [sim] [windows]``. Figures go to stdout.
+Run: ``uv run python bench/bench_ray.py [cached] [stream] [scale] [sim] [windows] [speech-windows]``. Figures go
+to stdout.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import sys
 import tempfile
 import time
 import types
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -415,14 +423,105 @@ def bench_windows(tmp: Path, seconds: float, window_s: float, rounds: int) -> No
           f"peak {peak_mb():.0f} MB ({load_avg()})")
 
 
+def bench_speech_windows(tmp: Path, seconds: float, window_s: float, rounds: int) -> None:
+    """``transcribe`` whole against in windows on Ray with 2 CPUs (see the module docstring)."""
+    import jiwer
+    import numpy as np
+    import ray
+
+    from ether_prep.adapters.pyav import iter_audio_blocks
+    from ether_prep.config import load_pipeline
+    from ether_prep.runner import run_pipeline
+    from ether_prep.speech import normalize_text
+    from ether_prep.store import Store
+
+    rate = 16000
+    turns = [(DATA / "diarization" / "sample.wav", None),
+             (DATA / "speech" / "librispeech_1272-128104-0000.wav",
+              "Mister Quilter is the apostle of the middle classes and we are glad to welcome his gospel"),
+             (DATA / "speech" / "jfk.flac", (DATA / "speech" / "jfk.reference.txt").read_text().strip())]
+    clips = [np.concatenate(list(iter_audio_blocks(path, rate))) for path, _ in turns]
+    parts, spans, n, k = [], [], 0, 0
+    while n < seconds * rate:
+        i = k % len(clips)
+        gap = np.zeros(round((0.3 + 0.7 * ((k * 7) % 10) / 9) * rate), dtype=np.float32)
+        spans.append((i, n / rate, (n + len(clips[i])) / rate))
+        parts += [clips[i], gap]
+        n += len(clips[i]) + len(gap)
+        k += 1
+    raw = tmp / "speech_windows_raw"
+    raw.mkdir()
+    with wave.open(str(raw / "long_call.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(np.concatenate(parts), -1, 1) * 32767).astype("<i2").tobytes())
+    doc = yaml.safe_load((ROOT / "pipelines.yaml").read_text())
+    stages = [s for s in doc["pipelines"]["cpu"]["stages"] if s["stage"] in ("audio", "transcribe")]
+    configs = {}
+    for name, window in (("whole", None), ("windows", window_s)):
+        # One CPU thread per worker, as one GPU per worker: the whole run cannot use the second core.
+        entries = [{**s, "resources": {"num_cpus": 1, **({"window_s": window} if s["stage"] == "transcribe" else {})},
+                    **({"params": {**s["params"], "threads": 1}} if s["stage"] == "transcribe" else {})}
+                   for s in stages]
+        configs[name] = tmp / f"speech_{name}.yaml"
+        configs[name].write_text(yaml.safe_dump({"version": 1, "pipelines": {"speech": {"stages": entries}}}))
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    walls: dict[str, list[float]] = {"whole": [], "windows": []}
+    try:
+        for r in range(rounds):
+            for name in ("whole", "windows"):
+                t0 = time.perf_counter()
+                summary = run_pipeline(load_pipeline("speech", configs[name]), raw, tmp / f"speech_{name}_{r}.zarr",
+                                       executor="ray")
+                walls[name].append(time.perf_counter() - t0)
+                assert summary.ok, summary.report()
+    finally:
+        ray.shutdown()
+    groups = {}
+    for name in walls:
+        store = Store(tmp / f"speech_{name}_0.zarr", mode="r")
+        groups[name] = store.session(store.session_ids()[0])
+    words = {name: g.read_table("transcribe", "words") for name, g in groups.items()}
+    text = {name: normalize_text(" ".join(map(str, w["text"]))) for name, w in words.items()}
+    agree = jiwer.wer(" ".join(text["whole"]), " ".join(text["windows"]))
+
+    def reference_wer(w: dict[str, np.ndarray]) -> float:
+        mid = (w["start"] + w["end"]) / 2
+        refs, hyps = [], []
+        for i, a, b in spans:
+            if turns[i][1] is not None:
+                refs.append(" ".join(normalize_text(turns[i][1])))
+                hyps.append(" ".join(normalize_text(" ".join(str(t) for t, m in zip(w["text"], mid, strict=True)
+                                                             if a <= m <= b))))
+        return jiwer.wer(refs, hyps)
+
+    attrs = {name: dict(g.stage_group("transcribe").attrs) for name, g in groups.items()}
+    ref = {name: reference_wer(w) for name, w in words.items()}
+    win = attrs["windows"]["windows"]
+    whole, split = statistics.median(walls["whole"]), statistics.median(walls["windows"])
+    print(f"[speech-windows] one {n / rate:.0f} s recording ({len(spans)} turns), audio + transcribe on Ray, 2 CPUs: "
+          f"whole {whole:.1f} s, {win['count']} windows of ~{window_s:.0f} s on "
+          f"{len({w['pid'] for w in win['workers']})} actors {split:.1f} s: {whole / split:.2f}x; medians of "
+          f"{rounds} (whole {[round(w, 1) for w in walls['whole']]}, windows {[round(w, 1) for w in walls['windows']]})"
+          f"; peak {peak_mb():.0f} MB ({load_avg()})")
+    print(f"  cuts {[(c['at'], c['pause_s']) for c in win['cuts']]} (s, pause s); words whole {len(text['whole'])}, "
+          f"windows {len(text['windows'])}; WER windows vs whole {agree:.3f}; WER against the reference turns "
+          f"(LibriSpeech, jfk): whole {ref['whole']:.3f}, windows {ref['windows']:.3f}"
+          f"; speech coverage whole {attrs['whole']['speech_coverage']:.3f}, windows "
+          f"{attrs['windows']['speech_coverage']:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("parts", nargs="*", default=["cached", "stream", "scale", "sim", "windows"])
+    ap.add_argument("parts", nargs="*", default=["cached", "stream", "scale", "sim", "windows", "speech-windows"])
     ap.add_argument("--rounds", type=int, default=1, help="alternating streaming / stage-at-a-time rounds")
     ap.add_argument("--cached-sessions", type=int, default=100)
     ap.add_argument("--sim-seconds", type=float, default=60.0, help="about how long the simulated GPU work lasts")
     ap.add_argument("--windows-video", type=float, default=120.0, help="seconds of the `windows` part's video")
     ap.add_argument("--window-s", type=float, default=30.0, help="the `windows` part's window length")
+    ap.add_argument("--speech-seconds", type=float, default=300.0, help="seconds of the `speech-windows` recording")
+    ap.add_argument("--speech-window-s", type=float, default=75.0, help="the `speech-windows` part's window length")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
@@ -435,6 +534,8 @@ def main() -> None:
             bench_sim(tmp, costs, args.sim_seconds)
         if "windows" in args.parts:
             bench_windows(tmp, args.windows_video, args.window_s, args.rounds)
+        if "speech-windows" in args.parts:
+            bench_speech_windows(tmp, args.speech_seconds, args.speech_window_s, args.rounds)
 
 
 if __name__ == "__main__":

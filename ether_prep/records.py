@@ -75,6 +75,7 @@ class Word(TypedDict):
     speaker: NotRequired[str]
     channel: NotRequired[int]
     source: NotRequired[str]  # "batch" (whisperx's batched pass) or "redecode" (the completeness guard)
+    cut: NotRequired[tuple[float, float]]  # inside the completeness guard: the extent of a word it cut back
 
 
 @dataclass(frozen=True)

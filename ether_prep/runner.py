@@ -345,7 +345,7 @@ class _Walk:
             return
         task = Task(session, name, fp, marker, self.token)
         try:
-            windows = planner.windows(session) if planner.window_split else []
+            windows = planner.windows(session, group) if planner.window_split else []
         except EtherPrepError as exc:
             self._record(Outcome(session.id, name, "failed", _record_failure(group, name, marker, str(exc))))
             return

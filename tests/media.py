@@ -14,9 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .conftest import DATA
+from ether_prep.speech import normalize_text
 
-__all__ = ["FPS", "GRID_A", "GRID_B", "dissolve", "edited_dialogue", "reentry", "write_wav"]
+from .conftest import DATA
+from .scoring import wer
+
+__all__ = ["FPS", "GRID_A", "GRID_B", "SPEECH_CLIPS", "SR", "dissolve", "edited_dialogue", "reentry", "speech_clip",
+           "words_in_place", "write_wav"]
 
 FPS = 25
 GRID_A = DATA / "video" / "bbaf2n.mpg"
@@ -108,3 +112,47 @@ def write_wav(path: Path, audio: np.ndarray, sr: int = 16000) -> None:
         w.setsampwidth(2)
         w.setframerate(sr)
         w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+# ------------------------------------------------------------------------------------------ speech clips
+SR = 16000
+LIBRI_TEXT = "Mister Quilter is the apostle of the middle classes and we are glad to welcome his gospel"
+# name: (shared media file, reference text, GRID clip trimmed to 0.3-2.7 s)
+SPEECH_CLIPS = {
+    "bbaf2n": ("video/bbaf2n.mpg", (DATA / "video" / "bbaf2n.txt").read_text().strip(), True),
+    "lwbsza": ("video/lwbsza.mpg", (DATA / "video" / "lwbsza.txt").read_text().strip(), True),
+    "swwp2s": ("video/id2_vcd_swwp2s.mpg", (DATA / "video" / "swwp2s.txt").read_text().strip(), True),
+    "libri": ("speech/librispeech_1272-128104-0000.wav", LIBRI_TEXT, False),
+    "jfk": ("speech/jfk.flac", (DATA / "speech" / "jfk.reference.txt").read_text().strip(), False),
+}
+
+
+def speech_clip(name: str) -> np.ndarray:
+    """A shared speech clip at 16 kHz (GRID clips trimmed to their speech, 0.3-2.7 s)."""
+    from ether_prep.adapters.pyav import iter_audio_blocks
+
+    rel, _, grid = SPEECH_CLIPS[name]
+    audio = np.concatenate(list(iter_audio_blocks(DATA / rel, SR)))
+    return audio[round(0.3 * SR): round(2.7 * SR)] if grid else audio
+
+
+def _hits(ref: list[str], hyp: list[str]) -> int:
+    """Reference words found in order in the hypothesis (longest common subsequence)."""
+    row = [0] * (len(hyp) + 1)
+    for r in ref:
+        prev_diag, row[0] = 0, 0
+        for j, h in enumerate(hyp, 1):
+            prev_diag, row[j] = row[j], prev_diag + 1 if r == h else max(row[j], row[j - 1])
+    return row[-1]
+
+
+def words_in_place(words: dict[str, np.ndarray], windows: list[tuple[str, float, float]]) -> list[dict]:
+    """Per clip: its reference words found among the words whose middle lies inside its window."""
+    mid = (words["start"] + words["end"]) / 2
+    rows = []
+    for name, a, b in windows:
+        ref = normalize_text(SPEECH_CLIPS[name][1])
+        hyp = normalize_text(" ".join(str(t) for t, m in zip(words["text"], mid, strict=True) if a <= m <= b))
+        rows.append({"clip": name, "start": a, "end": b, "hits": _hits(ref, hyp), "n": len(ref),
+                     "wer": wer(ref, hyp), "text": " ".join(hyp)})
+    return rows

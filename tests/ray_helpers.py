@@ -72,7 +72,7 @@ class WindowNapStage(NapStage):
     name = "window_nap"
     window_split = True
 
-    def windows(self, session: Any) -> list[Window]:
+    def windows(self, session: Any, store: Any) -> list[Window]:
         step = self.spec.resources.window_s
         duration = session.probe.duration
         if step is None or duration < 2 * step:

@@ -127,10 +127,10 @@ def test_resources(tmp_path: Path, key: str, value: object, expected: str) -> No
 
 
 def test_window_s_only_for_stages_that_compute_windows(tmp_path: Path) -> None:
-    text = _yaml(_all_stages(transcribe={"resources": {"window_s": 600}}))
+    text = _yaml(_all_stages(diarize={"resources": {"window_s": 600}}))
     assert _error(tmp_path, text) == (
-        f"{tmp_path / 'pipelines.yaml'}:{_line_of(text, 'window_s:')}: pipeline 'p': stage 'transcribe': stage "
-        "'transcribe' cannot compute a recording in time windows; remove resources.window_s")
+        f"{tmp_path / 'pipelines.yaml'}:{_line_of(text, 'window_s:')}: pipeline 'p': stage 'diarize': stage "
+        "'diarize' cannot compute a recording in time windows; remove resources.window_s")
 
 
 def test_a_batch_size_under_resources_says_where_it_went(tmp_path: Path) -> None:

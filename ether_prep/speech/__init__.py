@@ -7,7 +7,8 @@ import and easy to test on hand-made inputs. Words are :class:`~ether_prep.recor
 end, score, interpolated``, and ``speaker`` once assigned); turns are :class:`~ether_prep.records.Turn`; all
 times are seconds from the start of the recording.
 
-- :mod:`.timing`: frame energy, word edges trimmed at silence, untimed words filled in, voiced stretches;
+- :mod:`.timing`: frame energy, word edges trimmed at silence, untimed words filled in, voiced stretches,
+  where to cut a long recording (its longest pause near a time);
 - :mod:`.completeness`: speech without words found, re-decoding planned, words put inside speech;
 - :mod:`.diarization`: speech regions, embedding windows, clustering, turns;
 - :mod:`.utterances`: speakers to words, words to utterances;
@@ -15,11 +16,13 @@ times are seconds from the start of the recording.
 """
 
 from .completeness import (
+    cut_long_words,
     cut_stretched_words,
     drop_echoes,
     place_words_in_speech,
     redecode_windows,
     refine_speech_regions,
+    restore_cut_words,
     shift_words,
     speech_coverage,
     subtract_spans,
@@ -27,7 +30,7 @@ from .completeness import (
 )
 from .diarization import cluster_embeddings, merge_turns, speech_regions, speech_windows, turns_from_windows
 from .text import normalize_text
-from .timing import fill_missing_times, frame_energy_db, refine_word_times, voiced_spans
+from .timing import fill_missing_times, frame_energy_db, longest_pause, refine_word_times, voiced_spans
 from .utterances import SENTENCE_END, assign_speakers, build_utterances, build_utterances_by_stream, utterance_id
 
 __all__ = [
@@ -36,16 +39,19 @@ __all__ = [
     "build_utterances",
     "build_utterances_by_stream",
     "cluster_embeddings",
+    "cut_long_words",
     "cut_stretched_words",
     "drop_echoes",
     "fill_missing_times",
     "frame_energy_db",
+    "longest_pause",
     "merge_turns",
     "normalize_text",
     "place_words_in_speech",
     "redecode_windows",
     "refine_speech_regions",
     "refine_word_times",
+    "restore_cut_words",
     "shift_words",
     "speech_coverage",
     "speech_regions",

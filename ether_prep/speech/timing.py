@@ -107,3 +107,30 @@ def voiced_spans(energy_db: np.ndarray, hop: float = 0.01, rel: float = 0.35, mi
         else:
             spans.append([float(a), float(b)])
     return [(a, b) for a, b in spans]
+
+
+def longest_pause(energy_db: np.ndarray, target: float, hop: float = 0.01, rel: float = 0.35) -> tuple[float, float]:
+    """Where to cut a signal near ``target`` s: the middle of its longest pause (frames below the voicing level
+    of :func:`voiced_spans`; of two pauses as long, the nearer ``target``) and that pause's length in seconds.
+
+    A signal without loud and quiet parts (under 10 dB between them) is one pause if it is quiet (digital
+    silence, a quiet room: under -55 dB), else it has none (a steady tone, noise): then its quietest frame near
+    ``target`` is given, with length 0, so the caller can say the cut falls in sound.
+    """
+    n = energy_db.size
+    if n == 0:
+        return target, 0.0
+    lowest, floor, loud = np.percentile(energy_db, [1, 10, 97])
+    if loud - lowest < 10.0:
+        if loud < -55.0:
+            return target, n * hop
+        i = int(np.argmin(energy_db + 1e-9 * np.abs(np.arange(n) * hop - target)))  # ties: nearest the target
+        return (i + 0.5) * hop, 0.0
+    # A stretch of speech may pause for less than a tenth of its time: its floor is then at most 30 dB under
+    # loud speech.
+    floor = min(floor, loud - 30.0)
+    quiet = np.concatenate([[0], (energy_db <= floor + rel * (loud - floor)).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(quiet)) * hop
+    a, b = max(zip(edges[::2], edges[1::2], strict=True),
+               key=lambda p: (round(p[1] - p[0], 6), -abs((p[0] + p[1]) / 2 - target)))
+    return float(a + b) / 2, float(b - a)

@@ -106,9 +106,10 @@ class Stage(ABC):
     def finalize(self, store: Store) -> None:  # noqa: B027 - optional hook
         """Called once in the driver after the stage ran over all sessions (e.g. to write a manifest)."""
 
-    def windows(self, session: Session) -> list[Window]:
-        """The time windows to compute ``session`` in (``window_split`` stages; called in the driver, keep it
-        cheap); none or one: the whole recording, by :meth:`run`."""
+    def windows(self, session: Session, store: SessionGroup) -> list[Window]:
+        """The time windows to compute ``session`` in (``window_split`` stages; called in the driver once the
+        upstream stages are done, whose outputs ``store`` holds: keep it cheap); none or one: the whole
+        recording, by :meth:`run`."""
         return []
 
     def run_part(self, session: Session, store: SessionGroup, window: Window, out: zarr.Group) -> None:

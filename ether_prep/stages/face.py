@@ -298,7 +298,7 @@ class FaceStage(Stage):
     def _still(self, session: Session) -> bool:
         return session.kind == "image" or session.path.suffix.lower() in _IMAGE_SUFFIXES
 
-    def windows(self, session: Session) -> list[Window]:
+    def windows(self, session: Session, store: SessionGroup) -> list[Window]:
         """Windows of about ``resources.window_s`` seconds (whole detector batches) for a video at least two
         windows long whose frames can be planned from its packets (else none: the whole recording in one task)."""
         from ..adapters.pyav import plan_video_frames

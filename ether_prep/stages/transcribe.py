@@ -32,7 +32,10 @@ twice.
 lose one, its audio given to a neighbouring word (whisperx issues #574, #828, #402, #684). ``timestamps``
 decodes the chunks with timestamp tokens, which keeps most turns; the guard (``completeness``) catches the
 rest. Speech regions are whisperx's VAD regions cut to the voiced signal (quiet edges and pauses of 0.3 s
-removed). A word spanning the pause between two regions is cut to the one its neighbours are in. Speech of at
+removed). A word spanning the pause between two regions is cut to the one its neighbours are in, and a word
+far longer than its text takes to say (a 2.3 s "the" over skipped words) is cut back to that length for
+the re-decoding, and gets its extent back if no other word is found there (``stretched_words`` counts the
+words left cut). Speech of at
 least ``min_uncovered_s`` s that no word covers (each word's span widened by ``coverage_slack`` s) is
 re-decoded on its own (timestamps, word times) on the same loaded model, all stretches of a recording in one
 batch, each encoded with a context of its length rounded up to 10 s rather than Whisper's 30 s (neighbouring
@@ -42,6 +45,17 @@ stretch is dropped; what a stretch that did yield words still leaves uncovered g
 Finally every word is put inside speech, in time order: a region grows over voiced signal a word shows the
 VAD missed (up to 0.5 s), otherwise the word is clamped into it. What is still uncovered is listed in
 ``uncovered`` with the reason. ``completeness: false`` only measures.
+
+**Windows** (``resources: {window_s: 600}``): a recording at least two windows long is cut into about
+``duration / window_s`` windows, each transcribed (VAD, batch, guard) by any worker of the stage, then joined in
+time order. The cuts are planned in the driver from the stored waveform: each at the middle of the longest
+pause within ``min(window_s / 4, 60)`` s of its even place (:func:`~ether_prep.speech.timing.longest_pause`),
+so no word is cut and every sample is in exactly one window. Each window is decoded on its own, so its VAD
+chunks (and a few words near the cuts) can differ from the whole recording's: ``window_s`` is part of the
+fingerprint of a session it splits. Attrs ``windows``: the cuts with the length of the pause each falls in
+(under 0.3 s: a word may be cut there, and the note says so), the language and the worker of each window.
+Multi-channel recordings with ``channels: split`` or ``auto`` are transcribed whole (attrs ``windows`` says
+why): their channels are decoded from the file, which has no cheap seek.
 """
 
 from __future__ import annotations
@@ -56,18 +70,20 @@ from ..errors import StageError
 from ..provenance import library_versions
 from ..speech.backends import TRANSCRIBERS, transcriber_class
 from ..speech.completeness import (
+    cut_long_words,
     cut_stretched_words,
     drop_echoes,
     place_words_in_speech,
     redecode_windows,
     refine_speech_regions,
+    restore_cut_words,
     shift_words,
     speech_coverage,
     uncovered_speech,
 )
-from ..speech.timing import fill_missing_times, frame_energy_db, refine_word_times
-from ..store import write_table
-from .base import Stage
+from ..speech.timing import fill_missing_times, frame_energy_db, longest_pause, refine_word_times
+from ..store import read_table, write_table
+from .base import Stage, Window
 
 if TYPE_CHECKING:
     import zarr
@@ -84,6 +100,8 @@ _COMPUTE_TYPES = {"default", "auto", "int8", "int8_float16", "int8_float32", "in
                   "float16", "bfloat16", "float32"}
 _REDECODE_PAD = 0.3  # s of context around a stretch to re-decode (VAD onsets run late on soft speech)
 _REDECODE_ROUNDS = 2
+_CUT_REACH_S = 60.0  # a window cut is sought within this many seconds of its even place (or a quarter window)
+_MIN_CUT_PAUSE_S = 0.3  # a cut in a shorter pause may fall inside a word: the note says so
 
 
 @dataclass(frozen=True)
@@ -141,11 +159,12 @@ class TranscribeStage(Stage):
     """Words with times and scores from whisperx; zero words (and a note) for audio without speech."""
 
     name = "transcribe"
-    version = "2"
+    version = "3"
     requires = ("audio",)
     needs_stream = "audio"
     backends = tuple(TRANSCRIBERS)
     Params = TranscribeParams
+    window_split = True
 
     def __init__(self, spec: StageSpec) -> None:
         super().__init__(spec)
@@ -200,6 +219,7 @@ class TranscribeStage(Stage):
         n_cut = 0
         if p.completeness and speech:
             words, n_cut = cut_stretched_words(sorted(words, key=lambda w: w["start"]), speech)
+            words, _ = cut_long_words(words, p.coverage_slack)
             duration = len(audio) / sample_rate
             productive: list[tuple[float, float]] = [(0.0, duration)]
             # A second round re-decodes what a first-round window that did find words still left without:
@@ -222,6 +242,8 @@ class TranscribeStage(Stage):
                         productive.append((s, e))
                 redecoded.extend(windows)
             words.sort(key=lambda w: w["start"])
+            words, n_long = restore_cut_words(words)
+            n_cut += n_long
             words, speech = place_words_in_speech(words, speech, energy)
         left = uncovered_speech(speech, words, p.coverage_slack, p.min_uncovered_s)
         reasons = []
@@ -282,9 +304,104 @@ class TranscribeStage(Stage):
                                                 for u in info["uncovered"]]})
         words.sort(key=lambda w: (w["start"], w["channel"]))
         attrs = self._attrs(infos, split=per_channel is not None)
+        if self._window_s(session) is not None and (why := self._whole_because(session)):
+            attrs["windows"] = {"count": 1, "used": False, "why": why}
         _write_words(out, words, speech)
         out.attrs.update(attrs)
         return _note(words, attrs)
+
+    # -- time windows ------------------------------------------------------------------------------------
+    def _window_s(self, session: Session) -> float | None:
+        """``resources.window_s`` when ``session`` is at least two windows long, else None."""
+        window_s = self.spec.resources.window_s
+        probe = session.probe
+        if window_s is None or probe is None or not probe.has_audio or probe.duration < 2 * window_s:
+            return None
+        return window_s
+
+    def _whole_because(self, session: Session) -> str | None:
+        """Why a long recording is transcribed whole all the same (None: it can be split)."""
+        channels = (session.probe.audio_channels if session.probe else None) or 1
+        if self.params.channels != "mix" and channels > 1:
+            return (f"channels: {self.params.channels} on a {channels}-channel recording decodes each channel from "
+                    "the file whole; use channels: mix to transcribe it in windows")
+        return None
+
+    def fingerprint_inputs(self, session: Session) -> dict[str, Any]:
+        # Windows are decoded apart (their own VAD chunks), so where they fall can change a few words.
+        window_s = self._window_s(session)
+        return {"window_s": window_s} if window_s is not None and not self._whole_because(session) else {}
+
+    def windows(self, session: Session, store: SessionGroup) -> list[Window]:
+        """About ``duration / window_s`` windows, cut in the longest pause near each even cut point."""
+        window_s = self._window_s(session)
+        if window_s is None or self._whole_because(session):
+            return []
+        attrs = store.stage_group("audio").attrs
+        rate, n = int(attrs["sample_rate"]), int(attrs["n_samples"])
+        count = int(n / rate // window_s)
+        if count < 2:
+            return []
+        wave = store.array("audio", "waveform")
+        step = n / count
+        reach = round(min(step / 4 / rate, _CUT_REACH_S) * rate)
+        cuts, pauses = [0], []
+        for k in range(1, count):
+            target = round(k * step)
+            a, b = target - reach, target + reach
+            at, pause = longest_pause(frame_energy_db(np.asarray(wave[a:b], dtype=np.float32), rate),
+                                      (target - a) / rate)
+            cuts.append(a + round(at * rate))
+            pauses.append(round(pause, 3))
+        cuts.append(n)
+        return [Window(k, count, cuts[k] / rate, cuts[k + 1] / rate,
+                       {"first": cuts[k], "stop": cuts[k + 1], "pause_s": pauses[k] if k < count - 1 else None})
+                for k in range(count)]
+
+    def run_part(self, session: Session, store: SessionGroup, window: Window, out: zarr.Group) -> None:
+        """Transcribe one window's samples (VAD, batch, guard), times shifted to the recording's."""
+        rate = int(store.stage_group("audio").attrs["sample_rate"])
+        first, stop = window.data["first"], window.data["stop"]
+        words, info = self.transcribe(np.asarray(store.array("audio", "waveform")[first:stop], dtype=np.float32),
+                                      rate)
+        t0 = first / rate
+        words = [{**w, "start": w["start"] + t0, "end": w["end"] + t0, "channel": -1} for w in words]
+        _write_words(out, words, [(s + t0, e + t0, -1) for s, e in info.pop("speech")])
+        info["redecoded"] = [(s + t0, e + t0) for s, e in info["redecoded"]]
+        info["uncovered"] = [{**u, "start": round(u["start"] + t0, 3), "end": round(u["end"] + t0, 3)}
+                             for u in info["uncovered"]]
+        out.attrs.update({**info, "first": first, "stop": stop, "pause_s": window.data["pause_s"]})
+
+    def join(self, session: Session, store: SessionGroup, parts: list[zarr.Group], out: zarr.Group) -> str | None:
+        """The windows' words and speech in time order; attrs summed over windows, as over channels."""
+        self.setup()  # the model's name and source for the attrs (the worker has it loaded)
+        expected = 0
+        words: list[dict[str, Any]] = []
+        speech: list[tuple[float, float, int]] = []
+        infos = []
+        for k, g in enumerate(parts):
+            if int(g.attrs["first"]) != expected:
+                raise StageError(f"{session.path}: transcription window {k + 1} starts at sample {g.attrs['first']}, "
+                                 f"not {expected}: audio would be lost or doubled; run again")
+            expected = int(g.attrs["stop"])
+            table = read_table(g, "words")
+            words.extend({key: table[key][i].item() for key in table} for i in range(len(table["start"])))
+            regions = read_table(g, "speech")
+            speech.extend(zip(regions["start"].tolist(), regions["end"].tolist(), regions["channel"].tolist(),
+                              strict=True))
+            infos.append(dict(g.attrs))
+        attrs = self._attrs(infos, split=False)
+        cuts = [{"at": round(int(g.attrs["stop"]) / int(store.stage_group("audio").attrs["sample_rate"]), 3),
+                 "pause_s": g.attrs["pause_s"]} for g in parts[:-1]]
+        attrs["windows"] = {"count": len(parts), "used": True, "cuts": cuts,
+                            "languages": [i["language"] for i in infos], "workers": [i.get("worker") for i in infos]}
+        _write_words(out, words, speech)
+        out.attrs.update(attrs)
+        notes = [n for n in (_note(words, attrs),) if n]
+        if tight := [c for c in cuts if c["pause_s"] < _MIN_CUT_PAUSE_S]:
+            notes.append(f"{len(tight)} window cut(s) fall in a pause under {_MIN_CUT_PAUSE_S} s (at "
+                         + ", ".join(f"{c['at']:.1f} s" for c in tight) + "): a word there may be cut in two")
+        return "; ".join(notes) or None
 
     def _attrs(self, infos: list[dict[str, Any]], split: bool) -> dict[str, Any]:
         """The stage's attrs: what the transcriber reported and the guard did, summed over channels."""
@@ -292,7 +409,9 @@ class TranscribeStage(Stage):
         total = sum(i["speech_seconds"] for i in infos)
         covered = sum(i["covered_seconds"] for i in infos)
         return {
-            "language": infos[0]["language"], "model": self._asr.model_id, "model_source": self._asr.source,
+            # windows or channels may detect different languages (when none is set): the one of the most speech
+            "language": max(infos, key=lambda i: i["speech_seconds"])["language"],
+            "model": self._asr.model_id, "model_source": self._asr.source,
             "model_path": self._asr.model_path, "aligner": infos[0]["aligner"],
             "n_segments": sum(i["n_segments"] for i in infos),
             "dropped_segments": [d for i in infos for d in i["dropped"]],
