@@ -287,8 +287,9 @@ class _Walk:
             return
         if split is not None:  # the join: the stage's outcome, timed from its first window
             del self.splits[(outcome.session_id, outcome.stage)]
-            end = (outcome.started_at or split.started) + outcome.elapsed_s
-            outcome = replace(outcome, started_at=split.started, elapsed_s=end - split.started,
+            first = min(split.started, outcome.started_at or split.started)  # every window kept: the join's
+            end = (outcome.started_at or first) + outcome.elapsed_s
+            outcome = replace(outcome, started_at=first, elapsed_s=end - first,
                               retries=outcome.retries + split.retries)
         if outcome.state == "failed":
             # Failed in the executor (a worker lost for good, no room for one): the marker still says
@@ -351,8 +352,16 @@ class _Walk:
             return
         if len(windows) > 1:
             group.begin_stage(name, marker)  # running from its first window on, as a whole task would be
-            self.splits[(session.id, name)] = _Split(replace(task, parts=len(windows)), len(windows))
-            self.ready.extend(replace(task, window=w) for w in windows)
+            tasks = [replace(task, window=w) for w in windows]
+            # Windows an interrupted run computed in full for this very fingerprint are kept.
+            todo = tasks if self.force else [t for t in tasks if not self.store.part_done(session.id, name,
+                                                                                          t.part_marker or {})]
+            split = _Split(replace(task, parts=len(windows)), len(todo), kept=len(tasks) - len(todo))
+            self.splits[(session.id, name)] = split
+            if split.kept:
+                self.summary.notes.append(f"{session.relpath}: {name}: {split.kept} of {len(windows)} windows "
+                                          "kept from an interrupted run")
+            self.ready.extend(todo or [split.task])  # every window kept: the join at once
         else:
             self.ready.append(task)
 
@@ -366,6 +375,7 @@ class _Split:
     started: float = float("inf")
     failed: bool = False
     retries: int = 0  # windows handed to another worker because theirs was lost
+    kept: int = 0  # windows computed by an interrupted run, not computed again
 
 
 class _Bars:
@@ -491,7 +501,9 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
             summary.actors = list(getattr(runner, "actor_log", []))
             runner.close()
         try:
-            store.drop_parts()  # every window was joined or its stage failed: nothing reads them any more
+            # Windows of a joined or failed stage, or left by an earlier run and not kept, go; an interrupted
+            # run keeps those of the stages it did not get to join, for the next run.
+            store.drop_parts(keep=[key for key, split in walk.splits.items() if not split.failed])
         except OSError as exc:
             summary.notes.append(f"{store.url}: scratch windows under parts/ not removed ({exc.strerror}); "
                                  f"the next run removes them")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -324,6 +324,15 @@ class Store:
         replaced)."""
         return self.root.require_group(f"{_PARTS}/{session_id}/{stage}").create_group(str(index), overwrite=True)
 
+    def part_done(self, session_id: str, stage: str, window: dict[str, Any]) -> bool:
+        """Whether the group of a window holds that ``window`` computed in full (its ``window`` attribute,
+        written last, equals it: index, count, start, end and the stage's fingerprint)."""
+        try:
+            group = self.root.get(f"{_PARTS}/{session_id}/{stage}/{window['index']}")
+            return isinstance(group, zarr.Group) and group.attrs.get("window") == window
+        except ValueError:  # metadata cut short by a kill while it was written: computed again
+            return False
+
     def parts(self, session_id: str, stage: str, count: int) -> list[zarr.Group]:
         """The ``count`` window groups of a stage computed in windows, in window order."""
         try:
@@ -332,13 +341,23 @@ class Store:
             raise StoreError(f"{self.url}: session {session_id!r}, stage {stage!r}: window {exc} is missing; "
                              f"run again") from exc
 
-    def drop_parts(self, session_id: str | None = None, stage: str | None = None) -> None:
-        """Remove the window groups of a stage (after its join); with no arguments, every one (at the end of a
-        run: those of a stage whose window failed, whose other windows may have been writing until then, and
-        those a killed run left, never reused)."""
+    def drop_parts(self, session_id: str | None = None, stage: str | None = None,
+                   keep: Collection[tuple[str, str]] = ()) -> None:
+        """Remove the window groups of a stage (after its join); with no arguments, every one but those of the
+        (session, stage) pairs in ``keep`` (at the end of a run: those of a stage whose window failed, whose
+        other windows may have been writing until then, and those an earlier run left and this one did not
+        reuse; an interrupted run keeps the windows of stages not yet joined, for the next run)."""
         if session_id is None or stage is None:
-            if _PARTS in self.root:
+            parts = self.root.get(_PARTS)
+            if not isinstance(parts, zarr.Group):
+                return
+            if not keep:
                 del self.root[_PARTS]
+                return
+            for sid, group in list(parts.groups()):
+                for name, _ in list(group.groups()):
+                    if (sid, name) not in keep:
+                        del group[name]
             return
         group = self.root.get(f"{_PARTS}/{session_id}")
         if isinstance(group, zarr.Group) and stage in group:

@@ -57,6 +57,15 @@ class Task:
         return None if self.window is None else self.window.index
 
     @property
+    def part_marker(self) -> dict[str, Any] | None:
+        """What a window's group records once it is computed in full, so that a later run can keep it: the
+        window and the stage's fingerprint (None: not a window)."""
+        if self.window is None:
+            return None
+        w = self.window
+        return {"index": w.index, "count": w.count, "start": w.start, "end": w.end, "fingerprint": self.fingerprint}
+
+    @property
     def key(self) -> str:
         """What progress reports are filed under: the session, or one window of it."""
         return self.session.id if self.window is None else f"{self.session.id}#{self.window.index}"
@@ -183,7 +192,8 @@ class StageWorker:
                 logs.reapply()  # model libraries imported by setup may have installed console handlers
             if task.window is not None:
                 self.stage.run_part(session, group, task.window, out)
-                out.attrs["worker"] = _where_am_i()  # provenance: the join lists where each window ran
+                # Written last: where it ran (the join lists it), and that the window is whole (a rerun keeps it).
+                out.attrs.update({"worker": _where_am_i(), "window": task.part_marker})
                 return Outcome(session.id, self.spec.name, "done", None, time.perf_counter() - t0, task.media_s,
                                started_at=started_at, setup_s=setup_s, part=part)
             if task.parts:

@@ -18,6 +18,7 @@ from ether_prep.speech import normalize_text
 
 from .conftest import DATA
 from .scoring import wer
+from .trust_media import LIBRI_TEXT
 
 __all__ = ["FPS", "GRID_A", "GRID_B", "SPEECH_CLIPS", "SR", "dissolve", "edited_dialogue", "reentry", "speech_clip",
            "words_in_place", "write_wav"]
@@ -116,7 +117,6 @@ def write_wav(path: Path, audio: np.ndarray, sr: int = 16000) -> None:
 
 # ------------------------------------------------------------------------------------------ speech clips
 SR = 16000
-LIBRI_TEXT = "Mister Quilter is the apostle of the middle classes and we are glad to welcome his gospel"
 # name: (shared media file, reference text, GRID clip trimmed to 0.3-2.7 s)
 SPEECH_CLIPS = {
     "bbaf2n": ("video/bbaf2n.mpg", (DATA / "video" / "bbaf2n.txt").read_text().strip(), True),

@@ -8,12 +8,7 @@ Pipeline: ``audio`` then ``face`` (MediaPipe) on three short clips (two GRID spe
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -103,47 +98,6 @@ def _stage_running(store: Path, stage: str) -> bool:
     return "running" in _states(store, stage)
 
 
-def _session_pids(sid: int) -> list[int]:
-    """Processes of session ``sid``: the run and whatever it started (Ray's raylet, workers)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":  # field 6: the session id; zombies are already dead
-            pids.append(int(stat.parent.name))
-    return pids
-
-
-def run_and_kill(args: list[str | Path], when: Callable[[float], bool], timeout: float = 300) -> float:
-    """Start ``ether-prep ARGS`` in a session of its own and SIGKILL all of it as soon as ``when(elapsed)``
-    is true; returns the elapsed time at the kill (or the time it finished by itself)."""
-    proc = subprocess.Popen(media.cli_argv(*args), cwd=media.ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(media.ROOT)})
-    t0 = time.monotonic()
-    try:
-        while proc.poll() is None:
-            elapsed = time.monotonic() - t0
-            assert elapsed < timeout, "the kill point was never reached"
-            if when(elapsed):
-                break
-            time.sleep(0.01)
-        return time.monotonic() - t0
-    finally:
-        for _ in range(50):  # the run, then anything it started (Ray workers may sit in groups of their own)
-            pids = _session_pids(proc.pid)
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            proc.poll()
-            time.sleep(0.1)
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("interrupt")
@@ -172,7 +126,7 @@ def test_sigkill_inline_at_several_points_then_rerun_equals_an_uninterrupted_run
     ]
     done_at_kills = []
     for name, when in points:
-        run_and_kill(_args(setup, store, "-x", "inline"), when)
+        media.run_and_kill(_args(setup, store, "-x", "inline"), when)
         done_at_kills.append((name, assert_done_stages_are_complete(store, setup["reference"])))
         if name == "face running":  # killed inside a face stage (about a second per clip): it stays running
             assert _stage_running(store, "face")
@@ -188,7 +142,7 @@ def test_sigkill_on_ray_then_rerun_equals_an_uninterrupted_run(setup: dict) -> N
     # One kill (a Ray start costs tens of seconds on 2 cores): inside a face stage, once some stage is done
     # (stages stream on Ray: audio and face run side by side, so "after all audio" is no kill point).
     store = setup["tmp"] / "ray.zarr"
-    run_and_kill(_args(setup, store, "-x", "ray", "-w", "2"),
+    media.run_and_kill(_args(setup, store, "-x", "ray", "-w", "2"),
                  lambda _: _stage_running(store, "face") and "done" in _states(store))
     assert 1 <= assert_done_stages_are_complete(store, setup["reference"]) < 6
     assert _stage_running(store, "face")

@@ -6,6 +6,7 @@ retried; a window that fails fails its session."""
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from ether_prep.sessions import session_id
 from ether_prep.stages import STAGES
 from ether_prep.store import Store
 
+from . import trust_media as media
 from .conftest import DATA
 from .media import GRID_A, GRID_B, edited_dialogue
 from .ray_helpers import TEST_STAGES, comparable_attrs, store_digest
@@ -248,3 +250,33 @@ def test_plans_of_odd_videos(kind: str, tmp_path: Path) -> None:
         got = [f for a, b in itertools.pairwise(edges) for f in iter_planned_frames(path, plan, a, b)]
         assert [(f.index, f.time) for f in got] == [(f.index, f.time) for f in full]
         assert all(np.array_equal(f.rgb, g.rgb) for f, g in zip(full, got, strict=True))
+
+
+def _windows_done(store: Path) -> int:
+    """Windows of ``face`` whose group says it is whole (the ``window`` attribute, written last)."""
+    n = 0
+    for marker in store.glob("parts/*/face/*/zarr.json"):
+        try:
+            n += "window" in json.loads(marker.read_text())["attributes"]
+        except (OSError, ValueError, KeyError):
+            continue
+    return n
+
+
+def test_windows_computed_before_a_kill_are_kept_by_the_next_run(runs: dict, tmp_path: Path) -> None:
+    """SIGKILL once two windows are whole: the next run computes only the others, and the face arrays equal
+    the whole video's; the scratch windows are gone after the join."""
+    store = tmp_path / "killed.zarr"
+    config = _config(runs["tmp"], WINDOW_S)
+    raw = runs["tmp"] / "raw"
+    media.run_and_kill(["run", raw, "--out", store, "-c", config, "-p", "face", "-q", "-x", "inline"],
+                       lambda _: _windows_done(store) >= 2)
+    kept = _windows_done(store)
+    assert 2 <= kept < 5
+    summary = run_pipeline(load_pipeline("face", config), raw, store, executor="inline")
+    assert summary.ok, summary.report()
+    assert f"face: {kept} of 5 windows kept from an interrupted run" in "\n".join(summary.notes)
+    face = _face(Store(store, mode="r"))
+    assert len({w["pid"] for w in face.attrs["windows"]["workers"]}) == 2  # the killed run's and this one's
+    _assert_same_faces(face, _face(runs["whole"]))
+    assert "parts" not in Store(store).root

@@ -3,9 +3,12 @@ copied into the repository), plus helpers that run ``ether-prep`` in a subproces
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,3 +105,44 @@ def cli(*args: str | Path, env: dict[str, str] | None = None, preexec_fn: Callab
     """``ether-prep ARGS`` in a subprocess, output captured; ``preexec_fn`` runs in the child before exec."""
     return subprocess.run(cli_argv(*args), capture_output=True, text=True, cwd=ROOT, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, preexec_fn=preexec_fn)
+
+
+def session_pids(sid: int) -> list[int]:
+    """Processes of session ``sid``: the run and whatever it started (Ray's raylet, workers)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":  # field 6: the session id; zombies are already dead
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def run_and_kill(args: list[str | Path], when: Callable[[float], bool], timeout: float = 300) -> float:
+    """Start ``ether-prep ARGS`` in a session of its own and SIGKILL all of it as soon as ``when(elapsed)``
+    is true; returns the elapsed time at the kill (or the time it finished by itself)."""
+    proc = subprocess.Popen(cli_argv(*args), cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    t0 = time.monotonic()
+    try:
+        while proc.poll() is None:
+            elapsed = time.monotonic() - t0
+            assert elapsed < timeout, "the kill point was never reached"
+            if when(elapsed):
+                break
+            time.sleep(0.01)
+        return time.monotonic() - t0
+    finally:
+        for _ in range(50):  # the run, then anything it started (Ray workers may sit in groups of their own)
+            pids = session_pids(proc.pid)
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.poll()
+            time.sleep(0.1)
+        proc.wait()
