@@ -354,8 +354,7 @@ class _Walk:
             group.begin_stage(name, marker)  # running from its first window on, as a whole task would be
             tasks = [replace(task, window=w) for w in windows]
             # Windows an interrupted run computed in full for this very fingerprint are kept.
-            todo = tasks if self.force else [t for t in tasks if not self.store.part_done(session.id, name,
-                                                                                          t.part_marker or {})]
+            todo = [t for t in tasks if self.force or not self.store.part_done(session.id, name, t.part_marker)]
             split = _Split(replace(task, parts=len(windows)), len(todo), kept=len(tasks) - len(todo))
             self.splits[(session.id, name)] = split
             if split.kept:

@@ -324,9 +324,11 @@ class Store:
         replaced)."""
         return self.root.require_group(f"{_PARTS}/{session_id}/{stage}").create_group(str(index), overwrite=True)
 
-    def part_done(self, session_id: str, stage: str, window: dict[str, Any]) -> bool:
+    def part_done(self, session_id: str, stage: str, window: dict[str, Any] | None) -> bool:
         """Whether the group of a window holds that ``window`` computed in full (its ``window`` attribute,
         written last, equals it: index, count, start, end and the stage's fingerprint)."""
+        if window is None:
+            return False
         try:
             group = self.root.get(f"{_PARTS}/{session_id}/{stage}/{window['index']}")
             return isinstance(group, zarr.Group) and group.attrs.get("window") == window

@@ -102,7 +102,7 @@ def test_words_far_longer_than_their_text_are_cut_back_until_redecoding_finds_no
     (lo, hi), = sp.redecode_windows([(179.05, 180.9)], cut, duration=200.0)
     assert lo == 178.56 and hi == pytest.approx(181.2)
     # Words found where it was cut: it stays cut (and the overlap is for place_words_in_speech); none: restored.
-    found = [*cut, _w("apostle", 178.74, 179.12)]
+    found = [*cut, _w("apostle", 178.74, 179.12, source="redecode")]
     kept, n_left = sp.restore_cut_words(sorted(found, key=lambda w: w["start"]))
     assert n_left == 1 and all("cut" not in w for w in kept) and kept[1]["end"] < 179.0
     restored, n_left = sp.restore_cut_words(cut)

@@ -156,15 +156,16 @@ def cut_long_words(words: Sequence[Word], slack: float = 0.15, factor: float = 3
 
 
 def restore_cut_words(words: Sequence[Word]) -> tuple[list[Word], int]:
-    """Give each word :func:`cut_long_words` cut back its extent again when re-decoding found no other word
-    there (it was said slowly, not over skipped words); returns the words, without ``cut``, and how many
-    stay cut."""
+    """Give each word :func:`cut_long_words` cut back its extent again when re-decoding found no word there
+    (``source: redecode``: it was said slowly, not over skipped words); returns the words, without ``cut``,
+    and how many stay cut."""
     out = [dict(w) for w in words]
+    found = [(o["start"], o["end"]) for o in out if o.get("source") == "redecode"]
     n_cut = 0
-    for i, w in enumerate(out):
+    for w in out:
         if (extent := w.pop("cut", None)) is None:
             continue
-        if any(j != i and o["start"] < extent[1] and o["end"] > extent[0] for j, o in enumerate(out)):
+        if any(s < extent[1] and e > extent[0] for s, e in found):
             n_cut += 1
         else:
             w["start"], w["end"] = extent

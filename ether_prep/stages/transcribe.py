@@ -391,8 +391,8 @@ class TranscribeStage(Stage):
                               strict=True))
             infos.append(dict(g.attrs))
         attrs = self._attrs(infos, split=False)
-        cuts = [{"at": round(int(g.attrs["stop"]) / int(store.stage_group("audio").attrs["sample_rate"]), 3),
-                 "pause_s": g.attrs["pause_s"]} for g in parts[:-1]]
+        rate = int(store.stage_group("audio").attrs["sample_rate"])
+        cuts = [{"at": round(int(g.attrs["stop"]) / rate, 3), "pause_s": g.attrs["pause_s"]} for g in parts[:-1]]
         attrs["windows"] = {"count": len(parts), "used": True, "cuts": cuts,
                             "languages": [i["language"] for i in infos], "workers": [i.get("worker") for i in infos]}
         _write_words(out, words, speech)
