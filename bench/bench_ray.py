@@ -42,7 +42,6 @@ import sys
 import tempfile
 import time
 import types
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the tests' media builders (tests.media)
 DATA = ROOT.parent / "shared" / "data"
 os.environ.setdefault("ETHER_PREP_MODELS", str(ROOT.parent / "shared" / "models"))
 
@@ -426,36 +426,17 @@ def bench_windows(tmp: Path, seconds: float, window_s: float, rounds: int) -> No
 def bench_speech_windows(tmp: Path, seconds: float, window_s: float, rounds: int) -> None:
     """``transcribe`` whole against in windows on Ray with 2 CPUs (see the module docstring)."""
     import jiwer
-    import numpy as np
     import ray
 
-    from ether_prep.adapters.pyav import iter_audio_blocks
     from ether_prep.config import load_pipeline
     from ether_prep.runner import run_pipeline
     from ether_prep.speech import normalize_text
     from ether_prep.store import Store
+    from tests.media import SPEECH_CLIPS, read_aloud_call, words_in_place
 
-    rate = 16000
-    turns = [(DATA / "diarization" / "sample.wav", None),
-             (DATA / "speech" / "librispeech_1272-128104-0000.wav",
-              "Mister Quilter is the apostle of the middle classes and we are glad to welcome his gospel"),
-             (DATA / "speech" / "jfk.flac", (DATA / "speech" / "jfk.reference.txt").read_text().strip())]
-    clips = [np.concatenate(list(iter_audio_blocks(path, rate))) for path, _ in turns]
-    parts, spans, n, k = [], [], 0, 0
-    while n < seconds * rate:
-        i = k % len(clips)
-        gap = np.zeros(round((0.3 + 0.7 * ((k * 7) % 10) / 9) * rate), dtype=np.float32)
-        spans.append((i, n / rate, (n + len(clips[i])) / rate))
-        parts += [clips[i], gap]
-        n += len(clips[i]) + len(gap)
-        k += 1
     raw = tmp / "speech_windows_raw"
     raw.mkdir()
-    with wave.open(str(raw / "long_call.wav"), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes((np.clip(np.concatenate(parts), -1, 1) * 32767).astype("<i2").tobytes())
+    turns = read_aloud_call(raw / "long_call.wav", seconds)
     doc = yaml.safe_load((ROOT / "pipelines.yaml").read_text())
     stages = [s for s in doc["pipelines"]["cpu"]["stages"] if s["stage"] in ("audio", "transcribe")]
     configs = {}
@@ -486,21 +467,14 @@ def bench_speech_windows(tmp: Path, seconds: float, window_s: float, rounds: int
     text = {name: normalize_text(" ".join(map(str, w["text"]))) for name, w in words.items()}
     agree = jiwer.wer(" ".join(text["whole"]), " ".join(text["windows"]))
 
-    def reference_wer(w: dict[str, np.ndarray]) -> float:
-        mid = (w["start"] + w["end"]) / 2
-        refs, hyps = [], []
-        for i, a, b in spans:
-            if turns[i][1] is not None:
-                refs.append(" ".join(normalize_text(turns[i][1])))
-                hyps.append(" ".join(normalize_text(" ".join(str(t) for t, m in zip(w["text"], mid, strict=True)
-                                                             if a <= m <= b))))
-        return jiwer.wer(refs, hyps)
-
+    references = [" ".join(normalize_text(SPEECH_CLIPS[name][1])) for name, _, _ in turns]
+    ref = {name: jiwer.wer(references, [r["text"] for r in words_in_place(w, turns)]) for name, w in words.items()}
     attrs = {name: dict(g.stage_group("transcribe").attrs) for name, g in groups.items()}
-    ref = {name: reference_wer(w) for name, w in words.items()}
     win = attrs["windows"]["windows"]
     whole, split = statistics.median(walls["whole"]), statistics.median(walls["windows"])
-    print(f"[speech-windows] one {n / rate:.0f} s recording ({len(spans)} turns), audio + transcribe on Ray, 2 CPUs: "
+    duration = groups["whole"].stage_group("audio").attrs["duration"]
+    print(f"[speech-windows] one {duration:.0f} s recording ({len(turns)} read turns between the call's), audio + "
+          f"transcribe on Ray, 2 CPUs: "
           f"whole {whole:.1f} s, {win['count']} windows of ~{window_s:.0f} s on "
           f"{len({w['pid'] for w in win['workers']})} actors {split:.1f} s: {whole / split:.2f}x; medians of "
           f"{rounds} (whole {[round(w, 1) for w in walls['whole']]}, windows {[round(w, 1) for w in walls['windows']]})"

@@ -355,11 +355,11 @@ class _Walk:
             tasks = [replace(task, window=w) for w in windows]
             # Windows an interrupted run computed in full for this very fingerprint are kept.
             todo = [t for t in tasks if self.force or not self.store.part_done(session.id, name, t.part_marker)]
-            split = _Split(replace(task, parts=len(windows)), len(todo), kept=len(tasks) - len(todo))
+            split = _Split(replace(task, parts=len(windows)), len(todo))
             self.splits[(session.id, name)] = split
-            if split.kept:
-                self.summary.notes.append(f"{session.relpath}: {name}: {split.kept} of {len(windows)} windows "
-                                          "kept from an interrupted run")
+            if kept := len(tasks) - len(todo):
+                self.summary.notes.append(f"{session.relpath}: {name}: {kept} of {len(windows)} windows kept from "
+                                          "an interrupted run")
             self.ready.extend(todo or [split.task])  # every window kept: the join at once
         else:
             self.ready.append(task)
@@ -374,7 +374,6 @@ class _Split:
     started: float = float("inf")
     failed: bool = False
     retries: int = 0  # windows handed to another worker because theirs was lost
-    kept: int = 0  # windows computed by an interrupted run, not computed again
 
 
 class _Bars:

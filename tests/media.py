@@ -20,8 +20,8 @@ from .conftest import DATA
 from .scoring import wer
 from .trust_media import LIBRI_TEXT
 
-__all__ = ["FPS", "GRID_A", "GRID_B", "SPEECH_CLIPS", "SR", "dissolve", "edited_dialogue", "reentry", "speech_clip",
-           "words_in_place", "write_wav"]
+__all__ = ["FPS", "GRID_A", "GRID_B", "SPEECH_CLIPS", "SR", "dissolve", "edited_dialogue", "read_aloud_call",
+           "reentry", "speech_clip", "words_in_place", "write_wav"]
 
 FPS = 25
 GRID_A = DATA / "video" / "bbaf2n.mpg"
@@ -156,3 +156,23 @@ def words_in_place(words: dict[str, np.ndarray], windows: list[tuple[str, float,
         rows.append({"clip": name, "start": a, "end": b, "hits": _hits(ref, hyp), "n": len(ref),
                      "wer": wer(ref, hyp), "text": " ".join(hyp)})
     return rows
+
+
+def read_aloud_call(dst: Path, seconds: float = 300.0) -> list[tuple[str, float, float]]:
+    """A long recording with turn changes: the shared two-party call, LibriSpeech and jfk in turn, 0.3-1 s
+    apart, until ``seconds`` (324 s for 300: 19 turns). Writes a 16 kHz WAV; returns the read turns (name,
+    start, end), whose reference text is in :data:`SPEECH_CLIPS` (the call has none)."""
+    from ether_prep.adapters.pyav import iter_audio_blocks
+
+    call = np.concatenate(list(iter_audio_blocks(DATA / "diarization" / "sample.wav", SR)))
+    clips, names = [call, speech_clip("libri"), speech_clip("jfk")], [None, "libri", "jfk"]
+    parts, turns, n, k = [], [], 0, 0
+    while n < seconds * SR:
+        gap = np.zeros(round((0.3 + 0.7 * ((k * 7) % 10) / 9) * SR), dtype=np.float32)
+        if (name := names[k % 3]) is not None:
+            turns.append((name, n / SR, (n + len(clips[k % 3])) / SR))
+        parts += [clips[k % 3], gap]
+        n += len(clips[k % 3]) + len(gap)
+        k += 1
+    write_wav(dst, np.concatenate(parts), SR)
+    return turns

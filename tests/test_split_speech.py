@@ -22,7 +22,7 @@ from ether_prep.sessions import session_id
 from ether_prep.store import SessionGroup, Store
 
 from .conftest import ROOT
-from .media import SR, speech_clip, words_in_place, write_wav
+from .media import SR, read_aloud_call, speech_clip, words_in_place, write_wav
 from .ray_helpers import comparable_attrs
 
 pytestmark = pytest.mark.slow
@@ -189,24 +189,9 @@ def test_a_five_minute_call_in_windows_keeps_every_read_turn(tmp_path: Path) -> 
     """324 s: the two-party call, LibriSpeech and jfk in turn (0.3-1 s apart, 19 turns), in 4 windows of ~75 s
     (bench speech-windows). In the third window whisperx gave "is the [apostle of the middle classes and we are
     glad] to welcome" as one 2.3 s "the": the guard must cut it back and re-decode what it hid."""
-    from ether_prep.adapters.pyav import iter_audio_blocks
-
-    from .conftest import DATA
-
-    call = np.concatenate(list(iter_audio_blocks(DATA / "diarization" / "sample.wav", SR)))
-    clips = [call, speech_clip("libri"), speech_clip("jfk")]
-    names = [None, "libri", "jfk"]
-    parts, turns, n, k = [], [], 0, 0
-    while n < 300 * SR:
-        gap = np.zeros(round((0.3 + 0.7 * ((k * 7) % 10) / 9) * SR), dtype=np.float32)
-        if names[k % 3] is not None:
-            turns.append((names[k % 3], n / SR, (n + len(clips[k % 3])) / SR))
-        parts += [clips[k % 3], gap]
-        n += len(clips[k % 3]) + len(gap)
-        k += 1
     raw = tmp_path / "raw"
     raw.mkdir()
-    write_wav(raw / "call.wav", np.concatenate(parts), SR)
+    turns = read_aloud_call(raw / "call.wav")
     summary = run_pipeline(load_pipeline("speech", _config(tmp_path, 75.0)), raw, tmp_path / "s.zarr",
                            executor="inline")
     assert summary.ok, summary.report()

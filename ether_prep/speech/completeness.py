@@ -178,10 +178,10 @@ def redecode_windows(uncovered: Sequence[Span], words: Sequence[Word], duration:
     each widened by up to ``pad`` s (VAD edges are late on soft onsets) without reaching a word. Next to a
     word that was ``cut`` back, the window takes in the whole word instead: its length is a guess, and what it
     hid may begin inside it (the word, decoded again, is dropped as an echo)."""
-    starts = np.sort(np.array([w["start"] for w in words], dtype=np.float64))
+    by_start = sorted(words, key=lambda w: w["start"])
+    starts = np.array([w["start"] for w in by_start], dtype=np.float64)
     by_end = sorted(words, key=lambda w: w["end"])
     ends = np.array([w["end"] for w in by_end], dtype=np.float64)
-    by_start = sorted(words, key=lambda w: w["start"])
     joined: list[list[float]] = []
     for s, e in sorted(uncovered):
         if joined and e - joined[-1][0] <= max_len and not ((starts >= joined[-1][1]) & (starts < s)).any():

@@ -365,7 +365,7 @@ class TranscribeStage(Stage):
         words, info = self.transcribe(np.asarray(store.array("audio", "waveform")[first:stop], dtype=np.float32),
                                       rate)
         t0 = first / rate
-        words = [{**w, "start": w["start"] + t0, "end": w["end"] + t0, "channel": -1} for w in words]
+        words = [{**w, "channel": -1} for w in shift_words(words, t0, stop / rate)]
         _write_words(out, words, [(s + t0, e + t0, -1) for s, e in info.pop("speech")])
         info["redecoded"] = [(s + t0, e + t0) for s, e in info["redecoded"]]
         info["uncovered"] = [{**u, "start": round(u["start"] + t0, 3), "end": round(u["end"] + t0, 3)}
