@@ -244,14 +244,14 @@ def status(
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
-    verdicts = {sid: read_review(store.session(sid)) for sid in store.session_ids()}
+    verdicts = {sid: _review(read_review, store, sid) for sid in store.session_ids()}
     review = {sid: list(v.reasons) for sid, v in verdicts.items() if v.needs_review}
     if as_json:
         typer.echo(json.dumps({"store": str(out), "pipeline": name, "sessions": len(store.session_ids()),
                                "counts": counts, "needs_review": review, "rows": rows}, ensure_ascii=False))
         return
     colours = {"done": typer.colors.GREEN, "skipped": typer.colors.CYAN, "failed": typer.colors.RED,
-               "stale": typer.colors.YELLOW, "review": typer.colors.YELLOW}
+               "stale": typer.colors.YELLOW, "review": typer.colors.YELLOW, "damaged": typer.colors.RED}
     for row in rows:
         _say(f"{row['session']:48s} {row['stage']:12s} {row['state']:8s} {row['message']}".rstrip(),
              colours.get(row["state"]))
@@ -265,12 +265,75 @@ def status(
         _say(f"a run is writing this store now: {describe(holder)}", colours["review"])
 
 
+def _review(read_review: Callable[[Any], Any], store: Any, sid: str) -> Any:
+    """A session's qc verdict; a damaged qc stage shows in its status row instead (its verdict is not read)."""
+    from .errors import StoreDamageError
+    from .stages.qc import Review
+
+    try:
+        return read_review(store.session(sid))
+    except StoreDamageError:
+        return Review()
+
+
 def _say(line: str, colour: str | None) -> None:
     """A line on stdout, coloured unless NO_COLOR is set (https://no-color.org) or there is no colour."""
     if colour and not os.environ.get("NO_COLOR"):
         typer.secho(line, fg=colour)
     else:
         typer.echo(line)
+
+
+@app.command()
+def verify(
+    raw_dir: Annotated[Path | None, typer.Argument(help="With --repair: the folder of recordings [default: each "
+                                                        "session's recording where the store says it is].")] = None,
+    out: OutUrl = DEFAULT_STORE_URL,
+    session: Annotated[list[str] | None, typer.Option("--session", help="Only this session id (repeatable).")] = None,
+    repair: Annotated[bool, typer.Option("--repair", help="Recompute every damaged stage (and the stages that read "
+                                                          "it) from the recordings, then verify again.")] = False,
+    pipeline: Annotated[str | None, typer.Option(
+        "--pipeline", "-p", help="With --repair: recompute with this pipeline [default: the one that last ran on "
+                                 "the store].")] = None,
+    config: ConfigOpt = None,
+    executor: Executor = ExecutorName.auto,
+    quiet: Quiet = False,
+) -> None:
+    """Check every stored output against what its stage recorded writing (every file's digest): print each
+    damaged (session, stage, array, problem) and the fix; exit 1 when anything is damaged."""
+    from .config import load_pipeline
+    from .runner import run_pipeline
+    from .store import Store
+
+    try:
+        store = Store(out, mode="r")
+        found = store.verify(session)
+        for d in found:
+            _say(f"damaged {d.session} [{d.stage}] {d.array or 'zarr.json'}: {d.problem}", typer.colors.RED)
+        if not found:
+            typer.echo(f"{len(session or store.session_ids())} session(s) verified: no damage")
+            return
+        if not repair:
+            typer.echo(f"{len(found)} problem(s) in {len({(d.session, d.stage) for d in found})} stage(s); fix: "
+                       f"`ether-prep verify --repair --out {out}` recomputes them from the recordings")
+            raise typer.Exit(1)
+        recorded = store.attrs
+        path = _config_path(config)
+        if path is None and pipeline is None and recorded.get("config") and Path(recorded["config"]).is_file():
+            path = Path(recorded["config"])
+        pipe = load_pipeline(pipeline or recorded.get("pipeline") or "default", path)
+        redo = sorted({(d.session, d.stage) for d in found})
+        summary = run_pipeline(pipe, raw_dir, out, family=None, executor=executor.value, progress=not quiet,
+                               session_ids={sid for sid, _ in redo}, redo=redo)
+        typer.echo(summary.report())
+        left = Store(out, mode="r").verify(session)
+    except EtherPrepError as exc:
+        raise _fail(exc) from exc
+    for d in left:
+        _say(f"still damaged {d.session} [{d.stage}] {d.array or 'zarr.json'}: {d.problem}", typer.colors.RED)
+    if left or not summary.ok:
+        raise typer.Exit(1)
+    typer.echo(f"repaired {len(redo)} stage(s); verified again: no damage")
 
 
 @app.command()

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import StoreError
+from .errors import StoreDamageError, StoreError
 
 __all__ = ["CUE_NAMES", "AlignedStore", "PairDataset", "UtteranceDataset", "collate_pairs", "collate_utterances",
            "open_store"]
@@ -183,6 +183,8 @@ class _SessionArrays:
             self.mask = tensors["mask"]
             self.feature_names = list(tensors.attrs.get("feature_names", []))
             self.pooled = np.asarray(align["pooled"][...])
+        except StoreDamageError:  # says which array is damaged and how to fix it
+            raise
         except (KeyError, StoreError) as exc:
             raise StoreError(f"{root}: session {session_id!r} has no align tensors ({exc}); re-run "
                              f"`ether-prep align --out {root}`") from exc
@@ -193,7 +195,9 @@ class _SessionArrays:
         if self._words is None:
             try:
                 self._words = self.session.read_table("utterances", "words")
-            except StoreError:
+            except StoreDamageError:
+                raise
+            except StoreError:  # the stage has not run: no words
                 self._words = {}
         return self._words
 

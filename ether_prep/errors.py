@@ -9,6 +9,8 @@ Lower-level errors (PyAV, zarr, whisperx, MediaPipe, ...) are translated at the 
     ├── ModelError         a model cannot be found or loaded (path, package, hub)
     ├── StageError         a stage failed on one session for another reason
     ├── StoreError         the Zarr store is missing, of another schema, or inconsistent
+    │   └── StoreDamageError   a stage's stored outputs differ from what it wrote (a chunk or metadata file
+    │                          missing, truncated, changed): named by session, stage and array
     └── LockError          another process holds the store (or a model download) right now
 """
 
@@ -37,6 +39,10 @@ class StageError(EtherPrepError):
 
 class StoreError(EtherPrepError):
     """The store is missing or inconsistent."""
+
+
+class StoreDamageError(StoreError):
+    """Stored outputs of a stage are damaged; ``ether-prep verify --repair`` recomputes them."""
 
 
 class LockError(EtherPrepError):

@@ -167,7 +167,7 @@ def manifest_tables(store: Store) -> tuple[dict[str, list[Any]], dict[str, list[
                              **{f"qc_{k}": v for k, v in review.metrics.items()}})
         if group.stage_state("align").state != "done":
             continue
-        align = group.group["align"]
+        align = group.stage_group("align")  # checked: damaged outputs raise, never reach the manifest
         attrs = dict(align.attrs)
         verdict = (review.needs_review, list(review.reasons))
         for target, rows in ((utt, _utterance_rows(sid, read_table(align, "utterances"), attrs, verdict)),

@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -230,8 +230,11 @@ class _Walk:
     the driver, because a stage's fingerprint depends on the upstream fingerprints just written."""
 
     def __init__(self, planners: dict[str, Stage], store: Store, sessions: Sequence[Session],
-                 probe_errors: dict[str, str], force: bool, summary: RunSummary, token: str | None) -> None:
+                 probe_errors: dict[str, str], force: bool, summary: RunSummary, token: str | None,
+                 redo: Collection[tuple[str, str]] = ()) -> None:
         self.store, self.probe_errors, self.force, self.summary = store, probe_errors, force, summary
+        self.redo = set(redo)  # (session, stage) to compute again though cached: damage found by `verify`
+        self.repaired: dict[str, set[str]] = {s.id: set() for s in sessions}  # recomputed for damage, per session
         self.token = token  # of the store lock this run holds: workers check it before writing
         self.planners = planners  # describe each stage in the driver; workers build their own and load models
         self.models = {name: planner.model_info() for name, planner in self.planners.items()}
@@ -319,6 +322,18 @@ class _Walk:
             if self.executor is not None:
                 self.executor.stage_finished(name)
 
+    def _damaged(self, session: Session, name: str, group: SessionGroup) -> str | None:
+        """Why a stage whose fingerprint matches is computed again (None: it is cached): its stored outputs are
+        damaged (the fast check; ``verify`` found it with the full one), or a stage it reads was recomputed for
+        that reason in this run (as for a stale one: its input was rewritten)."""
+        if (session.id, name) in self.redo:
+            return f"{session.relpath}: {name}: damaged outputs recomputed"
+        if upstream := [d for d in self.deps[name] if d in self.repaired[session.id]]:
+            return f"{session.relpath}: {name}: recomputed after damaged {', '.join(upstream)}"
+        if found := group.damage(name):
+            return f"{found[0].message()}: recomputed"
+        return None
+
     def _plan(self, session: Session, name: str) -> None:
         """Cached, skipped, failed or blocked at once; otherwise a task, or one task per time window (a
         ``window_split`` stage on a long recording; the join is queued when every window is in)."""
@@ -334,8 +349,12 @@ class _Walk:
             self._record(Outcome(session.id, name, "blocked", upstream))
             return
         if not self.force and state.complete and state.fingerprint == fp:
-            self._record(Outcome(session.id, name, "cached", state.note))
-            return
+            why = self._damaged(session, name, group)
+            if why is None:
+                self._record(Outcome(session.id, name, "cached", state.note))
+                return
+            self.repaired[session.id].add(name)
+            self.summary.notes.append(why)
         marker = _marker(planner, upstream, self.models[name])
         stream = planner.needs_stream
         if stream and session.probe and not getattr(session.probe, f"has_{stream}"):
@@ -435,6 +454,8 @@ def run_pipeline(
     ray_address: str | None = None,
     progress: bool = False,
     wait: float = 0.0,
+    session_ids: Collection[str] | None = None,
+    redo: Collection[tuple[str, str]] = (),
 ) -> RunSummary:
     """Run the selected stages of ``pipeline`` over the recordings in ``raw_dir`` (or those in the store).
 
@@ -443,7 +464,9 @@ def run_pipeline(
     logs; False keeps both quiet. The store is locked for the whole run (``<store>/.ether-prep.lock``): a
     second run on the same store waits up to ``wait`` seconds for the first to end, then refuses with a
     :class:`~ether_prep.errors.LockError` naming the holder. A store behind an object-store URL (``s3://``,
-    ``gs://``) has no lock file: one run at a time on it is up to you.
+    ``gs://``) has no lock file: one run at a time on it is up to you. ``session_ids`` limits the run to those
+    sessions; ``redo`` lists (session, stage) pairs to compute again though cached (``ether-prep verify
+    --repair``: damage the fast check does not see), with the stages downstream of them.
     """
     t0 = time.perf_counter()
     specs = pipeline.select(family=family, only=only, start=start)
@@ -457,7 +480,8 @@ def run_pipeline(
         store.record_pipeline(pipeline.name, str(pipeline.source), pipeline.digest())
         try:
             _run_locked(specs, raw_dir, store, summary, lock.token if lock is not None else None, force=force,
-                        executor=executor, workers=workers, ray_address=ray_address, progress=progress)
+                        executor=executor, workers=workers, ray_address=ray_address, progress=progress,
+                        session_ids=session_ids, redo=redo)
         finally:
             summary.wall_s = time.perf_counter() - t0
     return summary
@@ -465,12 +489,15 @@ def run_pipeline(
 
 def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summary: RunSummary,
                 token: str | None, *, force: bool, executor: str, workers: int | None, ray_address: str | None,
-                progress: bool) -> None:
+                progress: bool, session_ids: Collection[str] | None = None,
+                redo: Collection[tuple[str, str]] = ()) -> None:
     planners = {spec.name: stage_class(spec.name)(spec) for spec in specs}  # describe stages in the driver
     if _go_offline(list(planners.values())) and any(p.model_info() for p in planners.values()):
         _log.info("every model is local: model hubs switched off (HF_HUB_OFFLINE=1, TRANSFORMERS_OFFLINE=1)")
     sessions, probe_errors = load_sessions(store, raw_dir, summary)
-    walk = _Walk(planners, store, sessions, probe_errors, force, summary, token)
+    if session_ids is not None:
+        sessions = [s for s in sessions if s.id in set(session_ids)]
+    walk = _Walk(planners, store, sessions, probe_errors, force, summary, token, redo)
     bars = _Bars(specs, enabled=progress and sys.stderr.isatty())
     runner: Executor | None = None
     try:
@@ -513,7 +540,7 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
 
 
 def status_table(store: Store, pipeline: Pipeline | None = None) -> list[dict[str, Any]]:
-    """One row per (session, stage): state (done, skipped, stale, failed, running, pending) and message.
+    """One row per (session, stage): state (done, skipped, stale, damaged, failed, running, pending) and message.
 
     ``stale`` means done, but with other parameters, model or upstream results than ``pipeline`` now asks for;
     a stage downstream of a stale one is stale too, since rerunning the upstream stage changes its input.
@@ -527,17 +554,38 @@ def status_table(store: Store, pipeline: Pipeline | None = None) -> list[dict[st
         except EtherPrepError:  # its sessions.csv is malformed now: judge staleness on the stored metadata
             session = session_from_info(group.info, refresh=False)
         expected: dict[str, str] = {}  # stage -> the fingerprint this pipeline would give it now
+        damaged: set[str] = set()  # stages found damaged, and those downstream of them
         for name in planners or sorted(group.group.group_keys()):
             state = group.stage_state(name)
-            shown = state.state
+            shown, message = state.state, state.error or state.note or ""
             if session is not None and state.complete:
                 fp = _expected_fingerprint(planners[name], session, group, expected)
                 expected[name] = fp or ""
                 if fp != state.fingerprint:
                     shown = "stale"
+            shown, message = _damage_state(group, name, shown, message, damaged,
+                                           planners[name].requires if planners else ())
             rows.append({"session": sid, "relpath": group.info.get("relpath", ""), "stage": name, "state": shown,
-                         "message": state.error or state.note or ""})
+                         "message": message})
     return rows
+
+
+def _damage_state(group: SessionGroup, name: str, shown: str, message: str, damaged: set[str],
+                  requires: Sequence[str]) -> tuple[str, str]:
+    """A completed stage's shown state and message, given the fast check of its stored outputs: ``damaged``
+    (naming each array and what is wrong), or ``stale`` downstream of a damaged stage (a rerun recomputes
+    both)."""
+    if shown not in ("done", "skipped", "stale"):
+        return shown, message
+    if found := group.damage(name):
+        damaged.add(name)
+        listed = "; ".join(f"array {d.array!r}: {d.problem}" if d.array else d.problem for d in found[:4])
+        more = f"; and {len(found) - 4} more" if len(found) > 4 else ""
+        return "damaged", f"{listed}{more}; a rerun or `ether-prep verify --repair` recomputes it"
+    if upstream := [d for d in requires if d in damaged]:
+        damaged.add(name)
+        return "stale", f"upstream stage {', '.join(upstream)} is damaged; a rerun recomputes this one too"
+    return shown, message
 
 
 def _expected_fingerprint(stage: Stage, session: Session, group: SessionGroup, expected: dict[str, str]) -> str | None:

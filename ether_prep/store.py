@@ -23,9 +23,12 @@ chunk. Metadata is consolidated once at the end of a run; writers always open un
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import warnings
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,12 +37,16 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 from . import __version__
-from .errors import StoreError
+from .errors import StoreDamageError, StoreError
 
 __all__ = [
     "SCHEMA_VERSION",
+    "CheckedArray",
+    "CheckedGroup",
+    "Damage",
     "SessionGroup",
     "StageState",
     "Store",
@@ -58,6 +65,9 @@ _SESSIONS = "sessions"
 _PARTS = "parts"
 # About 2 MB of float32 per chunk: big enough for fast sequential reads, small enough to slice.
 DEFAULT_CHUNK_BYTES = 2 * 1024 * 1024
+# zarr's default zstd, with zstd's own content checksum on: a flipped byte fails at decode instead of reading
+# as a plausible value (the stage's completion marker also records a digest of every file; see ``verify``).
+_COMPRESSORS = (ZstdCodec(level=0, checksum=True),)
 
 
 def now() -> str:
@@ -106,7 +116,7 @@ def write_array(group: zarr.Group, name: str, data: np.ndarray, chunk_len: int |
     chunks = (min(rows, max(data.shape[0], 1)), *data.shape[1:]) if data.ndim else ()
     fill = np.nan if data.dtype.kind == "f" else None
     arr = group.create_array(name, shape=data.shape, chunks=chunks, dtype=data.dtype, fill_value=fill,
-                             overwrite=True, dimension_names=_dims(name, data.shape, dims))
+                             overwrite=True, dimension_names=_dims(name, data.shape, dims), compressors=_COMPRESSORS)
     if data.size:
         arr[...] = data
     if attrs:
@@ -127,7 +137,7 @@ def create_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype: An
     chunks = tuple(max(c, 1) for c in chunks)
     fill = fill_value if fill_value is not None else (np.nan if dtype.kind == "f" else None)
     arr = group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, overwrite=True,
-                             dimension_names=_dims(name, shape, dims))
+                             dimension_names=_dims(name, shape, dims), compressors=_COMPRESSORS)
     if attrs:
         arr.attrs.update(dict(attrs))
     return arr
@@ -135,7 +145,8 @@ def create_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype: An
 
 def write_labels(group: zarr.Group, dim: str, labels: Sequence[str]) -> zarr.Array:
     """A 1-D string array named like a dimension: xarray takes it as that dimension's coordinate labels."""
-    arr = group.create_array(dim, shape=(len(labels),), dtype=str, overwrite=True, dimension_names=[dim])
+    arr = group.create_array(dim, shape=(len(labels),), dtype=str, overwrite=True, dimension_names=[dim],
+                             compressors=_COMPRESSORS)
     if labels:
         arr[...] = np.asarray(labels, dtype=str)
     return arr
@@ -155,7 +166,7 @@ def write_table(group: zarr.Group, name: str, columns: Mapping[str, Any],
         if arr.dtype.kind in ("U", "O", "T"):
             arr = arr.astype(str) if arr.size else np.array([], dtype=str)
             out = table.create_array(col, shape=arr.shape, chunks=(_chunk_rows(len(arr), 64),), dtype=str,
-                                     dimension_names=[dim])
+                                     dimension_names=[dim], compressors=_COMPRESSORS)
             if arr.size:
                 out[...] = arr
         else:
@@ -164,10 +175,11 @@ def write_table(group: zarr.Group, name: str, columns: Mapping[str, Any],
     return table
 
 
-def read_table(group: zarr.Group, name: str) -> dict[str, np.ndarray]:
+def read_table(group: zarr.Group | CheckedGroup, name: str) -> dict[str, np.ndarray]:
     """Read a table written by :func:`write_table` into memory (columns in written order)."""
-    table = group[name]
-    return {col: _plain(table[col][...]) for col in table.attrs.get("columns", list(table.array_keys()))}
+    with _translated(group, name):
+        table = group[name]
+        return {col: _plain(table[col][...]) for col in table.attrs.get("columns", list(table.array_keys()))}
 
 
 def _plain(values: np.ndarray) -> np.ndarray:
@@ -177,12 +189,293 @@ def _plain(values: np.ndarray) -> np.ndarray:
     return values
 
 
+# ------------------------------------------------------------------------------------------ verified stores
+# A stage's completion marker records what the stage wrote (``outputs``): every file under its group but the
+# group's own zarr.json (which holds the marker), each with its size and a blake2b digest, and every array
+# with its shape and number of stored chunks. Two checks use it:
+# - fast (every ``stage_group`` read, ``status``, every rerun): every recorded file is there with its recorded
+#   size, no chunk file was added; a file modified after the stage wrote it (mtime, on a local store) has its
+#   digest compared. One stat per file, no reads: cheap on a cached rerun of a big store.
+# - full (``ether-prep verify``): the digest of every file.
+# A missing chunk would otherwise read as the fill value (NaN: "no face", 0.0: silence), a missing array
+# zarr.json as "the stage wrote no such array"; both are damage here, never data.
+_OUTPUTS_FORMAT = 1
+_READ_ERRORS = (RuntimeError, ValueError, OSError, EOFError, KeyError)  # zarr / numcodecs decode failures
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _local_root(zstore: Any) -> Path | None:
+    """The folder behind a zarr store on this machine, or None (an object store)."""
+    from zarr.storage import FsspecStore, LocalStore
+
+    if isinstance(zstore, LocalStore):
+        return Path(zstore.root)
+    if isinstance(zstore, FsspecStore):
+        protocol = zstore.fs.protocol
+        if "file" in ((protocol,) if isinstance(protocol, str) else protocol):
+            return Path(zstore.path)
+    return None
+
+
+def _list_files(group: zarr.Group, stage: str) -> dict[str, tuple[int, int | None]]:
+    """Every file under a stage's group, relative to it: (size, mtime in ns; None on an object store)."""
+    zstore, prefix = group.store, f"{group.path}/{stage}".strip("/")
+    root = _local_root(zstore)
+    out: dict[str, tuple[int, int | None]] = {}
+    if root is not None:
+        base = root / prefix
+        for folder, _, names in os.walk(base):
+            for name in names:
+                if name.endswith(".partial"):  # zarr's temporary of a write in progress (or killed)
+                    continue
+                path = Path(folder) / name
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                out[path.relative_to(base).as_posix()] = (st.st_size, st.st_mtime_ns)
+        return out
+    from zarr.core.sync import sync
+
+    async def listing() -> list[str]:
+        return [key async for key in zstore.list_prefix(f"{prefix}/")]
+
+    for key in sync(listing()):
+        if not key.endswith(".partial"):
+            out[key[len(prefix) + 1:]] = (int(sync(zstore.getsize(key))), None)
+    return out
+
+
+def _read_file(group: zarr.Group, stage: str, rel: str) -> bytes | None:
+    zstore, key = group.store, f"{group.path}/{stage}/{rel}".strip("/")
+    root = _local_root(zstore)
+    if root is not None:
+        try:
+            return (root / key).read_bytes()
+        except FileNotFoundError:
+            return None
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    buf = sync(zstore.get(key, prototype=default_buffer_prototype()))
+    return None if buf is None else buf.to_bytes()
+
+
+def _owner(rel: str, arrays: Collection[str]) -> str | None:
+    """The recorded array a file belongs to (its metadata or a chunk), or None."""
+    best = None
+    for name in arrays:
+        if rel.startswith(f"{name}/") and (best is None or len(name) > len(best)):
+            best = name
+    return best
+
+
+def record_outputs(group: zarr.Group, stage: str) -> dict[str, Any]:
+    """What a stage just wrote under its group (see the section comment): for its completion marker."""
+    listed = _list_files(group, stage)
+    listed.pop("zarr.json", None)  # the stage group's own metadata: it holds this very record
+    files: dict[str, list[Any]] = {}
+    arrays: dict[str, dict[str, Any]] = {}
+    for rel in sorted(listed):
+        data = _read_file(group, stage, rel)
+        if data is None:
+            continue
+        files[rel] = [len(data), _digest(data)]
+        if rel == "zarr.json" or rel.endswith("/zarr.json"):
+            meta = json.loads(data)
+            if meta.get("node_type") == "array":
+                arrays[rel.removesuffix("zarr.json").rstrip("/")] = {"shape": list(meta["shape"]), "chunks": 0}
+    for rel in files:
+        name = _owner(rel, arrays)
+        if name is not None and rel != f"{name}/zarr.json":
+            arrays[name]["chunks"] += 1
+    mtimes = [listed[rel][1] for rel in files if listed[rel][1] is not None]
+    return {"format": _OUTPUTS_FORMAT, "written_ns": max(mtimes) if mtimes else None, "arrays": arrays,
+            "files": files}
+
+
+def check_outputs(group: zarr.Group, stage: str, outputs: Mapping[str, Any], full: bool = False,
+                  only: str | None = None) -> list[tuple[str, str]]:
+    """(array, problem) for every way a stage's files differ from its record; ``full`` compares every file's
+    digest (else only those modified since written); ``only`` limits the check to one array or table."""
+    arrays = outputs.get("arrays", {})
+    recorded: dict[str, list[Any]] = dict(outputs.get("files", {}))
+    written = outputs.get("written_ns")
+    listed = _list_files(group, stage)
+    listed.pop("zarr.json", None)
+
+    def wanted(rel: str) -> bool:
+        return only is None or rel == only or rel.startswith(f"{only}/")
+
+    problems: list[tuple[str, str]] = []
+    for rel, (size, digest) in recorded.items():
+        if not wanted(rel):
+            continue
+        name = _owner(rel, arrays) or rel.rsplit("/", 1)[0]  # a table's group metadata: the table
+        what = "metadata (zarr.json)" if rel.endswith("zarr.json") else f"chunk {rel[len(name) + 1:]}"
+        if rel not in listed:
+            problems.append((name, f"{what} is missing"))
+            continue
+        now_size, mtime = listed[rel]
+        if now_size != size:
+            how = "truncated" if now_size < size else "overwritten"
+            problems.append((name, f"{what} is damaged ({how}: {now_size} bytes, the stage wrote {size})"))
+            continue
+        if full or (written is not None and mtime is not None and mtime > written):
+            data = _read_file(group, stage, rel)
+            if data is None:
+                problems.append((name, f"{what} is missing"))
+            elif _digest(data) != digest:
+                problems.append((name, f"{what} is damaged (bad checksum: its bytes changed after the stage "
+                                       f"wrote them)"))
+    for rel in sorted(listed.keys() - recorded.keys()):
+        name = _owner(rel, arrays)
+        if name is not None and wanted(rel):  # a planted chunk would read as data where the stage wrote fill
+            problems.append((name, f"chunk {rel[len(name) + 1:]} was not written by the stage"))
+    return problems
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One problem found in a stage's stored outputs."""
+
+    session: str
+    stage: str
+    array: str  # path inside the stage's group ('au', 'tracks/track'); '' for the stage's own metadata
+    problem: str
+
+    def message(self, store_url: str | None = None) -> str:
+        return damage_message(self.session, self.stage, self.array, self.problem, store_url)
+
+
+def damage_message(session: str, stage: str, array: str, problem: str, store_url: str | None = None) -> str:
+    """'session S, stage T, array A: PROBLEM; run `ether-prep verify --repair`' (the one wording of damage)."""
+    out = f" --out {store_url}" if store_url else ""
+    where = f"session {session!r}, stage {stage!r}" + (f", array {array!r}" if array else "")
+    return f"{where}: {problem}; run `ether-prep verify --repair{out}` to recompute it"
+
+
+@contextlib.contextmanager
+def _translated(group: Any, name: str) -> Iterator[None]:
+    """Decode errors of a read through a plain zarr group (not a :class:`CheckedGroup`, which names the session
+    and stage itself) as a StoreDamageError naming the node."""
+    if isinstance(group, CheckedGroup):
+        yield
+        return
+    try:
+        yield
+    except KeyError:
+        raise
+    except _READ_ERRORS as exc:
+        parts = f"{group.path}/{name}".strip("/").split("/")
+        if len(parts) >= 3 and parts[0] == _SESSIONS:
+            raise StoreDamageError(damage_message(parts[1], parts[2], "/".join(parts[3:]),
+                                                  f"cannot be read ({type(exc).__name__}: {exc})")) from exc
+        raise StoreDamageError(f"{'/'.join(parts)}: cannot be read ({type(exc).__name__}: {exc}); run "
+                               f"`ether-prep verify --repair`") from exc
+
+
+class CheckedArray:
+    """A stage's output array as its readers get it: zarr's array, whose decode errors (a truncated chunk,
+    a bad zstd checksum) become a StoreDamageError naming session, stage, array and the fix."""
+
+    def __init__(self, array: zarr.Array, owner: SessionGroup, stage: str, name: str) -> None:
+        self._array, self._owner, self._stage, self._name = array, owner, stage, name
+
+    def __getitem__(self, selection: Any) -> Any:
+        try:
+            return self._array[selection]
+        except _READ_ERRORS as exc:
+            raise self._owner.read_error(self._stage, self._name, exc) from exc
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        data = np.asarray(self[...])
+        return data if dtype is None else data.astype(dtype)
+
+    def __len__(self) -> int:
+        return len(self._array)
+
+    def __getattr__(self, name: str) -> Any:  # shape, dtype, chunks, attrs, ... as zarr has them
+        return getattr(self._array, name)
+
+    def __repr__(self) -> str:
+        return f"<CheckedArray {self._owner.id}/{self._stage}/{self._name} {self._array.shape} {self._array.dtype}>"
+
+
+class CheckedGroup:
+    """A stage's output group (or a table or ragged group in it) as its readers get it: members come back as
+    :class:`CheckedArray` / :class:`CheckedGroup`, and a member the stage wrote whose metadata is gone is a
+    StoreDamageError, never "absent"."""
+
+    def __init__(self, group: zarr.Group, owner: SessionGroup, stage: str, prefix: str = "") -> None:
+        self._group, self._owner, self._stage, self._prefix = group, owner, stage, prefix
+
+    def _rel(self, key: str) -> str:
+        return f"{self._prefix}/{key}" if self._prefix else key
+
+    def _wrap(self, key: str, node: Any) -> Any:
+        if isinstance(node, zarr.Array):
+            return CheckedArray(node, self._owner, self._stage, self._rel(key))
+        if isinstance(node, zarr.Group):
+            return CheckedGroup(node, self._owner, self._stage, self._rel(key))
+        return node
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            node = self._group[key]
+        except _READ_ERRORS as exc:
+            error = self._owner.read_error(self._stage, self._rel(key), exc)
+            if error is None:
+                raise
+            raise error from exc
+        return self._wrap(key, node)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: str) -> bool:
+        if key in self._group:
+            return True
+        if self._owner.recorded(self._stage, self._rel(key)):
+            raise self._owner.read_error(self._stage, self._rel(key), KeyError(key)) or StoreDamageError(key)
+        return False
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._group)
+
+    def arrays(self) -> Iterator[tuple[str, CheckedArray]]:
+        for name, arr in self._group.arrays():
+            yield name, CheckedArray(arr, self._owner, self._stage, self._rel(name))
+
+    def groups(self) -> Iterator[tuple[str, CheckedGroup]]:
+        for name, sub in self._group.groups():
+            yield name, CheckedGroup(sub, self._owner, self._stage, self._rel(name))
+
+    @property
+    def attrs(self) -> Any:
+        return self._group.attrs
+
+    def __getattr__(self, name: str) -> Any:  # array_keys, group_keys, path, ... as zarr has them
+        return getattr(self._group, name)
+
+    def __repr__(self) -> str:
+        return f"<CheckedGroup {self._owner.id}/{self._stage}/{self._prefix}>"
+
+
 class SessionGroup:
     """One session's group: stage states, stage outputs, and helpers to read them."""
 
-    def __init__(self, session_id: str, group: zarr.Group) -> None:
+    def __init__(self, session_id: str, group: zarr.Group, store_url: str | None = None) -> None:
         self.id = session_id
         self.group = group
+        self.store_url = store_url  # named in the fix of a damage message
+        self._sound: dict[str, tuple[Any, Any]] = {}  # stage -> (fingerprint, finished_at) that passed the check
 
     @property
     def info(self) -> dict[str, Any]:
@@ -199,23 +492,88 @@ class SessionGroup:
         return StageState(stage, marker.get("state", "pending"), marker.get("fingerprint"),
                           marker.get("error"), marker.get("note"), marker)
 
-    def stage_group(self, stage: str) -> zarr.Group:
-        """The output group of a completed stage (raises StoreError when it is not complete)."""
+    def damage(self, stage: str, full: bool = False) -> list[Damage]:
+        """What is wrong with a completed stage's stored outputs (empty: sound, or not complete). The fast
+        check by default, every file's digest with ``full``; a stage written before ether-prep recorded its
+        outputs is checked with ``full`` by decoding every chunk of every array."""
+        state = self.stage_state(stage)
+        if state.error and state.error.startswith("unreadable stage metadata"):
+            return [Damage(self.id, stage, "", f"the stage's own metadata (zarr.json) is damaged ({state.error})")]
+        if not state.complete:
+            return []
+        outputs = state.info.get("outputs")
+        if outputs is None:
+            return self._decode_all(stage) if full else []
+        return [Damage(self.id, stage, name, problem)
+                for name, problem in check_outputs(self.group, stage, outputs, full=full)]
+
+    def _decode_all(self, stage: str) -> list[Damage]:
+        found: list[Damage] = []
+
+        def walk(group: zarr.Group, prefix: str) -> None:
+            for name, arr in group.arrays():
+                rows = max(1, arr.chunks[0]) if arr.ndim else 1
+                try:
+                    for a in range(0, max(arr.shape[0], 1) if arr.ndim else 1, rows):
+                        np.asarray(arr[a:a + rows] if arr.ndim else arr[...])  # decoded, then dropped
+                except _READ_ERRORS as exc:
+                    found.append(Damage(self.id, stage, f"{prefix}{name}", f"cannot be read ({type(exc).__name__}:"
+                                                                           f" {exc})"))
+            for name, sub in group.groups():
+                walk(sub, f"{prefix}{name}/")
+
+        walk(self.group[stage], "")
+        return found
+
+    def recorded(self, stage: str, name: str) -> bool:
+        """Whether the stage's marker records that it wrote the array or group ``name``."""
+        files = (self.stage_state(stage).info.get("outputs") or {}).get("files", {})
+        return any(rel.startswith(f"{name}/") for rel in files)
+
+    def read_error(self, stage: str, name: str, exc: Exception) -> StoreDamageError | None:
+        """The StoreDamageError for an exception raised while reading ``name`` of ``stage`` (None: a KeyError
+        for a member the stage never wrote, which stays a KeyError)."""
+        outputs = self.stage_state(stage).info.get("outputs")
+        if outputs is not None:
+            found = check_outputs(self.group, stage, outputs, full=True, only=name)
+            if found:
+                problems = "; ".join(p for _, p in found[:3]) + (f"; {len(found) - 3} more" if len(found) > 3 else "")
+                return StoreDamageError(damage_message(self.id, stage, found[0][0], problems, self.store_url))
+        if isinstance(exc, KeyError) and not self.recorded(stage, name):
+            return None
+        return StoreDamageError(damage_message(self.id, stage, name, f"cannot be read ({type(exc).__name__}: "
+                                                                     f"{exc})", self.store_url))
+
+    def stage_group(self, stage: str) -> CheckedGroup:
+        """The output group of a completed stage, checked (fast) against what the stage recorded it wrote:
+        raises StoreError when the stage is not complete, StoreDamageError when its outputs are damaged."""
         state = self.stage_state(stage)
         if not state.complete:
             raise StoreError(f"session {self.id!r}: stage {stage!r} is {state.state}; run it first")
-        return self.group[stage]
+        key = (state.fingerprint, state.info.get("finished_at"))
+        if self._sound.get(stage) != key:
+            found = self.damage(stage)
+            if found:
+                more = (f" (and {len(found) - 1} more problem(s): `ether-prep verify` lists all)"
+                        if len(found) > 1 else "")
+                raise StoreDamageError(found[0].message(self.store_url) + more)
+            self._sound[stage] = key
+        return CheckedGroup(self.group[stage], self, stage)
 
     def begin_stage(self, stage: str, marker: dict[str, Any]) -> zarr.Group:
         """Replace whatever the stage left before with an empty group marked ``running``."""
         out = self.group.create_group(stage, overwrite=True)
         out.attrs["stage"] = {**marker, "state": "running", "fingerprint": None, "started_at": now()}
+        self._sound.pop(stage, None)
         return out
 
     def finish_stage(self, stage: str, state: str, fingerprint: str | None, **fields: Any) -> None:
-        """Write the completion marker last; a failed stage gets no fingerprint."""
+        """Write the completion marker last; a failed stage gets no fingerprint. A done or skipped stage's
+        marker records what it wrote (``outputs``: files, sizes, digests; arrays, shapes, chunk counts)."""
         out = self.group.require_group(stage)
         marker = dict(out.attrs.get("stage", {}))
+        if state != "failed":
+            fields = {**fields, "outputs": record_outputs(self.group, stage)}
         marker.update(fields, state=state, fingerprint=fingerprint if state != "failed" else None,
                       finished_at=now())
         out.attrs["stage"] = marker
@@ -223,7 +581,7 @@ class SessionGroup:
     def read_table(self, stage: str, name: str) -> dict[str, np.ndarray]:
         return read_table(self.stage_group(stage), name)
 
-    def array(self, stage: str, name: str) -> zarr.Array:
+    def array(self, stage: str, name: str) -> CheckedArray:
         return self.stage_group(stage)[name]
 
 
@@ -234,7 +592,7 @@ def open_session(store_path: Path | str, session_id: str) -> SessionGroup:
                                 use_consolidated=False)
     except FileNotFoundError:
         raise StoreError(f"{store_path}: no session {session_id!r}") from None
-    return SessionGroup(session_id, group)
+    return SessionGroup(session_id, group, str(store_path))
 
 
 def is_url(location: str | os.PathLike[str]) -> bool:
@@ -317,7 +675,17 @@ class Store:
                 group = self.root[f"{_SESSIONS}/{session_id}"]
             except KeyError:
                 raise StoreError(f"{self.url}: no session {session_id!r}") from None
-        return SessionGroup(session_id, group)
+        return SessionGroup(session_id, group, self.url)
+
+    def verify(self, session_ids: Sequence[str] | None = None, full: bool = True) -> list[Damage]:
+        """Every problem in the stored outputs of every completed stage of these sessions (default: all),
+        with the full check (every file's digest) unless ``full`` is False."""
+        found: list[Damage] = []
+        for sid in session_ids or self.session_ids():
+            group = self.session(sid)
+            for stage in sorted(group.group.group_keys()):
+                found.extend(group.damage(stage, full=full))
+        return found
 
     def begin_part(self, session_id: str, stage: str, index: int) -> zarr.Group:
         """An empty group for window ``index`` of a stage computed in windows (what an earlier try left is
@@ -426,7 +794,8 @@ def write_ragged(group: zarr.Group, name: str, columns: Mapping[str, np.ndarray]
         fill = np.nan if arr.dtype.kind == "f" else (False if arr.dtype.kind == "b" else 0)
         col_dims = (dims or {}).get(col) or ("row", *(f"{col}_{i}" for i in range(1, arr.ndim)))
         z = out.create_array(col, shape=arr.shape, chunks=chunks, shards=shards, dtype=arr.dtype,
-                             fill_value=fill, overwrite=True, dimension_names=_dims(col, arr.shape, col_dims))
+                             fill_value=fill, overwrite=True, dimension_names=_dims(col, arr.shape, col_dims),
+                             compressors=_COMPRESSORS)
         if arr.size:
             z[...] = arr
     write_array(out, "offsets", offsets, dims=("item_edge",))
@@ -436,12 +805,13 @@ def write_ragged(group: zarr.Group, name: str, columns: Mapping[str, np.ndarray]
     return out
 
 
-def read_ragged(group: zarr.Group, name: str, index: int,
+def read_ragged(group: zarr.Group | CheckedGroup, name: str, index: int,
                 columns: list[str] | None = None) -> dict[str, np.ndarray]:
     """Read item ``index`` of a ragged group written by :func:`write_ragged` (one slice per column)."""
-    rag = group[name]
-    n_items = int(rag.attrs["n_items"])
-    if not 0 <= index < n_items:
-        raise StoreError(f"ragged {name!r}: item {index} out of range (0..{n_items - 1})")
-    lo, hi = (int(x) for x in rag["offsets"][index:index + 2])
-    return {col: rag[col][lo:hi] for col in (columns or rag.attrs["columns"])}
+    with _translated(group, name):
+        rag = group[name]
+        n_items = int(rag.attrs["n_items"])
+        if not 0 <= index < n_items:
+            raise StoreError(f"ragged {name!r}: item {index} out of range (0..{n_items - 1})")
+        lo, hi = (int(x) for x in rag["offsets"][index:index + 2])
+        return {col: rag[col][lo:hi] for col in (columns or rag.attrs["columns"])}

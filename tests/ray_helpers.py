@@ -140,6 +140,8 @@ def comparable_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     out = _unmeasured(attrs)
     if "stage" in out:
         out["stage"] = {k: v for k, v in dict(out["stage"]).items() if k not in _VOLATILE}
+        if isinstance(out["stage"].get("outputs"), dict):  # when its files were written: a time too
+            out["stage"]["outputs"] = {k: v for k, v in out["stage"]["outputs"].items() if k != "written_ns"}
     return out
 
 
