@@ -222,7 +222,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout (rows, counts, review).")]
     = False,
 ) -> None:
-    """Per session and stage: done, skipped, stale, failed (with the message), running or pending."""
+    """Per session and stage: done, skipped, stale, damaged (naming the array), failed (with the message), running
+    or pending."""
     import json
 
     from .config import load_pipeline

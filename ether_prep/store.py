@@ -14,9 +14,11 @@
       utterances.parquet, dialogue_pairs.parquet   manifests written by ``align``
 
 A stage group's ``stage`` attribute holds ``state`` (running, done, skipped, failed), the ``fingerprint``
-of stage version, backend, model, parameters and upstream fingerprints, and provenance (library versions,
-model ids, parameters, times). The runner writes it with ``state: running`` before the stage runs and
-with the fingerprint only after every array is written, so an interrupted stage never counts as done.
+of stage version, backend, model, parameters and upstream fingerprints, provenance (library versions,
+model ids, parameters, times), and ``outputs``: what the stage wrote (each file's size and digest, each array's
+shape and chunk count), which every read checks (see *verified stores* below). The runner writes it with
+``state: running`` before the stage runs and with the fingerprint only after every array is written, so an
+interrupted stage never counts as done.
 Different sessions live in different groups, so workers in different processes never write the same
 chunk. Metadata is consolidated once at the end of a run; writers always open unconsolidated.
 """
@@ -204,7 +206,7 @@ _READ_ERRORS = (RuntimeError, ValueError, OSError, EOFError, KeyError)  # zarr /
 
 
 def _digest(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+    return hashlib.blake2b(data, digest_size=8).hexdigest()  # finds damage; not a defence against forgery
 
 
 def _local_root(zstore: Any) -> Path | None:
@@ -226,17 +228,22 @@ def _list_files(group: zarr.Group, stage: str) -> dict[str, tuple[int, int | Non
     root = _local_root(zstore)
     out: dict[str, tuple[int, int | None]] = {}
     if root is not None:
-        base = root / prefix
-        for folder, _, names in os.walk(base):
-            for name in names:
-                if name.endswith(".partial"):  # zarr's temporary of a write in progress (or killed)
-                    continue
-                path = Path(folder) / name
-                try:
-                    st = path.stat()
-                except FileNotFoundError:
-                    continue
-                out[path.relative_to(base).as_posix()] = (st.st_size, st.st_mtime_ns)
+        def scan(folder: str, rel: str) -> None:  # plain scandir: this runs for every cached stage of a rerun
+            try:
+                entries = list(os.scandir(folder))
+            except FileNotFoundError:
+                return
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    scan(entry.path, f"{rel}{entry.name}/")
+                elif not entry.name.endswith(".partial"):  # zarr's temporary of a write in progress (or killed)
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    out[rel + entry.name] = (st.st_size, st.st_mtime_ns)
+
+        scan(str(root / prefix), "")
         return out
     from zarr.core.sync import sync
 
