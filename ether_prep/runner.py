@@ -329,9 +329,10 @@ class _Walk:
         if (session.id, name) in self.redo:
             return f"{session.relpath}: {name}: damaged outputs recomputed"
         if upstream := [d for d in self.deps[name] if d in self.repaired[session.id]]:
-            return f"{session.relpath}: {name}: recomputed after damaged {', '.join(upstream)}"
+            return f"{session.relpath}: {name}: recomputed because {', '.join(upstream)}, which it reads, was"
         if found := group.damage(name):
-            return f"{found[0].message()}: recomputed"
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            return f"{session.relpath}: {name}: array {found[0].array!r}: {found[0].problem}{more}: recomputed"
         return None
 
     def _plan(self, session: Session, name: str) -> None:
