@@ -63,7 +63,7 @@ def pipeline(name: str = "cpu", stages: list[dict[str, Any]] | None = None, **pa
 # The fast tier (`pytest -m "not slow and not ray"`, the way a contributor iterates) loads no model and starts no
 # Ray. Tests that need Ray are marked `ray` here, from the fixture they use (test_progress asks for it by name);
 # every other test is checked as it runs: one that imports a model library or Ray without being marked fails.
-_HEAVY = ("torch", "ray", "mediapipe", "ctranslate2", "whisperx", "feat", "resemblyzer", "dlib")
+_HEAVY = ("torch", "ray", "mediapipe", "ctranslate2", "feat", "resemblyzer", "dlib")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
