@@ -126,7 +126,7 @@ class AlignedStore:
             for col in frame.columns:
                 if col in _TEXT_COLUMNS:
                     frame[col] = frame[col].map(lambda t: self.deid.text(str(t)) if t is not None else t)
-                elif frame[col].dtype == object:  # strings and lists: ids, paths, reasons
+                elif frame[col].dtype.kind not in "biufcmM":  # strings and lists (any dtype): ids, paths
                     frame[col] = frame[col].map(self._ids)
         return frame
 

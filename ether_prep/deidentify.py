@@ -203,8 +203,8 @@ class Deidentifier:
 
 
 class IdAliases:
-    """Replaces, in id and path strings, every session id, recording path, file name and file stem of the
-    given sessions by the session's alias (``sessions/<id>/align`` becomes ``sessions/<alias>/align``).
+    """Replaces, in id and path strings, every session id, recording path and file name of the given sessions
+    by the session's alias (``sessions/<id>/align`` becomes ``sessions/<alias>/align``).
 
     Only whole tokens are replaced (not inside a longer word); transcript texts are left to
     :meth:`Deidentifier.text`.
@@ -215,10 +215,8 @@ class IdAliases:
         needles: dict[str, str] = {}
         for sid, relpath in sessions:
             alias = self.of[sid] = deid.alias(sid)
-            forms = [sid, sid.rsplit("-", 1)[0]]
-            if relpath:
-                rel = PurePosixPath(relpath)
-                forms += [relpath, rel.name, rel.stem]
+            # Not the bare stem or slug: "client.wav" must not turn the role "client" into an alias.
+            forms = [sid, relpath, PurePosixPath(relpath).name] if relpath else [sid]
             for form in forms:
                 if form and form not in needles:
                     needles[form] = alias
