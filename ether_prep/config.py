@@ -445,7 +445,7 @@ def _stage_spec(entry: Any, index: int, line: int, problems: _Problems, pipeline
         except ValueError as exc:
             named = [k for k in (entry.get("params") or {}) if re.search(rf"\b{re.escape(str(k))}\b", str(exc))]
             at = _line(entry.get("params"), named[0]) if named else 0
-            report(at or _line(entry, "backend") or _line(entry), f"parameters: {exc}")
+            report(at or _line(entry, "backend") or _line(entry), f"parameters: {_clip(str(exc))}")
             ok = False
     enabled = entry.get("enabled", True)
     if not isinstance(enabled, bool):
