@@ -335,7 +335,8 @@ def export(
     deidentify: Annotated[bool, typer.Option(
         "--deidentify", help="For sharing: e-mail addresses, phone numbers, URLs and listed names in transcripts "
                              "become [EMAIL] [PHONE] [URL] [NAME]; face boxes, landmarks and identity embeddings "
-                             "are left out; files are named session-<hash> instead of by recording.")] = False,
+                             "are left out; files are named session-<keyed hash> instead of by recording (key: "
+                             "$ETHER_PREP_DEID_KEY, else STORE/.ether-prep-key, made once).")] = False,
     names: Annotated[Path | None, typer.Option(
         "--names", help="With --deidentify: a text file of names to replace, one per line (first names and "
                         "surnames on lines of their own if they may be said alone).")] = None,
@@ -354,6 +355,10 @@ def export(
 
             deid = Deidentifier.from_names_file(names)
         store = Store(out, mode="r")
+        if deid is not None:  # aliases keyed with $ETHER_PREP_DEID_KEY or the store's own key file
+            from .deidentify import deid_key
+
+            deid.key = deid_key(out)
         dest_dir.mkdir(parents=True, exist_ok=True)
         failed = 0
         for sid in session or store.session_ids():

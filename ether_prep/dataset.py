@@ -30,6 +30,9 @@ Each item is a dict: ``utterance_id``, ``session_id``, ``speaker``, ``role``, ``
 ``open_store(path, deidentify=True, names=[...])`` scrubs every text on read: e-mail addresses, phone numbers,
 URLs and the listed names become ``[EMAIL]``, ``[PHONE]``, ``[URL]``, ``[NAME]`` in utterance texts, dialogue
 pair texts and words (see :mod:`ether_prep.deidentify`); the face tensors hold no boxes or landmarks anyway.
+Every id and path that carries a file name (``session_id``, ``utterance_id``, ``pair_id``, ``relpath``,
+``group``, ...) holds the session's keyed alias instead, in items, manifests and :meth:`AlignedStore.to_pandas`
+(``key=`` or ``$ETHER_PREP_DEID_KEY``, else the store's ``.ether-prep-key``); filters take real ids or aliases.
 """
 
 from __future__ import annotations
@@ -52,19 +55,23 @@ _TEXT_COLUMNS = ("text", "client_text", "counsellor_text")  # what de-identifica
 
 
 def open_store(path: str | os.PathLike[str], deidentify: bool = False,
-               names: Iterable[str] | str | os.PathLike[str] | None = None) -> AlignedStore:
+               names: Iterable[str] | str | os.PathLike[str] | None = None,
+               key: str | bytes | None = None) -> AlignedStore:
     """Open a store written by ``ether-prep extract`` + ``ether-prep align`` for reading.
 
-    ``deidentify=True`` scrubs texts on read; ``names`` is a list of names or a names file (one per line).
+    ``deidentify=True`` scrubs texts on read and aliases ids and paths; ``names`` is a list of names or a names
+    file (one per line); ``key`` the secret aliases are keyed with (default: ``$ETHER_PREP_DEID_KEY``, else the
+    store's own key file, see :func:`ether_prep.deidentify.deid_key`).
     """
-    return AlignedStore(path, deidentify=deidentify, names=names)
+    return AlignedStore(path, deidentify=deidentify, names=names, key=key)
 
 
 class AlignedStore:
     """An aligned store: the utterance and pair manifests in memory, tensors read on demand."""
 
     def __init__(self, path: str | os.PathLike[str], deidentify: bool = False,
-                 names: Iterable[str] | str | os.PathLike[str] | None = None) -> None:
+                 names: Iterable[str] | str | os.PathLike[str] | None = None,
+                 key: str | bytes | None = None) -> None:
         from .manifest import read_manifest
         from .store import Store
 
@@ -79,17 +86,30 @@ class AlignedStore:
         self.pair_manifest = read_manifest(pairs) if pairs.exists() else {}
         self._store = store
         self.deid = None
+        self._ids: Any = None  # IdAliases when de-identified
         if deidentify:
-            from .deidentify import Deidentifier, read_names
+            self._deidentify(path, names, key)
+        elif names is not None or key is not None:
+            raise StoreError("names= and key= only apply with deidentify=True")
 
-            listed = read_names(names) if isinstance(names, str | os.PathLike) else list(names or ())
-            self.deid = Deidentifier(listed)
-            for table in (self.manifest, self.pair_manifest):
-                for col in _TEXT_COLUMNS:
-                    if col in table:
-                        table[col] = np.array([self.deid.text(str(t)) for t in table[col]], dtype=object)
-        elif names is not None:
-            raise StoreError("names= only applies with deidentify=True")
+    def _deidentify(self, path: str | os.PathLike[str], names: Any, key: str | bytes | None) -> None:
+        """Scrub the manifests' texts and alias every id and path in them (see the module docstring)."""
+        from .deidentify import Deidentifier, deid_key, read_names
+
+        listed = read_names(names) if isinstance(names, str | os.PathLike) else list(names or ())
+        self.deid = Deidentifier(listed, key=deid_key(path, key))
+        self._ids = _id_aliases(self.deid, self._store, self.manifest.get("session_id", ()))
+        for table in (self.manifest, self.pair_manifest):
+            for col in list(table):
+                if col in _TEXT_COLUMNS:
+                    table[col] = np.array([self.deid.text(str(t)) for t in table[col]], dtype=object)
+                else:
+                    table[col] = self._ids(table[col])
+
+    def _alias(self, values: str | Sequence[str]) -> list[str]:
+        """Filter values as the (aliased) manifests hold them: a real id or path becomes its alias."""
+        values = [values] if isinstance(values, str) else list(values)
+        return [self._ids(str(v)) for v in values] if self._ids is not None else values
 
     def to_pandas(self, which: str = "utterances") -> Any:
         """A manifest as a pandas DataFrame: ``utterances``, ``pairs`` or ``sessions``."""
@@ -102,9 +122,12 @@ class AlignedStore:
         if not path.exists():
             raise StoreError(f"{self.path}: no {path.name}; run `ether-prep align --out {self.path}` first")
         frame = pq.read_table(path).to_pandas()
-        for col in _TEXT_COLUMNS if self.deid is not None else ():
-            if col in frame:
-                frame[col] = frame[col].map(lambda t: self.deid.text(str(t)) if t is not None else t)
+        if self.deid is not None:
+            for col in frame.columns:
+                if col in _TEXT_COLUMNS:
+                    frame[col] = frame[col].map(lambda t: self.deid.text(str(t)) if t is not None else t)
+                elif frame[col].dtype.kind not in "biufcmM":  # strings and lists (any dtype): ids, paths
+                    frame[col] = frame[col].map(self._ids)
         return frame
 
     def pairs(self, session: str | Sequence[str] | None = None, flag: str | Sequence[str] | None = None,
@@ -115,7 +138,7 @@ class AlignedStore:
         n = len(m.get("pair_id", []))
         keep = np.ones(n, dtype=bool)
         if session is not None:
-            keep &= np.isin(m["session_id"].astype(str), [session] if isinstance(session, str) else list(session))
+            keep &= np.isin(m["session_id"].astype(str), self._alias(session))
         if flag is not None:
             wanted = {flag} if isinstance(flag, str) else set(flag)
             keep &= np.array([bool(wanted & set(f)) for f in m["client_flags"]], dtype=bool)
@@ -147,7 +170,7 @@ class AlignedStore:
             return np.isin(m[col].astype(str), [values] if isinstance(values, str) else list(values))
 
         if session is not None:
-            keep &= isin("session_id", session)
+            keep &= isin("session_id", self._alias(session))
         if role is not None:
             keep &= isin("role", role)
         if flag is not None:
@@ -163,10 +186,25 @@ class AlignedStore:
         if min_coverage is not None:
             keep &= m["speaker_coverage"].astype(float) >= min_coverage
         if ids is not None:
-            keep &= isin("utterance_id", list(ids))
+            keep &= isin("utterance_id", self._alias(list(ids)))
         if where is not None:
             keep &= np.asarray(where(m), dtype=bool)
-        return UtteranceDataset(self.path, {k: v[keep] for k, v in m.items()}, with_words, with_audio, self.deid)
+        return UtteranceDataset(self.path, {k: v[keep] for k, v in m.items()}, with_words, with_audio, self.deid,
+                                self._ids.real if self._ids is not None else None)
+
+
+def _id_aliases(deid: Any, store: Any, listed: Iterable[str] = ()) -> Any:
+    """:class:`~ether_prep.deidentify.IdAliases` of every session in ``store`` (and ``listed`` in a manifest),
+    with the recording paths their file names come from."""
+    from .deidentify import IdAliases
+
+    sessions: dict[str, str] = {str(s): "" for s in listed}
+    for sid in store.session_ids():
+        try:
+            sessions[sid] = str(store.session(sid).info.get("relpath") or "")
+        except StoreError:
+            sessions.setdefault(sid, "")
+    return IdAliases(deid, sessions.items())
 
 
 class _SessionArrays:
@@ -207,12 +245,13 @@ class UtteranceDataset:
     """Per-utterance tensors, read lazily; ``Dataset``-compatible (``len``, ``[i]``) with a padding collate."""
 
     def __init__(self, root: Path, rows: dict[str, np.ndarray], with_words: bool = False,
-                 with_audio: bool = False, deid: Any = None) -> None:
+                 with_audio: bool = False, deid: Any = None, real_ids: dict[str, str] | None = None) -> None:
         self.root = Path(root)
         self.rows = rows
         self.with_words = with_words
         self.with_audio = with_audio
         self.deid = deid  # a Deidentifier: words are scrubbed as they are read
+        self._real_ids = real_ids or {}  # de-identified: alias -> session id, to find the session's arrays
         self._cache: dict[str, _SessionArrays] = {}
         self._pid = os.getpid()
         self._cues = np.stack([rows[c].astype(np.float32) for c in CUE_NAMES], axis=1) if len(self) else \
@@ -239,7 +278,8 @@ class UtteranceDataset:
             self._cache, self._pid = {}, os.getpid()
         arrays = self._cache.get(session_id)
         if arrays is None:
-            arrays = self._cache[session_id] = _SessionArrays(self.root, session_id)
+            real = self._real_ids.get(session_id, session_id)
+            arrays = self._cache[session_id] = _SessionArrays(self.root, real)
         return arrays
 
     def __getitem__(self, i: int) -> dict[str, Any]:
