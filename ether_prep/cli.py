@@ -227,7 +227,7 @@ def status(
 
     from .config import load_pipeline
     from .lock import STORE_LOCK, describe, read_holder
-    from .runner import status_table
+    from .runner import gone_note, missing_recordings, status_table
     from .stages.qc import read_review
     from .store import Store, local_path
 
@@ -241,6 +241,7 @@ def status(
         rows = status_table(store, load_pipeline(name, path))
     except EtherPrepError as exc:
         raise _fail(exc) from exc
+    gone = missing_recordings(store)  # e.g. withdrawn from the study: say so, delete nothing
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
@@ -248,7 +249,9 @@ def status(
     review = {sid: list(v.reasons) for sid, v in verdicts.items() if v.needs_review}
     if as_json:
         typer.echo(json.dumps({"store": str(out), "pipeline": name, "sessions": len(store.session_ids()),
-                               "counts": counts, "needs_review": review, "rows": rows}, ensure_ascii=False))
+                               "counts": counts, "needs_review": review, "rows": rows,
+                               "missing_recordings": [{"session": sid, "recording": rel} for sid, rel in gone]},
+                              ensure_ascii=False))
         return
     colours = {"done": typer.colors.GREEN, "skipped": typer.colors.CYAN, "failed": typer.colors.RED,
                "stale": typer.colors.YELLOW, "review": typer.colors.YELLOW}
@@ -257,12 +260,35 @@ def status(
              colours.get(row["state"]))
     typer.echo(f"{len(store.session_ids())} session(s), pipeline {name!r}: "
                + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if gone:
+        _say(gone_note(gone, "at their stored path (moved? a run over their raw folder updates it)"),
+             colours["review"])
     if review:
         _say(f"{len(review)} session(s) need review (see the qc rows above): {', '.join(review)}", colours["review"])
     folder = local_path(out)
     holder = read_holder(folder / STORE_LOCK) if folder is not None else None
     if holder is not None:
         _say(f"a run is writing this store now: {describe(holder)}", colours["review"])
+
+
+@app.command()
+def remove(
+    session_ids: Annotated[list[str], typer.Argument(metavar="SESSION", help=(
+        "Ids of the sessions to delete, as `ether-prep status` lists them."))],
+    out: OutUrl = DEFAULT_STORE_URL,
+    wait: Wait = 0.0,
+) -> None:
+    """Delete sessions from the store: their results, windows and manifest rows (e.g. consent withdrawn).
+
+    Asks nothing; deletes nothing when any id is unknown. The recordings themselves are not touched.
+    """
+    from .removal import remove_sessions
+
+    try:
+        for line in remove_sessions(out, session_ids, wait=wait):
+            typer.echo(line)
+    except EtherPrepError as exc:
+        raise _fail(exc) from exc
 
 
 def _say(line: str, colour: str | None) -> None:

@@ -10,6 +10,7 @@ __all__ = [
     "DialoguePair",
     "FaceTrack",
     "MediaProbe",
+    "RecordingIdentity",
     "Session",
     "Span",
     "Turn",
@@ -43,6 +44,38 @@ class MediaProbe:
 
 
 @dataclass(frozen=True)
+class RecordingIdentity:
+    """What a recording was when it was read: its size, modification time and a digest of its content (the
+    whole file when small, else its first and last MiB), so a replaced or still-growing file is noticed."""
+
+    size: int
+    mtime_ns: int
+    digest: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def change(self, now: RecordingIdentity) -> str | None:
+        """How the recording ``now`` differs from this one, in words (None: the same)."""
+        if now == self:
+            return None
+        parts = []
+        if now.size != self.size:
+            parts.append(f"size {self.size} -> {now.size} bytes")
+        if now.mtime_ns != self.mtime_ns:
+            parts.append(f"modified {_iso(self.mtime_ns)} -> {_iso(now.mtime_ns)}")
+        if not parts:
+            parts.append("same size and time, other content")
+        return ", ".join(parts)
+
+
+def _iso(ns: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
 class Session:
     """One recording: a video with audio, or audio alone.
 
@@ -56,10 +89,12 @@ class Session:
     kind: str  # "video", "audio" or "image"
     meta: dict[str, str] = field(default_factory=dict)
     probe: MediaProbe | None = None  # None when the file could not be probed (the session then fails)
+    identity: RecordingIdentity | None = None  # the file as probed (None: not probed)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "path": str(self.path), "relpath": self.relpath, "kind": self.kind,
-                "meta": dict(self.meta), "probe": self.probe.to_dict() if self.probe else None}
+                "meta": dict(self.meta), "probe": self.probe.to_dict() if self.probe else None,
+                "identity": self.identity.to_dict() if self.identity else None}
 
 
 class Word(TypedDict):

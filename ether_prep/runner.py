@@ -31,16 +31,16 @@ from .errors import EtherPrepError, InputError, StoreError
 from .executors import ActorRecord, Executor, make_executor
 from .lock import store_lock
 from .provenance import fingerprint, library_versions
-from .records import Session
-from .sessions import probe_session, scan, session_from_info
+from .records import RecordingIdentity, Session
+from .sessions import probe_session, recording_identity, scan, session_from_info
 from .spec import StageSpec
 from .stages import stage_class
 from .stages.base import Stage
 from .store import SessionGroup, StageState, Store, local_path
 from .worker import Outcome, Task
 
-__all__ = ["RunSummary", "load_sessions", "models_are_local", "plan_stage", "run_pipeline", "stage_fingerprint",
-           "status_table"]
+__all__ = ["RunSummary", "gone_note", "load_sessions", "missing_recordings", "models_are_local", "plan_stage",
+           "recording_change", "run_pipeline", "stage_fingerprint", "status_table"]
 
 _log = logging.getLogger(__name__)
 # Hub libraries (huggingface_hub, transformers, pyannote) read these when imported: set before any stage loads.
@@ -119,6 +119,48 @@ def stage_fingerprint(spec: StageSpec, upstream: dict[str, str], inputs: dict[st
     return fingerprint(payload)
 
 
+def _inputs(stage: Stage, session: Session) -> dict[str, Any]:
+    """A stage's per-session fingerprint inputs; the recording's identity for a stage that reads the file."""
+    inputs = stage.fingerprint_inputs(session)
+    if stage.reads_recording and session.identity is not None:
+        inputs = {**inputs, "recording": session.identity.to_dict()}
+    return inputs
+
+
+def recording_change(state: StageState, now: RecordingIdentity | None) -> str | None:
+    """Why a completed stage that read the recording is out of date with the file as it is ``now``: "recording
+    changed since ..." (None: unchanged, not known, or a stage that does not read the file)."""
+    then = state.info.get("recording")
+    if not then or now is None:
+        return None
+    change = RecordingIdentity(**then).change(now)
+    when = state.info.get("finished_at") or state.info.get("started_at") or "?"
+    return f"recording changed since {state.stage} read it ({when}): {change}" if change else None
+
+
+def missing_recordings(store: Store, raw_dir: Path | None = None, found: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(session id, path) of the stored sessions whose recording is gone: with ``raw_dir``, those that a scan of it
+    did not ``found`` and whose file is missing or lay under it; without, those whose stored file is missing."""
+    found_ids = set(found)
+    root = raw_dir.absolute() if raw_dir is not None else None
+    gone = []
+    for sid in store.session_ids():
+        if sid in found_ids:
+            continue
+        info = store.session(sid).info
+        path = Path(info.get("path", ""))
+        if not info.get("path") or not os.path.lexists(path) or (root is not None and path.is_relative_to(root)):
+            gone.append((sid, info.get("relpath") or str(path)))
+    return gone
+
+
+def gone_note(gone: list[tuple[str, str]], where: str) -> str:
+    """What a run or ``status`` says about stored sessions without a recording (:func:`missing_recordings`)."""
+    listed = ", ".join(f"{sid} ({rel})" for sid, rel in gone)
+    return (f"{len(gone)} stored session(s) have no recording {where}: {listed}; their results stay in the store "
+            f"and its manifests: `ether-prep remove ID` deletes them")
+
+
 def _probe_all(sessions: Sequence[Session], errors: dict[str, str]) -> list[Session]:
     probed = []
     for s in sessions:
@@ -166,6 +208,8 @@ def load_sessions(store: Store, raw_dir: Path | None,
         raise InputError(f"{raw_dir}: no recordings found (looked for video, audio and image files)")
     for s in sessions:
         store.session(s.id, info=s.to_dict())
+    if summary is not None and (gone := missing_recordings(store, raw_dir, [s.id for s in sessions])):
+        summary.notes.append(gone_note(gone, f"under {raw_dir}"))
     return sessions, errors
 
 
@@ -221,7 +265,7 @@ def plan_stage(stage: Stage, session: Session, group: SessionGroup) -> tuple[str
         if not state.complete:
             return "", group.stage_state(spec.name), f"needs stage {dep!r}, which is {state.state}"
         upstream[dep] = state.fingerprint or ""
-    fp = stage_fingerprint(spec, upstream, stage.fingerprint_inputs(session))
+    fp = stage_fingerprint(spec, upstream, _inputs(stage, session))
     return fp, group.stage_state(spec.name), upstream
 
 
@@ -247,6 +291,7 @@ class _Walk:
         self.splits: dict[tuple[str, str], _Split] = {}  # (session, stage) computed in windows, until joined
         self.finished: list[str] = []  # stages with an outcome for every session, in the order they got there
         self.executor: Executor | None = None
+        self.changed: set[str] = set()  # sessions whose recording changed since it was computed (noted once)
 
     def start(self) -> None:
         """Plan every session as far as it goes without computing anything."""
@@ -336,7 +381,12 @@ class _Walk:
         if not self.force and state.complete and state.fingerprint == fp:
             self._record(Outcome(session.id, name, "cached", state.note))
             return
+        if state.complete and session.id not in self.changed and (change := recording_change(state, session.identity)):
+            self.changed.add(session.id)
+            self.summary.notes.append(f"{session.relpath}: {change}: its stages are computed again")
         marker = _marker(planner, upstream, self.models[name])
+        if planner.reads_recording and session.identity is not None:
+            marker["recording"] = session.identity.to_dict()  # what status compares the file with
         stream = planner.needs_stream
         if stream and session.probe and not getattr(session.probe, f"has_{stream}"):
             note = f"no {stream} stream in {session.relpath}: stage skipped"
@@ -515,8 +565,9 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
 def status_table(store: Store, pipeline: Pipeline | None = None) -> list[dict[str, Any]]:
     """One row per (session, stage): state (done, skipped, stale, failed, running, pending) and message.
 
-    ``stale`` means done, but with other parameters, model or upstream results than ``pipeline`` now asks for;
-    a stage downstream of a stale one is stale too, since rerunning the upstream stage changes its input.
+    ``stale`` means done, but with other parameters, model or upstream results than ``pipeline`` now asks for,
+    or on a recording that has changed since (the message says how); a stage downstream of a stale one is stale
+    too, since rerunning the upstream stage changes its input.
     """
     planners = {s.name: stage_class(s.name)(s) for s in pipeline.stages if s.enabled} if pipeline else {}
     rows = []
@@ -526,17 +577,24 @@ def status_table(store: Store, pipeline: Pipeline | None = None) -> list[dict[st
             session = session_from_info(group.info) if planners else None
         except EtherPrepError:  # its sessions.csv is malformed now: judge staleness on the stored metadata
             session = session_from_info(group.info, refresh=False)
+        change = None  # how the recording changed since a stage read it
+        if session is not None and any(p.reads_recording for p in planners.values()):
+            # gone or unreadable: judged on what was stored (status says it is gone)
+            with contextlib.suppress(EtherPrepError):
+                session = replace(session, identity=recording_identity(session.path))
         expected: dict[str, str] = {}  # stage -> the fingerprint this pipeline would give it now
         for name in planners or sorted(group.group.group_keys()):
             state = group.stage_state(name)
-            shown = state.state
+            shown, message = state.state, state.error or state.note or ""
             if session is not None and state.complete:
                 fp = _expected_fingerprint(planners[name], session, group, expected)
                 expected[name] = fp or ""
+                if planners[name].reads_recording:
+                    change = recording_change(state, session.identity) or change
                 if fp != state.fingerprint:
-                    shown = "stale"
+                    shown, message = "stale", change or message
             rows.append({"session": sid, "relpath": group.info.get("relpath", ""), "stage": name, "state": shown,
-                         "message": state.error or state.note or ""})
+                         "message": message})
     return rows
 
 
@@ -552,6 +610,6 @@ def _expected_fingerprint(stage: Stage, session: Session, group: SessionGroup, e
                 return None
             upstream[dep] = dep_state.fingerprint or ""
     try:
-        return stage_fingerprint(stage.spec, upstream, stage.fingerprint_inputs(session))
+        return stage_fingerprint(stage.spec, upstream, _inputs(stage, session))
     except EtherPrepError:
         return None

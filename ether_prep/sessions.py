@@ -14,14 +14,15 @@ import hashlib
 import os
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import ConfigError, InputError
-from .records import MediaProbe, Session
+from .records import MediaProbe, RecordingIdentity, Session
 
 __all__ = ["AUDIO_EXTENSIONS", "IMAGE_EXTENSIONS", "METADATA_FILE", "VIDEO_EXTENSIONS", "Discovery",
-           "discover_sessions", "probe_session", "read_metadata", "read_metadata_csv", "scan", "session_id"]
+           "check_unchanged", "discover_sessions", "probe_session", "read_metadata", "read_metadata_csv",
+           "recording_identity", "scan", "session_id"]
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg"})
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".m4a", ".ogg"})
@@ -107,12 +108,65 @@ def _parse_metadata(path: Path) -> tuple[dict[str, dict[str, str]], dict[str, in
     return rows, first_line
 
 
+# A recording's digest covers the whole file up to this size, else its first and last _SAMPLE bytes: cheap enough
+# for every session on every run (a cached rerun reads 2 MiB a recording), and it sees a re-export, whose
+# container header and index (at the start or the end) differ; size and modification time see the rest.
+_WHOLE = 4 * 1024 * 1024
+_SAMPLE = 1024 * 1024
+
+
+def recording_identity(path: Path) -> RecordingIdentity:
+    """Size, modification time and content digest (blake2b) of a recording; raises :class:`InputError` when it
+    cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            digest = hashlib.blake2b(str(st.st_size).encode(), digest_size=16)
+            if st.st_size <= _WHOLE:
+                digest.update(fh.read())
+            else:
+                digest.update(fh.read(_SAMPLE))
+                fh.seek(-_SAMPLE, os.SEEK_END)
+                digest.update(fh.read(_SAMPLE))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror}); check that it exists and that this user may "
+                         f"read it") from exc
+    return RecordingIdentity(st.st_size, st.st_mtime_ns, digest.hexdigest())
+
+
+def check_unchanged(path: Path, seen: RecordingIdentity | None) -> None:
+    """After decoding ``path``: raise :class:`InputError` when its size or modification time is no longer what
+    was ``seen`` before (when it was probed), e.g. a recording still being written; None checks nothing."""
+    if seen is None:
+        return
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise InputError(f"{path}: gone while it was read ({exc.strerror}); run again once it is back") from exc
+    if st.st_size != seen.size:
+        change = f"size {seen.size} -> {st.st_size}"
+    elif st.st_mtime_ns != seen.mtime_ns:
+        change = f"same size, modified again: {seen.change(replace(seen, mtime_ns=st.st_mtime_ns))}"
+    else:
+        return
+    raise InputError(f"{path}: changed while it was read ({change}): still being written? run again when it is "
+                     f"complete")
+
+
 def probe_session(session: Session) -> Session:
-    """The session with its PyAV probe attached; raises :class:`InputError` when the file is unreadable."""
+    """The session with its PyAV probe and the file's identity attached; raises :class:`InputError` when the file
+    is unreadable."""
     from .adapters import pyav  # PyAV only when actually probing
 
+    try:
+        st = os.stat(session.path)
+    except OSError:
+        st = None  # the probe says what is wrong with it
     probe: MediaProbe = pyav.probe(session.path)
-    return Session(session.id, session.path, session.relpath, session.kind, session.meta, probe)
+    identity = recording_identity(session.path)
+    if st is not None:  # one that grows while it is probed has no probe to trust yet
+        check_unchanged(session.path, RecordingIdentity(st.st_size, st.st_mtime_ns, ""))
+    return replace(session, probe=probe, identity=identity)
 
 
 @dataclass
@@ -196,11 +250,12 @@ def session_from_info(info: dict, refresh: bool = True) -> Session:
     :class:`ConfigError` when that file has become malformed.
     """
     probe = MediaProbe(**info["probe"]) if info.get("probe") else None
+    identity = RecordingIdentity(**info["identity"]) if info.get("identity") else None
     path = Path(info["path"])
     meta = dict(info.get("meta", {}))
     if refresh and (path.parent / METADATA_FILE).is_file():
         meta = read_metadata(path.parent)[0].get(path.name, {})
-    return Session(info["id"], path, info["relpath"], info["kind"], meta, probe)
+    return Session(info["id"], path, info["relpath"], info["kind"], meta, probe, identity)
 
 
 def check_readable(session: Session) -> str | None:

@@ -319,6 +319,19 @@ class Store:
                 raise StoreError(f"{self.url}: no session {session_id!r}") from None
         return SessionGroup(session_id, group)
 
+    def remove_session(self, session_id: str) -> None:
+        """Delete a session's group and any time windows of it under ``parts/`` (consolidate afterwards)."""
+        if session_id not in self.session_ids():
+            raise StoreError(f"{self.url}: no session {session_id!r}")
+        del self.root[_SESSIONS][session_id]
+        parts = self.root.get(_PARTS)
+        if isinstance(parts, zarr.Group) and session_id in parts:
+            del parts[session_id]
+
+    def has_manifest(self, name: str) -> bool:
+        """Whether the Parquet manifest ``name`` (see :meth:`manifest_path`) has been written."""
+        return self._exists(f"{name}.parquet")
+
     def begin_part(self, session_id: str, stage: str, index: int) -> zarr.Group:
         """An empty group for window ``index`` of a stage computed in windows (what an earlier try left is
         replaced)."""

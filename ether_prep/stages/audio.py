@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..sessions import check_unchanged
 from ..store import create_array
 from .base import Stage
 
@@ -49,6 +50,7 @@ class AudioStage(Stage):
     version = "1"
     Params = AudioParams
     libraries = ("av",)
+    reads_recording = True
 
     def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
         from ..adapters import pyav
@@ -65,6 +67,7 @@ class AudioStage(Stage):
             wave.append(np.asarray(samples, dtype=np.float32))
             n += samples.size
             self.report_progress(n / self.params.sample_rate)
+        check_unchanged(session.path, session.identity)  # a file still being written would be stored as a part
         wave.attrs.update({"sample_rate": self.params.sample_rate, "units": "amplitude [-1, 1]"})
         out.attrs.update({"sample_rate": self.params.sample_rate, "n_samples": n,
                           "duration": n / self.params.sample_rate})

@@ -55,6 +55,9 @@ class Stage(ABC):
     - ``Params``: a frozen dataclass of parameters with defaults (unknown keys are config errors);
     - ``libraries``: distributions whose versions are recorded as provenance (per backend: override
       :meth:`library_names`);
+    - ``reads_recording``: True for a stage that decodes the recording itself (not an upstream stage's output):
+      the file's identity (size, modification time, content digest) joins its fingerprint and marker, so a
+      replaced or grown recording makes it stale;
     - ``window_split``: True declares that the stage can compute one recording as time windows: the runner
       asks :meth:`windows`; when it gives more than one, each window is a task of its own (:meth:`run_part`,
       on any worker of the stage, in any order) and a last task joins them (:meth:`join`) into the stage's
@@ -70,6 +73,7 @@ class Stage(ABC):
     Params: ClassVar[type] = NoParams
     libraries: ClassVar[tuple[str, ...]] = ()
     window_split: ClassVar[bool] = False
+    reads_recording: ClassVar[bool] = False
     # Set by the worker around each ``run``: where :meth:`report_progress` goes (None: nowhere).
     progress_hook: Callable[[float], None] | None = None
 

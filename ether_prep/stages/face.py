@@ -81,6 +81,7 @@ from ..face.sequence import FaceSequence, descriptors
 from ..face.shots import ShotDetector
 from ..provenance import library_versions
 from ..records import FaceTrack
+from ..sessions import check_unchanged
 from ..store import read_table, write_array, write_labels, write_table
 from .base import Stage, Window
 
@@ -222,6 +223,7 @@ class FaceStage(Stage):
     requires = ()
     needs_stream = "video"
     window_split = True
+    reads_recording = True
     backends = tuple(BACKENDS)
     Params = FaceParams
 
@@ -288,6 +290,7 @@ class FaceStage(Stage):
             if stats.decoded == 0:
                 raise InputError(f"{session.path}: no video frame could be decoded "
                                  f"({stats.corrupt} corrupt packet(s))")
+            check_unchanged(session.path, session.identity)  # a file still being written: not stored as whole
             return self._write(out, sequence, stats, time.perf_counter() - t_start)
 
     # -- time windows ------------------------------------------------------------------------------------
@@ -368,6 +371,7 @@ class FaceStage(Stage):
         finally:
             stop_event.set()
             frames.close()
+        check_unchanged(session.path, session.identity)
         write_array(out, "time", np.asarray(times, dtype=np.float64))
         write_array(out, "size", np.asarray(sizes, dtype=np.int64).reshape(-1, 2), dims=("time", "wh"))
         write_array(out, "n_faces", np.asarray(counts, dtype=np.int64), dims=("time",))
@@ -423,6 +427,7 @@ class FaceStage(Stage):
                 raise StageError(f"{session.path}: the windows hold {sequence.n_frames} analysed frames, the plan "
                                  f"{len(plan.kept)}; run again")
             stats = DecodeStats(decoded=len(plan.pts), kept=len(plan.kept))
+            check_unchanged(session.path, session.identity)
             note = self._write(out, sequence, stats, time.perf_counter() - t_start)
         out.attrs["windows"] = {"count": len(parts), "used": True,
                                 "first_frames": [int(g.attrs["first"]) for g in parts],
