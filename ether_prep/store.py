@@ -23,6 +23,7 @@ chunk. Metadata is consolidated once at the end of a run; writers always open un
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Collection, Mapping, Sequence
@@ -46,7 +47,9 @@ __all__ = [
     "is_url",
     "local_path",
     "now",
+    "read_group_attrs",
     "read_ragged",
+    "stage_marker",
     "write_array",
     "write_labels",
     "write_ragged",
@@ -237,6 +240,33 @@ def open_session(store_path: Path | str, session_id: str) -> SessionGroup:
     return SessionGroup(session_id, group)
 
 
+def read_group_attrs(location: Path | str, key: str) -> dict[str, Any] | None:
+    """The attributes of the group ``key`` (``sessions/<id>/align``) read straight from its ``zarr.json``, with
+    no Zarr machinery: cheap enough for every training item and for every session of a rerun. None when the
+    group is not there; ``{"stage": {"state": "unreadable"}}`` when its metadata is cut short (a write under
+    way or killed)."""
+    try:
+        if is_url(location) and not str(location).startswith("file://"):
+            import fsspec
+
+            fs, root = fsspec.core.url_to_fs(str(location))
+            raw = fs.cat_file(f"{root.rstrip('/')}/{key}/zarr.json")
+        else:
+            raw = (local_path(location) / key / "zarr.json").read_bytes()  # type: ignore[operator]
+    except FileNotFoundError:
+        return None
+    try:
+        return dict(json.loads(raw).get("attributes", {}))
+    except (ValueError, AttributeError):
+        return {"stage": {"state": "unreadable"}}
+
+
+def stage_marker(location: Path | str, session_id: str, stage: str) -> dict[str, Any]:
+    """A stage's completion marker (see :class:`StageState`) as stored now; ``{}`` when the stage never ran."""
+    attrs = read_group_attrs(location, f"{_SESSIONS}/{session_id}/{stage}")
+    return dict((attrs or {}).get("stage") or {})
+
+
 def is_url(location: str | os.PathLike[str]) -> bool:
     """Whether a store location is an fsspec URL (``file://``, ``s3://``, ``gs://``) rather than a folder."""
     return "://" in str(location)
@@ -267,8 +297,10 @@ class Store:
             self.root = zarr.open_group(self.url, mode=mode, zarr_format=3, use_consolidated=False, **options)
         except Exception as exc:
             raise StoreError(f"{self.url}: cannot open as a Zarr v3 store ({exc})") from exc
+        self.dirty = False  # whether this object wrote Zarr metadata (then the run consolidates again)
         meta = self.root.attrs.get("ether_prep")
         if meta is None:
+            self.dirty = True
             if mode == "r":
                 raise StoreError(f"{self.url}: a Zarr store, but not written by ether-prep")
             self.root.attrs["ether_prep"] = {"schema_version": SCHEMA_VERSION, "version": __version__,
@@ -298,8 +330,12 @@ class Store:
         return dict(self.root.attrs["ether_prep"])
 
     def record_pipeline(self, name: str, config: str, digest: str) -> None:
-        """Remember which pipeline (name, config file, digest of its stages) last ran on this store."""
-        self.root.attrs["ether_prep"] = {**self.attrs, "pipeline": name, "config": config, "config_digest": digest}
+        """Remember which pipeline (name, config file, digest of its stages) last ran on this store (the root
+        ``zarr.json`` is rewritten only when that changes: a cached rerun leaves it alone)."""
+        meta = {**self.attrs, "pipeline": name, "config": config, "config_digest": digest}
+        if meta != self.attrs:
+            self.root.attrs["ether_prep"] = meta
+            self.dirty = True
 
     def session_ids(self) -> list[str]:
         if _SESSIONS not in self.root:
@@ -312,6 +348,7 @@ class Store:
             group = self.root.require_group(_SESSIONS).require_group(session_id)
             if dict(group.attrs.get("session", {})) != dict(info):
                 group.attrs["session"] = dict(info)
+                self.dirty = True
         else:
             try:
                 group = self.root[f"{_SESSIONS}/{session_id}"]
@@ -353,6 +390,7 @@ class Store:
             parts = self.root.get(_PARTS)
             if not isinstance(parts, zarr.Group):
                 return
+            self.dirty = True
             if not keep:
                 del self.root[_PARTS]
                 return
@@ -371,14 +409,20 @@ class Store:
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
             # The Parquet manifests and the run's lock file beside the hierarchy are ours, not stray objects;
             # so are zarr's own ``*.partial`` temporaries left by a write that was killed.
-            warnings.filterwarnings("ignore", message=r".*(\.parquet|\.ether-prep\.lock|\.partial) is not "
+            warnings.filterwarnings("ignore", message=r".*(\.parquet|\.ether-prep\.lock|\.partial|\.tmp) is not "
                                     r"recognized as a component.*")
             zarr.consolidate_metadata(self.root.store)
 
     def manifest_path(self, name: str) -> Path | str:
         """Where a Parquet manifest (``utterances``, ``dialogue_pairs``) lives beside the Zarr hierarchy: a path,
         or a URL for a store behind one."""
-        return f"{self.url.rstrip('/')}/{name}.parquet" if self.remote else self.path / f"{name}.parquet"
+        return self.manifest_path_of(self.url, name)
+
+    @staticmethod
+    def manifest_path_of(location: Path | str, name: str) -> Path | str:
+        """:meth:`manifest_path` of the store at ``location``, without opening it."""
+        folder = local_path(location)
+        return f"{str(location).rstrip('/')}/{name}.parquet" if folder is None else folder / f"{name}.parquet"
 
 
 # ------------------------------------------------------------------------------------------ ragged rows
