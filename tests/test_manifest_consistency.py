@@ -28,8 +28,6 @@ from ether_prep.errors import StoreError
 
 from .conftest import pipeline, pipeline_file
 
-pytestmark = pytest.mark.slow  # every test here reads the `aligned` store, made with the cpu pipeline's models
-
 MANIFESTS = ("utterances.parquet", "dialogue_pairs.parquet", "sessions.parquet")
 
 
@@ -73,6 +71,7 @@ def _realign(store: Path, raw: Path, rate: float) -> Any:
     return summary
 
 
+@pytest.mark.slow  # reads the `aligned` store, made with the cpu pipeline\'s models
 def test_rows_carry_their_align_fingerprint(aligned: dict[str, Any]) -> None:
     store = aligned["store"]
     markers = {sid: fp for (sid, fp) in _tensors(store)}
@@ -117,6 +116,7 @@ def test_reader_opened_before_a_realign_raises_then_a_reopened_one_reads_the_new
     assert len(after.pairs()[0]["client"]["time"]) > 0
 
 
+@pytest.mark.slow  # reads the `aligned` store, made with the cpu pipeline\'s models
 def test_an_interrupted_realign_leaves_a_manifest_that_says_so(aligned: dict[str, Any]) -> None:
     """Tensors re-aligned but the run never got to rebuild the manifests (killed): reading says which session
     and to run align; `ether-prep align` then rebuilds them without recomputing anything."""
@@ -146,6 +146,7 @@ def _realign_cached(store: Path, raw: Path, rate: float) -> Any:
     return summary
 
 
+@pytest.mark.slow  # reads the `aligned` store, made with the cpu pipeline\'s models
 def test_readers_during_a_realign_get_consistent_items_or_a_clear_error(aligned: dict[str, Any]) -> None:
     """A re-align runs in another process (the CLI) while readers opened before and during it read items."""
     store = _copy(aligned, "during.zarr")
@@ -189,6 +190,7 @@ def test_readers_during_a_realign_get_consistent_items_or_a_clear_error(aligned:
         _consistent(after[i], row, new[(row["session_id"], row["align_fingerprint"])])
 
 
+@pytest.mark.slow  # reads the `aligned` store, made with the cpu pipeline\'s models
 def test_a_failed_manifest_write_leaves_the_old_manifest_whole(aligned: dict[str, Any],
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from ether_prep.manifest import write_manifests
@@ -237,6 +239,7 @@ def test_a_failed_manifest_write_leaves_the_old_manifest_whole(aligned: dict[str
     assert reads[0] > 0 and not bad, bad[:3]
 
 
+@pytest.mark.slow  # reads the `aligned` store, made with the cpu pipeline\'s models
 def test_a_fully_cached_rerun_writes_nothing(aligned: dict[str, Any]) -> None:
     from ether_prep.runner import run_pipeline
 
@@ -266,3 +269,37 @@ def test_a_fully_cached_rerun_writes_nothing(aligned: dict[str, Any]) -> None:
     assert stamps()[0] != before[0]
     root = zarr.open_group(str(store), mode="r", zarr_format=3, use_consolidated=True)
     assert root.metadata.consolidated_metadata is not None
+
+
+@pytest.mark.parametrize("layout", ["as_zarr_writes_it", "keys_reordered", "compact"])
+def test_the_store_opens_from_the_head_of_a_large_root_zarr_json(tmp_path: Path, layout: str) -> None:
+    """The root group is opened from its attributes at the head of ``zarr.json`` (not the consolidated
+    metadata after them); any other layout of the file is opened by zarr as before, with the same result."""
+    import json
+
+    from ether_prep.store import Store, write_array
+
+    store = Store(tmp_path / "s.zarr")
+    group = store.session("s1", info={"id": "s1"})
+    out = group.begin_stage("audio", {"stage": "audio"})
+    write_array(out, "waveform", np.arange(10, dtype=np.float32))
+    group.finish_stage("audio", "done", "fp1")
+    store.record_pipeline("cpu", "pipelines.yaml", "abc")
+    store.consolidate()
+    path = tmp_path / "s.zarr" / "zarr.json"
+    doc = json.loads(path.read_text())
+    assert "consolidated_metadata" in doc and list(doc)[:2] == ["attributes", "zarr_format"]
+    if layout == "keys_reordered":
+        path.write_text(json.dumps(dict(reversed(list(doc.items()))), indent=2))
+    elif layout == "compact":
+        path.write_text(json.dumps(doc, separators=(",", ":")))
+    reopened = Store(tmp_path / "s.zarr", mode="r")
+    assert reopened.attrs == store.attrs and reopened.attrs["pipeline"] == "cpu"
+    assert reopened.session_ids() == ["s1"]
+    state = reopened.session("s1").stage_state("audio")
+    assert (state.state, state.fingerprint) == ("done", "fp1")
+    assert np.array_equal(reopened.session("s1").array("audio", "waveform")[...], np.arange(10))
+    # written through it, the root keeps its attributes (the run consolidates again: the store is dirty)
+    writer = Store(tmp_path / "s.zarr")
+    writer.record_pipeline("cpu", "other.yaml", "abd")
+    assert writer.dirty and Store(tmp_path / "s.zarr", mode="r").attrs["config"] == "other.yaml"
