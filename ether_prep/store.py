@@ -221,8 +221,17 @@ class SessionGroup:
 
     def begin_stage(self, stage: str, marker: dict[str, Any]) -> zarr.Group:
         """Replace whatever the stage left before with an empty group marked ``running``."""
+        running = {**marker, "state": "running", "fingerprint": None, "started_at": now()}
+        try:
+            old = self.group.get(stage)
+        except Exception:  # unreadable metadata: replaced below all the same
+            old = None
+        if isinstance(old, zarr.Group) and old.attrs.get("stage"):
+            # Marked first, before any output goes: a reader checking the marker around each read (the
+            # training API) never takes a half-removed group for the done one.
+            old.attrs["stage"] = running
         out = self.group.create_group(stage, overwrite=True)
-        out.attrs["stage"] = {**marker, "state": "running", "fingerprint": None, "started_at": now()}
+        out.attrs["stage"] = running
         return out
 
     def finish_stage(self, stage: str, state: str, fingerprint: str | None, **fields: Any) -> None:

@@ -107,7 +107,8 @@ class Stage(ABC):
             self.progress_hook(media_s)
 
     def finalize(self, store: Store) -> None:  # noqa: B027 - optional hook
-        """Called once in the driver after the stage ran over all sessions (e.g. to write a manifest)."""
+        """Called once in the driver after the stage ran over all sessions (the root manifests are not written
+        here: see ``feeds_manifests``)."""
 
     def windows(self, session: Session, store: SessionGroup) -> list[Window]:
         """The time windows to compute ``session`` in (``window_split`` stages; called in the driver once the
