@@ -488,6 +488,7 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
     try:
         walk.start()
         if walk.ready:  # something to compute: only now is an executor (and perhaps Ray) needed
+            store.dirty = True  # consolidated at the end even when interrupted before a first outcome
             todo = {t.session.id: t.media_s for t in walk.ready}
             runner = make_executor(executor, specs, store.url, ray_address=ray_address, workers=workers,
                                    worker_logs=progress, progress=bars.advance if bars.bars else None,
