@@ -27,6 +27,12 @@ Each item is a dict: ``utterance_id``, ``session_id``, ``speaker``, ``role``, ``
 ``cues`` (6,) float32 in :data:`CUE_NAMES` order, plus ``words`` (list of (text, start, end)) with
 ``with_words=True`` and ``audio`` (float32 samples of the utterance) with ``with_audio=True``.
 
+Consistency: every manifest row carries the fingerprint (and finish time) of its session's ``align`` run. Each
+item is read between two looks at that session's ``align`` marker; when it is not the one the row was built
+from (the session was re-aligned since the store was opened, or is being re-aligned now), the item raises a
+:class:`~ether_prep.errors.StoreError` saying so (reopen the store with ``open_store``), never rows of another
+layout. With ``with_words`` the ``utterances`` result must still be the one that align read.
+
 ``open_store(path, deidentify=True, names=[...])`` scrubs every text on read: e-mail addresses, phone numbers,
 URLs and the listed names become ``[EMAIL]``, ``[PHONE]``, ``[URL]``, ``[NAME]`` in utterance texts, dialogue
 pair texts and words (see :mod:`ether_prep.deidentify`); the face tensors hold no boxes or landmarks anyway.
@@ -38,6 +44,7 @@ Every id and path that carries a file name (``session_id``, ``utterance_id``, ``
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +59,30 @@ __all__ = ["CUE_NAMES", "AlignedStore", "PairDataset", "UtteranceDataset", "coll
 CUE_NAMES = ("text_valence", "text_arousal", "text_distress", "face_valence", "face_expressivity", "mismatch")
 _STRINGS = ("utterance_id", "session_id", "speaker", "role", "listener_role", "text")
 _TEXT_COLUMNS = ("text", "client_text", "counsellor_text")  # what de-identification scrubs in the manifests
+_BUILD_TRIES = 5
+
+
+def _same_align(marker: dict[str, Any], fingerprint: Any, finished_at: Any) -> bool:
+    """Whether a session's ``align`` marker is the one manifest rows with these values were built from."""
+    return (marker.get("state") == "done" and marker.get("fingerprint") == fingerprint
+            and marker.get("finished_at") == finished_at)
+
+
+def _changed(root: Path, sid: str, marker: dict[str, Any], stale_manifest: bool) -> str:
+    """What to say when rows no longer match their session's ``align`` results, and what to do about it."""
+    reopen = f"reopen it with ether_prep.open_store({str(root)!r})"
+    state = marker.get("state", "gone")
+    if state == "running":
+        return (f"{root}: the store changed since it was opened (session {sid!r} is being re-aligned: a run is "
+                f"writing it); {reopen} when that run has finished")
+    if state != "done":
+        return (f"{root}: the store changed since it was opened (session {sid!r}: its align results are "
+                f"{state}); run `ether-prep align --out {root}`, then {reopen}")
+    if stale_manifest:  # reopening would read the same rows: the manifests themselves are behind
+        return (f"{root}: session {sid!r} was re-aligned after the manifests were written (a run that did not "
+                f"finish?); run `ether-prep align --out {root}` to rebuild them (nothing is recomputed), then "
+                f"{reopen}")
+    return f"{root}: the store changed since it was opened (session {sid!r} re-aligned); {reopen}"
 
 
 def open_store(path: str | os.PathLike[str], deidentify: bool = False,
@@ -72,7 +103,6 @@ class AlignedStore:
     def __init__(self, path: str | os.PathLike[str], deidentify: bool = False,
                  names: Iterable[str] | str | os.PathLike[str] | None = None,
                  key: str | bytes | None = None) -> None:
-        from .manifest import read_manifest
         from .store import Store
 
         self.path = Path(path)
@@ -81,10 +111,8 @@ class AlignedStore:
         if not manifest.exists():
             raise StoreError(f"{self.path}: no utterances.parquet manifest; run `ether-prep align --out "
                              f"{self.path}` first")
-        self.manifest = read_manifest(manifest)
-        pairs = store.manifest_path("dialogue_pairs")
-        self.pair_manifest = read_manifest(pairs) if pairs.exists() else {}
         self._store = store
+        self.manifest, self.pair_manifest, self.build = self._read_manifests()
         self.deid = None
         self._ids: Any = None  # IdAliases when de-identified
         if deidentify:
@@ -111,9 +139,33 @@ class AlignedStore:
         values = [values] if isinstance(values, str) else list(values)
         return [self._ids(str(v)) for v in values] if self._ids is not None else values
 
+    def _read_manifests(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], str | None]:
+        """The utterance and pair manifests of one build. A run writes them one after the other, each whole: a
+        reader that met two builds reads again (a moment later, both are the new build)."""
+        from .manifest import read_manifest_build
+
+        pairs = self._store.manifest_path("dialogue_pairs")
+        for attempt in range(_BUILD_TRIES):
+            utt, meta = read_manifest_build(self._store.manifest_path("utterances"))
+            pair, pair_meta = read_manifest_build(pairs) if pairs.exists() else ({}, meta)
+            if meta.get("build") == pair_meta.get("build"):
+                break
+            time.sleep(0.1 * (attempt + 1))
+        else:
+            raise StoreError(f"{self.path}: utterances.parquet and dialogue_pairs.parquet are from different "
+                             f"builds; run `ether-prep align --out {self.path}` to rebuild them")
+        if "align_fingerprint" not in utt:
+            raise StoreError(f"{self.path}: its manifests were written by an older ether-prep, without the align "
+                             f"fingerprints readers check; run `ether-prep align --out {self.path}` to rebuild "
+                             f"them (nothing is recomputed)")
+        return utt, pair, meta.get("build")
+
     def to_pandas(self, which: str = "utterances") -> Any:
-        """A manifest as a pandas DataFrame: ``utterances``, ``pairs`` or ``sessions``."""
+        """A manifest as a pandas DataFrame: ``utterances``, ``pairs`` or ``sessions``, as it is now; a
+        StoreError when any of its sessions was re-aligned after it was written."""
         import pyarrow.parquet as pq
+
+        from .store import stage_marker
 
         names = {"utterances": "utterances", "pairs": "dialogue_pairs", "sessions": "sessions"}
         if which not in names:
@@ -122,6 +174,14 @@ class AlignedStore:
         if not path.exists():
             raise StoreError(f"{self.path}: no {path.name}; run `ether-prep align --out {self.path}` first")
         frame = pq.read_table(path).to_pandas()
+        if "align_fingerprint" in frame:  # checked on the real ids, before any aliasing
+            rows = frame[["session_id", "align_fingerprint", "align_finished_at"]].drop_duplicates()
+            for sid, fp, finished in rows.itertuples(index=False):
+                if fp is None:  # a session not aligned (sessions.parquet)
+                    continue
+                marker = stage_marker(self.path, sid, "align")
+                if not _same_align(marker, fp, finished):
+                    raise StoreError(_changed(self.path, sid, marker, stale_manifest=True))
         if self.deid is not None:
             for col in frame.columns:
                 if col in _TEXT_COLUMNS:
@@ -190,7 +250,7 @@ class AlignedStore:
         if where is not None:
             keep &= np.asarray(where(m), dtype=bool)
         return UtteranceDataset(self.path, {k: v[keep] for k, v in m.items()}, with_words, with_audio, self.deid,
-                                self._ids.real if self._ids is not None else None)
+                                self._ids.real if self._ids is not None else None, self.build)
 
 
 def _id_aliases(deid: Any, store: Any, listed: Iterable[str] = ()) -> Any:
@@ -245,14 +305,17 @@ class UtteranceDataset:
     """Per-utterance tensors, read lazily; ``Dataset``-compatible (``len``, ``[i]``) with a padding collate."""
 
     def __init__(self, root: Path, rows: dict[str, np.ndarray], with_words: bool = False,
-                 with_audio: bool = False, deid: Any = None, real_ids: dict[str, str] | None = None) -> None:
+                 with_audio: bool = False, deid: Any = None, real_ids: dict[str, str] | None = None,
+                 build: str | None = None) -> None:
         self.root = Path(root)
         self.rows = rows
+        self.build = build  # of the manifests the rows came from
         self.with_words = with_words
         self.with_audio = with_audio
         self.deid = deid  # a Deidentifier: words are scrubbed as they are read
         self._real_ids = real_ids or {}  # de-identified: alias -> session id, to find the session's arrays
         self._cache: dict[str, _SessionArrays] = {}
+        self._words_seen: dict[str, Any] = {}  # session -> finish time of the utterances result first checked
         self._pid = os.getpid()
         self._cues = np.stack([rows[c].astype(np.float32) for c in CUE_NAMES], axis=1) if len(self) else \
             np.zeros((0, len(CUE_NAMES)), np.float32)
@@ -282,12 +345,55 @@ class UtteranceDataset:
             arrays = self._cache[session_id] = _SessionArrays(self.root, real)
         return arrays
 
+    def check(self, sid: str, fingerprint: Any, finished_at: Any) -> None:
+        """Raise a StoreError unless session ``sid``'s results are still those rows with this align
+        ``fingerprint`` and ``finished_at`` were built from (two small metadata reads with words, else one)."""
+        from .store import stage_marker
+
+        real = self._real_ids.get(sid, sid)  # de-identified rows carry aliases; the store has the real ids
+        marker = stage_marker(self.root, real, "align")
+        if _same_align(marker, fingerprint, finished_at):
+            if not self.with_words:
+                return
+            words = stage_marker(self.root, real, "utterances")
+            if words.get("state") == "done" and words.get("fingerprint") == (marker.get("upstream") or {}).get(
+                    "utterances") and words.get("finished_at") == self._words_seen.setdefault(
+                    sid, words.get("finished_at")):
+                return
+            raise StoreError(f"{self.root}: the store changed since it was opened (session {sid!r}: its "
+                             f"utterances were recomputed after align read them); run `ether-prep align --out "
+                             f"{self.root}`, then reopen it with ether_prep.open_store({str(self.root)!r})")
+        raise StoreError(_changed(self.root, sid, marker, stale_manifest=self._manifest_unchanged()))
+
+    def _manifest_unchanged(self) -> bool:
+        """Whether the manifest on disk is still the build these rows came from."""
+        from .manifest import manifest_meta
+        from .store import Store
+
+        path = Store.manifest_path_of(self.root, "utterances")
+        return self.build is not None and manifest_meta(path).get("build") == self.build
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         if not -len(self) <= i < len(self):
             raise IndexError(f"utterance index {i} out of range for {len(self)} utterances")
         i = int(i) % len(self)
+        sid = str(self.rows["session_id"][i])
+        identity = (sid, self.rows["align_fingerprint"][i], self.rows["align_finished_at"][i])
+        # Read between two looks at the session's align marker: a re-align before or during the read is seen.
+        self.check(*identity)
+        try:
+            item = self._read(i, sid)
+        except Exception as exc:
+            try:
+                self.check(*identity)  # a read torn by a re-align says so; any other error is itself
+            except StoreError as changed:
+                raise changed from exc
+            raise
+        self.check(*identity)
+        return item
+
+    def _read(self, i: int, sid: str) -> dict[str, Any]:
         r = self.rows
-        sid = str(r["session_id"][i])
         arrays = self._session(sid)
         lo = int(r["row_start"][i])
         n = int(r["n_steps"][i])
@@ -388,6 +494,11 @@ class PairDataset:
         return len(self.rows.get("pair_id", []))
 
     def _turn(self, ids: Sequence[str]) -> dict[str, Any]:
+        missing = [str(u) for u in ids if str(u) not in self._row_of]
+        if missing:
+            raise StoreError(f"{self.utterances.root}: pair names utterance(s) {missing} that the utterance "
+                             f"manifest does not hold; run `ether-prep align --out {self.utterances.root}`, then "
+                             f"reopen it with ether_prep.open_store({str(self.utterances.root)!r})")
         parts = [self.utterances[self._row_of[str(u)]] for u in ids]
         turn = {k: np.concatenate([p[k] for p in parts]) for k in
                 ("time", "speaker_face", "speaker_mask", "listener_face", "listener_mask")}
@@ -400,6 +511,8 @@ class PairDataset:
             raise IndexError(f"pair index {i} out of range for {len(self)} pairs")
         i = int(i) % len(self)
         r = self.rows
+        # The pair's own rows against the marker too (its utterances are checked as they are read).
+        self.utterances.check(str(r["session_id"][i]), r["align_fingerprint"][i], r["align_finished_at"][i])
         return {"pair_id": str(r["pair_id"][i]), "session_id": str(r["session_id"][i]),
                 "start": float(r["start"][i]), "end": float(r["end"][i]),
                 "client_mismatch": float("nan") if r["client_mismatch"][i] is None else float(r["client_mismatch"][i]),

@@ -8,7 +8,10 @@ goes straight on; a session lacking the stream the stage needs is ``skipped`` wi
 upstream makes it ``blocked``; anything else becomes a task for the executor, whose outcome moves the
 walk on. A changed parameter therefore redoes that stage and, through the fingerprints, every stage after
 it; ``force`` redoes all selected stages. When a stage has an outcome for every session its
-``finalize`` runs, once. Nothing is handed to an executor (nor Ray started) when everything is cached.
+``finalize`` runs, once. Nothing is handed to an executor (nor Ray started) when everything is cached. At the
+end of a run that selected a stage feeding the root manifests (``align``, ``qc``) the manifests are rebuilt if
+what they are built from changed (:func:`ether_prep.manifest.refresh_manifests`), and the metadata is
+consolidated if anything was written: a fully cached rerun writes nothing.
 Every session runs to the end of every stage it can; failures are collected and summarised, never
 swallowed.
 """
@@ -61,8 +64,15 @@ class RunSummary:
     errors: list[str] = field(default_factory=list)  # run-level: recordings that could not even be looked at
     notes: list[str] = field(default_factory=list)  # run-level findings that lose nothing (a link loop skipped)
     executor: str = "none"  # what ran the tasks: inline, ray, or none (nothing to compute)
+    manifests_written: bool = False  # the root manifests were rebuilt (they were missing or out of date)
     wall_s: float = 0.0
     actors: list[ActorRecord] = field(default_factory=list)  # Ray only: every actor made, and its lifetime
+
+    @property
+    def wrote(self) -> bool:
+        """Whether any stage of any session was computed, failed or skipped in this run (False: everything was
+        cached or blocked, and the stages' outputs in the store are as the run found them)."""
+        return any(o.state not in ("cached", "blocked") for o in self.outcomes)
 
     @property
     def failed(self) -> list[Outcome]:
@@ -504,6 +514,8 @@ def run_pipeline(
             summary.notes.append(f"took over the store lock left by a process that no longer runs "
                                  f"(pid {lock.took_over.get('pid')}, started {lock.took_over.get('started')})")
         store = Store(store_path)
+        if lock is not None and lock.took_over:  # that run was killed: its metadata may not be consolidated
+            store.dirty = True
         store.record_pipeline(pipeline.name, str(pipeline.source), pipeline.digest())
         try:
             _run_locked(specs, raw_dir, store, summary, lock.token if lock is not None else None, force=force,
@@ -526,6 +538,7 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
     try:
         walk.start()
         if walk.ready:  # something to compute: only now is an executor (and perhaps Ray) needed
+            store.dirty = True  # consolidated at the end even when interrupted before a first outcome
             todo = {t.session.id: t.media_s for t in walk.ready}
             runner = make_executor(executor, specs, store.url, ray_address=ray_address, workers=workers,
                                    worker_logs=progress, progress=bars.advance if bars.bars else None,
@@ -542,6 +555,11 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
             for outcome in runner.results(timeout=_POLL_S):
                 bars.finish(outcome)
                 walk.settle(outcome)
+        if any(p.feeds_manifests for p in planners.values()):
+            from .manifest import refresh_manifests
+
+            # The one writer of the manifests; a cached rerun finds them current and leaves them alone.
+            summary.manifests_written = refresh_manifests(store)
     finally:
         bars.close()
         if runner is not None:
@@ -556,7 +574,8 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
             summary.notes.append(f"{store.url}: scratch windows under parts/ not removed ({exc.strerror}); "
                                  f"the next run removes them")
         try:
-            store.consolidate()
+            if summary.wrote or store.dirty:  # a fully cached rerun leaves the root zarr.json alone
+                store.consolidate()
         except OSError as exc:  # readers open unconsolidated too: nothing is lost
             summary.errors.append(f"{store.url}: metadata not consolidated ({exc.strerror}); free space and "
                                   f"run again")

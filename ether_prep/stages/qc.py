@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     import zarr
 
     from ..records import Session
-    from ..store import SessionGroup, Store
+    from ..store import SessionGroup
 
 __all__ = ["Check", "QcParams", "QcStage", "Review", "quality_checks", "read_review"]
 
@@ -129,6 +129,7 @@ class QcStage(Stage):
     requires = ("align",)
     Params = QcParams
     libraries = ("pyarrow",)
+    feeds_manifests = True  # the review flag and metrics are columns of the manifests
 
     def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
         metrics = session_metrics(session, store)
@@ -148,12 +149,6 @@ class QcStage(Stage):
                           "thresholds": asdict(self.params)})
         applied = sum(c.applies for c in checks)
         return f"needs review: {'; '.join(reasons)}" if reasons else f"ok ({applied} checks passed)"
-
-    def finalize(self, store: Store) -> None:
-        """Rewrite the root manifests so that they carry each session's review flag."""
-        from ..manifest import write_manifests
-
-        write_manifests(store)
 
 
 def session_metrics(session: Session, store: SessionGroup) -> dict[str, float]:
