@@ -128,7 +128,13 @@ def _origin(c: av.container.InputContainer) -> float | None:
 def _stream_duration(stream: av.stream.Stream) -> float | None:
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
-    return None
+    # Matroska keeps each track's length in a DURATION tag ("00:00:05.855000000") instead.
+    tag = (stream.metadata or {}).get("DURATION")
+    try:
+        h, m, sec = str(tag).split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    except ValueError:
+        return None
 
 
 def _quarter_turns(frame: av.VideoFrame) -> int:
