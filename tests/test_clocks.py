@@ -31,13 +31,17 @@ FPS = 25.0
 FRAME_S = 1.0 / FPS
 
 
-def _ffprobe_starts(path: Path) -> dict[str, float]:
-    """Each stream's start_time (s) as ffprobe reads it: the check that a built file really is delayed."""
+def _ffprobe(path: Path) -> list[dict]:
+    """Each stream as ffprobe reads it: codec_type, start_time, disposition.attached_pic."""
     out = subprocess.run(["ffprobe", "-v", "error", "-show_entries",
                           "stream=codec_type,start_time:stream_disposition=attached_pic",
                           "-of", "json", str(path)], capture_output=True, text=True, check=True).stdout
-    return {s["codec_type"]: float(s["start_time"]) for s in json.loads(out)["streams"]
-            if not s.get("disposition", {}).get("attached_pic")}
+    return json.loads(out)["streams"]
+
+
+def _ffprobe_starts(path: Path) -> dict[str, float]:
+    """Each (non cover art) stream's start_time (s): the check that a built file really is delayed."""
+    return {s["codec_type"]: float(s["start_time"]) for s in _ffprobe(path) if not s["disposition"]["attached_pic"]}
 
 
 def in_sync(dst: Path) -> None:
@@ -166,11 +170,14 @@ def test_cover_art_mp3_is_an_audio_only_session(clocks: dict) -> None:
     import pyarrow.parquet as pq
 
     g = clocks["groups"]["cover"]
-    assert _ffprobe_starts(clocks["raw"] / "cover.mp3").keys() == {"audio"}  # the picture is there, as cover art
+    streams = [(s["codec_type"], s["disposition"]["attached_pic"]) for s in _ffprobe(clocks["raw"] / "cover.mp3")]
+    assert streams == [("audio", 0), ("video", 1)]  # the picture is there, as cover art
     probe = dict(g["audio"].attrs)["probe"]
     assert probe["cover_art"] == 1 and not probe["has_video"]
     status = {o.session_id.split("-")[0] + "/" + o.stage: o.state for o in clocks["summary"].outcomes}
     assert status["cover/face"] == "skipped"
+    assert "only cover art" in next(o.message for o in clocks["summary"].outcomes
+                                    if o.session_id.startswith("cover-") and o.stage == "face")
     assert all(status[f"cover/{s}"] in ("done", "cached") for s in ("audio", "transcribe", "utterances", "align",
                                                                     "qc"))
     manifest = pq.read_table(clocks["store"] / "utterances.parquet").to_pydict()
