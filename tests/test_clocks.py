@@ -22,7 +22,7 @@ from ether_prep.adapters import pyav
 from ether_prep.sessions import probe_session, scan, session_id
 from ether_prep.store import read_table
 
-from .conftest import GRID2, audio_config, pipeline
+from .conftest import GRID2, audio_config, pipeline, pipeline_file
 from .trust_media import JFK, LIBRI, ffmpeg
 
 LEAD_S = 1.5  # silence (and a frozen first frame) before the in-sync copy's speech
@@ -304,3 +304,39 @@ def test_qc_flags_audio_much_shorter_than_the_probe(tmp_path: Path) -> None:
     assert "audio_complete: audio_missing_s 3 > 1" in checks["audio_complete"].reason
     metrics["audio_missing_s"] = 0.05
     assert {c.check: c for c in quality_checks(metrics, QcParams())}["audio_complete"].ok
+
+
+def _face_config(tmp: Path, window_s: float | None) -> Path:
+    return pipeline_file(tmp, "face", [{
+        "stage": "face", "backend": "mediapipe", "model": "face_landmarker.task",
+        "params": {"analysis_fps": 5.0, "identity": "off"},
+        "resources": {"num_cpus": 1, "window_s": window_s}}])
+
+
+@pytest.mark.slow
+def test_a_late_video_in_windows_equals_it_whole(tmp_path: Path) -> None:
+    """Windows (resources.window_s) plan the late video's frames on the session clock as the whole decode has
+    them: the same face times and arrays, the first frame at the video's start."""
+    from ether_prep.config import load_pipeline
+    from ether_prep.runner import run_pipeline
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    in_sync(tmp_path / "insync.mp4")
+    video_late(raw / "late.mp4", tmp_path / "insync.mp4")
+    sid = session_id("late.mp4")
+    faces = {}
+    for window_s in (None, 3.0):
+        store = tmp_path / f"w{window_s}.zarr"
+        summary = run_pipeline(load_pipeline("face", _face_config(tmp_path, window_s)), raw, store)
+        assert summary.ok, summary.report()
+        faces[window_s] = zarr.open_group(str(store), mode="r", zarr_format=3,
+                                          use_consolidated=False)["sessions"][sid]["face"]
+    whole, split = faces[None], faces[3.0]
+    assert split.attrs["windows"]["used"] and split.attrs["windows"]["count"] >= 2
+    times = whole["time"][...]
+    assert times[0] == pytest.approx(DELAY_S, abs=1e-3) and whole.attrs["start_offset"] == times[0]
+    for name, arr in whole.arrays():
+        assert np.array_equal(arr[...], split[name][...], equal_nan=arr.dtype.kind == "f"), name
+    assert split.attrs["start_offset"] == whole.attrs["start_offset"]
+    assert split.attrs["session_origin"] == whole.attrs["session_origin"] == 0.0
