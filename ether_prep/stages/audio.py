@@ -92,7 +92,9 @@ class AudioStage(Stage):
                           "track": p.track, "channels": int(channels), "audio_tracks": tracks})
         notes = []
         if clock.padded:
-            notes.append(f"audio starts {clock.start:.3f} s into the session (after the video): "
+            video_first = probe.video_start is not None and probe.video_start <= clock.origin
+            first = "the video" if video_first else "another track"
+            notes.append(f"audio starts {clock.start:.3f} s into the session (after {first}): "
                          f"{clock.padded} samples of silence put before it, on the session clock")
         if len(tracks) > 1:
             others = "; ".join(_track_text(t) for t in tracks if t["track"] != p.track)
