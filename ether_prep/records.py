@@ -1,4 +1,5 @@
-"""Small records with stable ids, shared by every layer; all times are in seconds from the start of the recording."""
+"""Small records with stable ids, shared by every layer; all times are in seconds on the session clock (from the
+earliest start of the recording's audio and video streams, see :class:`MediaProbe`)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,15 @@ class MediaProbe:
     video_height: int | None = None
     video_codec: str | None = None
     video_rotation: int = 0  # degrees counter-clockwise that turn stored frames upright (0, 90, 180, 270)
+    # The session clock: each stream's start on the container's clock (s; None where the container does not
+    # say) and ``origin``, the earliest of the audio and video starts: session time 0, which every stage's times
+    # count from (audio that starts later is padded with silence, a video that starts later has later times).
+    start_time: float | None = None  # the container's own start (counts subtitle/data streams too)
+    origin: float = 0.0
+    audio_start: float | None = None  # of the first audio track
+    video_start: float | None = None  # of the first video stream (cover art is not a video)
+    audio_tracks: tuple[dict[str, Any], ...] = ()  # every audio track (track, codec, channels, ...) when several
+    cover_art: int = 0  # attached pictures (MP3/M4A cover art) ignored: the session is audio only
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

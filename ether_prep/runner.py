@@ -399,7 +399,8 @@ class _Walk:
             marker["recording"] = session.identity.to_dict()  # what status compares the file with
         stream = planner.needs_stream
         if stream and session.probe and not getattr(session.probe, f"has_{stream}"):
-            note = f"no {stream} stream in {session.relpath}: stage skipped"
+            art = " (only cover art, an attached picture)" if stream == "video" and session.probe.cover_art else ""
+            note = f"no {stream} stream in {session.relpath}{art}: stage skipped"
             group.begin_stage(name, marker)
             group.finish_stage(name, "skipped", fp, note=note)
             self._record(Outcome(session.id, name, "skipped", note))

@@ -3,8 +3,9 @@
 Discovery never stops over one bad entry: :func:`scan` returns the sessions it found together with what
 it could not use. A malformed ``sessions.csv`` fails the recordings of its folder (each with a message naming
 the file, the line and the fix); a folder that cannot be listed is a run-level error; folder links are
-followed once (a link back to a folder already searched, a symlink loop, is skipped with a note); a link
-named like a recording that loops or dangles becomes a session whose probe says so.
+followed once (a link back to a folder already searched, a symlink loop, is skipped with a note) and only
+within the raw folder (a link out of it is not followed, with a note); a link named like a recording that loops
+or dangles becomes a session whose probe says so; files of an unknown kind are listed in a note.
 """
 
 from __future__ import annotations
@@ -24,10 +25,15 @@ __all__ = ["AUDIO_EXTENSIONS", "IMAGE_EXTENSIONS", "METADATA_FILE", "VIDEO_EXTEN
            "check_unchanged", "discover_sessions", "probe_session", "read_metadata", "read_metadata_csv",
            "recording_identity", "scan", "session_id"]
 
-VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg"})
-AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".m4a", ".ogg"})
+# Camcorders (AVCHD .mts/.m2ts), broadcast and screen-capture transport streams (.ts), phones (.3gp, .m4v),
+# Windows and Flash video; voice recorders and messengers (.opus, .aac, .wma, .amr), Ogg and Matroska audio.
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".mts", ".m2ts",
+                              ".ts", ".3gp", ".3g2", ".wmv", ".flv", ".ogv", ".vob", ".mxf"})
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".m4a", ".ogg", ".oga", ".opus", ".aac", ".wma", ".aif",
+                              ".aiff", ".amr", ".mka", ".caf", ".weba"})
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 METADATA_FILE = "sessions.csv"
+_LISTED = 10  # files of unknown kind named in the note; the rest are counted
 _CSV_FIX = "fix it: UTF-8 CSV, a header row with a 'file' column, one row per recording"
 
 
@@ -179,11 +185,24 @@ class Discovery:
     notes: list[str] = field(default_factory=list)  # harmless findings (a folder link loop skipped, ...)
 
 
+def _outside(link: Path, root: Path) -> Path | None:
+    """Where folder link ``link`` leads when that is outside the real folder ``root`` (else None)."""
+    try:
+        target = link.resolve()
+    except (OSError, RuntimeError):  # a loop: os.walk does not enter it either
+        return None
+    return None if target == root or target.is_relative_to(root) else target
+
+
 def _walk(raw_dir: Path, found: Discovery) -> list[Path]:
-    """Candidate recordings under ``raw_dir``: links followed, each real folder searched once, hidden
-    entries skipped; a link named like a recording is kept even when it dangles or loops (its probe says so)."""
+    """Candidate recordings under ``raw_dir``: links followed within it, each real folder searched once, hidden
+    entries skipped; a link named like a recording is kept even when it dangles or loops (its probe says so).
+    A folder link that leads out of the raw folder is not followed (a link to ``/`` would walk the whole
+    machine, ``/proc`` included), and files of no known kind are listed: each with a note."""
     files: list[Path] = []
+    unknown: list[str] = []
     seen: dict[tuple[int, int], str] = {}
+    root = raw_dir.resolve()
 
     def unlistable(exc: OSError) -> None:
         found.errors.append(f"{exc.filename}: cannot list this folder ({exc.strerror}); its recordings are not "
@@ -200,11 +219,30 @@ def _walk(raw_dir: Path, found: Discovery) -> list[Path]:
             dirs[:] = []
             continue
         seen[key] = rel
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        kept = []
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            link = here / d
+            if link.is_symlink() and (target := _outside(link, root)) is not None:
+                found.notes.append(f"{link}: a folder link to {target}, outside the raw folder {raw_dir}: not "
+                                   f"followed; move or copy those recordings into the raw folder (or link the "
+                                   f"recordings themselves)")
+            else:
+                kept.append(d)
+        dirs[:] = kept
         for name in names:
             path = here / name
-            if not name.startswith(".") and _kind(path) is not None and (path.is_file() or path.is_symlink()):
+            if name.startswith(".") or not (path.is_file() or path.is_symlink()):
+                continue
+            if _kind(path) is not None:
                 files.append(path)
+            elif name != METADATA_FILE:
+                unknown.append(path.relative_to(raw_dir).as_posix())
+    if unknown:
+        more = len(unknown) - _LISTED
+        listed = ", ".join(unknown[:_LISTED]) + (f" and {more} more" if more > 0 else "")
+        found.notes.append(f"{len(unknown)} file(s) in {raw_dir} not read, their extension is not a known recording "
+                           f"type: {listed}; a recording among them: give it its usual extension (video: "
+                           f"{' '.join(sorted(VIDEO_EXTENSIONS))}; audio: {' '.join(sorted(AUDIO_EXTENSIONS))})")
     return files
 
 

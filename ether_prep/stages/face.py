@@ -26,7 +26,7 @@ between L2-normalised embeddings; dlib's "same person below 0.6" on its raw 128-
 
 Output group ``face/`` (F analysed frames, T tracks; NaN where a track has no face in a frame)::
 
-    time        (F,)          float64  seconds from the first frame
+    time        (F,)          float64  seconds on the session clock (as the audio's waveform; see below)
     au          (F, T, 20)    float32  attrs.names = AU01 ... AU43
     emotion     (F, T, 7)     float32  attrs.names = anger ... neutral
     pose        (F, T, 3)     float32  yaw, pitch, roll in degrees
@@ -40,6 +40,11 @@ Output group ``face/`` (F analysed frames, T tracks; NaN where a track has no fa
     identity    (T, E)        float32  each track's mean L2-normalised identity embedding (NaN row: none);
                                        attrs model, metric, threshold
     shot        (F,)          int32    shot index of each analysed frame
+
+Times are on the session clock: seconds from the earliest start of the recording's audio and video streams, so
+a video that starts 1.4 s after its audio has its first frame at 1.4 s, in step with the words. Group attrs
+``session_origin`` (session time 0 on the container's clock, s) and ``start_offset`` (the first decoded frame's
+time) say where it lies. Cover art (an attached picture) is not a video: such a file has no face stage.
 
 Group attrs add ``n_persons``, ``n_shots``, ``cut_times`` (first frame of each later shot, s),
 ``identity_model``, ``identity_params`` and ``identity_splits`` (tracks split where the face changed: the
@@ -218,7 +223,7 @@ class FaceStage(Stage):
     """Faces, AUs, emotions, head pose, landmarks and face tracks per analysed frame."""
 
     name = "face"
-    version = "2"
+    version = "3"  # 3: times on the session clock (a video starting after its audio has later times)
     family = "extract"
     requires = ()
     needs_stream = "video"
@@ -335,6 +340,7 @@ class FaceStage(Stage):
             for name in ("pts", "kept", "time", "keyframes"):
                 write_array(out, f"plan_{name}", getattr(plan, name), dims=(f"plan_{name}",))
             out.attrs["plan_time_base"] = list(plan.time_base)
+            out.attrs["plan_origin"] = plan.origin
         shots = ShotDetector(p.cut_threshold)
         frame_scores: list[float | None] = []
         columns: dict[str, list[np.ndarray]] = {k: [] for k in _PART_ROWS}
@@ -411,7 +417,8 @@ class FaceStage(Stage):
         t_start = time.perf_counter()
         head = parts[0]
         plan = FramePlan(tuple(int(x) for x in head.attrs["plan_time_base"]),  # type: ignore[arg-type]
-                         *(np.asarray(head[f"plan_{name}"][...]) for name in ("pts", "kept", "time", "keyframes")))
+                         *(np.asarray(head[f"plan_{name}"][...]) for name in ("pts", "kept", "time", "keyframes")),
+                         origin=head.attrs.get("plan_origin"))
         with PlannedFrames(session.path, plan) as frames, FaceSequence(
                 self._backend.n_landmarks, p.min_track_frames, p.max_gap_s, p.appearance_weight, p.cut_threshold,
                 self._embedder, self._threshold(), p.identity_every_s, p.max_embeddings_per_track,
@@ -426,7 +433,7 @@ class FaceStage(Stage):
             if expected != len(plan.kept) or sequence.n_frames != len(plan.kept):
                 raise StageError(f"{session.path}: the windows hold {sequence.n_frames} analysed frames, the plan "
                                  f"{len(plan.kept)}; run again")
-            stats = DecodeStats(decoded=len(plan.pts), kept=len(plan.kept))
+            stats = DecodeStats(decoded=len(plan.pts), kept=len(plan.kept), origin=plan.t0, start=plan.start)
             check_unchanged(session.path, session.identity)
             note = self._write(out, sequence, stats, time.perf_counter() - t_start)
         out.attrs["windows"] = {"count": len(parts), "used": True,
@@ -497,7 +504,8 @@ class FaceStage(Stage):
             "backend": self.spec.backend, "model": info.get("id"), "model_source": info.get("source"),
             "au_names": list(AU_NAMES), "emotion_names": list(EMOTION_NAMES), "pose_names": list(POSE_NAMES),
             "analysis_fps": p.analysis_fps, "frames_decoded": stats.decoded, "frames_analysed": n_frames,
-            "frames_corrupt": stats.corrupt, "frame_width": sequence.size[0], "frame_height": sequence.size[1],
+            "frames_corrupt": stats.corrupt, "session_origin": stats.origin, "start_offset": stats.start,
+            "frame_width": sequence.size[0], "frame_height": sequence.size[1],
             "n_tracks": n_tracks, "n_landmarks": self._backend.n_landmarks,
             "fps_analysed": round(n_frames / elapsed, 2) if elapsed > 0 else None,
             "libraries": library_versions(*self.library_names()), "params": self.spec.params_dict(),
