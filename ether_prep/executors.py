@@ -236,6 +236,7 @@ class RayExecutor:
         self._failed: list[Outcome] = []  # outcomes decided in the driver, handed out by the next results()
         self.ray: Any = None
         self._owns_ray = False
+        self._board: Any = None  # set once Ray is up: close() after a failed start must not hide its error
 
     @property
     def placements(self) -> dict[str, list[str]]:
