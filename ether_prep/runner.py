@@ -148,11 +148,12 @@ def recording_change(state: StageState, now: RecordingIdentity | None) -> str | 
     return f"recording changed since {state.stage} read it ({when}): {change}" if change else None
 
 
-def missing_recordings(store: Store, raw_dir: Path | None = None, found: Sequence[str] = ()) -> list[tuple[str, str]]:
+def missing_recordings(store: Store, raw_dir: Path | str | None = None,
+                       found: Sequence[str] = ()) -> list[tuple[str, str]]:
     """(session id, path) of the stored sessions whose recording is gone: with ``raw_dir``, those that a scan of it
     did not ``found`` and whose file is missing or lay under it; without, those whose stored file is missing."""
     found_ids = set(found)
-    root = raw_dir.absolute() if raw_dir is not None else None
+    root = Path(raw_dir).absolute() if raw_dir is not None else None
     gone = []
     for sid in store.session_ids():
         if sid in found_ids:

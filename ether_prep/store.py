@@ -447,8 +447,10 @@ class Store:
         """A session's group; created (with ``info`` as its attributes) when writing."""
         if info is not None:
             group = self.root.require_group(_SESSIONS).require_group(session_id)
-            if dict(group.attrs.get("session", {})) != dict(info):
-                group.attrs["session"] = dict(info)
+            # Compared as stored (JSON: tuples read back as lists), so unchanged info is never rewritten.
+            stored = json.loads(json.dumps(dict(info)))
+            if dict(group.attrs.get("session", {})) != stored:
+                group.attrs["session"] = stored
                 self.dirty = True
         else:
             try:
