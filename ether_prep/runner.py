@@ -36,7 +36,7 @@ from .sessions import probe_session, scan, session_from_info
 from .spec import StageSpec
 from .stages import stage_class
 from .stages.base import Stage
-from .store import SessionGroup, StageState, Store, local_path
+from .store import SessionGroup, StageState, Store, absolute_location, local_path
 from .worker import Outcome, Task
 
 __all__ = ["RunSummary", "load_sessions", "models_are_local", "plan_stage", "run_pipeline", "stage_fingerprint",
@@ -447,6 +447,7 @@ def run_pipeline(
     """
     t0 = time.perf_counter()
     specs = pipeline.select(family=family, only=only, start=start)
+    store_path = absolute_location(store_path)  # what every worker opens, whatever its working directory
     folder = local_path(store_path)
     with store_lock(folder, wait=wait) if folder is not None else contextlib.nullcontext() as lock:
         summary = RunSummary()
