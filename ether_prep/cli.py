@@ -304,9 +304,9 @@ def status(
     holder = read_holder(lock) if lock is not None else None
     if lock is not None and holder is not None:
         if is_stale(lock, holder):
-            _say(f"stale store lock {lock}: left by {describe(holder)}, a process that no longer runs (killed); "
-                 f"nothing is writing this store; the next run takes the lock over and redoes the stages shown "
-                 f"'running'", colours["review"])
+            _say(f"stale store lock {lock}: left by {describe(holder)}, a process that no longer runs (killed "
+                 f"or crashed); no run holds this store now; the next run takes the lock over and redoes the "
+                 f"stages shown 'running'", colours["review"])
         elif holder.get("host") not in (None, socket.gethostname()):
             _say(f"a run on another host holds this store: {describe(holder)}; this host cannot check whether it "
                  f"still runs; if it is gone, delete {lock}", colours["review"])

@@ -237,8 +237,12 @@ def _start_failed(address: str | None, exc: BaseException) -> str:
         return (f"cannot connect to the Ray cluster at {address!r} ({cause}); check that the cluster runs and that "
                 "its Ray version is this one's, correct --ray-address or RAY_ADDRESS, or leave both unset to run "
                 "on a local Ray instance")
-    return (f"a local Ray instance did not start ({cause}); check free space and memory (Ray keeps its session "
-            "files under /tmp/ray), or run without Ray: --executor inline")
+    import tempfile
+
+    where = os.path.join(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray")
+    return (f"a local Ray instance did not start ({cause}); check free space and memory, and that {where} (Ray's "
+            "session files and sockets, under RAY_TMPDIR or TMPDIR) is a short path on a local disk, or run "
+            "without Ray: --executor inline")
 
 
 def _why(exc: BaseException) -> str:
