@@ -36,7 +36,7 @@ from .conftest import DATA, ROOT
 from .ray_helpers import store_digest
 from .test_interrupt import _stage_running, _states
 
-CLIPS = {"a": DATA / "video" / "bbaf2n.mpg", "b": DATA / "video" / "lwbsza.mpg"}  # two GRID speakers, 3 s each
+CLIPS = {"a": DATA / "video" / "bbaf2n.mpg", "b": DATA / "video" / "lwbsza.mpg"}  # two GRID speakers
 NAME = "session01.mp4"
 STAGES = ("--only", "audio", "--only", "face")
 
@@ -45,9 +45,10 @@ def _env(tmpdir: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmpdir)}
 
 
-def _start(folder: Path, *args: str, out: Path | None = None) -> subprocess.Popen[str]:
-    """``ether-prep run raw --pipeline cpu`` in ``folder`` (its own TMPDIR, stderr to a file), default --out."""
-    tmpdir = folder / "tmp"
+def _start(folder: Path, *args: str, out: Path | None = None, tmpdir: Path | None = None) -> subprocess.Popen[str]:
+    """``ether-prep run raw --pipeline cpu`` in ``folder`` (TMPDIR ``tmpdir``, default ``folder/tmp``; output
+    to files), default --out."""
+    tmpdir = tmpdir or folder / "tmp"
     tmpdir.mkdir(exist_ok=True)
     argv = media.cli_argv("run", "raw", "-p", "cpu", "-q", *STAGES, *args, *(("--out", out) if out else ()))
     with open(folder / "stdout.txt", "w") as stdout, open(folder / "stderr.txt", "w") as stderr:
@@ -72,8 +73,9 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for key, clip in CLIPS.items():
         folder = tmp_path_factory.mktemp(f"project_{key}")
         (folder / "raw").mkdir()
-        media.ffmpeg("-i", clip, "-t", "3", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac",
-                     folder / "raw" / NAME)
+        # 8 s (the 3 s clip looped): long enough a face stage that the two runs' stages overlap.
+        media.ffmpeg("-stream_loop", "2", "-i", clip, "-t", "8", "-c:v", "libx264", "-preset", "ultrafast",
+                     "-c:a", "aac", folder / "raw" / NAME)
         rc, log = _finish(_start(folder), folder)
         assert rc == 0, log
         (folder / "ether_prep.zarr").rename(folder / "solo.zarr")
@@ -84,11 +86,13 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.slow
 def test_two_runs_at_once_in_two_folders_keep_their_own_faces(folders: dict[str, Path]) -> None:
     a, b = folders["a"], folders["b"]
+    machine_tmp = a.parent / "machine_tmp"  # one TMPDIR for both, as on any machine
+    machine_tmp.mkdir()
     # Planted at the fixed spool path of earlier versions (predictable): a run must not write through it.
-    victim = a / "victim"
+    victim = a.parent / "victim"
     victim.mkdir()
-    (a / "tmp" / "ether-prep-spool").symlink_to(victim, target_is_directory=True)
-    runs = [(folder, _start(folder)) for folder in (a, b)]  # started together, face stages overlap
+    (machine_tmp / "ether-prep-spool").symlink_to(victim, target_is_directory=True)
+    runs = [(folder, _start(folder, tmpdir=machine_tmp)) for folder in (a, b)]  # started together
     for folder, proc in runs:
         rc, log = _finish(proc, folder)
         assert rc == 0, log
@@ -97,8 +101,7 @@ def test_two_runs_at_once_in_two_folders_keep_their_own_faces(folders: dict[str,
     assert store_digest(a / "ether_prep.zarr") == solo_a
     assert store_digest(b / "ether_prep.zarr") == solo_b
     assert list(victim.iterdir()) == []
-    for folder in (a, b):  # every temporary folder removed; only the planted link is left
-        assert [p.name for p in _scratch(folder / "tmp")] == (["ether-prep-spool"] if folder == a else [])
+    assert [p.name for p in _scratch(machine_tmp)] == ["ether-prep-spool"]  # every temporary folder removed
 
 
 @pytest.mark.slow
