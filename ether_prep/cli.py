@@ -105,15 +105,22 @@ def _fail(exc: EtherPrepError) -> typer.Exit:
     return typer.Exit(2)
 
 
+_stopped_by: int | None = None  # the signal that stopped the run, when SIGTERM did
+
+
 @contextlib.contextmanager
 def _stoppable() -> Iterator[None]:
     """SIGTERM (``timeout``, ``scancel``, ``docker stop``, systemd) stops a run as Ctrl-C does: an
     :class:`Interrupted` raised in the main thread unwinds every ``finally`` (workers ended, the store lock
     released). Later SIGTERMs are ignored while that cleanup runs; a second Ctrl-C still cuts it short."""
     def on_term(signum: int, frame: object) -> None:
+        global _stopped_by
+        _stopped_by = signum  # Ray turns exceptions raised inside its calls into a bare KeyboardInterrupt
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Interrupted(signum)
 
+    global _stopped_by
+    _stopped_by = None
     try:
         previous = signal.signal(signal.SIGTERM, on_term)
     except ValueError:  # not the main thread (an embedding application): its own handling stays
@@ -127,7 +134,7 @@ def _stoppable() -> Iterator[None]:
 
 def _interrupted(exc: KeyboardInterrupt, out: str) -> typer.Exit:
     """The message for a run stopped by a signal, and the shell's exit code for it (130, 143)."""
-    signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+    signum = exc.signum if isinstance(exc, Interrupted) else _stopped_by or signal.SIGINT
     name = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
     typer.secho(f"interrupted by {name}: stopped; the store lock is released, finished stages are kept and the "
                 f"stages that were computing stay 'running'; run the same command again to complete them "
