@@ -39,7 +39,7 @@ from .sessions import probe_session, recording_identity, scan, session_from_info
 from .spec import StageSpec
 from .stages import stage_class
 from .stages.base import Stage
-from .store import SessionGroup, StageState, Store, local_path
+from .store import SessionGroup, StageState, Store, absolute_location, local_path
 from .worker import Outcome, Task
 
 __all__ = ["RunSummary", "gone_note", "load_sessions", "missing_recordings", "models_are_local", "plan_stage",
@@ -509,6 +509,7 @@ def run_pipeline(
     """
     t0 = time.perf_counter()
     specs = pipeline.select(family=family, only=only, start=start)
+    store_path = absolute_location(store_path)  # what every worker opens, whatever its working directory
     folder = local_path(store_path)
     with store_lock(folder, wait=wait) if folder is not None else contextlib.nullcontext() as lock:
         summary = RunSummary()

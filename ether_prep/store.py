@@ -44,6 +44,7 @@ __all__ = [
     "SessionGroup",
     "StageState",
     "Store",
+    "absolute_location",
     "is_url",
     "local_path",
     "now",
@@ -353,6 +354,15 @@ def local_path(location: str | os.PathLike[str]) -> Path | None:
     if not is_url(text):
         return Path(text)
     return Path(urlsplit(text).path) if text.startswith("file://") else None
+
+
+def absolute_location(location: str | os.PathLike[str]) -> str | os.PathLike[str]:
+    """A store folder as an absolute path (``~`` expanded), resolved once in the driver: workers (Ray actors,
+    other processes) have other working directories, so a relative path would name another folder there.
+    URLs are returned as they are."""
+    if is_url(location):
+        return location
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(location))))
 
 
 class Store:

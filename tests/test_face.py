@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import stat
 import subprocess
 import sys
 import urllib.request
@@ -159,15 +160,15 @@ def test_spool_scatters_detections_into_dense_arrays(tmp_path: Path) -> None:
     assert np.isnan(dense[[1, 2, 4]]).all() and np.isnan(dense[3, 0]).all()
 
 
-def test_spool_left_by_a_killed_run_is_cleared(tmp_path: Path) -> None:
-    """A SIGKILLed face stage leaves its spool folder behind; the next run of that session clears it first."""
-    leftover = tmp_path / "spool" / "detections"
-    leftover.mkdir(parents=True)
-    (leftover / "au.bin").write_bytes(b"x" * 1000)
-    with DetectionSpool({"v": ((), np.float32)}, leftover) as spool:
-        assert [f.name for f in leftover.iterdir()] == ["v.bin"]
+def test_spool_is_private_and_removed_on_close() -> None:
+    """A spool lives in a private temporary folder of its own (0700, files 0600), gone once closed (issue 16;
+    leftovers of killed runs: tests/test_isolation.py)."""
+    with DetectionSpool({"v": ((), np.float32)}) as spool:
         spool.append(v=[1.0])
-    assert not leftover.exists()
+        assert stat.S_IMODE(spool.dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE((spool.dir / "v.bin").stat().st_mode) == 0o600
+        np.testing.assert_array_equal(spool.read("v"), [1.0])
+    assert not spool.dir.exists()
 
 
 def test_config_and_help_do_not_import_face_models() -> None:

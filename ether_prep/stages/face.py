@@ -65,16 +65,13 @@ every face that passed the configured confidence thresholds.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import queue
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -200,13 +197,6 @@ def _prefetch(decode: Callable[[], Iterator[VideoFrame]], name: str, depth: int,
         worker.join(timeout=5)
 
 
-def _spool_dir(out: zarr.Group) -> Path:
-    """A local folder for this stage output's detection spool, the same on every run: a rerun clears what a
-    killed run left there (the store itself may be remote)."""
-    key = hashlib.sha1(f"{out.store}/{out.path}".encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / "ether-prep-spool" / key
-
-
 def _batches(frames: Iterable[VideoFrame], size: int) -> Iterator[list[VideoFrame]]:
     """Consecutive frames in batches of ``size`` (a batch never mixes frame sizes)."""
     batch: list[VideoFrame] = []
@@ -281,7 +271,7 @@ class FaceStage(Stage):
         stop = threading.Event()
         with FaceSequence(self._backend.n_landmarks, 1 if still else p.min_track_frames, p.max_gap_s,
                           p.appearance_weight, p.cut_threshold, self._embedder, self._threshold(),
-                          p.identity_every_s, p.max_embeddings_per_track, _spool_dir(out)) as sequence:
+                          p.identity_every_s, p.max_embeddings_per_track) as sequence:
             frames = _prefetch(partial(iter_video_frames, session.path, None if still else p.analysis_fps, stats),
                                session.path.name, p.prefetch, stop)
             try:
@@ -421,8 +411,7 @@ class FaceStage(Stage):
                          origin=head.attrs.get("plan_origin"))
         with PlannedFrames(session.path, plan) as frames, FaceSequence(
                 self._backend.n_landmarks, p.min_track_frames, p.max_gap_s, p.appearance_weight, p.cut_threshold,
-                self._embedder, self._threshold(), p.identity_every_s, p.max_embeddings_per_track,
-                _spool_dir(out)) as sequence:
+                self._embedder, self._threshold(), p.identity_every_s, p.max_embeddings_per_track) as sequence:
             expected = 0
             for k, g in enumerate(parts):
                 if int(g.attrs["first"]) != expected:
