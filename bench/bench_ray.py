@@ -1,8 +1,11 @@
 """Benchmark of the streaming Ray executor (issue 10). Parts, all by default or named on the command line:
 
-- ``cached``: a fully cached rerun of ``--cached-sessions`` (100) audio-only sessions, as a whole
-  ``ether-prep extract -x ray`` process (median of 3), in a fresh RAY_TMPDIR: its wall time and whether a
-  Ray session directory appeared (it must not); the same process running ``--help`` is the baseline.
+- ``cached``: a fully cached rerun of ``--cached-sessions`` (100) aligned sessions (the ``cpu`` pipeline's
+  extract and align stages over 4 s talking-face videos: two computed, the others copies of them), as a whole
+  ``ether-prep run -x ray`` process (median of 3), in a fresh RAY_TMPDIR: its wall time, whether a Ray session
+  directory appeared (it must not) and whether the manifests and the root ``zarr.json`` were rewritten (they
+  must not be); baselines: the same process running ``--help``, and what a rerun did before on top (the
+  manifests rebuilt twice and the metadata consolidated, timed here on the same store); peak memory.
 - ``stream``: 8 sessions (talking faces with speech, 20-90 s, built with ffmpeg from the shared clips), the
   real ``cpu`` pipeline with every stage asking 1 CPU (and 1 thread), on Ray with this machine's 2 CPUs:
   streaming against the stage-at-a-time execution ether-prep had before (each stage over all sessions on
@@ -86,40 +89,101 @@ def load_avg() -> str:
 
 
 # ----------------------------------------------------------------------------------------------- cached
-def bench_cached(tmp: Path, n: int) -> None:
+# Two real sessions (a talking pair and a talking face, 4 s each) computed by the `cpu` pipeline; the other
+# sessions of the `cached` part are copies of them (their recordings hard links, their session groups copied),
+# so the store holds --cached-sessions fully aligned sessions without computing each one.
+CACHED_CLIPS = ("video/grid_two_faces_side_by_side.mp4", "video/bbaf2n.mpg")
+
+
+def _cached_store(tmp: Path, n: int) -> tuple[Path, Path, Path]:
+    """A raw folder of ``n`` short videos and a store in which the `cpu` pipeline has done every stage."""
+    import shutil
+
     from ether_prep.config import load_pipeline
     from ether_prep.runner import run_pipeline
+    from ether_prep.sessions import session_id
 
     raw = tmp / "cached_raw"
     raw.mkdir()
-    for i in range(n):
-        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"sine=frequency={200 + 5 * i}:duration=2",
-                        "-ar", "16000", str(raw / f"s{i:03d}.wav")], check=True)
-    config = tmp / "audio.yaml"
-    config.write_text("version: 1\npipelines:\n  audio:\n    stages:\n      - stage: audio\n")
+    for i, clip in enumerate(CACHED_CLIPS):
+        subprocess.run(["ffmpeg", "-v", "error", "-i", str(DATA / clip), "-t", "4", "-c:v", "libx264", "-preset",
+                        "ultrafast", "-c:a", "aac", str(raw / f"s{i:03d}.mp4")], check=True)
+    config = ROOT / "pipelines.yaml"
     store = tmp / "cached.zarr"
-    first = run_pipeline(load_pipeline("audio", config), raw, store)
-    assert first.counts("audio") == {"done": n}, first.report()
+    first = run_pipeline(load_pipeline("cpu", config), raw, store, family=None)
+    assert first.ok, first.report()
+    sessions = store / "sessions"
+    for i in range(len(CACHED_CLIPS), n):
+        src = f"s{i % len(CACHED_CLIPS):03d}.mp4"
+        os.link(raw / src, raw / f"s{i:03d}.mp4")
+        shutil.copytree(sessions / session_id(src), sessions / session_id(f"s{i:03d}.mp4"))
+    # The copies' session attributes (id, path) are brought up to date by this first rerun; nothing computes.
+    warm = run_pipeline(load_pipeline("cpu", config), raw, store, family=None)
+    assert warm.ok and set(warm.counts()) == {"cached"} | ({"skipped"} & set(warm.counts())), warm.report()
+    return raw, store, config
+
+
+def bench_cached(tmp: Path, n: int) -> None:
+    """A fully cached rerun of ``n`` aligned sessions (extract and align: the `cpu` pipeline) as a whole
+    ``ether-prep run -x ray`` process, against ``ether-prep --help`` (the import cost) and against what a cached
+    rerun wrote before (the manifests rebuilt twice, by align and by qc, and the metadata consolidated)."""
+    from ether_prep.manifest import write_manifests
+    from ether_prep.store import Store
+
+    raw, store, config = _cached_store(tmp, n)
     ray_tmp = tmp / "ray_tmp"
     ray_tmp.mkdir()
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "TMPDIR": str(ray_tmp)}
-    exe = str(Path(sys.executable).with_name("ether-prep"))
-    rerun = [exe, "extract", str(raw), "--out", str(store), "-c", str(config), "-p", "audio", "-x", "ray", "-q"]
+    # `ether-prep ARGS` as its console script runs it, reporting its own peak memory (VmHWM: that of the
+    # process itself, not the forked parent's pages that RUSAGE_CHILDREN would count) on exit.
+    report = ("import atexit, sys; atexit.register(lambda: sys.stderr.write(next(l for l in open('/proc/self/status')"
+              " if l.startswith('VmHWM')))); sys.argv = ['ether-prep', *sys.argv[1:]]; "
+              "from ether_prep.cli import app; app()")
+    rerun = [sys.executable, "-c", report, "run", str(raw), "--out", str(store), "-c", str(config), "-p", "cpu",
+             "-x", "ray", "-q"]
+    peaks: list[float] = []
 
     def timed(cmd: list[str]) -> float:
         t0 = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        wall = time.perf_counter() - t0
         assert out.returncode == 0, out.stdout + out.stderr
-        return time.perf_counter() - t0
+        peaks.extend(float(line.split()[1]) / 1024 for line in out.stderr.splitlines() if line.startswith("VmHWM"))
+        return wall
+
+    watched = [store / "zarr.json", *sorted(store.glob("*.parquet"))]
+
+    def stamps() -> list[tuple[int, int]]:
+        return [(p.stat().st_ino, p.stat().st_mtime_ns) for p in watched]
 
     timed(rerun)  # writes the bytecode caches
+    before = stamps()
     walls = [timed(rerun) for _ in range(3)]
-    helps = [timed([exe, "--help"]) for _ in range(3)]
+    untouched = stamps() == before
+    peak_child = max(peaks)
+    helps = [timed([sys.executable, "-c", report, "--help"]) for _ in range(3)]
+    # What every cached rerun did on top before: align's and qc's finalize each rebuilt the manifests, and the
+    # run consolidated the metadata (the root zarr.json).
+    st = Store(store)
+    t0 = time.perf_counter()
+    for _ in range(2):
+        write_manifests(st)
+    manifests_s = (time.perf_counter() - t0) / 2
+    t0 = time.perf_counter()
+    st.consolidate()
+    consolidate_s = time.perf_counter() - t0
+    wall, help_s = statistics.median(walls), statistics.median(helps)
+    old = wall + 2 * manifests_s + consolidate_s
     started = sorted(p.name for p in ray_tmp.rglob("session_*"))
-    print(f"[cached] {n} sessions, fully cached, `ether-prep extract -x ray` as a whole process: "
-          f"median {statistics.median(walls):.2f} s (runs {[round(w, 2) for w in walls]}); "
-          f"`ether-prep --help` {statistics.median(helps):.2f} s; Ray session directories: {started or 'none'} "
-          f"({load_avg()})")
+    print(f"[cached] {n} aligned sessions (cpu pipeline, 4 s videos), fully cached, `ether-prep run -x ray` as a "
+          f"whole process (2 cores): median {wall:.2f} s (runs {[round(w, 2) for w in walls]}); baseline "
+          f"`ether-prep --help` {help_s:.2f} s: rerun / --help {wall / help_s:.1f}x ({load_avg()})")
+    print(f"  manifests and root zarr.json untouched by the reruns: {untouched}; Ray session directories: "
+          f"{started or 'none'}; root zarr.json {(store / 'zarr.json').stat().st_size / 1e6:.1f} MB")
+    print(f"  what a cached rerun also did before, measured now: manifests rebuilt {manifests_s:.2f} s (x2), "
+          f"consolidation {consolidate_s:.2f} s: {old:.2f} s, {old / wall:.1f}x this rerun")
+    print(f"  peak memory of the rerun process {peak_child:.0f} MB (this driver, which computed the two sessions: "
+          f"{peak_mb():.0f} MB)")
 
 
 # ----------------------------------------------------------------------------------------------- stream

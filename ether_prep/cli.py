@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
 import os
+import signal
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .errors import ConfigError, EtherPrepError
+from .errors import ConfigError, EtherPrepError, Interrupted
 
 app = typer.Typer(
     name="ether-prep",
@@ -103,6 +105,43 @@ def _fail(exc: EtherPrepError) -> typer.Exit:
     return typer.Exit(2)
 
 
+_stopped_by: int | None = None  # the signal that stopped the run, when SIGTERM did
+
+
+@contextlib.contextmanager
+def _stoppable() -> Iterator[None]:
+    """SIGTERM (``timeout``, ``scancel``, ``docker stop``, systemd) stops a run as Ctrl-C does: an
+    :class:`Interrupted` raised in the main thread unwinds every ``finally`` (workers ended, the store lock
+    released). Later SIGTERMs are ignored while that cleanup runs; a second Ctrl-C still cuts it short."""
+    def on_term(signum: int, frame: object) -> None:
+        global _stopped_by
+        _stopped_by = signum  # Ray turns exceptions raised inside its calls into a bare KeyboardInterrupt
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    global _stopped_by
+    _stopped_by = None
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread (an embedding application): its own handling stays
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(exc: KeyboardInterrupt, out: str) -> typer.Exit:
+    """The message for a run stopped by a signal, and the shell's exit code for it (130, 143)."""
+    signum = exc.signum if isinstance(exc, Interrupted) else _stopped_by or signal.SIGINT
+    name = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
+    typer.secho(f"interrupted by {name}: stopped; the store lock is released, finished stages are kept and the "
+                f"stages that were computing stay 'running'; run the same command again to complete them "
+                f"(`ether-prep status --out {out}` shows where it stopped)", fg=typer.colors.RED, err=True)
+    return typer.Exit(128 + int(signum))
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """The options ``extract``, ``align`` and ``run`` share, declared once: :func:`_with_run_options` shows
@@ -146,9 +185,12 @@ def _run(family: str | None, raw_dir: Path | None, o: RunOptions) -> None:
 
     try:
         pipe = load_pipeline(o.pipeline, _config_path(o.config))
-        summary = run_pipeline(pipe, raw_dir, o.out, family=family, only=o.only, start=o.start, force=o.force,
-                               executor=o.executor.value, workers=o.workers, ray_address=o.ray_address,
-                               progress=not o.quiet, wait=o.wait)
+        with _stoppable():
+            summary = run_pipeline(pipe, raw_dir, o.out, family=family, only=o.only, start=o.start, force=o.force,
+                                   executor=o.executor.value, workers=o.workers, ray_address=o.ray_address,
+                                   progress=not o.quiet, wait=o.wait)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see _stoppable)
+        raise _interrupted(exc, o.out) from None
     except EtherPrepError as exc:
         raise _fail(exc) from exc
     except OSError as exc:  # the store's disk, outside any one session's stage
@@ -198,7 +240,11 @@ def demo(
     os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
     try:
         raw = demo_raw_folder(out.with_name(out.name.removesuffix(".zarr") + "_media"))
-        summary = run_pipeline(load_pipeline("cpu"), raw, out, family=None, executor="inline", progress=not quiet)
+        with _stoppable():
+            summary = run_pipeline(load_pipeline("cpu"), raw, out, family=None, executor="inline",
+                                   progress=not quiet)
+    except KeyboardInterrupt as exc:
+        raise _interrupted(exc, str(out)) from None
     except EtherPrepError as exc:
         raise _fail(exc) from exc
     typer.echo(summary.report())
@@ -225,10 +271,11 @@ def status(
     """Per session and stage: done, skipped, stale, damaged (naming the array), failed (with the message), running
     or pending."""
     import json
+    import socket
 
     from .config import load_pipeline
-    from .lock import STORE_LOCK, describe, read_holder
-    from .runner import status_table
+    from .lock import STORE_LOCK, describe, is_stale, read_holder
+    from .runner import gone_note, missing_recordings, status_table
     from .stages.qc import read_review
     from .store import Store, local_path
 
@@ -242,6 +289,7 @@ def status(
         rows = status_table(store, load_pipeline(name, path))
     except EtherPrepError as exc:
         raise _fail(exc) from exc
+    gone = missing_recordings(store)  # e.g. withdrawn from the study: say so, delete nothing
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
@@ -249,7 +297,9 @@ def status(
     review = {sid: list(v.reasons) for sid, v in verdicts.items() if v.needs_review}
     if as_json:
         typer.echo(json.dumps({"store": str(out), "pipeline": name, "sessions": len(store.session_ids()),
-                               "counts": counts, "needs_review": review, "rows": rows}, ensure_ascii=False))
+                               "counts": counts, "needs_review": review, "rows": rows,
+                               "missing_recordings": [{"session": sid, "recording": rel} for sid, rel in gone]},
+                              ensure_ascii=False))
         return
     colours = {"done": typer.colors.GREEN, "skipped": typer.colors.CYAN, "failed": typer.colors.RED,
                "stale": typer.colors.YELLOW, "review": typer.colors.YELLOW, "damaged": typer.colors.RED}
@@ -258,12 +308,44 @@ def status(
              colours.get(row["state"]))
     typer.echo(f"{len(store.session_ids())} session(s), pipeline {name!r}: "
                + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if gone:
+        _say(gone_note(gone, "at their stored path (moved? a run over their raw folder updates it)"),
+             colours["review"])
     if review:
         _say(f"{len(review)} session(s) need review (see the qc rows above): {', '.join(review)}", colours["review"])
     folder = local_path(out)
-    holder = read_holder(folder / STORE_LOCK) if folder is not None else None
-    if holder is not None:
-        _say(f"a run is writing this store now: {describe(holder)}", colours["review"])
+    lock = folder / STORE_LOCK if folder is not None else None
+    holder = read_holder(lock) if lock is not None else None
+    if lock is not None and holder is not None:
+        if is_stale(lock, holder):
+            _say(f"stale store lock {lock}: left by {describe(holder)}, a process that no longer runs (killed "
+                 f"or crashed); no run holds this store now; the next run takes the lock over and redoes the "
+                 f"stages shown 'running'", colours["review"])
+        elif holder.get("host") not in (None, socket.gethostname()):
+            _say(f"a run on another host holds this store: {describe(holder)}; this host cannot check whether it "
+                 f"still runs; if it is gone, delete {lock}", colours["review"])
+        else:
+            _say(f"a run is writing this store now: {describe(holder)}", colours["review"])
+
+
+@app.command()
+def remove(
+    session_ids: Annotated[list[str], typer.Argument(metavar="SESSION", help=(
+        "Ids of the sessions to delete, as `ether-prep status` lists them."))],
+    out: OutUrl = DEFAULT_STORE_URL,
+    wait: Wait = 0.0,
+) -> None:
+    """Delete sessions from the store: their results, windows and manifest rows (e.g. consent withdrawn).
+
+    Asks nothing; deletes nothing when any id is unknown. The recordings themselves are not touched.
+    """
+    from .removal import remove_sessions
+
+    try:
+        for line in remove_sessions(out, session_ids, wait=wait):
+            typer.echo(line)
+    except EtherPrepError as exc:
+        raise _fail(exc) from exc
 
 
 def _review(read_review: Callable[[Any], Any], store: Any, sid: str) -> Any:
@@ -399,7 +481,8 @@ def export(
     deidentify: Annotated[bool, typer.Option(
         "--deidentify", help="For sharing: e-mail addresses, phone numbers, URLs and listed names in transcripts "
                              "become [EMAIL] [PHONE] [URL] [NAME]; face boxes, landmarks and identity embeddings "
-                             "are left out; files are named session-<hash> instead of by recording.")] = False,
+                             "are left out; files are named session-<keyed hash> instead of by recording (key: "
+                             "$ETHER_PREP_DEID_KEY, else STORE/.ether-prep-key, made once).")] = False,
     names: Annotated[Path | None, typer.Option(
         "--names", help="With --deidentify: a text file of names to replace, one per line (first names and "
                         "surnames on lines of their own if they may be said alone).")] = None,
@@ -418,6 +501,10 @@ def export(
 
             deid = Deidentifier.from_names_file(names)
         store = Store(out, mode="r")
+        if deid is not None:  # aliases keyed with $ETHER_PREP_DEID_KEY or the store's own key file
+            from .deidentify import deid_key
+
+            deid.key = deid_key(out)
         dest_dir.mkdir(parents=True, exist_ok=True)
         failed = 0
         for sid in session or store.session_ids():

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass
@@ -103,12 +105,32 @@ class _Seq(list):
     lines: list[int]
 
 
+class _AliasRefused(yaml.YAMLError):
+    """A YAML anchor (``&name``) or alias (``*name``): refused before anything is built from it."""
+
+    def __init__(self, line: int, what: str) -> None:
+        super().__init__(what)
+        self.line, self.what = line, what
+
+
 class _LineLoader(yaml.SafeLoader):
-    """SafeLoader whose mappings and sequences carry line numbers, and which reports repeated keys."""
+    """SafeLoader whose mappings and sequences carry line numbers, and which reports repeated keys.
+
+    Anchors and aliases are refused as they are met: nested aliases ("billion laughs") expand a few lines into
+    gigabytes once anything walks or prints the value, and a pipeline file has no need of them.
+    """
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.repeated: list[tuple[int, Any]] = []
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise _AliasRefused(event.start_mark.line + 1, f"alias '*{_clip(str(event.anchor), 40)}'")
+        if getattr(event, "anchor", None) is not None:
+            raise _AliasRefused(event.start_mark.line + 1, f"anchor '&{_clip(str(event.anchor), 40)}'")
+        return super().compose_node(parent, index)
 
     def construct_yaml_map(self, node: yaml.MappingNode) -> Any:
         out = _Map()
@@ -137,6 +159,43 @@ _LineLoader.add_constructor("tag:yaml.org,2002:map", _LineLoader.construct_yaml_
 _LineLoader.add_constructor("tag:yaml.org,2002:seq", _LineLoader.construct_yaml_seq)
 
 
+class _Repr(reprlib.Repr):
+    """reprlib for the loader's line-carrying list and dict (by type name it would repr them in full)."""
+
+    def repr__Seq(self, x: list, level: int) -> str:
+        return self.repr_list(x, level)
+
+    def repr__Map(self, x: dict, level: int) -> str:
+        return self.repr_dict(x, level)
+
+
+_REPR = _Repr()
+_REPR.maxstring = _REPR.maxother = 40
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 3
+_REPR.maxlevel = 3
+
+
+def _show(value: Any) -> str:
+    """``repr(value)`` cut to a readable length: a message never carries a huge value from the file."""
+    return _clip(_REPR.repr(value), 160)
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    """``text`` cut to ``limit`` characters."""
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether ``value`` is (or holds) a NaN or an infinity: YAML's ``.nan``, ``.inf``, ``-.inf``."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, list | tuple):
+        return any(_non_finite(v) for v in value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    return False
+
+
 def _line(container: Any, key: Any = None) -> int:
     """The line of ``key`` in a mapping (of item ``key`` in a sequence), else of the container itself."""
     if isinstance(container, _Map) and key in container.lines:
@@ -156,7 +215,7 @@ class _Problems:
     def add(self, line: int, message: str, pipeline: str | None = None, stage: str | None = None) -> None:
         parts = [f"{self.source}:{line}" if line else str(self.source)]
         if pipeline is not None:
-            parts.append(f"pipeline {pipeline!r}")
+            parts.append(f"pipeline {_show(pipeline)}")
         if stage is not None:
             parts.append(f"stage {stage!r}")
         self.items.append((line, ": ".join([*parts, message])))
@@ -177,9 +236,9 @@ def _unknown(given: dict[str, Any], allowed: typing.Iterable[str], what: str) ->
     for key in given:
         if key in allowed:
             continue
-        close = difflib.get_close_matches(str(key), allowed, n=1)
+        close = difflib.get_close_matches(str(key)[:100], allowed, n=1)  # difflib is quadratic: a short key
         hint = f"did you mean {close[0]!r}? " if close else ""
-        out.append((key, f"unknown {what} {key!r}; {hint}allowed: {', '.join(allowed)}"))
+        out.append((key, f"unknown {what} {_show(key)}; {hint}allowed: {', '.join(allowed)}"))
     return out
 
 
@@ -192,7 +251,7 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
                 return _check_type(value, option, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key!r} = {value!r} is not a valid {_hint_name(hint)}")
+        raise ConfigError(f"{key!r} = {_show(value)} is not a valid {_hint_name(hint)}")
     if hint is type(None):
         if value is None:
             return None
@@ -220,7 +279,7 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
             return dict(value)
     elif isinstance(hint, type) and isinstance(value, hint):
         return value
-    raise ConfigError(f"{key!r} = {value!r} is not a valid {_hint_name(hint)}")
+    raise ConfigError(f"{key!r} = {_show(value)} is not a valid {_hint_name(hint)}")
 
 
 def _hint_name(hint: Any) -> str:
@@ -239,36 +298,68 @@ def _collect_params(cls: type, given: Any, report: typing.Callable[[int, str], N
     if given is None:
         given = _Map()
     if not isinstance(given, dict):
-        report(0, f"{what}s must be a mapping of name: value, got {given!r}")  # 0: the caller's key line
+        report(0, f"{what}s must be a mapping of name: value, got {_show(given)}")  # 0: the caller's key line
         return None
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    values, ok = {}, True
+    values: dict[str, Any] = {}
+    bad: set[str] = set()
     for key, message in _unknown(given, fields, what):
         report(_line(given, key), message)  # reported; the known keys are still checked
     for key, value in given.items():
         if key not in fields:
             continue
+        default = fields[key].default
+        shown = "" if default is dataclasses.MISSING else f" (default: {_show(default)})"
+        if _non_finite(value):  # one check for every stage: `x <= 0` in a validate lets NaN through
+            report(_line(given, key), f"{what} {key!r} = {_show(value)} is not a finite number (NaN and infinity "
+                   f"are never valid); expected {_hint_name(hints[key])}{shown}")
+            bad.add(key)
+            continue
         try:
             values[key] = _check_type(value, hints[key], key)
         except ConfigError as exc:
-            default = fields[key].default
-            shown = "" if default is dataclasses.MISSING else f" (default: {default!r})"
             report(_line(given, key), f"{what} {exc}; expected {_hint_name(hints[key])}{shown}")
+            bad.add(key)
+    # The stage's own checks run with the wrongly typed values at their defaults (reported above already), so
+    # that every other problem of the stage is reported in the same pass.
+    params = _validated(cls, {k: v for k, v in values.items() if k not in bad}, given, bad, report, what)
+    return None if bad or params is None or set(given) - set(fields) else params
+
+
+def _validated(cls: type, values: dict[str, Any], given: Any, bad: set[str],
+               report: typing.Callable[[int, str], None], what: str) -> Any:
+    """``cls(**values)`` checked by its ``validate``; None when it fails.
+
+    A ``validate`` raises at its first problem; to report them all, the parameters its message names are set
+    back to their defaults and it runs again, until it passes or names nothing new (or names only parameters
+    already reported as wrong).
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    ok, seen = True, set()
+    for _ in range(len(fields) + 1):
+        try:
+            params = cls(**values)
+            validate = getattr(params, "validate", None)
+            if validate is not None:
+                validate()
+            return params if ok else None
+        except (TypeError, ValueError) as exc:
+            text = str(exc)
+            named = [k for k in fields if re.search(rf"\b{re.escape(k)}\b", text)]
+            if text in seen or (named and set(named) <= bad):
+                return None
+            seen.add(text)
             ok = False
-    if not ok:  # a value of the wrong type: checking the combination would only add confusing errors
-        return None
-    try:
-        params = cls(**values)
-        validate = getattr(params, "validate", None)
-        if validate is not None:
-            validate()
-    except (TypeError, ValueError) as exc:
-        # The line of the first parameter the message names, else of the mapping.
-        named = [k for k in given if re.search(rf"\b{re.escape(str(k))}\b", str(exc))]
-        report(_line(given, named[0]) if named else _line(given), f"{what}s: {exc}")
-        return None
-    return None if set(given) - set(fields) else params
+            # The line of the first parameter the message names that the file gives, else of the mapping.
+            located = [k for k in given if k in named]
+            report(_line(given, located[0]) if located else _line(given), f"{what}s: {_clip(text)}")
+            reset = [k for k in named if k in values]  # the named values the file gave: back to defaults
+            if not reset:
+                return None
+            for k in reset:
+                del values[k]
+    return None
 
 
 # Keys that were resources once and changed results: they are stage parameters now.
@@ -284,7 +375,7 @@ def _moved_resources(given: Any, stage: str, params_cls: type) -> list[tuple[str
     for key in _MOVED_RESOURCES:
         if key not in given:
             continue
-        fix = (f"move it there: params: {{{key}: {given[key]!r}}}" if key in names else
+        fix = (f"move it there: params: {{{key}: {_show(given[key])}}}" if key in names else
                f"stage {stage!r} has no {key} parameter; remove it")
         out.append((key, f"resource {key!r} moved to the stage's params (resources only schedule work and never "
                          f"change results); {fix}"))
@@ -297,10 +388,10 @@ def _stage_spec(entry: Any, index: int, line: int, problems: _Problems, pipeline
                      pipeline)
         return None
     name = entry["stage"]
-    if name not in STAGES:
-        close = difflib.get_close_matches(str(name), list(STAGES), n=1)
+    if not isinstance(name, str) or name not in STAGES:
+        close = difflib.get_close_matches(str(name)[:100], list(STAGES), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        problems.add(_line(entry, "stage"), f"unknown stage {name!r} (stage #{index + 1}); {hint}known stages: "
+        problems.add(_line(entry, "stage"), f"unknown stage {_show(name)} (stage #{index + 1}); {hint}known stages: "
                      f"{', '.join(STAGES)}", pipeline)
         return None
 
@@ -314,12 +405,12 @@ def _stage_spec(entry: Any, index: int, line: int, problems: _Problems, pipeline
     cls = stage_class(name)
     backend = entry.get("backend") or cls.backends[0]
     if backend not in cls.backends:
-        report(_line(entry, "backend"), f"unknown backend {backend!r}; stage {name!r} supports: "
+        report(_line(entry, "backend"), f"unknown backend {_show(backend)}; stage {name!r} supports: "
                f"{', '.join(cls.backends)}")
         ok = False
     model = entry.get("model")
     if model is not None and not isinstance(model, str):
-        report(_line(entry, "model"), f"'model' must be a string (a model name or a path), got {model!r}")
+        report(_line(entry, "model"), f"'model' must be a string (a model name or a path), got {_show(model)}")
         ok = False
     params_cls = getattr(cls, "Params")  # noqa: B009 - ClassVar on an ABC
     given = entry.get("resources")
@@ -354,11 +445,11 @@ def _stage_spec(entry: Any, index: int, line: int, problems: _Problems, pipeline
         except ValueError as exc:
             named = [k for k in (entry.get("params") or {}) if re.search(rf"\b{re.escape(str(k))}\b", str(exc))]
             at = _line(entry.get("params"), named[0]) if named else 0
-            report(at or _line(entry, "backend") or _line(entry), f"parameters: {exc}")
+            report(at or _line(entry, "backend") or _line(entry), f"parameters: {_clip(str(exc))}")
             ok = False
     enabled = entry.get("enabled", True)
     if not isinstance(enabled, bool):
-        report(_line(entry, "enabled"), f"'enabled' must be true or false, got {enabled!r}")
+        report(_line(entry, "enabled"), f"'enabled' must be true or false, got {_show(enabled)}")
         ok = False
     if not ok or resources is None or params is None:
         return None
@@ -376,6 +467,13 @@ def _read_yaml(source: Path) -> tuple[Any, list[tuple[int, Any]]]:
     loader = _LineLoader(text)
     try:
         raw = loader.get_single_data()
+    except _AliasRefused as exc:
+        raise ConfigError(f"{source}:{exc.line}: YAML {exc.what} is not allowed: a pipelines file may not use "
+                          f"anchors (&name) or aliases (*name), which can expand a few lines into gigabytes; write "
+                          f"the value out in full") from None
+    except ValueError as exc:  # a number too long to convert (Python's limit on integer digits)
+        raise ConfigError(f"{source}: a value cannot be read ({_clip(str(exc), 200)}); write a shorter "
+                          f"number") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"{source}:{mark.line + 1}" if mark is not None else str(source)
@@ -395,7 +493,7 @@ def load_config(path: Path | None = None) -> dict[str, Pipeline]:
     raw, repeated = _read_yaml(source)
     problems = _Problems(source)
     for line, key in repeated:
-        problems.add(line, f"key {key!r} appears twice in one mapping (the second would silently win); keep one")
+        problems.add(line, f"key {_show(key)} appears twice in one mapping (the second would silently win); keep one")
     if not isinstance(raw, dict) or not isinstance(raw.get("pipelines"), dict):
         problems.add(_line(raw, "pipelines") if isinstance(raw, dict) else 1,
                      "expected a mapping with a 'pipelines' mapping at the top (version: 1, pipelines: {NAME: ...})")
@@ -403,8 +501,8 @@ def load_config(path: Path | None = None) -> dict[str, Pipeline]:
     for key, message in _unknown(raw, _TOP_KEYS, "top-level key"):
         problems.add(_line(raw, key), message)
     if raw.get("version", 1) != 1:
-        problems.add(_line(raw, "version"), f"unsupported config version {raw['version']!r}; this ether-prep reads "
-                     f"version 1 (write 'version: 1')")
+        problems.add(_line(raw, "version"), f"unsupported config version {_show(raw['version'])}; this ether-prep "
+                     f"reads version 1 (write 'version: 1')")
     pipelines: dict[str, Pipeline] = {}
     body_of = raw["pipelines"]
     for pname, body in body_of.items():
@@ -416,7 +514,8 @@ def load_config(path: Path | None = None) -> dict[str, Pipeline]:
             problems.add(_line(body, key), message, str(pname))
         description = body.get("description", "")
         if not isinstance(description, str | None):
-            problems.add(_line(body, "description"), f"'description' must be text, got {description!r}", str(pname))
+            problems.add(_line(body, "description"), f"'description' must be text, got {_show(description)}",
+                         str(pname))
         stages = body["stages"]
         specs = [_stage_spec(e, i, _line(stages, i), problems, str(pname)) for i, e in enumerate(stages)]
         if any(s is None for s in specs):

@@ -27,14 +27,24 @@ Each item is a dict: ``utterance_id``, ``session_id``, ``speaker``, ``role``, ``
 ``cues`` (6,) float32 in :data:`CUE_NAMES` order, plus ``words`` (list of (text, start, end)) with
 ``with_words=True`` and ``audio`` (float32 samples of the utterance) with ``with_audio=True``.
 
+Consistency: every manifest row carries the fingerprint (and finish time) of its session's ``align`` run. Each
+item is read between two looks at that session's ``align`` marker; when it is not the one the row was built
+from (the session was re-aligned since the store was opened, or is being re-aligned now), the item raises a
+:class:`~ether_prep.errors.StoreError` saying so (reopen the store with ``open_store``), never rows of another
+layout. With ``with_words`` the ``utterances`` result must still be the one that align read.
+
 ``open_store(path, deidentify=True, names=[...])`` scrubs every text on read: e-mail addresses, phone numbers,
 URLs and the listed names become ``[EMAIL]``, ``[PHONE]``, ``[URL]``, ``[NAME]`` in utterance texts, dialogue
 pair texts and words (see :mod:`ether_prep.deidentify`); the face tensors hold no boxes or landmarks anyway.
+Every id and path that carries a file name (``session_id``, ``utterance_id``, ``pair_id``, ``relpath``,
+``group``, ...) holds the session's keyed alias instead, in items, manifests and :meth:`AlignedStore.to_pandas`
+(``key=`` or ``$ETHER_PREP_DEID_KEY``, else the store's ``.ether-prep-key``); filters take real ids or aliases.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,23 +59,50 @@ __all__ = ["CUE_NAMES", "AlignedStore", "PairDataset", "UtteranceDataset", "coll
 CUE_NAMES = ("text_valence", "text_arousal", "text_distress", "face_valence", "face_expressivity", "mismatch")
 _STRINGS = ("utterance_id", "session_id", "speaker", "role", "listener_role", "text")
 _TEXT_COLUMNS = ("text", "client_text", "counsellor_text")  # what de-identification scrubs in the manifests
+_BUILD_TRIES = 5
+
+
+def _same_align(marker: dict[str, Any], fingerprint: Any, finished_at: Any) -> bool:
+    """Whether a session's ``align`` marker is the one manifest rows with these values were built from."""
+    return (marker.get("state") == "done" and marker.get("fingerprint") == fingerprint
+            and marker.get("finished_at") == finished_at)
+
+
+def _changed(root: Path, sid: str, marker: dict[str, Any], stale_manifest: bool) -> str:
+    """What to say when rows no longer match their session's ``align`` results, and what to do about it."""
+    reopen = f"reopen it with ether_prep.open_store({str(root)!r})"
+    state = marker.get("state", "gone")
+    if state == "running":
+        return (f"{root}: the store changed since it was opened (session {sid!r} is being re-aligned: a run is "
+                f"writing it); {reopen} when that run has finished")
+    if state != "done":
+        return (f"{root}: the store changed since it was opened (session {sid!r}: its align results are "
+                f"{state}); run `ether-prep align --out {root}`, then {reopen}")
+    if stale_manifest:  # reopening would read the same rows: the manifests themselves are behind
+        return (f"{root}: session {sid!r} was re-aligned after the manifests were written (a run that did not "
+                f"finish?); run `ether-prep align --out {root}` to rebuild them (nothing is recomputed), then "
+                f"{reopen}")
+    return f"{root}: the store changed since it was opened (session {sid!r} re-aligned); {reopen}"
 
 
 def open_store(path: str | os.PathLike[str], deidentify: bool = False,
-               names: Iterable[str] | str | os.PathLike[str] | None = None) -> AlignedStore:
+               names: Iterable[str] | str | os.PathLike[str] | None = None,
+               key: str | bytes | None = None) -> AlignedStore:
     """Open a store written by ``ether-prep extract`` + ``ether-prep align`` for reading.
 
-    ``deidentify=True`` scrubs texts on read; ``names`` is a list of names or a names file (one per line).
+    ``deidentify=True`` scrubs texts on read and aliases ids and paths; ``names`` is a list of names or a names
+    file (one per line); ``key`` the secret aliases are keyed with (default: ``$ETHER_PREP_DEID_KEY``, else the
+    store's own key file, see :func:`ether_prep.deidentify.deid_key`).
     """
-    return AlignedStore(path, deidentify=deidentify, names=names)
+    return AlignedStore(path, deidentify=deidentify, names=names, key=key)
 
 
 class AlignedStore:
     """An aligned store: the utterance and pair manifests in memory, tensors read on demand."""
 
     def __init__(self, path: str | os.PathLike[str], deidentify: bool = False,
-                 names: Iterable[str] | str | os.PathLike[str] | None = None) -> None:
-        from .manifest import read_manifest
+                 names: Iterable[str] | str | os.PathLike[str] | None = None,
+                 key: str | bytes | None = None) -> None:
         from .store import Store
 
         self.path = Path(path)
@@ -74,26 +111,61 @@ class AlignedStore:
         if not manifest.exists():
             raise StoreError(f"{self.path}: no utterances.parquet manifest; run `ether-prep align --out "
                              f"{self.path}` first")
-        self.manifest = read_manifest(manifest)
-        pairs = store.manifest_path("dialogue_pairs")
-        self.pair_manifest = read_manifest(pairs) if pairs.exists() else {}
         self._store = store
+        self.manifest, self.pair_manifest, self.build = self._read_manifests()
         self.deid = None
+        self._ids: Any = None  # IdAliases when de-identified
         if deidentify:
-            from .deidentify import Deidentifier, read_names
+            self._deidentify(path, names, key)
+        elif names is not None or key is not None:
+            raise StoreError("names= and key= only apply with deidentify=True")
 
-            listed = read_names(names) if isinstance(names, str | os.PathLike) else list(names or ())
-            self.deid = Deidentifier(listed)
-            for table in (self.manifest, self.pair_manifest):
-                for col in _TEXT_COLUMNS:
-                    if col in table:
-                        table[col] = np.array([self.deid.text(str(t)) for t in table[col]], dtype=object)
-        elif names is not None:
-            raise StoreError("names= only applies with deidentify=True")
+    def _deidentify(self, path: str | os.PathLike[str], names: Any, key: str | bytes | None) -> None:
+        """Scrub the manifests' texts and alias every id and path in them (see the module docstring)."""
+        from .deidentify import Deidentifier, deid_key, read_names
+
+        listed = read_names(names) if isinstance(names, str | os.PathLike) else list(names or ())
+        self.deid = Deidentifier(listed, key=deid_key(path, key))
+        self._ids = _id_aliases(self.deid, self._store, self.manifest.get("session_id", ()))
+        for table in (self.manifest, self.pair_manifest):
+            for col in list(table):
+                if col in _TEXT_COLUMNS:
+                    table[col] = np.array([self.deid.text(str(t)) for t in table[col]], dtype=object)
+                else:
+                    table[col] = self._ids(table[col])
+
+    def _alias(self, values: str | Sequence[str]) -> list[str]:
+        """Filter values as the (aliased) manifests hold them: a real id or path becomes its alias."""
+        values = [values] if isinstance(values, str) else list(values)
+        return [self._ids(str(v)) for v in values] if self._ids is not None else values
+
+    def _read_manifests(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], str | None]:
+        """The utterance and pair manifests of one build. A run writes them one after the other, each whole: a
+        reader that met two builds reads again (a moment later, both are the new build)."""
+        from .manifest import read_manifest_build
+
+        pairs = self._store.manifest_path("dialogue_pairs")
+        for attempt in range(_BUILD_TRIES):
+            utt, meta = read_manifest_build(self._store.manifest_path("utterances"))
+            pair, pair_meta = read_manifest_build(pairs) if pairs.exists() else ({}, meta)
+            if meta.get("build") == pair_meta.get("build"):
+                break
+            time.sleep(0.1 * (attempt + 1))
+        else:
+            raise StoreError(f"{self.path}: utterances.parquet and dialogue_pairs.parquet are from different "
+                             f"builds; run `ether-prep align --out {self.path}` to rebuild them")
+        if "align_fingerprint" not in utt:
+            raise StoreError(f"{self.path}: its manifests were written by an older ether-prep, without the align "
+                             f"fingerprints readers check; run `ether-prep align --out {self.path}` to rebuild "
+                             f"them (nothing is recomputed)")
+        return utt, pair, meta.get("build")
 
     def to_pandas(self, which: str = "utterances") -> Any:
-        """A manifest as a pandas DataFrame: ``utterances``, ``pairs`` or ``sessions``."""
+        """A manifest as a pandas DataFrame: ``utterances``, ``pairs`` or ``sessions``, as it is now; a
+        StoreError when any of its sessions was re-aligned after it was written."""
         import pyarrow.parquet as pq
+
+        from .store import stage_marker
 
         names = {"utterances": "utterances", "pairs": "dialogue_pairs", "sessions": "sessions"}
         if which not in names:
@@ -102,9 +174,20 @@ class AlignedStore:
         if not path.exists():
             raise StoreError(f"{self.path}: no {path.name}; run `ether-prep align --out {self.path}` first")
         frame = pq.read_table(path).to_pandas()
-        for col in _TEXT_COLUMNS if self.deid is not None else ():
-            if col in frame:
-                frame[col] = frame[col].map(lambda t: self.deid.text(str(t)) if t is not None else t)
+        if "align_fingerprint" in frame:  # checked on the real ids, before any aliasing
+            rows = frame[["session_id", "align_fingerprint", "align_finished_at"]].drop_duplicates()
+            for sid, fp, finished in rows.itertuples(index=False):
+                if fp is None:  # a session not aligned (sessions.parquet)
+                    continue
+                marker = stage_marker(self.path, sid, "align")
+                if not _same_align(marker, fp, finished):
+                    raise StoreError(_changed(self.path, sid, marker, stale_manifest=True))
+        if self.deid is not None:
+            for col in frame.columns:
+                if col in _TEXT_COLUMNS:
+                    frame[col] = frame[col].map(lambda t: self.deid.text(str(t)) if t is not None else t)
+                elif frame[col].dtype.kind not in "biufcmM":  # strings and lists (any dtype): ids, paths
+                    frame[col] = frame[col].map(self._ids)
         return frame
 
     def pairs(self, session: str | Sequence[str] | None = None, flag: str | Sequence[str] | None = None,
@@ -115,7 +198,7 @@ class AlignedStore:
         n = len(m.get("pair_id", []))
         keep = np.ones(n, dtype=bool)
         if session is not None:
-            keep &= np.isin(m["session_id"].astype(str), [session] if isinstance(session, str) else list(session))
+            keep &= np.isin(m["session_id"].astype(str), self._alias(session))
         if flag is not None:
             wanted = {flag} if isinstance(flag, str) else set(flag)
             keep &= np.array([bool(wanted & set(f)) for f in m["client_flags"]], dtype=bool)
@@ -147,7 +230,7 @@ class AlignedStore:
             return np.isin(m[col].astype(str), [values] if isinstance(values, str) else list(values))
 
         if session is not None:
-            keep &= isin("session_id", session)
+            keep &= isin("session_id", self._alias(session))
         if role is not None:
             keep &= isin("role", role)
         if flag is not None:
@@ -163,10 +246,25 @@ class AlignedStore:
         if min_coverage is not None:
             keep &= m["speaker_coverage"].astype(float) >= min_coverage
         if ids is not None:
-            keep &= isin("utterance_id", list(ids))
+            keep &= isin("utterance_id", self._alias(list(ids)))
         if where is not None:
             keep &= np.asarray(where(m), dtype=bool)
-        return UtteranceDataset(self.path, {k: v[keep] for k, v in m.items()}, with_words, with_audio, self.deid)
+        return UtteranceDataset(self.path, {k: v[keep] for k, v in m.items()}, with_words, with_audio, self.deid,
+                                self._ids.real if self._ids is not None else None, self.build)
+
+
+def _id_aliases(deid: Any, store: Any, listed: Iterable[str] = ()) -> Any:
+    """:class:`~ether_prep.deidentify.IdAliases` of every session in ``store`` (and ``listed`` in a manifest),
+    with the recording paths their file names come from."""
+    from .deidentify import IdAliases
+
+    sessions: dict[str, str] = {str(s): "" for s in listed}
+    for sid in store.session_ids():
+        try:
+            sessions[sid] = str(store.session(sid).info.get("relpath") or "")
+        except StoreError:
+            sessions.setdefault(sid, "")
+    return IdAliases(deid, sessions.items())
 
 
 class _SessionArrays:
@@ -211,13 +309,17 @@ class UtteranceDataset:
     """Per-utterance tensors, read lazily; ``Dataset``-compatible (``len``, ``[i]``) with a padding collate."""
 
     def __init__(self, root: Path, rows: dict[str, np.ndarray], with_words: bool = False,
-                 with_audio: bool = False, deid: Any = None) -> None:
+                 with_audio: bool = False, deid: Any = None, real_ids: dict[str, str] | None = None,
+                 build: str | None = None) -> None:
         self.root = Path(root)
         self.rows = rows
+        self.build = build  # of the manifests the rows came from
         self.with_words = with_words
         self.with_audio = with_audio
         self.deid = deid  # a Deidentifier: words are scrubbed as they are read
+        self._real_ids = real_ids or {}  # de-identified: alias -> session id, to find the session's arrays
         self._cache: dict[str, _SessionArrays] = {}
+        self._words_seen: dict[str, Any] = {}  # session -> finish time of the utterances result first checked
         self._pid = os.getpid()
         self._cues = np.stack([rows[c].astype(np.float32) for c in CUE_NAMES], axis=1) if len(self) else \
             np.zeros((0, len(CUE_NAMES)), np.float32)
@@ -243,15 +345,59 @@ class UtteranceDataset:
             self._cache, self._pid = {}, os.getpid()
         arrays = self._cache.get(session_id)
         if arrays is None:
-            arrays = self._cache[session_id] = _SessionArrays(self.root, session_id)
+            real = self._real_ids.get(session_id, session_id)
+            arrays = self._cache[session_id] = _SessionArrays(self.root, real)
         return arrays
+
+    def check(self, sid: str, fingerprint: Any, finished_at: Any) -> None:
+        """Raise a StoreError unless session ``sid``'s results are still those rows with this align
+        ``fingerprint`` and ``finished_at`` were built from (two small metadata reads with words, else one)."""
+        from .store import stage_marker
+
+        real = self._real_ids.get(sid, sid)  # de-identified rows carry aliases; the store has the real ids
+        marker = stage_marker(self.root, real, "align")
+        if _same_align(marker, fingerprint, finished_at):
+            if not self.with_words:
+                return
+            words = stage_marker(self.root, real, "utterances")
+            if words.get("state") == "done" and words.get("fingerprint") == (marker.get("upstream") or {}).get(
+                    "utterances") and words.get("finished_at") == self._words_seen.setdefault(
+                    sid, words.get("finished_at")):
+                return
+            raise StoreError(f"{self.root}: the store changed since it was opened (session {sid!r}: its "
+                             f"utterances were recomputed after align read them); run `ether-prep align --out "
+                             f"{self.root}`, then reopen it with ether_prep.open_store({str(self.root)!r})")
+        raise StoreError(_changed(self.root, sid, marker, stale_manifest=self._manifest_unchanged()))
+
+    def _manifest_unchanged(self) -> bool:
+        """Whether the manifest on disk is still the build these rows came from."""
+        from .manifest import manifest_meta
+        from .store import Store
+
+        path = Store.manifest_path_of(self.root, "utterances")
+        return self.build is not None and manifest_meta(path).get("build") == self.build
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         if not -len(self) <= i < len(self):
             raise IndexError(f"utterance index {i} out of range for {len(self)} utterances")
         i = int(i) % len(self)
+        sid = str(self.rows["session_id"][i])
+        identity = (sid, self.rows["align_fingerprint"][i], self.rows["align_finished_at"][i])
+        # Read between two looks at the session's align marker: a re-align before or during the read is seen.
+        self.check(*identity)
+        try:
+            item = self._read(i, sid)
+        except Exception as exc:
+            try:
+                self.check(*identity)  # a read torn by a re-align says so; any other error is itself
+            except StoreError as changed:
+                raise changed from exc
+            raise
+        self.check(*identity)
+        return item
+
+    def _read(self, i: int, sid: str) -> dict[str, Any]:
         r = self.rows
-        sid = str(r["session_id"][i])
         arrays = self._session(sid)
         lo = int(r["row_start"][i])
         n = int(r["n_steps"][i])
@@ -352,6 +498,11 @@ class PairDataset:
         return len(self.rows.get("pair_id", []))
 
     def _turn(self, ids: Sequence[str]) -> dict[str, Any]:
+        missing = [str(u) for u in ids if str(u) not in self._row_of]
+        if missing:
+            raise StoreError(f"{self.utterances.root}: pair names utterance(s) {missing} that the utterance "
+                             f"manifest does not hold; run `ether-prep align --out {self.utterances.root}`, then "
+                             f"reopen it with ether_prep.open_store({str(self.utterances.root)!r})")
         parts = [self.utterances[self._row_of[str(u)]] for u in ids]
         turn = {k: np.concatenate([p[k] for p in parts]) for k in
                 ("time", "speaker_face", "speaker_mask", "listener_face", "listener_mask")}
@@ -364,6 +515,8 @@ class PairDataset:
             raise IndexError(f"pair index {i} out of range for {len(self)} pairs")
         i = int(i) % len(self)
         r = self.rows
+        # The pair's own rows against the marker too (its utterances are checked as they are read).
+        self.utterances.check(str(r["session_id"][i]), r["align_fingerprint"][i], r["align_finished_at"][i])
         return {"pair_id": str(r["pair_id"][i]), "session_id": str(r["session_id"][i]),
                 "start": float(r["start"][i]), "end": float(r["end"][i]),
                 "client_mismatch": float("nan") if r["client_mismatch"][i] is None else float(r["client_mismatch"][i]),

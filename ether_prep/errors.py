@@ -11,10 +11,13 @@ Lower-level errors (PyAV, zarr, whisperx, MediaPipe, ...) are translated at the 
     ├── StoreError         the Zarr store is missing, of another schema, or inconsistent
     │   └── StoreDamageError   a stage's stored outputs differ from what it wrote (a chunk or metadata file
     │                          missing, truncated, changed): named by session, stage and array
-    └── LockError          another process holds the store (or a model download) right now
+    ├── LockError          another process holds the store (or a model download) right now
+    └── ExecutorError      the executor cannot start (Ray: no cluster at the address, a failed local start)
 """
 
 from __future__ import annotations
+
+import signal
 
 
 class EtherPrepError(Exception):
@@ -47,3 +50,21 @@ class StoreDamageError(StoreError):
 
 class LockError(EtherPrepError):
     """Another process holds the lock (a run writing the store, a model download)."""
+
+
+class ExecutorError(EtherPrepError):
+    """The executor cannot start: e.g. no Ray cluster at the address given, or a local Ray that fails to start."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was told to stop: Ctrl-C (SIGINT) or SIGTERM (``timeout``, Slurm's ``scancel``, ``docker stop``,
+    systemd). A KeyboardInterrupt, so no ``except Exception`` records it as a stage's failure: the stage being
+    computed stays ``running`` and the next run redoes it; ``finally`` blocks release the lock and workers."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM

@@ -28,10 +28,14 @@ to compute), Ray otherwise (a GPU here, a cluster address, or a larger job).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import os
 import re
+import signal
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -39,7 +43,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import ConfigError
+from .errors import ConfigError, ExecutorError
 from .spec import StageSpec
 from .stages import stage_class
 from .stages.base import Stage
@@ -58,6 +62,9 @@ _START_S = 2.0
 # How often the driver asks Ray for in-session progress and for the cluster's resources (seconds).
 _PROGRESS_EVERY_S = 0.5
 _RESOURCES_EVERY_S = 10.0
+# How long the driver tries to open a TCP connection to a cluster address before ray.init (which, with nothing
+# there, retries for many minutes before it gives up).
+_REACH_S = 5.0
 
 
 class Executor(Protocol):
@@ -206,6 +213,38 @@ def _fits(used: dict[str, float], need: dict[str, float], total: dict[str, float
     return all(used.get(k, 0.0) + v <= total.get(k, 0.0) + 1e-9 for k, v in need.items() if v > 0)
 
 
+def _check_reachable(address: str) -> None:
+    """Fail at once, with the fix, when nothing listens at a ``HOST:PORT`` (or ``ray://HOST:PORT``) cluster
+    address; other forms (``auto``, ``local``) are Ray's to resolve."""
+    match = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d+)/?", address.strip())
+    if match is None:
+        return
+    host, port = match.group(1), int(match.group(2))
+    try:
+        socket.create_connection((host, port), timeout=_REACH_S).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ExecutorError(f"cannot reach the Ray cluster at {address!r}: nothing answers at {host}:{port} "
+                            f"({why}); start it there (`ray start --head --port {port}`), correct --ray-address "
+                            "or RAY_ADDRESS, or leave both unset to run on a local Ray instance") from exc
+
+
+def _start_failed(address: str | None, exc: BaseException) -> str:
+    """What a failed ``ray.init`` means, with Ray's own first line, and what to do."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if ln.strip()]
+    cause = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    if address:
+        return (f"cannot connect to the Ray cluster at {address!r} ({cause}); check that the cluster runs and that "
+                "its Ray version is this one's, correct --ray-address or RAY_ADDRESS, or leave both unset to run "
+                "on a local Ray instance")
+    import tempfile
+
+    where = os.path.join(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray")
+    return (f"a local Ray instance did not start ({cause}); check free space and memory, and that {where} (Ray's "
+            "session files and sockets, under RAY_TMPDIR or TMPDIR) is a short path on a local disk, or run "
+            "without Ray: --executor inline")
+
+
 def _why(exc: BaseException) -> str:
     """One line on a Ray error: its first, or for an actor whose ``__init__`` raised, the exception's own."""
     lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if ln.strip()]
@@ -234,8 +273,9 @@ class RayExecutor:
                        for i, spec in enumerate(specs)}
         self.actor_log: list[ActorRecord] = []
         self._failed: list[Outcome] = []  # outcomes decided in the driver, handed out by the next results()
-        self.ray: Any = None
+        self.ray: Any = None  # set once Ray is up (see _start)
         self._owns_ray = False
+        self._board: Any = None  # set once Ray is up: close() after a failed start must not hide its error
 
     @property
     def placements(self) -> dict[str, list[str]]:
@@ -254,21 +294,30 @@ class RayExecutor:
         import ray
         from ray.exceptions import RayError, RayTaskError
 
-        self.ray, self._RayError, self._RayTaskError = ray, RayError, RayTaskError
+        self._RayError, self._RayTaskError = RayError, RayTaskError
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": False,
                                       "log_to_driver": self._init_args["log_to_driver"]}
             address = self.address or os.environ.get("RAY_ADDRESS")
             if address:
+                _check_reachable(address)
                 kwargs["address"] = address
             else:
                 kwargs.update(num_cpus=self._init_args["num_cpus"], num_gpus=self._init_args["num_gpus"])
+            # ray.init installs a SIGTERM handler of its own (sys.exit); one the application set (the CLI's,
+            # which stops a run like Ctrl-C) is put back.
+            term = signal.getsignal(signal.SIGTERM)
             try:
                 ray.init(**kwargs)
-            except ConnectionError as exc:
-                raise ConfigError(f"cannot reach the Ray cluster at {address!r} ({exc}); check --ray-address "
-                                  "or RAY_ADDRESS, or leave both unset to run locally") from exc
+            except Exception as exc:  # ConnectionError, RuntimeError, TimeoutError, ValueError: Ray's own words
+                with contextlib.suppress(Exception):  # whatever it had started of a local instance
+                    ray.shutdown()
+                raise ExecutorError(_start_failed(address, exc)) from exc
+            finally:
+                if callable(term) and threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGTERM, term)
             self._owns_ray = True
+        self.ray = ray  # only once Ray is up: close() has something to end
         self._actor_cls = ray.remote(_RayWorker)
         self._run = uuid.uuid4().hex[:8]
         self._board_name = f"ether-prep-{self._run}-progress" if self._progress is not None else None

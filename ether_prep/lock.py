@@ -30,7 +30,7 @@ from typing import Any
 
 from .errors import LockError, StoreError
 
-__all__ = ["STORE_LOCK", "FileLock", "describe", "read_holder", "store_lock"]
+__all__ = ["STORE_LOCK", "FileLock", "describe", "is_stale", "read_holder", "store_lock"]
 
 STORE_LOCK = ".ether-prep.lock"
 # A lock file is filled right after it is created; one still empty after this long lost its writer.
@@ -66,6 +66,23 @@ def read_holder(path: Path | str) -> dict[str, Any] | None:
         return None
     except (OSError, ValueError, TypeError):
         return {}  # being written right now, or damaged
+
+
+def is_stale(path: Path | str, holder: dict[str, Any] | None) -> bool:
+    """Whether the lock at ``path`` (holding ``holder``, see :func:`read_holder`) was left by a process that no
+    longer runs: one of this host that is gone, or a lock file still empty long after it was created. A lock of
+    another host is never judged stale (this host cannot see that host's processes)."""
+    if holder == {}:  # empty or damaged: its writer died between creating and filling it
+        try:
+            return time.time() - Path(path).stat().st_mtime > _UNFILLED_S
+        except OSError:
+            return False
+    if not holder or holder.get("host") != socket.gethostname():
+        return False
+    try:
+        return not _alive(int(holder["pid"]), holder.get("pid_start"))
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def describe(holder: dict[str, Any]) -> str:
@@ -104,19 +121,6 @@ class FileLock:
             os.fsync(fh.fileno())
         return True
 
-    def _is_stale(self, holder: dict[str, Any] | None) -> bool:
-        if holder == {}:  # empty or damaged: its writer died between creating and filling it
-            try:
-                return time.time() - self.path.stat().st_mtime > _UNFILLED_S
-            except OSError:
-                return False
-        if not holder or holder.get("host") != socket.gethostname():
-            return False
-        try:
-            return not _alive(int(holder["pid"]), holder.get("pid_start"))
-        except (KeyError, TypeError, ValueError):
-            return False
-
     @contextlib.contextmanager
     def _folder_guard(self) -> Iterator[None]:
         """An flock on the lock's folder: released by the kernel if this process dies, so it never goes stale."""
@@ -133,7 +137,7 @@ class FileLock:
             holder = read_holder(self.path)
             if holder is None:
                 return self._create()
-            if not self._is_stale(holder):
+            if not is_stale(self.path, holder):
                 return False
             tmp = self.path.with_name(f"{self.path.name}.{self.token}")
             with open(tmp, "w", encoding="utf-8") as fh:

@@ -1,4 +1,5 @@
-"""Small records with stable ids, shared by every layer; all times are in seconds from the start of the recording."""
+"""Small records with stable ids, shared by every layer; all times are in seconds on the session clock (from the
+earliest start of the recording's audio and video streams, see :class:`MediaProbe`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ __all__ = [
     "DialoguePair",
     "FaceTrack",
     "MediaProbe",
+    "RecordingIdentity",
     "Session",
     "Span",
     "Turn",
@@ -37,9 +39,50 @@ class MediaProbe:
     video_height: int | None = None
     video_codec: str | None = None
     video_rotation: int = 0  # degrees counter-clockwise that turn stored frames upright (0, 90, 180, 270)
+    # The session clock: each stream's start on the container's clock (s; None where the container does not
+    # say) and ``origin``, the earliest of the audio and video starts: session time 0, which every stage's times
+    # count from (audio that starts later is padded with silence, a video that starts later has later times).
+    start_time: float | None = None  # the container's own start (counts subtitle/data streams too)
+    origin: float = 0.0
+    audio_start: float | None = None  # of the first audio track
+    video_start: float | None = None  # of the first video stream (cover art is not a video)
+    audio_tracks: tuple[dict[str, Any], ...] = ()  # every audio track (track, codec, channels, ...) when several
+    cover_art: int = 0  # attached pictures (MP3/M4A cover art) ignored: the session is audio only
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class RecordingIdentity:
+    """What a recording was when it was read: its size, modification time and a digest of its content (the
+    whole file when small, else its first and last MiB), so a replaced or still-growing file is noticed."""
+
+    size: int
+    mtime_ns: int
+    digest: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def change(self, now: RecordingIdentity) -> str | None:
+        """How the recording ``now`` differs from this one, in words (None: the same)."""
+        if now == self:
+            return None
+        parts = []
+        if now.size != self.size:
+            parts.append(f"size {self.size} -> {now.size} bytes")
+        if now.mtime_ns != self.mtime_ns:
+            parts.append(f"modified {_iso(self.mtime_ns)} -> {_iso(now.mtime_ns)}")
+        if not parts:
+            parts.append("same size and time, other content")
+        return ", ".join(parts)
+
+
+def _iso(ns: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -56,10 +99,12 @@ class Session:
     kind: str  # "video", "audio" or "image"
     meta: dict[str, str] = field(default_factory=dict)
     probe: MediaProbe | None = None  # None when the file could not be probed (the session then fails)
+    identity: RecordingIdentity | None = None  # the file as probed (None: not probed)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "path": str(self.path), "relpath": self.relpath, "kind": self.kind,
-                "meta": dict(self.meta), "probe": self.probe.to_dict() if self.probe else None}
+                "meta": dict(self.meta), "probe": self.probe.to_dict() if self.probe else None,
+                "identity": self.identity.to_dict() if self.identity else None}
 
 
 class Word(TypedDict):

@@ -8,7 +8,10 @@ goes straight on; a session lacking the stream the stage needs is ``skipped`` wi
 upstream makes it ``blocked``; anything else becomes a task for the executor, whose outcome moves the
 walk on. A changed parameter therefore redoes that stage and, through the fingerprints, every stage after
 it; ``force`` redoes all selected stages. When a stage has an outcome for every session its
-``finalize`` runs, once. Nothing is handed to an executor (nor Ray started) when everything is cached.
+``finalize`` runs, once. Nothing is handed to an executor (nor Ray started) when everything is cached. At the
+end of a run that selected a stage feeding the root manifests (``align``, ``qc``) the manifests are rebuilt if
+what they are built from changed (:func:`ether_prep.manifest.refresh_manifests`), and the metadata is
+consolidated if anything was written: a fully cached rerun writes nothing.
 Every session runs to the end of every stage it can; failures are collected and summarised, never
 swallowed.
 """
@@ -31,16 +34,16 @@ from .errors import EtherPrepError, InputError, StoreError
 from .executors import ActorRecord, Executor, make_executor
 from .lock import store_lock
 from .provenance import fingerprint, library_versions
-from .records import Session
-from .sessions import probe_session, scan, session_from_info
+from .records import RecordingIdentity, Session
+from .sessions import probe_session, recording_identity, scan, session_from_info
 from .spec import StageSpec
 from .stages import stage_class
 from .stages.base import Stage
-from .store import SessionGroup, StageState, Store, local_path
+from .store import SessionGroup, StageState, Store, absolute_location, local_path
 from .worker import Outcome, Task
 
-__all__ = ["RunSummary", "load_sessions", "models_are_local", "plan_stage", "run_pipeline", "stage_fingerprint",
-           "status_table"]
+__all__ = ["RunSummary", "gone_note", "load_sessions", "missing_recordings", "models_are_local", "plan_stage",
+           "recording_change", "run_pipeline", "stage_fingerprint", "status_table"]
 
 _log = logging.getLogger(__name__)
 # Hub libraries (huggingface_hub, transformers, pyannote) read these when imported: set before any stage loads.
@@ -61,8 +64,15 @@ class RunSummary:
     errors: list[str] = field(default_factory=list)  # run-level: recordings that could not even be looked at
     notes: list[str] = field(default_factory=list)  # run-level findings that lose nothing (a link loop skipped)
     executor: str = "none"  # what ran the tasks: inline, ray, or none (nothing to compute)
+    manifests_written: bool = False  # the root manifests were rebuilt (they were missing or out of date)
     wall_s: float = 0.0
     actors: list[ActorRecord] = field(default_factory=list)  # Ray only: every actor made, and its lifetime
+
+    @property
+    def wrote(self) -> bool:
+        """Whether any stage of any session was computed, failed or skipped in this run (False: everything was
+        cached or blocked, and the stages' outputs in the store are as the run found them)."""
+        return any(o.state not in ("cached", "blocked") for o in self.outcomes)
 
     @property
     def failed(self) -> list[Outcome]:
@@ -119,6 +129,49 @@ def stage_fingerprint(spec: StageSpec, upstream: dict[str, str], inputs: dict[st
     return fingerprint(payload)
 
 
+def _inputs(stage: Stage, session: Session) -> dict[str, Any]:
+    """A stage's per-session fingerprint inputs; the recording's identity for a stage that reads the file."""
+    inputs = stage.fingerprint_inputs(session)
+    if stage.reads_recording and session.identity is not None:
+        inputs = {**inputs, "recording": session.identity.to_dict()}
+    return inputs
+
+
+def recording_change(state: StageState, now: RecordingIdentity | None) -> str | None:
+    """Why a completed stage that read the recording is out of date with the file as it is ``now``: "recording
+    changed since ..." (None: unchanged, not known, or a stage that does not read the file)."""
+    then = state.info.get("recording")
+    if not then or now is None:
+        return None
+    change = RecordingIdentity(**then).change(now)
+    when = state.info.get("finished_at") or state.info.get("started_at") or "?"
+    return f"recording changed since {state.stage} read it ({when}): {change}" if change else None
+
+
+def missing_recordings(store: Store, raw_dir: Path | str | None = None,
+                       found: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(session id, path) of the stored sessions whose recording is gone: with ``raw_dir``, those that a scan of it
+    did not ``found`` and whose file is missing or lay under it; without, those whose stored file is missing."""
+    found_ids = set(found)
+    root = Path(raw_dir).absolute() if raw_dir is not None else None
+    gone = []
+    for sid in store.session_ids():
+        if sid in found_ids:
+            continue
+        info = store.session(sid).info
+        path = Path(info.get("path", ""))
+        if not info.get("path") or not os.path.lexists(path) or (root is not None and path.is_relative_to(root)):
+            gone.append((sid, info.get("relpath") or str(path)))
+    return gone
+
+
+def gone_note(gone: list[tuple[str, str]], where: str) -> str:
+    """What a run or ``status`` says about stored sessions without a recording (:func:`missing_recordings`)."""
+    listed = ", ".join(f"{sid} ({rel})" for sid, rel in gone)
+    return (f"{len(gone)} stored session(s) have no recording {where}: {listed}; their results stay in the store "
+            f"and its manifests: `ether-prep remove ID` deletes them")
+
+
 def _probe_all(sessions: Sequence[Session], errors: dict[str, str]) -> list[Session]:
     probed = []
     for s in sessions:
@@ -166,6 +219,8 @@ def load_sessions(store: Store, raw_dir: Path | None,
         raise InputError(f"{raw_dir}: no recordings found (looked for video, audio and image files)")
     for s in sessions:
         store.session(s.id, info=s.to_dict())
+    if summary is not None and (gone := missing_recordings(store, raw_dir, [s.id for s in sessions])):
+        summary.notes.append(gone_note(gone, f"under {raw_dir}"))
     return sessions, errors
 
 
@@ -221,7 +276,7 @@ def plan_stage(stage: Stage, session: Session, group: SessionGroup) -> tuple[str
         if not state.complete:
             return "", group.stage_state(spec.name), f"needs stage {dep!r}, which is {state.state}"
         upstream[dep] = state.fingerprint or ""
-    fp = stage_fingerprint(spec, upstream, stage.fingerprint_inputs(session))
+    fp = stage_fingerprint(spec, upstream, _inputs(stage, session))
     return fp, group.stage_state(spec.name), upstream
 
 
@@ -250,6 +305,7 @@ class _Walk:
         self.splits: dict[tuple[str, str], _Split] = {}  # (session, stage) computed in windows, until joined
         self.finished: list[str] = []  # stages with an outcome for every session, in the order they got there
         self.executor: Executor | None = None
+        self.changed: set[str] = set()  # sessions whose recording changed since it was computed (noted once)
 
     def start(self) -> None:
         """Plan every session as far as it goes without computing anything."""
@@ -356,10 +412,16 @@ class _Walk:
                 return
             self.repaired[session.id].add(name)
             self.summary.notes.append(why)
+        if state.complete and session.id not in self.changed and (change := recording_change(state, session.identity)):
+            self.changed.add(session.id)
+            self.summary.notes.append(f"{session.relpath}: {change}: its stages are computed again")
         marker = _marker(planner, upstream, self.models[name])
+        if planner.reads_recording and session.identity is not None:
+            marker["recording"] = session.identity.to_dict()  # what status compares the file with
         stream = planner.needs_stream
         if stream and session.probe and not getattr(session.probe, f"has_{stream}"):
-            note = f"no {stream} stream in {session.relpath}: stage skipped"
+            art = " (only cover art, an attached picture)" if stream == "video" and session.probe.cover_art else ""
+            note = f"no {stream} stream in {session.relpath}{art}: stage skipped"
             group.begin_stage(name, marker)
             group.finish_stage(name, "skipped", fp, note=note)
             self._record(Outcome(session.id, name, "skipped", note))
@@ -471,6 +533,7 @@ def run_pipeline(
     """
     t0 = time.perf_counter()
     specs = pipeline.select(family=family, only=only, start=start)
+    store_path = absolute_location(store_path)  # what every worker opens, whatever its working directory
     folder = local_path(store_path)
     with store_lock(folder, wait=wait) if folder is not None else contextlib.nullcontext() as lock:
         summary = RunSummary()
@@ -478,6 +541,8 @@ def run_pipeline(
             summary.notes.append(f"took over the store lock left by a process that no longer runs "
                                  f"(pid {lock.took_over.get('pid')}, started {lock.took_over.get('started')})")
         store = Store(store_path)
+        if lock is not None and lock.took_over:  # that run was killed: its metadata may not be consolidated
+            store.dirty = True
         store.record_pipeline(pipeline.name, str(pipeline.source), pipeline.digest())
         try:
             _run_locked(specs, raw_dir, store, summary, lock.token if lock is not None else None, force=force,
@@ -504,6 +569,7 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
     try:
         walk.start()
         if walk.ready:  # something to compute: only now is an executor (and perhaps Ray) needed
+            store.dirty = True  # consolidated at the end even when interrupted before a first outcome
             todo = {t.session.id: t.media_s for t in walk.ready}
             runner = make_executor(executor, specs, store.url, ray_address=ray_address, workers=workers,
                                    worker_logs=progress, progress=bars.advance if bars.bars else None,
@@ -520,6 +586,11 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
             for outcome in runner.results(timeout=_POLL_S):
                 bars.finish(outcome)
                 walk.settle(outcome)
+        if any(p.feeds_manifests for p in planners.values()):
+            from .manifest import refresh_manifests
+
+            # The one writer of the manifests; a cached rerun finds them current and leaves them alone.
+            summary.manifests_written = refresh_manifests(store)
     finally:
         bars.close()
         if runner is not None:
@@ -534,7 +605,8 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
             summary.notes.append(f"{store.url}: scratch windows under parts/ not removed ({exc.strerror}); "
                                  f"the next run removes them")
         try:
-            store.consolidate()
+            if summary.wrote or store.dirty:  # a fully cached rerun leaves the root zarr.json alone
+                store.consolidate()
         except OSError as exc:  # readers open unconsolidated too: nothing is lost
             summary.errors.append(f"{store.url}: metadata not consolidated ({exc.strerror}); free space and "
                                   f"run again")
@@ -543,8 +615,9 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
 def status_table(store: Store, pipeline: Pipeline | None = None) -> list[dict[str, Any]]:
     """One row per (session, stage): state (done, skipped, stale, damaged, failed, running, pending) and message.
 
-    ``stale`` means done, but with other parameters, model or upstream results than ``pipeline`` now asks for;
-    a stage downstream of a stale one is stale too, since rerunning the upstream stage changes its input.
+    ``stale`` means done, but with other parameters, model or upstream results than ``pipeline`` now asks for,
+    or on a recording that has changed since (the message says how); a stage downstream of a stale one is stale
+    too, since rerunning the upstream stage changes its input.
     """
     planners = {s.name: stage_class(s.name)(s) for s in pipeline.stages if s.enabled} if pipeline else {}
     rows = []
@@ -554,6 +627,11 @@ def status_table(store: Store, pipeline: Pipeline | None = None) -> list[dict[st
             session = session_from_info(group.info) if planners else None
         except EtherPrepError:  # its sessions.csv is malformed now: judge staleness on the stored metadata
             session = session_from_info(group.info, refresh=False)
+        change = None  # how the recording changed since a stage read it
+        if session is not None and any(p.reads_recording for p in planners.values()):
+            # gone or unreadable: judged on what was stored (status says it is gone)
+            with contextlib.suppress(EtherPrepError):
+                session = replace(session, identity=recording_identity(session.path))
         expected: dict[str, str] = {}  # stage -> the fingerprint this pipeline would give it now
         damaged: set[str] = set()  # stages found damaged, and those downstream of them
         for name in planners or sorted(group.group.group_keys()):
@@ -562,8 +640,10 @@ def status_table(store: Store, pipeline: Pipeline | None = None) -> list[dict[st
             if session is not None and state.complete:
                 fp = _expected_fingerprint(planners[name], session, group, expected)
                 expected[name] = fp or ""
+                if planners[name].reads_recording:
+                    change = recording_change(state, session.identity) or change
                 if fp != state.fingerprint:
-                    shown = "stale"
+                    shown, message = "stale", change or message
             shown, message = _damage_state(group, name, shown, message, damaged,
                                            planners[name].requires if planners else ())
             rows.append({"session": sid, "relpath": group.info.get("relpath", ""), "stage": name, "state": shown,
@@ -601,6 +681,6 @@ def _expected_fingerprint(stage: Stage, session: Session, group: SessionGroup, e
                 return None
             upstream[dep] = dep_state.fingerprint or ""
     try:
-        return stage_fingerprint(stage.spec, upstream, stage.fingerprint_inputs(session))
+        return stage_fingerprint(stage.spec, upstream, _inputs(stage, session))
     except EtherPrepError:
         return None

@@ -3,8 +3,9 @@
 Discovery never stops over one bad entry: :func:`scan` returns the sessions it found together with what
 it could not use. A malformed ``sessions.csv`` fails the recordings of its folder (each with a message naming
 the file, the line and the fix); a folder that cannot be listed is a run-level error; folder links are
-followed once (a link back to a folder already searched, a symlink loop, is skipped with a note); a link
-named like a recording that loops or dangles becomes a session whose probe says so.
+followed once (a link back to a folder already searched, a symlink loop, is skipped with a note) and only
+within the raw folder (a link out of it is not followed, with a note); a link named like a recording that loops
+or dangles becomes a session whose probe says so; files of an unknown kind are listed in a note.
 """
 
 from __future__ import annotations
@@ -14,19 +15,25 @@ import hashlib
 import os
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import ConfigError, InputError
-from .records import MediaProbe, Session
+from .records import MediaProbe, RecordingIdentity, Session
 
 __all__ = ["AUDIO_EXTENSIONS", "IMAGE_EXTENSIONS", "METADATA_FILE", "VIDEO_EXTENSIONS", "Discovery",
-           "discover_sessions", "probe_session", "read_metadata", "read_metadata_csv", "scan", "session_id"]
+           "check_unchanged", "discover_sessions", "probe_session", "read_metadata", "read_metadata_csv",
+           "recording_identity", "scan", "session_id"]
 
-VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg"})
-AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".m4a", ".ogg"})
+# Camcorders (AVCHD .mts/.m2ts), broadcast and screen-capture transport streams (.ts), phones (.3gp, .m4v),
+# Windows and Flash video; voice recorders and messengers (.opus, .aac, .wma, .amr), Ogg and Matroska audio.
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".mpg", ".mpeg", ".m4v", ".mts", ".m2ts",
+                              ".ts", ".3gp", ".3g2", ".wmv", ".flv", ".ogv", ".vob", ".mxf"})
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".mp3", ".m4a", ".ogg", ".oga", ".opus", ".aac", ".wma", ".aif",
+                              ".aiff", ".amr", ".mka", ".caf", ".weba"})
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 METADATA_FILE = "sessions.csv"
+_LISTED = 10  # files of unknown kind named in the note; the rest are counted
 _CSV_FIX = "fix it: UTF-8 CSV, a header row with a 'file' column, one row per recording"
 
 
@@ -107,12 +114,65 @@ def _parse_metadata(path: Path) -> tuple[dict[str, dict[str, str]], dict[str, in
     return rows, first_line
 
 
+# A recording's digest covers the whole file up to this size, else its first and last _SAMPLE bytes: cheap enough
+# for every session on every run (a cached rerun reads 2 MiB a recording), and it sees a re-export, whose
+# container header and index (at the start or the end) differ; size and modification time see the rest.
+_WHOLE = 4 * 1024 * 1024
+_SAMPLE = 1024 * 1024
+
+
+def recording_identity(path: Path) -> RecordingIdentity:
+    """Size, modification time and content digest (blake2b) of a recording; raises :class:`InputError` when it
+    cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            digest = hashlib.blake2b(str(st.st_size).encode(), digest_size=16)
+            if st.st_size <= _WHOLE:
+                digest.update(fh.read())
+            else:
+                digest.update(fh.read(_SAMPLE))
+                fh.seek(-_SAMPLE, os.SEEK_END)
+                digest.update(fh.read(_SAMPLE))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror}); check that it exists and that this user may "
+                         f"read it") from exc
+    return RecordingIdentity(st.st_size, st.st_mtime_ns, digest.hexdigest())
+
+
+def check_unchanged(path: Path, seen: RecordingIdentity | None) -> None:
+    """After decoding ``path``: raise :class:`InputError` when its size or modification time is no longer what
+    was ``seen`` before (when it was probed), e.g. a recording still being written; None checks nothing."""
+    if seen is None:
+        return
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise InputError(f"{path}: gone while it was read ({exc.strerror}); run again once it is back") from exc
+    if st.st_size != seen.size:
+        change = f"size {seen.size} -> {st.st_size}"
+    elif st.st_mtime_ns != seen.mtime_ns:
+        change = f"same size, modified again: {seen.change(replace(seen, mtime_ns=st.st_mtime_ns))}"
+    else:
+        return
+    raise InputError(f"{path}: changed while it was read ({change}): still being written? run again when it is "
+                     f"complete")
+
+
 def probe_session(session: Session) -> Session:
-    """The session with its PyAV probe attached; raises :class:`InputError` when the file is unreadable."""
+    """The session with its PyAV probe and the file's identity attached; raises :class:`InputError` when the file
+    is unreadable."""
     from .adapters import pyav  # PyAV only when actually probing
 
+    try:
+        st = os.stat(session.path)
+    except OSError:
+        st = None  # the probe says what is wrong with it
     probe: MediaProbe = pyav.probe(session.path)
-    return Session(session.id, session.path, session.relpath, session.kind, session.meta, probe)
+    identity = recording_identity(session.path)
+    if st is not None:  # one that grows while it is probed has no probe to trust yet
+        check_unchanged(session.path, RecordingIdentity(st.st_size, st.st_mtime_ns, ""))
+    return replace(session, probe=probe, identity=identity)
 
 
 @dataclass
@@ -125,11 +185,24 @@ class Discovery:
     notes: list[str] = field(default_factory=list)  # harmless findings (a folder link loop skipped, ...)
 
 
+def _outside(link: Path, root: Path) -> Path | None:
+    """Where folder link ``link`` leads when that is outside the real folder ``root`` (else None)."""
+    try:
+        target = link.resolve()
+    except (OSError, RuntimeError):  # a loop: os.walk does not enter it either
+        return None
+    return None if target == root or target.is_relative_to(root) else target
+
+
 def _walk(raw_dir: Path, found: Discovery) -> list[Path]:
-    """Candidate recordings under ``raw_dir``: links followed, each real folder searched once, hidden
-    entries skipped; a link named like a recording is kept even when it dangles or loops (its probe says so)."""
+    """Candidate recordings under ``raw_dir``: links followed within it, each real folder searched once, hidden
+    entries skipped; a link named like a recording is kept even when it dangles or loops (its probe says so).
+    A folder link that leads out of the raw folder is not followed (a link to ``/`` would walk the whole
+    machine, ``/proc`` included), and files of no known kind are listed: each with a note."""
     files: list[Path] = []
+    unknown: list[str] = []
     seen: dict[tuple[int, int], str] = {}
+    root = raw_dir.resolve()
 
     def unlistable(exc: OSError) -> None:
         found.errors.append(f"{exc.filename}: cannot list this folder ({exc.strerror}); its recordings are not "
@@ -146,11 +219,30 @@ def _walk(raw_dir: Path, found: Discovery) -> list[Path]:
             dirs[:] = []
             continue
         seen[key] = rel
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        kept = []
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            link = here / d
+            if link.is_symlink() and (target := _outside(link, root)) is not None:
+                found.notes.append(f"{link}: a folder link to {target}, outside the raw folder {raw_dir}: not "
+                                   f"followed; move or copy those recordings into the raw folder (or link the "
+                                   f"recordings themselves)")
+            else:
+                kept.append(d)
+        dirs[:] = kept
         for name in names:
             path = here / name
-            if not name.startswith(".") and _kind(path) is not None and (path.is_file() or path.is_symlink()):
+            if name.startswith(".") or not (path.is_file() or path.is_symlink()):
+                continue
+            if _kind(path) is not None:
                 files.append(path)
+            elif name != METADATA_FILE:
+                unknown.append(path.relative_to(raw_dir).as_posix())
+    if unknown:
+        more = len(unknown) - _LISTED
+        listed = ", ".join(unknown[:_LISTED]) + (f" and {more} more" if more > 0 else "")
+        found.notes.append(f"{len(unknown)} file(s) in {raw_dir} not read, their extension is not a known recording "
+                           f"type: {listed}; a recording among them: give it its usual extension (video: "
+                           f"{' '.join(sorted(VIDEO_EXTENSIONS))}; audio: {' '.join(sorted(AUDIO_EXTENSIONS))})")
     return files
 
 
@@ -196,11 +288,12 @@ def session_from_info(info: dict, refresh: bool = True) -> Session:
     :class:`ConfigError` when that file has become malformed.
     """
     probe = MediaProbe(**info["probe"]) if info.get("probe") else None
+    identity = RecordingIdentity(**info["identity"]) if info.get("identity") else None
     path = Path(info["path"])
     meta = dict(info.get("meta", {}))
     if refresh and (path.parent / METADATA_FILE).is_file():
         meta = read_metadata(path.parent)[0].get(path.name, {})
-    return Session(info["id"], path, info["relpath"], info["kind"], meta, probe)
+    return Session(info["id"], path, info["relpath"], info["kind"], meta, probe, identity)
 
 
 def check_readable(session: Session) -> str | None:

@@ -52,10 +52,13 @@ __all__ = [
     "SessionGroup",
     "StageState",
     "Store",
+    "absolute_location",
     "is_url",
     "local_path",
     "now",
+    "read_group_attrs",
     "read_ragged",
+    "stage_marker",
     "write_array",
     "write_labels",
     "write_ragged",
@@ -491,14 +494,24 @@ class SessionGroup:
 
     def stage_state(self, stage: str) -> StageState:
         try:
-            sub = self.group.get(stage)
-            marker = dict(sub.attrs.get("stage", {})) if isinstance(sub, zarr.Group) else {}
+            folder = self._folder()
+            if folder is not None:  # read straight from the file: a rerun plans every stage of every session
+                attrs = _read_attrs(folder / stage / "zarr.json")
+                marker = dict((attrs or {}).get("stage") or {})
+            else:
+                sub = self.group.get(stage)
+                marker = dict(sub.attrs.get("stage", {})) if isinstance(sub, zarr.Group) else {}
         except Exception as exc:  # a half-written zarr.json after a kill: counted as not done, redone
             return StageState(stage, "pending", error=f"unreadable stage metadata ({exc})")
         if not marker:
             return StageState(stage, "pending")
         return StageState(stage, marker.get("state", "pending"), marker.get("fingerprint"),
                           marker.get("error"), marker.get("note"), marker)
+
+    def _folder(self) -> Path | None:
+        """The session group's folder when its store is a local directory (else None)."""
+        root = getattr(self.group.store, "root", None)
+        return Path(root) / self.group.path if isinstance(root, Path) else None
 
     def damage(self, stage: str, full: bool = False) -> list[Damage]:
         """What is wrong with a completed stage's stored outputs (empty: sound, or not complete). The fast
@@ -570,8 +583,17 @@ class SessionGroup:
 
     def begin_stage(self, stage: str, marker: dict[str, Any]) -> zarr.Group:
         """Replace whatever the stage left before with an empty group marked ``running``."""
+        running = {**marker, "state": "running", "fingerprint": None, "started_at": now()}
+        try:
+            old = self.group.get(stage)
+        except Exception:  # unreadable metadata: replaced below all the same
+            old = None
+        if isinstance(old, zarr.Group) and old.attrs.get("stage"):
+            # Marked first, before any output goes: a reader checking the marker around each read (the
+            # training API) never takes a half-removed group for the done one.
+            old.attrs["stage"] = running
         out = self.group.create_group(stage, overwrite=True)
-        out.attrs["stage"] = {**marker, "state": "running", "fingerprint": None, "started_at": now()}
+        out.attrs["stage"] = running
         self._sound.pop(stage, None)
         return out
 
@@ -603,6 +625,89 @@ def open_session(store_path: Path | str, session_id: str) -> SessionGroup:
     return SessionGroup(session_id, group, str(store_path))
 
 
+def _read_attrs(path: Path) -> dict[str, Any] | None:
+    """The ``attributes`` of one local ``zarr.json`` (None when there is none; ValueError when cut short). A
+    group's attributes only: an array's ``zarr.json`` holds no stage marker, so reads as having none."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: not a Zarr metadata document")
+    return dict(doc.get("attributes") or {}) if doc.get("node_type") == "group" else {}
+
+
+_HEAD_BYTES = 64 * 1024
+
+
+def _root_attributes(path: Path) -> dict[str, Any] | None:
+    """The attributes of a Zarr v3 group's ``zarr.json`` read from its head (zarr writes ``attributes`` first,
+    ``zarr_format`` next); None when the file is missing or its head is not laid out so."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(_HEAD_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    decoder = json.JSONDecoder()
+    try:
+        pos = len(head) - len(head.lstrip())
+        if head[pos] != "{":
+            return None
+        key, pos = decoder.raw_decode(head, _skip(head, pos + 1))
+        if key != "attributes":
+            return None
+        pos = _skip(head, pos)
+        if head[pos] != ":":
+            return None
+        attrs, pos = decoder.raw_decode(head, _skip(head, pos + 1))
+        pos = _skip(head, pos)
+        if head[pos] != ",":
+            return None
+        key, pos = decoder.raw_decode(head, _skip(head, pos + 1))
+        pos = _skip(head, pos)
+        fmt, _ = decoder.raw_decode(head, _skip(head, pos + 1)) if head[pos] == ":" else (None, pos)
+    except (ValueError, IndexError):  # cut off within the head (huge attributes), or not JSON at all
+        return None
+    if key != "zarr_format" or fmt != 3 or not isinstance(attrs, dict):
+        return None
+    return attrs
+
+
+def _skip(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def read_group_attrs(location: Path | str, key: str) -> dict[str, Any] | None:
+    """The attributes of the group ``key`` (``sessions/<id>/align``) read straight from its ``zarr.json``, with
+    no Zarr machinery: cheap enough for every training item and for every session of a rerun. None when the
+    group is not there; ``{"stage": {"state": "unreadable"}}`` when its metadata is cut short (a write under
+    way or killed)."""
+    try:
+        if is_url(location) and not str(location).startswith("file://"):
+            import fsspec
+
+            fs, root = fsspec.core.url_to_fs(str(location))
+            raw = fs.cat_file(f"{root.rstrip('/')}/{key}/zarr.json")
+        else:
+            return _read_attrs(local_path(location) / key / "zarr.json")  # type: ignore[operator]
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {"stage": {"state": "unreadable"}}
+    try:
+        return dict(json.loads(raw).get("attributes", {}))
+    except (ValueError, AttributeError):
+        return {"stage": {"state": "unreadable"}}
+
+
+def stage_marker(location: Path | str, session_id: str, stage: str) -> dict[str, Any]:
+    """A stage's completion marker (see :class:`StageState`) as stored now; ``{}`` when the stage never ran."""
+    attrs = read_group_attrs(location, f"{_SESSIONS}/{session_id}/{stage}")
+    return dict((attrs or {}).get("stage") or {})
+
+
 def is_url(location: str | os.PathLike[str]) -> bool:
     """Whether a store location is an fsspec URL (``file://``, ``s3://``, ``gs://``) rather than a folder."""
     return "://" in str(location)
@@ -614,6 +719,15 @@ def local_path(location: str | os.PathLike[str]) -> Path | None:
     if not is_url(text):
         return Path(text)
     return Path(urlsplit(text).path) if text.startswith("file://") else None
+
+
+def absolute_location(location: str | os.PathLike[str]) -> str | os.PathLike[str]:
+    """A store folder as an absolute path (``~`` expanded), resolved once in the driver: workers (Ray actors,
+    other processes) have other working directories, so a relative path would name another folder there.
+    URLs are returned as they are."""
+    if is_url(location):
+        return location
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(location))))
 
 
 class Store:
@@ -630,11 +744,15 @@ class Store:
         # fsspec's local filesystem does not make folders for a new key unless asked to.
         options = {"storage_options": {"auto_mkdir": True}} if self.url.startswith("file://") else {}
         try:
-            self.root = zarr.open_group(self.url, mode=mode, zarr_format=3, use_consolidated=False, **options)
+            root = self._open_root(mode)
+            self.root = root if root is not None else zarr.open_group(self.url, mode=mode, zarr_format=3,
+                                                                      use_consolidated=False, **options)
         except Exception as exc:
             raise StoreError(f"{self.url}: cannot open as a Zarr v3 store ({exc})") from exc
+        self.dirty = False  # whether this object wrote Zarr metadata (then the run consolidates again)
         meta = self.root.attrs.get("ether_prep")
         if meta is None:
+            self.dirty = True
             if mode == "r":
                 raise StoreError(f"{self.url}: a Zarr store, but not written by ether-prep")
             self.root.attrs["ether_prep"] = {"schema_version": SCHEMA_VERSION, "version": __version__,
@@ -642,6 +760,26 @@ class Store:
         elif meta.get("schema_version") != SCHEMA_VERSION:
             raise StoreError(f"{self.url}: store schema version {meta.get('schema_version')} but this ether-prep "
                              f"reads {SCHEMA_VERSION}; write to a new --out or re-run with --force")
+
+    def _open_root(self, mode: str) -> zarr.Group | None:
+        """The root group of an existing local store, opened from the head of its ``zarr.json`` alone.
+
+        The root ``zarr.json`` also holds the consolidated metadata of every array (megabytes for a hundred
+        sessions), which writers never use: zarr would read and parse all of it on every open. Its attributes
+        come first in the file; when the head does not parse as expected, None (zarr opens it as usual).
+        A root written through this group loses the consolidated metadata, which the run then writes again
+        (:attr:`dirty`)."""
+        folder = None if self.remote else local_path(self.url)
+        if folder is None or mode not in ("r", "a"):
+            return None
+        attrs = _root_attributes(folder / "zarr.json")
+        if attrs is None:
+            return None
+        from zarr.core.group import AsyncGroup, GroupMetadata
+        from zarr.storage import LocalStore, StorePath
+
+        store = LocalStore(folder, read_only=mode == "r")
+        return zarr.Group(AsyncGroup(GroupMetadata(attributes=attrs), StorePath(store)))
 
     @property
     def path(self) -> Path:
@@ -664,10 +802,18 @@ class Store:
         return dict(self.root.attrs["ether_prep"])
 
     def record_pipeline(self, name: str, config: str, digest: str) -> None:
-        """Remember which pipeline (name, config file, digest of its stages) last ran on this store."""
-        self.root.attrs["ether_prep"] = {**self.attrs, "pipeline": name, "config": config, "config_digest": digest}
+        """Remember which pipeline (name, config file, digest of its stages) last ran on this store (the root
+        ``zarr.json`` is rewritten only when that changes: a cached rerun leaves it alone)."""
+        meta = {**self.attrs, "pipeline": name, "config": config, "config_digest": digest}
+        if meta != self.attrs:
+            self.root.attrs["ether_prep"] = meta
+            self.dirty = True
 
     def session_ids(self) -> list[str]:
+        folder = None if self.remote else local_path(self.url)
+        if folder is not None:  # a listing, not one metadata read per session through zarr
+            base = folder / _SESSIONS
+            return sorted(p.name for p in base.iterdir() if (p / "zarr.json").is_file()) if base.is_dir() else []
         if _SESSIONS not in self.root:
             return []
         return sorted(self.root[_SESSIONS].group_keys())
@@ -676,8 +822,11 @@ class Store:
         """A session's group; created (with ``info`` as its attributes) when writing."""
         if info is not None:
             group = self.root.require_group(_SESSIONS).require_group(session_id)
-            if dict(group.attrs.get("session", {})) != dict(info):
-                group.attrs["session"] = dict(info)
+            # Compared as stored (JSON: tuples read back as lists), so unchanged info is never rewritten.
+            stored = json.loads(json.dumps(dict(info)))
+            if dict(group.attrs.get("session", {})) != stored:
+                group.attrs["session"] = stored
+                self.dirty = True
         else:
             try:
                 group = self.root[f"{_SESSIONS}/{session_id}"]
@@ -694,6 +843,19 @@ class Store:
             for stage in sorted(group.group.group_keys()):
                 found.extend(group.damage(stage, full=full))
         return found
+
+    def remove_session(self, session_id: str) -> None:
+        """Delete a session's group and any time windows of it under ``parts/`` (consolidate afterwards)."""
+        if session_id not in self.session_ids():
+            raise StoreError(f"{self.url}: no session {session_id!r}")
+        del self.root[_SESSIONS][session_id]
+        parts = self.root.get(_PARTS)
+        if isinstance(parts, zarr.Group) and session_id in parts:
+            del parts[session_id]
+
+    def has_manifest(self, name: str) -> bool:
+        """Whether the Parquet manifest ``name`` (see :meth:`manifest_path`) has been written."""
+        return self._exists(f"{name}.parquet")
 
     def begin_part(self, session_id: str, stage: str, index: int) -> zarr.Group:
         """An empty group for window ``index`` of a stage computed in windows (what an earlier try left is
@@ -729,6 +891,7 @@ class Store:
             parts = self.root.get(_PARTS)
             if not isinstance(parts, zarr.Group):
                 return
+            self.dirty = True
             if not keep:
                 del self.root[_PARTS]
                 return
@@ -747,14 +910,20 @@ class Store:
             warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
             # The Parquet manifests and the run's lock file beside the hierarchy are ours, not stray objects;
             # so are zarr's own ``*.partial`` temporaries left by a write that was killed.
-            warnings.filterwarnings("ignore", message=r".*(\.parquet|\.ether-prep\.lock|\.partial) is not "
+            warnings.filterwarnings("ignore", message=r".*(\.parquet|\.ether-prep\.lock|\.partial|\.tmp) is not "
                                     r"recognized as a component.*")
             zarr.consolidate_metadata(self.root.store)
 
     def manifest_path(self, name: str) -> Path | str:
         """Where a Parquet manifest (``utterances``, ``dialogue_pairs``) lives beside the Zarr hierarchy: a path,
         or a URL for a store behind one."""
-        return f"{self.url.rstrip('/')}/{name}.parquet" if self.remote else self.path / f"{name}.parquet"
+        return self.manifest_path_of(self.url, name)
+
+    @staticmethod
+    def manifest_path_of(location: Path | str, name: str) -> Path | str:
+        """:meth:`manifest_path` of the store at ``location``, without opening it."""
+        folder = local_path(location)
+        return f"{str(location).rstrip('/')}/{name}.parquet" if folder is None else folder / f"{name}.parquet"
 
 
 # ------------------------------------------------------------------------------------------ ragged rows

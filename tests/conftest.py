@@ -60,6 +60,46 @@ def pipeline(name: str = "cpu", stages: list[dict[str, Any]] | None = None, **pa
         return load_pipeline(name, pipeline_file(Path(folder), name, stages, **params))
 
 
+# The fast tier (`pytest -m "not slow and not ray"`, the way a contributor iterates) loads no model and starts no
+# Ray. Tests that need Ray are marked `ray` here, from the fixture they use (test_progress asks for it by name);
+# every other test is checked as it runs: one that imports a model library or Ray without being marked fails.
+_HEAVY = ("torch", "ray", "mediapipe", "ctranslate2", "feat", "resemblyzer", "dlib")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        params = getattr(item, "callspec", None)
+        if "ray_instance" in getattr(item, "fixturenames", ()) or (params and params.params.get("executor") == "ray"):
+            item.add_marker(pytest.mark.ray)
+
+
+_BEFORE = pytest.StashKey[set]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item):
+    import sys
+
+    item.stash[_BEFORE] = {m for m in _HEAVY if m in sys.modules}  # before the test's fixtures are set up
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    import sys
+
+    outcome = yield
+    report = outcome.get_result()
+    if call.when != "teardown" or not report.passed or item.get_closest_marker("slow") or \
+            item.get_closest_marker("ray"):
+        return
+    loaded = {m for m in _HEAVY if m in sys.modules} - item.stash.get(_BEFORE, set())
+    if loaded:
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} imported {sorted(loaded)} but is not marked slow or ray: the fast tier "
+                           f"(-m 'not slow and not ray') promises no model and no Ray")
+
+
 @pytest.fixture(scope="session")
 def aligned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """Extract then align, once, with the real cpu pipeline, over four real sessions.

@@ -17,7 +17,7 @@ import numpy as np
 from ether_prep.speech import normalize_text
 
 from .conftest import DATA
-from .scoring import wer
+from .scoring import wer, word_errors
 from .trust_media import LIBRI_TEXT
 
 __all__ = ["FPS", "GRID_A", "GRID_B", "SPEECH_CLIPS", "SR", "dissolve", "edited_dialogue", "read_aloud_call",
@@ -154,7 +154,7 @@ def words_in_place(words: dict[str, np.ndarray], windows: list[tuple[str, float,
         ref = normalize_text(SPEECH_CLIPS[name][1])
         hyp = normalize_text(" ".join(str(t) for t, m in zip(words["text"], mid, strict=True) if a <= m <= b))
         rows.append({"clip": name, "start": a, "end": b, "hits": _hits(ref, hyp), "n": len(ref),
-                     "wer": wer(ref, hyp), "text": " ".join(hyp)})
+                     "wer": wer(ref, hyp), "errors": word_errors(ref, hyp), "text": " ".join(hyp)})
     return rows
 
 

@@ -299,7 +299,7 @@ def test_side_by_side_faces_are_linked_to_their_turns(aligned: dict[str, object]
     track_ids = [int(t) for t in g["face/tracks/track"][...]]
     assert linked[track_ids[left]][0] == first and linked[track_ids[right]][0] == second
     for t in (left, right):
-        assert linked[track_ids[t]][1] > 0.3, links  # reported, and clearly above chance
+        assert linked[track_ids[t]][1] > 0.5, links  # 0.67 on this clip: well above chance (0 = a coin toss)
     print(f"\nside-by-side links: {links}")
 
 

@@ -4,10 +4,10 @@ readable; no byte leaves the machine; no transcript text reaches the logs.
 
 One raw folder holds every case plus good sessions. The offline ``cpu`` pipeline runs over it ONCE, as
 ``ether-prep run`` in a subprocess with no network (a network namespace without a route, ``unshare -n``;
-where that is not allowed, ``socket.connect`` patched to raise) and without the test suite's offline
-variables, so ether-prep must switch the model hubs off itself. Each test reads that run's store, status and
-output. Cases that need their own setup (no read permission, a read-only or full output location, a 3-hour
-file) run the audio stage alone on a few files.
+where that is not allowed, ``socket.connect`` patched to raise, and the no-network test skips saying so) and
+without the test suite's offline variables, so ether-prep must switch the model hubs off itself. Each test reads
+that run's store, status and output. Cases that need their own setup (no read permission, a read-only or full
+output location, a 3-hour file) run the audio stage alone on a few files.
 
 What each case gives (the closing note of issue 12):
 
@@ -145,7 +145,17 @@ def _words(run: dict, rel: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- the whole run
-def test_the_run_finishes_every_good_session_with_no_network(bad_run: dict) -> None:
+def test_the_run_had_no_network_at_all(bad_run: dict) -> None:
+    # The claim needs a network namespace: a patched socket.connect leaves DNS and native code unchecked.
+    if not bad_run["egress"].startswith("unshare -n"):
+        pytest.skip(f"unshare -n is refused on this machine; the run only had {bad_run['egress']}")
+    interfaces = subprocess.run(["unshare", "-n", "cat", "/proc/net/dev"], capture_output=True, text=True,
+                                check=True).stdout.splitlines()[2:]
+    assert [line.split(":")[0].strip() for line in interfaces] == ["lo"]  # loopback alone, no route out
+    assert "model hubs switched off" in bad_run["result"].stderr
+
+
+def test_the_run_finishes_every_good_session(bad_run: dict) -> None:
     result = bad_run["result"]
     assert result.returncode == 1, bad_run["output"][-3000:]  # 1: some sessions failed, as they should
     assert "Traceback" not in bad_run["output"]
@@ -432,8 +442,6 @@ def test_read_only_output_location(tmp_path: Path) -> None:
 
 
 def test_full_disk_fails_the_session_that_does_not_fit_and_finishes_the_next(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root for a size-limited tmpfs in a private mount namespace")
     raw = tmp_path / "raw"
     raw.mkdir()
     media.ffmpeg("-f", "lavfi", "-i", "anoisesrc=d=60:c=white:r=16000:a=0.5", raw / "a_long.wav")  # 3.8 MB stored
@@ -444,7 +452,10 @@ def test_full_disk_fails_the_session_that_does_not_fit_and_finishes_the_next(tmp
     script = ('mount -t tmpfs -o size=2m tmpfs "$0" && "$@" run RAW --out "$0/s.zarr" -c CFG -p audio -x inline -q; '
               'echo "rc=$?"; cp -a "$0/s.zarr" KEPT')
     script = script.replace("RAW", str(raw)).replace("CFG", str(config)).replace("KEPT", str(kept))
-    res = subprocess.run(["unshare", "-m", "sh", "-c", script, str(disk), *media.cli_argv()],
+    # A size-limited tmpfs in a private mount namespace: root may mount one; anyone else in a user namespace
+    # of their own (unshare -r), where they are root of nothing but that namespace.
+    userns = [] if os.geteuid() == 0 else ["-r"]
+    res = subprocess.run(["unshare", *userns, "-m", "sh", "-c", script, str(disk), *media.cli_argv()],
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(media.ROOT)})
     assert "rc=1" in res.stdout, res.stdout + res.stderr
     store = Store(kept, mode="r")  # still a readable store

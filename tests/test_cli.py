@@ -157,14 +157,15 @@ def test_progress_bars_only_on_a_terminal_and_never_past_100(tmp_path: Path) -> 
     assert piped.returncode == 0 and "%|" not in piped.stderr and "\r" not in piped.stderr  # no bars in a log file
 
 
-def test_help_is_fast_and_imports_no_torch() -> None:
-    code = ("import sys, time; t = time.perf_counter()\n"
+def test_help_imports_no_ml_library_store_or_ray() -> None:
+    # What makes --help quick is what it does not import: no torch, no model library, no Ray, no zarr or NumPy
+    # (measured, not timed: timings vary with the machine's load).
+    heavy = ["torch", "ray", "whisperx", "feat", "mediapipe", "ctranslate2", "zarr", "numpy", "av", "pyarrow"]
+    code = ("import sys\n"
             "from ether_prep.cli import app\n"
             "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
-            "import json; print(json.dumps({'torch': 'torch' in sys.modules, 'ray': 'ray' in sys.modules,"
-            " 's': time.perf_counter() - t}))")
+            f"import json; print(json.dumps([m for m in {heavy!r} if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "COLUMNS": "100"})
-    facts = json.loads(out.stdout.strip().splitlines()[-1])
-    assert facts["torch"] is False and facts["ray"] is False
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
     assert "extract" in out.stdout and "align" in out.stdout

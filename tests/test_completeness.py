@@ -5,13 +5,14 @@ build two-person-style dialogue files from whole shared clips of different speak
 to 0.3-2.7 s, the LibriSpeech clip, jfk), joined with 0.15 s gaps into files of 13-23 s (one whisperx chunk
 each), and run the real offline ``cpu`` speech stages over them: every clip's words must be found inside its
 own time window, with coverage recorded in the store. Today's whisperx behaviour (no timestamps in the batch,
-no guard) is run on the same files for comparison and must lose clips there, so the files keep reproducing
-the failure the guard exists for.
+no guard) is run on the same files for comparison and reported beside it (not asserted: an upstream fix or
+another CPU code path may change what bare whisperx loses, while ether-prep is right either way).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from .conftest import pipeline, pipeline_file
 from .media import SR, speech_clip, words_in_place, write_wav
 
 GAP_S = 0.15
+PER_CLIP_IN_PLACE = 0.67
 # Four files, 17 clips; adjacent clips are always different speakers.
 ORDERS = [["bbaf2n", "libri", "lwbsza", "jfk"],
           ["libri", "swwp2s", "bbaf2n", "lwbsza"],
@@ -190,6 +192,10 @@ def _build_dialogues(raw: Path) -> dict[str, list[tuple[str, float, float]]]:
     # One speaker count per file, as a researcher would give it (sessions.csv overrides the pipeline's 2).
     rows = [f"{f},{len(set(n for n, _, _ in w))}" for f, w in files.items()]
     (raw / "sessions.csv").write_text("file,num_speakers\n" + "\n".join(rows) + "\n")
+    # Each clip alone too: what the recogniser hears of a clip at all is the most a dialogue can find in place.
+    (raw / "alone").mkdir()
+    for name, audio in clips.items():
+        write_wav(raw / "alone" / f"{name}.wav", audio, SR)
     return files
 
 
@@ -213,19 +219,24 @@ def dialogues(tmp_path_factory: pytest.TempPathFactory):
     # whisperx as it is: chunks decoded without timestamps, no completeness guard.
     bare = _run(raw, tmp_path_factory.mktemp("bare") / "s.zarr", ["audio", "transcribe"],
                 timestamps=False, completeness=False)
-    return {"files": files, "store": store, "bare": bare, "sid": {f: session_id(f) for f in files}}
+    return {"files": files, "store": store, "bare": bare, "sid": {f: session_id(f) for f in files},
+            "alone": {name: session_id(f"alone/{name}.wav") for name in {n for o in ORDERS for n in o}}}
 
 
 def _report(store, dialogues: dict, label: str) -> list[dict]:
+    alone = {}
+    for name, sid in dialogues["alone"].items():
+        words = store.session(sid).read_table("transcribe", "words")
+        alone[name] = words_in_place(words, [(name, 0.0, float("inf"))])[0]["hits"]
     rows = []
     for f, windows in dialogues["files"].items():
         words = store.session(dialogues["sid"][f]).read_table("transcribe", "words")
-        rows += [{**r, "file": f} for r in words_in_place(words, windows)]
+        rows += [{**r, "file": f, "alone": alone[r["clip"]]} for r in words_in_place(words, windows)]
     total = sum(r["hits"] for r in rows) / sum(r["n"] for r in rows)
     print(f"\n{label}: {total:.1%} of reference words in place over {len(rows)} clips")
     for r in rows:
         print(f"  {r['file']} {r['clip']:7s} {r['start']:5.2f}-{r['end']:5.2f} s  in place {r['hits']}/{r['n']}"
-              f" ({r['hits'] / r['n']:.0%})  WER {r['wer']:.2f}  [{r['text']}]")
+              f" ({r['hits'] / r['n']:.0%}; {r['alone']} alone)  WER {r['wer']:.2f}  [{r['text']}]")
     return rows
 
 
@@ -234,13 +245,16 @@ def test_every_clip_is_found_in_its_own_window(dialogues) -> None:
     bare = _report(dialogues["bare"], dialogues, "whisperx as it is (no timestamps, no guard)")
     rows = _report(dialogues["store"], dialogues, "cpu pipeline")
     assert len(rows) == 17
-    # The files reproduce the failure: without the fix, whole clips are lost or misplaced.
-    assert sum(r["hits"] / r["n"] < 0.4 for r in bare) >= 2
-    assert sum(r["hits"] for r in rows) / sum(r["n"] for r in rows) >= 0.85
-    assert min(r["hits"] / r["n"] for r in rows) >= 0.4
+    lost = sum(r["hits"] / r["n"] < 0.4 for r in bare)
+    print(f"bare whisperx: {lost} of {len(bare)} clips lost or misplaced (under 40% of their words in place)")
+    # What the guard achieves: nine in ten reference words in place, and every clip found in its own window:
+    # two thirds of the reference words the recogniser hears in that clip on its own (tiny.en hears GRID's
+    # "bin blue at f two now" as "bimblu f two now" whatever the context; that is not a lost turn).
+    assert sum(r["hits"] for r in rows) / sum(r["n"] for r in rows) >= 0.9
+    assert all(r["hits"] >= PER_CLIP_IN_PLACE * r["alone"] and r["hits"] > 0 for r in rows), rows
     for r in rows:
         if r["clip"] in ("libri", "jfk"):
-            assert r["wer"] <= 0.05, r
+            assert r["errors"] <= 1, r  # at most one misheard word of 17 or 22 (another CPU may mishear one)
 
 
 @pytest.mark.slow
@@ -258,7 +272,7 @@ def test_word_times_are_monotone_inside_audio_and_speech(dialogues) -> None:
         assert all(x.any() for x in inside), f"{f}: a word lies outside speech"
         attrs = g.stage_group("transcribe").attrs
         assert attrs["speech_seconds"] == pytest.approx(float(np.sum(speech["end"] - speech["start"])))
-        assert 0.8 <= attrs["speech_coverage"] <= 1.0
+        assert 0.95 <= attrs["speech_coverage"] <= 1.0
         assert attrs["covered_seconds"] == pytest.approx(attrs["speech_coverage"] * attrs["speech_seconds"])
         for u in attrs["uncovered"]:  # what stays without words says why
             assert u["end"] - u["start"] >= 0.3 and u["reason"]
@@ -292,6 +306,17 @@ def test_every_word_is_attributed_to_its_clips_turn(dialogues) -> None:
             # Adjacent clips are different speakers: an utterance never mixes two clips' words.
             assert len(spanned) == 1, f"{f}: utterance {u['text'][i]!r} spans clips {spanned}"
         speakers = [str(s) for s in w["speaker"]]
-        print(f"\n{f}: clip -> speakers " + ", ".join(
-            f"{n}: {sorted({speakers[k] for k, c in enumerate(clips) if c == i})}"
-            for i, (n, _, _) in enumerate(windows)))
+        counts = [Counter(speakers[k] for k, c in enumerate(clips) if c == i) for i in range(len(windows))]
+        print(f"\n{f}: clip -> speakers " + ", ".join(f"{n}: {dict(x)}" for (n, _, _), x in zip(windows, counts,
+                                                                                             strict=True)))
+        # Every turn change is a speaker change: adjacent clips (different voices) never share a label.
+        for (a, x), (b, y) in itertools.pairwise(zip([n for n, _, _ in windows], counts, strict=True)):
+            assert not set(x) & set(y), f"{f}: {a} and {b} (different voices, one after the other) share a label"
+        # A clip is one voice: its most frequent label carries at least three quarters of its words.
+        for (name, _, _), x in zip(windows, counts, strict=True):
+            assert x and max(x.values()) >= 0.75 * sum(x.values()), f"{f}: {name} is split between {dict(x)}"
+        # Stricter, and not met today (issue 19): one label per clip and one per voice. On these files the
+        # embeddings diarizer splits jfk's 11 s in two and merges two 2.4 s GRID voices in 2 of 4 files.
+        strict = all(len(x) == 1 for x in counts) and len({next(iter(x)) for x in counts if len(x) == 1}) == len(
+            {n for n, _, _ in windows})
+        print(f"{f}: one label per clip and per voice: {strict}")

@@ -268,3 +268,110 @@ def test_validate_checks_inputs_without_computing(raw_dir: Path, tmp_path: Path)
     result = CliRunner().invoke(app, ["validate", str(raw_dir), "--config", str(audio_config(tmp_path))])
     assert result.exit_code == 1
     assert "6 recording(s), 2 unreadable" in result.output
+
+
+# ------------------------------------------------------------------ issue 16: never read damage as data
+def _bomb(levels: int = 9) -> list[str]:
+    """The lines of a "billion laughs" chain: 9 ** ``levels`` strings once every alias is expanded."""
+    rows = [f"&l0 [{', '.join(['lol'] * 9)}]"]
+    rows += [f"&l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return rows
+
+
+@pytest.mark.parametrize("where", ["description", "parameter"])
+def test_an_alias_bomb_is_refused_at_once(tmp_path: Path, where: str) -> None:
+    """Nested aliases expand a few lines into gigabytes; the file is refused at its first anchor, naming the
+    line, with little memory (no timing: the bound is on memory)."""
+    import tracemalloc
+
+    bomb = _bomb()
+    if where == "description":
+        text = ("version: 1\npipelines:\n  p:\n    description:\n" + "".join(f"      - {r}\n" for r in bomb)
+                + "    stages:\n      - stage: audio\n")
+    else:
+        text = ("version: 1\npipelines:\n  p:\n    stages:\n      - stage: audio\n        params:\n"
+                "          channel:\n" + "".join(f"            - {r}\n" for r in bomb))
+    tracemalloc.start()
+    try:
+        message = _error(tmp_path, text)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100 * 2 ** 20, peak
+    assert message.startswith(f"{tmp_path / 'pipelines.yaml'}:{_line_of(text, '&l0')}: YAML anchor '&l0' is not "
+                              "allowed"), message
+    assert "write the value out in full" in message and len(message) < 400
+
+
+def test_an_alias_without_its_anchor_is_refused_too(tmp_path: Path) -> None:
+    text = "version: 1\npipelines:\n  p:\n    description: *nowhere\n    stages:\n      - stage: audio\n"
+    assert _error(tmp_path, text).startswith(f"{tmp_path / 'pipelines.yaml'}:4: YAML alias '*nowhere' is not allowed")
+
+
+def _float_fields() -> list[tuple[str, str]]:
+    out = []
+    for stage in ORDER:
+        hints = typing.get_type_hints(stage_class(stage).Params)
+        out += [(stage, k) for k, h in hints.items() if h is float or float in typing.get_args(h)]
+    return out
+
+
+FLOAT_FIELDS = _float_fields()
+
+
+def test_several_stages_have_float_parameters() -> None:
+    assert len({s for s, _ in FLOAT_FIELDS}) >= 5, FLOAT_FIELDS  # the parametrized test below covers them
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+@pytest.mark.parametrize(("stage", "key"), FLOAT_FIELDS, ids=[f"{s}.{k}" for s, k in FLOAT_FIELDS])
+def test_nan_and_infinity_fail_for_every_float_parameter(tmp_path: Path, stage: str, key: str, value: str) -> None:
+    """`x <= 0` in a stage's checks is false for NaN: the check before every stage's own refuses them."""
+    text = _yaml(_all_stages(**{stage: {"params": {key: 12345.5}}})).replace("12345.5", value)
+    message = _error(tmp_path, text)
+    shown = {".nan": "nan", ".inf": "inf", "-.inf": "-inf"}[value]
+    assert message.startswith(f"{tmp_path / 'pipelines.yaml'}:{_line_of(text, f'{key}:')}: pipeline 'p': stage "
+                              f"'{stage}': parameter {key!r} = {shown} is not a finite number"), message
+    assert "; expected float" in message and "\n" not in message  # one problem, with the fix
+
+
+def test_nan_in_resources_and_through_the_cli(tmp_path: Path) -> None:
+    text = _yaml(_all_stages(transcribe={"resources": {"window_s": 12345.5}})).replace("12345.5", ".nan")
+    assert "stage 'transcribe': resource 'window_s' = nan is not a finite number" in _error(tmp_path, text)
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(_yaml(_all_stages(align={"params": {"rate_hz": 12345.5}})).replace("12345.5", ".nan"))
+    result = CliRunner().invoke(app, ["validate", "--config", str(path)])
+    assert result.exit_code == 2 and "parameter 'rate_hz' = nan is not a finite number" in result.output
+
+
+def test_every_bad_parameter_of_a_stage_at_once(tmp_path: Path) -> None:
+    """A stage's own checks stop at their first problem; each is reported, at its own line, in one pass - and
+    next to a value of the wrong type."""
+    text = _yaml(_all_stages(face={"params": {"num_faces": 0, "detector": "v3", "still_tiles": 9,
+                                              "cut_threshold": -1.0, "prefetch": "many"}},
+                             audio={"params": {"sample_rate": 4000, "block_seconds": -2.0}}))
+    message = _error(tmp_path, text)
+    path = tmp_path / "pipelines.yaml"
+    lines = message.splitlines()
+    assert lines[0] == f"{path}: 7 problems:", message
+    for key, says in [("num_faces", "num_faces must be >= 1"), ("detector", "detector must be 'v1' or 'v2'"),
+                      ("still_tiles", "still_tiles must be within 1..4"),
+                      ("cut_threshold", "cut_threshold must be positive or null"),
+                      ("prefetch", "parameter 'prefetch' = 'many' is not a valid int"),
+                      ("sample_rate", "sample_rate must be within 8000..48000 Hz"),
+                      ("block_seconds", "block_seconds must be positive")]:
+        stage = "audio" if key in ("sample_rate", "block_seconds") else "face"
+        assert any(ln.startswith(f"  {path}:{_line_of(text, f'{key}:')}: pipeline 'p': stage '{stage}': ")
+                   and says in ln for ln in lines[1:]), (key, message)
+
+
+def test_messages_never_carry_a_huge_value(tmp_path: Path) -> None:
+    def huge() -> list[str]:  # a new list each time: a repeated one would be written as an alias
+        return ["x" * 1000 for _ in range(300)]
+
+    text = _yaml(_all_stages(transcribe={"params": {"device": huge()}, "model": huge()}, audio={"bogus": huge()}))
+    text = text.replace("pipelines:\n  p:\n", f"pipelines:\n  p:\n    description: {huge()!r}\n", 1)
+    message = _error(tmp_path, text)
+    assert len(text) > 1_000_000 and len(message) < 3000, len(message)
+    assert "'description' must be text, got ['xxx" in message and "...]" in message
+    assert "'model' must be a string" in message and "parameter 'device' = ['xxx" in message

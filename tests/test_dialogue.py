@@ -127,3 +127,23 @@ def test_quality_check_flags_noise_and_a_faceless_speaker(run: dict) -> None:
     status = subprocess.run(["uv", "run", "ether-prep", "status", "--out", str(run["store"])], capture_output=True,
                             text=True, cwd=ROOT, check=True).stdout
     assert "need review" in status and "faceless" in status and "needs review: speakers_with_face" in status
+
+
+def test_the_flag_reaches_both_manifests(run: dict) -> None:
+    import pyarrow.parquet as pq
+
+    sessions = pq.read_table(run["store"] / "sessions.parquet").to_pylist()
+    flagged = {r["session_id"].split("-")[0]: r for r in sessions}
+    assert set(flagged) == {"dialogue", "faceless", "noise"}
+    assert not flagged["dialogue"]["needs_review"] and flagged["faceless"]["needs_review"]
+    assert flagged["noise"]["needs_review"]
+    reasons = {r.split(":")[0] for r in flagged["faceless"]["review_reasons"]}
+    assert {"speakers_with_face", "speaker_face_share"} <= reasons, flagged["faceless"]["review_reasons"]
+    # Every utterance row carries its session's flag, so a training loop can drop flagged sessions by row.
+    utterances = pq.read_table(run["store"] / "utterances.parquet").to_pylist()
+    by_session = {}
+    for u in utterances:
+        by_session.setdefault(u["session_id"].split("-")[0], set()).add((u["needs_review"],
+                                                                        tuple(u["review_reasons"] or ())))
+    assert by_session["dialogue"] == {(False, ())}
+    assert by_session["faceless"] == {(True, tuple(flagged["faceless"]["review_reasons"]))}

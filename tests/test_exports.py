@@ -41,8 +41,18 @@ def test_whisperx_writers_accept_our_json(exported: Path, tmp_path: Path) -> Non
     options = {"max_line_width": None, "max_line_count": None, "highlight_words": False}
     for fmt in ("srt", "vtt", "json", "txt", "tsv"):
         get_writer(fmt, str(tmp_path))(result, "sample.wav", options)
-        written = (tmp_path / f"sample.{fmt}").read_text()
-        assert result["segments"][0]["text"].split()[0] in written, fmt
+    # What whisperx wrote from our JSON is our transcript: every segment, with its speaker, text and times.
+    segments = result["segments"]
+    assert json.loads((tmp_path / "sample.json").read_text())["segments"] == segments
+    assert (tmp_path / "sample.txt").read_text().splitlines() == [f"[{s['speaker']}]: {s['text']}" for s in segments]
+    rows = [r.split("\t") for r in (tmp_path / "sample.tsv").read_text().splitlines()]
+    assert rows[1:] == [[str(round(1000 * s["start"])), str(round(1000 * s["end"])), s["text"]] for s in segments]
+    import pysubs2
+
+    for fmt in ("srt", "vtt"):
+        cues = pysubs2.load(str(tmp_path / f"sample.{fmt}"))
+        assert [(c.start, c.end, c.plaintext) for c in cues] == [
+            (round(1000 * s["start"]), round(1000 * s["end"]), f"[{s['speaker']}]: {s['text']}") for s in segments], fmt
 
 
 def test_subtitle_libraries_parse_our_srt_and_vtt(exported: Path) -> None:
@@ -119,9 +129,12 @@ def test_openface_export_uses_openface_names_and_agrees_with_it(opendbm_openface
         return float(np.corrcoef(ours[col], ref[col])[0, 1])
 
     assert r("AU01_r") > 0.4  # the face benchmark's figure on this clip: 0.55
-    for col in ("pose_Rx", "pose_Ry", "pose_Rz"):  # head pose in OpenFace's own signs
-        assert r(col) > 0.3, col
-    assert ours[[f"x_{i}" for i in range(68)]].sub(ref[[f"x_{i}" for i in range(68)]]).abs().median().median() < 25
+    # Head pose in OpenFace's own signs. The head hardly moves in this clip (under 1 degree sd), so the bars sit a
+    # little under what MediaPipe gives here (r 0.73, 0.51, 0.83), not at a level any wobble would pass.
+    for col, bar in (("pose_Rx", 0.6), ("pose_Ry", 0.4), ("pose_Rz", 0.7)):
+        assert r(col) > bar, (col, r(col))
+    xs = [f"x_{i}" for i in range(68)]
+    assert ours[xs].sub(ref[xs]).abs().median().median() < 8  # pixels; 3.5 here
 
 
 def test_xarray_opens_the_store_with_named_dimensions(aligned: dict[str, object]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import stat
 import subprocess
 import sys
 import urllib.request
@@ -31,6 +32,7 @@ from ether_prep.stages.face import FaceStage
 from ether_prep.store import SessionGroup, Store, read_table
 
 from .conftest import DATA, MODELS, ROOT, pipeline
+from .trust_media import cli_argv
 
 FACE = DATA / "face"
 _STAGES: dict[tuple, FaceStage] = {}
@@ -158,15 +160,15 @@ def test_spool_scatters_detections_into_dense_arrays(tmp_path: Path) -> None:
     assert np.isnan(dense[[1, 2, 4]]).all() and np.isnan(dense[3, 0]).all()
 
 
-def test_spool_left_by_a_killed_run_is_cleared(tmp_path: Path) -> None:
-    """A SIGKILLed face stage leaves its spool folder behind; the next run of that session clears it first."""
-    leftover = tmp_path / "spool" / "detections"
-    leftover.mkdir(parents=True)
-    (leftover / "au.bin").write_bytes(b"x" * 1000)
-    with DetectionSpool({"v": ((), np.float32)}, leftover) as spool:
-        assert [f.name for f in leftover.iterdir()] == ["v.bin"]
+def test_spool_is_private_and_removed_on_close() -> None:
+    """A spool lives in a private temporary folder of its own (0700, files 0600), gone once closed (issue 16;
+    leftovers of killed runs: tests/test_isolation.py)."""
+    with DetectionSpool({"v": ((), np.float32)}) as spool:
         spool.append(v=[1.0])
-    assert not leftover.exists()
+        assert stat.S_IMODE(spool.dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE((spool.dir / "v.bin").stat().st_mode) == 0o600
+        np.testing.assert_array_equal(spool.read("v"), [1.0])
+    assert not spool.dir.exists()
 
 
 def test_config_and_help_do_not_import_face_models() -> None:
@@ -230,13 +232,20 @@ def test_no_face_video(tmp_path: Path) -> None:
     ("face_noface.mov", 0.0, 2.367),
     ("noface_face.mov", 3.945, 6.312),
 ])
-def test_face_present_exactly_where_labelled(tmp_path: Path, name: str, first_face: float, last_face: float) -> None:
+def test_face_present_where_labelled_to_the_boundary_frame(tmp_path: Path, name: str, first_face: float,
+                                                            last_face: float) -> None:
     out, _, _ = run_face(FACE / name, tmp_path)
     t = out["time"][...]
     expected = (t >= first_face - 1e-3) & (t <= last_face + 1e-3)
     present = _present(out).any(axis=1)
     assert out["box"].shape[1] == 1  # one person, one track
-    np.testing.assert_array_equal(present, expected)
+    # Exact everywhere but at the face/no-face boundaries, where a frame's detection may flip between CPU code
+    # paths (MediaPipe's confidence sits near its threshold there): one analysed frame of slack on each side.
+    step = float(np.median(np.diff(t)))
+    wrong = np.flatnonzero(present != expected)
+    near = [min(abs(t[i] - b) for b in (first_face, last_face)) <= step + 1e-3 for i in wrong]
+    assert all(near), f"face presence differs away from the boundaries at {t[wrong].round(3).tolist()}"
+    assert len(wrong) <= 2 and present.sum() >= expected.sum() - 2
 
 
 @pytest.mark.slow
@@ -383,9 +392,27 @@ def test_pyfeat_backend_offline_with_random_weights(tmp_path_factory: pytest.Tem
     assert out.attrs["identity_params"]["embeddings_computed"] == 0  # none computed by the stage itself
 
 
-def test_network_is_not_needed_for_the_cpu_face_model() -> None:
+def test_the_cpu_face_model_resolves_to_the_local_file() -> None:
     # The cpu pipeline resolves its model locally (ETHER_PREP_MODELS); nothing is fetched.
     stage = FaceStage(_spec())
     info = stage.model_info()
     assert info["source"] == str((MODELS / "face_landmarker.task").resolve())
     assert not info["source"].startswith(("http", urllib.request.__name__))
+
+
+@pytest.mark.slow
+def test_the_cpu_face_stage_runs_with_no_network(tmp_path: Path) -> None:
+    # In a network namespace with loopback alone, the face stage loads its model and finds the face.
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare -n is refused on this machine: no way to run without a network here")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "single_face.jpg").symlink_to(FACE / "single_face.jpg")
+    store = tmp_path / "s.zarr"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    res = subprocess.run(["unshare", "-n", *cli_argv("run", raw, "--out", store, "-p", "cpu", "--only", "face",
+                                                     "-x", "inline", "-q")],
+                         capture_output=True, text=True, cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = Store(store, mode="r").session(Store(store, mode="r").session_ids()[0])
+    assert out.stage_state("face").state == "done" and out.group["face"]["box"].shape[1] == 1

@@ -8,8 +8,8 @@ Pipeline: ``audio`` then ``face`` (MediaPipe) on three short clips (two GRID spe
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ import pytest
 import zarr
 
 from ether_prep.config import load_pipeline
+from ether_prep.lock import STORE_LOCK, read_holder
 from ether_prep.runner import run_pipeline
 
 from . import trust_media as media
@@ -83,10 +84,24 @@ def assert_stores_equal(store: Path, reference: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- killing
-def _states(store: Path, stage: str = "*") -> list[str]:
-    """The state in each marker of ``stage`` (every stage with ``*``) that can be read now."""
-    states = []
+def _markers(store: Path, stage: str = "*") -> dict[Path, tuple[int, int]]:
+    """Each stage marker file of ``stage`` (every stage with ``*``) and its identity (inode, mtime in ns)."""
+    found = {}
     for marker in store.glob(f"sessions/*/{stage}/zarr.json"):
+        with contextlib.suppress(OSError):
+            st = marker.stat()
+            found[marker] = (st.st_ino, st.st_mtime_ns)
+    return found
+
+
+def _states(store: Path, stage: str = "*", since: dict[Path, tuple[int, int]] | None = None) -> list[str]:
+    """The state in each marker of ``stage`` that can be read now; with ``since`` (a :func:`_markers` snapshot
+    taken before a run started), only those written since: a killed run leaves markers behind (``running``
+    ones too), and they say nothing about the run now going."""
+    states = []
+    for marker, identity in _markers(store, stage).items():
+        if since is not None and since.get(marker) == identity:
+            continue
         try:
             states.append(json.loads(marker.read_text())["attributes"]["stage"]["state"])
         except (OSError, ValueError, KeyError):
@@ -96,6 +111,26 @@ def _states(store: Path, stage: str = "*") -> list[str]:
 
 def _stage_running(store: Path, stage: str) -> bool:
     return "running" in _states(store, stage)
+
+
+def _kill_inside(setup: dict, store: Path, name: str, extra: list[str], running: str = "*",
+                 started: int = 1, done: bool = False) -> int:
+    """Run ``ether-prep run`` on ``store`` and SIGKILL it inside a stage: once this run has started
+    ``started`` stages (marked them running; they may be done since), one of stage ``running`` is marked
+    running by it (and, with ``done``, some stage is done), with the run frozen and holding the store lock.
+    Returns the killed run's pid."""
+    before = _markers(store)
+
+    def inside(_: int) -> bool:
+        fresh = _states(store, since=before)
+        return (sum(s in ("running", "done") for s in fresh) >= started
+                and "running" in _states(store, running, since=before)
+                and (not done or "done" in _states(store)))
+
+    pid = media.run_and_kill(_args(setup, store, *extra), inside, what=name, store=store)
+    holder = read_holder(store / STORE_LOCK)  # the killed run's lock stays behind, for the next run to take over
+    assert holder is not None and holder["pid"] == pid, (name, holder, pid)
+    return pid
 
 
 @pytest.fixture(scope="module")
@@ -117,35 +152,40 @@ def _args(setup: dict, store: Path, *extra: str) -> list[str | Path]:
 
 
 def test_sigkill_inline_at_several_points_then_rerun_equals_an_uninterrupted_run(setup: dict) -> None:
+    # Every kill lands inside a stage of a live run holding the store lock (observed with the run frozen):
+    # in an audio stage, in a face stage, then three times once the k-th stage that run started (k drawn at
+    # random among the stages not done yet) is under way.
     store = setup["tmp"] / "inline.zarr"
     rng = np.random.default_rng(12)
-    points: list[tuple[str, Callable[[float], bool]]] = [
-        ("audio running", lambda _: _stage_running(store, "audio")),
-        ("face running", lambda _: _stage_running(store, "face")),
-        *[(f"after {d:.1f} s", lambda t, d=d: t >= d) for d in rng.uniform(1.0, 8.0, size=3)],
-    ]
+    points: list[tuple[str, str, int | None]] = [("audio running", "audio", 1), ("face running", "face", 1),
+                                                 *[(f"random {i}", "*", None) for i in range(3)]]
     done_at_kills = []
-    for name, when in points:
-        media.run_and_kill(_args(setup, store, "-x", "inline"), when)
-        done_at_kills.append((name, assert_done_stages_are_complete(store, setup["reference"])))
-        if name == "face running":  # killed inside a face stage (about a second per clip): it stays running
-            assert _stage_running(store, "face")
+    killed = 0
+    for name, stage, started in points:
+        if started is None:
+            todo = 6 - assert_done_stages_are_complete(store, setup["reference"])
+            started = int(rng.integers(1, todo + 1))
+            name = f"{name}: inside a stage once {started} of the {todo} stages left were started"
+        killed = _kill_inside(setup, store, name, ["-x", "inline"], running=stage, started=started)
+        done = assert_done_stages_are_complete(store, setup["reference"])
+        done_at_kills.append((name, done))
+        assert done < 6 and "running" in _states(store, stage), done_at_kills  # frozen inside it, killed there
     final = media.cli(*_args(setup, store, "-x", "inline"))
     assert final.returncode == 0, final.stdout + final.stderr
-    assert "took over the store lock left by a process that no longer runs" in final.stdout
+    assert f"took over the store lock left by a process that no longer runs (pid {killed}," in final.stdout
     assert_stores_equal(store, setup["reference"])
-    # The first two kills landed inside a stage (that is what they waited for).
-    assert done_at_kills[0][1] < 6 and done_at_kills[1][1] < 6, done_at_kills
 
 
 def test_sigkill_on_ray_then_rerun_equals_an_uninterrupted_run(setup: dict) -> None:
     # One kill (a Ray start costs tens of seconds on 2 cores): inside a face stage, once some stage is done
-    # (stages stream on Ray: audio and face run side by side, so "after all audio" is no kill point).
+    # (stages stream on Ray: audio and face run side by side, so "after all audio" is no kill point), with
+    # the driver frozen and holding the store lock.
     store = setup["tmp"] / "ray.zarr"
-    media.run_and_kill(_args(setup, store, "-x", "ray", "-w", "2"),
-                 lambda _: _stage_running(store, "face") and "done" in _states(store))
+    killed = _kill_inside(setup, store, "face running on Ray, a stage done", ["-x", "ray", "-w", "2"],
+                          running="face", done=True)
     assert 1 <= assert_done_stages_are_complete(store, setup["reference"]) < 6
     assert _stage_running(store, "face")
     final = media.cli(*_args(setup, store, "-x", "inline"))
     assert final.returncode == 0, final.stdout + final.stderr
+    assert f"took over the store lock left by a process that no longer runs (pid {killed}," in final.stdout
     assert_stores_equal(store, setup["reference"])

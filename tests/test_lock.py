@@ -3,8 +3,11 @@ its process is dead, waited for with --wait), and one download per model file.""
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
+import os
+import select
 import socket
 import subprocess
 import sys
@@ -104,35 +107,88 @@ def long_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return raw
 
 
+class _Opens:
+    """Counts the opens of one file (inotify ``IN_OPEN``): to see another process read it."""
+
+    IN_OPEN = 0x20
+
+    def __init__(self, path: Path) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        assert self._libc.inotify_add_watch(self.fd, os.fsencode(path), self.IN_OPEN) >= 0, \
+            os.strerror(ctypes.get_errno())
+
+    def seen(self, timeout: float) -> bool:
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        return bool(ready) and len(os.read(self.fd, 4096)) > 0
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 def test_a_second_run_on_one_store_refuses_or_waits_and_never_interleaves(long_raw: Path, tmp_path: Path) -> None:
+    # The first run is frozen (SIGSTOP) inside its stage while the others start: it is alive and holds the
+    # lock however fast this machine is, until the waiting run has provably read the lock and is waiting.
     store, config = tmp_path / "s.zarr", _config(tmp_path, block=0.25)
     args = ["run", long_raw, "--out", store, "-c", config, "-p", "audio", "-x", "inline", "-q"]
+    marker = store / "sessions" / session_id("long.wav") / "audio" / "zarr.json"
     first = subprocess.Popen(media.cli_argv(*args), cwd=media.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
+    waiting = None
     try:
-        deadline = time.monotonic() + 60
-        while (read_holder(store / STORE_LOCK) or {}).get("pid") != first.pid:
-            assert time.monotonic() < deadline and first.poll() is None, "the first run never took the lock"
+        deadline = time.monotonic() + 120
+        while True:
+            assert first.poll() is None, f"the first run ended before its stage was seen running: {first.stderr.read()}"
+            assert time.monotonic() < deadline, "the first run never marked its stage running"
+            if (read_holder(store / STORE_LOCK) or {}).get("pid") == first.pid and "running" in _state(marker):
+                media.freeze(first)
+                if "running" in _state(marker):
+                    break
+                media.thaw(first)
             time.sleep(0.02)
         refused = media.cli(*args)
         status = media.cli("status", "--out", store, "-c", config, "-p", "audio")
-        waiting = subprocess.Popen(media.cli_argv(*args, "--wait", "300"), cwd=media.ROOT, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
+        opens = _Opens(store / STORE_LOCK)  # armed now: only the waiting run opens the lock file from here
+        try:
+            waiting = subprocess.Popen(media.cli_argv(*args, "--wait", "300"), cwd=media.ROOT,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 120
+            while not opens.seen(timeout=1.0):
+                assert waiting.poll() is None, f"the waiting run ended, never reading the lock: {waiting.stderr.read()}"
+                assert time.monotonic() < deadline, "the waiting run never read the lock"
+        finally:
+            opens.close()
+        assert waiting.poll() is None  # it saw the lock held by the frozen first run, and waits
+        assert (read_holder(store / STORE_LOCK) or {}).get("pid") == first.pid and first.poll() is None
+        media.thaw(first)
         assert first.wait(timeout=300) == 0, first.stderr.read()
         waited_out, waited_err = waiting.communicate(timeout=300)
     finally:
-        first.kill()
-    assert refused.returncode == 2
+        for proc in (first, waiting):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert refused.returncode == 2, refused.stdout + refused.stderr
     assert f"held by pid {first.pid} on host {socket.gethostname()}" in refused.stderr
     assert f"cli.py run {long_raw} --out {store}" in refused.stderr  # the holder's command line
     assert "wait for that run to finish, or pass --wait SECONDS" in refused.stderr
     assert f"a run is writing this store now: pid {first.pid}" in status.stdout
-    # The waiting run started only after the first ended: it found the stage done and computed nothing.
+    # The waiting run, started while the first held the lock, went on only after the first ended: it found the
+    # stage done and computed nothing.
     assert waiting.returncode == 0, waited_err
     assert "audio        1 cached" in waited_out
     state = Store(store, mode="r").session(session_id("long.wav")).stage_state("audio")
     assert state.state == "done" and state.info["worker"]["pid"] == first.pid
     assert not (store / STORE_LOCK).exists()
+
+
+def _state(marker: Path) -> str:
+    """The state in a stage marker, or "" while it is missing or being written."""
+    try:
+        return json.loads(marker.read_text())["attributes"]["stage"]["state"]
+    except (OSError, ValueError, KeyError):
+        return ""
 
 
 def test_a_run_takes_over_the_lock_of_a_killed_run(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The per-session quality check: thresholds, reasons, and where the flag shows (store, status, manifests)."""
+"""The per-session quality check as a pure function: thresholds and reasons. Where the flag shows on a real run
+(the store, ``status``, sessions.parquet and utterances.parquet) is tested in test_dialogue.py."""
 
 from __future__ import annotations
 

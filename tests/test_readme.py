@@ -59,3 +59,21 @@ def test_a_fresh_clone_runs_the_readme_first_command_to_the_end(tmp_path: Path) 
     utts = open_store(repo / "ether_prep_demo.zarr").to_pandas("utterances")
     call = utts[utts["session_id"].str.startswith("call")]
     assert call["speaker"].nunique() >= 2 and call["n_words"].sum() > 40
+    # ... and scored against the call's references (it is ../shared/data/diarization/sample.wav): the figures the
+    # cpu pipeline gives in test_speech (WER 0.15 on crosstalk, DER 0.06 with a 0.25 s collar, 0.18 without).
+    from ether_prep.records import Turn
+    from ether_prep.store import Store
+
+    from .scoring import der, read_rttm, read_stm, wer
+
+    store = Store(repo / "ether_prep_demo.zarr", mode="r")
+    group = store.session(next(s for s in store.session_ids() if s.startswith("call")))
+    words = " ".join(str(t) for t in group.read_table("utterances", "words")["text"])
+    reference = " ".join(r[3] for r in sorted(read_stm(SHARED / "data" / "diarization" / "sample.stm"),
+                                              key=lambda r: r[1]))
+    t = group.read_table("diarize", "turns")
+    turns = [Turn(float(a), float(b), str(s)) for a, b, s in zip(t["start"], t["end"], t["speaker"], strict=True)]
+    rttm = read_rttm(SHARED / "data" / "diarization" / "sample.rttm")
+    figures = (wer(reference, words), der(rttm, turns, collar=0.25, skip_overlap=True), der(rttm, turns))
+    print(f"\ndemo call: WER {figures[0]:.3f}, DER {figures[1]:.3f} (collar 0.25 s), {figures[2]:.3f} (none)")
+    assert figures[0] <= 0.25 and figures[1] <= 0.10 and figures[2] <= 0.25, figures

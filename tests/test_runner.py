@@ -5,10 +5,8 @@ is plain Zarr."""
 
 from __future__ import annotations
 
-import signal
+import json
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from ether_prep.runner import run_pipeline
 from ether_prep.sessions import session_id
 from ether_prep.store import Store
 
+from . import trust_media as media
 from .conftest import DATA, audio_config, pipeline
 
 
@@ -120,20 +119,22 @@ def test_killed_run_leaves_no_stage_counted_as_done(tmp_path: Path) -> None:
     subprocess.run(["ffmpeg", "-v", "error", "-stream_loop", "19", "-i", str(DATA / "diarization" / "sample.wav"),
                     "-c", "copy", str(long_wav)], check=True)
     config, store = audio_config(tmp_path, block=0.25), tmp_path / "k.zarr"
-    cmd = [sys.executable, "-m", "ether_prep.cli", "extract", str(raw), "--out", str(store), "--config", str(config),
-           "-p", "audio", "-x", "inline", "-q"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path)
-    marker = store / "sessions" / session_id("long.wav") / "audio" / "zarr.json"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if marker.exists() and "running" in marker.read_text(errors="ignore"):
-            break
-        time.sleep(0.02)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    stage = store / "sessions" / session_id("long.wav") / "audio"
+
+    def writing(_: int) -> bool:
+        """The stage is marked running and has written some of its blocks."""
+        try:
+            running = json.loads((stage / "zarr.json").read_text())["attributes"]["stage"]["state"] == "running"
+        except (OSError, ValueError, KeyError):  # not there yet, or being written
+            return False
+        return running and any((stage / "waveform" / "c").glob("*"))
+
+    # Killed mid-write, with the run frozen inside the stage (holding the store lock), checked to have hit it live.
+    media.run_and_kill(["extract", raw, "--out", store, "--config", config, "-p", "audio", "-x", "inline", "-q"],
+                       writing, what="the audio stage running with blocks written", store=store)
+    assert any((stage / "waveform" / "c").glob("*"))  # partial output on disk...
     state = Store(store).session(session_id("long.wav")).stage_state("audio")
-    assert state.state == "running" and not state.complete
+    assert state.state == "running" and not state.complete  # ... and the stage not counted as done
     resumed = run_pipeline(load_pipeline("audio", config), raw, store)
     assert resumed.counts("audio") == {"done": 1}
     wave = Store(store).session(session_id("long.wav")).array("audio", "waveform")

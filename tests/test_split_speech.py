@@ -117,7 +117,7 @@ def test_every_clip_is_found_in_place_as_well_as_whole(runs: dict) -> None:
               f"  windows {split['hits']}/{split['n']}  [{split['text']}]")
         assert split["hits"] >= whole["hits"] - 1, (whole, split)  # a clip's words are not lost to a cut
         if split["clip"] in ("libri", "jfk"):
-            assert split["wer"] <= whole["wer"] + 0.05, (whole, split)
+            assert split["errors"] <= whole["errors"] + 1, (whole, split)  # at most one word more misheard
     assert share["inline"] >= max(0.85, share["whole"] - 0.02)
     a, b = (runs[name].stage_group("transcribe").attrs for name in ("whole", "inline"))
     # The speech found, and how much of it has words, as whole; windows' attrs are summed.

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -120,29 +121,85 @@ def session_pids(sid: int) -> list[int]:
     return pids
 
 
-def run_and_kill(args: list[str | Path], when: Callable[[float], bool], timeout: float = 300) -> float:
-    """Start ``ether-prep ARGS`` in a session of its own and SIGKILL all of it as soon as ``when(elapsed)``
-    is true; returns the elapsed time at the kill (or the time it finished by itself)."""
-    proc = subprocess.Popen(cli_argv(*args), cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    t0 = time.monotonic()
-    try:
-        while proc.poll() is None:
-            elapsed = time.monotonic() - t0
-            assert elapsed < timeout, "the kill point was never reached"
-            if when(elapsed):
-                break
-            time.sleep(0.01)
-        return time.monotonic() - t0
-    finally:
-        for _ in range(50):  # the run, then anything it started (Ray workers may sit in groups of their own)
-            pids = session_pids(proc.pid)
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            proc.poll()
-            time.sleep(0.1)
-        proc.wait()
+def _thread_states(pid: int) -> list[str]:
+    """The state letter of every thread of process ``pid`` (R, S, D, T, Z, ...), none once it is reaped."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+    return states
+
+
+def freeze(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGSTOP ``proc`` and return once every thread of it has stopped: from then on it is alive (it holds
+    what it held: its locks, its running markers) and changes nothing. Fails if it ended first."""
+    assert proc.poll() is None, f"the run (pid {proc.pid}) ended with {proc.returncode} before it could be frozen"
+    os.kill(proc.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while True:  # the signal is delivered asynchronously: a thread on another core runs on for a moment
+        states = _thread_states(proc.pid)
+        assert states and "Z" not in states and proc.poll() is None, \
+            f"the run (pid {proc.pid}) ended (return code {proc.poll()}) before it stopped"
+        if all(s in "Tt" for s in states):
+            return
+        assert time.monotonic() < deadline, f"the run (pid {proc.pid}) did not stop on SIGSTOP: threads {states}"
+        time.sleep(0.005)
+
+
+def thaw(proc: subprocess.Popen) -> None:
+    """Let a frozen ``proc`` go on."""
+    os.kill(proc.pid, signal.SIGCONT)
+
+
+def _kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL the run, then anything it started (Ray workers may sit in groups of their own), and reap it."""
+    for _ in range(50):
+        pids = session_pids(proc.pid)
+        if not pids:
+            break
+        for pid in sorted(pids, key=lambda p: p != proc.pid):  # the run first
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.poll()
+        time.sleep(0.1)
+    proc.wait()
+
+
+def run_and_kill(args: list[str | Path], when: Callable[[int], bool], *, what: str = "the kill point",
+                 store: Path | None = None, timeout: float = 300) -> int:
+    """Start ``ether-prep ARGS`` in a session of its own and SIGKILL all of it at an observed event; returns
+    the killed run's pid.
+
+    ``when(pid)`` (``pid``: the run's) is polled until it holds; the run is then frozen (SIGSTOP) and
+    ``when`` asked again, so that the kill lands while the event still holds (otherwise the run goes on and
+    the next time it holds is taken). With ``store``, the frozen run must also be the holder of the store
+    lock. The kill provably hits that live, frozen run (its return code is -SIGKILL); the test fails, saying
+    what was awaited, if the run ends first or ``what`` is not seen within ``timeout`` seconds.
+    """
+    from ether_prep.lock import STORE_LOCK, read_holder
+
+    with tempfile.TemporaryFile(mode="w+") as log:  # not a pipe: a full pipe would stall the run
+        proc = subprocess.Popen(cli_argv(*args), cwd=ROOT, start_new_session=True, stdout=log, stderr=log,
+                                text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    raise AssertionError(f"the run ended (return code {proc.returncode}) before {what} was seen, "
+                                         f"so nothing was killed: {' '.join(map(str, args))}\n{log.read()[-3000:]}")
+                assert time.monotonic() < deadline, f"{what} was not seen within {timeout:.0f} s"
+                if when(proc.pid):
+                    freeze(proc)
+                    holder = (read_holder(store / STORE_LOCK) or {}) if store is not None else {"pid": proc.pid}
+                    if holder.get("pid") == proc.pid and when(proc.pid):
+                        break
+                    thaw(proc)  # the event passed while the signal was on its way: wait for it again
+                time.sleep(0.01)
+            assert proc.poll() is None  # frozen: it cannot end by itself before the kill
+            _kill_session(proc)
+            assert proc.returncode == -signal.SIGKILL, f"the run ended with {proc.returncode}, not by the SIGKILL"
+            return proc.pid
+        finally:
+            if proc.poll() is None:
+                _kill_session(proc)

@@ -20,8 +20,9 @@ import numpy as np
 from ..errors import InputError
 from ..records import MediaProbe
 
-__all__ = ["FramePlan", "PlanMismatch", "PlannedFrames", "VideoFrame", "check_complete", "iter_audio_blocks",
-           "iter_planned_frames", "iter_video_frames", "plan_video_frames", "probe", "pyav_version"]
+__all__ = ["AudioClock", "FramePlan", "PlanMismatch", "PlannedFrames", "VideoFrame", "check_complete",
+           "iter_audio_blocks", "iter_planned_frames", "iter_video_frames", "plan_video_frames", "probe",
+           "pyav_version"]
 
 # A decoded length this much shorter than the container promises means the file was cut off.
 _TRUNCATION_TOLERANCE_S = 0.5
@@ -80,10 +81,60 @@ def _open(path: Path) -> Iterator[av.container.InputContainer]:
         container.close()
 
 
+def _is_cover_art(stream: av.stream.Stream) -> bool:
+    """An ``attached_pic`` stream: the cover art of an MP3/M4A/FLAC, one still picture, not a video."""
+    return bool(stream.disposition & av.stream.Disposition.attached_pic)
+
+
+def _video_stream(c: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+    """The first video stream that is a video (cover art is not)."""
+    return next((s for s in c.streams.video if not _is_cover_art(s)), None)
+
+
+def _audio_stream(path: Path, c: av.container.InputContainer, track: int = 0) -> av.audio.stream.AudioStream:
+    """Audio track ``track`` (0: the first audio stream of the file)."""
+    if not c.streams.audio:
+        raise InputError(f"{path}: has no audio stream")
+    if not 0 <= track < len(c.streams.audio):
+        raise InputError(f"{path}: has {len(c.streams.audio)} audio track(s); track {track} does not exist "
+                         f"(set the audio stage's track parameter to 0..{len(c.streams.audio) - 1})")
+    return c.streams.audio[track]
+
+
+def _seconds(ts: int, time_base: av.utils.Fraction | tuple[int, int]) -> float:
+    # PyAV's Frame.time, operation for operation (see _frame_time), so that a stream that starts the session
+    # gives its first frame the time 0.0 exactly.
+    num, den = (time_base.numerator, time_base.denominator) if not isinstance(time_base, tuple) else time_base
+    return float(ts) * num / den
+
+
+def _stream_start(stream: av.stream.Stream) -> float | None:
+    """When the stream starts on the container's clock (s), as the container says; None when it does not say."""
+    if stream.start_time is None or stream.time_base is None:
+        return None
+    return _seconds(int(stream.start_time), stream.time_base)
+
+
+def _origin(c: av.container.InputContainer) -> float | None:
+    """Session time 0 on the container's clock: the earliest start of its audio and video streams (cover art,
+    subtitle, data and timecode streams excepted: they carry no session content, yet may start elsewhere, so
+    the container's own ``start_time``, which counts them, is not used). None when no stream says when it
+    starts (WAV, raw AAC): then each stream starts at 0."""
+    starts = [t for s in (*c.streams.audio, *(v for v in c.streams.video if not _is_cover_art(v)))
+              if (t := _stream_start(s)) is not None]
+    return min(starts) if starts else None
+
+
 def _stream_duration(stream: av.stream.Stream) -> float | None:
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
-    return None
+    # Matroska keeps each track's length in a DURATION tag ("00:00:05.855000000") instead.
+    tag = (stream.metadata or {}).get("DURATION")
+    try:
+        h, m, sec = str(tag).split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    except ValueError:
+        return None
 
 
 def _quarter_turns(frame: av.VideoFrame) -> int:
@@ -110,10 +161,16 @@ def probe(path: Path) -> MediaProbe:
     and rotation (one frame is decoded for that: the display matrix travels with frames)."""
     with _open(path) as c:
         audio = c.streams.audio[0] if c.streams.audio else None
-        video = c.streams.video[0] if c.streams.video else None
+        video = _video_stream(c)
+        cover_art = sum(_is_cover_art(s) for s in c.streams.video)
         if audio is None and video is None:
-            raise InputError(f"{path}: holds no audio or video stream; is it a recording?")
+            what = "only cover art" if cover_art else "no audio or video stream"
+            raise InputError(f"{path}: holds {what}; is it a recording?")
         durations = [d for s in (audio, video) if s is not None and (d := _stream_duration(s)) is not None]
+        origin = _origin(c)
+        # Where each stream ends on the session clock (a stream that starts late ends that much later).
+        durations += [start - origin + d for s in (audio, video) if s is not None and origin is not None
+                      and (d := _stream_duration(s)) is not None and (start := _stream_start(s)) is not None]
         if c.duration is not None:
             durations.append(c.duration / av.time_base)
         duration = max(durations) if durations else 0.0
@@ -140,14 +197,30 @@ def probe(path: Path) -> MediaProbe:
             video_height=height,
             video_codec=video.codec_context.name if video is not None else None,
             video_rotation=rotation,
+            start_time=c.start_time / av.time_base if c.start_time is not None else None,
+            origin=origin or 0.0,
+            audio_start=_stream_start(audio) if audio is not None else None,
+            video_start=_stream_start(video) if video is not None else None,
+            audio_tracks=tuple({"track": k, **_track_info(s)} for k, s in enumerate(c.streams.audio))
+            if len(c.streams.audio) > 1 else (),
+            cover_art=cover_art,
         )
+
+
+def _track_info(stream: av.audio.stream.AudioStream) -> dict[str, object]:
+    """What tells one audio track from another: codec, channels, rate, language, title, start (s)."""
+    meta = stream.metadata or {}
+    return {"codec": stream.codec_context.name, "channels": stream.codec_context.channels,
+            "sample_rate": stream.codec_context.sample_rate, "language": meta.get("language"),
+            "title": meta.get("title") or meta.get("handler_name"), "start": _stream_start(stream)}
 
 
 def check_complete(path: Path) -> MediaProbe:
     """Probe, then seek to the last second and decode a frame: a cheap check that the file is not cut off."""
     info = probe(path)
     with _open(path) as c:
-        stream = c.streams.audio[0] if c.streams.audio else c.streams.video[0]
+        stream = c.streams.audio[0] if c.streams.audio else _video_stream(c)
+        assert stream is not None  # the probe found audio or video
         target = max(0.0, info.duration - 1.0)
         try:
             if stream.time_base is not None and target > 0:
@@ -170,19 +243,42 @@ def check_complete(path: Path) -> MediaProbe:
     return info
 
 
+@dataclass
+class AudioClock:
+    """Where :func:`iter_audio_blocks` put the decoded track on the session clock (filled in while decoding).
+
+    ``origin``: session time 0 on the container's clock (s, see :func:`_origin`); ``start``: the session time
+    of the track's first decoded sample (s); ``padded``: leading zero samples put before it, so that sample
+    index / sample_rate is session time; ``trimmed``: leading samples dropped (decoded before time 0);
+    ``track``, ``tracks``: the track read and how many the file has."""
+
+    origin: float = 0.0
+    start: float = 0.0
+    padded: int = 0
+    trimmed: int = 0
+    track: int = 0
+    tracks: int = 1
+
+
 def iter_audio_blocks(
-    path: Path, sample_rate: int = 16000, block_samples: int = 480_000, channel: int | None = None
+    path: Path, sample_rate: int = 16000, block_samples: int = 480_000, channel: int | None = None,
+    track: int = 0, clock: AudioClock | None = None,
 ) -> Iterator[np.ndarray]:
-    """Decode the first audio stream to float32 at ``sample_rate``, yielding blocks of ``block_samples``.
+    """Decode audio track ``track`` (0: the first) to float32 at ``sample_rate``, yielding blocks of
+    ``block_samples``, on the session clock: a track that starts after the session's first stream (audio that
+    starts 1.4 s after the video, as edit lists of cameras and screen recorders have it) comes after as many
+    zeros (silence), so that sample ``i`` lies at session time ``i / sample_rate`` as the video's frames do;
+    ``clock`` receives the offset.
 
     Memory stays bounded by one block however long the file is. ``channel=None`` downmixes to mono;
     an integer keeps that channel alone (e.g. one speaker per channel). Raises :class:`InputError` when
     the file cannot be decoded or is shorter than its header says (truncated).
     """
+    clock = clock if clock is not None else AudioClock()
     with _open(path) as c:
-        if not c.streams.audio:
-            raise InputError(f"{path}: has no audio stream")
-        stream = c.streams.audio[0]
+        stream = _audio_stream(path, c, track)
+        origin = _origin(c)
+        clock.origin, clock.track, clock.tracks = origin or 0.0, track, len(c.streams.audio)
         expected = _stream_duration(stream) or (c.duration / av.time_base if c.duration else None)
         n_channels = stream.codec_context.channels
         if channel is not None and not 0 <= channel < n_channels:
@@ -192,6 +288,7 @@ def iter_audio_blocks(
         pending: list[np.ndarray] = []
         pending_n = 0
         total = 0
+        skip: int | None = None  # samples still to drop (decoded before session time 0); None: not yet known
 
         def frames() -> Iterator[av.AudioFrame | None]:
             try:
@@ -200,18 +297,38 @@ def iter_audio_blocks(
                 raise InputError(f"{path}: audio decoding failed after {total / sample_rate:.2f} s ({exc})") from exc
             yield None  # flush the resampler
 
+        def emit(samples: np.ndarray) -> Iterator[np.ndarray]:
+            nonlocal pending, pending_n
+            pending.append(samples)
+            pending_n += samples.size
+            while pending_n >= block_samples:
+                joined = np.concatenate(pending)
+                yield joined[:block_samples]
+                rest = joined[block_samples:]
+                pending, pending_n = ([rest], rest.size) if rest.size else ([], 0)
+
         for frame in frames():
+            if skip is None and frame is not None:
+                # The first decoded frame's own time (not the resampler's, which shifts it by its filter delay).
+                offset = float(frame.time) - origin if origin is not None and frame.time is not None else 0.0
+                n = round(offset * sample_rate)
+                if c.duration and n > (c.duration / av.time_base + 1.0) * sample_rate:
+                    raise InputError(f"{path}: audio track {track} starts at {offset:.1f} s, after the recording "
+                                     f"ends ({c.duration / av.time_base:.1f} s): its timestamps are broken; remux "
+                                     f"it (ffmpeg -i IN -c copy OUT) or export the recording again")
+                skip, clock.start = max(-n, 0), n / sample_rate
+                clock.padded, clock.trimmed = max(n, 0), max(-n, 0)
+                for lo in range(0, clock.padded, block_samples):  # in blocks: memory stays flat
+                    yield from emit(np.zeros(min(block_samples, clock.padded - lo), np.float32))
             for out in resampler.resample(frame):
                 data = out.to_ndarray()
                 samples = data[0 if channel is None else channel].astype(np.float32, copy=False)
-                pending.append(samples)
-                pending_n += samples.size
                 total += samples.size
-                while pending_n >= block_samples:
-                    joined = np.concatenate(pending)
-                    yield joined[:block_samples]
-                    rest = joined[block_samples:]
-                    pending, pending_n = ([rest], rest.size) if rest.size else ([], 0)
+                if skip:
+                    cut, skip = min(skip, samples.size), skip - min(skip, samples.size)
+                    samples = samples[cut:]
+                if samples.size:
+                    yield from emit(samples)
         if pending_n:
             yield np.concatenate(pending)
         if total == 0:
@@ -235,11 +352,15 @@ class VideoFrame:
 
 @dataclass
 class DecodeStats:
-    """Counts filled in while iterating frames: decoded, kept (sampled), and skipped corrupt packets."""
+    """Counts filled in while iterating frames: decoded, kept (sampled), and skipped corrupt packets; and the
+    session clock: ``origin`` (session time 0 on the container's clock, s) and ``start`` (the session time of
+    the first decoded frame: later than 0 when the video starts after the audio)."""
 
     decoded: int = 0
     kept: int = 0
     corrupt: int = 0
+    origin: float = 0.0
+    start: float | None = None
 
 
 def _upright(frame: av.VideoFrame) -> np.ndarray:
@@ -273,21 +394,25 @@ def iter_video_frames(
     the display matrix says (a phone video stored sideways comes out as it is shown; sizes and boxes computed on
     these frames are display coordinates).
 
-    Frames are sampled by presentation time, not by index, so variable-frame-rate recordings are analysed
+    Times are on the session clock (seconds from the earliest start of the file's audio and video streams, see
+    :func:`_origin`): a video that starts 1.4 s after its audio has its first frame at 1.4 s. Frames are sampled
+    by presentation time, not by index, so variable-frame-rate recordings are analysed
     at an even ``analysis_fps`` (``None`` keeps every frame). A packet that fails to decode is skipped and
     counted in ``stats.corrupt`` instead of ending the video; frames that stop well before the stream's
     duration (a truncated file) raise :class:`InputError` after the last one. ``threads=0`` lets FFmpeg choose.
     """
     stats = stats if stats is not None else DecodeStats()
     with _open(path) as c:
-        if not c.streams.video:
-            raise InputError(f"{path}: has no video stream")
-        stream = c.streams.video[0]
+        stream = _video_stream(c)
+        if stream is None:
+            raise InputError(f"{path}: has no video stream" + (" (only cover art)" if c.streams.video else ""))
         stream.thread_type = "AUTO"
         if threads:
             stream.codec_context.thread_count = threads
         sample = _Sampler(analysis_fps)
-        t0: float | None = None
+        # Without a start time in the container (none of its streams says), times count from the first frame.
+        t0: float | None = _origin(c)
+        first: float | None = None
         last = 0.0
         for packet in c.demux(stream):
             try:
@@ -300,9 +425,11 @@ def iter_video_frames(
                     stats.corrupt += 1
                     continue
                 if t0 is None:
-                    # Streams may start at a non-zero pts (e.g. MPEG-PS); times are relative to the first frame.
                     t0 = float(frame.time)
                 t = float(frame.time) - t0
+                if first is None:
+                    first = t
+                    stats.origin, stats.start = t0, t
                 last = max(last, t)
                 stats.decoded += 1
                 if not sample(t):
@@ -312,9 +439,10 @@ def iter_video_frames(
         # The stream's own duration (not the container's, which may be the longer audio): frames that stop
         # well short of it mean a file cut off (a copy interrupted), not a recording that ended.
         expected = _stream_duration(stream)
-        if stats.decoded and expected and expected - last > max(_TRUNCATION_TOLERANCE_S, 0.02 * expected):
-            raise InputError(f"{path}: truncated or corrupt: video frames stop at {last:.2f} s but the header says "
-                             f"{expected:.2f} s; copy the complete recording again from its source")
+        length = last - (first or 0.0)  # of the video stream, from its own first frame
+        if stats.decoded and expected and expected - length > max(_TRUNCATION_TOLERANCE_S, 0.02 * expected):
+            raise InputError(f"{path}: truncated or corrupt: video frames stop at {length:.2f} s but the header "
+                             f"says {expected:.2f} s; copy the complete recording again from its source")
 
 
 @dataclass(frozen=True)
@@ -323,8 +451,9 @@ class FramePlan:
     packet timestamps without decoding (``None`` from :func:`plan_video_frames` when they cannot be known).
 
     ``pts``: every frame's presentation timestamp in stream units, in presentation order (D frames);
-    ``kept``: indices into ``pts`` of the frames analysed at ``analysis_fps``; ``time``: their times (s from
-    the first frame, exactly as :func:`iter_video_frames` gives them); ``keyframes``: keyframe pts.
+    ``kept``: indices into ``pts`` of the frames analysed at ``analysis_fps``; ``time``: their times (s on the
+    session clock, exactly as :func:`iter_video_frames` gives them); ``keyframes``: keyframe pts; ``origin``:
+    session time 0 on the stream's clock (s; None: the first frame's time).
     """
 
     time_base: tuple[int, int]
@@ -332,13 +461,22 @@ class FramePlan:
     kept: np.ndarray
     time: np.ndarray
     keyframes: np.ndarray
+    origin: float | None = None
+
+    @property
+    def t0(self) -> float:
+        """Session time 0 on the stream's clock (s): what every frame time is counted from."""
+        return self.origin if self.origin is not None else _frame_time(int(self.pts[0]), self.time_base)
+
+    @property
+    def start(self) -> float:
+        """The session time of the first frame (s)."""
+        return _frame_time(int(self.pts[0]), self.time_base) - self.t0
 
 
 def _frame_time(pts: int, time_base: tuple[int, int]) -> float:
     # PyAV's VideoFrame.time, operation for operation, so that planned times equal decoded ones bit for bit.
-    return float(pts) * time_base[0] / time_base[1]
-
-
+    return _seconds(pts, time_base)
 
 
 def plan_video_frames(path: Path, analysis_fps: float | None = None) -> FramePlan | None:
@@ -346,9 +484,9 @@ def plan_video_frames(path: Path, analysis_fps: float | None = None) -> FramePla
     first frame). None when that cannot be known (no video stream, a packet without a timestamp, a first frame
     that is not the earliest packet) or the file is cut off."""
     with _open(path) as c:
-        if not c.streams.video:
+        stream = _video_stream(c)
+        if stream is None:
             return None
-        stream = c.streams.video[0]
         pts, keys = [], []
         try:
             for packet in c.demux(stream):
@@ -365,7 +503,7 @@ def plan_video_frames(path: Path, analysis_fps: float | None = None) -> FramePla
             return None
         tb = (stream.time_base.numerator, stream.time_base.denominator)
         order = np.sort(np.asarray(pts, dtype=np.int64))
-        # Times count from the first frame decoded: it must be the earliest packet (a decoder may drop
+        # Frame indices count from the first frame decoded: it must be the earliest packet (a decoder may drop
         # leading frames that refer to pictures before the file's start).
         c.seek(0, stream=stream, backward=True)
         try:
@@ -379,11 +517,12 @@ def plan_video_frames(path: Path, analysis_fps: float | None = None) -> FramePla
         last = _frame_time(int(order[-1]), tb) - _frame_time(int(order[0]), tb)
         if expected and expected - last > max(_TRUNCATION_TOLERANCE_S, 0.02 * expected):
             return None
-        t0 = _frame_time(int(order[0]), tb)
+        origin = _origin(c)  # as iter_video_frames counts: the same float, so the same times bit for bit
+        t0 = origin if origin is not None else _frame_time(int(order[0]), tb)
         times = np.array([_frame_time(int(p), tb) - t0 for p in order], dtype=np.float64)
         sample = _Sampler(analysis_fps)
         kept = np.flatnonzero([sample(t) for t in times.tolist()])
-        return FramePlan(tb, order, kept, times[kept], np.sort(np.asarray(keys, dtype=np.int64)))
+        return FramePlan(tb, order, kept, times[kept], np.sort(np.asarray(keys, dtype=np.int64)), origin)
 
 
 class PlanMismatch(InputError):
@@ -417,10 +556,14 @@ class PlannedFrames:
 
     def __init__(self, path: Path, plan: FramePlan) -> None:
         self.path, self.plan = path, plan
-        self._t0 = _frame_time(int(plan.pts[0]), plan.time_base)
+        self._t0 = plan.t0
         self._open = _open(path)
         self._container = self._open.__enter__()
-        self._stream = self._container.streams.video[0]
+        stream = _video_stream(self._container)
+        if stream is None:
+            self.close()
+            raise PlanMismatch(f"{path}: has no video stream any more")
+        self._stream = stream
         self._stream.thread_type = "AUTO"
         self._frames: Iterator[av.VideoFrame] | None = None
         self._at = -1  # pts of the last frame decoded (-1: nothing decoded since the last seek)

@@ -4,8 +4,9 @@ module that imports ``scrubadub``.
 Everything here runs offline. scrubadub's own name detectors need corpora or models fetched at run time
 (TextBlob's NLTK data, spaCy or Stanford models), so names come from a list the user gives, matched whole-word
 and case-insensitively with scrubadub's ``UserSuppliedFilthDetector``. URLs are found with scrubadub's
-detector (``http://``, ``www.``) plus bare domains as speech recognisers write them ("clinic-example.org"); phone
-numbers with the ``phonenumbers`` rules of each region given.
+detector (``http://``, ``www.``) plus bare domains as speech recognisers write them ("clinic-example.org", and
+spaced: "clinic .co .uk", "nhs dot net"); e-mail addresses also when spoken or spaced ("john at clinic .co .uk",
+"jane.doe @ example .org"); phone numbers with the ``phonenumbers`` rules of each region given.
 """
 
 from __future__ import annotations
@@ -25,6 +26,20 @@ _BARE_DOMAIN = re.compile(
     r"\b(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+"
     r"(?:com|org|net|edu|gov|info|io|co|uk|ie|de|at|ch|fr|it|es|nl|be|eu|au|nz|ca|us)\b(?:/[^\s]*)?",
     re.IGNORECASE)
+
+# Domains and e-mail addresses as speech recognisers space them: "clinic .co .uk", "email .com", "nhs dot net",
+# "john at clinic .co .uk", "jane.doe @ example .org". A label joins the next by "." (written), " ." or " . "
+# (a space before the dot: the recogniser's own form) or " dot "; a sentence's full stop (". Next", a space
+# only after it) never joins, so "I am fine. It was" stays as it is.
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_JOIN = r"(?:\.|\s+\.\s*|\s+dot\s+)"
+_TLD = r"(?:com|org|net|edu|gov|info|io|co|uk|ie|de|at|ch|fr|it|es|nl|be|eu|au|nz|ca|us)"
+# Bounded repeats: a run of "a dot a dot a ..." costs linear time, not quadratic.
+_SPACED_DOMAIN = rf"\b{_LABEL}(?:{_JOIN}{_LABEL}){{0,6}}?{_JOIN}{_TLD}(?:{_JOIN}{_TLD}){{0,2}}\b"
+_SPOKEN_DOMAIN = re.compile(_SPACED_DOMAIN, re.IGNORECASE)
+# A local part ("john", "jane.doe", "j dot smith", "jane underscore doe") then " at " or "@" then a domain.
+_LOCAL = r"[\w+-]+(?:(?:[._]|\s+(?:dot|underscore|dash|hyphen)\s+)[\w+-]+){0,4}"
+_SPOKEN_EMAIL = re.compile(rf"\b{_LOCAL}(?:\s+at\s+|\s*@\s*){_SPACED_DOMAIN}", re.IGNORECASE)
 
 # Of overlapping finds, the most specific kind names the span (an e-mail address also looks like a URL).
 _PRIORITY = ("email", "phone", "name", "url")
@@ -57,14 +72,25 @@ class PiiFinder:
             UrlDetector,
             UserSuppliedFilthDetector,
         )
-        from scrubadub.filth import UrlFilth
+        from scrubadub.filth import EmailFilth, UrlFilth
 
         class BareDomainDetector(RegexDetector):
             name = "bare_domain"
             filth_cls = UrlFilth
             regex = _BARE_DOMAIN
 
-        detectors = [EmailDetector(), UrlDetector(), BareDomainDetector()]
+        class SpokenDomainDetector(RegexDetector):
+            name = "spoken_domain"
+            filth_cls = UrlFilth
+            regex = _SPOKEN_DOMAIN
+
+        class SpokenEmailDetector(RegexDetector):
+            name = "spoken_email"
+            filth_cls = EmailFilth
+            regex = _SPOKEN_EMAIL
+
+        detectors = [EmailDetector(), UrlDetector(), BareDomainDetector(), SpokenDomainDetector(),
+                     SpokenEmailDetector()]
         for region in regions:
             try:
                 detectors.append(PhoneDetector(locale=f"en_{region.upper()}", name=f"phone_{region.lower()}"))

@@ -10,15 +10,15 @@ one) and split where a track's identity embedding changes; see :mod:`ether_prep.
 
 from __future__ import annotations
 
-import shutil
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..scratch import ScratchDir
 from . import AU_NAMES, EMOTION_NAMES, FrameFaces
 from .identity import TrackIdentities, cannot_link_pairs, cluster_persons
 from .shots import ShotDetector
@@ -56,9 +56,9 @@ class FaceSequence:
 
     def __init__(self, n_landmarks: int, min_hits: int, max_gap_s: float, appearance_weight: float,
                  cut_threshold: float | None, embedder: Embedder | None, threshold: float, every_s: float,
-                 max_per_track: int, spool_dir: Path | None = None) -> None:
-        """``spool_dir``: where detections are spooled (a fixed folder per recording lets a rerun clear what a
-        killed run left); a fresh temporary folder when None."""
+                 max_per_track: int) -> None:
+        """Detections are spooled into a private temporary folder of this sequence's own (see
+        :mod:`ether_prep.scratch`), removed by :meth:`close`."""
         self.tracker = FaceTracker(max_gap_s=max_gap_s, appearance_weight=appearance_weight, min_hits=min_hits)
         self.shots = ShotDetector(cut_threshold)
         self.identities = TrackIdentities(every_s=every_s, max_per_track=max_per_track, min_hits=min_hits,
@@ -69,14 +69,20 @@ class FaceSequence:
         self.embedding_seconds = 0.0
         self.n_frames = 0
         self.size = (0, 0)  # width, height of the last frame
-        self.detections = DetectionSpool({
-            "frame": ((), np.int64), "track": ((), np.int64), "au": ((len(AU_NAMES),), np.float32),
-            "emotion": ((len(EMOTION_NAMES),), np.float32), "pose": ((3,), np.float32),
-            "box": ((4,), np.float32), "score": ((), np.float32), "mouth_open": ((), np.float32),
-            "landmarks": ((n_landmarks, 3), np.float32)}, spool_dir / "detections" if spool_dir else None)
-        self.frames = DetectionSpool({"time": ((), np.float64), "shot": ((), np.int32)},
-                                     spool_dir / "frames" if spool_dir else None)
-        self._spool_dir = spool_dir
+        self._scratch = ScratchDir("face")
+        try:
+            for sub in ("detections", "frames"):
+                os.mkdir(self._scratch.path / sub, 0o700)
+            self.detections = DetectionSpool({
+                "frame": ((), np.int64), "track": ((), np.int64), "au": ((len(AU_NAMES),), np.float32),
+                "emotion": ((len(EMOTION_NAMES),), np.float32), "pose": ((3,), np.float32),
+                "box": ((4,), np.float32), "score": ((), np.float32), "mouth_open": ((), np.float32),
+                "landmarks": ((n_landmarks, 3), np.float32)}, self._scratch.path / "detections")
+            self.frames = DetectionSpool({"time": ((), np.float64), "shot": ((), np.int32)},
+                                         self._scratch.path / "frames")
+        except BaseException:
+            self._scratch.close()
+            raise
 
     def add(self, frame: VideoFrame, faces: FrameFaces) -> None:
         """Record one analysed frame (frames in time order)."""
@@ -151,10 +157,11 @@ class FaceSequence:
         return Tracks(summaries, frame, track, shot, person, identity, n_embeddings, splits)
 
     def close(self) -> None:
-        self.detections.close()
-        self.frames.close()
-        if self._spool_dir is not None:
-            shutil.rmtree(self._spool_dir, ignore_errors=True)
+        try:
+            self.detections.close()
+            self.frames.close()
+        finally:
+            self._scratch.close()
 
     def __enter__(self) -> FaceSequence:
         return self

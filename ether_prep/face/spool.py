@@ -8,14 +8,13 @@ video is.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
+from ..scratch import ScratchDir, open_private
 from ..store import create_array
 
 __all__ = ["DetectionSpool"]
@@ -25,15 +24,19 @@ class DetectionSpool:
     """Append-only columns of per-detection values (``fields``: name -> (row shape, dtype))."""
 
     def __init__(self, fields: dict[str, tuple[tuple[int, ...], Any]], directory: Path | None = None) -> None:
-        """Spool into ``directory`` (created, emptied first; removed on close), or a fresh temporary one."""
-        if directory is None:
-            self.dir = Path(tempfile.mkdtemp(prefix="ether-prep-spool-"))
-        else:
-            shutil.rmtree(directory, ignore_errors=True)  # left by a run that was killed
-            directory.mkdir(parents=True)
-            self.dir = directory
+        """Spool into files of its own in ``directory`` (a private folder of the caller's, e.g. a
+        :class:`~ether_prep.scratch.ScratchDir`; the files are removed on close), or in a private temporary
+        folder of its own (removed on close)."""
+        self._scratch = ScratchDir("spool") if directory is None else None
+        self.dir = self._scratch.path if self._scratch is not None else Path(directory)  # type: ignore[arg-type]
         self.fields = {name: (tuple(shape), np.dtype(dtype)) for name, (shape, dtype) in fields.items()}
-        self._files = {name: open(self.dir / f"{name}.bin", "wb") for name in self.fields}  # noqa: SIM115
+        self._files: dict[str, Any] = {}
+        try:
+            for name in self.fields:  # exclusive, 0600, never through a planted link
+                self._files[name] = open_private(self.dir / f"{name}.bin")
+        except BaseException:
+            self.close()
+            raise
         self.rows = 0
 
     def append(self, **values: np.ndarray) -> None:
@@ -86,9 +89,12 @@ class DetectionSpool:
         return arr
 
     def close(self) -> None:
-        for fh in self._files.values():
+        for name, fh in self._files.items():
             fh.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+            (self.dir / f"{name}.bin").unlink(missing_ok=True)
+        self._files = {}
+        if self._scratch is not None:
+            self._scratch.close()
 
     def __enter__(self) -> DetectionSpool:
         return self

@@ -29,7 +29,8 @@ Reads ``utterances/{words,utterances}``, ``face/*`` and ``audio`` attributes; wr
                                 counsellor_utterances (";"-joined ids), start, end, gap, client_text,
                                 counsellor_text, client_mismatch, client_flags
 
-The store root gets ``utterances.parquet`` and ``dialogue_pairs.parquet`` (see :meth:`AlignStage.finalize`).
+The store root gets ``utterances.parquet`` and ``dialogue_pairs.parquet``, rebuilt by the runner at the end of
+a run when an align or qc result changed (see :mod:`ether_prep.manifest`).
 
 Steps (each a pure module under :mod:`ether_prep.align`, unit-tested on its own): faces to speakers
 (:mod:`~ether_prep.align.linking`), roles (:mod:`~ether_prep.align.roles`: ``sessions.csv`` columns
@@ -78,7 +79,7 @@ if TYPE_CHECKING:
     import zarr
 
     from ..records import Session
-    from ..store import SessionGroup, Store
+    from ..store import SessionGroup
 
 __all__ = ["AlignParams", "AlignStage"]
 
@@ -181,6 +182,7 @@ class AlignStage(Stage):
     needs_stream = None
     Params = AlignParams
     libraries = ("vaderSentiment", "scipy", "pyarrow")
+    feeds_manifests = True
 
     def fingerprint_inputs(self, session: Session) -> dict[str, Any]:
         meta = session_meta(session, self.params.roles_file)
@@ -355,12 +357,6 @@ class AlignStage(Stage):
             write_array(grp, "mask", mask, chunk_len=per, dims=("utterance", "step", "slot"))
             write_array(grp, "length", length, dims=("utterance",))
             grp.attrs.update({"max_len": p.max_len, "note": "utterances longer than max_len are cut"})
-
-    def finalize(self, store: Store) -> None:
-        """Write the root manifests ``utterances.parquet`` and ``dialogue_pairs.parquet`` over all sessions."""
-        from ..manifest import write_manifests
-
-        write_manifests(store)
 
 
 def _sample_rate(store: SessionGroup) -> int:

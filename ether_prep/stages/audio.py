@@ -2,6 +2,17 @@
 
 Later stages (speech, align) slice utterance audio from ``audio/waveform`` instead of decoding again.
 
+The waveform is on the session clock, as face times are: sample ``i`` lies at ``i / sample_rate`` seconds from
+session time 0, the earliest start of the recording's audio and video streams. Audio that starts later (an
+MP4 whose audio stream starts 1.4 s after its video: edit lists of cameras, OBS and screen recorders) is
+preceded by that much silence (zeros), so every reader that indexes the waveform by time stays in sync with the
+faces without applying an offset of its own. Group attrs ``session_origin`` (session time 0 on the container's
+clock, s), ``start_offset`` (where the track's first decoded sample lies, s) and ``padded_samples`` say so.
+
+A recording with several audio tracks is read from track ``track`` (0: the first); the others are listed in
+the note and in ``attrs.audio_tracks``. Cover art (an MP3/M4A's attached picture) is no video: such a file is
+an audio-only session.
+
 Example (pipelines.yaml)::
 
     - stage: audio
@@ -15,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..sessions import check_unchanged
 from ..store import create_array
 from .base import Stage
 
@@ -29,26 +41,31 @@ __all__ = ["AudioStage"]
 
 @dataclass(frozen=True)
 class AudioParams:
-    """``channel``: None downmixes to mono; 0, 1, ... keeps one channel (one speaker per channel)."""
+    """``channel``: None downmixes to mono; 0, 1, ... keeps one channel (one speaker per channel);
+    ``track``: which audio track of a file with several (0: the first)."""
 
     sample_rate: int = 16000
     channel: int | None = None
     block_seconds: float = 30.0
+    track: int = 0
 
     def validate(self) -> None:
         if not 8000 <= self.sample_rate <= 48000:
             raise ValueError(f"sample_rate must be within 8000..48000 Hz, got {self.sample_rate}")
         if self.block_seconds <= 0:
             raise ValueError("block_seconds must be positive")
+        if self.track < 0:
+            raise ValueError(f"track must be 0 (the first audio track) or more, got {self.track}")
 
 
 class AudioStage(Stage):
     """Decode audio to ``waveform`` (float32, 1-D) in blocks, so memory stays flat however long the file."""
 
     name = "audio"
-    version = "1"
+    version = "2"  # 2: on the session clock (leading silence for audio that starts late); track
     Params = AudioParams
     libraries = ("av",)
+    reads_recording = True
 
     def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
         from ..adapters import pyav
@@ -58,14 +75,39 @@ class AudioStage(Stage):
         if not probe.has_audio:
             out.attrs.update({"sample_rate": self.params.sample_rate, "n_samples": 0, "duration": 0.0})
             return "no audio stream: speech stages are skipped"
-        block = int(self.params.block_seconds * self.params.sample_rate)
+        p: AudioParams = self.params
+        block = int(p.block_seconds * p.sample_rate)
         wave = create_array(out, "waveform", (0,), np.float32, chunk_len=block, dims=("sample",), fill_value=0.0)
         n = 0
-        for samples in pyav.iter_audio_blocks(session.path, self.params.sample_rate, block, self.params.channel):
+        clock = pyav.AudioClock()
+        for samples in pyav.iter_audio_blocks(session.path, p.sample_rate, block, p.channel, p.track, clock):
             wave.append(np.asarray(samples, dtype=np.float32))
             n += samples.size
-            self.report_progress(n / self.params.sample_rate)
-        wave.attrs.update({"sample_rate": self.params.sample_rate, "units": "amplitude [-1, 1]"})
-        out.attrs.update({"sample_rate": self.params.sample_rate, "n_samples": n,
-                          "duration": n / self.params.sample_rate})
-        return None
+            self.report_progress(n / p.sample_rate)
+        check_unchanged(session.path, session.identity)  # a file still being written would be stored as a part
+        wave.attrs.update({"sample_rate": p.sample_rate, "units": "amplitude [-1, 1]",
+                           "time": "session clock: sample i at i / sample_rate s"})
+        tracks = list(probe.audio_tracks)
+        channels = (tracks[p.track]["channels"] if p.track < len(tracks) else probe.audio_channels) or 1
+        out.attrs.update({"sample_rate": p.sample_rate, "n_samples": n, "duration": n / p.sample_rate,
+                          "session_origin": clock.origin, "start_offset": clock.start,
+                          "padded_samples": clock.padded, "trimmed_samples": clock.trimmed,
+                          "track": p.track, "channels": int(channels), "audio_tracks": tracks})
+        notes = []
+        if clock.padded:
+            video_first = probe.video_start is not None and probe.video_start <= clock.origin
+            first = "the video" if video_first else "another track"
+            notes.append(f"audio starts {clock.start:.3f} s into the session (after {first}): "
+                         f"{clock.padded} samples of silence put before it, on the session clock")
+        if len(tracks) > 1:
+            others = "; ".join(_track_text(t) for t in tracks if t["track"] != p.track)
+            notes.append(f"{len(tracks)} audio tracks: track {p.track} read ({_track_text(tracks[p.track])}), not "
+                         f"{others}; set the audio stage's track parameter to read another")
+        return "; ".join(notes) or None
+
+
+def _track_text(track: dict) -> str:
+    """One audio track in words: ``1 (aac, 2 ch, eng, 'Interviewer')``."""
+    bits = [str(track.get("codec")), f"{track.get('channels')} ch", *(str(track[k]) for k in ("language", "title")
+                                                                     if track.get(k) and track[k] != "und")]
+    return f"{track['track']} ({', '.join(bits)})"

@@ -55,10 +55,14 @@ class Stage(ABC):
     - ``Params``: a frozen dataclass of parameters with defaults (unknown keys are config errors);
     - ``libraries``: distributions whose versions are recorded as provenance (per backend: override
       :meth:`library_names`);
+    - ``reads_recording``: True for a stage that decodes the recording itself (not an upstream stage's output):
+      the file's identity (size, modification time, content digest) joins its fingerprint and marker, so a
+      replaced or grown recording makes it stale;
     - ``window_split``: True declares that the stage can compute one recording as time windows: the runner
       asks :meth:`windows`; when it gives more than one, each window is a task of its own (:meth:`run_part`,
       on any worker of the stage, in any order) and a last task joins them (:meth:`join`) into the stage's
-      output, which must equal what :meth:`run` writes. So one long recording keeps several workers busy.
+      output, which must equal what :meth:`run` writes. So one long recording keeps several workers busy;
+    - ``feeds_manifests``: the root Parquet manifests are built from its outputs (see :mod:`ether_prep.manifest`).
     """
 
     name: ClassVar[str]
@@ -70,6 +74,9 @@ class Stage(ABC):
     Params: ClassVar[type] = NoParams
     libraries: ClassVar[tuple[str, ...]] = ()
     window_split: ClassVar[bool] = False
+    reads_recording: ClassVar[bool] = False
+    # Its outputs appear in the store's root manifests: a run that selects it brings them up to date at its end.
+    feeds_manifests: ClassVar[bool] = False
     # Set by the worker around each ``run``: where :meth:`report_progress` goes (None: nowhere).
     progress_hook: Callable[[float], None] | None = None
 
@@ -104,7 +111,8 @@ class Stage(ABC):
             self.progress_hook(media_s)
 
     def finalize(self, store: Store) -> None:  # noqa: B027 - optional hook
-        """Called once in the driver after the stage ran over all sessions (e.g. to write a manifest)."""
+        """Called once in the driver after the stage ran over all sessions (the root manifests are not written
+        here: see ``feeds_manifests``)."""
 
     def windows(self, session: Session, store: SessionGroup) -> list[Window]:
         """The time windows to compute ``session`` in (``window_split`` stages; called in the driver once the

@@ -26,7 +26,7 @@ between L2-normalised embeddings; dlib's "same person below 0.6" on its raw 128-
 
 Output group ``face/`` (F analysed frames, T tracks; NaN where a track has no face in a frame)::
 
-    time        (F,)          float64  seconds from the first frame
+    time        (F,)          float64  seconds on the session clock (as the audio's waveform; see below)
     au          (F, T, 20)    float32  attrs.names = AU01 ... AU43
     emotion     (F, T, 7)     float32  attrs.names = anger ... neutral
     pose        (F, T, 3)     float32  yaw, pitch, roll in degrees
@@ -40,6 +40,11 @@ Output group ``face/`` (F analysed frames, T tracks; NaN where a track has no fa
     identity    (T, E)        float32  each track's mean L2-normalised identity embedding (NaN row: none);
                                        attrs model, metric, threshold
     shot        (F,)          int32    shot index of each analysed frame
+
+Times are on the session clock: seconds from the earliest start of the recording's audio and video streams, so
+a video that starts 1.4 s after its audio has its first frame at 1.4 s, in step with the words. Group attrs
+``session_origin`` (session time 0 on the container's clock, s) and ``start_offset`` (the first decoded frame's
+time) say where it lies. Cover art (an attached picture) is not a video: such a file has no face stage.
 
 Group attrs add ``n_persons``, ``n_shots``, ``cut_times`` (first frame of each later shot, s),
 ``identity_model``, ``identity_params`` and ``identity_splits`` (tracks split where the face changed: the
@@ -60,16 +65,13 @@ every face that passed the configured confidence thresholds.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import queue
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -81,6 +83,7 @@ from ..face.sequence import FaceSequence, descriptors
 from ..face.shots import ShotDetector
 from ..provenance import library_versions
 from ..records import FaceTrack
+from ..sessions import check_unchanged
 from ..store import read_table, write_array, write_labels, write_table
 from .base import Stage, Window
 
@@ -194,13 +197,6 @@ def _prefetch(decode: Callable[[], Iterator[VideoFrame]], name: str, depth: int,
         worker.join(timeout=5)
 
 
-def _spool_dir(out: zarr.Group) -> Path:
-    """A local folder for this stage output's detection spool, the same on every run: a rerun clears what a
-    killed run left there (the store itself may be remote)."""
-    key = hashlib.sha1(f"{out.store}/{out.path}".encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / "ether-prep-spool" / key
-
-
 def _batches(frames: Iterable[VideoFrame], size: int) -> Iterator[list[VideoFrame]]:
     """Consecutive frames in batches of ``size`` (a batch never mixes frame sizes)."""
     batch: list[VideoFrame] = []
@@ -217,11 +213,12 @@ class FaceStage(Stage):
     """Faces, AUs, emotions, head pose, landmarks and face tracks per analysed frame."""
 
     name = "face"
-    version = "2"
+    version = "3"  # 3: times on the session clock (a video starting after its audio has later times)
     family = "extract"
     requires = ()
     needs_stream = "video"
     window_split = True
+    reads_recording = True
     backends = tuple(BACKENDS)
     Params = FaceParams
 
@@ -274,7 +271,7 @@ class FaceStage(Stage):
         stop = threading.Event()
         with FaceSequence(self._backend.n_landmarks, 1 if still else p.min_track_frames, p.max_gap_s,
                           p.appearance_weight, p.cut_threshold, self._embedder, self._threshold(),
-                          p.identity_every_s, p.max_embeddings_per_track, _spool_dir(out)) as sequence:
+                          p.identity_every_s, p.max_embeddings_per_track) as sequence:
             frames = _prefetch(partial(iter_video_frames, session.path, None if still else p.analysis_fps, stats),
                                session.path.name, p.prefetch, stop)
             try:
@@ -288,6 +285,7 @@ class FaceStage(Stage):
             if stats.decoded == 0:
                 raise InputError(f"{session.path}: no video frame could be decoded "
                                  f"({stats.corrupt} corrupt packet(s))")
+            check_unchanged(session.path, session.identity)  # a file still being written: not stored as whole
             return self._write(out, sequence, stats, time.perf_counter() - t_start)
 
     # -- time windows ------------------------------------------------------------------------------------
@@ -332,6 +330,7 @@ class FaceStage(Stage):
             for name in ("pts", "kept", "time", "keyframes"):
                 write_array(out, f"plan_{name}", getattr(plan, name), dims=(f"plan_{name}",))
             out.attrs["plan_time_base"] = list(plan.time_base)
+            out.attrs["plan_origin"] = plan.origin
         shots = ShotDetector(p.cut_threshold)
         frame_scores: list[float | None] = []
         columns: dict[str, list[np.ndarray]] = {k: [] for k in _PART_ROWS}
@@ -368,6 +367,7 @@ class FaceStage(Stage):
         finally:
             stop_event.set()
             frames.close()
+        check_unchanged(session.path, session.identity)
         write_array(out, "time", np.asarray(times, dtype=np.float64))
         write_array(out, "size", np.asarray(sizes, dtype=np.int64).reshape(-1, 2), dims=("time", "wh"))
         write_array(out, "n_faces", np.asarray(counts, dtype=np.int64), dims=("time",))
@@ -407,11 +407,11 @@ class FaceStage(Stage):
         t_start = time.perf_counter()
         head = parts[0]
         plan = FramePlan(tuple(int(x) for x in head.attrs["plan_time_base"]),  # type: ignore[arg-type]
-                         *(np.asarray(head[f"plan_{name}"][...]) for name in ("pts", "kept", "time", "keyframes")))
+                         *(np.asarray(head[f"plan_{name}"][...]) for name in ("pts", "kept", "time", "keyframes")),
+                         origin=head.attrs.get("plan_origin"))
         with PlannedFrames(session.path, plan) as frames, FaceSequence(
                 self._backend.n_landmarks, p.min_track_frames, p.max_gap_s, p.appearance_weight, p.cut_threshold,
-                self._embedder, self._threshold(), p.identity_every_s, p.max_embeddings_per_track,
-                _spool_dir(out)) as sequence:
+                self._embedder, self._threshold(), p.identity_every_s, p.max_embeddings_per_track) as sequence:
             expected = 0
             for k, g in enumerate(parts):
                 if int(g.attrs["first"]) != expected:
@@ -422,7 +422,8 @@ class FaceStage(Stage):
             if expected != len(plan.kept) or sequence.n_frames != len(plan.kept):
                 raise StageError(f"{session.path}: the windows hold {sequence.n_frames} analysed frames, the plan "
                                  f"{len(plan.kept)}; run again")
-            stats = DecodeStats(decoded=len(plan.pts), kept=len(plan.kept))
+            stats = DecodeStats(decoded=len(plan.pts), kept=len(plan.kept), origin=plan.t0, start=plan.start)
+            check_unchanged(session.path, session.identity)
             note = self._write(out, sequence, stats, time.perf_counter() - t_start)
         out.attrs["windows"] = {"count": len(parts), "used": True,
                                 "first_frames": [int(g.attrs["first"]) for g in parts],
@@ -492,7 +493,8 @@ class FaceStage(Stage):
             "backend": self.spec.backend, "model": info.get("id"), "model_source": info.get("source"),
             "au_names": list(AU_NAMES), "emotion_names": list(EMOTION_NAMES), "pose_names": list(POSE_NAMES),
             "analysis_fps": p.analysis_fps, "frames_decoded": stats.decoded, "frames_analysed": n_frames,
-            "frames_corrupt": stats.corrupt, "frame_width": sequence.size[0], "frame_height": sequence.size[1],
+            "frames_corrupt": stats.corrupt, "session_origin": stats.origin, "start_offset": stats.start,
+            "frame_width": sequence.size[0], "frame_height": sequence.size[1],
             "n_tracks": n_tracks, "n_landmarks": self._backend.n_landmarks,
             "fps_analysed": round(n_frames / elapsed, 2) if elapsed > 0 else None,
             "libraries": library_versions(*self.library_names()), "params": self.spec.params_dict(),

@@ -21,6 +21,9 @@ check                     value (pass when ...)
 ``corrupt_frames``        share of video packets that failed to decode (<= ``max_corrupt_share``)
 ``dropped_frames``        share of the frames the container promises that were never decoded
                           (<= ``max_dropped_share``)
+``audio_complete``        seconds between the end of the decoded audio (on the session clock) and the end
+                          of the recording the probe found, ``audio_missing_s`` (<= ``max_audio_missing_s``):
+                          audio cut off, a file still being written, or audio that stops before the video
 ========================  ==============================================================================
 
 Also recorded (no threshold): ``speakers``, ``persons`` (persons found on screen), ``speech_seconds``.
@@ -51,7 +54,7 @@ if TYPE_CHECKING:
     import zarr
 
     from ..records import Session
-    from ..store import SessionGroup, Store
+    from ..store import SessionGroup
 
 __all__ = ["Check", "QcParams", "QcStage", "Review", "quality_checks", "read_review"]
 
@@ -69,6 +72,7 @@ class QcParams:
     min_speaker_face_share: float = 0.3
     max_corrupt_share: float = 0.01
     max_dropped_share: float = 0.05
+    max_audio_missing_s: float = 1.0
 
     def validate(self) -> None:
         for f in fields(self):
@@ -103,6 +107,8 @@ _RULES: tuple[tuple[str, str, str, str, str], ...] = (
      "utterances without the speaker's face"),
     ("corrupt_frames", "corrupt_frames", "max_corrupt_share", "max", "corrupt video packets"),
     ("dropped_frames", "dropped_frames", "max_dropped_share", "max", "frames missing from the video"),
+    ("audio_complete", "audio_missing_s", "max_audio_missing_s", "max",
+     "the decoded audio ends before the recording does: cut off, or still being written?"),
 )
 
 
@@ -124,11 +130,12 @@ class QcStage(Stage):
     """Measure each session's completeness and linking, flag it ``needs_review`` when a check fails."""
 
     name = "qc"
-    version = "1"
+    version = "2"  # 2: audio_complete
     family = "align"
     requires = ("align",)
     Params = QcParams
     libraries = ("pyarrow",)
+    feeds_manifests = True  # the review flag and metrics are columns of the manifests
 
     def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
         metrics = session_metrics(session, store)
@@ -149,12 +156,6 @@ class QcStage(Stage):
         applied = sum(c.applies for c in checks)
         return f"needs review: {'; '.join(reasons)}" if reasons else f"ok ({applied} checks passed)"
 
-    def finalize(self, store: Store) -> None:
-        """Rewrite the root manifests so that they carry each session's review flag."""
-        from ..manifest import write_manifests
-
-        write_manifests(store)
-
 
 def session_metrics(session: Session, store: SessionGroup) -> dict[str, float]:
     """What the checks measure, from what the upstream stages stored (NaN where a stage did not run)."""
@@ -171,6 +172,15 @@ def session_metrics(session: Session, store: SessionGroup) -> dict[str, float]:
         coverage = attrs.get("speech_coverage")
         m["speech_coverage"] = float(coverage) if coverage is not None else nan
         m["words_per_minute"] = n_words / (speech_s / 60.0) if speech_s > 0 else nan
+    audio = store.stage_state("audio")
+    if audio.state == "done" and session.probe is not None and session.probe.has_audio:
+        aattrs = dict(store.stage_group("audio").attrs)
+        # What the audio stage decoded (on the session clock: leading silence included) against what the probe
+        # it decoded by promised; a probe taken again since (a file still growing) counts too.
+        promised = max(float((aattrs.get("probe") or {}).get("duration") or 0.0), float(duration or 0.0))
+        decoded = aattrs.get("duration")
+        if decoded is not None and promised > 0:
+            m["audio_missing_s"] = max(0.0, promised - float(decoded))
     align = store.stage_group("align")
     attrs = dict(align.attrs)
     speakers = list(attrs.get("speakers", []))

@@ -270,14 +270,15 @@ class TranscribeStage(Stage):
             return f"re-decode found only text rejected as non-speech ({', '.join(map(repr, result.dropped))}; {prob})"
         return f"re-decode found no words ({prob})"
 
-    def _channels(self, session: Session, sample_rate: int, n_channels: int) -> list[np.ndarray] | None:
+    def _channels(self, session: Session, sample_rate: int, n_channels: int, track: int = 0) -> list[np.ndarray] | None:
         """Each channel's signal when they are to be transcribed apart, else None (use the downmix)."""
         mode = self.params.channels
         if mode == "mix" or n_channels < 2:
             return None
         from ..adapters.pyav import iter_audio_blocks
 
-        signals = [np.concatenate(list(iter_audio_blocks(session.path, sample_rate, 30 * sample_rate, ch)))
+        # The audio stage's track, on the session clock as its waveform is.
+        signals = [np.concatenate(list(iter_audio_blocks(session.path, sample_rate, 30 * sample_rate, ch, track)))
                    for ch in range(n_channels)]
         if mode == "auto":
             n = min(len(x) for x in signals)
@@ -290,8 +291,8 @@ class TranscribeStage(Stage):
     def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
         audio_attrs = store.stage_group("audio").attrs
         sample_rate = int(audio_attrs.get("sample_rate", 16000))
-        channels = int((audio_attrs.get("probe") or {}).get("audio_channels") or 1)
-        per_channel = self._channels(session, sample_rate, channels)
+        channels = int(audio_attrs.get("channels") or (audio_attrs.get("probe") or {}).get("audio_channels") or 1)
+        per_channel = self._channels(session, sample_rate, channels, int(audio_attrs.get("track", 0)))
         signals = per_channel if per_channel is not None else [
             np.asarray(store.array("audio", "waveform")[...], dtype=np.float32)]
         words, infos, speech = [], [], []
