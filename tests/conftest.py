@@ -61,8 +61,9 @@ def pipeline(name: str = "cpu", stages: list[dict[str, Any]] | None = None, **pa
 
 
 # The fast tier (`pytest -m "not slow and not ray"`, the way a contributor iterates) loads no model and starts no
-# Ray. Tests that need Ray are marked `ray` here, from the fixture they use (test_progress asks for it by name);
-# every other test is checked as it runs: one that imports a model library or Ray without being marked fails.
+# Ray. Tests that need Ray are marked `ray` here, from the fixture they use (test_progress asks for it by name),
+# and tests that read the shared `aligned` run are marked `slow`; every other test is checked as it runs: one that
+# imports a model library or Ray without being marked fails.
 _HEAVY = ("torch", "ray", "mediapipe", "ctranslate2", "feat", "resemblyzer", "dlib")
 
 
@@ -71,6 +72,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         params = getattr(item, "callspec", None)
         if "ray_instance" in getattr(item, "fixturenames", ()) or (params and params.params.get("executor") == "ray"):
             item.add_marker(pytest.mark.ray)
+        if "aligned" in getattr(item, "fixturenames", ()):  # the shared run of the real cpu pipeline
+            item.add_marker(pytest.mark.slow)
 
 
 _BEFORE = pytest.StashKey[set]()

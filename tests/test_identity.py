@@ -16,6 +16,7 @@ from ether_prep.errors import ConfigError, ModelError
 from ether_prep.face.identity import TrackIdentities, cannot_link_pairs, cluster_persons, normalise
 from ether_prep.face.shots import ShotDetector
 from ether_prep.face.tracking import FaceTracker
+from ether_prep.stages.face import FaceStage
 from ether_prep.store import read_table
 
 from .conftest import DATA, pipeline_file
@@ -296,4 +297,4 @@ def test_group_photo_five_faces_five_persons(tmp_path: Path) -> None:
 def test_identity_params_are_part_of_the_stage_identity() -> None:
     spec = _spec()
     other = dataclasses.replace(spec, params=dataclasses.replace(spec.params, identity_threshold=0.5))
-    assert spec.identity() != other.identity() and spec.identity()["version"] == "2"
+    assert spec.identity() != other.identity() and spec.identity()["version"] == FaceStage.version

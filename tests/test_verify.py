@@ -25,6 +25,8 @@ from ether_prep.store import Store
 from .conftest import GRID2, pipeline
 from .ray_helpers import store_digest
 
+pytestmark = pytest.mark.slow  # every test reads the store the real cpu pipeline wrote (`pristine`)
+
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
