@@ -51,6 +51,17 @@ from typing import Any
 
 import yaml
 
+
+class _NoAliases(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _dump_yaml(doc: Any) -> str:
+    """YAML written out in full: pipelines files refuse anchors and aliases (made by safe_dump for shared data)."""
+    return yaml.dump(doc, Dumper=_NoAliases, sort_keys=False)
+
+
 # Python as installed everywhere else keeps bytecode caches; this environment switches them off, which makes
 # every Ray worker compile ether-prep, zarr and numpy from source when it starts (seconds each on 2 cores).
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -208,7 +219,7 @@ def one_cpu_config(tmp: Path) -> Path:
         if "threads" in stage.get("params", {}):
             stage["params"]["threads"] = 1
     path = tmp / "cpu1.yaml"
-    path.write_text(yaml.safe_dump({"version": 1, "pipelines": {"cpu": cpu}}))
+    path.write_text(_dump_yaml({"version": 1, "pipelines": {"cpu": cpu}}))
     return path
 
 
@@ -399,7 +410,7 @@ def bench_sim(tmp: Path, costs: dict[str, float], target_s: float) -> None:
                "resources": {"num_cpus": SIM_RESOURCES[name][0], "num_gpus": SIM_RESOURCES[name][1]}}
               for name in SIM_DAG]
     config = tmp / "sim.yaml"
-    config.write_text(yaml.safe_dump({"version": 1, "pipelines": {"sim": {"stages": stages}}}))
+    config.write_text(_dump_yaml({"version": 1, "pipelines": {"sim": {"stages": stages}}}))
     pipe = load_pipeline("sim", config)
     ray.init(num_cpus=8, num_gpus=8, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
@@ -458,7 +469,7 @@ def bench_windows(tmp: Path, seconds: float, window_s: float, rounds: int) -> No
     for name, window in (("whole", None), ("windows", window_s)):
         stage = {**face, "resources": {"num_cpus": 1, "window_s": window}}
         configs[name] = tmp / f"face_{name}.yaml"
-        configs[name].write_text(yaml.safe_dump({"version": 1, "pipelines": {"face": {"stages": [stage]}}}))
+        configs[name].write_text(_dump_yaml({"version": 1, "pipelines": {"face": {"stages": [stage]}}}))
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     walls: dict[str, list[float]] = {"whole": [], "windows": []}
     try:
@@ -510,7 +521,7 @@ def bench_speech_windows(tmp: Path, seconds: float, window_s: float, rounds: int
                     **({"params": {**s["params"], "threads": 1}} if s["stage"] == "transcribe" else {})}
                    for s in stages]
         configs[name] = tmp / f"speech_{name}.yaml"
-        configs[name].write_text(yaml.safe_dump({"version": 1, "pipelines": {"speech": {"stages": entries}}}))
+        configs[name].write_text(_dump_yaml({"version": 1, "pipelines": {"speech": {"stages": entries}}}))
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     walls: dict[str, list[float]] = {"whole": [], "windows": []}
     try:

@@ -29,6 +29,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
 
 
+class _NoAliases(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def pipeline_file(folder: Path, name: str = "cpu", stages: list[dict[str, Any]] | None = None,
                   **params: dict[str, Any]) -> Path:
     """A pipelines.yaml in ``folder`` holding pipeline ``name``: the shipped pipeline of that name, or ``stages``
@@ -44,7 +49,8 @@ def pipeline_file(folder: Path, name: str = "cpu", stages: list[dict[str, Any]] 
     for entry in entries:
         if entry["stage"] in params:
             entry["params"] = {**(entry.get("params") or {}), **params[entry["stage"]]}
-    text = yaml.safe_dump({"version": 1, "pipelines": {name: {"stages": entries}}}, sort_keys=False)
+    # Written out in full: pipelines files refuse YAML anchors and aliases, which safe_dump emits for shared objects.
+    text = yaml.dump({"version": 1, "pipelines": {name: {"stages": entries}}}, Dumper=_NoAliases, sort_keys=False)
     path = folder / f"{name}-{hashlib.sha1(text.encode()).hexdigest()[:10]}.yaml"
     path.write_text(text, encoding="utf-8")
     return path
