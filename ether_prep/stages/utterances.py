@@ -17,7 +17,7 @@ Output group ``utterances/`` (a contract the ``align`` stage reads)::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,6 +45,15 @@ class Transcript:
 
     words: dict[str, np.ndarray] = field(default_factory=dict)
     utterances: dict[str, np.ndarray] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def language(self) -> str | None:
+        return self.attrs.get("language")
+
+    @property
+    def asr_model(self) -> str | None:
+        return self.attrs.get("asr_model")
 
     def __len__(self) -> int:
         return len(self.utterances.get("id", ()))
@@ -74,10 +83,13 @@ class Transcript:
 
 def read_transcript(store: SessionGroup) -> Transcript:
     """The utterances stage's output for one session (empty when the stage was skipped: no audio)."""
-    if store.stage_state("utterances").state == "skipped" or "utterances" not in store.stage_group("utterances"):
+    if store.stage_state("utterances").state == "skipped":
         return Transcript()
     group = store.stage_group("utterances")
-    return Transcript(words=read_table(group, "words"), utterances=read_table(group, "utterances"))
+    if "utterances" not in group:
+        return Transcript(attrs=dict(group.attrs))
+    return Transcript(words=read_table(group, "words"), utterances=read_table(group, "utterances"),
+                      attrs=dict(group.attrs))
 
 
 @dataclass(frozen=True)
