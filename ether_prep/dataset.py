@@ -58,8 +58,20 @@ from .errors import StoreDamageError, StoreError
 __all__ = ["CUE_NAMES", "AlignedStore", "PairDataset", "UtteranceDataset", "collate_pairs", "collate_utterances",
            "open_store"]
 
-_STRINGS = ("utterance_id", "session_id", "speaker", "role", "listener_role", "text")
-_TEXT_COLUMNS = ("text", "client_text", "counsellor_text")  # what de-identification scrubs in the manifests
+
+
+def _item_columns() -> dict[str, str]:
+    """Utterance manifest columns the items carry (declared ``"item"`` by their stages): name -> Arrow type."""
+    from .manifest import flagged_columns
+
+    return flagged_columns("utterances", "item")
+
+
+def _text_columns() -> set[str]:
+    """Manifest columns of free text (declared ``"text"``): what de-identification scrubs."""
+    from .manifest import flagged_columns
+
+    return {*flagged_columns("utterances", "text"), *flagged_columns("dialogue_pairs", "text")}
 _BUILD_TRIES = 5
 
 
@@ -128,9 +140,10 @@ class AlignedStore:
         listed = read_names(names) if isinstance(names, str | os.PathLike) else list(names or ())
         self.deid = Deidentifier(listed, key=deid_key(path, key))
         self._ids = _id_aliases(self.deid, self._store, self.manifest.get("session_id", ()))
+        texts = _text_columns()
         for table in (self.manifest, self.pair_manifest):
             for col in list(table):
-                if col in _TEXT_COLUMNS:
+                if col in texts:
                     table[col] = np.array([self.deid.text(str(t)) for t in table[col]], dtype=object)
                 else:
                     table[col] = self._ids(table[col])
@@ -184,8 +197,9 @@ class AlignedStore:
                 if not _same_align(marker, fp, finished):
                     raise StoreError(_changed(self.path, sid, marker, stale_manifest=True))
         if self.deid is not None:
+            texts = _text_columns()
             for col in frame.columns:
-                if col in _TEXT_COLUMNS:
+                if col in texts:
                     frame[col] = frame[col].map(lambda t: self.deid.text(str(t)) if t is not None else t)
                 elif frame[col].dtype.kind not in "biufcmM":  # strings and lists (any dtype): ids, paths
                     frame[col] = frame[col].map(self._ids)
@@ -335,6 +349,7 @@ class UtteranceDataset:
         self._cache: dict[str, _SessionArrays] = {}
         self._words_seen: dict[str, Any] = {}  # session -> finish time of the utterances result first checked
         self._pid = os.getpid()
+        self._columns = _item_columns()
         self._cues = np.stack([rows[c].astype(np.float32) for c in CUE_NAMES], axis=1) if len(self) else \
             np.zeros((0, len(CUE_NAMES)), np.float32)
 
@@ -419,9 +434,9 @@ class UtteranceDataset:
         mask = arrays.mask[lo:lo + n]
         # The grid is t0 + k / rate, exactly as the stage built it, so it need not be read from disk.
         time = float(r["grid_t0"][i]) + np.arange(n, dtype=np.float64) / float(r["rate_hz"][i])
-        item: dict[str, Any] = {k: None if r[k][i] is None else str(r[k][i]) for k in _STRINGS}
+        item: dict[str, Any] = {k: _scalar(r[k][i], kind) for k, kind in self._columns.items()}
         item.update({
-            "start": float(r["start"][i]), "end": float(r["end"][i]), "time": time,
+            "time": time,
             "speaker_face": face[:, 0], "speaker_mask": mask[:, 0],
             "listener_face": face[:, 1], "listener_mask": mask[:, 1],
             "cues": self._cues[i],
@@ -445,6 +460,16 @@ class UtteranceDataset:
         return collate_utterances(batch, as_torch=True)
 
 
+_NUMPY = {"float64": np.float64, "int64": np.int64, "bool": np.bool_}
+
+
+def _scalar(value: Any, kind: str) -> Any:
+    """A manifest cell as an item field: a str (None stays None) or a Python number."""
+    if value is None:
+        return None
+    return str(value) if kind == "string" else _NUMPY[kind](value).item()
+
+
 def collate_utterances(batch: list[dict[str, Any]], as_torch: bool = True) -> dict[str, Any]:
     """Stack items, padding time axes to the longest with zeros and masks with False.
 
@@ -452,9 +477,10 @@ def collate_utterances(batch: list[dict[str, Any]], as_torch: bool = True) -> di
     lists; ``audio`` is zero-padded with ``audio_lengths``.
     """
     n = len(batch)
-    out: dict[str, Any] = {k: [b[k] for b in batch] for k in (*_STRINGS, "start", "end")}
-    out["start"] = np.asarray(out["start"], dtype=np.float64)
-    out["end"] = np.asarray(out["end"], dtype=np.float64)
+    out: dict[str, Any] = {}
+    for k, kind in _item_columns().items():  # strings stay lists; numbers become arrays
+        values = [b[k] for b in batch]
+        out[k] = values if kind == "string" else np.asarray(values, dtype=_NUMPY[kind])
     out.update(_pad_turns(batch, as_torch=False))
     for _, name in _utterance_arrays():  # declared per-utterance arrays (pooled, ...): stacked when all present
         values = [b.get(name) for b in batch]

@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     from .stages.base import Stage
     from .store import SessionGroup, Store
 
-__all__ = ["manifest_columns", "manifest_meta", "manifest_sources", "manifests_current", "read_manifest",
-           "read_manifest_build", "refresh_manifests", "write_manifests"]
+__all__ = ["flagged_columns", "manifest_columns", "manifest_meta", "manifest_sources", "manifests_current",
+           "read_manifest", "read_manifest_build", "refresh_manifests", "write_manifests"]
 
 # Bumped when the columns or how they are built change: a store's manifests are then rebuilt on the next run.
 MANIFEST_VERSION = 2
@@ -86,6 +86,15 @@ def manifest_columns(name: str) -> dict[str, tuple[str, str]]:
     description), as the registered stages declare them (families such as ``qc_*`` left out: they have a column
     per value found)."""
     return {k: v for k, v in _declared(name).items() if not k.endswith("*")}
+
+
+def flagged_columns(name: str, flag: str) -> dict[str, str]:
+    """Columns of manifest ``name`` declared with ``flag`` (column -> Arrow type): ``"text"``, free text that
+    de-identification scrubs; ``"item"``, a column the dataset's items carry (utterances)."""
+    from .stages import stage_classes
+
+    return {col: spec[0] for cls in stage_classes() for col, spec in cls.manifest_columns.get(name, {}).items()
+            if flag in spec[2:]}
 
 
 def _rows(name: str, sid: str, values: dict[str, Any], columns: dict[str, tuple[str, str]]) -> dict[str, list[Any]]:

@@ -77,9 +77,10 @@ class Stage(ABC):
       output, which must equal what :meth:`run` writes. So one long recording keeps several workers busy;
     - ``manifest_columns``: what the stage adds to the root Parquet manifests, per manifest (:data:`MANIFESTS`):
       column name -> (Arrow type, description), the values coming from :meth:`manifest_values`; a name ending
-      in ``*`` declares a family (``qc_*``: one column per metric); a third item ``"last"`` puts the column
-      after every stage's others. The stage that gives the ``utterance_id`` (``pair_id``) column defines the
-      rows of that manifest; the others add columns to them;
+      in ``*`` declares a family (``qc_*``: one column per metric); further items are flags: ``"last"`` puts
+      the column after every stage's others, ``"text"`` marks free text (de-identification scrubs it),
+      ``"item"`` a column the dataset's items carry. The stage that gives the ``utterance_id`` (``pair_id``)
+      column defines the rows of that manifest; the others add columns to them;
     - ``utterance_arrays``: arrays of the stage's group with one row per utterance (row ``i``: utterance ``i``
       of the session, as the ``utterances`` stage numbers them), which the dataset's items carry by name.
     """
@@ -172,6 +173,7 @@ class Stage(ABC):
     def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
         """Process one session, writing outputs into ``out``; return an optional note for ``status``.
 
-        Read upstream outputs through ``store`` (e.g. ``store.read_table("transcribe", "words")``).
+        Read upstream outputs through their stages' readers (``read_audio(store)``, ``read_words(store)``, ...):
+        one module owns each stage's keys.
         Raise :class:`~ether_prep.errors.EtherPrepError` subclasses with a clear message on bad input.
         """
