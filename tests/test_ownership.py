@@ -162,3 +162,17 @@ def test_manifest_and_dataset_import_no_stage_that_imports_them_back() -> None:
         back = {m for m in _imports(path) if m in ("ether_prep.manifest", "ether_prep.dataset")}
         assert not back, f"{path.relative_to(ROOT)} imports {sorted(back)}: an import circle with the collect step"
     assert not {m for m in _imports(PACKAGE / "manifest.py") if m.startswith("ether_prep.stages.qc")}
+
+
+def test_collect_rules_broadcast_each_and_refuse_what_is_not_declared() -> None:
+    from ether_prep.manifest import _rows
+    from ether_prep.stages.base import Each
+
+    columns = {"utterance_id": ("string", ""), "level": ("float64", ""), "gone": ("float64", "")}
+    rows = _rows("utterances", "s1", {"utterance_id": ["s1/u0", "s1/u1"], "level": Each(0.5)}, columns)
+    assert rows == {"utterance_id": ["s1/u0", "s1/u1"], "level": [0.5, 0.5], "gone": [None, None]}
+    assert _rows("utterances", "s1", {"level": Each(0.5)}, columns) == {}  # no row-defining stage: no rows
+    with pytest.raises(ValueError, match="'level' has 1 values for 2 rows"):
+        _rows("utterances", "s1", {"utterance_id": ["a", "b"], "level": [1.0]}, columns)
+    with pytest.raises(ValueError, match=r"\['extra'\] they do not declare"):
+        _rows("utterances", "s1", {"utterance_id": ["a"], "extra": [1]}, columns)
