@@ -70,7 +70,7 @@ class WindowNapStage(NapStage):
     window that sees it; ``bad`` fails window 2."""
 
     name = "window_nap"
-    window_split = True
+    windowed = True
 
     def windows(self, session: Any, store: Any) -> list[Window]:
         step = self.spec.resources.window_s
@@ -80,7 +80,7 @@ class WindowNapStage(NapStage):
         starts = np.arange(0, int(np.ceil(duration)), int(step))
         return [Window(k, len(starts), float(a), float(min(a + step, duration))) for k, a in enumerate(starts)]
 
-    def run_part(self, session: Any, store: Any, window: Window, out: zarr.Group) -> None:
+    def run_window(self, session: Any, store: Any, window: Window, out: zarr.Group) -> None:
         crash = Path(f"{session.path}.crash")
         if crash.exists():
             crash.unlink()
@@ -95,9 +95,9 @@ class WindowNapStage(NapStage):
                                          dtype=np.float32))
         time.sleep(self.params.seconds_per_session * (window.end - window.start) / session.probe.duration)
 
-    def join(self, session: Any, store: Any, parts: list[zarr.Group], out: zarr.Group) -> str | None:
-        write_array(out, "rms", np.concatenate([np.asarray(g["rms"][...]) for g in parts]))
-        out.attrs["stage_states"] = [g.attrs["stage_state"] for g in parts]
+    def join(self, session: Any, store: Any, windows: list[zarr.Group], out: zarr.Group) -> str | None:
+        write_array(out, "rms", np.concatenate([np.asarray(g["rms"][...]) for g in windows]))
+        out.attrs["stage_states"] = [g.attrs["stage_state"] for g in windows]
         return None
 
 
