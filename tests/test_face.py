@@ -1,4 +1,4 @@
-"""Issue 4: the face stage (MediaPipe and py-feat backends), its pure logic, storage, export and tracking."""
+"""The face stage (MediaPipe and py-feat backends), its pure logic, storage, export and tracking."""
 
 from __future__ import annotations
 
@@ -161,7 +161,7 @@ def test_spool_scatters_detections_into_dense_arrays(tmp_path: Path) -> None:
 
 
 def test_spool_is_private_and_removed_on_close() -> None:
-    """A spool lives in a private temporary folder of its own (0700, files 0600), gone once closed (issue 16;
+    """A spool lives in a private temporary folder of its own (0700, files 0600), gone once closed (
     leftovers of killed runs: tests/test_isolation.py)."""
     with DetectionSpool({"v": ((), np.float32)}) as spool:
         spool.append(v=[1.0])

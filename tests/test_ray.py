@@ -1,4 +1,4 @@
-"""Issue 10: streaming executors. Ray tests share one local Ray instance (conftest) with two declared GPUs."""
+"""Streaming executors. Ray tests share one local Ray instance (conftest) with two declared GPUs."""
 
 from __future__ import annotations
 
