@@ -161,8 +161,8 @@ def test_spool_scatters_detections_into_dense_arrays(tmp_path: Path) -> None:
 
 
 def test_spool_is_private_and_removed_on_close() -> None:
-    """A spool lives in a private temporary folder of its own (0700, files 0600), gone once closed (
-    leftovers of killed runs: tests/test_isolation.py)."""
+    """A spool lives in a private temporary folder of its own (0700, files 0600), gone once closed
+    (leftovers of killed runs: tests/test_isolation.py)."""
     with DetectionSpool({"v": ((), np.float32)}) as spool:
         spool.append(v=[1.0])
         assert stat.S_IMODE(spool.dir.stat().st_mode) == 0o700
