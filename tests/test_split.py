@@ -24,7 +24,7 @@ from ether_prep.store import Store
 from . import trust_media as media
 from .conftest import DATA
 from .media import GRID_A, GRID_B, edited_dialogue
-from .ray_helpers import comparable_attrs, store_digest, registered_test_stages
+from .ray_helpers import comparable_attrs, registered_test_stages, store_digest
 
 pytestmark = pytest.mark.slow
 
