@@ -14,14 +14,18 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import zarr
 
 from ether_prep.errors import StageError
+from ether_prep.stages import STAGES
 from ether_prep.stages.base import Stage, Window
 from ether_prep.store import write_array
 
@@ -31,6 +35,16 @@ TEST_STAGES = {
     "face_nap": "tests.ray_helpers:FaceNapStage",
     "window_nap": "tests.ray_helpers:WindowNapStage",
 }
+
+
+@contextmanager
+def registered_test_stages() -> Iterator[None]:
+    """The test stages in the stage registry while the block runs, through monkeypatch: the registry is
+    restored however the block ends."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, target in TEST_STAGES.items():
+            patch.setitem(STAGES, name, target)
+        yield
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Issue 4: the face stage (MediaPipe and py-feat backends), its pure logic, storage, export and tracking."""
+"""The face stage (MediaPipe and py-feat backends), its pure logic, storage, export and tracking."""
 
 from __future__ import annotations
 
@@ -163,8 +163,8 @@ def test_spool_scatters_detections_into_dense_blocks() -> None:
 
 
 def test_spool_is_private_and_removed_on_close() -> None:
-    """A spool lives in a private temporary folder of its own (0700, files 0600), gone once closed (issue 16;
-    leftovers of killed runs: tests/test_isolation.py)."""
+    """A spool lives in a private temporary folder of its own (0700, files 0600), gone once closed
+    (leftovers of killed runs: tests/test_isolation.py)."""
     with DetectionSpool({"v": ((), np.float32)}) as spool:
         spool.append(v=[1.0])
         assert stat.S_IMODE(spool.dir.stat().st_mode) == 0o700
