@@ -9,10 +9,12 @@ completion marker after ``run`` returns, so an interrupted stage is never counte
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
+from ..windows import Window
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -42,18 +44,6 @@ class NoParams:
     """For stages without parameters."""
 
 
-@dataclass(frozen=True)
-class Window:
-    """Window ``index`` of ``count`` of one recording, ``start``..``end`` seconds, and what the stage needs to
-    compute exactly that window (``data``: its own; it travels with the task to whichever worker runs it)."""
-
-    index: int
-    count: int
-    start: float
-    end: float
-    data: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-
 class Stage(ABC):
     """Base class of all stages.
 
@@ -71,10 +61,11 @@ class Stage(ABC):
     - ``reads_recording``: True for a stage that decodes the recording itself (not an upstream stage's output):
       the file's identity (size, modification time, content digest) joins its fingerprint and marker, so a
       replaced or grown recording makes it stale;
-    - ``window_split``: True declares that the stage can compute one recording as time windows: the runner
-      asks :meth:`windows`; when it gives more than one, each window is a task of its own (:meth:`run_part`,
+    - ``windowed``: True declares that the stage can compute one recording as time windows: the runner
+      asks :meth:`windows`; when it gives more than one, each window is a task of its own (:meth:`run_window`,
       on any worker of the stage, in any order) and a last task joins them (:meth:`join`) into the stage's
-      output, which must equal what :meth:`run` writes. So one long recording keeps several workers busy;
+      output, which must equal what :meth:`run` writes. So one long recording keeps several workers busy
+      (eligibility, planning and the join's checks: :mod:`ether_prep.windows`);
     - ``manifest_columns``: what the stage adds to the root Parquet manifests, per manifest (:data:`MANIFESTS`):
       column name -> (Arrow type, description), the values coming from :meth:`manifest_values`; a name ending
       in ``*`` declares a family (``qc_*``: one column per metric); further items are flags: ``"last"`` puts
@@ -93,7 +84,7 @@ class Stage(ABC):
     backends: ClassVar[tuple[str, ...]] = ("builtin",)
     Params: ClassVar[type] = NoParams
     libraries: ClassVar[tuple[str, ...]] = ()
-    window_split: ClassVar[bool] = False
+    windowed: ClassVar[bool] = False
     reads_recording: ClassVar[bool] = False
     # What it adds to the root manifests and to the dataset's items: a run that selects such a stage brings the
     # manifests up to date at its end (one collect step, after every stage's finalize).
@@ -156,16 +147,16 @@ class Stage(ABC):
         return np.asarray(store.array(cls.name, name)[...])
 
     def windows(self, session: Session, store: SessionGroup) -> list[Window]:
-        """The time windows to compute ``session`` in (``window_split`` stages; called in the driver once the
+        """The time windows to compute ``session`` in (``windowed`` stages; called in the driver once the
         upstream stages are done, whose outputs ``store`` holds: keep it cheap); none or one: the whole
         recording, by :meth:`run`."""
         return []
 
-    def run_part(self, session: Session, store: SessionGroup, window: Window, out: zarr.Group) -> None:
+    def run_window(self, session: Session, store: SessionGroup, window: Window, out: zarr.Group) -> None:
         """Compute one window of ``session`` into ``out`` (a scratch group that :meth:`join` reads)."""
         raise NotImplementedError(f"stage {self.name!r} does not compute windows")
 
-    def join(self, session: Session, store: SessionGroup, parts: list[zarr.Group], out: zarr.Group) -> str | None:
+    def join(self, session: Session, store: SessionGroup, windows: list[zarr.Group], out: zarr.Group) -> str | None:
         """Stitch the windows' groups (in window order) into the stage's output ``out``, as :meth:`run`."""
         raise NotImplementedError(f"stage {self.name!r} does not compute windows")
 
