@@ -9,8 +9,9 @@ upstream makes it ``blocked``; anything else becomes a task for the executor, wh
 walk on. A changed parameter therefore redoes that stage and, through the fingerprints, every stage after
 it; ``force`` redoes all selected stages. When a stage has an outcome for every session its
 ``finalize`` runs, once. Nothing is handed to an executor (nor Ray started) when everything is cached. At the
-end of a run that selected a stage feeding the root manifests (``align``, ``qc``) the manifests are rebuilt if
-what they are built from changed (:func:`ether_prep.manifest.refresh_manifests`), and the metadata is
+end of a run that selected a stage feeding the root manifests (one declaring ``manifest_columns``: ``align``,
+``qc``) one collect step, after every stage's ``finalize``, rebuilds the manifests if what they are built from
+changed (:func:`ether_prep.manifest.refresh_manifests`), and the metadata is
 consolidated if anything was written: a fully cached rerun writes nothing.
 Every session runs to the end of every stage it can; failures are collected and summarised, never
 swallowed.
@@ -587,10 +588,11 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
             for outcome in runner.results(timeout=_POLL_S):
                 bars.finish(outcome)
                 walk.settle(outcome)
-        if any(p.feeds_manifests for p in planners.values()):
+        if any(p.feeds_manifests() for p in planners.values()):
             from .manifest import refresh_manifests
 
-            # The one writer of the manifests; a cached rerun finds them current and leaves them alone.
+            # The one collect step, the one writer of the manifests (from every registered stage's declared
+            # columns); a cached rerun finds them current and leaves them alone.
             summary.manifests_written = refresh_manifests(store)
     finally:
         bars.close()

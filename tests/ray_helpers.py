@@ -26,6 +26,7 @@ import zarr
 
 from ether_prep.errors import StageError
 from ether_prep.stages import STAGES
+from ether_prep.stages.audio import read_audio
 from ether_prep.stages.base import Stage, Window
 from ether_prep.store import write_array
 
@@ -65,8 +66,8 @@ class NapStage(Stage):
             os._exit(1)  # the worker process dies mid-session, as an OOM kill would do it
         if "bad" in session.relpath:
             raise StageError(f"{session.relpath}: refused by the nap stage")
-        wave = np.asarray(store.array("audio", "waveform")[...], dtype=np.float64)
-        rate = int(store.stage_group("audio").attrs["sample_rate"])
+        audio = read_audio(store)
+        wave, rate = audio.samples().astype(np.float64), audio.sample_rate
         seconds = max(1, int(np.ceil(len(wave) / rate)))
         rms = np.array([np.sqrt(np.mean(wave[i * rate:(i + 1) * rate] ** 2)) for i in range(seconds)])
         write_array(out, "rms", rms.astype(np.float32))
@@ -101,8 +102,8 @@ class WindowNapStage(NapStage):
             os._exit(1)
         if "bad" in session.relpath and window.index == 1:
             raise StageError(f"{session.relpath}: refused by the nap stage")
-        wave = np.asarray(store.array("audio", "waveform")[...], dtype=np.float64)
-        rate = int(store.stage_group("audio").attrs["sample_rate"])
+        audio = read_audio(store)
+        wave, rate = audio.samples().astype(np.float64), audio.sample_rate
         out.attrs["stage_state"] = store.stage_state(self.name).state  # what `status` says meanwhile
         seconds = range(int(window.start), int(np.ceil(window.end)))
         write_array(out, "rms", np.array([np.sqrt(np.mean(wave[i * rate:(i + 1) * rate] ** 2)) for i in seconds],

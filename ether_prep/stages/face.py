@@ -109,7 +109,8 @@ if TYPE_CHECKING:
     from ..spec import StageSpec
     from ..store import SessionGroup
 
-__all__ = ["FaceOutputs", "FaceParams", "FaceStage", "read_faces"]
+__all__ = ["FaceBlock", "FaceCounts", "FaceOutputs", "FaceParams", "FaceStage", "FaceStream", "open_faces",
+           "read_face_counts", "read_faces"]
 
 # Per-face values a window stores: FrameFaces' (boxes .. mouth_open, in its order), then appearance descriptors.
 _WINDOW_ROWS = ("box", "score", "landmarks", "au", "emotion", "pose", "mouth_open", "descriptor")
@@ -632,3 +633,65 @@ def read_faces(store: SessionGroup) -> FaceOutputs | None:
                         int(person[i]), int(shot[i])) for i in range(n)]
     return FaceOutputs(**arrays, au_names=list(g["au"].attrs["names"]),
                        emotion_names=list(g["emotion"].attrs["names"]), tracks=tracks)
+
+
+@dataclass(frozen=True)
+class FaceCounts:
+    """How many video frames the face stage decoded of one session, and how many packets failed to."""
+
+    frames_decoded: int
+    frames_corrupt: int
+
+
+def read_face_counts(store: SessionGroup) -> FaceCounts | None:
+    """The face stage's frame counts of one session (None when it is not done there); no array is read."""
+    if store.stage_state("face").state != "done":
+        return None
+    attrs = store.stage_group("face").attrs
+    return FaceCounts(int(attrs.get("frames_decoded", 0)), int(attrs.get("frames_corrupt", 0)))
+
+
+@dataclass(frozen=True)
+class FaceBlock:
+    """The faces of a run of analysed frames (``frames``: absolute indices; arrays (F, T, ...) as stored;
+    ``landmarks`` (F, T, L, 2 or 3) or None when the backend gave none)."""
+
+    frames: np.ndarray
+    times: np.ndarray
+    box: np.ndarray
+    score: np.ndarray
+    au: np.ndarray
+    emotion: np.ndarray
+    pose: np.ndarray
+    mouth: np.ndarray
+    landmarks: np.ndarray | None
+
+
+class FaceStream:
+    """The face stage's output of one session opened for reading a chunk of frames at a time (nothing is held
+    whole: exports of long recordings stay in bounded memory)."""
+
+    def __init__(self, group: Any) -> None:
+        self._group = group
+        self.au_names: list[str] = list(group["au"].attrs["names"])
+        self.emotion_names: list[str] = list(group["emotion"].attrs["names"])
+        self.n_tracks = int(group["box"].shape[1])
+        self.person: np.ndarray | None = group["person"][...] if "person" in group else None
+
+    def blocks(self) -> Iterator[FaceBlock]:
+        g = self._group
+        times = g["time"][...]
+        rows = max(1, g["au"].chunks[0])
+        has_landmarks = "landmarks" in g
+        for a in range(0, g["box"].shape[0], rows):
+            b = min(a + rows, g["box"].shape[0])
+            yield FaceBlock(np.arange(a, b), times[a:b], g["box"][a:b], g["score"][a:b], g["au"][a:b],
+                            g["emotion"][a:b], g["pose"][a:b], g["mouth_open"][a:b],
+                            g["landmarks"][a:b] if has_landmarks else None)
+
+
+def open_faces(store: SessionGroup) -> FaceStream | None:
+    """The face stage's output of one session for block reads; None when the stage was skipped (no video); a
+    StoreError when it is not complete."""
+    group = store.stage_group("face")
+    return FaceStream(group) if "au" in group else None

@@ -94,6 +94,7 @@ from ..windows import (
     whole_attrs,
     window_length,
 )
+from .audio import read_audio
 from .base import Stage
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ if TYPE_CHECKING:
     from ..speech.backends import Transcriber
     from ..store import SessionGroup
 
-__all__ = ["TranscribeParams", "TranscribeStage"]
+__all__ = ["TranscribeOutputs", "TranscribeParams", "TranscribeStage", "read_words", "write_words"]
 
 _COMPUTE_TYPES = {"default", "auto", "int8", "int8_float16", "int8_float32", "int8_bfloat16", "int16",
                   "float16", "bfloat16", "float32"}
@@ -300,12 +301,11 @@ class TranscribeStage(Stage):
         return signals
 
     def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
-        audio_attrs = store.stage_group("audio").attrs
-        sample_rate = int(audio_attrs.get("sample_rate", 16000))
+        audio = read_audio(store)
+        sample_rate, audio_attrs = audio.sample_rate, audio.attrs
         channels = int(audio_attrs.get("channels") or (audio_attrs.get("probe") or {}).get("audio_channels") or 1)
         per_channel = self._channels(session, sample_rate, channels, int(audio_attrs.get("track", 0)))
-        signals = per_channel if per_channel is not None else [
-            np.asarray(store.array("audio", "waveform")[...], dtype=np.float32)]
+        signals = per_channel if per_channel is not None else [audio.samples()]
         words, infos, speech = [], [], []
         for ch, audio in enumerate(signals):
             channel = ch if per_channel is not None else -1
@@ -348,12 +348,12 @@ class TranscribeStage(Stage):
         window_s = self._window_s(session)
         if window_s is None or self._whole_because(session):
             return []
-        attrs = store.stage_group("audio").attrs
-        rate, n = int(attrs["sample_rate"]), int(attrs["n_samples"])
+        audio = read_audio(store)
+        rate, n = audio.sample_rate, audio.n_samples
         count = int(n / rate // window_s)
         if count < 2:
             return []
-        wave = store.array("audio", "waveform")
+        wave = audio.waveform
         reach = round(min(n / count / 4 / rate, _CUT_REACH_S) * rate)
         cuts, pauses = [], []
         for target in even_cuts(n, count):
@@ -367,11 +367,11 @@ class TranscribeStage(Stage):
 
     def run_window(self, session: Session, store: SessionGroup, window: Window, out: zarr.Group) -> None:
         """Transcribe one window's samples (VAD, batch, guard), times shifted to the recording's."""
-        rate = int(store.stage_group("audio").attrs["sample_rate"])
+        audio = read_audio(store)
+        rate = audio.sample_rate
         span = span_attrs(window)
         first, stop = span["first"], span["stop"]
-        words, info = self.transcribe(np.asarray(store.array("audio", "waveform")[first:stop], dtype=np.float32),
-                                      rate)
+        words, info = self.transcribe(audio.samples(first, stop), rate)
         t0 = first / rate
         words = [{**w, "channel": -1} for w in shift_words(words, t0, stop / rate)]
         _write_words(out, words, [(s + t0, e + t0, -1) for s, e in info.pop("speech")])
@@ -383,8 +383,8 @@ class TranscribeStage(Stage):
     def join(self, session: Session, store: SessionGroup, windows: list[zarr.Group], out: zarr.Group) -> str | None:
         """The windows' words and speech in time order; attrs summed over windows, as over channels."""
         self.setup()  # the model's name and source for the attrs (the worker has it loaded)
-        audio = store.stage_group("audio").attrs
-        check_tiling(spans(windows), f"{session.path}: transcribe", "sample", int(audio["n_samples"]))
+        audio = read_audio(store)
+        check_tiling(spans(windows), f"{session.path}: transcribe", "sample", audio.n_samples)
         words: list[dict[str, Any]] = []
         speech: list[tuple[float, float, int]] = []
         infos = []
@@ -396,7 +396,7 @@ class TranscribeStage(Stage):
                               strict=True))
             infos.append(dict(g.attrs))
         attrs = self._attrs(infos, split=False)
-        rate = int(audio["sample_rate"])
+        rate = audio.sample_rate
         cuts = [{"at": round(stop / rate, 3), "pause_s": g.attrs["pause_s"]}
                 for g, (_, stop) in zip(windows[:-1], spans(windows), strict=False)]
         attrs["windows"] = joined_attrs(windows, cuts=cuts, languages=[i["language"] for i in infos])
@@ -431,21 +431,65 @@ class TranscribeStage(Stage):
         }
 
 
+# The words table's columns, written by this stage and (with speakers) by the utterances stage: one writer.
+_WORD_COLUMNS: dict[str, Any] = {"text": str, "start": np.float64, "end": np.float64, "score": np.float32,
+                                 "speaker": str, "interpolated": bool, "channel": np.int8, "source": str}
+_WORD_DEFAULTS: dict[str, Any] = {"interpolated": False}
+
+
+def write_words(out: zarr.Group, words: list[dict[str, Any]], columns: tuple[str, ...],
+                dim: str | None = None) -> None:
+    """The ``words`` table of ``words`` (dicts), with ``columns`` (of :data:`_WORD_COLUMNS`), in that order."""
+    write_table(out, "words", {c: np.array([w.get(c, _WORD_DEFAULTS[c]) if c in _WORD_DEFAULTS else w[c]
+                                            for w in words], dtype=_WORD_COLUMNS[c]) for c in columns},
+                attrs={"units": "seconds"}, dim=dim)
+
+
 def _write_words(out: zarr.Group, words: list[dict[str, Any]], speech: list[tuple[float, float, int]]) -> None:
-    write_table(out, "words", {
-        "text": np.array([w["text"] for w in words], dtype=str),
-        "start": np.array([w["start"] for w in words], dtype=np.float64),
-        "end": np.array([w["end"] for w in words], dtype=np.float64),
-        "score": np.array([w["score"] for w in words], dtype=np.float32),
-        "interpolated": np.array([bool(w.get("interpolated", False)) for w in words], dtype=bool),
-        "channel": np.array([w["channel"] for w in words], dtype=np.int8),
-        "source": np.array([w["source"] for w in words], dtype=str),
-    }, attrs={"units": "seconds"})
+    write_words(out, words, ("text", "start", "end", "score", "interpolated", "channel", "source"))
     write_table(out, "speech", {
         "start": np.array([s for s, _, _ in speech], dtype=np.float64),
         "end": np.array([e for _, e, _ in speech], dtype=np.float64),
         "channel": np.array([c for _, _, c in speech], dtype=np.int8),
     }, attrs={"units": "seconds"})
+
+
+@dataclass(frozen=True)
+class TranscribeOutputs:
+    """A session's transcription as this stage stored it: the ``words`` table (columns as in the module
+    docstring) and the stage's attributes."""
+
+    words: dict[str, np.ndarray]
+    attrs: dict[str, Any]
+
+    @property
+    def n_words(self) -> int:
+        return len(self.words["text"])
+
+    @property
+    def speech_seconds(self) -> float:
+        return float(self.attrs.get("speech_seconds", float("nan")))
+
+    @property
+    def speech_coverage(self) -> float | None:
+        value = self.attrs.get("speech_coverage")
+        return None if value is None else float(value)
+
+    @property
+    def language(self) -> str | None:
+        return self.attrs.get("language")
+
+    @property
+    def model(self) -> str | None:
+        return self.attrs.get("model")
+
+
+def read_words(store: SessionGroup) -> TranscribeOutputs | None:
+    """The transcribe stage's output for one session (None when it is not done there: no audio, not run)."""
+    if store.stage_state("transcribe").state != "done":
+        return None
+    group = store.stage_group("transcribe")
+    return TranscribeOutputs(read_table(group, "words"), dict(group.attrs))
 
 
 def _note(words: list[dict[str, Any]], attrs: dict[str, Any]) -> str | None:
