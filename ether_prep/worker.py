@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import time
@@ -172,6 +173,7 @@ class StageWorker:
         session = task.session
         started_at, t0 = time.time(), time.perf_counter()
         part = task.part
+        logging.getLogger("ether_prep.progress").info("%s [%s]: started", task.key, self.spec.name)
         if lost := _lock_lost(self.store_path, task.run_token):
             return Outcome(session.id, self.spec.name, "failed", lost, 0.0, task.media_s, started_at=started_at,
                            part=part)
