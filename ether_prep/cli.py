@@ -338,7 +338,7 @@ def status(
     import json
     import socket
 
-    from .config import load_pipeline
+    from .config import DEFAULT_CONFIG, load_pipeline
     from .lock import STORE_LOCK, describe, is_stale, read_holder
     from .runner import gone_note, missing_recordings, status_table
     from .stages.qc import read_review
@@ -362,7 +362,8 @@ def status(
     verdicts = {sid: _review(read_review, store, sid) for sid in store.session_ids()}
     review = {sid: list(v.reasons) for sid, v in verdicts.items() if v.needs_review}
     if as_json:
-        typer.echo(json.dumps({"store": str(out), "pipeline": name, "sessions": len(store.session_ids()),
+        typer.echo(json.dumps({"store": str(out), "pipeline": name, "config": str(path or DEFAULT_CONFIG),
+                               "sessions": len(store.session_ids()),
                                "counts": counts, "needs_review": review, "rows": rows,
                                "missing_recordings": [{"session": sid, "recording": rel} for sid, rel in gone]},
                               ensure_ascii=False))
@@ -374,6 +375,7 @@ def status(
              colours.get(row["state"]))
     typer.echo(f"{len(store.session_ids())} session(s), pipeline {name!r}: "
                + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    typer.echo(f"compared against pipeline {name!r} of {path or DEFAULT_CONFIG}")
     if gone:
         _say(gone_note(gone, "at their stored path (moved? a run over their raw folder updates it)"),
              colours["review"])

@@ -123,8 +123,12 @@ def test_status_of_one_session(store: Path) -> None:
     res = CliRunner().invoke(app, ["status", "--out", str(store), "-p", "cpu", "--session", "call-1a2b3c4d",
                                    "--json"])
     assert res.exit_code == 0, res.output
-    rows = json.loads(res.output)["rows"]
+    doc = json.loads(res.output)
+    rows = doc["rows"]
     assert rows and {r["session"] for r in rows} == {"call-1a2b3c4d"}
+    assert Path(doc["config"]).name == "pipelines.yaml" and Path(doc["config"]).is_file()  # what it compared with
+    text = CliRunner().invoke(app, ["status", "--out", str(store), "-p", "cpu", "--session", "call-1a2b3c4d"])
+    assert f"compared against pipeline 'cpu' of {doc['config']}" in text.output
     assert CliRunner().invoke(app, ["status", "--out", str(store), "--session", "nope"]).exit_code == 2
 
 
