@@ -177,6 +177,7 @@ class AlignedStore:
     def to_pandas(self, which: str = "utterances") -> Any:
         """A manifest as a pandas DataFrame: ``utterances``, ``pairs`` or ``sessions``, as it is now; a
         StoreError when any of its sessions was re-aligned after it was written."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         from .store import stage_marker
@@ -187,7 +188,12 @@ class AlignedStore:
         path = self._store.manifest_path(names[which])
         if not path.exists():
             raise StoreError(f"{self.path}: no {path.name}; run `ether-prep align --out {self.path}` first")
-        frame = pq.read_table(path).to_pandas()
+        table = pq.read_table(path)
+        frame = table.to_pandas()
+        for field in table.schema:  # nullable integer ids stay integers (plain pandas makes them float64)
+            if pa.types.is_integer(field.type) and (table.column(field.name).null_count
+                                                    or b"null" in (field.metadata or {}).get(b"description", b"")):
+                frame[field.name] = frame[field.name].astype("Int64")
         if "align_fingerprint" in frame:  # checked on the real ids, before any aliasing
             rows = frame[["session_id", "align_fingerprint", "align_finished_at"]].drop_duplicates()
             for sid, fp, finished in rows.itertuples(index=False):

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import ModelError, StageError
+from ..errors import ModelError, StageError, hub_unreachable, not_local
 from ..records import Turn
 
 __all__ = ["DEFAULT_PIPELINE", "PyannoteDiarizer"]
@@ -34,7 +34,9 @@ class PyannoteDiarizer:
         self.model = model or DEFAULT_PIPELINE
         token = os.environ.get("HF_TOKEN")
         path = Path(self.model).expanduser()
-        if (os.sep in self.model or self.model.startswith(".")) and not path.exists():
+        # A hub id is owner/name; a path has more parts, or starts at /, . or ~.
+        looks_like_path = self.model.startswith(("/", ".", "~")) or self.model.count("/") > 1
+        if looks_like_path and not path.exists():
             raise ModelError(f"diarization model {self.model!r}: no such file or directory; give a local pyannote "
                              f"pipeline directory (with config.yaml) or a hub name such as {DEFAULT_PIPELINE!r}")
         try:
@@ -43,6 +45,8 @@ class PyannoteDiarizer:
             self.pipeline = DiarizationPipeline(model_name=str(path) if path.exists() else self.model,
                                                 token=token, device=params.device, cache_dir=params.cache_dir)
         except Exception as exc:
+            if not path.exists() and hub_unreachable(exc):
+                raise ModelError(f"diarization: {not_local(self.model, exc)}") from exc
             hint = ("set HF_TOKEN to a Hugging Face token that accepted the model's conditions"
                     if not token and not path.exists() else
                     "check the path or the network; offline, use the 'embeddings' backend or a local copy")

