@@ -586,7 +586,7 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
             runner = make_executor(executor, specs, store.url, ray_address=ray_address, workers=workers,
                                    worker_logs=progress, progress=bars.advance if bars.bars else None,
                                    sessions=len(todo), media_s=sum(todo.values()))
-            summary.executor = type(runner).__name__.removesuffix("Executor").lower()
+            summary.executor = runner.name
             walk.executor = runner
             for name in walk.finished:
                 runner.stage_finished(name)
@@ -608,7 +608,7 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
         bars.close()
         if runner is not None:
             summary.placements = dict(runner.placements)
-            summary.actors = list(getattr(runner, "actor_log", []))
+            summary.actors = runner.actor_log
             runner.close()
         try:
             # Windows of a joined or failed stage, or left by an earlier run and not kept, go; an interrupted
