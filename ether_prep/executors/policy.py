@@ -1,4 +1,4 @@
-"""How many actors each stage's pool has: a pure decision, tested without Ray (``tests/test_pool_policy.py``).
+"""How many actors each stage's pool has: a pure decision, tested without Ray (``tests/executors/test_policy.py``).
 
 The Ray executor describes its pools (:class:`PoolView`) and the cluster (:class:`Resources`) and applies what
 :func:`decide` returns: which idle actors to stop, then which stages get one more actor. In order of need:

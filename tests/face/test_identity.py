@@ -19,9 +19,9 @@ from ether_prep.face.tracking import FaceTracker
 from ether_prep.stages.face import FaceStage
 from ether_prep.store import read_table
 
-from .conftest import DATA, pipeline_file
-from .media import FPS, GRID_A, GRID_B, dissolve, edited_dialogue, reentry
-from .test_face import _spec, run_face
+from ..conftest import DATA, pipeline_file
+from ..media import FPS, GRID_A, GRID_B, dissolve, edited_dialogue, reentry
+from ..stages.test_face import _spec, run_face
 
 FRAME = 1.0 / FPS
 

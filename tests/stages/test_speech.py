@@ -21,9 +21,9 @@ from ether_prep import speech as sp
 from ether_prep.errors import ConfigError
 from ether_prep.records import Turn
 
-from .conftest import DATA, pipeline, pipeline_file
-from .media import write_wav
-from .scoring import der, matched_words, read_rttm, read_stm, wer, word_errors
+from ..conftest import DATA, pipeline, pipeline_file
+from ..media import write_wav
+from ..scoring import der, matched_words, read_rttm, read_stm, wer, word_errors
 
 SPEECH_STAGES = ["audio", "transcribe", "diarize", "utterances"]
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")

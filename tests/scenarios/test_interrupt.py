@@ -20,8 +20,8 @@ from ether_prep.config import load_pipeline
 from ether_prep.lock import STORE_LOCK, read_holder
 from ether_prep.runner import run_pipeline
 
-from . import trust_media as media
-from .conftest import DATA, pipeline_file
+from .. import trust_media as media
+from ..conftest import DATA, pipeline_file
 
 pytestmark = pytest.mark.slow
 

@@ -20,8 +20,8 @@ import pytest
 
 from ether_prep import speech as sp
 
-from .conftest import pipeline, pipeline_file
-from .media import SR, speech_clip, words_in_place, write_wav
+from ..conftest import pipeline, pipeline_file
+from ..media import SR, speech_clip, words_in_place, write_wav
 
 GAP_S = 0.15
 PER_CLIP_IN_PLACE = 0.67

@@ -60,9 +60,9 @@ from ether_prep.runner import run_pipeline
 from ether_prep.sessions import session_id
 from ether_prep.store import Store
 
-from . import trust_media as media
-from .conftest import DATA, pipeline, pipeline_file
-from .scoring import wer
+from .. import trust_media as media
+from ..conftest import DATA, pipeline, pipeline_file
+from ..scoring import wer
 
 pytestmark = pytest.mark.slow
 

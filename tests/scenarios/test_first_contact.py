@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from ether_prep.cli import app
 from ether_prep.store import Store, write_table
 
-from .conftest import DATA, ROOT
+from ..conftest import DATA, ROOT
 
 # What MediaPipe, TFLite and glog print from C++ when a landmarker is built (mediapipe 1.2).
 NATIVE = ("inference_feedback_manager", "XNNPACK", "W0000", "I0000", "InitGoogle", "face_landmarker_graph",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, SHARED
+from ..conftest import ROOT, SHARED
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +64,7 @@ def test_a_fresh_clone_runs_the_readme_first_command_to_the_end(tmp_path: Path) 
     from ether_prep.records import Turn
     from ether_prep.store import Store
 
-    from .scoring import der, read_rttm, read_stm, wer
+    from ..scoring import der, read_rttm, read_stm, wer
 
     store = Store(repo / "ether_prep_demo.zarr", mode="r")
     group = store.session(next(s for s in store.session_ids() if s.startswith("call")))

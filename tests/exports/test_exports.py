@@ -13,7 +13,7 @@ from ether_prep.cli import app
 from ether_prep.sessions import session_id
 from ether_prep.store import Store, write_table
 
-from .conftest import DATA, GRID2
+from ..conftest import DATA, GRID2
 
 pytestmark = pytest.mark.slow  # they read the store the real cpu pipeline wrote (conftest `aligned`)
 
@@ -110,7 +110,7 @@ def opendbm_openface(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The face stage on the OpenFace reference clip, exported in OpenFace's layout."""
     from ether_prep.exports.faces import write_openface_csv
 
-    from .test_face import run_face
+    from ..stages.test_face import run_face
 
     tmp = tmp_path_factory.mktemp("openface")
     _, _, group = run_face(DATA / "face" / "opendbm_subj01.mp4", tmp)
@@ -287,7 +287,7 @@ def two_faces_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The face stage on the side-by-side clip (two people), exported in py-feat's layout."""
     from ether_prep.exports.faces import write_faces_csv
 
-    from .test_face import run_face
+    from ..stages.test_face import run_face
 
     tmp = tmp_path_factory.mktemp("two_faces")
     _, _, group = run_face(GRID2, tmp)

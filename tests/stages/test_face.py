@@ -31,8 +31,8 @@ from ether_prep.sessions import probe_session
 from ether_prep.stages.face import FaceStage
 from ether_prep.store import SessionGroup, Store, read_table
 
-from .conftest import DATA, MODELS, ROOT, pipeline
-from .trust_media import cli_argv
+from ..conftest import DATA, MODELS, ROOT, pipeline
+from ..trust_media import cli_argv
 
 FACE = DATA / "face"
 _STAGES: dict[tuple, FaceStage] = {}
@@ -164,7 +164,7 @@ def test_spool_scatters_detections_into_dense_blocks() -> None:
 
 def test_spool_is_private_and_removed_on_close() -> None:
     """A spool lives in a private temporary folder of its own (0700, files 0600), gone once closed
-    (leftovers of killed runs: tests/test_isolation.py)."""
+    (leftovers of killed runs: tests/scenarios/test_isolation.py)."""
     with DetectionSpool({"v": ((), np.float32)}) as spool:
         spool.append(v=[1.0])
         assert stat.S_IMODE(spool.dir.stat().st_mode) == 0o700
@@ -365,7 +365,7 @@ def test_pyfeat_backend_offline_with_random_weights(tmp_path_factory: pytest.Tem
     """py-feat's real Detectorv2 on a real clip, with RANDOM weights generated here (no weights can be
     downloaded on this machine): THE VALUES ARE MEANINGLESS. It checks that the backend runs offline and
     stores the same schema as the mediapipe backend: shapes, dtypes, names, attrs."""
-    from .pyfeat_weights import build_random_pyfeat_v2
+    from ..pyfeat_weights import build_random_pyfeat_v2
 
     weights = build_random_pyfeat_v2(tmp_path_factory.mktemp("pyfeat_random_weights"))
     # Random RetinaFace scores tie everywhere, so its one box per frame jumps about: keep one-frame tracks.

@@ -22,8 +22,8 @@ from ether_prep.adapters import pyav
 from ether_prep.sessions import probe_session, scan, session_id
 from ether_prep.store import read_table
 
-from .conftest import GRID2, audio_config, pipeline, pipeline_file
-from .trust_media import JFK, LIBRI, ffmpeg
+from ..conftest import GRID2, audio_config, pipeline, pipeline_file
+from ..trust_media import JFK, LIBRI, ffmpeg
 
 LEAD_S = 1.5  # silence (and a frozen first frame) before the in-sync copy's speech
 DELAY_S = 1.4  # where the delayed copy's audio stream starts
@@ -270,7 +270,7 @@ def test_discovery_finds_common_extensions_and_lists_the_rest(tmp_path: Path) ->
 
 
 def test_validate_says_what_it_skipped(tmp_path: Path) -> None:
-    from .trust_media import cli
+    from ..trust_media import cli
 
     raw = tmp_path / "raw"
     raw.mkdir()
