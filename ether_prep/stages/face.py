@@ -76,6 +76,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..contracts import check_device
 from ..errors import InputError, StageError
 from ..face import AU_NAMES, EMOTION_NAMES, POSE_NAMES, FrameFaces
 from ..face.backends import BACKENDS, EMBEDDERS, FaceBackend
@@ -136,6 +137,7 @@ class FaceParams:
         for key in ("min_detection_confidence", "min_presence_confidence", "min_tracking_confidence"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"{key} must be within [0, 1], got {getattr(self, key)}")
+        check_device(self.device, ("cpu", "cuda", "cuda:N", "mps", "auto"))
         if self.detector not in ("v1", "v2"):
             raise ValueError(f"detector must be 'v1' or 'v2', got {self.detector!r}")
         if self.max_gap_s < 0 or not 0.0 <= self.appearance_weight <= 1.0:
@@ -502,7 +504,7 @@ class FaceStage(Stage):
             "cut_times": shots.cut_times, "identity_model": identity_model,
             "identity_params": {
                 "threshold": threshold, "metric": "euclidean (L2-normalised embeddings)",
-                "every_s": p.identity_every_s, "max_per_track": p.max_embeddings_per_track,
+                "identity_every_s": p.identity_every_s, "max_embeddings_per_track": p.max_embeddings_per_track,
                 "cut_threshold": p.cut_threshold, "cut_ratio": shots.ratio,
                 "largest_jump_within_a_shot": round(shots.max_within_shot, 3),
                 "embeddings_computed": sequence.embeddings_computed,
