@@ -112,3 +112,10 @@ def test_transcription_is_the_transcribers_contract() -> None:
     assert inspect.get_annotations(whisperx_asr.WhisperxTranscriber.transcribe, eval_str=True)["return"] is \
         contracts.Transcription
     assert not hasattr(whisperx_asr, "AsrResult")
+
+
+def test_contracts_is_a_leaf() -> None:
+    """Adapters, backends and stages all import it: it imports nothing of ether_prep but the records."""
+    tree = ast.parse((ROOT / "ether_prep" / "contracts.py").read_text(encoding="utf-8"))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level}
+    assert imported == {"records"}

@@ -39,7 +39,6 @@ def aligning_model_class() -> type:
     output already computed. whisperx calls it once per batch, in order; the extras are appended in that
     order, which the transcriber checks against the segments returned.
     """
-    import faster_whisper.transcribe as fwt
     from whisperx.asr import WhisperModel
 
     class AligningWhisperModel(WhisperModel):
@@ -65,26 +64,13 @@ def aligning_model_class() -> type:
             for r in results:
                 seq_len = len(r.sequences_ids[0])
                 avg_logprobs.append(r.scores[0] * (seq_len ** options.length_penalty) / (seq_len + 1))
-            alignments: list[list[dict[str, Any]]] = [[] for _ in range(batch_size)]
             # With timestamp tokens in the sequence (nearly always probable) its mean log-probability no longer
             # tells speech from noise; the text tokens' own probabilities, from the alignment pass, still do.
             text_logprobs = list(avg_logprobs)
+            alignments: list[list[dict[str, Any]]] = [[] for _ in range(batch_size)]
             if (self.word_timestamps or not options.without_timestamps) and any(tokens):
-                feats = np.asarray(features)
-                frames = [max(_content_frames(feats[i]), 2) for i in range(batch_size)]
-                # ctranslate2 cannot align an empty sequence: give empty items the end-of-text token alone.
-                to_align = [t if t else [tokenizer.eot] for t in tokens]
-                found = self.find_alignment(tokenizer, to_align, encoder_output, frames)
-                for i, words in enumerate(found):
-                    if not tokens[i]:
-                        continue
-                    if not options.without_timestamps and words:
-                        n = sum(len(w["tokens"]) for w in words)
-                        text_logprobs[i] = sum(len(w["tokens"]) * np.log(max(w["probability"], 1e-9))
-                                               for w in words) / max(n, 1)
-                    if self.word_timestamps:
-                        fwt.merge_punctuations(words, options.prepend_punctuations, options.append_punctuations)
-                        alignments[i] = [w for w in words if w["word"]]
+                alignments = _aligned_words(self, np.asarray(features), tokenizer, options, tokens, encoder_output,
+                                            text_logprobs)
             for i, r in enumerate(results):
                 self.extras.append({"no_speech_prob": float(r.no_speech_prob), "words": alignments[i],
                                     "avg_logprob": float(text_logprobs[i])})
@@ -92,6 +78,30 @@ def aligning_model_class() -> type:
             return {"text": text, "avg_logprob": avg_logprobs}
 
     return AligningWhisperModel
+
+
+def _aligned_words(model: Any, feats: np.ndarray, tokenizer: Any, options: Any, tokens: list[list[int]],
+                   encoder_output: Any, text_logprobs: list[float]) -> list[list[dict[str, Any]]]:
+    """Cross-attention word times of each item of a batch (faster-whisper 1.2.1's ``find_alignment`` and
+    ``merge_punctuations``, as its ``add_word_timestamps`` uses them), over its frames before the padding;
+    with timestamp tokens decoded, ``text_logprobs[i]`` becomes the mean log-probability of the text tokens."""
+    import faster_whisper.transcribe as fwt
+
+    alignments: list[list[dict[str, Any]]] = [[] for _ in tokens]
+    frames = [max(_content_frames(feats[i]), 2) for i in range(len(tokens))]
+    # ctranslate2 cannot align an empty sequence: give empty items the end-of-text token alone.
+    to_align = [t if t else [tokenizer.eot] for t in tokens]
+    found = model.find_alignment(tokenizer, to_align, encoder_output, frames)
+    for i, words in enumerate(found):
+        if not tokens[i]:
+            continue
+        if not options.without_timestamps and words:
+            n = sum(len(w["tokens"]) for w in words)
+            text_logprobs[i] = sum(len(w["tokens"]) * np.log(max(w["probability"], 1e-9)) for w in words) / max(n, 1)
+        if model.word_timestamps:
+            fwt.merge_punctuations(words, options.prepend_punctuations, options.append_punctuations)
+            alignments[i] = [w for w in words if w["word"]]
+    return alignments
 
 
 def recording_vad(inner: Any) -> Any:

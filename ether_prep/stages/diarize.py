@@ -22,7 +22,7 @@ Example (pipelines.yaml)::
 Output group ``diarize/``::
 
     turns   table: start, end (float64 s), speaker (str, "SPEAKER_00" ...)
-    attrs   backend, model, n_speakers, libraries
+    attrs   backend, model, n_speakers (library versions: the stage marker)
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import numpy as np
 
 from ..contracts import check_device
 from ..errors import ConfigError
-from ..provenance import library_versions
 from ..records import Turn
 from ..speech.backends import DIARIZERS, diarizer_class
 from ..store import read_table, write_table
@@ -142,8 +141,7 @@ class DiarizeStage(Stage):
             "speaker": np.array([t.speaker for t in turns], dtype=str),
         }, attrs={"units": "seconds"}, dim="turn")
         out.attrs.update({"backend": self.spec.backend, "model": self.model_info()["id"],
-                          "n_speakers": len(speakers), "speakers": speakers,
-                          "libraries": library_versions(*self.library_names())})
+                          "n_speakers": len(speakers), "speakers": speakers})
         return None if turns else "no speech found: zero turns"
 
 

@@ -82,7 +82,6 @@ from ..face import AU_NAMES, EMOTION_NAMES, POSE_NAMES, FrameFaces
 from ..face.backends import BACKENDS, EMBEDDERS, FaceBackend
 from ..face.sequence import FaceSequence, descriptors
 from ..face.shots import ShotDetector
-from ..provenance import library_versions
 from ..records import FaceTrack
 from ..sessions import check_unchanged
 from ..store import read_table, write_array, write_labels, write_table
@@ -499,7 +498,7 @@ class FaceStage(Stage):
             "frame_width": sequence.size[0], "frame_height": sequence.size[1],
             "n_tracks": n_tracks, "n_landmarks": self._backend.n_landmarks,
             "fps_analysed": round(n_frames / elapsed, 2) if elapsed > 0 else None,
-            "libraries": library_versions(*self.library_names()), "params": self.spec.params_dict(),
+            "params": self.spec.params_dict(),
             "n_persons": int(tracks.person.max() + 1) if n_tracks else 0, "n_shots": int(shots.shot + 1),
             "cut_times": shots.cut_times, "identity_model": identity_model,
             "identity_params": {

@@ -15,7 +15,7 @@ Output group ``transcribe/``::
             source (str: "batch" = whisperx's batched pass, "redecode" = the completeness guard)
     speech  table: start, end (float64 s), channel (int, -1 = downmix): the speech regions coverage is
             measured against
-    attrs   language, model, model_source, aligner, n_segments, dropped_segments, channels, libraries,
+    attrs   language, model, model_source, aligner, n_segments, dropped_segments, channels,
             speech_seconds, covered_seconds (by word spans widened by ``coverage_slack_s``),
             speech_coverage (0..1, null without speech), redecoded ([[start, end], ...]),
             uncovered ([{start, end, reason}, ...]), stretched_words, completeness_seconds (the guard's time)
@@ -68,7 +68,6 @@ import numpy as np
 
 from ..contracts import Transcription, check_device
 from ..errors import StageError
-from ..provenance import library_versions
 from ..speech.backends import TRANSCRIBERS, transcriber_class
 from ..speech.completeness import (
     cut_long_words,
@@ -422,7 +421,6 @@ class TranscribeStage(Stage):
             "uncovered": [u for i in infos for u in i["uncovered"]],
             "stretched_words": sum(i["stretched_words"] for i in infos),
             "completeness_seconds": round(sum(i["guard_seconds"] for i in infos), 3),
-            "libraries": library_versions(*self.library_names()),
         }
 
 

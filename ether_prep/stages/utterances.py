@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..provenance import library_versions
 from ..speech import assign_speakers, build_utterances, build_utterances_by_stream
 from ..store import read_table, write_table
 from .base import Stage
@@ -150,5 +149,5 @@ class UtterancesStage(Stage):
         out.attrs.update({"language": tx.get("language"), "asr_model": tx.get("model"),
                           "diarization": store.stage_group("diarize").attrs.get("backend"),
                           "n_words": n, "n_utterances": len(utts),
-                          "speakers": sorted({u.speaker for u in utts}), "libraries": library_versions()})
+                          "speakers": sorted({u.speaker for u in utts})})
         return None if utts else "no words: zero utterances"
