@@ -80,7 +80,7 @@ from ..contracts import check_device
 from ..errors import InputError, StageError
 from ..face import AU_NAMES, EMOTION_NAMES, POSE_NAMES, FrameFaces
 from ..face.backends import BACKENDS, EMBEDDERS, FaceBackend
-from ..face.sequence import FaceSequence, descriptors
+from ..face.sequence import FaceSequence, Tracks, descriptors
 from ..face.shots import ShotDetector
 from ..records import FaceTrack
 from ..sessions import check_unchanged
@@ -458,19 +458,7 @@ class FaceStage(Stage):
         write_array(out, "time", sequence.frames.read("time"), attrs={"units": "s"})
         write_array(out, "shot", sequence.frames.read("shot"), dims=("time",),
                     attrs={"description": "shot index of each analysed frame"})
-        # (array, its last dimension and that dimension's labels, attrs): xarray reads them as labelled data.
-        dense = [("au", "au_name", AU_NAMES, {"names": list(AU_NAMES)}),
-                 ("emotion", "emotion_name", EMOTION_NAMES, {"names": list(EMOTION_NAMES)}),
-                 ("pose", "angle", POSE_NAMES, {"names": list(POSE_NAMES), "units": "degrees"}),
-                 ("box", "box_edge", ("x0", "y0", "x1", "y1"), {"names": ["x0", "y0", "x1", "y1"], "units": "px"}),
-                 ("score", None, (), {}), ("mouth_open", None, (), {"description": "lip aperture / mouth width"}),
-                 ("landmarks", "xyz", ("x", "y", "z"), {"names": ["x", "y", "z"], "units": "px"})]
-        for name, dim, labels, attrs in dense:
-            dims = ("time", "track", *(("landmark",) if name == "landmarks" else ()), *((dim,) if dim else ()))
-            sequence.detections.write_dense(out, name, name, tracks.frame, tracks.track, n_frames, n_tracks,
-                                            attrs=attrs, dims=dims)
-            if dim:
-                write_labels(out, dim, labels)
+        _write_dense(out, sequence, tracks, n_frames, n_tracks)
         threshold = sequence.identities.threshold
         identity_model = self._embedder.model_id if self._embedder is not None else None
         write_array(out, "person", tracks.person, dims=("track",),
@@ -519,6 +507,23 @@ class FaceStage(Stage):
             suffix = f"{stats.corrupt} corrupt packet(s) skipped"
             note = f"{note}; {suffix}" if note else suffix
         return note
+
+
+def _write_dense(out: zarr.Group, sequence: FaceSequence, tracks: Tracks, n_frames: int, n_tracks: int) -> None:
+    """The per-frame, per-track arrays (time x track x ...), each with its labelled last dimension."""
+    # (array, its last dimension and that dimension's labels, attrs): xarray reads them as labelled data.
+    dense = [("au", "au_name", AU_NAMES, {"names": list(AU_NAMES)}),
+             ("emotion", "emotion_name", EMOTION_NAMES, {"names": list(EMOTION_NAMES)}),
+             ("pose", "angle", POSE_NAMES, {"names": list(POSE_NAMES), "units": "degrees"}),
+             ("box", "box_edge", ("x0", "y0", "x1", "y1"), {"names": ["x0", "y0", "x1", "y1"], "units": "px"}),
+             ("score", None, (), {}), ("mouth_open", None, (), {"description": "lip aperture / mouth width"}),
+             ("landmarks", "xyz", ("x", "y", "z"), {"names": ["x", "y", "z"], "units": "px"})]
+    for name, dim, labels, attrs in dense:
+        dims = ("time", "track", *(("landmark",) if name == "landmarks" else ()), *((dim,) if dim else ()))
+        sequence.detections.write_dense(out, name, name, tracks.frame, tracks.track, n_frames, n_tracks,
+                                        attrs=attrs, dims=dims)
+        if dim:
+            write_labels(out, dim, labels)
 
 
 @dataclass(frozen=True)
