@@ -156,9 +156,9 @@ def test_pyannote_backend_without_model_is_a_clear_model_error(tmp_path: Path) -
 def test_whisperx_align_gets_a_sentence_splitter_without_nltk_download() -> None:
     import nltk
 
-    from ether_prep.adapters.whisperx_asr import _offline_punkt
+    from ether_prep.adapters.whisperx_hooks import offline_punkt
 
-    _offline_punkt()  # punkt_tab is not installed here; nltk.download would need the network
+    offline_punkt()  # punkt_tab is not installed here; nltk.download would need the network
     splitter = nltk.data.load("tokenizers/punkt_tab/english.pickle")
     assert list(splitter.span_tokenize("Hello there. How are you? Fine.")) == [(0, 12), (13, 25), (26, 31)]
 
