@@ -119,3 +119,16 @@ def test_contracts_is_a_leaf() -> None:
     tree = ast.parse((ROOT / "ether_prep" / "contracts.py").read_text(encoding="utf-8"))
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level}
     assert imported == {"records"}
+
+
+def test_every_whisperx_hook_names_what_it_mirrors() -> None:
+    """Each hook into whisperx's private API says which upstream function, of which version, it mirrors; the
+    version is the one installed (read the hooks again after an upgrade)."""
+    from importlib.metadata import version
+
+    from ether_prep.adapters import whisperx_hooks
+
+    assert len(whisperx_hooks.__all__) == 4
+    for name in whisperx_hooks.__all__:
+        doc = getattr(whisperx_hooks, name).__doc__ or ""
+        assert "Mirrors ``whisperx." in doc and f"whisperx {version('whisperx')}" in doc, name
