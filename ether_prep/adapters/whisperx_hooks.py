@@ -107,8 +107,8 @@ def _aligned_words(model: Any, feats: np.ndarray, tokenizer: Any, options: Any, 
 def recording_vad(inner: Any) -> Any:
     """whisperx's VAD, unchanged, keeping the speech regions it found before merging them into chunks.
 
-    Mirrors the ``whisperx.vads.Vad`` interface of whisperx 3.8.6 as ``FasterWhisperPipeline.transcribe``
-    calls it (``__call__``, ``preprocess_audio``, ``merge_chunks``; ``whisperx.vads.pyannote.Pyannote`` and
+    Mirrors ``whisperx.vads.Vad`` of whisperx 3.8.6, the interface ``FasterWhisperPipeline.transcribe``
+    calls (``__call__``, ``preprocess_audio``, ``merge_chunks``; ``whisperx.vads.pyannote.Pyannote`` and
     ``Silero`` implement it): a ``Vad`` subclass so the pipeline takes the ``issubclass(..., Vad)`` branch,
     delegating every call to the loaded VAD and keeping the regions of the chunks ``merge_chunks`` returns.
     """
@@ -136,8 +136,8 @@ def recording_vad(inner: Any) -> Any:
 def set_vad_step(vad_model: Any, fraction: float) -> None:
     """Hop whisperx's pyannote VAD window by ``fraction`` of its length instead of pyannote's 10%.
 
-    Mirrors whisperx 3.8.6's ``whisperx.vads.pyannote.Pyannote``: its ``vad_pipeline`` (a
-    ``VoiceActivitySegmentation``) keeps the pyannote.audio 4 ``Inference`` it slides over the audio as
+    Mirrors ``whisperx.vads.pyannote.Pyannote`` of whisperx 3.8.6: its ``vad_pipeline`` (a
+    ``VoiceActivitySegmentation``) keeps the pyannote.audio 4.0.7 ``Inference`` it slides over the audio as
     ``_segmentation``, whose ``step`` (seconds) pyannote sets to a tenth of its ``duration``.
     """
     try:
