@@ -476,7 +476,7 @@ def _stage_resources(entry: Any, cls: type, report: typing.Callable[[int, str], 
     if resources.num_cpus < 0 or resources.num_gpus < 0:
         report(_line(entry, "resources"), f"resources must be non-negative, got num_cpus {resources.num_cpus}, "
                f"num_gpus {resources.num_gpus}")
-    elif resources.window_s is not None and not getattr(cls, "window_split", False):
+    elif resources.window_s is not None and not getattr(cls, "windowed", False):
         report(at, f"stage {cls.name!r} cannot compute a recording in time windows; remove resources.window_s")
     elif resources.window_s is not None and resources.window_s < 1:
         report(at, f"resources.window_s must be >= 1 (seconds) or null (whole recordings), got {resources.window_s}")

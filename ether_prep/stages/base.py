@@ -9,8 +9,10 @@ completion marker after ``run`` returns, so an interrupted stage is never counte
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..windows import Window
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -27,18 +29,6 @@ __all__ = ["NoParams", "Stage", "Window"]
 @dataclass(frozen=True)
 class NoParams:
     """For stages without parameters."""
-
-
-@dataclass(frozen=True)
-class Window:
-    """Window ``index`` of ``count`` of one recording, ``start``..``end`` seconds, and what the stage needs to
-    compute exactly that window (``data``: its own; it travels with the task to whichever worker runs it)."""
-
-    index: int
-    count: int
-    start: float
-    end: float
-    data: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 class Stage(ABC):
@@ -58,10 +48,11 @@ class Stage(ABC):
     - ``reads_recording``: True for a stage that decodes the recording itself (not an upstream stage's output):
       the file's identity (size, modification time, content digest) joins its fingerprint and marker, so a
       replaced or grown recording makes it stale;
-    - ``window_split``: True declares that the stage can compute one recording as time windows: the runner
-      asks :meth:`windows`; when it gives more than one, each window is a task of its own (:meth:`run_part`,
+    - ``windowed``: True declares that the stage can compute one recording as time windows: the runner
+      asks :meth:`windows`; when it gives more than one, each window is a task of its own (:meth:`run_window`,
       on any worker of the stage, in any order) and a last task joins them (:meth:`join`) into the stage's
-      output, which must equal what :meth:`run` writes. So one long recording keeps several workers busy;
+      output, which must equal what :meth:`run` writes. So one long recording keeps several workers busy
+      (eligibility, planning and the join's checks: :mod:`ether_prep.windows`);
     - ``feeds_manifests``: the root Parquet manifests are built from its outputs (see :mod:`ether_prep.manifest`).
     """
 
@@ -73,7 +64,7 @@ class Stage(ABC):
     backends: ClassVar[tuple[str, ...]] = ("builtin",)
     Params: ClassVar[type] = NoParams
     libraries: ClassVar[tuple[str, ...]] = ()
-    window_split: ClassVar[bool] = False
+    windowed: ClassVar[bool] = False
     reads_recording: ClassVar[bool] = False
     # Its outputs appear in the store's root manifests: a run that selects it brings them up to date at its end.
     feeds_manifests: ClassVar[bool] = False
@@ -115,16 +106,16 @@ class Stage(ABC):
         here: see ``feeds_manifests``)."""
 
     def windows(self, session: Session, store: SessionGroup) -> list[Window]:
-        """The time windows to compute ``session`` in (``window_split`` stages; called in the driver once the
+        """The time windows to compute ``session`` in (``windowed`` stages; called in the driver once the
         upstream stages are done, whose outputs ``store`` holds: keep it cheap); none or one: the whole
         recording, by :meth:`run`."""
         return []
 
-    def run_part(self, session: Session, store: SessionGroup, window: Window, out: zarr.Group) -> None:
+    def run_window(self, session: Session, store: SessionGroup, window: Window, out: zarr.Group) -> None:
         """Compute one window of ``session`` into ``out`` (a scratch group that :meth:`join` reads)."""
         raise NotImplementedError(f"stage {self.name!r} does not compute windows")
 
-    def join(self, session: Session, store: SessionGroup, parts: list[zarr.Group], out: zarr.Group) -> str | None:
+    def join(self, session: Session, store: SessionGroup, windows: list[zarr.Group], out: zarr.Group) -> str | None:
         """Stitch the windows' groups (in window order) into the stage's output ``out``, as :meth:`run`."""
         raise NotImplementedError(f"stage {self.name!r} does not compute windows")
 

@@ -83,7 +83,18 @@ from ..speech.completeness import (
 )
 from ..speech.timing import fill_missing_times, frame_energy_db, longest_pause, refine_word_times
 from ..store import read_table, write_table
-from .base import Stage, Window
+from ..windows import (
+    Window,
+    check_tiling,
+    even_cuts,
+    joined_attrs,
+    plan_windows,
+    span_attrs,
+    spans,
+    whole_attrs,
+    window_length,
+)
+from .base import Stage
 
 if TYPE_CHECKING:
     import zarr
@@ -162,7 +173,7 @@ class TranscribeStage(Stage):
     needs_stream = "audio"
     backends = tuple(TRANSCRIBERS)
     Params = TranscribeParams
-    window_split = True
+    windowed = True
 
     def __init__(self, spec: StageSpec) -> None:
         super().__init__(spec)
@@ -304,7 +315,7 @@ class TranscribeStage(Stage):
         words.sort(key=lambda w: (w["start"], w["channel"]))
         attrs = self._attrs(infos, split=per_channel is not None)
         if self._window_s(session) is not None and (why := self._whole_because(session)):
-            attrs["windows"] = {"count": 1, "used": False, "why": why}
+            attrs["windows"] = whole_attrs(1, why)
         _write_words(out, words, speech)
         out.attrs.update(attrs)
         return _note(words, attrs)
@@ -312,11 +323,10 @@ class TranscribeStage(Stage):
     # -- time windows ------------------------------------------------------------------------------------
     def _window_s(self, session: Session) -> float | None:
         """``resources.window_s`` when ``session`` is at least two windows long, else None."""
-        window_s = self.spec.resources.window_s
         probe = session.probe
-        if window_s is None or probe is None or not probe.has_audio or probe.duration < 2 * window_s:
+        if probe is None or not probe.has_audio:
             return None
-        return window_s
+        return window_length(probe.duration, self.spec.resources.window_s)
 
     def _whole_because(self, session: Session) -> str | None:
         """Why a long recording is transcribed whole all the same (None: it can be split)."""
@@ -342,25 +352,22 @@ class TranscribeStage(Stage):
         if count < 2:
             return []
         wave = store.array("audio", "waveform")
-        step = n / count
-        reach = round(min(step / 4 / rate, _CUT_REACH_S) * rate)
-        cuts, pauses = [0], []
-        for k in range(1, count):
-            target = round(k * step)
+        reach = round(min(n / count / 4 / rate, _CUT_REACH_S) * rate)
+        cuts, pauses = [], []
+        for target in even_cuts(n, count):
             a, b = target - reach, target + reach
             at, pause = longest_pause(frame_energy_db(np.asarray(wave[a:b], dtype=np.float32), rate),
                                       (target - a) / rate)
             cuts.append(a + round(at * rate))
             pauses.append(round(pause, 3))
-        cuts.append(n)
-        return [Window(k, count, cuts[k] / rate, cuts[k + 1] / rate,
-                       {"first": cuts[k], "stop": cuts[k + 1], "pause_s": pauses[k] if k < count - 1 else None})
-                for k in range(count)]
+        return plan_windows([0, *cuts, n], lambda i: i / rate, n / rate,
+                            [{"pause_s": pause} for pause in [*pauses, None]])
 
-    def run_part(self, session: Session, store: SessionGroup, window: Window, out: zarr.Group) -> None:
+    def run_window(self, session: Session, store: SessionGroup, window: Window, out: zarr.Group) -> None:
         """Transcribe one window's samples (VAD, batch, guard), times shifted to the recording's."""
         rate = int(store.stage_group("audio").attrs["sample_rate"])
-        first, stop = window.data["first"], window.data["stop"]
+        span = span_attrs(window)
+        first, stop = span["first"], span["stop"]
         words, info = self.transcribe(np.asarray(store.array("audio", "waveform")[first:stop], dtype=np.float32),
                                       rate)
         t0 = first / rate
@@ -369,20 +376,17 @@ class TranscribeStage(Stage):
         info["redecoded"] = [(s + t0, e + t0) for s, e in info["redecoded"]]
         info["uncovered"] = [{**u, "start": round(u["start"] + t0, 3), "end": round(u["end"] + t0, 3)}
                              for u in info["uncovered"]]
-        out.attrs.update({**info, "first": first, "stop": stop, "pause_s": window.data["pause_s"]})
+        out.attrs.update({**info, **span, "pause_s": window.data["pause_s"]})
 
-    def join(self, session: Session, store: SessionGroup, parts: list[zarr.Group], out: zarr.Group) -> str | None:
+    def join(self, session: Session, store: SessionGroup, windows: list[zarr.Group], out: zarr.Group) -> str | None:
         """The windows' words and speech in time order; attrs summed over windows, as over channels."""
         self.setup()  # the model's name and source for the attrs (the worker has it loaded)
-        expected = 0
+        audio = store.stage_group("audio").attrs
+        check_tiling(spans(windows), f"{session.path}: transcribe", "sample", int(audio["n_samples"]))
         words: list[dict[str, Any]] = []
         speech: list[tuple[float, float, int]] = []
         infos = []
-        for k, g in enumerate(parts):
-            if int(g.attrs["first"]) != expected:
-                raise StageError(f"{session.path}: transcription window {k + 1} starts at sample {g.attrs['first']}, "
-                                 f"not {expected}: audio would be lost or doubled; run again")
-            expected = int(g.attrs["stop"])
+        for g in windows:
             table = read_table(g, "words")
             words.extend({key: table[key][i].item() for key in table} for i in range(len(table["start"])))
             regions = read_table(g, "speech")
@@ -390,10 +394,10 @@ class TranscribeStage(Stage):
                               strict=True))
             infos.append(dict(g.attrs))
         attrs = self._attrs(infos, split=False)
-        rate = int(store.stage_group("audio").attrs["sample_rate"])
-        cuts = [{"at": round(int(g.attrs["stop"]) / rate, 3), "pause_s": g.attrs["pause_s"]} for g in parts[:-1]]
-        attrs["windows"] = {"count": len(parts), "used": True, "cuts": cuts,
-                            "languages": [i["language"] for i in infos], "workers": [i.get("worker") for i in infos]}
+        rate = int(audio["sample_rate"])
+        cuts = [{"at": round(stop / rate, 3), "pause_s": g.attrs["pause_s"]}
+                for g, (_, stop) in zip(windows[:-1], spans(windows), strict=False)]
+        attrs["windows"] = joined_attrs(windows, cuts=cuts, languages=[i["language"] for i in infos])
         _write_words(out, words, speech)
         out.attrs.update(attrs)
         notes = [n for n in (_note(words, attrs),) if n]
