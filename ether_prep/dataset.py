@@ -168,10 +168,6 @@ class AlignedStore:
         else:
             raise StoreError(f"{self.path}: utterances.parquet and dialogue_pairs.parquet are from different "
                              f"builds; run `ether-prep align --out {self.path}` to rebuild them")
-        if "align_fingerprint" not in utt:
-            raise StoreError(f"{self.path}: its manifests were written by an older ether-prep, without the align "
-                             f"fingerprints readers check; run `ether-prep align --out {self.path}` to rebuild "
-                             f"them (nothing is recomputed)")
         return utt, pair, meta.get("build")
 
     def to_pandas(self, which: str = "utterances") -> Any:
@@ -512,7 +508,7 @@ def _pad_turns(items: list[dict[str, Any]], as_torch: bool) -> dict[str, Any]:
     lengths = np.array([len(b["time"]) for b in items], dtype=np.int64)
     t_max = int(lengths.max()) if n else 0
     dims = {b["speaker_face"].shape[-1] for b in items}
-    if len(dims) > 1:  # one store has one width; a store aligned by an older ether-prep may mix them
+    if len(dims) > 1:  # one store has one width: sessions aligned with other face backends may mix them
         raise StoreError(f"utterances with different face feature widths {sorted(dims)} in one batch; "
                          f"re-run `ether-prep align --force` so every session has the same feature columns")
     dim = dims.pop() if n else 0

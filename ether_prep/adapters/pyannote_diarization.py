@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
+from ..contracts import PyannoteParams
 from ..errors import ModelError, StageError, hub_unreachable, not_local
 from ..records import Turn
 
@@ -28,7 +29,7 @@ class PyannoteDiarizer:
 
     libraries: ClassVar[tuple[str, ...]] = ("pyannote-audio", "whisperx", "torch")
 
-    def __init__(self, model: str | None, params: Any) -> None:
+    def __init__(self, model: str | None, params: PyannoteParams) -> None:
         os.environ["PYANNOTE_METRICS_ENABLED"] = "0"
         self.params = params
         self.model = model or DEFAULT_PIPELINE
@@ -54,7 +55,7 @@ class PyannoteDiarizer:
                              f"{type(exc).__name__}: {exc}; {hint}") from exc
 
     @classmethod
-    def describe(cls, model: str | None, params: Any) -> dict[str, str]:
+    def describe(cls, model: str | None, params: PyannoteParams) -> dict[str, str]:
         return {"id": model or DEFAULT_PIPELINE, "source": "pyannote.audio via whisperx"}
 
     def diarize(self, audio: np.ndarray, sample_rate: int, num_speakers: int | None) -> list[Turn]:

@@ -163,8 +163,8 @@ def test_completeness_params_are_validated(tmp_path: Path) -> None:
     from ether_prep.config import load_config
     from ether_prep.errors import ConfigError
 
-    for params, message in [({"min_uncovered_s": 0.0}, "min_uncovered_s"), ({"coverage_slack": 2}, "coverage_slack"),
-                            ({"completeness": "maybe"}, "completeness")]:
+    for params, message in [({"min_uncovered_s": 0.0}, "min_uncovered_s"),
+                            ({"coverage_slack_s": 2}, "coverage_slack_s"), ({"completeness": "maybe"}, "completeness")]:
         cfg = pipeline_file(tmp_path, "p", [{"stage": "audio"}, {"stage": "transcribe", "params": params}])
         with pytest.raises(ConfigError, match=message):
             load_config(cfg)

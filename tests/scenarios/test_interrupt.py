@@ -26,7 +26,7 @@ from ..conftest import DATA, pipeline_file
 pytestmark = pytest.mark.slow
 
 PIPELINE = [  # pipeline "af"
-    {"stage": "audio", "params": {"block_seconds": 1}},
+    {"stage": "audio", "params": {"block_s": 1}},
     {"stage": "face", "backend": "mediapipe", "model": "face_landmarker.task",
      "params": {"num_faces": 2, "min_detection_confidence": 0.3}, "resources": {"num_cpus": 1}},
 ]
