@@ -1,0 +1,92 @@
+"""The training API (:mod:`ether_prep.dataset`) on the shared aligned store: items equal raw Zarr slicing,
+DataLoader batches, pairs and pandas views."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+
+@pytest.mark.slow
+def test_dataloader_batches_equal_direct_zarr_slicing(aligned: dict[str, object]) -> None:
+    from torch.utils.data import DataLoader
+
+    import ether_prep
+
+    ds = ether_prep.open_store(aligned["store"]).utterances(with_words=True)
+    loader = DataLoader(ds, batch_size=4, shuffle=False, num_workers=2, collate_fn=ds.collate)
+    root = zarr.open_group(str(aligned["store"]), mode="r", zarr_format=3, use_consolidated=False)
+    seen = 0
+    for batch in loader:
+        for j, uid in enumerate(batch["utterance_id"]):
+            sid = batch["session_id"][j]
+            align = root["sessions"][sid]["align"]
+            index = [str(x) for x in align["utterances/id"][...]].index(uid)
+            lo, hi = (int(x) for x in align["tensors/offsets"][index:index + 2])
+            n = int(batch["lengths"][j])
+            assert n == hi - lo
+            face = align["tensors/face"][lo:hi]
+            mask = align["tensors/mask"][lo:hi]
+            assert np.array_equal(batch["speaker_face"][j, :n].numpy(), face[:, 0])
+            assert np.array_equal(batch["listener_face"][j, :n].numpy(), face[:, 1])
+            assert np.array_equal(batch["speaker_mask"][j, :n].numpy(), mask[:, 0])
+            assert np.array_equal(batch["listener_mask"][j, :n].numpy(), mask[:, 1])
+            assert np.allclose(batch["time"][j, :n].numpy(), align["tensors/time"][lo:hi])
+            assert not batch["speaker_mask"][j, n:].any() and not batch["valid"][j, n:].any()
+            assert np.array_equal(batch["pooled"][j].numpy(), align["pooled"][index], equal_nan=True)
+            ws, we = (int(align["utterances/word_start"][index]), int(align["utterances/word_end"][index]))
+            assert [w[0] for w in batch["words"][j]] == [str(w) for w in
+                                                         root["sessions"][sid]["utterances/words/text"][ws:we]]
+            seen += 1
+    assert seen == len(ds) == len(ether_prep.open_store(aligned["store"]))
+    clients = ether_prep.open_store(aligned["store"]).utterances(role="client")
+    assert 0 < len(clients) < len(ds) and all(clients[i]["role"] == "client" for i in range(len(clients)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_shuffled_dataloader_over_a_mixed_store(aligned: dict[str, object], seed: int) -> None:
+    """Audio-only and video sessions in one store: every utterance has the same feature width, so shuffled
+    batches mixing them collate (the README example); audio-only steps are all masked."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    import ether_prep
+
+    store = ether_prep.open_store(aligned["store"])
+    ds = store.utterances()
+    assert len(store.sessions()) == 4
+    names = ds.feature_names
+    assert len(names) == 31 and names[:2] == ["AU01", "AU02"] and names[-1] == "mouth_open"
+    torch.manual_seed(seed)
+    loader = DataLoader(ds, batch_size=5, shuffle=True, num_workers=0, collate_fn=ds.collate)
+    seen = 0
+    for batch in loader:
+        assert batch["speaker_face"].shape[-1] == len(names)
+        for j, sid in enumerate(batch["session_id"]):
+            if sid.startswith("sample"):
+                assert not batch["speaker_mask"][j].any() and not batch["listener_mask"][j].any()
+        seen += len(batch["utterance_id"])
+    assert seen == len(ds)
+
+
+@pytest.mark.slow
+def test_pairs_dataset_and_pandas_views(aligned: dict[str, object]) -> None:
+    import ether_prep
+
+    store = ether_prep.open_store(aligned["store"])
+    frame = store.to_pandas("utterances")
+    assert len(frame) == len(store) and "utterance_index" in frame.columns
+    assert len(store.to_pandas("sessions")) == 4
+    pairs = store.pairs()
+    assert len(pairs) == len(store.to_pandas("pairs")) >= 1
+    item = pairs[0]
+    ids = store.pair_manifest["client_utterances"][0]
+    by_id = {u: store.utterances(ids=[u])[0] for u in ids}
+    assert item["client"]["utterance_ids"] == list(ids)
+    steps = sum(len(by_id[u]["time"]) for u in ids)
+    assert item["client"]["speaker_face"].shape == (steps, 31)
+    assert np.array_equal(item["client"]["speaker_face"][: len(by_id[ids[0]]["time"])], by_id[ids[0]]["speaker_face"])
+    batch = pairs.collate([pairs[i] for i in range(len(pairs))])
+    assert batch["client"]["speaker_face"].shape[0] == len(pairs) == batch["counsellor"]["lengths"].shape[0]
