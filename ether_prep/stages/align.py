@@ -81,7 +81,7 @@ if TYPE_CHECKING:
     from ..records import Session
     from ..store import SessionGroup
 
-__all__ = ["AlignParams", "AlignStage"]
+__all__ = ["AlignParams", "AlignStage", "Alignment", "read_alignment"]
 
 
 @dataclass(frozen=True)
@@ -377,3 +377,23 @@ def _cue_columns(cues: list[Any]) -> dict[str, np.ndarray]:
         "flags": np.array([";".join(c.flags) for c in cues], dtype=str),
         **{f"flag_{f}": np.array([f in c.flags for c in cues], dtype=bool) for f in FLAGS},
     }
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """A session's align stage output, tables in memory (tensors stay on disk): ``links`` (one row per face
+    track), ``utterances`` (with roles and cue scores), ``pairs`` and the group's attrs (roles, speakers, ...)."""
+
+    links: dict[str, np.ndarray]
+    utterances: dict[str, np.ndarray]
+    pairs: dict[str, np.ndarray]
+    attrs: dict[str, Any]
+
+
+def read_alignment(store: SessionGroup) -> Alignment:
+    """The align stage's tables and attrs for one session (the stage must be done)."""
+    from ..store import read_table
+
+    g = store.stage_group("align")
+    attrs = {k: v for k, v in dict(g.attrs).items() if k != "stage"}
+    return Alignment(read_table(g, "links"), read_table(g, "utterances"), read_table(g, "pairs"), attrs)

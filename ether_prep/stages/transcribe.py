@@ -94,7 +94,7 @@ if TYPE_CHECKING:
     from ..speech.backends import Transcriber
     from ..store import SessionGroup
 
-__all__ = ["TranscribeParams", "TranscribeStage"]
+__all__ = ["TranscribeParams", "TranscribeStage", "read_coverage"]
 
 _COMPUTE_TYPES = {"default", "auto", "int8", "int8_float16", "int8_float32", "int8_bfloat16", "int16",
                   "float16", "bfloat16", "float32"}
@@ -459,3 +459,14 @@ def _note(words: list[dict[str, Any]], attrs: dict[str, Any]) -> str | None:
         notes.append(f"{len(uncovered)} stretch(es) of speech still without words "
                      f"({sum(u['end'] - u['start'] for u in uncovered):.1f} s; reasons in attrs 'uncovered')")
     return "; ".join(notes) or None
+
+
+def read_coverage(store: SessionGroup) -> dict[str, Any]:
+    """The transcribe stage's account of one session's speech (empty when skipped: no audio): ``language``,
+    ``speech_seconds``, ``covered_seconds``, ``speech_coverage``, ``redecoded`` ([[start, end], ...]) and
+    ``uncovered`` ([{start, end, reason}, ...]: speech the completeness guard left without words)."""
+    if store.stage_state("transcribe").state == "skipped":
+        return {}
+    attrs = dict(store.stage_group("transcribe").attrs)
+    keys = ("language", "speech_seconds", "covered_seconds", "speech_coverage", "redecoded", "uncovered")
+    return {k: attrs.get(k) for k in keys}
