@@ -93,6 +93,8 @@ def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)  # no display: files only
+    matplotlib.rcParams["svg.fonttype"] = "none"  # SVG text stays text: editable and searchable in a paper
+    matplotlib.rcParams["svg.hashsalt"] = "ether-prep"  # the same figure gives the same SVG
     import matplotlib.pyplot as plt
 
     return plt
