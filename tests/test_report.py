@@ -217,7 +217,7 @@ def test_failed_and_audio_only_pages_say_why(batch: dict) -> None:
     from ether_prep.store import Store
 
     store = Store(batch["store"], mode="r")
-    text, page = _page(batch, "truncated")
+    _, page = _page(batch, "truncated")
     state = store.session(batch["ids"]["truncated"]).stage_state("audio")
     assert state.state == "failed" and state.error
     why = page.text("why")
@@ -226,7 +226,7 @@ def test_failed_and_audio_only_pages_say_why(batch: dict) -> None:
     assert page.rows["stages"] and any(r[:2] == ["audio", "failed"] for r in page.rows["stages"])
     assert "No faces" in page.text("no-persons") and not page.persons
     # audio only: the speech parts, a note saying there is no video
-    text, page = _page(batch, "jfk")
+    _, page = _page(batch, "jfk")
     assert "Audio only" in page.text("audio-only") and "no video stream" in page.text("audio-only")
     assert page.text("transcript") and page.rows["cues"]
     figure = [i for i in page.images if i.get("class") == "figure"]

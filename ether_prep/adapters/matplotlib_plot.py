@@ -162,8 +162,7 @@ def _spans(ax, panel: SpanPanel) -> None:
 def _heatmap(fig, ax, panel: HeatmapPanel, xmax: float) -> None:
     import matplotlib as mpl
 
-    cmap = mpl.colormaps[panel.cmap].copy()
-    cmap.set_bad("#eeeeee")  # no face: light grey, not a value
+    cmap = mpl.colormaps[panel.cmap].with_extremes(bad="#eeeeee")  # no face: light grey, not a value
     image = ax.imshow(np.ma.masked_invalid(panel.matrix), aspect="auto", interpolation="nearest", cmap=cmap,
                       vmin=panel.vmin, vmax=panel.vmax, extent=(0, xmax, len(panel.row_labels) - 0.5, -0.5))
     ax.set_yticks(range(len(panel.row_labels)), panel.row_labels, fontsize=6)

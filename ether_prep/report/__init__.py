@@ -105,10 +105,10 @@ def build_report(store_url: str, dest: Path, session_ids: Sequence[str] | None =
                          f"{store_url}` lists the session ids")
     names = {sid: sid for sid in wanted}
     if deidentify:
-        from ..deidentify import Deidentifier, deid_key
+        from ..deidentify import deid_key, session_alias
 
-        deid = Deidentifier(key=deid_key(store_url))
-        names = {sid: deid.alias(sid) for sid in wanted}
+        key = deid_key(store_url)  # the store's key: the aliases `export --deidentify` gives
+        names = {sid: session_alias(key, sid) for sid in wanted}
     rows_of: dict[str, list[dict[str, Any]]] = {sid: [] for sid in wanted}
     for row in status_table(store):  # every stage's state and message, damage included (fast check)
         if row["session"] in rows_of:

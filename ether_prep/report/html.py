@@ -146,6 +146,10 @@ def session_page(data: SessionData, figure_png: bytes | None, deidentify: bool =
                  hide: Sequence[str] = ()) -> str:
     """The HTML page of one session. ``hide``: strings (the recording's path, name) left out of messages when
     ``deidentify``, which also leaves out thumbnails and transcript text."""
+    if deidentify:  # every message shown (reasons, notes, what is missing) without the recording's name
+        data.missing = {k: _scrub(v, data, deidentify, hide) for k, v in data.missing.items()}
+        for p in data.persons:
+            p.thumbnail_note = _scrub(p.thumbnail_note, data, deidentify, hide)
     cls, label, reasons = verdict(data)
     roles = data.roles
     parts = [f"<h1>{escape(data.name)}</h1>",
