@@ -53,6 +53,9 @@ td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.flagged td{background:#fff7e0}
 code,pre{font:12px/1.4 ui-monospace,Menlo,Consolas,monospace}pre{white-space:pre-wrap;overflow-wrap:anywhere;margin:0}
 .note{color:#555;font-style:italic}
+table#sessions{font-size:12px;width:100%}table#sessions td.why{min-width:170px}
+table#sessions th,table#sessions td{padding:3px 4px}table#sessions td.name{min-width:150px;max-width:170px;overflow-wrap:anywhere}
+.sub{color:#666;font-size:11px}
 """
 
 _SORT_SCRIPT = """
@@ -76,11 +79,11 @@ document.querySelectorAll('table.sortable th[data-col]').forEach(function (th) {
 """
 
 # qc metrics shown in the index, in order (name in sessions.parquet / the qc stage's metrics, heading)
-INDEX_METRICS = (("speech_share", "speech share"), ("speech_coverage", "speech coverage"),
+INDEX_METRICS = (("speech_share", "speech share"), ("speech_coverage", "speech cover\u00adage"),
                  ("words_per_minute", "words / min"), ("speakers_with_face", "speakers with face"),
-                 ("link_confidence", "link confidence"), ("speaker_face_share", "speaker face share"),
+                 ("link_confidence", "link confi\u00addence"), ("speaker_face_share", "speaker face share"),
                  ("corrupt_frames", "corrupt frames"), ("dropped_frames", "dropped frames"),
-                 ("audio_missing_s", "audio missing (s)"), ("speakers", "speakers"), ("persons", "persons"))
+                 ("audio_missing_s", "audio missing (s)"), ("speakers", "speak\u00aders"), ("persons", "persons"))
 
 
 def _page(title: str, body: str, script: str = "") -> str:
@@ -347,21 +350,20 @@ def index_page(rows: list[IndexRow], store: str, deidentify: bool = False) -> st
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.label] = counts.get(r.label, 0) + 1
-    heads = ["#", "session", *([] if deidentify else ["recording"]), "kind", "duration (s)", "verdict", "reasons",
-             "utterances", *(h for _, h in INDEX_METRICS)]
+    heads = ["#", "session", "dura\u00adtion (s)", "verdict", "reasons", "utter\u00adances",
+             *(h for _, h in INDEX_METRICS)]
     head = "".join(f'<th data-col="{k}">{escape(h)}</th>' for k, h in enumerate(heads))
     body = []
     for k, r in enumerate(rows):
+        where = f"{r.relpath} · {r.kind}" if r.relpath else r.kind
+        shown = [x if len(x) <= 240 else x[:239] + "…" for x in r.reasons]  # the page has them whole
         cells = [f'<td class="num" data-sort="{k}">{k + 1}</td>',
-                 f'<td data-sort="{escape(r.name, quote=True)}"><a href="{escape(r.href, quote=True)}">'
-                 f"{escape(r.name)}</a></td>"]
-        if not deidentify:
-            cells.append(f'<td data-sort="{escape(r.relpath, quote=True)}">{escape(r.relpath)}</td>')
-        cells += [f'<td data-sort="{escape(r.kind, quote=True)}">{escape(r.kind)}</td>',
-                  f'<td class="num" data-sort="{_sort_value(r.duration)}">{_num(r.duration, 4)}</td>',
-                  f'<td data-sort="{r.rank}"><span class="badge {r.cls}">{escape(r.label)}</span></td>',
-                  f'<td data-sort="{len(r.reasons)}">{"<br>".join(escape(x) for x in r.reasons)}</td>',
-                  f'<td class="num" data-sort="{_sort_value(r.utterances)}">{_num(r.utterances, 6)}</td>']
+                 f'<td class="name" data-sort="{escape(r.name, quote=True)}"><a href="{escape(r.href, quote=True)}">'
+                 f'{escape(r.name)}</a><br><span class="sub">{escape(where)}</span></td>',
+                 f'<td class="num" data-sort="{_sort_value(r.duration)}">{_num(r.duration, 4)}</td>',
+                 f'<td data-sort="{r.rank}"><span class="badge {r.cls}">{escape(r.label)}</span></td>',
+                 f'<td class="why" data-sort="{len(r.reasons)}">{"<br>".join(escape(x) for x in shown)}</td>',
+                 f'<td class="num" data-sort="{_sort_value(r.utterances)}">{_num(r.utterances, 6)}</td>']
         cells += [f'<td class="num" data-sort="{_sort_value(r.metrics.get(m))}">{_num(r.metrics.get(m))}</td>'
                   for m, _ in INDEX_METRICS]
         body.append(f'<tr class="session {r.cls}" data-verdict="{r.cls}">{"".join(cells)}</tr>')
