@@ -116,7 +116,8 @@ def render(figure: Figure, formats: tuple[str, ...] = ("png",)) -> dict[str, byt
     try:
         xmax = max(figure.duration, 1e-3)
         for ax, panel in zip(axes[:, 0], figure.panels, strict=False):
-            ax.set_title(panel.title, loc="left", fontsize=9)
+            # A text, not set_title: placing titles measures every axis' ticks on each draw (a third of it).
+            ax.text(0.0, 1.03, panel.title, transform=ax.transAxes, fontsize=9, va="bottom", ha="left")
             ax.tick_params(labelsize=8)
             if isinstance(panel, SpanPanel):
                 _spans(ax, panel)

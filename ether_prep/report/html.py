@@ -54,7 +54,8 @@ tr.flagged td{background:#fff7e0}
 code,pre{font:12px/1.4 ui-monospace,Menlo,Consolas,monospace}pre{white-space:pre-wrap;overflow-wrap:anywhere;margin:0}
 .note{color:#555;font-style:italic}
 table#sessions{font-size:12px;width:100%}table#sessions td.why{min-width:170px}
-table#sessions th,table#sessions td{padding:3px 4px}table#sessions td.name{min-width:150px;max-width:170px;overflow-wrap:anywhere}
+table#sessions th,table#sessions td{padding:3px 4px}
+table#sessions td.name{min-width:150px;max-width:170px;overflow-wrap:anywhere}
 .sub{color:#666;font-size:11px}
 """
 
