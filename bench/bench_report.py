@@ -62,8 +62,8 @@ def main() -> None:
             summary = build_report(str(store), Path(tmp) / f"report-{label}", progress=False, workers=workers)
             wall, cpu = time.perf_counter() - start, _cpu() - cpu0
             size = sum(p.stat().st_size for p in summary.pages) / 1e6
-            print(f"{label:10s} {len(summary.pages)} pages + index in {wall:.1f} s wall, {cpu:.1f} s CPU (this process and "
-                  f"its workers; {cpu / len(summary.pages):.2f} s a session); {size:.1f} MB of pages; load "
+            print(f"{label:10s} {len(summary.pages)} pages + index in {wall:.1f} s wall, {cpu:.1f} s CPU (this process "
+                  f"and its workers; {cpu / len(summary.pages):.2f} s a session); {size:.1f} MB of pages; load "
                   f"{os.getloadavg()[0]:.1f}")
 
 

@@ -106,7 +106,9 @@ class _Page(HTMLParser):
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from ether_prep.report import build_report
+    from typer.testing import CliRunner
+
+    from ether_prep.cli import app
     from ether_prep.runner import run_pipeline
     from ether_prep.store import Store
 
@@ -124,9 +126,12 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> dict:
     store = tmp / "store.zarr"
     summary = run_pipeline(pipeline("cpu"), raw, store, family=None, executor="inline", progress=False)
     assert not summary.ok and {o.session_id.split("-")[0] for o in summary.failed} == {"truncated"}, summary.report()
-    report = build_report(str(store), tmp / "report", figures=True, progress=False)
+    # the command as a user runs it: a failed session is reported (its page says why), not an error
+    result = CliRunner().invoke(app, ["report", str(tmp / "report"), "--out", str(store), "--figures", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "4 session page(s)" in result.output and "6 figure file(s)" in result.output
     ids = {sid.split("-")[0]: sid for sid in Store(store, mode="r").session_ids()}
-    return {"tmp": tmp, "store": store, "dest": tmp / "report", "summary": report, "ids": ids}
+    return {"tmp": tmp, "store": store, "dest": tmp / "report", "output": result.output, "ids": ids}
 
 
 def _page(batch: dict, name: str) -> tuple[str, _Page]:
@@ -376,3 +381,22 @@ def test_report_of_sessions_without_models(tmp_path: Path) -> None:
     assert done.text("verdict") == "not checked" and "stage 'utterances' has not run" in done.text("no-figure")
     index = _Page(summary.index.read_text())
     assert [r[3] for r in index.rows["sessions"]] == ["failed", "not checked"]
+
+
+def test_face_cue_steps_average_to_the_utterance_cues() -> None:
+    """The report's per-frame valence and expressivity are the align stage's cue formulas before their average."""
+    import numpy as np
+
+    from ether_prep.align.cues import face_cue_steps, face_cues
+    from ether_prep.face import AU_NAMES, EMOTION_NAMES
+
+    names = [*AU_NAMES, *EMOTION_NAMES]
+    values = np.random.default_rng(0).uniform(0, 1, (40, len(names)))
+    values[5:9] = np.nan  # no face
+    mask = np.isfinite(values).all(axis=1)
+    valence, expressivity = face_cue_steps(values, names)
+    assert np.isnan(valence[5:9]).all() and np.isfinite(valence[mask]).all()
+    assert np.allclose((valence[mask].mean(), expressivity[mask].mean()), face_cues(values, mask, names))
+    no_emotions = np.isin(names, EMOTION_NAMES)
+    v2, e2 = face_cue_steps(values, names, available=~no_emotions)
+    assert np.allclose((v2[mask].mean(), e2[mask].mean()), face_cues(values, mask, names, available=~no_emotions))
