@@ -50,6 +50,8 @@ class _Page(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
+        if tag == "br":  # a line break separates words
+            self.handle_data(" ")
         if tag in ("img", "br", "meta", "link"):
             if tag == "img":
                 self.images.append({**a, "person": self.persons[-1]["person"] if self._in_person() else ""})
