@@ -113,6 +113,13 @@ def build_report(store_url: str, dest: Path, session_ids: Sequence[str] | None =
     for row in status_table(store):  # every stage's state and message, damage included (fast check)
         if row["session"] in rows_of:
             rows_of[row["session"]].append(row)
+    order = _pipeline_stages(store)
+    for sid, rows in rows_of.items():  # stages of the pipeline a session never got to (after a failure)
+        have = {r["stage"] for r in rows}
+        rows += [{"session": sid, "stage": name, "state": "pending",
+                  "message": "not run: a stage it needs did not complete"} for name in order if name not in have]
+        rank = {name: i for i, name in enumerate(order)}
+        rows.sort(key=lambda r: (rank.get(r["stage"], len(rank)), r["stage"]))
     try:
         (dest / "sessions").mkdir(parents=True, exist_ok=True)
         if figures:
@@ -149,6 +156,21 @@ def build_report(store_url: str, dest: Path, session_ids: Sequence[str] | None =
     summary.failed = [r.name for r in index_rows if r.cls == "failed"]
     summary.index.write_text(index_page(index_rows, store_url, deidentify), encoding="utf-8")
     return summary
+
+
+def _pipeline_stages(store: Any) -> list[str]:
+    """The stages, in order, of the pipeline that last ran on the store (empty when it cannot be loaded now:
+    then the pages list the stages each session has)."""
+    from ..config import load_pipeline
+
+    recorded = store.attrs
+    config = recorded.get("config")
+    try:
+        pipe = load_pipeline(recorded.get("pipeline") or "default",
+                             Path(config) if config and Path(config).is_file() else None)
+    except EtherPrepError:
+        return []
+    return [spec.name for spec in pipe.stages if spec.enabled]
 
 
 def _collect(summary: ReportSummary, result: tuple[Any, list[str], list[str]]) -> Any:
