@@ -54,7 +54,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "batch.zarr"
         build_batch(args.source, store, args.sessions)
-        print(f"{args.sessions} sessions copied from {len(os.listdir(args.source / 'sessions'))} in {args.source}; "
+        n_source = sum((p / "zarr.json").is_file() for p in (args.source / "sessions").iterdir())
+        print(f"{args.sessions} sessions copied from {n_source} in {args.source}; "
               f"{os.cpu_count()} CPU core(s); load {os.getloadavg()[0]:.1f}")
         runs = [("auto", None)] + ([("1 process", 1)] if args.single else [])
         for label, workers in runs:
