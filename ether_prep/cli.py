@@ -271,13 +271,11 @@ def status(
     """Per session and stage: done, skipped, stale, damaged (naming the array), failed (with the message), running
     or pending."""
     import json
-    import socket
 
     from .config import load_pipeline
-    from .lock import STORE_LOCK, describe, is_stale, read_holder
     from .runner import gone_note, missing_recordings, status_table
     from .stages.qc import read_review
-    from .store import Store, local_path
+    from .store import Store
 
     try:
         store = Store(out, mode="r")
@@ -313,19 +311,30 @@ def status(
              colours["review"])
     if review:
         _say(f"{len(review)} session(s) need review (see the qc rows above): {', '.join(review)}", colours["review"])
+    _say_lock(out, colours["review"])
+
+
+def _say_lock(out: str, colour: str) -> None:
+    """Who holds the store's lock, if anyone: a live run here, one on another host, or a stale one."""
+    import socket
+
+    from .lock import STORE_LOCK, describe, is_stale, read_holder
+    from .store import local_path
+
     folder = local_path(out)
     lock = folder / STORE_LOCK if folder is not None else None
     holder = read_holder(lock) if lock is not None else None
-    if lock is not None and holder is not None:
-        if is_stale(lock, holder):
-            _say(f"stale store lock {lock}: left by {describe(holder)}, a process that no longer runs (killed "
-                 f"or crashed); no run holds this store now; the next run takes the lock over and redoes the "
-                 f"stages shown 'running'", colours["review"])
-        elif holder.get("host") not in (None, socket.gethostname()):
-            _say(f"a run on another host holds this store: {describe(holder)}; this host cannot check whether it "
-                 f"still runs; if it is gone, delete {lock}", colours["review"])
-        else:
-            _say(f"a run is writing this store now: {describe(holder)}", colours["review"])
+    if lock is None or holder is None:
+        return
+    if is_stale(lock, holder):
+        _say(f"stale store lock {lock}: left by {describe(holder)}, a process that no longer runs (killed "
+             f"or crashed); no run holds this store now; the next run takes the lock over and redoes the "
+             f"stages shown 'running'", colour)
+    elif holder.get("host") not in (None, socket.gethostname()):
+        _say(f"a run on another host holds this store: {describe(holder)}; this host cannot check whether it "
+             f"still runs; if it is gone, delete {lock}", colour)
+    else:
+        _say(f"a run is writing this store now: {describe(holder)}", colour)
 
 
 @app.command()

@@ -428,7 +428,7 @@ def _stage_spec(entry: Any, index: int, line: int, problems: _Problems, pipeline
                f"num_gpus {resources.num_gpus}")
         resources = None
     if resources is not None and resources.window_s is not None:
-        if not getattr(cls, "window_split", False):
+        if not getattr(cls, "windowed", False):
             report(_line(given, "window_s") or _line(entry, "resources"),
                    f"stage {name!r} cannot compute a recording in time windows; remove resources.window_s")
             resources = None

@@ -23,8 +23,9 @@ Example::
 
 Each item is a dict: ``utterance_id``, ``session_id``, ``speaker``, ``role``, ``listener_role``, ``text``,
 ``start``, ``end``, ``time`` (T,) seconds, ``speaker_face`` / ``listener_face`` (T, D) float32,
-``speaker_mask`` / ``listener_mask`` (T,) bool, ``pooled`` (2, 3, D) [speaker|listener] x [mean, std, max],
-``cues`` (6,) float32 in :data:`CUE_NAMES` order, plus ``words`` (list of (text, start, end)) with
+``speaker_mask`` / ``listener_mask`` (T,) bool, ``cues`` (6,) float32 in :data:`CUE_NAMES` order, every
+per-utterance array a registered stage declares (``Stage.utterance_arrays``), by its name: ``pooled`` (2, 3, D)
+[speaker|listener] x [mean, std, max] from ``align``, plus ``words`` (list of (text, start, end)) with
 ``with_words=True`` and ``audio`` (float32 samples of the utterance) with ``with_audio=True``.
 
 Consistency: every manifest row carries the fingerprint (and finish time) of its session's ``align`` run. Each
@@ -51,14 +52,26 @@ from typing import Any
 
 import numpy as np
 
+from .align.cues import CUE_NAMES
 from .errors import StoreDamageError, StoreError
 
 __all__ = ["CUE_NAMES", "AlignedStore", "PairDataset", "UtteranceDataset", "collate_pairs", "collate_utterances",
            "open_store"]
 
-CUE_NAMES = ("text_valence", "text_arousal", "text_distress", "face_valence", "face_expressivity", "mismatch")
-_STRINGS = ("utterance_id", "session_id", "speaker", "role", "listener_role", "text")
-_TEXT_COLUMNS = ("text", "client_text", "counsellor_text")  # what de-identification scrubs in the manifests
+
+
+def _item_columns() -> dict[str, str]:
+    """Utterance manifest columns the items carry (declared ``"item"`` by their stages): name -> Arrow type."""
+    from .manifest import flagged_columns
+
+    return flagged_columns("utterances", "item")
+
+
+def _text_columns() -> set[str]:
+    """Manifest columns of free text (declared ``"text"``): what de-identification scrubs."""
+    from .manifest import flagged_columns
+
+    return {*flagged_columns("utterances", "text"), *flagged_columns("dialogue_pairs", "text")}
 _BUILD_TRIES = 5
 
 
@@ -127,9 +140,10 @@ class AlignedStore:
         listed = read_names(names) if isinstance(names, str | os.PathLike) else list(names or ())
         self.deid = Deidentifier(listed, key=deid_key(path, key))
         self._ids = _id_aliases(self.deid, self._store, self.manifest.get("session_id", ()))
+        texts = _text_columns()
         for table in (self.manifest, self.pair_manifest):
             for col in list(table):
-                if col in _TEXT_COLUMNS:
+                if col in texts:
                     table[col] = np.array([self.deid.text(str(t)) for t in table[col]], dtype=object)
                 else:
                     table[col] = self._ids(table[col])
@@ -183,8 +197,9 @@ class AlignedStore:
                 if not _same_align(marker, fp, finished):
                     raise StoreError(_changed(self.path, sid, marker, stale_manifest=True))
         if self.deid is not None:
+            texts = _text_columns()
             for col in frame.columns:
-                if col in _TEXT_COLUMNS:
+                if col in texts:
                     frame[col] = frame[col].map(lambda t: self.deid.text(str(t)) if t is not None else t)
                 elif frame[col].dtype.kind not in "biufcmM":  # strings and lists (any dtype): ids, paths
                     frame[col] = frame[col].map(self._ids)
@@ -267,20 +282,29 @@ def _id_aliases(deid: Any, store: Any, listed: Iterable[str] = ()) -> Any:
     return IdAliases(deid, sessions.items())
 
 
+def _utterance_arrays() -> list[tuple[Any, str]]:
+    """(stage class, array name) of every per-utterance array the registered stages declare, in pipeline order:
+    items carry each by its name (``pooled``, ...)."""
+    from .stages import stage_classes
+
+    return [(cls, name) for cls in stage_classes() for name in cls.utterance_arrays]
+
+
 class _SessionArrays:
-    """One session's open arrays and small per-session tables, read once per process."""
+    """One session's open arrays and small per-session tables, read once per process (through the readers of
+    the stages that own them)."""
 
     def __init__(self, root: Path, session_id: str) -> None:
+        from .stages.align import read_align_tensors
         from .store import open_session
 
         self.session = open_session(root, session_id)
         try:
-            align = self.session.stage_group("align")
-            tensors = align["tensors"]
-            self.face = tensors["face"]
-            self.mask = tensors["mask"]
-            self.feature_names = list(tensors.attrs.get("feature_names", []))
-            self.pooled = np.asarray(align["pooled"][...])
+            tensors = read_align_tensors(self.session)
+            self.face, self.mask, self.feature_names = tensors.face, tensors.mask, tensors.feature_names
+            # Small per-utterance arrays (pooled features, ...), read whole: one row per item.
+            self.per_utterance = {name: cls.read_utterance_array(self.session, name)
+                                  for cls, name in _utterance_arrays()}
         except StoreDamageError:  # says which array is damaged and how to fix it
             raise
         except (KeyError, StoreError) as exc:
@@ -290,9 +314,11 @@ class _SessionArrays:
         self._wave: Any = None
 
     def words(self) -> dict[str, np.ndarray]:
+        from .stages.utterances import read_transcript
+
         if self._words is None:
             try:
-                self._words = self.session.read_table("utterances", "words")
+                self._words = read_transcript(self.session).words
             except StoreDamageError:
                 raise
             except StoreError:  # the stage has not run: no words
@@ -300,8 +326,10 @@ class _SessionArrays:
         return self._words
 
     def waveform(self) -> Any:
+        from .stages.audio import read_audio
+
         if self._wave is None:
-            self._wave = self.session.array("audio", "waveform")
+            self._wave = read_audio(self.session).waveform
         return self._wave
 
 
@@ -321,6 +349,7 @@ class UtteranceDataset:
         self._cache: dict[str, _SessionArrays] = {}
         self._words_seen: dict[str, Any] = {}  # session -> finish time of the utterances result first checked
         self._pid = os.getpid()
+        self._columns = _item_columns()
         self._cues = np.stack([rows[c].astype(np.float32) for c in CUE_NAMES], axis=1) if len(self) else \
             np.zeros((0, len(CUE_NAMES)), np.float32)
 
@@ -405,13 +434,15 @@ class UtteranceDataset:
         mask = arrays.mask[lo:lo + n]
         # The grid is t0 + k / rate, exactly as the stage built it, so it need not be read from disk.
         time = float(r["grid_t0"][i]) + np.arange(n, dtype=np.float64) / float(r["rate_hz"][i])
-        item: dict[str, Any] = {k: None if r[k][i] is None else str(r[k][i]) for k in _STRINGS}
+        item: dict[str, Any] = {k: _scalar(r[k][i], kind) for k, kind in self._columns.items()}
         item.update({
-            "start": float(r["start"][i]), "end": float(r["end"][i]), "time": time,
+            "time": time,
             "speaker_face": face[:, 0], "speaker_mask": mask[:, 0],
             "listener_face": face[:, 1], "listener_mask": mask[:, 1],
-            "pooled": arrays.pooled[int(r["utterance_index"][i])], "cues": self._cues[i],
+            "cues": self._cues[i],
         })
+        index = int(r["utterance_index"][i])
+        item.update({name: None if values is None else values[index] for name, values in arrays.per_utterance.items()})
         if self.with_words:
             w = arrays.words()
             a, b = int(r["word_start"][i]), int(r["word_end"][i])
@@ -429,6 +460,16 @@ class UtteranceDataset:
         return collate_utterances(batch, as_torch=True)
 
 
+_NUMPY = {"float64": np.float64, "int64": np.int64, "bool": np.bool_}
+
+
+def _scalar(value: Any, kind: str) -> Any:
+    """A manifest cell as an item field: a str (None stays None) or a Python number."""
+    if value is None:
+        return None
+    return str(value) if kind == "string" else _NUMPY[kind](value).item()
+
+
 def collate_utterances(batch: list[dict[str, Any]], as_torch: bool = True) -> dict[str, Any]:
     """Stack items, padding time axes to the longest with zeros and masks with False.
 
@@ -436,11 +477,14 @@ def collate_utterances(batch: list[dict[str, Any]], as_torch: bool = True) -> di
     lists; ``audio`` is zero-padded with ``audio_lengths``.
     """
     n = len(batch)
-    out: dict[str, Any] = {k: [b[k] for b in batch] for k in (*_STRINGS, "start", "end")}
-    out["start"] = np.asarray(out["start"], dtype=np.float64)
-    out["end"] = np.asarray(out["end"], dtype=np.float64)
+    out: dict[str, Any] = {}
+    for k, kind in _item_columns().items():  # strings stay lists; numbers become arrays
+        values = [b[k] for b in batch]
+        out[k] = values if kind == "string" else np.asarray(values, dtype=_NUMPY[kind])
     out.update(_pad_turns(batch, as_torch=False))
-    out["pooled"] = np.stack([b["pooled"] for b in batch]) if n else np.zeros((0,))
+    for _, name in _utterance_arrays():  # declared per-utterance arrays (pooled, ...): stacked when all present
+        values = [b.get(name) for b in batch]
+        out[name] = np.stack(values) if n and all(v is not None for v in values) else (values or np.zeros((0,)))
     out["cues"] = np.stack([b["cues"] for b in batch]) if n else np.zeros((0, len(CUE_NAMES)))
     if n and "words" in batch[0]:
         out["words"] = [b["words"] for b in batch]

@@ -17,7 +17,7 @@ they finish (:meth:`Executor.results`) and hears when a stage can get no more ta
   for backlogs, and spare resources start the next stages' actors early. A worker lost mid-session
   (process or node) is restarted by Ray or replaced, and the session handed to another, at most
   ``max_attempts`` times; an error inside the stage is that session's failure and never retried. A long
-  recording that its stage computes in time windows (``Stage.window_split``) comes as one task per window,
+  recording that its stage computes in time windows (``Stage.windowed``) comes as one task per window,
   spread over the stage's actors like sessions (a lost window is retried like a task), then a join task.
   Nothing imports or starts Ray before the first task.
 
@@ -537,7 +537,7 @@ class RayExecutor:
             outcome = Outcome(task.session.id, task.stage, "failed",
                               f"{task.session.relpath}: {type(cause).__name__} in the worker of stage "
                               f"{task.stage!r}: {cause}", media_s=task.media_s, started_at=job.started,
-                              part=task.part)
+                              window_index=task.window_index)
         except self._RayError as exc:  # the worker was lost (process or node): another one takes the session
             job.losses.append(_why(exc))
             actor.ping = actor.handle.devices.remote()  # answers once Ray has restarted it, fails if it is gone
@@ -547,7 +547,7 @@ class RayExecutor:
             outcome = Outcome(task.session.id, task.stage, "failed",
                               f"{task.session.relpath}: the worker computing it was lost {len(job.losses)} times "
                               f"({'; '.join(job.losses)}); not retried further", media_s=task.media_s,
-                              started_at=job.started, part=task.part)
+                              started_at=job.started, window_index=task.window_index)
         pool.task_s += outcome.elapsed_s - outcome.setup_s
         pool.tasks_done += 1
         pool.setup_s = max(pool.setup_s, outcome.setup_s)
@@ -563,7 +563,7 @@ class RayExecutor:
             task = pool.pop().task
             self._failed.append(Outcome(task.session.id, task.stage, "failed",
                                         f"{task.session.relpath}: stage {task.stage!r} cannot run: {why}",
-                                        media_s=task.media_s, part=task.part))
+                                        media_s=task.media_s, window_index=task.window_index))
 
     def _fail_unplaceable(self) -> list[Outcome]:
         """Nothing runs and tasks still wait, so no actor can be placed for them: those sessions fail."""

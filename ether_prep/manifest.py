@@ -1,15 +1,18 @@
 """Root-level Parquet manifests: one row per utterance, per dialogue pair and per session.
 
-Written by the runner at the end of a run that ran ``align`` or ``qc`` (:func:`refresh_manifests`), over every
-session in the store, and only when what they are built from changed: each manifest records, in its Parquet
-metadata, a digest of every session's metadata and ``align`` and ``qc`` markers (:func:`manifest_sources`); a
-cached rerun finds them current and leaves them alone. :func:`write_manifests` rebuilds them from the store
-whatever they hold (e.g. after a session was removed).
+Written by the runner's one collect step at the end of a run that selected a stage declaring manifest columns
+(:func:`refresh_manifests`, after every stage's ``finalize``), over every session in the store, and only when
+what they are built from changed: each manifest records, in its Parquet metadata, a digest of every session's
+metadata and the markers of those stages (:func:`manifest_sources`); a cached rerun finds them current and
+leaves them alone. :func:`write_manifests` rebuilds them from the store whatever they hold (e.g. after a
+session was removed).
 
-Their columns are defined once, here (:data:`UTTERANCE_COLUMNS`, :data:`PAIR_COLUMNS`,
-:data:`SESSION_COLUMNS`: name, Arrow type, description); each description travels in the Parquet schema's
-field metadata (``description``). Absent values are nulls, never sentinels: a listener who is not there, a
-face that was not seen, a cue that could not be judged.
+Their columns are not spelled here: every registered stage declares its own
+(:attr:`~ether_prep.stages.base.Stage.manifest_columns`: name, Arrow type, description) and gives their values
+(:meth:`~ether_prep.stages.base.Stage.manifest_values`); this module iterates the registry
+(:func:`manifest_columns`). Each description travels in the Parquet schema's field metadata (``description``).
+Absent values are nulls, never sentinels: a listener who is not there, a face that was not seen, a cue that
+could not be judged.
 
 Every row carries its session's ``align_fingerprint`` and ``align_finished_at`` (of the ``align`` marker it was
 built from): the training API compares them with the store's marker on every read, so rows never index tensors
@@ -34,223 +37,149 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .align.cues import FLAGS
-from .stages.qc import read_review
-from .store import local_path, now, read_group_attrs, read_table
+from .store import local_path, now, read_group_attrs
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from .store import Store
+    from .stages.base import Stage
+    from .store import SessionGroup, Store
 
-__all__ = ["PAIR_COLUMNS", "SESSION_COLUMNS", "UTTERANCE_COLUMNS", "manifest_meta", "manifest_sources",
-           "manifests_current", "read_manifest", "read_manifest_build", "refresh_manifests", "write_manifests"]
+__all__ = ["flagged_columns", "manifest_columns", "manifest_meta", "manifest_sources", "manifests_current",
+           "read_manifest", "read_manifest_build", "refresh_manifests", "write_manifests"]
 
 # Bumped when the columns or how they are built change: a store's manifests are then rebuilt on the next run.
 MANIFEST_VERSION = 2
 _META_KEY = b"ether_prep"
 _NAMES = ("utterances", "dialogue_pairs", "sessions")
-_ALIGN_COLUMNS: dict[str, tuple[str, str]] = {
-    "align_fingerprint": ("string", "fingerprint of the session's align stage these rows were built from "
-                                    "(readers compare it with the store's: a re-aligned session raises)"),
-    "align_finished_at": ("string", "when that align run finished (UTC, ISO 8601)"),
-}
-
-# name -> (Arrow type, description)
-UTTERANCE_COLUMNS: dict[str, tuple[str, str]] = {
-    "utterance_id": ("string", "stable id, <session_id>/u<5-digit index>"),
-    "session_id": ("string", "session id (from the recording's path under the raw folder)"),
-    "utterance_index": ("int64", "row of the utterance in its session's align/utterances table and pooled arrays"),
-    "start": ("float64", "start, seconds from the start of the recording"),
-    "end": ("float64", "end, seconds"),
-    "duration": ("float64", "end - start, seconds"),
-    "speaker": ("string", "diarized speaker label (SPEAKER_00, ...)"),
-    "role": ("string", "client, counsellor, other or unknown"),
-    "role_assumed": ("bool", "roles came from a heuristic, not from sessions.csv"),
-    "listener": ("string", "the other main participant (null when nobody else speaks)"),
-    "listener_role": ("string", "role of the listener (null when there is none)"),
-    "speaker_person": ("int64", "person id of the speaker's face (null: no face linked)"),
-    "listener_person": ("int64", "person id of the listener's face (null: no face linked)"),
-    "speaker_track": ("int64", "longest face track of the speaker's person (null: no face)"),
-    "listener_track": ("int64", "longest face track of the listener's person (null: no face)"),
-    "text": ("string", "the utterance's words"),
-    "n_words": ("int64", "number of words"),
-    "word_start": ("int64", "first word's row in utterances/words"),
-    "word_end": ("int64", "one past the last word's row"),
-    "audio_start": ("int64", "first sample in audio/waveform"),
-    "audio_end": ("int64", "one past the last sample"),
-    "sample_rate": ("int64", "sample rate of audio/waveform, Hz"),
-    "speaker_coverage": ("float64", "share of the utterance's steps with the speaker's face"),
-    "listener_coverage": ("float64", "share of the utterance's steps with the listener's face"),
-    "text_valence": ("float64", "VADER compound, -1..1"),
-    "text_arousal": ("float64", "VADER pos + neg, 0..1 (an arousal proxy)"),
-    "text_distress": ("float64", "most negative word valence / 4, 0..1"),
-    "distress_word": ("string", "the word that gave text_distress (null: none)"),
-    "face_valence": ("float64", "speaker's facial valence, -1..1 (null: no face)"),
-    "face_expressivity": ("float64", "speaker's facial expressivity, 0..1 (null: no face)"),
-    "mismatch": ("float64", "verbal-visual mismatch score, 0..1 (null: too little face to judge)"),
-    "cue_flags": ("list<string>", "incongruence flags raised (minimizing, ...)"),
-    **{f"flag_{f}": ("bool", f"the {f} flag is raised") for f in FLAGS},
-    "group": ("string", "Zarr group holding the tensors, sessions/<id>/align"),
-    "row_start": ("int64", "first row of the utterance in <group>/tensors/{time,face,mask}"),
-    "n_steps": ("int64", "number of tensor rows (time steps)"),
-    "grid_t0": ("float64", "time of the first step, seconds; step k is at grid_t0 + k / rate_hz"),
-    "rate_hz": ("float64", "tensor time steps per second"),
-    "needs_review": ("bool", "the session failed a quality check (null: qc did not run)"),
-    "review_reasons": ("list<string>", "why the session needs review"),
-    **_ALIGN_COLUMNS,
-}
-
-PAIR_COLUMNS: dict[str, tuple[str, str]] = {
-    "pair_id": ("string", "stable id, <session_id>/p<5-digit index>"),
-    "session_id": ("string", "session id"),
-    "client_utterance": ("string", "first utterance of the client's turn"),
-    "counsellor_utterance": ("string", "first utterance of the counsellor's reply"),
-    "client_utterances": ("list<string>", "every utterance of the client's turn, in order"),
-    "counsellor_utterances": ("list<string>", "every utterance of the reply, in order"),
-    "start": ("float64", "start of the client's turn, seconds"),
-    "end": ("float64", "end of the reply, seconds"),
-    "gap": ("float64", "reply start - client turn end, seconds"),
-    "client_text": ("string", "the client's words"),
-    "counsellor_text": ("string", "the counsellor's words"),
-    "client_mismatch": ("float64", "highest mismatch over the client's utterances (null: no face to judge)"),
-    "client_flags": ("list<string>", "flags raised on any of the client's utterances"),
-    "role_assumed": ("bool", "roles came from a heuristic, not from sessions.csv"),
-    "needs_review": ("bool", "the session failed a quality check (null: qc did not run)"),
-    "review_reasons": ("list<string>", "why the session needs review"),
-    **_ALIGN_COLUMNS,
-}
-
-SESSION_COLUMNS: dict[str, tuple[str, str]] = {
+# The column naming a manifest's rows: the stage that gives it defines that manifest's rows (one per its values).
+_ROW_ID = {"utterances": "utterance_id", "dialogue_pairs": "pair_id"}
+# What sessions.parquet holds of the session record itself (the store's, not a stage's).
+_SESSION_RECORD: dict[str, tuple[str, str]] = {
     "session_id": ("string", "session id"),
     "relpath": ("string", "the recording's path under the raw folder"),
     "kind": ("string", "video, audio or image"),
     "duration": ("float64", "seconds (from the container)"),
-    "needs_review": ("bool", "the session failed a quality check (null: qc did not run)"),
-    "review_reasons": ("list<string>", "why the session needs review"),
-    **{k: (kind, f"{text} (null: not aligned)") for k, (kind, text) in _ALIGN_COLUMNS.items()},
 }
-# plus one float64 column per qc metric, qc_<metric> (see ether_prep.stages.qc)
 
 
-def _align_identity(attrs: dict[str, Any]) -> dict[str, Any]:
-    """What rows carry of the align marker they were built from (``attrs``: the align group's attributes)."""
-    marker = attrs.get("stage") or {}
-    return {"align_fingerprint": marker.get("fingerprint"), "align_finished_at": marker.get("finished_at")}
+def _feeding() -> list[type[Stage]]:
+    """The registered stages that declare manifest columns, in pipeline order."""
+    from .stages import stage_classes
+
+    return [cls for cls in stage_classes() if cls.manifest_columns]
 
 
-def _nullable(values: Any, missing: Any) -> list[Any]:
-    """Values as a list, with the stage's sentinel (-1, "", NaN) turned into None."""
-    out = np.asarray(values).tolist()
-    if missing is None:  # NaN
-        return [None if isinstance(v, float) and not np.isfinite(v) else v for v in out]
-    return [None if v == missing else v for v in out]
+def _declared(name: str) -> dict[str, tuple[str, str]]:
+    """Every column (and ``*`` family) the registered stages declare for manifest ``name``, in order: the
+    session record's (sessions.parquet), every stage's in pipeline order, then those declared ``"last"``."""
+    first = dict(_SESSION_RECORD) if name == "sessions" else {}
+    last: dict[str, tuple[str, str]] = {}
+    for cls in _feeding():
+        for col, (kind, text, *where) in cls.manifest_columns.get(name, {}).items():
+            (last if "last" in where else first)[col] = (kind, text)
+    return {**first, **last}
 
 
-def _split(values: Any) -> list[list[str]]:
-    return [[x for x in str(v).split(";") if x] for v in values]
+def manifest_columns(name: str) -> dict[str, tuple[str, str]]:
+    """The columns of manifest ``name`` (``utterances``, ``dialogue_pairs``, ``sessions``): column -> (Arrow type,
+    description), as the registered stages declare them (families such as ``qc_*`` left out: they have a column
+    per value found)."""
+    return {k: v for k, v in _declared(name).items() if not k.endswith("*")}
 
 
-def _utterance_rows(sid: str, t: dict[str, np.ndarray], attrs: dict[str, Any], review: tuple[Any, ...]
-                    ) -> dict[str, list[Any]]:
-    n = len(t["id"])
-    const = {"session_id": sid, **_align_identity(attrs), "role_assumed": bool(attrs.get("role_assumed", True)),
-             "sample_rate": int(attrs.get("sample_rate", 16000)), "group": f"sessions/{sid}/align",
-             "rate_hz": float(attrs.get("rate_hz", 0.0)), "needs_review": review[0], "review_reasons": review[1]}
-    cols: dict[str, list[Any]] = {k: [v] * n for k, v in const.items()}
-    cols.update({
-        "utterance_id": t["id"].tolist(), "utterance_index": t["index"].tolist(),
-        "duration": (t["end"] - t["start"]).tolist(), "n_words": (t["word_end"] - t["word_start"]).tolist(),
-        "listener": _nullable(t["listener"], ""), "listener_role": _nullable(t["listener_role"], ""),
-        "distress_word": _nullable(t["distress_word"], ""), "cue_flags": _split(t["flags"]),
-    })
-    for k in ("speaker_person", "listener_person", "speaker_track", "listener_track"):
-        cols[k] = _nullable(t[k], -1) if k in t else [None] * n  # stores aligned before persons existed
-    for k in ("face_valence", "face_expressivity", "mismatch"):
-        cols[k] = _nullable(t[k], None)
-    for k in UTTERANCE_COLUMNS:
-        if k not in cols:
-            cols[k] = t[k].tolist()
-    return cols
+def flagged_columns(name: str, flag: str) -> dict[str, str]:
+    """Columns of manifest ``name`` declared with ``flag`` (column -> Arrow type): ``"text"``, free text that
+    de-identification scrubs; ``"item"``, a column the dataset's items carry (utterances)."""
+    from .stages import stage_classes
+
+    return {col: spec[0] for cls in stage_classes() for col, spec in cls.manifest_columns.get(name, {}).items()
+            if flag in spec[2:]}
 
 
-def _pair_rows(sid: str, p: dict[str, np.ndarray], attrs: dict[str, Any], review: tuple[Any, ...]
-               ) -> dict[str, list[Any]]:
-    m = len(p["id"])
-    cols: dict[str, list[Any]] = {
-        "pair_id": p["id"].tolist(), "session_id": [sid] * m,
-        "client_utterances": _split(p["client_utterances"]),
-        "counsellor_utterances": _split(p["counsellor_utterances"]),
-        "client_mismatch": _nullable(p["client_mismatch"], None), "client_flags": _split(p["client_flags"]),
-        "role_assumed": [bool(attrs.get("role_assumed", True))] * m,
-        "needs_review": [review[0]] * m, "review_reasons": [review[1]] * m,
-        **{k: [v] * m for k, v in _align_identity(attrs).items()},
-    }
-    for k in PAIR_COLUMNS:
-        if k not in cols:
-            cols[k] = p[k].tolist()
-    return cols
+def _rows(name: str, sid: str, values: dict[str, Any], columns: dict[str, tuple[str, str]]) -> dict[str, list[Any]]:
+    """One session's rows of manifest ``name`` from the stages' values (none without the row-defining column)."""
+    from .stages.base import Each
+
+    if _ROW_ID[name] not in values:
+        return {}
+    unknown = sorted(set(values) - set(columns))
+    if unknown:
+        raise ValueError(f"session {sid!r}: stages gave {name} column(s) {unknown} they do not declare in "
+                         f"manifest_columns; declare them")
+    n = len(values[_ROW_ID[name]])
+    out: dict[str, list[Any]] = {}
+    for col in columns:
+        v = values.get(col)
+        if isinstance(v, Each) or v is None:
+            out[col] = [None if v is None else v.value] * n
+            continue
+        out[col] = v.tolist() if isinstance(v, np.ndarray) else list(v)
+        if len(out[col]) != n:
+            raise ValueError(f"session {sid!r}: {name} column {col!r} has {len(out[col])} values for {n} rows")
+    return out
 
 
-def _source(info: dict[str, Any] | None, align: dict[str, Any] | None, qc: dict[str, Any] | None) -> str:
+def _source(info: dict[str, Any] | None, *markers: dict[str, Any] | None) -> str:
     """One session's part of :func:`manifest_sources`: a digest of what its manifest rows are built from."""
-    text = json.dumps([info or {}, align or {}, qc or {}], sort_keys=True, default=str)
+    text = json.dumps([info or {}, *(m or {} for m in markers)], sort_keys=True, default=str)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
 def _sources_digest(sources: dict[str, str]) -> str:
-    payload = json.dumps({"version": MANIFEST_VERSION, "columns": [list(UTTERANCE_COLUMNS), list(PAIR_COLUMNS),
-                                                                     list(SESSION_COLUMNS)],
+    payload = json.dumps({"version": MANIFEST_VERSION, "columns": [list(manifest_columns(n)) for n in _NAMES],
                           "sessions": sources}, sort_keys=True)
     return hashlib.sha1(payload.encode("utf-8")).hexdigest()
 
 
 def manifest_sources(store: Store) -> str:
-    """A digest of everything the manifests are built from: each session's metadata and its ``align`` and
-    ``qc`` markers (written last by a stage, so they change whenever its outputs do), read straight from the
-    metadata files (milliseconds for hundreds of sessions)."""
+    """A digest of everything the manifests are built from: each session's metadata and the markers of the
+    stages declaring manifest columns (written last by a stage, so they change whenever its outputs do), read
+    straight from the metadata files (milliseconds for hundreds of sessions)."""
+    names = [cls.name for cls in _feeding()]
     sources = {}
     for sid in store.session_ids():
         base = f"sessions/{sid}"
         info = (read_group_attrs(store.url, base) or {}).get("session")
-        align = (read_group_attrs(store.url, f"{base}/align") or {}).get("stage")
-        qc = (read_group_attrs(store.url, f"{base}/qc") or {}).get("stage")
-        sources[sid] = _source(info, align, qc)
+        sources[sid] = _source(info, *((read_group_attrs(store.url, f"{base}/{n}") or {}).get("stage")
+                                       for n in names))
     return _sources_digest(sources)
 
 
+def _session_values(group: SessionGroup, feeding: list[type[Stage]]) -> dict[str, dict[str, Any]]:
+    """Every feeding stage's values for one session, merged per manifest (the session record's first)."""
+    info = group.info
+    merged: dict[str, dict[str, Any]] = {name: {} for name in _NAMES}
+    merged["sessions"].update({"session_id": group.id, "relpath": info.get("relpath", ""),
+                               "kind": info.get("kind", ""), "duration": (info.get("probe") or {}).get("duration")})
+    for cls in feeding:
+        for name, values in cls.manifest_values(group).items():
+            merged[name].update(values)
+    return merged
+
+
 def manifest_tables(store: Store) -> tuple[dict[str, list[Any]], dict[str, list[Any]], dict[str, list[Any]], str]:
-    """Columns of the utterance and pair manifests (sessions whose ``align`` is done), of the session
-    manifest (every session), and the digest of what they were built from (see :func:`manifest_sources`)."""
-    utt: dict[str, list[Any]] = {k: [] for k in UTTERANCE_COLUMNS}
-    pairs: dict[str, list[Any]] = {k: [] for k in PAIR_COLUMNS}
+    """Columns of the utterance and pair manifests (rows of the sessions their row-defining stage gives them),
+    of the session manifest (every session), and the digest of what they were built from (see
+    :func:`manifest_sources`)."""
+    feeding = _feeding()
+    columns = {name: manifest_columns(name) for name in _NAMES}
+    tables: dict[str, dict[str, list[Any]]] = {name: {k: [] for k in columns[name]} for name in _ROW_ID}
     session_rows: list[dict[str, Any]] = []
     sources: dict[str, str] = {}
     for sid in store.session_ids():
         group = store.session(sid)
-        review = read_review(group)
-        info = group.info
-        align_state, qc_state = group.stage_state("align"), group.stage_state("qc")
-        sources[sid] = _source(group.group.attrs.get("session"), align_state.info or None, qc_state.info or None)
-        aligned = align_state.state == "done"
-        session_rows.append({"session_id": sid, "relpath": info.get("relpath", ""), "kind": info.get("kind", ""),
-                             "duration": (info.get("probe") or {}).get("duration"),
-                             "needs_review": review.needs_review, "review_reasons": list(review.reasons),
-                             **(_align_identity({"stage": align_state.info}) if aligned else {}),
-                             **{f"qc_{k}": v for k, v in review.metrics.items()}})
-        if not aligned:
-            continue
-        align = group.stage_group("align")  # checked: damaged outputs raise, never reach the manifest
-        attrs = dict(align.attrs)
-        verdict = (review.needs_review, list(review.reasons))
-        for target, rows in ((utt, _utterance_rows(sid, read_table(align, "utterances"), attrs, verdict)),
-                             (pairs, _pair_rows(sid, read_table(align, "pairs"), attrs, verdict))):
-            for k in target:
-                target[k].extend(rows[k])
+        sources[sid] = _source(group.info,
+                               *(group.stage_state(cls.name).info or None for cls in feeding))
+        values = _session_values(group, feeding)
+        session_rows.append(values["sessions"])
+        for name, target in tables.items():
+            for k, col in _rows(name, sid, values[name], columns[name]).items():
+                target[k].extend(col)
     # Sessions measure different things (audio-only ones have no face metrics): null where absent.
-    keys = list(dict.fromkeys([*SESSION_COLUMNS, *(k for row in session_rows for k in row)]))
+    keys = list(dict.fromkeys([*columns["sessions"], *(k for row in session_rows for k in row)]))
     sessions = {k: [row.get(k) for row in session_rows] for k in keys}
-    return utt, pairs, sessions, _sources_digest(sources)
+    return tables["utterances"], tables["dialogue_pairs"], sessions, _sources_digest(sources)
 
 
 def _schema(columns: dict[str, list[Any]], spec: dict[str, tuple[str, str]]) -> pa.Schema:
@@ -260,9 +189,17 @@ def _schema(columns: dict[str, list[Any]], spec: dict[str, tuple[str, str]]) -> 
              "list<string>": pa.list_(pa.string())}
     fields = []
     for name in columns:
-        kind, description = spec.get(name, ("float64", f"quality-check metric {name.removeprefix('qc_')}"))
+        kind, description = spec[name] if name in spec else _family(name, spec)
         fields.append(pa.field(name, types[kind], metadata={"description": description}))
     return pa.schema(fields)
+
+
+def _family(name: str, spec: dict[str, tuple[str, str]]) -> tuple[str, str]:
+    """Type and description of a column of a declared family (``qc_*``: ``qc_speech_share``)."""
+    for pattern, (kind, text) in spec.items():
+        if pattern.endswith("*") and name.startswith(pattern[:-1]):
+            return kind, text.format(name.removeprefix(pattern[:-1]))
+    raise ValueError(f"manifest column {name!r} is declared by no stage's manifest_columns; declare it")
 
 
 def _write(columns: dict[str, list[Any]], spec: dict[str, tuple[str, str]], path: os.PathLike[str] | str,
@@ -349,9 +286,8 @@ def write_manifests(store: Store) -> tuple[int, int]:
     from what the store holds; returns the utterance and pair row counts."""
     utt, pairs, sessions, digest = manifest_tables(store)
     meta = {"sources": digest, "build": uuid.uuid4().hex, "written": now(), "manifest_version": MANIFEST_VERSION}
-    _write(utt, UTTERANCE_COLUMNS, store.manifest_path("utterances"), meta)
-    _write(pairs, PAIR_COLUMNS, store.manifest_path("dialogue_pairs"), meta)
-    _write(sessions, SESSION_COLUMNS, store.manifest_path("sessions"), meta)
+    for name, columns in (("utterances", utt), ("dialogue_pairs", pairs), ("sessions", sessions)):
+        _write(columns, _declared(name), store.manifest_path(name), meta)
     return len(utt["utterance_id"]), len(pairs["pair_id"])
 
 

@@ -9,8 +9,9 @@ upstream makes it ``blocked``; anything else becomes a task for the executor, wh
 walk on. A changed parameter therefore redoes that stage and, through the fingerprints, every stage after
 it; ``force`` redoes all selected stages. When a stage has an outcome for every session its
 ``finalize`` runs, once. Nothing is handed to an executor (nor Ray started) when everything is cached. At the
-end of a run that selected a stage feeding the root manifests (``align``, ``qc``) the manifests are rebuilt if
-what they are built from changed (:func:`ether_prep.manifest.refresh_manifests`), and the metadata is
+end of a run that selected a stage feeding the root manifests (one declaring ``manifest_columns``: ``align``,
+``qc``) one collect step, after every stage's ``finalize``, rebuilds the manifests if what they are built from
+changed (:func:`ether_prep.manifest.refresh_manifests`), and the metadata is
 consolidated if anything was written: a fully cached rerun writes nothing.
 Every session runs to the end of every stage it can; failures are collected and summarised, never
 swallowed.
@@ -302,7 +303,7 @@ class _Walk:
         self.groups: dict[str, SessionGroup] = {}
         self.ready: list[Task] = []
         self.running = 0
-        self.splits: dict[tuple[str, str], _Split] = {}  # (session, stage) computed in windows, until joined
+        self.windowed: dict[tuple[str, str], _Windowed] = {}  # (session, stage) computed in windows, until joined
         self.finished: list[str] = []  # stages with an outcome for every session, in the order they got there
         self.executor: Executor | None = None
         self.changed: set[str] = set()  # sessions whose recording changed since it was computed (noted once)
@@ -326,30 +327,31 @@ class _Walk:
     def settle(self, outcome: Outcome) -> None:
         """An executor's outcome: record it and plan what it unblocks."""
         self.running -= 1
-        split = self.splits.get((outcome.session_id, outcome.stage))
-        if outcome.part is not None:
-            if split is None or split.failed:
+        windowed = self.windowed.get((outcome.session_id, outcome.stage))
+        if outcome.window_index is not None:
+            if windowed is None or windowed.failed:
                 return  # a window of a stage that already failed
-            split.started = min(split.started, outcome.started_at or split.started)
-            split.retries += outcome.retries
+            windowed.started = min(windowed.started, outcome.started_at or windowed.started)
+            windowed.retries += outcome.retries
             if outcome.state == "done":
-                split.left -= 1
-                if split.left == 0:  # every window is in: the join
-                    self.ready.append(split.task)
+                windowed.left -= 1
+                if windowed.left == 0:  # every window is in: the join
+                    self.ready.append(windowed.task)
                 return
             # One window failed: so does the stage for this session; its other windows are ignored. They may
-            # still be writing their parts on other workers, so the parts are dropped at the end of the run.
-            split.failed = True
-            message = _record_failure(self._group(outcome.session_id), outcome.stage, split.task.marker,
-                                      f"window {outcome.part + 1} of {split.task.parts}: {outcome.message}")
-            self._record(replace(outcome, part=None, message=message))
+            # still be writing their groups on other workers, so those are dropped at the end of the run.
+            windowed.failed = True
+            message = _record_failure(self._group(outcome.session_id), outcome.stage, windowed.task.marker,
+                                      f"window {outcome.window_index + 1} of {windowed.task.n_windows}: "
+                                      f"{outcome.message}")
+            self._record(replace(outcome, window_index=None, message=message))
             return
-        if split is not None:  # the join: the stage's outcome, timed from its first window
-            del self.splits[(outcome.session_id, outcome.stage)]
-            first = min(split.started, outcome.started_at or split.started)  # every window kept: the join's
+        if windowed is not None:  # the join: the stage's outcome, timed from its first window
+            del self.windowed[(outcome.session_id, outcome.stage)]
+            first = min(windowed.started, outcome.started_at or windowed.started)  # every window kept: the join's
             end = (outcome.started_at or first) + outcome.elapsed_s
             outcome = replace(outcome, started_at=first, elapsed_s=end - first,
-                              retries=outcome.retries + split.retries)
+                              retries=outcome.retries + windowed.retries)
         if outcome.state == "failed":
             # Failed in the executor (a worker lost for good, no room for one): the marker still says
             # 'running', or nothing; make it say why.
@@ -393,7 +395,7 @@ class _Walk:
 
     def _plan(self, session: Session, name: str) -> None:
         """Cached, skipped, failed or blocked at once; otherwise a task, or one task per time window (a
-        ``window_split`` stage on a long recording; the join is queued when every window is in)."""
+        ``windowed`` stage on a long recording; the join is queued when every window is in)."""
         planner, group = self.planners[name], self._group(session.id)
         try:
             if session.id in self.probe_errors:
@@ -428,7 +430,7 @@ class _Walk:
             return
         task = Task(session, name, fp, marker, self.token)
         try:
-            windows = planner.windows(session, group) if planner.window_split else []
+            windows = planner.windows(session, group) if planner.windowed else []
         except EtherPrepError as exc:
             self._record(Outcome(session.id, name, "failed", _record_failure(group, name, marker, str(exc))))
             return
@@ -436,19 +438,19 @@ class _Walk:
             group.begin_stage(name, marker)  # running from its first window on, as a whole task would be
             tasks = [replace(task, window=w) for w in windows]
             # Windows an interrupted run computed in full for this very fingerprint are kept.
-            todo = [t for t in tasks if self.force or not self.store.part_done(session.id, name, t.part_marker)]
-            split = _Split(replace(task, parts=len(windows)), len(todo))
-            self.splits[(session.id, name)] = split
+            todo = [t for t in tasks if self.force or not self.store.window_done(session.id, name, t.window_marker)]
+            windowed = _Windowed(replace(task, n_windows=len(windows)), len(todo))
+            self.windowed[(session.id, name)] = windowed
             if kept := len(tasks) - len(todo):
                 self.summary.notes.append(f"{session.relpath}: {name}: {kept} of {len(windows)} windows kept from "
                                           "an interrupted run")
-            self.ready.extend(todo or [split.task])  # every window kept: the join at once
+            self.ready.extend(todo or [windowed.task])  # every window kept: the join at once
         else:
             self.ready.append(task)
 
 
 @dataclass
-class _Split:
+class _Windowed:
     """A (session, stage) computed as time windows: the join task, the windows still out, when the first began."""
 
     task: Task
@@ -475,7 +477,7 @@ class _Bars:
                          for i, spec in enumerate(specs)}
 
     def add(self, task: Task) -> None:
-        if self.bars and not task.parts:  # a join's media was counted by its windows
+        if self.bars and not task.n_windows:  # a join's media was counted by its windows
             bar = self.bars[task.stage]
             bar.total += task.media_s
             bar.refresh()
@@ -586,10 +588,11 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
             for outcome in runner.results(timeout=_POLL_S):
                 bars.finish(outcome)
                 walk.settle(outcome)
-        if any(p.feeds_manifests for p in planners.values()):
+        if any(p.feeds_manifests() for p in planners.values()):
             from .manifest import refresh_manifests
 
-            # The one writer of the manifests; a cached rerun finds them current and leaves them alone.
+            # The one collect step, the one writer of the manifests (from every registered stage's declared
+            # columns); a cached rerun finds them current and leaves them alone.
             summary.manifests_written = refresh_manifests(store)
     finally:
         bars.close()
@@ -600,7 +603,7 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
         try:
             # Windows of a joined or failed stage, or left by an earlier run and not kept, go; an interrupted
             # run keeps those of the stages it did not get to join, for the next run.
-            store.drop_parts(keep=[key for key, split in walk.splits.items() if not split.failed])
+            store.drop_windows(keep=[key for key, w in walk.windowed.items() if not w.failed])
         except OSError as exc:
             summary.notes.append(f"{store.url}: scratch windows under parts/ not removed ({exc.strerror}); "
                                  f"the next run removes them")

@@ -9,7 +9,7 @@
           <array>                          stage outputs: e.g. audio/waveform (float32, 16 kHz mono)
           <table>/<column>                 a table is a group of equal-length 1-D columns
       parts/<session_id>/<stage>/<k>/     while a stage computes one recording as time windows (a stage's
-                                           ``window_split``): window k's per-frame measurements, until the join
+                                           ``windowed``): window k's per-frame measurements, until the join
                                            has written the stage's group; then removed
       utterances.parquet, dialogue_pairs.parquet   manifests written by ``align``
 
@@ -67,7 +67,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 _SESSIONS = "sessions"
-_PARTS = "parts"
+_WINDOWS = "parts"  # scratch groups of time windows; the folder keeps its name, so interrupted runs resume
 # About 2 MB of float32 per chunk: big enough for fast sequential reads, small enough to slice.
 DEFAULT_CHUNK_BYTES = 2 * 1024 * 1024
 # zarr's default zstd, with zstd's own content checksum on: a flipped byte fails at decode instead of reading
@@ -849,58 +849,58 @@ class Store:
         if session_id not in self.session_ids():
             raise StoreError(f"{self.url}: no session {session_id!r}")
         del self.root[_SESSIONS][session_id]
-        parts = self.root.get(_PARTS)
-        if isinstance(parts, zarr.Group) and session_id in parts:
-            del parts[session_id]
+        windows = self.root.get(_WINDOWS)
+        if isinstance(windows, zarr.Group) and session_id in windows:
+            del windows[session_id]
 
     def has_manifest(self, name: str) -> bool:
         """Whether the Parquet manifest ``name`` (see :meth:`manifest_path`) has been written."""
         return self._exists(f"{name}.parquet")
 
-    def begin_part(self, session_id: str, stage: str, index: int) -> zarr.Group:
+    def begin_window(self, session_id: str, stage: str, index: int) -> zarr.Group:
         """An empty group for window ``index`` of a stage computed in windows (what an earlier try left is
         replaced)."""
-        return self.root.require_group(f"{_PARTS}/{session_id}/{stage}").create_group(str(index), overwrite=True)
+        return self.root.require_group(f"{_WINDOWS}/{session_id}/{stage}").create_group(str(index), overwrite=True)
 
-    def part_done(self, session_id: str, stage: str, window: dict[str, Any] | None) -> bool:
+    def window_done(self, session_id: str, stage: str, window: dict[str, Any] | None) -> bool:
         """Whether the group of a window holds that ``window`` computed in full (its ``window`` attribute,
         written last, equals it: index, count, start, end and the stage's fingerprint)."""
         if window is None:
             return False
         try:
-            group = self.root.get(f"{_PARTS}/{session_id}/{stage}/{window['index']}")
+            group = self.root.get(f"{_WINDOWS}/{session_id}/{stage}/{window['index']}")
             return isinstance(group, zarr.Group) and group.attrs.get("window") == window
         except ValueError:  # metadata cut short by a kill while it was written: computed again
             return False
 
-    def parts(self, session_id: str, stage: str, count: int) -> list[zarr.Group]:
+    def window_groups(self, session_id: str, stage: str, count: int) -> list[zarr.Group]:
         """The ``count`` window groups of a stage computed in windows, in window order."""
         try:
-            return [self.root[f"{_PARTS}/{session_id}/{stage}/{k}"] for k in range(count)]
+            return [self.root[f"{_WINDOWS}/{session_id}/{stage}/{k}"] for k in range(count)]
         except KeyError as exc:
             raise StoreError(f"{self.url}: session {session_id!r}, stage {stage!r}: window {exc} is missing; "
                              f"run again") from exc
 
-    def drop_parts(self, session_id: str | None = None, stage: str | None = None,
-                   keep: Collection[tuple[str, str]] = ()) -> None:
+    def drop_windows(self, session_id: str | None = None, stage: str | None = None,
+                     keep: Collection[tuple[str, str]] = ()) -> None:
         """Remove the window groups of a stage (after its join); with no arguments, every one but those of the
         (session, stage) pairs in ``keep`` (at the end of a run: those of a stage whose window failed, whose
         other windows may have been writing until then, and those an earlier run left and this one did not
         reuse; an interrupted run keeps the windows of stages not yet joined, for the next run)."""
         if session_id is None or stage is None:
-            parts = self.root.get(_PARTS)
-            if not isinstance(parts, zarr.Group):
+            windows = self.root.get(_WINDOWS)
+            if not isinstance(windows, zarr.Group):
                 return
             self.dirty = True
             if not keep:
-                del self.root[_PARTS]
+                del self.root[_WINDOWS]
                 return
-            for sid, group in list(parts.groups()):
+            for sid, group in list(windows.groups()):
                 for name, _ in list(group.groups()):
                     if (sid, name) not in keep:
                         del group[name]
             return
-        group = self.root.get(f"{_PARTS}/{session_id}")
+        group = self.root.get(f"{_WINDOWS}/{session_id}")
         if isinstance(group, zarr.Group) and stage in group:
             del group[stage]
 

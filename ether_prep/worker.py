@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import logs
 from .errors import EtherPrepError
@@ -19,7 +19,10 @@ from .records import Session
 from .spec import StageSpec
 from .stages import stage_class
 from .stages.base import Stage, Window
-from .store import Store, local_path
+from .store import SessionGroup, Store, local_path
+
+if TYPE_CHECKING:
+    import zarr
 
 __all__ = ["Outcome", "ProgressFn", "StageWorker", "Task"]
 
@@ -34,7 +37,7 @@ class Task:
     """A (session, stage) to compute, with the fingerprint and provenance its marker will carry.
 
     A stage computed in time windows is several tasks: one per ``window`` (into scratch groups), then the
-    join (``parts``: how many windows it stitches), which writes the stage's output and marker.
+    join (``n_windows``: how many windows it stitches), which writes the stage's output and marker.
     """
 
     session: Session
@@ -43,7 +46,7 @@ class Task:
     marker: dict[str, Any] = field(default_factory=dict)
     run_token: str | None = None  # the token of the store lock the run holds; None: unchecked
     window: Window | None = None
-    parts: int = 0
+    n_windows: int = 0
 
     @property
     def media_s(self) -> float:
@@ -52,12 +55,12 @@ class Task:
         return self.session.probe.duration if self.session.probe else 0.0
 
     @property
-    def part(self) -> int | None:
+    def window_index(self) -> int | None:
         """The window this task computes (None: a whole session, or a join)."""
         return None if self.window is None else self.window.index
 
     @property
-    def part_marker(self) -> dict[str, Any] | None:
+    def window_marker(self) -> dict[str, Any] | None:
         """What a window's group records once it is computed in full, so that a later run can keep it: the
         window and the stage's fingerprint (None: not a window)."""
         if self.window is None:
@@ -89,11 +92,11 @@ class Outcome:
     retries: int = 0
     started_at: float = 0.0
     setup_s: float = 0.0
-    part: int | None = None  # the window computed, for a window task
+    window_index: int | None = None  # the window computed, for a window task
 
     @property
     def key(self) -> str:
-        return self.session_id if self.part is None else f"{self.session_id}#{self.part}"
+        return self.session_id if self.window_index is None else f"{self.session_id}#{self.window_index}"
 
     @property
     def ok(self) -> bool:
@@ -169,63 +172,78 @@ class StageWorker:
         return progress
 
     def process(self, task: Task) -> Outcome:
-        session = task.session
+        """Compute ``task`` (a whole session, one window, or a join) and record its marker; never raises for a
+        session's own failure, which is recorded in the store and returned as a failed outcome."""
         started_at, t0 = time.time(), time.perf_counter()
-        part = task.part
         if lost := _lock_lost(self.store_path, task.run_token):
-            return Outcome(session.id, self.spec.name, "failed", lost, 0.0, task.media_s, started_at=started_at,
-                           part=part)
+            return self._outcome(task, "failed", lost, 0.0, started_at, 0.0)
         if self._store is None:
             self._store = Store(self.store_path)
-        group = self._store.session(session.id)
+        group = self._store.session(task.session.id)
         self.stage.progress_hook = self._progress_for(task.key)
         setup_s = 0.0
         try:
             if task.window is not None:  # scratch output: the stage's own group is the join's to write
-                out = self._store.begin_part(session.id, self.spec.name, task.window.index)
+                out = self._store.begin_window(task.session.id, self.spec.name, task.window.index)
             else:
                 out = group.begin_stage(self.spec.name, task.marker)
-            if not self._ready:
-                self.stage.setup()
-                self._ready = True
-                setup_s = time.perf_counter() - t0
-                logs.reapply()  # model libraries imported by setup may have installed console handlers
+            setup_s = self._setup(t0)
             if task.window is not None:
-                self.stage.run_part(session, group, task.window, out)
+                self.stage.run_window(task.session, group, task.window, out)
                 # Written last: where it ran (the join lists it), and that the window is whole (a rerun keeps it).
-                out.attrs.update({"worker": _where_am_i(), "window": task.part_marker})
-                return Outcome(session.id, self.spec.name, "done", None, time.perf_counter() - t0, task.media_s,
-                               started_at=started_at, setup_s=setup_s, part=part)
-            if task.parts:
-                note = self.stage.join(session, group, self._store.parts(session.id, self.spec.name, task.parts),
-                                       out)
-                self._store.drop_parts(session.id, self.spec.name)
-            else:
-                note = self.stage.run(session, group, out)
+                out.attrs.update({"worker": _where_am_i(), "window": task.window_marker})
+                return self._outcome(task, "done", None, time.perf_counter() - t0, started_at, setup_s)
+            note = self._compute(task, group, out)
             elapsed = time.perf_counter() - t0
             if lost := _lock_lost(self.store_path, task.run_token):
-                return Outcome(session.id, self.spec.name, "failed", lost, elapsed, task.media_s,
-                               started_at=started_at, setup_s=setup_s)
+                return self._outcome(task, "failed", lost, elapsed, started_at, setup_s)
             group.finish_stage(self.spec.name, "done", task.fingerprint, note=note, elapsed_s=round(elapsed, 3),
                                worker=_where_am_i())
-            return Outcome(session.id, self.spec.name, "done", note, elapsed, task.media_s, started_at=started_at,
-                           setup_s=setup_s)
+            return self._outcome(task, "done", note, elapsed, started_at, setup_s)
         except EtherPrepError as exc:
             message = str(exc)
         except OSError as exc:  # the store or a temporary folder: full, read-only, gone
-            message = _os_error_message(exc, session, self.spec.name, self.store_path)
+            message = _os_error_message(exc, task.session, self.spec.name, self.store_path)
         except Exception as exc:  # recorded in status with its traceback tail, and the batch goes on
             tail = "".join(traceback.format_exception(exc)[-3:]).strip()
-            message = f"{session.relpath}: unexpected {type(exc).__name__} in stage {self.spec.name!r}: {exc}\n{tail}"
+            message = (f"{task.session.relpath}: unexpected {type(exc).__name__} in stage {self.spec.name!r}: "
+                       f"{exc}\n{tail}")
         finally:
             self.stage.progress_hook = None
-        elapsed = time.perf_counter() - t0
+        return self._failed(task, group, message, time.perf_counter() - t0, started_at, setup_s)
+
+    def _outcome(self, task: Task, state: str, message: str | None, elapsed: float, started_at: float,
+                 setup_s: float) -> Outcome:
+        return Outcome(task.session.id, self.spec.name, state, message, elapsed, task.media_s,
+                       started_at=started_at, setup_s=setup_s, window_index=task.window_index)
+
+    def _setup(self, t0: float) -> float:
+        """Load the stage's models before its first task; the seconds that took since ``t0`` (0: loaded)."""
+        if self._ready:
+            return 0.0
+        self.stage.setup()
+        self._ready = True
+        setup_s = time.perf_counter() - t0
+        logs.reapply()  # model libraries imported by setup may have installed console handlers
+        return setup_s
+
+    def _compute(self, task: Task, group: SessionGroup, out: zarr.Group) -> str | None:
+        """A whole session, or the join of its windows (whose scratch groups go once joined)."""
+        assert self._store is not None
+        if not task.n_windows:
+            return self.stage.run(task.session, group, out)
+        windows = self._store.window_groups(task.session.id, self.spec.name, task.n_windows)
+        note = self.stage.join(task.session, group, windows, out)
+        self._store.drop_windows(task.session.id, self.spec.name)
+        return note
+
+    def _failed(self, task: Task, group: SessionGroup, message: str, elapsed: float, started_at: float,
+                setup_s: float) -> Outcome:
+        """Record a failure in the store (a window's: the driver records it, other windows may still run)."""
         if lost := _lock_lost(self.store_path, task.run_token):
-            return Outcome(session.id, self.spec.name, "failed", f"{message}; {lost}", elapsed, task.media_s,
-                           started_at=started_at, setup_s=setup_s, part=part)
-        if part is not None:  # the driver records the stage's failure (other windows may still be running)
-            return Outcome(session.id, self.spec.name, "failed", message, elapsed, task.media_s,
-                           started_at=started_at, setup_s=setup_s, part=part)
+            return self._outcome(task, "failed", f"{message}; {lost}", elapsed, started_at, setup_s)
+        if task.window is not None:
+            return self._outcome(task, "failed", message, elapsed, started_at, setup_s)
         try:
             # Partial outputs are dropped (they would only take space, e.g. on a full disk); the marker stays.
             group.begin_stage(self.spec.name, task.marker)
@@ -233,8 +251,7 @@ class StageWorker:
                                worker=_where_am_i())
         except OSError as exc:
             message += f" (the failure could not be recorded in the store either: {exc.strerror}; it shows as running)"
-        return Outcome(session.id, self.spec.name, "failed", message, elapsed, task.media_s, started_at=started_at,
-                       setup_s=setup_s)
+        return self._outcome(task, "failed", message, elapsed, started_at, setup_s)
 
     def close(self) -> None:
         if self._ready:

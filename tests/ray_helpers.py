@@ -14,14 +14,19 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import zarr
 
 from ether_prep.errors import StageError
+from ether_prep.stages import STAGES
+from ether_prep.stages.audio import read_audio
 from ether_prep.stages.base import Stage, Window
 from ether_prep.store import write_array
 
@@ -31,6 +36,16 @@ TEST_STAGES = {
     "face_nap": "tests.ray_helpers:FaceNapStage",
     "window_nap": "tests.ray_helpers:WindowNapStage",
 }
+
+
+@contextmanager
+def registered_test_stages() -> Iterator[None]:
+    """The test stages in the stage registry while the block runs, through monkeypatch: the registry is
+    restored however the block ends."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, target in TEST_STAGES.items():
+            patch.setitem(STAGES, name, target)
+        yield
 
 
 @dataclass(frozen=True)
@@ -51,8 +66,8 @@ class NapStage(Stage):
             os._exit(1)  # the worker process dies mid-session, as an OOM kill would do it
         if "bad" in session.relpath:
             raise StageError(f"{session.relpath}: refused by the nap stage")
-        wave = np.asarray(store.array("audio", "waveform")[...], dtype=np.float64)
-        rate = int(store.stage_group("audio").attrs["sample_rate"])
+        audio = read_audio(store)
+        wave, rate = audio.samples().astype(np.float64), audio.sample_rate
         seconds = max(1, int(np.ceil(len(wave) / rate)))
         rms = np.array([np.sqrt(np.mean(wave[i * rate:(i + 1) * rate] ** 2)) for i in range(seconds)])
         write_array(out, "rms", rms.astype(np.float32))
@@ -70,7 +85,7 @@ class WindowNapStage(NapStage):
     window that sees it; ``bad`` fails window 2."""
 
     name = "window_nap"
-    window_split = True
+    windowed = True
 
     def windows(self, session: Any, store: Any) -> list[Window]:
         step = self.spec.resources.window_s
@@ -80,24 +95,24 @@ class WindowNapStage(NapStage):
         starts = np.arange(0, int(np.ceil(duration)), int(step))
         return [Window(k, len(starts), float(a), float(min(a + step, duration))) for k, a in enumerate(starts)]
 
-    def run_part(self, session: Any, store: Any, window: Window, out: zarr.Group) -> None:
+    def run_window(self, session: Any, store: Any, window: Window, out: zarr.Group) -> None:
         crash = Path(f"{session.path}.crash")
         if crash.exists():
             crash.unlink()
             os._exit(1)
         if "bad" in session.relpath and window.index == 1:
             raise StageError(f"{session.relpath}: refused by the nap stage")
-        wave = np.asarray(store.array("audio", "waveform")[...], dtype=np.float64)
-        rate = int(store.stage_group("audio").attrs["sample_rate"])
+        audio = read_audio(store)
+        wave, rate = audio.samples().astype(np.float64), audio.sample_rate
         out.attrs["stage_state"] = store.stage_state(self.name).state  # what `status` says meanwhile
         seconds = range(int(window.start), int(np.ceil(window.end)))
         write_array(out, "rms", np.array([np.sqrt(np.mean(wave[i * rate:(i + 1) * rate] ** 2)) for i in seconds],
                                          dtype=np.float32))
         time.sleep(self.params.seconds_per_session * (window.end - window.start) / session.probe.duration)
 
-    def join(self, session: Any, store: Any, parts: list[zarr.Group], out: zarr.Group) -> str | None:
-        write_array(out, "rms", np.concatenate([np.asarray(g["rms"][...]) for g in parts]))
-        out.attrs["stage_states"] = [g.attrs["stage_state"] for g in parts]
+    def join(self, session: Any, store: Any, windows: list[zarr.Group], out: zarr.Group) -> str | None:
+        write_array(out, "rms", np.concatenate([np.asarray(g["rms"][...]) for g in windows]))
+        out.attrs["stage_states"] = [g.attrs["stage_state"] for g in windows]
         return None
 
 

@@ -1,4 +1,4 @@
-"""Issue 5: faces to speakers, per-utterance tensors, dialogue pairs, cues, manifests, training API.
+"""Faces to speakers, per-utterance tensors, dialogue pairs, cues, manifests, training API.
 
 Unit tests exercise the pure functions of :mod:`ether_prep.align`; the
 ``slow`` tests run the real ``cpu`` pipeline (extract, then align) once on a small folder of shared clips

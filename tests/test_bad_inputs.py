@@ -1,4 +1,4 @@
-"""Issue 12, bad inputs and no egress: every odd or broken recording ends in a clear per-session message
+"""Bad inputs and no egress: every odd or broken recording ends in a clear per-session message
 naming the file and the fix, or in a correct partial result; the other sessions complete; the store stays
 readable; no byte leaves the machine; no transcript text reaches the logs.
 
@@ -9,7 +9,7 @@ without the test suite's offline variables, so ether-prep must switch the model 
 that run's store, status and output. Cases that need their own setup (no read permission, a read-only or full
 output location, a 3-hour file) run the audio stage alone on a few files.
 
-What each case gives (the closing note of issue 12):
+What each case gives:
 
 ================================  =================================================================================
 empty file                        every stage failed: "file is empty (0 bytes); copy the recording again ..."

@@ -1,4 +1,4 @@
-"""One session clock (issue 16): every stream's start read from the container, the waveform and face times on
+"""One session clock: every stream's start read from the container, the waveform and face times on
 one axis, so that a recording whose audio stream starts 1.4 s after its video (edit lists: cameras, OBS,
 screen recorders) gives the words and links its in-sync copy gives. Also: cover art is no video (an MP3 with
 its album picture is an audio-only session), other audio tracks are noted and selectable, qc flags audio that

@@ -270,7 +270,7 @@ def test_validate_checks_inputs_without_computing(raw_dir: Path, tmp_path: Path)
     assert "6 recording(s), 2 unreadable" in result.output
 
 
-# ------------------------------------------------------------------ issue 16: never read damage as data
+# ------------------------------------------------------------------ never read damage as data
 def _bomb(levels: int = 9) -> list[str]:
     """The lines of a "billion laughs" chain: 9 ** ``levels`` strings once every alias is expanded."""
     rows = [f"&l0 [{', '.join(['lol'] * 9)}]"]

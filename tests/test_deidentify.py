@@ -1,4 +1,4 @@
-"""Issue 12, de-identified sharing: e-mail addresses, phone numbers, URLs and listed names in transcripts become
+"""De-identified sharing: e-mail addresses, phone numbers, URLs and listed names in transcripts become
 tags; face exports leave out boxes, landmarks and identity columns; file names and ids lose the recording's
 name. Checked on constructed text and on a store written through the store API."""
 
@@ -166,7 +166,7 @@ def test_names_without_deidentify_is_refused(store: Path, tmp_path: Path) -> Non
     assert res.exit_code == 2 and "--names only applies with --deidentify" in res.output
 
 
-# ------------------------------------------------------------------ issue 16: keyed aliases, spaced addresses
+# ------------------------------------------------------------------ keyed aliases, spaced addresses
 @pytest.mark.parametrize(("text", "expected"), [
     ("write to john at clinic .co .uk today", "write to [EMAIL] today"),  # the ASR's own spacing
     ("it is jane at email .com", "it is [EMAIL]"),

@@ -1,4 +1,4 @@
-"""Issue 8 end to end on media built like real sessions: an edited two-person dialogue (hard cuts, each shot
+"""End to end on media built like real sessions: an edited two-person dialogue (hard cuts, each shot
 showing whoever talks), a recording whose speech is replaced by noise, and a talking speaker who is never on
 screen. One real cpu pipeline run (extract, align, qc) over all three; each test checks what it stored."""
 

@@ -1,4 +1,4 @@
-"""Issue 4: the face stage (MediaPipe and py-feat backends), its pure logic, storage, export and tracking."""
+"""The face stage (MediaPipe and py-feat backends), its pure logic, storage, export and tracking."""
 
 from __future__ import annotations
 
@@ -146,23 +146,25 @@ def test_tracker_drops_one_frame_false_faces() -> None:
     assert ids == [1] * 5 and tracker.summaries[0].n_frames == 1
 
 
-def test_spool_scatters_detections_into_dense_arrays(tmp_path: Path) -> None:
-    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="w", zarr_format=3)
+def test_spool_scatters_detections_into_dense_blocks() -> None:
+    """Blocks of ``rows`` frames, those without a detection left out (the array's NaN fill stands for them)."""
     with DetectionSpool({"v": ((2,), np.float32), "frame": ((), np.int64)}) as spool:
         spool.append(v=[[1, 1], [2, 2]], frame=[0, 0])
         spool.append(v=[[3, 3]], frame=[3])
-        arr = spool.write_dense(group, "v", "v", spool.read("frame"), np.array([1, 0, 1]), 5, 2,
-                                dims=("time", "track", "xy"))
-    dense = arr[...]
-    assert dense.shape == (5, 2, 2)
+        blocks = list(spool.dense_blocks("v", spool.read("frame"), np.array([1, 0, 1]), 5, 2, rows=2))
+    assert [(a, b) for a, b, _ in blocks] == [(0, 2), (2, 4)]  # frames 4..5 hold no detection
+    dense = np.full((5, 2, 2), np.nan, np.float32)
+    for a, b, block in blocks:
+        assert block.shape == (b - a, 2, 2) and block.dtype == np.float32
+        dense[a:b] = block
     np.testing.assert_array_equal(dense[0], [[2, 2], [1, 1]])
     np.testing.assert_array_equal(dense[3, 1], [3, 3])
     assert np.isnan(dense[[1, 2, 4]]).all() and np.isnan(dense[3, 0]).all()
 
 
 def test_spool_is_private_and_removed_on_close() -> None:
-    """A spool lives in a private temporary folder of its own (0700, files 0600), gone once closed (issue 16;
-    leftovers of killed runs: tests/test_isolation.py)."""
+    """A spool lives in a private temporary folder of its own (0700, files 0600), gone once closed
+    (leftovers of killed runs: tests/test_isolation.py)."""
     with DetectionSpool({"v": ((), np.float32)}) as spool:
         spool.append(v=[1.0])
         assert stat.S_IMODE(spool.dir.stat().st_mode) == 0o700

@@ -1,4 +1,4 @@
-"""Issue 8: one identity per person across shot cuts, gaps and re-entries (shots, identity, persons)."""
+"""One identity per person across shot cuts, gaps and re-entries (shots, identity, persons)."""
 
 from __future__ import annotations
 

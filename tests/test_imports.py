@@ -1,5 +1,6 @@
-"""Every import runs downhill: no circle among ether_prep's modules (type-only imports included, so no
-annotation has to fall back to ``Any``), and adapters import no layer above them."""
+"""Every import runs downhill: no circle among ether_prep's modules (type-only and function-level imports
+included, so no annotation has to fall back to ``Any``), and adapters import no layer above them. No function
+is longer than 60 lines."""
 
 from __future__ import annotations
 
@@ -30,18 +31,15 @@ def _is_package(name: str) -> bool:
     return MODULES[name].name == "__init__.py"
 
 
-def _top_level_imports(name: str) -> set[str]:
-    """ether_prep modules that ``name`` imports in its body, including those it imports for type hints only
-    (``if TYPE_CHECKING:``; imports inside functions aside), with the packages they sit in, except packages
-    that contain ``name`` itself."""
+def _imports(name: str) -> set[str]:
+    """ether_prep modules that ``name`` imports anywhere: module level, for type hints only
+    (``if TYPE_CHECKING:``) and inside functions (a lazy import is still a dependency: a circle through it
+    fails at the first call instead of at import), with the packages they sit in, except packages that
+    contain ``name`` itself."""
     tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))
     base = name.split(".") if _is_package(name) else name.split(".")[:-1]
-    body: list[ast.stmt] = []
-    for node in tree.body:
-        type_only = isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-        body.extend(node.body if type_only else [node])
     found: set[str] = set()
-    for node in body:
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -59,7 +57,7 @@ def _top_level_imports(name: str) -> set[str]:
     return found
 
 
-GRAPH = {name: _top_level_imports(name) for name in MODULES}
+GRAPH = {name: _imports(name) for name in MODULES}
 
 
 def test_module_imports_form_no_circle() -> None:
@@ -90,3 +88,15 @@ def test_adapters_import_no_layer_above_them() -> None:
              "ether_prep.runner", "ether_prep.executors", "ether_prep.cli")
     for name in (m for m in MODULES if m.startswith("ether_prep.adapters.")):
         assert not {m for m in GRAPH[name] if m.startswith(above)}, name
+
+
+def test_no_function_over_60_lines() -> None:
+    """Functions are read whole: one over 60 lines (its ``def`` to its last line) is split into named steps."""
+    long = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 60:
+                    long.append(f"{name}.{node.name} ({lines} lines, line {node.lineno})")
+    assert not long, "functions over 60 lines: " + "; ".join(long)

@@ -1,4 +1,4 @@
-"""Issue 12, interruption: ``ether-prep run`` killed with SIGKILL at several points of a multi-session,
+"""Interruption: ``ether-prep run`` killed with SIGKILL at several points of a multi-session,
 multi-stage run (inline and on Ray), then rerun, ends with a store equal, array for array and fingerprint for
 fingerprint, to an uninterrupted run's; and at every kill point no stage was ``done`` before all its arrays
 were complete (each stage marked done already equals the reference in full).

@@ -1,4 +1,4 @@
-"""Issue 16, isolation: runs never share temporary files, signals stop a run cleanly, workers find the store.
+"""Isolation: runs never share temporary files, signals stop a run cleanly, workers find the store.
 
 - Two runs started together in two folders, default ``--out``, the same file name ``session01.mp4`` holding
   different recordings: each store equals that folder's solo run, array for array.

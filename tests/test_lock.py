@@ -1,4 +1,4 @@
-"""Issue 12, concurrency: one writing run per store (a lock with the holder's host and pid, taken over when
+"""Concurrency: one writing run per store (a lock with the holder's host and pid, taken over when
 its process is dead, waited for with --wait), and one download per model file."""
 
 from __future__ import annotations

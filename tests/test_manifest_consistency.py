@@ -1,4 +1,4 @@
-"""Issue 16: manifests never disagree with the tensors a reader gets, and a cached rerun writes nothing.
+"""Manifests never disagree with the tensors a reader gets, and a cached rerun writes nothing.
 
 On the ``aligned`` store (the real ``cpu`` pipeline over four shared clips, conftest): a reader opened before a
 re-align (``rate_hz`` 10 -> 5: every utterance's tensor rows change) raises a StoreError saying so for every

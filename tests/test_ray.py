@@ -1,4 +1,4 @@
-"""Issue 10: streaming executors. Ray tests share one local Ray instance (conftest) with two declared GPUs."""
+"""Streaming executors. Ray tests share one local Ray instance (conftest) with two declared GPUs."""
 
 from __future__ import annotations
 
@@ -19,12 +19,11 @@ from ether_prep.config import load_pipeline
 from ether_prep.executors import InlineExecutor, RayExecutor, make_executor
 from ether_prep.runner import run_pipeline
 from ether_prep.sessions import discover_sessions, probe_session, session_id
-from ether_prep.stages import STAGES
 from ether_prep.store import Store
 from ether_prep.worker import Task
 
 from .conftest import DATA, pipeline, pipeline_file
-from .ray_helpers import TEST_STAGES, store_digest
+from .ray_helpers import registered_test_stages, store_digest
 
 _AUDIO = {"stage": "audio", "resources": {"num_cpus": 1}}
 _GPU_HALF_CPU = {"num_cpus": 0.5, "num_gpus": 1}
@@ -40,10 +39,8 @@ REPEAT = int(os.environ.get("ETHER_PREP_REPEAT", "1"))
 
 @pytest.fixture(scope="module")
 def test_stages() -> None:
-    STAGES.update(TEST_STAGES)
-    yield
-    for name in TEST_STAGES:
-        STAGES.pop(name, None)
+    with registered_test_stages():
+        yield
 
 
 def _pipeline(tmp: Path, name: str, nap: float = 1.0) -> Path:

@@ -1,4 +1,4 @@
-"""Issue 16, part 2 and the withdrawn recording: results follow a recording's content, not its path.
+"""Recording identity and the withdrawn recording: results follow a recording's content, not its path.
 
 A recording replaced under the same name (a corrected export; the same size with its modification time put
 back) makes its stages stale with the reason, and the next run recomputes it (its transcript is the new

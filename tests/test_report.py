@@ -149,7 +149,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["grid_two_faces_side_by_side", "dialogue"])
 def test_page_names_speakers_words_thumbnails_heatmap_cues(batch: dict, name: str) -> None:
-    from ether_prep.stages.align import read_alignment
+    from ether_prep.stages.align import read_align
     from ether_prep.stages.face import read_faces
     from ether_prep.stages.utterances import read_transcript
     from ether_prep.store import Store
@@ -167,7 +167,7 @@ def test_page_names_speakers_words_thumbnails_heatmap_cues(batch: dict, name: st
     # one card per person of the face stage, each with its thumbnails (faces cropped from the video)
     persons = sorted({t.person for t in read_faces(group).tracks})
     assert [int(p["person"]) for p in page.persons] == persons == [0, 1]
-    links = read_alignment(group).links
+    links = read_align(group).links
     linked = {int(p): str(s) for p, s in zip(links["person"], links["speaker"], strict=True)}
     thumbs = {}
     for card in page.persons:
@@ -189,7 +189,7 @@ def test_page_names_speakers_words_thumbnails_heatmap_cues(batch: dict, name: st
         assert label in svg, label
     assert _png_size((batch["dest"] / "figures" / f"{batch['ids'][name]}.png").read_bytes())[0] > 600
     # the cue table: one row per aligned utterance, its mismatch as the align stage stored it
-    aligned = read_alignment(group).utterances
+    aligned = read_align(group).utterances
     rows = page.rows["cues"]
     assert len(rows) == len(aligned["id"]) == len(utts["id"])
     assert {r[-2] for r in rows} == {f"{m:.2g}" if m == m else "" for m in aligned["mismatch"]}

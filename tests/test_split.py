@@ -19,13 +19,12 @@ from ether_prep.adapters.pyav import iter_video_frames, plan_video_frames
 from ether_prep.config import load_pipeline
 from ether_prep.runner import run_pipeline
 from ether_prep.sessions import session_id
-from ether_prep.stages import STAGES
 from ether_prep.store import Store
 
 from . import trust_media as media
 from .conftest import DATA
 from .media import GRID_A, GRID_B, edited_dialogue
-from .ray_helpers import TEST_STAGES, comparable_attrs, store_digest
+from .ray_helpers import comparable_attrs, registered_test_stages, store_digest
 
 pytestmark = pytest.mark.slow
 
@@ -181,10 +180,8 @@ def test_no_plan_without_packet_timestamps_and_a_wrong_plan_raises(runs: dict) -
 
 @pytest.fixture()
 def window_nap() -> Iterator[None]:
-    STAGES.update(TEST_STAGES)
-    yield
-    for name in TEST_STAGES:
-        STAGES.pop(name, None)
+    with registered_test_stages():
+        yield
 
 
 def test_a_lost_window_is_retried_and_a_failed_window_fails_its_session(ray_instance, window_nap: None,

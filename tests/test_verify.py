@@ -1,4 +1,4 @@
-"""Verified stores (issue 16): damage to a stored stage (a chunk deleted, truncated or with flipped bytes, an
+"""Verified stores: damage to a stored stage (a chunk deleted, truncated or with flipped bytes, an
 array's metadata deleted) is never read as data. ``status`` reports it naming the array, every reader raises a
 StoreDamageError naming session, stage and array, ``verify`` exits 1 naming it, and ``verify --repair`` (or a
 plain rerun) recomputes the damaged stage and those downstream, back to a store equal to the undamaged run,

@@ -1,4 +1,4 @@
-"""Odd and broken recordings for the trust tests (issue 12), made with ffmpeg from the shared media (never
+"""Odd and broken recordings for the trust tests, made with ffmpeg from the shared media (never
 copied into the repository), plus helpers that run ``ether-prep`` in a subprocess."""
 
 from __future__ import annotations

@@ -45,9 +45,11 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["CUE_THRESHOLDS", "FLAGS", "CueThresholds", "UtteranceCues", "face_cue_steps", "face_cues", "text_cues",
+__all__ = ["CUE_NAMES", "CUE_THRESHOLDS", "FLAGS", "CueThresholds", "UtteranceCues", "face_cue_steps", "face_cues",
            "utterance_cues"]
 
+# The per-utterance cue scores, in the order the dataset's items stack them (``cues``).
+CUE_NAMES = ("text_valence", "text_arousal", "text_distress", "face_valence", "face_expressivity", "mismatch")
 FLAGS = ("minimizing", "positive_words_negative_face", "negative_words_positive_face")
 _NEG_EMOTIONS = ("anger", "disgust", "fear", "sadness")
 _NON_EXPRESSION_AUS = ("AU25", "AU26", "AU43")

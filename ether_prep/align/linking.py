@@ -169,21 +169,31 @@ def _masked_corr(x: np.ndarray, y: np.ndarray) -> float:
     return float((x * y).sum() / den) if den > 1e-12 else 0.0
 
 
-def link_persons(movement: np.ndarray, activity: np.ndarray, speakers: Sequence[str],
-                 persons: Sequence[int] | None = None, min_corr: float = 0.2, min_frames: int = 10,
-                 boxes: np.ndarray | None = None, min_seat_iou: float = 0.3) -> tuple[list[PersonLink], np.ndarray]:
-    """Link persons (or single face tracks) to speakers (see the module docstring); returns one link per
-    person and the evidence matrix ``max(mouth_corr, screen_corr)``.
+@dataclass
+class _Evidence:
+    """Per person (row) and speaker (column): mouth and on-screen correlations, their maximum, and how many
+    frames each person is present in."""
 
-    ``movement`` is (F, P) (NaN where a person has no face), ``activity`` (S, F). ``boxes`` (P, 4), the
-    persons' mean boxes, enables seat continuity for fragments. ``speaker == ""`` means unlinked.
-    """
-    from ..adapters.scipy_optimize import best_assignment
+    persons: list[int]
+    speakers: Sequence[str]
+    present: np.ndarray  # (F, P)
+    n_present: np.ndarray  # (P,)
+    mouth: np.ndarray
+    screen: np.ndarray
+    corr: np.ndarray  # max(mouth, screen): the evidence a link rests on
 
-    movement = np.asarray(movement, dtype=np.float64)
-    activity = np.asarray(activity, dtype=np.float64)
+    def link(self, t: int, s: int | None = None, confidence: float = 0.0, margin: float = 0.0) -> PersonLink:
+        """Person ``t`` linked to speaker index ``s``, or unlinked (evidence of its best speaker) when None."""
+        corr = self.corr
+        best = s if s is not None else (int(np.argmax(corr[t])) if corr.shape[1] else None)
+        ev = (corr[t, best], self.mouth[t, best], self.screen[t, best]) if best is not None else (0.0, 0.0, 0.0)
+        return PersonLink(self.persons[t], str(self.speakers[s]) if s is not None else "", float(confidence),
+                          *(float(x) for x in ev), float(margin), int(self.n_present[t]))
+
+
+def _evidence(movement: np.ndarray, activity: np.ndarray, speakers: Sequence[str], persons: list[int],
+              min_frames: int) -> _Evidence:
     n = movement.shape[1] if movement.ndim == 2 else 0
-    persons = list(range(n)) if persons is None else [int(p) for p in persons]
     present = np.isfinite(movement)
     mouth = np.zeros((n, len(speakers)))
     screen = np.zeros((n, len(speakers)))
@@ -197,21 +207,17 @@ def link_persons(movement: np.ndarray, activity: np.ndarray, speakers: Sequence[
             # On screen while this speaker talks, off screen while they are silent (edited video that
             # shows whoever talks): evidence a mouth cannot give, since the face is seen only while talking.
             screen[t, s] = _masked_corr(ok.astype(np.float64), activity[s])
-    corr = np.maximum(mouth, screen)
+    return _Evidence(persons, speakers, present, n_present, mouth, screen, np.maximum(mouth, screen))
 
-    def link(t: int, s: int | None = None, confidence: float = 0.0, margin: float = 0.0) -> PersonLink:
-        """Person ``t`` linked to speaker index ``s``, or unlinked (evidence of its best speaker) when None."""
-        best = s if s is not None else (int(np.argmax(corr[t])) if corr.shape[1] else None)
-        ev = (corr[t, best], mouth[t, best], screen[t, best]) if best is not None else (0.0, 0.0, 0.0)
-        return PersonLink(persons[t], str(speakers[s]) if s is not None else "", float(confidence),
-                          *(float(x) for x in ev), float(margin), int(n_present[t]))
 
-    links = {t: link(t) for t in range(n)}
-    if not (n and len(speakers)):
-        return [links[t] for t in range(n)], corr
-    # 1. one-to-one among all persons: each speaker's primary face
+def _link_primary(ev: _Evidence, corr: np.ndarray, links: dict[int, PersonLink],
+                  min_corr: float) -> dict[int, list[int]]:
+    """Step 1, one-to-one among all persons: each speaker's primary face. Returns speaker index -> linked
+    person columns."""
+    from ..adapters.scipy_optimize import best_assignment
+
     rows, cols = best_assignment(corr)
-    owner: dict[int, list[int]] = {}  # speaker index -> linked person columns
+    owner: dict[int, list[int]] = {}
     for t, s in zip(rows, cols, strict=True):
         r = float(corr[t, s])
         if r < min_corr:
@@ -219,31 +225,58 @@ def link_persons(movement: np.ndarray, activity: np.ndarray, speakers: Sequence[
         rivals = np.concatenate([np.delete(corr[t], s), np.delete(corr[:, s], t)])
         margin = r - max(float(rivals.max()) if rivals.size else 0.0, 0.0)
         confidence = float(np.clip(r, 0, 1) * np.clip(margin / r, 0, 1))
-        links[t] = link(t, int(s), confidence, margin)
+        links[t] = ev.link(t, int(s), confidence, margin)
         owner.setdefault(int(s), []).append(int(t))
+    return owner
+
+
+def _fragment_candidate(ev: _Evidence, corr: np.ndarray, links: dict[int, PersonLink], t: int, s: int, p: int,
+                        boxes: np.ndarray | None, min_corr: float, min_frames: int,
+                        min_seat_iou: float) -> tuple[float, int, float] | None:
+    """(confidence, speaker, margin) of fragment ``t`` as speaker ``s`` whose primary face is ``p``, or None."""
+    iou_ = iou(boxes[t], boxes[p]) if boxes is not None else 0.0
+    if iou_ >= min_seat_iou:
+        return (links[p].confidence * iou_, s, links[p].margin)
+    if ev.n_present[t] >= min_frames and corr[t, s] >= min_corr and corr[t, s] == corr[t].max():
+        rival = max(float(np.delete(corr[t], s).max()) if corr.shape[1] > 1 else 0.0, 0.0)
+        r = float(corr[t, s])
+        return (float(np.clip(r, 0, 1) * np.clip((r - rival) / r, 0, 1)), s, r - rival)
+    return None
+
+
+def link_persons(movement: np.ndarray, activity: np.ndarray, speakers: Sequence[str],
+                 persons: Sequence[int] | None = None, min_corr: float = 0.2, min_frames: int = 10,
+                 boxes: np.ndarray | None = None, min_seat_iou: float = 0.3) -> tuple[list[PersonLink], np.ndarray]:
+    """Link persons (or single face tracks) to speakers (see the module docstring); returns one link per
+    person and the evidence matrix ``max(mouth_corr, screen_corr)``.
+
+    ``movement`` is (F, P) (NaN where a person has no face), ``activity`` (S, F). ``boxes`` (P, 4), the
+    persons' mean boxes, enables seat continuity for fragments. ``speaker == ""`` means unlinked.
+    """
+    movement = np.asarray(movement, dtype=np.float64)
+    activity = np.asarray(activity, dtype=np.float64)
+    n = movement.shape[1] if movement.ndim == 2 else 0
+    ev = _evidence(movement, activity, speakers, list(range(n)) if persons is None else [int(p) for p in persons],
+                   min_frames)
+    corr = ev.corr
+    links = {t: ev.link(t) for t in range(n)}
+    if not (n and len(speakers)):
+        return [links[t] for t in range(n)], corr
+    owner = _link_primary(ev, corr, links, min_corr)
     # 2. fragments: a face never on screen together with a speaker's faces is that speaker when it sits
     #    where the primary face sat (seat continuity), or when its own evidence matches that speaker.
     primary = {s: ts[0] for s, ts in owner.items()}
-    for t in sorted((t for t in range(n) if not links[t].speaker), key=lambda t: -n_present[t]):
+    for t in sorted((t for t in range(n) if not links[t].speaker), key=lambda t: -ev.n_present[t]):
         best: tuple[float, int, float] | None = None  # confidence, speaker, margin
         for s, ts in owner.items():
-            if any((present[:, t] & present[:, u]).any() for u in ts):
+            if any((ev.present[:, t] & ev.present[:, u]).any() for u in ts):
                 continue  # on screen together: two different people
-            p = primary[s]
-            iou_ = iou(boxes[t], boxes[p]) if boxes is not None else 0.0
-            if iou_ >= min_seat_iou:
-                cand = (links[p].confidence * iou_, s, links[p].margin)
-            elif n_present[t] >= min_frames and corr[t, s] >= min_corr and corr[t, s] == corr[t].max():
-                rival = max(float(np.delete(corr[t], s).max()) if corr.shape[1] > 1 else 0.0, 0.0)
-                r = float(corr[t, s])
-                cand = (float(np.clip(r, 0, 1) * np.clip((r - rival) / r, 0, 1)), s, r - rival)
-            else:
-                continue
-            if best is None or cand[0] > best[0]:
+            cand = _fragment_candidate(ev, corr, links, t, s, primary[s], boxes, min_corr, min_frames, min_seat_iou)
+            if cand is not None and (best is None or cand[0] > best[0]):
                 best = cand
         if best is not None:
             conf, s, margin = best
-            links[t] = link(t, s, conf, margin)
+            links[t] = ev.link(t, s, conf, margin)
             owner[s].append(t)
     return [links[t] for t in range(n)], corr
 

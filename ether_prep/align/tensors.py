@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..face import POSE_NAMES
 from .cues import face_cues
 from .linking import frame_interval
 
@@ -105,7 +106,7 @@ def offsets_from_lengths(lengths: Sequence[int] | np.ndarray) -> np.ndarray:
 
 def feature_names(au_names: Sequence[str], emotion_names: Sequence[str]) -> list[str]:
     """Column names of the per-step face feature vector: AUs, emotions, head pose, mouth opening."""
-    return [*au_names, *emotion_names, "yaw", "pitch", "roll", "mouth_open"]
+    return [*au_names, *emotion_names, *POSE_NAMES, "mouth_open"]
 
 
 @dataclass

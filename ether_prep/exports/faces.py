@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from ..deidentify import Deidentifier, face_column_shared
 from ..errors import StoreError
 from ..face.features import DLIB68_FROM_MP478
+from ..stages.face import FaceBlock, FaceStream, open_faces
 from ..store import SessionGroup
 from . import NothingToExport
 
@@ -44,43 +44,34 @@ _OPENFACE_AUS["AU45_r"] = "AU43"
 
 @dataclass(frozen=True)
 class _Block:
-    """The faces of a run of analysed frames (``frames`` absolute indices; arrays (F, T, ...))."""
+    """A block of the face stage's frames, its landmarks as dlib's 68 points (F, T, 68, 2)."""
 
-    frames: np.ndarray
-    times: np.ndarray
-    box: np.ndarray
-    score: np.ndarray
-    au: np.ndarray
-    emotion: np.ndarray
-    pose: np.ndarray
-    mouth: np.ndarray
-    landmarks68: np.ndarray  # (F, T, 68, 2)
+    faces: FaceBlock
+    landmarks68: np.ndarray
+
+    def __getattr__(self, name: str) -> object:  # frames, times, box, ... as the face stage gives them
+        return getattr(self.faces, name)
 
 
-def _face_group(session: SessionGroup) -> zarr.Group:
+def _faces(session: SessionGroup) -> FaceStream:
     try:
-        group = session.stage_group("face")
+        faces = open_faces(session)
     except StoreError as exc:
         raise StoreError(f"session {session.id!r}: no face results to export ({exc})") from exc
-    if "au" not in group:  # the stage was skipped: a recording without video has no faces to export
-        note = dict(group.attrs.get("stage", {})).get("note") or "face stage skipped"
+    if faces is None:  # the stage was skipped: a recording without video has no faces to export
+        note = session.stage_state("face").note or "face stage skipped"
         raise NothingToExport(f"session {session.id!r}: no faces to export ({note})")
-    return group
+    return faces
 
 
-def _blocks(group: zarr.Group) -> Iterator[_Block]:
-    times = group["time"][...]
-    n_frames = group["box"].shape[0]
-    rows = max(1, group["au"].chunks[0])
-    has_landmarks = "landmarks" in group
-    mesh = has_landmarks and group["landmarks"].shape[2] == 478
-    for a in range(0, n_frames, rows):
-        b = min(a + rows, n_frames)
-        box = group["box"][a:b]
-        lm = group["landmarks"][a:b] if has_landmarks else np.full((*box.shape[:2], 68, 2), np.nan)
-        yield _Block(np.arange(a, b), times[a:b], box, group["score"][a:b], group["au"][a:b],
-                     group["emotion"][a:b], group["pose"][a:b], group["mouth_open"][a:b],
-                     (lm[:, :, DLIB68_FROM_MP478] if mesh else lm)[..., :2])
+def _blocks(faces: FaceStream) -> Iterator[_Block]:
+    for blk in faces.blocks():
+        lm = blk.landmarks
+        if lm is None:
+            lm68 = np.full((*blk.box.shape[:2], 68, 2), np.nan)
+        else:
+            lm68 = (lm[:, :, DLIB68_FROM_MP478] if lm.shape[2] == 478 else lm)[..., :2]
+        yield _Block(blk, lm68)
 
 
 def _fmt(v: float) -> str:
@@ -112,15 +103,14 @@ def _dest(session: SessionGroup, dest_dir: Path, suffix: str, deid: Deidentifier
 
 def write_faces_csv(session: SessionGroup, dest_dir: Path, deid: Deidentifier | None = None) -> Path:
     """``<session id>.faces.csv`` in py-feat's layout (see the module docstring); returns its path."""
-    group = _face_group(session)
-    au_names, emotion_names = list(group["au"].attrs["names"]), list(group["emotion"].attrs["names"])
-    person = group["person"][...] if "person" in group else None
+    faces = _faces(session)
+    au_names, emotion_names, person = faces.au_names, faces.emotion_names, faces.person
     header = ["frame", "time", "track", "person", "FaceRectX", "FaceRectY", "FaceRectWidth", "FaceRectHeight",
               "FaceScore", *(f"x_{i}" for i in range(68)), *(f"y_{i}" for i in range(68)), *au_names,
               *emotion_names, "Pitch", "Roll", "Yaw", "X", "Y", "Z", "mouth_open"]
     dest = _dest(session, dest_dir, "faces", deid)
     with _Csv(dest, header, deid) as out:
-        for blk in _blocks(group):
+        for blk in _blocks(faces):
             for f, k in zip(*np.nonzero(np.isfinite(blk.box[:, :, 0])), strict=True):
                 x0, y0, x1, y1 = blk.box[f, k]
                 yaw, pitch, roll = blk.pose[f, k]
@@ -135,16 +125,16 @@ def write_faces_csv(session: SessionGroup, dest_dir: Path, deid: Deidentifier | 
 
 def write_openface_csv(session: SessionGroup, dest_dir: Path, deid: Deidentifier | None = None) -> Path:
     """``<session id>.openface.csv`` with OpenFace 2.x column names (see the module docstring)."""
-    group = _face_group(session)
-    au_index = {name: i for i, name in enumerate(group["au"].attrs["names"])}
+    faces = _faces(session)
+    au_index = {name: i for i, name in enumerate(faces.au_names)}
     aus = {col: au_index[au] for col, au in _OPENFACE_AUS.items() if au in au_index}
-    face_id = group["person"][...] if "person" in group else np.arange(group["box"].shape[1])
+    face_id = faces.person if faces.person is not None else np.arange(faces.n_tracks)
     header = ["frame", "face_id", "timestamp", "confidence", "success", "pose_Rx", "pose_Ry", "pose_Rz",
               *(f"x_{i}" for i in range(68)), *(f"y_{i}" for i in range(68)), *aus]
     dest = _dest(session, dest_dir, "openface", deid)
     empty = [""] * (len(header) - 5)
     with _Csv(dest, header, deid) as out:
-        for blk in _blocks(group):
+        for blk in _blocks(faces):
             present = np.isfinite(blk.box[:, :, 0])
             for f in range(len(blk.frames)):
                 stamp = f"{blk.times[f]:.3f}"

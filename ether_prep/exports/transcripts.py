@@ -75,9 +75,8 @@ def whisperx_result(session: SessionGroup, deid: Deidentifier | None = None) -> 
     segments = [{"id": str(u["id"][k]), "start": _number(u["start"][k]), "end": _number(u["end"][k]),
                  "text": str(u["text"][k]), "speaker": str(u["speaker"][k]),
                  "words": words[int(u["word_start"][k]):int(u["word_end"][k])]} for k in range(len(t))]
-    attrs = session.stage_group("utterances").attrs
-    result = {"session": _name(session, deid), "uri": _uri(session, deid), "language": attrs.get("language"),
-              "model": attrs.get("asr_model"), "segments": segments, "word_segments": words}
+    result = {"session": _name(session, deid), "uri": _uri(session, deid), "language": t.language,
+              "model": t.asr_model, "segments": segments, "word_segments": words}
     if deid is not None:
         result["deidentified"] = deid.describe()
     return result

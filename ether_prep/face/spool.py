@@ -1,21 +1,20 @@
-"""Per-detection spooling to temporary files, then dense (frame, track, ...) arrays written chunk by chunk.
+"""Per-detection spooling to temporary files, then dense (frame, track, ...) arrays block by block.
 
 The number of tracks is known only at the end of a video, and a 60-minute session holds hundreds of MB of
 landmarks, so the face stage appends each detection's values to flat temporary files as it goes and, at
-the end, writes each dense output array one chunk of frames at a time. Memory stays flat however long the
-video is.
+the end, writes each dense output array one chunk of frames at a time (:meth:`DetectionSpool.dense_blocks`
+gives the blocks; the stage writes them). Memory stays flat however long the video is.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
 from ..scratch import ScratchDir, open_private
-from ..store import create_array
 
 __all__ = ["DetectionSpool"]
 
@@ -64,17 +63,15 @@ class DetectionSpool:
         data = np.fromfile(self.dir / f"{name}.bin", dtype=dtype, count=count, offset=start * row)
         return data.reshape(-1, *shape)
 
-    def write_dense(self, group: zarr.Group, name: str, field: str, frame: np.ndarray, column: np.ndarray,
-                    n_frames: int, n_columns: int, attrs: dict[str, Any] | None = None,
-                    dims: tuple[str, ...] | None = None) -> zarr.Array:
-        """Scatter detections (at ``frame[i]``, ``column[i]``; ``column < 0`` dropped) into a NaN-filled
-        ``(n_frames, n_columns, *row shape)`` array, one chunk of frames at a time.
+    def dense_blocks(self, field: str, frame: np.ndarray, column: np.ndarray, n_frames: int, n_columns: int,
+                     rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Detections (at ``frame[i]``, ``column[i]``; ``column < 0`` dropped) scattered into a NaN-filled
+        ``(n_frames, n_columns, *row shape)`` array, as ``(a, b, block)``: frames ``a:b``, ``rows`` frames at
+        a time (the array's chunk length); blocks without a detection are left out (all NaN, "no face").
 
         ``frame`` must be sorted (detections are spooled in frame order).
         """
         shape, dtype = self.fields[field]
-        arr = create_array(group, name, (n_frames, n_columns, *shape), dtype, attrs=attrs, dims=dims)
-        rows = arr.chunks[0]
         for a in range(0, n_frames, rows):
             b = min(a + rows, n_frames)
             lo, hi = np.searchsorted(frame, [a, b])
@@ -85,8 +82,7 @@ class DetectionSpool:
             col = column[lo:hi]
             ok = col >= 0
             block[frame[lo:hi][ok] - a, col[ok]] = values[ok]
-            arr[a:b] = block
-        return arr
+            yield a, b, block
 
     def close(self) -> None:
         for name, fh in self._files.items():

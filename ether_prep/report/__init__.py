@@ -90,9 +90,6 @@ def build_report(store_url: str, dest: Path, session_ids: Sequence[str] | None =
 
     ``workers``: processes drawing pages (default: one per CPU core for a batch of at least 12 sessions).
     """
-    from tqdm import tqdm
-
-    from ..runner import status_table
     from ..store import Store
     from .html import index_page
 
@@ -109,17 +106,7 @@ def build_report(store_url: str, dest: Path, session_ids: Sequence[str] | None =
 
         key = deid_key(store_url)  # the store's key: the aliases `export --deidentify` gives
         names = {sid: session_alias(key, sid) for sid in wanted}
-    rows_of: dict[str, list[dict[str, Any]]] = {sid: [] for sid in wanted}
-    for row in status_table(store):  # every stage's state and message, damage included (fast check)
-        if row["session"] in rows_of:
-            rows_of[row["session"]].append(row)
-    order = _pipeline_stages(store)
-    for sid, rows in rows_of.items():  # stages of the pipeline a session never got to (after a failure)
-        have = {r["stage"] for r in rows}
-        rows += [{"session": sid, "stage": name, "state": "pending",
-                  "message": "not run: a stage it needs did not complete"} for name in order if name not in have]
-        rank = {name: i for i, name in enumerate(order)}
-        rows.sort(key=lambda r: (rank.get(r["stage"], len(rank)), r["stage"]))
+    rows_of = _status_rows(store, wanted)
     try:
         (dest / "sessions").mkdir(parents=True, exist_ok=True)
         if figures:
@@ -128,6 +115,35 @@ def build_report(store_url: str, dest: Path, session_ids: Sequence[str] | None =
         raise StoreError(f"{dest}: cannot create the report folder ({exc.strerror}); choose a writable DEST") from exc
     jobs = [_Job(store_url, sid, rows_of[sid], names[sid], str(dest), figures, deidentify) for sid in wanted]
     summary = ReportSummary(dest / "index.html")
+    index_rows = _run(jobs, summary, dest, progress, workers)
+    summary.failed = [r.name for r in index_rows if r.cls == "failed"]
+    summary.index.write_text(index_page(index_rows, store_url, deidentify), encoding="utf-8")
+    return summary
+
+
+def _status_rows(store: Any, wanted: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Each session's stage rows as ``status`` gives them (damage included: fast check), in pipeline order, with
+    the stages of the pipeline that last ran that the session never got to (after a failure) as pending."""
+    from ..runner import status_table
+
+    rows_of: dict[str, list[dict[str, Any]]] = {sid: [] for sid in wanted}
+    for row in status_table(store):
+        if row["session"] in rows_of:
+            rows_of[row["session"]].append(row)
+    order = _pipeline_stages(store)
+    rank = {name: i for i, name in enumerate(order)}
+    for sid, rows in rows_of.items():
+        have = {r["stage"] for r in rows}
+        rows += [{"session": sid, "stage": name, "state": "pending",
+                  "message": "not run: a stage it needs did not complete"} for name in order if name not in have]
+        rows.sort(key=lambda r: (rank.get(r["stage"], len(rank)), r["stage"]))
+    return rows_of
+
+
+def _run(jobs: list[_Job], summary: ReportSummary, dest: Path, progress: bool, workers: int | None) -> list[Any]:
+    """Write every job's page, in worker processes for a batch; returns the index rows."""
+    from tqdm import tqdm
+
     n_workers = workers or (min(os.cpu_count() or 1, 8) if len(jobs) >= _PARALLEL_FROM else 1)
     bar = tqdm(total=len(jobs), desc="report", unit="session", disable=not progress or not sys.stderr.isatty(),
                file=sys.stderr)
@@ -138,8 +154,7 @@ def build_report(store_url: str, dest: Path, session_ids: Sequence[str] | None =
 
             # spawn, not fork: this process runs zarr's I/O thread, which a forked child would inherit locked.
             with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                results = pool.map(_report_one, jobs, chunksize=max(1, len(jobs) // (8 * n_workers)))
-                for result in results:
+                for result in pool.map(_report_one, jobs, chunksize=max(1, len(jobs) // (8 * n_workers))):
                     index_rows.append(_collect(summary, result))
                     bar.update()
         else:
@@ -149,13 +164,9 @@ def build_report(store_url: str, dest: Path, session_ids: Sequence[str] | None =
     except OSError as exc:
         raise StoreError(f"{exc.filename or dest}: cannot write the report ({exc.strerror}); free space or choose "
                          f"a writable DEST") from exc
-    except EtherPrepError:
-        raise
     finally:
         bar.close()
-    summary.failed = [r.name for r in index_rows if r.cls == "failed"]
-    summary.index.write_text(index_page(index_rows, store_url, deidentify), encoding="utf-8")
-    return summary
+    return index_rows
 
 
 def _pipeline_stages(store: Any) -> list[str]:

@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import EtherPrepError
 
 if TYPE_CHECKING:
-    from ..stages.align import Alignment
+    from ..stages.align import AlignOutputs
     from ..stages.face import FaceOutputs
     from ..stages.qc import Review
     from ..store import SessionGroup
@@ -75,7 +75,7 @@ class SessionData:
     turns: list[tuple[float, float, str]] | None = None
     utterances: dict[str, np.ndarray] | None = None  # the utterances stage's table
     coverage: dict[str, Any] | None = None
-    alignment: Alignment | None = None
+    alignment: AlignOutputs | None = None
     faces: FaceOutputs | None = None
     persons: list[PersonData] = field(default_factory=list)
 
@@ -132,13 +132,13 @@ def gather_session(group: SessionGroup, status: list[dict[str, Any]], name: str,
     else:
         data.missing["utterances"] = _why(rows, "utterances")
     if _done(rows, "transcribe"):
-        from ..stages.transcribe import read_coverage
+        from ..stages.transcribe import read_words
 
-        _part(data, "transcribe", lambda: read_coverage(group), rows, "coverage")
+        _part(data, "transcribe", lambda: _attrs_of(read_words(group)), rows, "coverage")
     if _done(rows, "align"):
-        from ..stages.align import read_alignment
+        from ..stages.align import read_align
 
-        _part(data, "align", lambda: read_alignment(group), rows, "alignment")
+        _part(data, "align", lambda: read_align(group), rows, "alignment")
     else:
         data.missing["alignment"] = _why(rows, "align")
     if _done(rows, "face"):
@@ -157,6 +157,11 @@ def gather_session(group: SessionGroup, status: list[dict[str, Any]], name: str,
             ends.append(float(data.faces.time[-1]))
         data.duration = max(ends, default=0.0)
     return data
+
+
+def _attrs_of(outputs: Any) -> dict[str, Any] | None:
+    """The transcribe stage's attributes (speech coverage, uncovered stretches), None when it is not done."""
+    return dict(outputs.attrs) if outputs is not None else None
 
 
 def _part(data: SessionData, stage: str, read: Any, rows: dict[str, StageRow], attr: str) -> None:

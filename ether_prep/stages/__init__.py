@@ -10,7 +10,7 @@ from ..registry import resolve
 if TYPE_CHECKING:
     from .base import Stage
 
-__all__ = ["STAGES", "stage_class"]
+__all__ = ["STAGES", "stage_class", "stage_classes"]
 
 # name -> "module:Class"; the order is the canonical pipeline order.
 STAGES: dict[str, str] = {
@@ -27,3 +27,8 @@ STAGES: dict[str, str] = {
 def stage_class(name: str) -> type[Stage]:
     """The class implementing stage ``name``."""
     return resolve(STAGES, name, "stage")
+
+
+def stage_classes() -> list[type[Stage]]:
+    """Every registered stage's class, in pipeline order (what the manifests and the dataset collect from)."""
+    return [stage_class(name) for name in STAGES]

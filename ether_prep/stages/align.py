@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -70,8 +70,9 @@ from ..align.tensors import UtteranceTensors, cut_utterances, feature_names, pad
 from ..errors import StageError
 from ..face import AU_NAMES, EMOTION_NAMES
 from ..provenance import library_versions
-from ..store import write_array, write_labels, write_ragged, write_table
-from .base import Stage
+from ..store import read_table, write_array, write_labels, write_ragged, write_table
+from .audio import read_audio
+from .base import Each, Stage
 from .face import read_faces
 from .utterances import Transcript, read_transcript
 
@@ -81,7 +82,7 @@ if TYPE_CHECKING:
     from ..records import Session
     from ..store import SessionGroup
 
-__all__ = ["AlignParams", "AlignStage", "Alignment", "read_alignment"]
+__all__ = ["AlignOutputs", "AlignParams", "AlignStage", "AlignTensors", "read_align", "read_align_tensors"]
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,75 @@ class _Links:
         return persons[0] if persons else -1
 
 
+# ------------------------------------------------------------------------------------- manifest columns
+# What align adds to the root manifests (see ether_prep.manifest): name -> (Arrow type, description).
+_IDENTITY: dict[str, tuple[str, str]] = {
+    "align_fingerprint": ("string", "fingerprint of the session's align stage these rows were built from "
+                                    "(readers compare it with the store's: a re-aligned session raises)"),
+    "align_finished_at": ("string", "when that align run finished (UTC, ISO 8601)"),
+}
+_UTTERANCE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "utterance_id": ("string", "stable id, <session_id>/u<5-digit index>", "item"),
+    "session_id": ("string", "session id (from the recording's path under the raw folder)", "item"),
+    "utterance_index": ("int64", "row of the utterance in its session's align/utterances table and pooled arrays"),
+    "start": ("float64", "start, seconds from the start of the recording", "item"),
+    "end": ("float64", "end, seconds", "item"),
+    "duration": ("float64", "end - start, seconds"),
+    "speaker": ("string", "diarized speaker label (SPEAKER_00, ...)", "item"),
+    "role": ("string", "client, counsellor, other or unknown", "item"),
+    "role_assumed": ("bool", "roles came from a heuristic, not from sessions.csv"),
+    "listener": ("string", "the other main participant (null when nobody else speaks)"),
+    "listener_role": ("string", "role of the listener (null when there is none)", "item"),
+    "speaker_person": ("int64", "person id of the speaker's face (null: no face linked)"),
+    "listener_person": ("int64", "person id of the listener's face (null: no face linked)"),
+    "speaker_track": ("int64", "longest face track of the speaker's person (null: no face)"),
+    "listener_track": ("int64", "longest face track of the listener's person (null: no face)"),
+    "text": ("string", "the utterance's words", "text", "item"),
+    "n_words": ("int64", "number of words"),
+    "word_start": ("int64", "first word's row in utterances/words"),
+    "word_end": ("int64", "one past the last word's row"),
+    "audio_start": ("int64", "first sample in audio/waveform"),
+    "audio_end": ("int64", "one past the last sample"),
+    "sample_rate": ("int64", "sample rate of audio/waveform, Hz"),
+    "speaker_coverage": ("float64", "share of the utterance's steps with the speaker's face"),
+    "listener_coverage": ("float64", "share of the utterance's steps with the listener's face"),
+    "text_valence": ("float64", "VADER compound, -1..1"),
+    "text_arousal": ("float64", "VADER pos + neg, 0..1 (an arousal proxy)"),
+    "text_distress": ("float64", "most negative word valence / 4, 0..1"),
+    "distress_word": ("string", "the word that gave text_distress (null: none)"),
+    "face_valence": ("float64", "speaker's facial valence, -1..1 (null: no face)"),
+    "face_expressivity": ("float64", "speaker's facial expressivity, 0..1 (null: no face)"),
+    "mismatch": ("float64", "verbal-visual mismatch score, 0..1 (null: too little face to judge)"),
+    "cue_flags": ("list<string>", "incongruence flags raised (minimizing, ...)"),
+    **{f"flag_{f}": ("bool", f"the {f} flag is raised") for f in FLAGS},
+    "group": ("string", "Zarr group holding the tensors, sessions/<id>/align"),
+    "row_start": ("int64", "first row of the utterance in <group>/tensors/{time,face,mask}"),
+    "n_steps": ("int64", "number of tensor rows (time steps)"),
+    "grid_t0": ("float64", "time of the first step, seconds; step k is at grid_t0 + k / rate_hz"),
+    "rate_hz": ("float64", "tensor time steps per second"),
+    **{k: (*v, "last") for k, v in _IDENTITY.items()},
+}
+_PAIR_COLUMNS: dict[str, tuple[str, ...]] = {
+    "pair_id": ("string", "stable id, <session_id>/p<5-digit index>"),
+    "session_id": ("string", "session id"),
+    "client_utterance": ("string", "first utterance of the client's turn"),
+    "counsellor_utterance": ("string", "first utterance of the counsellor's reply"),
+    "client_utterances": ("list<string>", "every utterance of the client's turn, in order"),
+    "counsellor_utterances": ("list<string>", "every utterance of the reply, in order"),
+    "start": ("float64", "start of the client's turn, seconds"),
+    "end": ("float64", "end of the reply, seconds"),
+    "gap": ("float64", "reply start - client turn end, seconds"),
+    "client_text": ("string", "the client's words", "text"),
+    "counsellor_text": ("string", "the counsellor's words", "text"),
+    "client_mismatch": ("float64", "highest mismatch over the client's utterances (null: no face to judge)"),
+    "client_flags": ("list<string>", "flags raised on any of the client's utterances"),
+    "role_assumed": ("bool", "roles came from a heuristic, not from sessions.csv"),
+    **{k: (*v, "last") for k, v in _IDENTITY.items()},
+}
+_SESSION_COLUMNS: dict[str, tuple[str, ...]] = {k: (kind, f"{text} (null: not aligned)", "last")
+                                                for k, (kind, text) in _IDENTITY.items()}
+
+
 # ---------------------------------------------------------------------------------------------- stage
 class AlignStage(Stage):
     """Link faces to speakers and cut per-utterance speaker/listener face tensors (see the module docstring)."""
@@ -182,7 +252,20 @@ class AlignStage(Stage):
     needs_stream = None
     Params = AlignParams
     libraries = ("vaderSentiment", "scipy", "pyarrow")
-    feeds_manifests = True
+    manifest_columns: ClassVar[dict[str, dict[str, tuple[str, ...]]]] = {
+        "utterances": _UTTERANCE_COLUMNS, "dialogue_pairs": _PAIR_COLUMNS, "sessions": _SESSION_COLUMNS}
+    utterance_arrays = ("pooled",)  # (N, 2, 3, D): the items' ``pooled``
+
+    @classmethod
+    def manifest_values(cls, store: SessionGroup) -> dict[str, dict[str, Any]]:
+        """The utterance and pair rows of an aligned session, and its align identity (every row carries it)."""
+        out = read_align(store)
+        if out is None:
+            return {}
+        identity = {"align_fingerprint": out.marker.get("fingerprint"),
+                    "align_finished_at": out.marker.get("finished_at")}
+        return {"utterances": _utterance_values(store.id, out, identity),
+                "dialogue_pairs": _pair_values(store.id, out, identity), "sessions": identity}
 
     def fingerprint_inputs(self, session: Session) -> dict[str, Any]:
         meta = session_meta(session, self.params.roles_file)
@@ -227,7 +310,7 @@ class AlignStage(Stage):
         out.attrs.update({
             "roles": roles, "role_assumed": assumed, "role_source": role_source, "speakers": transcript.speakers,
             "feature_names": names, "features_available": [bool(a) for a in available],
-            "rate_hz": p.rate_hz, "pad_s": p.pad_s, "sample_rate": _sample_rate(store),
+            "rate_hz": p.rate_hz, "pad_s": p.pad_s, "sample_rate": read_audio(store).sample_rate,
             "cue_params": {k: getattr(p, k) for k in CUE_THRESHOLDS},
             "text_analyser": f"vaderSentiment {library_versions('vaderSentiment').get('vaderSentiment')}",
             "n_utterances": len(transcript), "n_pairs": len(pairs),
@@ -283,7 +366,7 @@ class AlignStage(Stage):
         def main_track(person: int) -> int:
             return faces.main_track(person) if faces is not None and person >= 0 else -1
 
-        sample_rate = _sample_rate(store)
+        sample_rate = read_audio(store).sample_rate
         return {
             "id": np.asarray(utts.get("id", []), dtype=str),
             "index": np.arange(n, dtype=np.int64),
@@ -359,12 +442,6 @@ class AlignStage(Stage):
             grp.attrs.update({"max_len": p.max_len, "note": "utterances longer than max_len are cut"})
 
 
-def _sample_rate(store: SessionGroup) -> int:
-    if store.stage_state("audio").complete:
-        return int(store.stage_group("audio").attrs.get("sample_rate", 16000))
-    return 16000
-
-
 def _cue_columns(cues: list[Any]) -> dict[str, np.ndarray]:
     return {
         "text_valence": np.array([c.text_valence for c in cues], dtype=np.float64),
@@ -379,21 +456,96 @@ def _cue_columns(cues: list[Any]) -> dict[str, np.ndarray]:
     }
 
 
+# ---------------------------------------------------------------------------------------------- readers
 @dataclass(frozen=True)
-class Alignment:
-    """A session's align stage output, tables in memory (tensors stay on disk): ``links`` (one row per face
-    track), ``utterances`` (with roles and cue scores), ``pairs`` and the group's attrs (roles, speakers, ...)."""
+class AlignOutputs:
+    """A session's align tables and attributes (see the module docstring; tensors: :func:`read_align_tensors`)."""
 
-    links: dict[str, np.ndarray]
+    attrs: dict[str, Any]
+    marker: dict[str, Any]  # the stage's completion marker (fingerprint, finished_at, ...)
     utterances: dict[str, np.ndarray]
     pairs: dict[str, np.ndarray]
-    attrs: dict[str, Any]
+    links: dict[str, np.ndarray]
+
+    @property
+    def speakers(self) -> list[str]:
+        return list(self.attrs.get("speakers", []))
 
 
-def read_alignment(store: SessionGroup) -> Alignment:
-    """The align stage's tables and attrs for one session (the stage must be done)."""
-    from ..store import read_table
+def read_align(store: SessionGroup) -> AlignOutputs | None:
+    """The align stage's tables of one session (None when it is not done there); damaged outputs raise."""
+    state = store.stage_state("align")
+    if state.state != "done":
+        return None
+    group = store.stage_group("align")  # checked: damaged outputs raise
+    attrs = dict(group.attrs)
+    return AlignOutputs(attrs, dict(state.info), read_table(group, "utterances"), read_table(group, "pairs"),
+                        read_table(group, "links"))
 
-    g = store.stage_group("align")
-    attrs = {k: v for k, v in dict(g.attrs).items() if k != "stage"}
-    return Alignment(read_table(g, "links"), read_table(g, "utterances"), read_table(g, "pairs"), attrs)
+
+@dataclass(frozen=True)
+class AlignTensors:
+    """A session's per-utterance face tensors, opened lazily: ``face`` (L, 2, D), ``mask`` (L, 2)."""
+
+    face: Any
+    mask: Any
+    feature_names: list[str]
+
+
+def read_align_tensors(store: SessionGroup) -> AlignTensors:
+    """The align stage's ragged tensors of one session (arrays opened, not read); a StoreError when absent."""
+    tensors = store.stage_group("align")["tensors"]
+    return AlignTensors(tensors["face"], tensors["mask"], list(tensors.attrs.get("feature_names", [])))
+
+
+def _nullable(values: Any, missing: Any) -> list[Any]:
+    """Values as a list, with the stage's sentinel (-1, "", NaN) turned into None."""
+    out = np.asarray(values).tolist()
+    if missing is None:  # NaN
+        return [None if isinstance(v, float) and not np.isfinite(v) else v for v in out]
+    return [None if v == missing else v for v in out]
+
+
+def _split(values: Any) -> list[list[str]]:
+    return [[x for x in str(v).split(";") if x] for v in values]
+
+
+def _utterance_values(sid: str, out: AlignOutputs, identity: dict[str, Any]) -> dict[str, Any]:
+    """The utterance manifest's align columns of one session."""
+    t, attrs = out.utterances, out.attrs
+    n = len(t["id"])
+    cols: dict[str, Any] = {k: Each(v) for k, v in identity.items()}
+    cols.update({
+        "session_id": Each(sid), "role_assumed": Each(bool(attrs.get("role_assumed", True))),
+        "sample_rate": Each(int(attrs["sample_rate"])), "group": Each(f"sessions/{sid}/align"),
+        "rate_hz": Each(float(attrs["rate_hz"])),
+        "utterance_id": t["id"].tolist(), "utterance_index": t["index"].tolist(),
+        "duration": (t["end"] - t["start"]).tolist(), "n_words": (t["word_end"] - t["word_start"]).tolist(),
+        "listener": _nullable(t["listener"], ""), "listener_role": _nullable(t["listener_role"], ""),
+        "distress_word": _nullable(t["distress_word"], ""), "cue_flags": _split(t["flags"]),
+    })
+    for k in ("speaker_person", "listener_person", "speaker_track", "listener_track"):
+        cols[k] = _nullable(t[k], -1) if k in t else [None] * n  # stores aligned before persons existed
+    for k in ("face_valence", "face_expressivity", "mismatch"):
+        cols[k] = _nullable(t[k], None)
+    for k in _UTTERANCE_COLUMNS:
+        if k not in cols:
+            cols[k] = t[k].tolist()
+    return cols
+
+
+def _pair_values(sid: str, out: AlignOutputs, identity: dict[str, Any]) -> dict[str, Any]:
+    """The dialogue pair manifest's align columns of one session."""
+    p = out.pairs
+    cols: dict[str, Any] = {
+        "pair_id": p["id"].tolist(), "session_id": Each(sid),
+        "client_utterances": _split(p["client_utterances"]),
+        "counsellor_utterances": _split(p["counsellor_utterances"]),
+        "client_mismatch": _nullable(p["client_mismatch"], None), "client_flags": _split(p["client_flags"]),
+        "role_assumed": Each(bool(out.attrs.get("role_assumed", True))),
+        **{k: Each(v) for k, v in identity.items()},
+    }
+    for k in _PAIR_COLUMNS:
+        if k not in cols:
+            cols[k] = p[k].tolist()
+    return cols

@@ -21,8 +21,8 @@ Example (pipelines.yaml)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ..records import Session
     from ..store import SessionGroup
 
-__all__ = ["AudioStage"]
+__all__ = ["Audio", "AudioParams", "AudioStage", "read_audio"]
 
 
 @dataclass(frozen=True)
@@ -111,3 +111,40 @@ def _track_text(track: dict) -> str:
     bits = [str(track.get("codec")), f"{track.get('channels')} ch", *(str(track[k]) for k in ("language", "title")
                                                                      if track.get(k) and track[k] != "und")]
     return f"{track['track']} ({', '.join(bits)})"
+
+
+@dataclass(frozen=True)
+class Audio:
+    """A session's decoded audio as the audio stage stored it: ``waveform`` (opened, read on slicing; None when
+    the recording has no audio stream or the stage is not complete) on the session clock, its ``sample_rate``
+    and the stage's attributes (``duration``, ``channels``, ``track``, ``probe``, ... see :class:`AudioStage`)."""
+
+    waveform: Any
+    sample_rate: int
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.attrs.get("n_samples", 0))
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds decoded (on the session clock), None when the stage is not complete."""
+        value = self.attrs.get("duration")
+        return None if value is None else float(value)
+
+    def samples(self, first: int = 0, stop: int | None = None) -> np.ndarray:
+        """Samples ``first:stop`` as float32 (all of them by default)."""
+        if self.waveform is None:
+            return np.zeros(0, np.float32)
+        return np.asarray(self.waveform[first:stop], dtype=np.float32)
+
+
+def read_audio(store: SessionGroup) -> Audio:
+    """The audio stage's output for one session; when the stage is not complete, no waveform at the default
+    sample rate (what an audio stage with default parameters would decode to)."""
+    if not store.stage_state("audio").complete:
+        return Audio(None, AudioParams.sample_rate)
+    group = store.stage_group("audio")
+    attrs = dict(group.attrs)
+    return Audio(group.get("waveform"), int(attrs["sample_rate"]), attrs)

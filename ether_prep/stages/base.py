@@ -9,8 +9,12 @@ completion marker after ``run`` returns, so an interrupted stage is never counte
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from ..windows import Window
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -21,24 +25,23 @@ if TYPE_CHECKING:
     from ..spec import StageSpec
     from ..store import SessionGroup, Store
 
-__all__ = ["NoParams", "Stage", "Window"]
+__all__ = ["MANIFESTS", "Each", "NoParams", "Stage", "Window"]
+
+# The root manifests a stage can add columns to (see :mod:`ether_prep.manifest`).
+MANIFESTS = ("utterances", "dialogue_pairs", "sessions")
+
+
+@dataclass(frozen=True)
+class Each:
+    """A value every manifest row of one session gets (in :meth:`Stage.manifest_values`; a list or array is one
+    value per row)."""
+
+    value: Any
 
 
 @dataclass(frozen=True)
 class NoParams:
     """For stages without parameters."""
-
-
-@dataclass(frozen=True)
-class Window:
-    """Window ``index`` of ``count`` of one recording, ``start``..``end`` seconds, and what the stage needs to
-    compute exactly that window (``data``: its own; it travels with the task to whichever worker runs it)."""
-
-    index: int
-    count: int
-    start: float
-    end: float
-    data: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 class Stage(ABC):
@@ -58,11 +61,19 @@ class Stage(ABC):
     - ``reads_recording``: True for a stage that decodes the recording itself (not an upstream stage's output):
       the file's identity (size, modification time, content digest) joins its fingerprint and marker, so a
       replaced or grown recording makes it stale;
-    - ``window_split``: True declares that the stage can compute one recording as time windows: the runner
-      asks :meth:`windows`; when it gives more than one, each window is a task of its own (:meth:`run_part`,
+    - ``windowed``: True declares that the stage can compute one recording as time windows: the runner
+      asks :meth:`windows`; when it gives more than one, each window is a task of its own (:meth:`run_window`,
       on any worker of the stage, in any order) and a last task joins them (:meth:`join`) into the stage's
-      output, which must equal what :meth:`run` writes. So one long recording keeps several workers busy;
-    - ``feeds_manifests``: the root Parquet manifests are built from its outputs (see :mod:`ether_prep.manifest`).
+      output, which must equal what :meth:`run` writes. So one long recording keeps several workers busy
+      (eligibility, planning and the join's checks: :mod:`ether_prep.windows`);
+    - ``manifest_columns``: what the stage adds to the root Parquet manifests, per manifest (:data:`MANIFESTS`):
+      column name -> (Arrow type, description), the values coming from :meth:`manifest_values`; a name ending
+      in ``*`` declares a family (``qc_*``: one column per metric); further items are flags: ``"last"`` puts
+      the column after every stage's others, ``"text"`` marks free text (de-identification scrubs it),
+      ``"item"`` a column the dataset's items carry. The stage that gives the ``utterance_id`` (``pair_id``)
+      column defines the rows of that manifest; the others add columns to them;
+    - ``utterance_arrays``: arrays of the stage's group with one row per utterance (row ``i``: utterance ``i``
+      of the session, as the ``utterances`` stage numbers them), which the dataset's items carry by name.
     """
 
     name: ClassVar[str]
@@ -73,10 +84,12 @@ class Stage(ABC):
     backends: ClassVar[tuple[str, ...]] = ("builtin",)
     Params: ClassVar[type] = NoParams
     libraries: ClassVar[tuple[str, ...]] = ()
-    window_split: ClassVar[bool] = False
+    windowed: ClassVar[bool] = False
     reads_recording: ClassVar[bool] = False
-    # Its outputs appear in the store's root manifests: a run that selects it brings them up to date at its end.
-    feeds_manifests: ClassVar[bool] = False
+    # What it adds to the root manifests and to the dataset's items: a run that selects such a stage brings the
+    # manifests up to date at its end (one collect step, after every stage's finalize).
+    manifest_columns: ClassVar[dict[str, dict[str, tuple[str, ...]]]] = {}
+    utterance_arrays: ClassVar[tuple[str, ...]] = ()
     # Set by the worker around each ``run``: where :meth:`report_progress` goes (None: nowhere).
     progress_hook: Callable[[float], None] | None = None
 
@@ -112,19 +125,38 @@ class Stage(ABC):
 
     def finalize(self, store: Store) -> None:  # noqa: B027 - optional hook
         """Called once in the driver after the stage ran over all sessions (the root manifests are not written
-        here: see ``feeds_manifests``)."""
+        here: see ``manifest_columns``)."""
+
+    @classmethod
+    def feeds_manifests(cls) -> bool:
+        """Whether the root manifests or the dataset's items carry any of this stage's outputs."""
+        return bool(cls.manifest_columns or cls.utterance_arrays)
+
+    @classmethod
+    def manifest_values(cls, store: SessionGroup) -> dict[str, dict[str, Any]]:
+        """One session's values of :attr:`manifest_columns`, per manifest: ``sessions`` one value per column; the
+        others a list per column (one value per row) or :class:`Each`. Called for every session in the store,
+        done or not: a column left out is null. The default: nothing (declare columns to give values)."""
+        return {}
+
+    @classmethod
+    def read_utterance_array(cls, store: SessionGroup, name: str) -> Any:
+        """One of :attr:`utterance_arrays` of a session, whole (None when the stage is not done there)."""
+        if store.stage_state(cls.name).state != "done":
+            return None
+        return np.asarray(store.array(cls.name, name)[...])
 
     def windows(self, session: Session, store: SessionGroup) -> list[Window]:
-        """The time windows to compute ``session`` in (``window_split`` stages; called in the driver once the
+        """The time windows to compute ``session`` in (``windowed`` stages; called in the driver once the
         upstream stages are done, whose outputs ``store`` holds: keep it cheap); none or one: the whole
         recording, by :meth:`run`."""
         return []
 
-    def run_part(self, session: Session, store: SessionGroup, window: Window, out: zarr.Group) -> None:
+    def run_window(self, session: Session, store: SessionGroup, window: Window, out: zarr.Group) -> None:
         """Compute one window of ``session`` into ``out`` (a scratch group that :meth:`join` reads)."""
         raise NotImplementedError(f"stage {self.name!r} does not compute windows")
 
-    def join(self, session: Session, store: SessionGroup, parts: list[zarr.Group], out: zarr.Group) -> str | None:
+    def join(self, session: Session, store: SessionGroup, windows: list[zarr.Group], out: zarr.Group) -> str | None:
         """Stitch the windows' groups (in window order) into the stage's output ``out``, as :meth:`run`."""
         raise NotImplementedError(f"stage {self.name!r} does not compute windows")
 
@@ -132,6 +164,7 @@ class Stage(ABC):
     def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
         """Process one session, writing outputs into ``out``; return an optional note for ``status``.
 
-        Read upstream outputs through ``store`` (e.g. ``store.read_table("transcribe", "words")``).
+        Read upstream outputs through their stages' readers (``read_audio(store)``, ``read_words(store)``, ...):
+        one module owns each stage's keys.
         Raise :class:`~ether_prep.errors.EtherPrepError` subclasses with a clear message on bad input.
         """

@@ -37,6 +37,7 @@ from ..provenance import library_versions
 from ..records import Turn
 from ..speech.backends import DIARIZERS, diarizer_class
 from ..store import read_table, write_table
+from .audio import read_audio
 from .base import Stage
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from ..speech.backends import Diarizer
     from ..store import SessionGroup
 
-__all__ = ["DiarizeParams", "DiarizeStage", "read_turns"]
+__all__ = ["DiarizeParams", "DiarizeStage", "read_diarizer", "read_turns"]
 
 
 @dataclass(frozen=True)
@@ -132,9 +133,8 @@ class DiarizeStage(Stage):
         return self._model.diarize(audio, sample_rate, num_speakers or self.params.num_speakers)
 
     def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
-        sample_rate = int(store.stage_group("audio").attrs.get("sample_rate", 16000))
-        audio = np.asarray(store.array("audio", "waveform")[...], dtype=np.float32)
-        turns = self.diarize(audio, sample_rate, _num_speakers(session))
+        audio = read_audio(store)
+        turns = self.diarize(audio.samples(), audio.sample_rate, _num_speakers(session))
         speakers = sorted({t.speaker for t in turns})
         write_table(out, "turns", {
             "start": np.array([t.start for t in turns], dtype=np.float64),
@@ -153,3 +153,10 @@ def read_turns(store: SessionGroup) -> list[Turn]:
         return []
     t = read_table(store.stage_group("diarize"), "turns")
     return [Turn(float(a), float(b), str(k)) for a, b, k in zip(t["start"], t["end"], t["speaker"], strict=True)]
+
+
+def read_diarizer(store: SessionGroup) -> str | None:
+    """The backend that diarized one session (None when the stage is not done there)."""
+    if store.stage_state("diarize").state != "done":
+        return None
+    return store.stage_group("diarize").attrs.get("backend")

@@ -50,8 +50,9 @@ Group attrs add ``n_persons``, ``n_shots``, ``cut_times`` (first frame of each l
 ``identity_model``, ``identity_params`` and ``identity_splits`` (tracks split where the face changed: the
 change lies between ``last_same_time`` and ``time``). With ``identity: off`` every track is its own person.
 
-Windows (``resources.window_s``, see :meth:`FaceStage.windows`): a long video is cut into windows of analysed
-frames planned from its packets; each window (:meth:`FaceStage.run_part`, any worker) stores what depends on
+Windows (``resources.window_s``, see :meth:`FaceStage.windows` and :mod:`ether_prep.windows`): a long video is
+cut into windows of analysed frames planned from its packets; each window (:meth:`FaceStage.run_window`, any
+worker) stores what depends on
 its frames alone: faces, the shot signature's difference from the frame before, appearance descriptors; the
 join (:meth:`FaceStage.join`) replays every frame in order through shot cuts, tracking and identity, decoding
 again only the frames due an identity embedding, and writes what :meth:`FaceStage.run` writes, array for array.
@@ -65,12 +66,11 @@ every face that passed the configured confidence thresholds.
 
 from __future__ import annotations
 
-import itertools
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -84,22 +84,36 @@ from ..face.shots import ShotDetector
 from ..provenance import library_versions
 from ..records import FaceTrack
 from ..sessions import check_unchanged
-from ..store import read_table, write_array, write_labels, write_table
-from .base import Stage, Window
+from ..store import create_array, read_table, write_array, write_labels, write_table
+from ..windows import (
+    Window,
+    check_tiling,
+    edges_at_times,
+    joined_attrs,
+    plan_windows,
+    span_attrs,
+    spans,
+    whole_attrs,
+    window_length,
+)
+from .base import Stage
 
 if TYPE_CHECKING:
     import zarr
 
-    from ..adapters.pyav import DecodeStats, VideoFrame
+    from ..adapters.pyav import DecodeStats, FramePlan, VideoFrame
     from ..face.backends import Embedder
+    from ..face.sequence import Tracks
+    from ..face.spool import DetectionSpool
     from ..records import Session
     from ..spec import StageSpec
     from ..store import SessionGroup
 
-__all__ = ["FaceOutputs", "FaceParams", "FaceStage", "read_faces"]
+__all__ = ["FaceBlock", "FaceCounts", "FaceOutputs", "FaceParams", "FaceStage", "FaceStream", "open_faces",
+           "read_face_counts", "read_faces"]
 
 # Per-face values a window stores: FrameFaces' (boxes .. mouth_open, in its order), then appearance descriptors.
-_PART_ROWS = ("box", "score", "landmarks", "au", "emotion", "pose", "mouth_open", "descriptor")
+_WINDOW_ROWS = ("box", "score", "landmarks", "au", "emotion", "pose", "mouth_open", "descriptor")
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _END = object()
 
@@ -217,7 +231,7 @@ class FaceStage(Stage):
     family = "extract"
     requires = ()
     needs_stream = "video"
-    window_split = True
+    windowed = True
     reads_recording = True
     backends = tuple(BACKENDS)
     Params = FaceParams
@@ -302,46 +316,50 @@ class FaceStage(Stage):
         from ..adapters.pyav import plan_video_frames
 
         p: FaceParams = self.params
-        window_s = self.spec.resources.window_s
-        if window_s is None or self._still(session) or session.probe is None or session.probe.duration < 2 * window_s:
+        duration = session.probe.duration if session.probe is not None else None
+        window_s = window_length(duration, self.spec.resources.window_s)
+        if window_s is None or duration is None or self._still(session):
             return []
         plan = plan_video_frames(session.path, p.analysis_fps)
         if plan is None:
             return []
         batch = self.backend_class.frames_per_batch(p)  # a batch never straddles two windows
-        n = len(plan.kept)
-        cuts = np.searchsorted(plan.time, np.arange(window_s, plan.time[-1], window_s)) // batch * batch
-        edges = [0, *sorted({int(c) for c in cuts if 0 < c < n}), n]
-        count = len(edges) - 1
-        ends = [*(float(plan.time[e]) for e in edges[1:-1]), float(session.probe.duration)]
-        return [Window(k, count, float(plan.time[a]), ends[k], {"plan": plan, "first": a, "stop": b})
-                for k, (a, b) in enumerate(itertools.pairwise(edges))]
+        edges = edges_at_times(plan.time, window_s, batch)
+        return plan_windows(edges, lambda i: float(plan.time[i]), float(duration),
+                            [{"plan": plan}] * (len(edges) - 1))
 
-    def run_part(self, session: Session, store: SessionGroup, window: Window, out: zarr.Group) -> None:
+    def run_window(self, session: Session, store: SessionGroup, window: Window, out: zarr.Group) -> None:
         """The per-frame measurements of one window's frames (and, in the first window, the frame plan)."""
-        from ..adapters.pyav import PlanMismatch, iter_planned_frames
+        from ..adapters.pyav import PlanMismatch
 
         self.setup()
+        out.attrs.update(span_attrs(window))
+        if window.index == 0:  # the join decodes frames again (identity embeddings) by this plan
+            _write_plan(out, window.data["plan"])
+        try:
+            found = self._measure(session, window)
+        except PlanMismatch as exc:  # the join computes the recording whole instead (see join)
+            out.attrs["mismatch"] = str(exc)
+            return
+        check_unchanged(session.path, session.identity)
+        found.write(out)
+
+    def _measure(self, session: Session, window: Window) -> _WindowFrames:
+        """Decode and measure one window's frames, in order."""
+        from ..adapters.pyav import iter_planned_frames
+
         assert self._backend is not None
         p: FaceParams = self.params
         plan, first, stop = window.data["plan"], window.data["first"], window.data["stop"]
-        out.attrs.update({"first": first, "stop": stop})
-        if window.index == 0:  # the join decodes frames again (identity embeddings) by this plan
-            for name in ("pts", "kept", "time", "keyframes"):
-                write_array(out, f"plan_{name}", getattr(plan, name), dims=(f"plan_{name}",))
-            out.attrs["plan_time_base"] = list(plan.time_base)
-            out.attrs["plan_origin"] = plan.origin
         shots = ShotDetector(p.cut_threshold)
-        frame_scores: list[float | None] = []
-        columns: dict[str, list[np.ndarray]] = {k: [] for k in _PART_ROWS}
-        times, sizes, counts, identity = [], [], [], []
+        found = _WindowFrames()
 
         def measured() -> Iterator[VideoFrame]:
             # The frame before the window (context) only gives the first frame's shot-signature difference.
             for k, frame in enumerate(iter_planned_frames(session.path, plan, first, stop, context=min(first, 1))):
                 score = shots.difference(frame.rgb)
                 if k or not first:
-                    frame_scores.append(score)
+                    found.cut_scores.append(score)
                     yield frame
 
         stop_event = threading.Event()
@@ -350,90 +368,59 @@ class FaceStage(Stage):
             with self._backend.open(False) as detector:
                 for batch in _batches(frames, detector.batch_size):
                     for frame, faces in zip(batch, detector.detect(batch), strict=True):
-                        times.append(frame.time)
-                        sizes.append(frame.rgb.shape[1::-1])
-                        counts.append(faces.n)
-                        desc = descriptors(frame.rgb, faces)
-                        for key, value in zip(_PART_ROWS, (faces.boxes, faces.scores, faces.landmarks, faces.aus,
-                                                           faces.emotions, faces.pose, faces.mouth_open,
-                                                           desc if desc is not None else np.zeros((0, 64), np.float32)),
-                                              strict=True):
-                            columns[key].append(value)
-                        identity.append(faces.identity)
+                        found.add(frame, faces)
                     self.report_progress(batch[-1].time - window.start)
-        except PlanMismatch as exc:  # the join computes the recording whole instead (see join)
-            out.attrs["mismatch"] = str(exc)
-            return
         finally:
             stop_event.set()
             frames.close()
-        check_unchanged(session.path, session.identity)
-        write_array(out, "time", np.asarray(times, dtype=np.float64))
-        write_array(out, "size", np.asarray(sizes, dtype=np.int64).reshape(-1, 2), dims=("time", "wh"))
-        write_array(out, "n_faces", np.asarray(counts, dtype=np.int64), dims=("time",))
-        write_array(out, "cut_score", np.array([np.nan if x is None else x for x in frame_scores], np.float64),
-                    dims=("time",))
-        for key, values in columns.items():
-            data = np.concatenate(values) if values else np.zeros((0,), np.float32)
-            write_array(out, key, data, dims=("row", *(f"d{i}" for i in range(1, data.ndim))))
-        with_faces = [x for x, c in zip(identity, counts, strict=True) if c]
-        if with_faces and all(x is not None for x in with_faces):
-            write_array(out, "identity", np.concatenate(with_faces), dims=("row", "embedding"))
+        return found
 
-    def join(self, session: Session, store: SessionGroup, parts: list[zarr.Group], out: zarr.Group) -> str | None:
+    def join(self, session: Session, store: SessionGroup, windows: list[zarr.Group], out: zarr.Group) -> str | None:
         """Replay every window's frames in order through shot cuts, tracking and identity (the frames due an
         identity embedding are decoded again), then write as :meth:`run` does."""
         from ..adapters.pyav import PlanMismatch
 
-        mismatch = [str(g.attrs["mismatch"]) for g in parts if "mismatch" in g.attrs]
+        mismatch = [str(g.attrs["mismatch"]) for g in windows if "mismatch" in g.attrs]
         if not mismatch:
             try:
-                return self._join(session, parts, out)
+                return self._join(session, windows, out)
             except PlanMismatch as exc:
                 mismatch.append(str(exc))
         # The planned frames were not the decoded ones (a corrupt packet, odd timestamps): no window can be
         # trusted, so the recording is computed whole, as without windows.
         note = self.run(session, store, out)
-        out.attrs["windows"] = {"count": len(parts), "used": False, "why": mismatch[0]}
-        whole = f"computed whole, not in {len(parts)} windows: {mismatch[0]}"
-        return f"{note}; {whole}" if note else whole
+        out.attrs["windows"] = whole_attrs(len(windows), mismatch[0])
+        computed_whole = f"computed whole, not in {len(windows)} windows: {mismatch[0]}"
+        return f"{note}; {computed_whole}" if note else computed_whole
 
-    def _join(self, session: Session, parts: list[zarr.Group], out: zarr.Group) -> str | None:
-        from ..adapters.pyav import DecodeStats, FramePlan, PlannedFrames
+    def _join(self, session: Session, windows: list[zarr.Group], out: zarr.Group) -> str | None:
+        from ..adapters.pyav import DecodeStats, PlannedFrames
 
         self.setup()
         assert self._backend is not None
         p: FaceParams = self.params
         t_start = time.perf_counter()
-        head = parts[0]
-        plan = FramePlan(tuple(int(x) for x in head.attrs["plan_time_base"]),  # type: ignore[arg-type]
-                         *(np.asarray(head[f"plan_{name}"][...]) for name in ("pts", "kept", "time", "keyframes")),
-                         origin=head.attrs.get("plan_origin"))
+        plan = _read_plan(windows[0])
+        found = spans(windows)
+        check_tiling(found, f"{session.path}: face", "analysed frame", len(plan.kept))
         with PlannedFrames(session.path, plan) as frames, FaceSequence(
                 self._backend.n_landmarks, p.min_track_frames, p.max_gap_s, p.appearance_weight, p.cut_threshold,
                 self._embedder, self._threshold(), p.identity_every_s, p.max_embeddings_per_track) as sequence:
-            expected = 0
-            for k, g in enumerate(parts):
-                if int(g.attrs["first"]) != expected:
-                    raise StageError(f"{session.path}: window {k + 1} starts at analysed frame {g.attrs['first']}, "
-                                     f"not {expected}: frames would be lost or doubled; run again")
-                self._replay(sequence, g, expected, frames.frame)
-                expected = int(g.attrs["stop"])
-            if expected != len(plan.kept) or sequence.n_frames != len(plan.kept):
+            for g, (first, _) in zip(windows, found, strict=True):
+                self._replay(sequence, g, first, frames.frame)
+            if sequence.n_frames != len(plan.kept):
                 raise StageError(f"{session.path}: the windows hold {sequence.n_frames} analysed frames, the plan "
                                  f"{len(plan.kept)}; run again")
             stats = DecodeStats(decoded=len(plan.pts), kept=len(plan.kept), origin=plan.t0, start=plan.start)
             check_unchanged(session.path, session.identity)
             note = self._write(out, sequence, stats, time.perf_counter() - t_start)
-        out.attrs["windows"] = {"count": len(parts), "used": True,
-                                "first_frames": [int(g.attrs["first"]) for g in parts],
-                                "workers": [g.attrs.get("worker") for g in parts]}
+        out.attrs["windows"] = joined_attrs(windows, first_frames=[first for first, _ in found])
         return note
 
     def _replay(self, sequence: FaceSequence, g: zarr.Group, offset: int,
                 fetch: Callable[[int], VideoFrame]) -> None:
         """One window's frames into ``sequence``, in order."""
-        rows = {k: np.asarray(g[k][...]) for k in _PART_ROWS}
+        rows = {k: np.asarray(g[k][...]) for k in _WINDOW_ROWS}
         identity = np.asarray(g["identity"][...]) if "identity" in g else None
         times, sizes = np.asarray(g["time"][...]), np.asarray(g["size"][...])
         scores = np.asarray(g["cut_score"][...])
@@ -450,33 +437,32 @@ class FaceStage(Stage):
 
     # -- storage -----------------------------------------------------------------------------------------
     def _write(self, out: zarr.Group, sequence: FaceSequence, stats: DecodeStats, elapsed: float) -> str | None:
-        p: FaceParams = self.params
-        assert self._backend is not None
         tracks = sequence.tracks()
+        self._write_arrays(out, sequence, tracks)
+        n_frames = sequence.n_frames
+        note = f"no face found in {n_frames} analysed frame(s)" if not tracks.summaries else None
+        out.attrs.update(self._attrs(sequence, tracks, stats, elapsed, note))
+        if n_frames and stats.corrupt:
+            suffix = f"{stats.corrupt} corrupt packet(s) skipped"
+            note = f"{note}; {suffix}" if note else suffix
+        return note
+
+    def _write_arrays(self, out: zarr.Group, sequence: FaceSequence, tracks: Tracks) -> None:
         n_frames, n_tracks = sequence.n_frames, len(tracks.summaries)
         write_array(out, "time", sequence.frames.read("time"), attrs={"units": "s"})
         write_array(out, "shot", sequence.frames.read("shot"), dims=("time",),
                     attrs={"description": "shot index of each analysed frame"})
-        # (array, its last dimension and that dimension's labels, attrs): xarray reads them as labelled data.
-        dense = [("au", "au_name", AU_NAMES, {"names": list(AU_NAMES)}),
-                 ("emotion", "emotion_name", EMOTION_NAMES, {"names": list(EMOTION_NAMES)}),
-                 ("pose", "angle", POSE_NAMES, {"names": list(POSE_NAMES), "units": "degrees"}),
-                 ("box", "box_edge", ("x0", "y0", "x1", "y1"), {"names": ["x0", "y0", "x1", "y1"], "units": "px"}),
-                 ("score", None, (), {}), ("mouth_open", None, (), {"description": "lip aperture / mouth width"}),
-                 ("landmarks", "xyz", ("x", "y", "z"), {"names": ["x", "y", "z"], "units": "px"})]
-        for name, dim, labels, attrs in dense:
+        for name, dim, labels, attrs in _DENSE:
             dims = ("time", "track", *(("landmark",) if name == "landmarks" else ()), *((dim,) if dim else ()))
-            sequence.detections.write_dense(out, name, name, tracks.frame, tracks.track, n_frames, n_tracks,
-                                            attrs=attrs, dims=dims)
+            _write_dense(out, sequence.detections, name, tracks, n_frames, attrs, dims)
             if dim:
                 write_labels(out, dim, labels)
-        threshold = sequence.identities.threshold
-        identity_model = self._embedder.model_id if self._embedder is not None else None
         write_array(out, "person", tracks.person, dims=("track",),
                     attrs={"description": "person id of each track column"})
         write_array(out, "identity", tracks.identity, dims=("track", "embedding"), attrs={
-            "model": identity_model, "metric": "euclidean (L2-normalised embeddings)",
-            "threshold": threshold, "description": "mean L2-normalised identity embedding per track; NaN: none"})
+            "model": self._identity_model(), "metric": "euclidean (L2-normalised embeddings)",
+            "threshold": sequence.identities.threshold,
+            "description": "mean L2-normalised identity embedding per track; NaN: none"})
         boxes = np.array([s.mean_box for s in tracks.summaries], dtype=np.float64).reshape(-1, 4)
         write_table(out, "tracks", {
             "track": np.arange(n_tracks, dtype=np.int64),
@@ -486,10 +472,19 @@ class FaceStage(Stage):
             "box_x0": boxes[:, 0], "box_y0": boxes[:, 1], "box_x1": boxes[:, 2], "box_y1": boxes[:, 3],
             "person": tracks.person, "shot": tracks.shot, "n_embeddings": tracks.n_embeddings,
         }, dim="track")
+
+    def _identity_model(self) -> str | None:
+        return self._embedder.model_id if self._embedder is not None else None
+
+    def _attrs(self, sequence: FaceSequence, tracks: Tracks, stats: DecodeStats, elapsed: float,
+               note: str | None) -> dict[str, Any]:
+        """The face group's attrs: backend and model, frame counts, clock, persons, shots and identity."""
+        p: FaceParams = self.params
+        assert self._backend is not None
+        n_frames, n_tracks = sequence.n_frames, len(tracks.summaries)
         shots = sequence.shots
-        note = f"no face found in {n_frames} analysed frame(s)" if n_tracks == 0 else None
         info = self.model_info()
-        out.attrs.update({
+        return {
             "backend": self.spec.backend, "model": info.get("id"), "model_source": info.get("source"),
             "au_names": list(AU_NAMES), "emotion_names": list(EMOTION_NAMES), "pose_names": list(POSE_NAMES),
             "analysis_fps": p.analysis_fps, "frames_decoded": stats.decoded, "frames_analysed": n_frames,
@@ -499,9 +494,9 @@ class FaceStage(Stage):
             "fps_analysed": round(n_frames / elapsed, 2) if elapsed > 0 else None,
             "libraries": library_versions(*self.library_names()), "params": self.spec.params_dict(),
             "n_persons": int(tracks.person.max() + 1) if n_tracks else 0, "n_shots": int(shots.shot + 1),
-            "cut_times": shots.cut_times, "identity_model": identity_model,
+            "cut_times": shots.cut_times, "identity_model": self._identity_model(),
             "identity_params": {
-                "threshold": threshold, "metric": "euclidean (L2-normalised embeddings)",
+                "threshold": sequence.identities.threshold, "metric": "euclidean (L2-normalised embeddings)",
                 "every_s": p.identity_every_s, "max_per_track": p.max_embeddings_per_track,
                 "cut_threshold": p.cut_threshold, "cut_ratio": shots.ratio,
                 "largest_jump_within_a_shot": round(shots.max_within_shot, 3),
@@ -513,11 +508,81 @@ class FaceStage(Stage):
             **self._backend.kinds, **self._backend.info,
             **({"person_kind": "identity off: every track is a person of its own"} if p.identity == "off" else {}),
             **({"note": note} if note else {}),
-        })
-        if n_frames and stats.corrupt:
-            suffix = f"{stats.corrupt} corrupt packet(s) skipped"
-            note = f"{note}; {suffix}" if note else suffix
-        return note
+        }
+
+
+# (array, its last dimension and that dimension's labels, attrs): xarray reads them as labelled data.
+_DENSE = [("au", "au_name", AU_NAMES, {"names": list(AU_NAMES)}),
+          ("emotion", "emotion_name", EMOTION_NAMES, {"names": list(EMOTION_NAMES)}),
+          ("pose", "angle", POSE_NAMES, {"names": list(POSE_NAMES), "units": "degrees"}),
+          ("box", "box_edge", ("x0", "y0", "x1", "y1"), {"names": ["x0", "y0", "x1", "y1"], "units": "px"}),
+          ("score", None, (), {}), ("mouth_open", None, (), {"description": "lip aperture / mouth width"}),
+          ("landmarks", "xyz", ("x", "y", "z"), {"names": ["x", "y", "z"], "units": "px"})]
+
+
+def _write_dense(out: zarr.Group, spool: DetectionSpool, name: str, tracks: Tracks, n_frames: int,
+                 attrs: dict[str, Any], dims: tuple[str, ...]) -> None:
+    """The (frame, track, ...) array ``name`` from the spooled detections, one chunk of frames at a time."""
+    shape, dtype = spool.fields[name]
+    n_tracks = len(tracks.summaries)
+    arr = create_array(out, name, (n_frames, n_tracks, *shape), dtype, attrs=attrs, dims=dims)
+    for a, b, block in spool.dense_blocks(name, tracks.frame, tracks.track, n_frames, n_tracks, arr.chunks[0]):
+        arr[a:b] = block
+
+
+def _write_plan(out: zarr.Group, plan: FramePlan) -> None:
+    """The frame plan, in the first window's group: the join decodes frames again by it."""
+    for name in ("pts", "kept", "time", "keyframes"):
+        write_array(out, f"plan_{name}", getattr(plan, name), dims=(f"plan_{name}",))
+    out.attrs["plan_time_base"] = list(plan.time_base)
+    out.attrs["plan_origin"] = plan.origin
+
+
+def _read_plan(g: zarr.Group) -> FramePlan:
+    """The frame plan :func:`_write_plan` stored."""
+    from ..adapters.pyav import FramePlan
+
+    return FramePlan(tuple(int(x) for x in g.attrs["plan_time_base"]),  # type: ignore[arg-type]
+                     *(np.asarray(g[f"plan_{name}"][...]) for name in ("pts", "kept", "time", "keyframes")),
+                     origin=g.attrs.get("plan_origin"))
+
+
+@dataclass
+class _WindowFrames:
+    """What one window measures: per analysed frame (time, size, face count, shot-signature difference from the
+    frame before) and per face (``_WINDOW_ROWS``, identity embeddings), in frame order."""
+
+    times: list[float] = field(default_factory=list)
+    sizes: list[tuple[int, ...]] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    cut_scores: list[float | None] = field(default_factory=list)
+    rows: dict[str, list[np.ndarray]] = field(default_factory=lambda: {k: [] for k in _WINDOW_ROWS})
+    identity: list[np.ndarray | None] = field(default_factory=list)
+
+    def add(self, frame: VideoFrame, faces: FrameFaces) -> None:
+        self.times.append(frame.time)
+        self.sizes.append(frame.rgb.shape[1::-1])
+        self.counts.append(faces.n)
+        desc = descriptors(frame.rgb, faces)
+        values = (faces.boxes, faces.scores, faces.landmarks, faces.aus, faces.emotions, faces.pose,
+                  faces.mouth_open, desc if desc is not None else np.zeros((0, 64), np.float32))
+        for key, value in zip(_WINDOW_ROWS, values, strict=True):
+            self.rows[key].append(value)
+        self.identity.append(faces.identity)
+
+    def write(self, out: zarr.Group) -> None:
+        """Into a window's scratch group, for :meth:`FaceStage._replay`."""
+        write_array(out, "time", np.asarray(self.times, dtype=np.float64))
+        write_array(out, "size", np.asarray(self.sizes, dtype=np.int64).reshape(-1, 2), dims=("time", "wh"))
+        write_array(out, "n_faces", np.asarray(self.counts, dtype=np.int64), dims=("time",))
+        write_array(out, "cut_score", np.array([np.nan if x is None else x for x in self.cut_scores], np.float64),
+                    dims=("time",))
+        for key, values in self.rows.items():
+            data = np.concatenate(values) if values else np.zeros((0,), np.float32)
+            write_array(out, key, data, dims=("row", *(f"d{i}" for i in range(1, data.ndim))))
+        with_faces = [x for x, c in zip(self.identity, self.counts, strict=True) if c]
+        if with_faces and all(x is not None for x in with_faces):
+            write_array(out, "identity", np.concatenate(with_faces), dims=("row", "embedding"))
 
 
 @dataclass(frozen=True)
@@ -568,3 +633,65 @@ def read_faces(store: SessionGroup) -> FaceOutputs | None:
                         int(person[i]), int(shot[i])) for i in range(n)]
     return FaceOutputs(**arrays, au_names=list(g["au"].attrs["names"]),
                        emotion_names=list(g["emotion"].attrs["names"]), tracks=tracks)
+
+
+@dataclass(frozen=True)
+class FaceCounts:
+    """How many video frames the face stage decoded of one session, and how many packets failed to."""
+
+    frames_decoded: int
+    frames_corrupt: int
+
+
+def read_face_counts(store: SessionGroup) -> FaceCounts | None:
+    """The face stage's frame counts of one session (None when it is not done there); no array is read."""
+    if store.stage_state("face").state != "done":
+        return None
+    attrs = store.stage_group("face").attrs
+    return FaceCounts(int(attrs.get("frames_decoded", 0)), int(attrs.get("frames_corrupt", 0)))
+
+
+@dataclass(frozen=True)
+class FaceBlock:
+    """The faces of a run of analysed frames (``frames``: absolute indices; arrays (F, T, ...) as stored;
+    ``landmarks`` (F, T, L, 2 or 3) or None when the backend gave none)."""
+
+    frames: np.ndarray
+    times: np.ndarray
+    box: np.ndarray
+    score: np.ndarray
+    au: np.ndarray
+    emotion: np.ndarray
+    pose: np.ndarray
+    mouth: np.ndarray
+    landmarks: np.ndarray | None
+
+
+class FaceStream:
+    """The face stage's output of one session opened for reading a chunk of frames at a time (nothing is held
+    whole: exports of long recordings stay in bounded memory)."""
+
+    def __init__(self, group: Any) -> None:
+        self._group = group
+        self.au_names: list[str] = list(group["au"].attrs["names"])
+        self.emotion_names: list[str] = list(group["emotion"].attrs["names"])
+        self.n_tracks = int(group["box"].shape[1])
+        self.person: np.ndarray | None = group["person"][...] if "person" in group else None
+
+    def blocks(self) -> Iterator[FaceBlock]:
+        g = self._group
+        times = g["time"][...]
+        rows = max(1, g["au"].chunks[0])
+        has_landmarks = "landmarks" in g
+        for a in range(0, g["box"].shape[0], rows):
+            b = min(a + rows, g["box"].shape[0])
+            yield FaceBlock(np.arange(a, b), times[a:b], g["box"][a:b], g["score"][a:b], g["au"][a:b],
+                            g["emotion"][a:b], g["pose"][a:b], g["mouth_open"][a:b],
+                            g["landmarks"][a:b] if has_landmarks else None)
+
+
+def open_faces(store: SessionGroup) -> FaceStream | None:
+    """The face stage's output of one session for block reads; None when the stage was skipped (no video); a
+    StoreError when it is not complete."""
+    group = store.stage_group("face")
+    return FaceStream(group) if "au" in group else None

@@ -43,18 +43,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..store import read_table, write_table
-from .base import Stage
+from ..errors import StageError
+from ..store import write_table
+from .align import read_align
+from .audio import read_audio
+from .base import Each, Stage
+from .face import read_face_counts
+from .transcribe import read_words
 
 if TYPE_CHECKING:
     import zarr
 
     from ..records import Session
     from ..store import SessionGroup
+    from .align import AlignOutputs
+    from .face import FaceCounts
 
 __all__ = ["Check", "QcParams", "QcStage", "Review", "quality_checks", "read_review"]
 
@@ -126,6 +133,12 @@ def quality_checks(metrics: dict[str, float], params: QcParams) -> list[Check]:
     return out
 
 
+_REVIEW_COLUMNS: dict[str, tuple[str, ...]] = {
+    "needs_review": ("bool", "the session failed a quality check (null: qc did not run)"),
+    "review_reasons": ("list<string>", "why the session needs review"),
+}
+
+
 class QcStage(Stage):
     """Measure each session's completeness and linking, flag it ``needs_review`` when a check fails."""
 
@@ -135,7 +148,19 @@ class QcStage(Stage):
     requires = ("align",)
     Params = QcParams
     libraries = ("pyarrow",)
-    feeds_manifests = True  # the review flag and metrics are columns of the manifests
+    # The review flag is a column of every manifest; sessions.parquet also has one column per metric.
+    manifest_columns: ClassVar[dict[str, dict[str, tuple[str, ...]]]] = {
+        "utterances": _REVIEW_COLUMNS, "dialogue_pairs": _REVIEW_COLUMNS,
+        "sessions": {**_REVIEW_COLUMNS, "qc_*": ("float64", "quality-check metric {}")}}
+
+    @classmethod
+    def manifest_values(cls, store: SessionGroup) -> dict[str, dict[str, Any]]:
+        """The session's verdict on each of its rows (null when qc has not run), and its metrics."""
+        review = read_review(store)
+        verdict = {"needs_review": review.needs_review, "review_reasons": list(review.reasons)}
+        each = {k: Each(v) for k, v in verdict.items()}
+        return {"utterances": each, "dialogue_pairs": each,
+                "sessions": {**verdict, **{f"qc_{k}": v for k, v in review.metrics.items()}}}
 
     def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
         metrics = session_metrics(session, store)
@@ -162,47 +187,50 @@ def session_metrics(session: Session, store: SessionGroup) -> dict[str, float]:
     nan = math.nan
     m: dict[str, float] = {}
     duration = session.probe.duration if session.probe else nan
-    tx = store.stage_state("transcribe")
-    if tx.state == "done":
-        attrs = dict(store.stage_group("transcribe").attrs)
-        speech_s = float(attrs.get("speech_seconds", nan))
-        n_words = len(read_table(store.stage_group("transcribe"), "words")["text"])
+    tx = read_words(store)
+    if tx is not None:
+        speech_s = tx.speech_seconds
         m["speech_seconds"] = speech_s
         m["speech_share"] = speech_s / duration if duration and duration > 0 else nan
-        coverage = attrs.get("speech_coverage")
-        m["speech_coverage"] = float(coverage) if coverage is not None else nan
-        m["words_per_minute"] = n_words / (speech_s / 60.0) if speech_s > 0 else nan
-    audio = store.stage_state("audio")
-    if audio.state == "done" and session.probe is not None and session.probe.has_audio:
-        aattrs = dict(store.stage_group("audio").attrs)
+        m["speech_coverage"] = tx.speech_coverage if tx.speech_coverage is not None else nan
+        m["words_per_minute"] = tx.n_words / (speech_s / 60.0) if speech_s > 0 else nan
+    audio = read_audio(store)
+    if store.stage_state("audio").state == "done" and session.probe is not None and session.probe.has_audio:
         # What the audio stage decoded (on the session clock: leading silence included) against what the probe
         # it decoded by promised; a probe taken again since (a file still growing) counts too.
-        promised = max(float((aattrs.get("probe") or {}).get("duration") or 0.0), float(duration or 0.0))
-        decoded = aattrs.get("duration")
-        if decoded is not None and promised > 0:
-            m["audio_missing_s"] = max(0.0, promised - float(decoded))
-    align = store.stage_group("align")
-    attrs = dict(align.attrs)
-    speakers = list(attrs.get("speakers", []))
-    m["speakers"] = float(len(speakers))
-    face = store.stage_state("face")
-    if face.state == "done":
-        fattrs = dict(store.stage_group("face").attrs)
-        links = read_table(align, "links")
-        linked = {str(s) for s in links["speaker"] if s}
-        m["persons"] = float(len(set(links["person"].tolist()))) if "person" in links else nan
-        if speakers:
-            m["speakers_with_face"] = len(linked & set(speakers)) / len(speakers)
-        conf = [float(c) for c, s in zip(links["confidence"], links["speaker"], strict=True) if s]
-        m["link_confidence"] = min(conf) if conf else nan
-        utts = read_table(align, "utterances")
-        durations = utts["end"] - utts["start"]
-        if durations.sum() > 0:
-            m["speaker_face_share"] = float((durations * utts["speaker_coverage"]).sum() / durations.sum())
-        decoded, corrupt = int(fattrs.get("frames_decoded", 0)), int(fattrs.get("frames_corrupt", 0))
-        m["corrupt_frames"] = corrupt / (decoded + corrupt) if decoded + corrupt else nan
-        expected = _expected_frames(session)
-        m["dropped_frames"] = max(0.0, 1.0 - decoded / expected) if expected else nan
+        promised = max(float((audio.attrs.get("probe") or {}).get("duration") or 0.0), float(duration or 0.0))
+        if audio.duration is not None and promised > 0:
+            m["audio_missing_s"] = max(0.0, promised - audio.duration)
+    align = read_align(store)
+    if align is None:
+        raise StageError(f"session {session.id!r}: the align stage is {store.stage_state('align').state}; run it "
+                         f"first")
+    m["speakers"] = float(len(align.speakers))
+    counts = read_face_counts(store)
+    if counts is not None:
+        m.update(_face_metrics(session, align, counts))
+    return m
+
+
+def _face_metrics(session: Session, align: AlignOutputs, counts: FaceCounts) -> dict[str, float]:
+    """The checks' face measures: links, face share of utterance time, corrupt and dropped frames."""
+    nan = math.nan
+    m: dict[str, float] = {}
+    speakers, links = align.speakers, align.links
+    linked = {str(s) for s in links["speaker"] if s}
+    m["persons"] = float(len(set(links["person"].tolist()))) if "person" in links else nan
+    if speakers:
+        m["speakers_with_face"] = len(linked & set(speakers)) / len(speakers)
+    conf = [float(c) for c, s in zip(links["confidence"], links["speaker"], strict=True) if s]
+    m["link_confidence"] = min(conf) if conf else nan
+    utts = align.utterances
+    durations = utts["end"] - utts["start"]
+    if durations.sum() > 0:
+        m["speaker_face_share"] = float((durations * utts["speaker_coverage"]).sum() / durations.sum())
+    decoded, corrupt = counts.frames_decoded, counts.frames_corrupt
+    m["corrupt_frames"] = corrupt / (decoded + corrupt) if decoded + corrupt else nan
+    expected = _expected_frames(session)
+    m["dropped_frames"] = max(0.0, 1.0 - decoded / expected) if expected else nan
     return m
 
 

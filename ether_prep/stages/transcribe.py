@@ -83,7 +83,19 @@ from ..speech.completeness import (
 )
 from ..speech.timing import fill_missing_times, frame_energy_db, longest_pause, refine_word_times
 from ..store import read_table, write_table
-from .base import Stage, Window
+from ..windows import (
+    Window,
+    check_tiling,
+    even_cuts,
+    joined_attrs,
+    plan_windows,
+    span_attrs,
+    spans,
+    whole_attrs,
+    window_length,
+)
+from .audio import read_audio
+from .base import Stage
 
 if TYPE_CHECKING:
     import zarr
@@ -94,7 +106,7 @@ if TYPE_CHECKING:
     from ..speech.backends import Transcriber
     from ..store import SessionGroup
 
-__all__ = ["TranscribeParams", "TranscribeStage", "read_coverage"]
+__all__ = ["TranscribeOutputs", "TranscribeParams", "TranscribeStage", "read_words", "write_words"]
 
 _COMPUTE_TYPES = {"default", "auto", "int8", "int8_float16", "int8_float32", "int8_bfloat16", "int16",
                   "float16", "bfloat16", "float32"}
@@ -164,7 +176,7 @@ class TranscribeStage(Stage):
     needs_stream = "audio"
     backends = tuple(TRANSCRIBERS)
     Params = TranscribeParams
-    window_split = True
+    windowed = True
 
     def __init__(self, spec: StageSpec) -> None:
         super().__init__(spec)
@@ -289,12 +301,11 @@ class TranscribeStage(Stage):
         return signals
 
     def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
-        audio_attrs = store.stage_group("audio").attrs
-        sample_rate = int(audio_attrs.get("sample_rate", 16000))
+        audio = read_audio(store)
+        sample_rate, audio_attrs = audio.sample_rate, audio.attrs
         channels = int(audio_attrs.get("channels") or (audio_attrs.get("probe") or {}).get("audio_channels") or 1)
         per_channel = self._channels(session, sample_rate, channels, int(audio_attrs.get("track", 0)))
-        signals = per_channel if per_channel is not None else [
-            np.asarray(store.array("audio", "waveform")[...], dtype=np.float32)]
+        signals = per_channel if per_channel is not None else [audio.samples()]
         words, infos, speech = [], [], []
         for ch, audio in enumerate(signals):
             channel = ch if per_channel is not None else -1
@@ -306,7 +317,7 @@ class TranscribeStage(Stage):
         words.sort(key=lambda w: (w["start"], w["channel"]))
         attrs = self._attrs(infos, split=per_channel is not None)
         if self._window_s(session) is not None and (why := self._whole_because(session)):
-            attrs["windows"] = {"count": 1, "used": False, "why": why}
+            attrs["windows"] = whole_attrs(1, why)
         _write_words(out, words, speech)
         out.attrs.update(attrs)
         return _note(words, attrs)
@@ -314,11 +325,10 @@ class TranscribeStage(Stage):
     # -- time windows ------------------------------------------------------------------------------------
     def _window_s(self, session: Session) -> float | None:
         """``resources.window_s`` when ``session`` is at least two windows long, else None."""
-        window_s = self.spec.resources.window_s
         probe = session.probe
-        if window_s is None or probe is None or not probe.has_audio or probe.duration < 2 * window_s:
+        if probe is None or not probe.has_audio:
             return None
-        return window_s
+        return window_length(probe.duration, self.spec.resources.window_s)
 
     def _whole_because(self, session: Session) -> str | None:
         """Why a long recording is transcribed whole all the same (None: it can be split)."""
@@ -338,53 +348,47 @@ class TranscribeStage(Stage):
         window_s = self._window_s(session)
         if window_s is None or self._whole_because(session):
             return []
-        attrs = store.stage_group("audio").attrs
-        rate, n = int(attrs["sample_rate"]), int(attrs["n_samples"])
+        audio = read_audio(store)
+        rate, n = audio.sample_rate, audio.n_samples
         count = int(n / rate // window_s)
         if count < 2:
             return []
-        wave = store.array("audio", "waveform")
-        step = n / count
-        reach = round(min(step / 4 / rate, _CUT_REACH_S) * rate)
-        cuts, pauses = [0], []
-        for k in range(1, count):
-            target = round(k * step)
+        wave = audio.waveform
+        reach = round(min(n / count / 4 / rate, _CUT_REACH_S) * rate)
+        cuts, pauses = [], []
+        for target in even_cuts(n, count):
             a, b = target - reach, target + reach
             at, pause = longest_pause(frame_energy_db(np.asarray(wave[a:b], dtype=np.float32), rate),
                                       (target - a) / rate)
             cuts.append(a + round(at * rate))
             pauses.append(round(pause, 3))
-        cuts.append(n)
-        return [Window(k, count, cuts[k] / rate, cuts[k + 1] / rate,
-                       {"first": cuts[k], "stop": cuts[k + 1], "pause_s": pauses[k] if k < count - 1 else None})
-                for k in range(count)]
+        return plan_windows([0, *cuts, n], lambda i: i / rate, n / rate,
+                            [{"pause_s": pause} for pause in [*pauses, None]])
 
-    def run_part(self, session: Session, store: SessionGroup, window: Window, out: zarr.Group) -> None:
+    def run_window(self, session: Session, store: SessionGroup, window: Window, out: zarr.Group) -> None:
         """Transcribe one window's samples (VAD, batch, guard), times shifted to the recording's."""
-        rate = int(store.stage_group("audio").attrs["sample_rate"])
-        first, stop = window.data["first"], window.data["stop"]
-        words, info = self.transcribe(np.asarray(store.array("audio", "waveform")[first:stop], dtype=np.float32),
-                                      rate)
+        audio = read_audio(store)
+        rate = audio.sample_rate
+        span = span_attrs(window)
+        first, stop = span["first"], span["stop"]
+        words, info = self.transcribe(audio.samples(first, stop), rate)
         t0 = first / rate
         words = [{**w, "channel": -1} for w in shift_words(words, t0, stop / rate)]
         _write_words(out, words, [(s + t0, e + t0, -1) for s, e in info.pop("speech")])
         info["redecoded"] = [(s + t0, e + t0) for s, e in info["redecoded"]]
         info["uncovered"] = [{**u, "start": round(u["start"] + t0, 3), "end": round(u["end"] + t0, 3)}
                              for u in info["uncovered"]]
-        out.attrs.update({**info, "first": first, "stop": stop, "pause_s": window.data["pause_s"]})
+        out.attrs.update({**info, **span, "pause_s": window.data["pause_s"]})
 
-    def join(self, session: Session, store: SessionGroup, parts: list[zarr.Group], out: zarr.Group) -> str | None:
+    def join(self, session: Session, store: SessionGroup, windows: list[zarr.Group], out: zarr.Group) -> str | None:
         """The windows' words and speech in time order; attrs summed over windows, as over channels."""
         self.setup()  # the model's name and source for the attrs (the worker has it loaded)
-        expected = 0
+        audio = read_audio(store)
+        check_tiling(spans(windows), f"{session.path}: transcribe", "sample", audio.n_samples)
         words: list[dict[str, Any]] = []
         speech: list[tuple[float, float, int]] = []
         infos = []
-        for k, g in enumerate(parts):
-            if int(g.attrs["first"]) != expected:
-                raise StageError(f"{session.path}: transcription window {k + 1} starts at sample {g.attrs['first']}, "
-                                 f"not {expected}: audio would be lost or doubled; run again")
-            expected = int(g.attrs["stop"])
+        for g in windows:
             table = read_table(g, "words")
             words.extend({key: table[key][i].item() for key in table} for i in range(len(table["start"])))
             regions = read_table(g, "speech")
@@ -392,10 +396,10 @@ class TranscribeStage(Stage):
                               strict=True))
             infos.append(dict(g.attrs))
         attrs = self._attrs(infos, split=False)
-        rate = int(store.stage_group("audio").attrs["sample_rate"])
-        cuts = [{"at": round(int(g.attrs["stop"]) / rate, 3), "pause_s": g.attrs["pause_s"]} for g in parts[:-1]]
-        attrs["windows"] = {"count": len(parts), "used": True, "cuts": cuts,
-                            "languages": [i["language"] for i in infos], "workers": [i.get("worker") for i in infos]}
+        rate = audio.sample_rate
+        cuts = [{"at": round(stop / rate, 3), "pause_s": g.attrs["pause_s"]}
+                for g, (_, stop) in zip(windows[:-1], spans(windows), strict=False)]
+        attrs["windows"] = joined_attrs(windows, cuts=cuts, languages=[i["language"] for i in infos])
         _write_words(out, words, speech)
         out.attrs.update(attrs)
         notes = [n for n in (_note(words, attrs),) if n]
@@ -427,21 +431,65 @@ class TranscribeStage(Stage):
         }
 
 
+# The words table's columns, written by this stage and (with speakers) by the utterances stage: one writer.
+_WORD_COLUMNS: dict[str, Any] = {"text": str, "start": np.float64, "end": np.float64, "score": np.float32,
+                                 "speaker": str, "interpolated": bool, "channel": np.int8, "source": str}
+_WORD_DEFAULTS: dict[str, Any] = {"interpolated": False}
+
+
+def write_words(out: zarr.Group, words: list[dict[str, Any]], columns: tuple[str, ...],
+                dim: str | None = None) -> None:
+    """The ``words`` table of ``words`` (dicts), with ``columns`` (of :data:`_WORD_COLUMNS`), in that order."""
+    write_table(out, "words", {c: np.array([w.get(c, _WORD_DEFAULTS[c]) if c in _WORD_DEFAULTS else w[c]
+                                            for w in words], dtype=_WORD_COLUMNS[c]) for c in columns},
+                attrs={"units": "seconds"}, dim=dim)
+
+
 def _write_words(out: zarr.Group, words: list[dict[str, Any]], speech: list[tuple[float, float, int]]) -> None:
-    write_table(out, "words", {
-        "text": np.array([w["text"] for w in words], dtype=str),
-        "start": np.array([w["start"] for w in words], dtype=np.float64),
-        "end": np.array([w["end"] for w in words], dtype=np.float64),
-        "score": np.array([w["score"] for w in words], dtype=np.float32),
-        "interpolated": np.array([bool(w.get("interpolated", False)) for w in words], dtype=bool),
-        "channel": np.array([w["channel"] for w in words], dtype=np.int8),
-        "source": np.array([w["source"] for w in words], dtype=str),
-    }, attrs={"units": "seconds"})
+    write_words(out, words, ("text", "start", "end", "score", "interpolated", "channel", "source"))
     write_table(out, "speech", {
         "start": np.array([s for s, _, _ in speech], dtype=np.float64),
         "end": np.array([e for _, e, _ in speech], dtype=np.float64),
         "channel": np.array([c for _, _, c in speech], dtype=np.int8),
     }, attrs={"units": "seconds"})
+
+
+@dataclass(frozen=True)
+class TranscribeOutputs:
+    """A session's transcription as this stage stored it: the ``words`` table (columns as in the module
+    docstring) and the stage's attributes."""
+
+    words: dict[str, np.ndarray]
+    attrs: dict[str, Any]
+
+    @property
+    def n_words(self) -> int:
+        return len(self.words["text"])
+
+    @property
+    def speech_seconds(self) -> float:
+        return float(self.attrs.get("speech_seconds", float("nan")))
+
+    @property
+    def speech_coverage(self) -> float | None:
+        value = self.attrs.get("speech_coverage")
+        return None if value is None else float(value)
+
+    @property
+    def language(self) -> str | None:
+        return self.attrs.get("language")
+
+    @property
+    def model(self) -> str | None:
+        return self.attrs.get("model")
+
+
+def read_words(store: SessionGroup) -> TranscribeOutputs | None:
+    """The transcribe stage's output for one session (None when it is not done there: no audio, not run)."""
+    if store.stage_state("transcribe").state != "done":
+        return None
+    group = store.stage_group("transcribe")
+    return TranscribeOutputs(read_table(group, "words"), dict(group.attrs))
 
 
 def _note(words: list[dict[str, Any]], attrs: dict[str, Any]) -> str | None:
@@ -459,14 +507,3 @@ def _note(words: list[dict[str, Any]], attrs: dict[str, Any]) -> str | None:
         notes.append(f"{len(uncovered)} stretch(es) of speech still without words "
                      f"({sum(u['end'] - u['start'] for u in uncovered):.1f} s; reasons in attrs 'uncovered')")
     return "; ".join(notes) or None
-
-
-def read_coverage(store: SessionGroup) -> dict[str, Any]:
-    """The transcribe stage's account of one session's speech (empty when skipped: no audio): ``language``,
-    ``speech_seconds``, ``covered_seconds``, ``speech_coverage``, ``redecoded`` ([[start, end], ...]) and
-    ``uncovered`` ([{start, end, reason}, ...]: speech the completeness guard left without words)."""
-    if store.stage_state("transcribe").state == "skipped":
-        return {}
-    attrs = dict(store.stage_group("transcribe").attrs)
-    keys = ("language", "speech_seconds", "covered_seconds", "speech_coverage", "redecoded", "uncovered")
-    return {k: attrs.get(k) for k in keys}

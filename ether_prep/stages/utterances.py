@@ -17,15 +17,17 @@ Output group ``utterances/`` (a contract the ``align`` stage reads)::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import StageError
 from ..provenance import library_versions
 from ..speech import assign_speakers, build_utterances, build_utterances_by_stream
 from ..store import read_table, write_table
 from .base import Stage
-from .diarize import read_turns
+from .diarize import read_diarizer, read_turns
+from .transcribe import read_words, write_words
 
 if TYPE_CHECKING:
     import zarr
@@ -43,6 +45,15 @@ class Transcript:
 
     words: dict[str, np.ndarray] = field(default_factory=dict)
     utterances: dict[str, np.ndarray] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def language(self) -> str | None:
+        return self.attrs.get("language")
+
+    @property
+    def asr_model(self) -> str | None:
+        return self.attrs.get("asr_model")
 
     def __len__(self) -> int:
         return len(self.utterances.get("id", ()))
@@ -72,10 +83,13 @@ class Transcript:
 
 def read_transcript(store: SessionGroup) -> Transcript:
     """The utterances stage's output for one session (empty when the stage was skipped: no audio)."""
-    if store.stage_state("utterances").state == "skipped" or "utterances" not in store.stage_group("utterances"):
+    if store.stage_state("utterances").state == "skipped":
         return Transcript()
     group = store.stage_group("utterances")
-    return Transcript(words=read_table(group, "words"), utterances=read_table(group, "utterances"))
+    if "utterances" not in group:
+        return Transcript(attrs=dict(group.attrs))
+    return Transcript(words=read_table(group, "words"), utterances=read_table(group, "utterances"),
+                      attrs=dict(group.attrs))
 
 
 @dataclass(frozen=True)
@@ -103,7 +117,11 @@ class UtterancesStage(Stage):
 
     def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
         p: UtterancesParams = self.params
-        cols = store.read_table("transcribe", "words")
+        tx = read_words(store)
+        if tx is None:
+            raise StageError(f"session {session.id!r}: the transcribe stage is {store.stage_state('transcribe').state},"
+                             f" so there are no words to attribute; run it first")
+        cols = tx.words
         n = len(cols["text"])
         words = [{"text": str(cols["text"][i]), "start": float(cols["start"][i]), "end": float(cols["end"][i]),
                   "score": float(cols["score"][i]), "interpolated": bool(cols["interpolated"][i]),
@@ -127,15 +145,7 @@ class UtterancesStage(Stage):
             words, utts = build_utterances_by_stream(words, session.id, "channel", p.max_gap, p.max_duration)
         else:
             utts = build_utterances(words, session.id, max_gap=p.max_gap, max_duration=p.max_duration)
-        write_table(out, "words", {
-            "text": np.array([w["text"] for w in words], dtype=str),
-            "start": np.array([w["start"] for w in words], dtype=np.float64),
-            "end": np.array([w["end"] for w in words], dtype=np.float64),
-            "score": np.array([w["score"] for w in words], dtype=np.float32),
-            "speaker": np.array([w["speaker"] for w in words], dtype=str),
-            "interpolated": np.array([w["interpolated"] for w in words], dtype=bool),
-            "channel": np.array([w["channel"] for w in words], dtype=np.int8),
-        }, attrs={"units": "seconds"}, dim="word")
+        write_words(out, words, ("text", "start", "end", "score", "speaker", "interpolated", "channel"), dim="word")
         write_table(out, "utterances", {
             "id": np.array([u.id for u in utts], dtype=str),
             "start": np.array([u.start for u in utts], dtype=np.float64),
@@ -146,9 +156,7 @@ class UtterancesStage(Stage):
             "word_end": np.array([u.word_end for u in utts], dtype=np.int64),
             "score": np.array([u.score for u in utts], dtype=np.float32),
         }, attrs={"units": "seconds"}, dim="utterance")
-        tx = store.stage_group("transcribe").attrs
-        out.attrs.update({"language": tx.get("language"), "asr_model": tx.get("model"),
-                          "diarization": store.stage_group("diarize").attrs.get("backend"),
+        out.attrs.update({"language": tx.language, "asr_model": tx.model, "diarization": read_diarizer(store),
                           "n_words": n, "n_utterances": len(utts),
                           "speakers": sorted({u.speaker for u in utts}), "libraries": library_versions()})
         return None if utts else "no words: zero utterances"
