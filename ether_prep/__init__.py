@@ -12,6 +12,10 @@ except metadata.PackageNotFoundError:  # running from a source tree that is not 
 __all__ = ["__version__", "open_store"]
 
 
+def __dir__() -> list[str]:  # the lazy names too (tab completion, help())
+    return sorted({*globals(), *__all__})
+
+
 def __getattr__(name: str) -> object:  # lazy: `import ether_prep` stays light (no zarr/pyarrow/torch)
     if name == "open_store":
         from .dataset import open_store

@@ -9,6 +9,7 @@ import inspect
 import os
 import signal
 import typing
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -19,13 +20,42 @@ import typer
 
 from .errors import ConfigError, EtherPrepError, Interrupted
 
-app = typer.Typer(
+
+class _App(typer.Typer):
+    """The command line; ``-v``/``--verbose`` is taken anywhere before ``--`` (``ether-prep run raw/ -v``), as
+    users type it, though it is an option of ``ether-prep`` itself."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import sys
+
+        argv = sys.argv[1:]
+        end = argv.index("--") if "--" in argv else len(argv)
+        verbose = [a for a in argv[:end] if a in ("-v", "--verbose")]
+        if verbose:
+            sys.argv[1:] = ["-v", *(a for a in argv[:end] if a not in verbose), *argv[end:]]
+        return super().__call__(*args, **kwargs)
+
+
+def _secho(message: str, colour: str, err: bool = False) -> None:
+    """A line in ``colour``, plain when NO_COLOR is set (https://no-color.org)."""
+    if os.environ.get("NO_COLOR"):
+        typer.echo(message, err=err)
+    else:
+        typer.secho(message, fg=colour, err=err)
+
+
+app = _App(
     name="ether-prep",
     help="Turn recorded counselling sessions into speech, face and per-utterance features in a Zarr store.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
     rich_markup_mode=None,  # help texts say "[default: ...]" literally; rich markup would swallow it
+    epilog="Environment: ETHER_PREP_MODELS, a folder of local model files (face_landmarker.task for the cpu "
+           "pipeline's MediaPipe face stage); HF_TOKEN, a Hugging Face token for the hub models the default "
+           "pipeline loads (pyannote's gated diarization pipeline); ETHER_PREP_PIPELINE, ETHER_PREP_CONFIG, "
+           "ETHER_PREP_EXECUTOR, RAY_ADDRESS, ETHER_PREP_LOG_LEVEL for the options of those names; NO_COLOR "
+           "turns colours off. -v works anywhere on the line.",
 )
 
 
@@ -40,6 +70,10 @@ OutUrl = Annotated[str, typer.Option("--out", "-o", help="The Zarr store: a fold
                                                           "(file://, s3://, gs://).")]
 PipelineOpt = Annotated[str, typer.Option("--pipeline", "-p", envvar="ETHER_PREP_PIPELINE",
                                           help="Pipeline name in pipelines.yaml (e.g. default, cpu).")]
+RunPipelineOpt = Annotated[str | None, typer.Option(
+    "--pipeline", "-p", envvar="ETHER_PREP_PIPELINE", show_default=False,
+    help="Pipeline name in pipelines.yaml (e.g. default, cpu) [default: the one that last ran on the store; on a "
+         "new store 'default' with an NVIDIA GPU here or a Ray cluster, else 'cpu'].")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", envvar="ETHER_PREP_CONFIG",
                                                 help="pipelines.yaml to use [default: ./pipelines.yaml if "
                                                      "present, else the one shipped with ether-prep].")]
@@ -83,7 +117,8 @@ def main(
 ) -> None:
     """Turn recorded counselling sessions into speech, face and per-utterance features in a Zarr store.
 
-    Results go to stdout; logs and warnings (ether-prep's and every library's) go to stderr.
+    Results go to stdout; logs and warnings (ether-prep's and every library's) go to stderr; -v (anywhere on the
+    line) adds a line per session and stage, which a run whose stderr is not a terminal writes anyway.
     """
     from .logs import configure
 
@@ -100,8 +135,16 @@ def _config_path(config: Path | None) -> Path | None:
     return local if local.is_file() else None
 
 
+def _known_sessions(store: Any, wanted: list[str] | None, out: object) -> None:
+    """A usage error (exit 2) naming the ids given with --session that the store does not hold."""
+    known = set(store.session_ids())
+    if unknown := [sid for sid in wanted or () if sid not in known]:
+        raise ConfigError(f"no session {', '.join(map(repr, unknown))} in {out}; `ether-prep status --out {out}` "
+                          f"lists the session ids")
+
+
 def _fail(exc: EtherPrepError) -> typer.Exit:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    _secho(f"error: {exc}", typer.colors.RED, err=True)
     return typer.Exit(2)
 
 
@@ -136,9 +179,9 @@ def _interrupted(exc: KeyboardInterrupt, out: str) -> typer.Exit:
     """The message for a run stopped by a signal, and the shell's exit code for it (130, 143)."""
     signum = exc.signum if isinstance(exc, Interrupted) else _stopped_by or signal.SIGINT
     name = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
-    typer.secho(f"interrupted by {name}: stopped; the store lock is released, finished stages are kept and the "
-                f"stages that were computing stay 'running'; run the same command again to complete them "
-                f"(`ether-prep status --out {out}` shows where it stopped)", fg=typer.colors.RED, err=True)
+    _secho(f"interrupted by {name}: stopped; the store lock is released, finished stages are kept and the "
+           f"stages that were computing stay 'running'; run the same command again to complete them "
+           f"(`ether-prep status --out {out}` shows where it stopped)", typer.colors.RED, err=True)
     return typer.Exit(128 + int(signum))
 
 
@@ -148,7 +191,7 @@ class RunOptions:
     them to typer as each command's own options and hands the command one ``RunOptions``."""
 
     out: OutUrl = DEFAULT_STORE_URL
-    pipeline: PipelineOpt = "default"
+    pipeline: RunPipelineOpt = None
     config: ConfigOpt = None
     ray_address: RayAddress = None
     workers: Workers = None
@@ -178,13 +221,33 @@ def _with_run_options(command: Callable[..., None]) -> Callable[..., None]:
     return with_options
 
 
+def _pipeline_name(o: RunOptions) -> str:
+    """``--pipeline``; else the pipeline that last ran on the store; else the one this machine can run: ``default``
+    (GPU models from the hub) with an NVIDIA GPU here or a Ray cluster to run on, ``cpu`` otherwise (said)."""
+    from .config import load_config
+    from .executors import local_gpus
+    from .store import Store
+
+    if o.pipeline:
+        return o.pipeline
+    with contextlib.suppress(EtherPrepError, OSError, ValueError):  # no store there yet
+        if recorded := Store(o.out, mode="r").attrs.get("pipeline"):
+            return str(recorded)
+    if o.ray_address or os.environ.get("RAY_ADDRESS") or local_gpus() or "cpu" not in load_config(
+            _config_path(o.config)):
+        return "default"
+    typer.echo("note: no --pipeline given and no NVIDIA GPU here: using the 'cpu' pipeline (offline models); give "
+               "--pipeline default on a GPU machine, or --pipeline cpu to choose it yourself", err=True)
+    return "cpu"
+
+
 def _run(family: str | None, raw_dir: Path | None, o: RunOptions) -> None:
     from .config import load_pipeline
     from .errors import StoreError
     from .runner import run_pipeline
 
     try:
-        pipe = load_pipeline(o.pipeline, _config_path(o.config))
+        pipe = load_pipeline(_pipeline_name(o), _config_path(o.config))
         with _stoppable():
             summary = run_pipeline(pipe, raw_dir, o.out, family=family, only=o.only, start=o.start, force=o.force,
                                    executor=o.executor.value, workers=o.workers, ray_address=o.ray_address,
@@ -198,8 +261,9 @@ def _run(family: str | None, raw_dir: Path | None, o: RunOptions) -> None:
                                f"writable --out, then run again (finished stages are kept)")) from exc
     typer.echo(summary.report())
     if not summary.ok:
-        typer.secho(f"{len(summary.failed)} stage run(s) failed; see `ether-prep status --out {o.out}`",
-                    fg=typer.colors.RED, err=True)
+        states = Counter(r.state for r in summary.failed)  # blocked: not run, because a stage they read failed
+        said = ", ".join(f"{states[s]} stage run(s) {s}" for s in ("failed", "blocked") if states[s]) or "run errors"
+        _secho(f"{said}; see `ether-prep status --out {o.out}`", typer.colors.RED, err=True)
         raise typer.Exit(1)
 
 
@@ -267,12 +331,13 @@ def status(
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document on stdout (rows, counts, review).")]
     = False,
+    session: Annotated[list[str] | None, typer.Option("--session", help="Only this session id (repeatable).")] = None,
 ) -> None:
     """Per session and stage: done, skipped, stale, damaged (naming the array), failed (with the message), running
     or pending."""
     import json
 
-    from .config import load_pipeline
+    from .config import DEFAULT_CONFIG, load_pipeline
     from .runner import gone_note, missing_recordings, status_table
     from .stages.qc import read_review
     from .store import Store
@@ -284,7 +349,8 @@ def status(
         path = _config_path(config)
         if path is None and pipeline is None and recorded.get("config") and Path(recorded["config"]).is_file():
             path = Path(recorded["config"])  # the file the recorded pipeline came from
-        rows = status_table(store, load_pipeline(name, path))
+        _known_sessions(store, session, out)
+        rows = [r for r in status_table(store, load_pipeline(name, path)) if not session or r["session"] in session]
     except EtherPrepError as exc:
         raise _fail(exc) from exc
     gone = missing_recordings(store)  # e.g. withdrawn from the study: say so, delete nothing
@@ -294,7 +360,8 @@ def status(
     verdicts = {sid: _review(read_review, store, sid) for sid in store.session_ids()}
     review = {sid: list(v.reasons) for sid, v in verdicts.items() if v.needs_review}
     if as_json:
-        typer.echo(json.dumps({"store": str(out), "pipeline": name, "sessions": len(store.session_ids()),
+        typer.echo(json.dumps({"store": str(out), "pipeline": name, "config": str(path or DEFAULT_CONFIG),
+                               "sessions": len(store.session_ids()),
                                "counts": counts, "needs_review": review, "rows": rows,
                                "missing_recordings": [{"session": sid, "recording": rel} for sid, rel in gone]},
                               ensure_ascii=False))
@@ -306,6 +373,7 @@ def status(
              colours.get(row["state"]))
     typer.echo(f"{len(store.session_ids())} session(s), pipeline {name!r}: "
                + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    typer.echo(f"compared against pipeline {name!r} of {path or DEFAULT_CONFIG}")
     if gone:
         _say(gone_note(gone, "at their stored path (moved? a run over their raw folder updates it)"),
              colours["review"])
@@ -451,9 +519,9 @@ def validate(
             problem = found.problems.get(s.id) or check_readable(s)
             if problem:
                 bad += 1
-                typer.secho(f"unreadable: {problem}", fg=typer.colors.RED, err=True)
+                _secho(f"unreadable: {problem}", typer.colors.RED, err=True)
         for error in found.errors:
-            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+            _secho(f"error: {error}", typer.colors.RED, err=True)
         for note in found.notes:
             typer.echo(f"note: {note}")
         typer.echo(f"{len(found.sessions)} recording(s), {bad} unreadable")
@@ -480,12 +548,63 @@ def models(pipeline: PipelineOpt = "default", config: ConfigOpt = None) -> None:
 
 
 @app.command()
+def doctor(out: OutUrl = DEFAULT_STORE_URL, pipeline: RunPipelineOpt = None, config: ConfigOpt = None) -> None:
+    """What a run here would use, checked without computing or loading anything: FFmpeg, NVIDIA GPUs, the
+    pipeline chosen with every parameter (defaults included), where each model resolves, and the store. Exits 1
+    when something a run needs is missing."""
+    import json
+    import shutil
+    import subprocess
+
+    from .config import DEFAULT_CONFIG, load_pipeline
+    from .executors import local_gpus
+    from .stages import stage_class
+    from .store import Store
+
+    problems = 0
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg:
+        version = subprocess.run([ffmpeg, "-version"], capture_output=True, text=True).stdout.split("\n")[0]
+        typer.echo(f"ffmpeg       {ffmpeg} ({version})")
+    else:
+        problems += 1
+        _secho("ffmpeg       missing: install FFmpeg (bash scripts/setup.sh does, from apt)", typer.colors.RED)
+    typer.echo(f"gpus         {local_gpus()} NVIDIA GPU(s) visible")
+    try:
+        name = _pipeline_name(RunOptions(out=out, pipeline=pipeline, config=config))
+        path = _config_path(config)
+        pipe = load_pipeline(name, path)
+    except EtherPrepError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"pipeline     {name!r} of {path or DEFAULT_CONFIG}")
+    for spec in pipe.stages:
+        if not spec.enabled:
+            continue
+        try:
+            info = stage_class(spec.name)(spec).model_info()
+            shown = ", ".join(f"{k}={v}" for k, v in info.items()) or "no model"
+        except EtherPrepError as exc:
+            problems += 1
+            shown = f"MISSING: {exc}"
+        typer.echo(f"  {spec.name:12s} {spec.backend:12s} {shown}")
+        typer.echo(f"  {'':12s} params {json.dumps(spec.params_dict(), default=str)}")
+    try:
+        store = Store(out, mode="r")
+        typer.echo(f"store        {out}: {len(store.session_ids())} session(s), last run with pipeline "
+                   f"{store.attrs.get('pipeline')!r}")
+    except (EtherPrepError, OSError, ValueError):
+        typer.echo(f"store        {out}: none yet (a run creates it)")
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command()
 def export(
     dest_dir: Annotated[Path, typer.Argument(help="Folder to write one file per session into.")],
     out: Out = DEFAULT_STORE,
     fmt: Annotated[str, typer.Option("--format", "-f", help=(
         "One of: json (whisperx's shape), srt, vtt, txt, tsv, rttm (+ uem), faces (py-feat CSV), "
-        "openface (OpenFace 2 CSV)."))] = "json",
+        "openface (OpenFace 2 CSV), or all of them."))] = "json",
     session: Annotated[list[str] | None, typer.Option("--session", help="Only this session id (repeatable).")] = None,
     deidentify: Annotated[bool, typer.Option(
         "--deidentify", help="For sharing: e-mail addresses, phone numbers, URLs and listed names in transcripts "
@@ -497,13 +616,13 @@ def export(
                         "surnames on lines of their own if they may be said alone).")] = None,
 ) -> None:
     """Write transcripts, diarization or face tables for every session in the store, one file per session."""
-    from .exports import NothingToExport, exporter
+    from .exports import FORMATS, NothingToExport, exporter
     from .store import Store
 
     try:
         if names is not None and not deidentify:
             raise ConfigError("--names only applies with --deidentify; add --deidentify")
-        write = exporter(fmt)
+        writers = [exporter(f) for f in (FORMATS if fmt == "all" else [fmt])]
         deid = None
         if deidentify:
             from .deidentify import Deidentifier
@@ -514,16 +633,18 @@ def export(
             from .deidentify import deid_key
 
             deid.key = deid_key(out)
+        _known_sessions(store, session, out)
         dest_dir.mkdir(parents=True, exist_ok=True)
         failed = 0
         for sid in session or store.session_ids():
-            try:
-                typer.echo(write(store.session(sid), dest_dir, deid))
-            except NothingToExport as exc:  # an audio-only session has no faces: nothing failed
-                typer.echo(f"skipped {sid}: {exc}", err=True)
-            except EtherPrepError as exc:  # one session that cannot be exported does not stop the others
-                failed += 1
-                typer.secho(f"failed {sid}: {exc}", fg=typer.colors.YELLOW, err=True)
+            for write in writers:
+                try:
+                    typer.echo(write(store.session(sid), dest_dir, deid))
+                except NothingToExport as exc:  # an audio-only session has no faces: nothing failed
+                    typer.echo(f"skipped {sid}: {exc}", err=True)
+                except EtherPrepError as exc:  # one session that cannot be exported does not stop the others
+                    failed += 1
+                    _secho(f"failed {sid}: {exc}", typer.colors.YELLOW, err=True)
     except EtherPrepError as exc:
         raise _fail(exc) from exc
     if failed:

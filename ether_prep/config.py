@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import re
 import reprlib
@@ -364,6 +365,16 @@ def _validated(cls: type, values: dict[str, Any], given: Any, bad: set[str],
 
 # Keys that were resources once and changed results: they are stage parameters now.
 _MOVED_RESOURCES = ("batch_size",)
+# Parameters renamed to the naming rule (seconds end in ``_s``, one ``cache_dir``): old name -> new name, per
+# stage. An old name still works (read as the new one, with a warning saying the new name); both at once is an
+# error. Renaming changes the stage's fingerprint (its parameters are recorded by name), never its outputs.
+_RENAMED_PARAMS: dict[str, dict[str, str]] = {
+    "audio": {"block_seconds": "block_s"},
+    "transcribe": {"chunk_size": "chunk_s", "model_dir": "cache_dir", "coverage_slack": "coverage_slack_s"},
+    "diarize": {"window": "window_s", "hop": "hop_s", "min_speech": "min_speech_s", "min_silence": "min_silence_s"},
+    "utterances": {"max_gap": "max_gap_s", "max_duration": "max_duration_s", "max_word": "max_word_s"},
+}
+_log = logging.getLogger(__name__)
 
 
 def _moved_resources(given: Any, stage: str, params_cls: type) -> list[tuple[str, str]]:
@@ -382,7 +393,36 @@ def _moved_resources(given: Any, stage: str, params_cls: type) -> list[tuple[str
     return out
 
 
-def _stage_spec(entry: Any, index: int, line: int, problems: _Problems, pipeline: str) -> StageSpec | None:
+def _without(given: _Map, keys: typing.Iterable[str]) -> _Map:
+    """``given`` less ``keys``, keeping the lines of the rest."""
+    kept = _Map({k: v for k, v in given.items() if k not in set(keys)})
+    kept.line, kept.lines = given.line, dict(given.lines)
+    return kept
+
+
+def _renamed_params(given: Any, stage: str, report: typing.Callable[[int, str], None],
+                    warn: typing.Callable[[int, str], None]) -> tuple[Any, bool]:
+    """``params`` with each old (renamed) key read as its new name, and whether that went without a problem."""
+    renames = _RENAMED_PARAMS.get(stage, {})
+    if not isinstance(given, _Map) or not set(given) & set(renames):
+        return given, True
+    out, ok = _without(given, renames), True
+    for old, new in renames.items():
+        if old not in given:
+            continue
+        if new in given:
+            report(_line(given, old), f"parameter {old!r} was renamed {new!r} and both are given; keep {new!r} only")
+            ok = False
+            continue
+        warn(_line(given, old), f"parameter {old!r} was renamed {new!r}: write {new}: {_show(given[old])} (the old "
+                                f"name still works for now)")
+        out[new] = given[old]
+        out.lines[new] = _line(given, old)
+    return out, ok
+
+
+def _stage_name(entry: Any, index: int, line: int, problems: _Problems, pipeline: str) -> str | None:
+    """The stage an entry names, or None (reported) when it names none or an unknown one."""
     if not isinstance(entry, dict) or "stage" not in entry:
         problems.add(line, f"stage #{index + 1} must be a mapping with a 'stage' key, e.g. '- stage: audio'",
                      pipeline)
@@ -394,67 +434,96 @@ def _stage_spec(entry: Any, index: int, line: int, problems: _Problems, pipeline
         problems.add(_line(entry, "stage"), f"unknown stage {_show(name)} (stage #{index + 1}); {hint}known stages: "
                      f"{', '.join(STAGES)}", pipeline)
         return None
+    return name
 
-    def report(at: int, message: str) -> None:
-        problems.add(at, message, pipeline, name)
 
+def _stage_keys(entry: Any, cls: type, report: typing.Callable[[int, str], None]) -> bool:
+    """Check the entry's keys, backend, model and ``enabled``; False when any is wrong (reported)."""
     ok = True
     for key, message in _unknown(entry, _STAGE_KEYS, "key"):
         report(_line(entry, key), message)
         ok = False
-    cls = stage_class(name)
     backend = entry.get("backend") or cls.backends[0]
     if backend not in cls.backends:
-        report(_line(entry, "backend"), f"unknown backend {_show(backend)}; stage {name!r} supports: "
+        report(_line(entry, "backend"), f"unknown backend {_show(backend)}; stage {cls.name!r} supports: "
                f"{', '.join(cls.backends)}")
         ok = False
     model = entry.get("model")
     if model is not None and not isinstance(model, str):
         report(_line(entry, "model"), f"'model' must be a string (a model name or a path), got {_show(model)}")
         ok = False
+    enabled = entry.get("enabled", True)
+    if not isinstance(enabled, bool):
+        report(_line(entry, "enabled"), f"'enabled' must be true or false, got {_show(enabled)}")
+        ok = False
+    return ok
+
+
+def _stage_resources(entry: Any, cls: type, report: typing.Callable[[int, str], None]) -> Resources | None:
+    """The entry's validated ``resources``, or None (reported)."""
     params_cls = getattr(cls, "Params")  # noqa: B009 - ClassVar on an ABC
     given = entry.get("resources")
-    for key, message in _moved_resources(given, name, params_cls):
+    moved = _moved_resources(given, cls.name, params_cls)
+    for key, message in moved:
         report(_line(given, key), message)
-        ok = False
-    if isinstance(given, _Map) and set(given) & set(_MOVED_RESOURCES):  # reported above, not again as unknown
-        kept = _Map({k: v for k, v in given.items() if k not in _MOVED_RESOURCES})
-        kept.line, kept.lines = given.line, given.lines
-        given = kept
+    if isinstance(given, _Map) and moved:  # reported above, not again as unknown
+        given = _without(given, _MOVED_RESOURCES)
     resources = _collect_params(Resources, given,
                                 lambda at, msg: report(at or _line(entry, "resources"), msg), "resource")
-    if resources is not None and (resources.num_cpus < 0 or resources.num_gpus < 0):
+    if resources is None:
+        return None
+    at = _line(given, "window_s") or _line(entry, "resources")
+    if resources.num_cpus < 0 or resources.num_gpus < 0:
         report(_line(entry, "resources"), f"resources must be non-negative, got num_cpus {resources.num_cpus}, "
                f"num_gpus {resources.num_gpus}")
-        resources = None
-    if resources is not None and resources.window_s is not None:
-        if not getattr(cls, "windowed", False):
-            report(_line(given, "window_s") or _line(entry, "resources"),
-                   f"stage {name!r} cannot compute a recording in time windows; remove resources.window_s")
-            resources = None
-        elif resources.window_s < 1:
-            report(_line(given, "window_s") or _line(entry, "resources"),
-                   f"resources.window_s must be >= 1 (seconds) or null (whole recordings), got {resources.window_s}")
-            resources = None
-    params = _collect_params(params_cls, entry.get("params"),
+    elif resources.window_s is not None and not getattr(cls, "windowed", False):
+        report(at, f"stage {cls.name!r} cannot compute a recording in time windows; remove resources.window_s")
+    elif resources.window_s is not None and resources.window_s < 1:
+        report(at, f"resources.window_s must be >= 1 (seconds) or null (whole recordings), got {resources.window_s}")
+    else:
+        return None if moved else resources
+    return None
+
+
+def _stage_params(entry: Any, cls: type, backend: str, report: typing.Callable[[int, str], None],
+                  warn: typing.Callable[[int, str], None]) -> Any:
+    """The entry's validated ``params`` (the stage's Params dataclass), or None (reported)."""
+    given, ok = _renamed_params(entry.get("params"), cls.name, report, warn)
+    params = _collect_params(getattr(cls, "Params"), given,  # noqa: B009 - ClassVar on an ABC
                              lambda at, msg: report(at or _line(entry, "params"), msg))
     for_backend = getattr(params, "validate_backend", None)  # parameters that only some backends accept
     if for_backend is not None and backend in cls.backends:
         try:
             for_backend(backend)
         except ValueError as exc:
-            named = [k for k in (entry.get("params") or {}) if re.search(rf"\b{re.escape(str(k))}\b", str(exc))]
-            at = _line(entry.get("params"), named[0]) if named else 0
+            named = [k for k in (given or {}) if re.search(rf"\b{re.escape(str(k))}\b", str(exc))]
+            at = _line(given, named[0]) if named else 0
             report(at or _line(entry, "backend") or _line(entry), f"parameters: {_clip(str(exc))}")
-            ok = False
-    enabled = entry.get("enabled", True)
-    if not isinstance(enabled, bool):
-        report(_line(entry, "enabled"), f"'enabled' must be true or false, got {_show(enabled)}")
-        ok = False
+            return None
+    return params if ok else None
+
+
+def _stage_spec(entry: Any, index: int, line: int, problems: _Problems, pipeline: str) -> StageSpec | None:
+    """One validated stage entry, or None when it has any problem (every one reported to ``problems``)."""
+    name = _stage_name(entry, index, line, problems, pipeline)
+    if name is None:
+        return None
+
+    def report(at: int, message: str) -> None:
+        problems.add(at, message, pipeline, name)
+
+    def warn(at: int, message: str) -> None:
+        _log.warning("%s:%s: pipeline %s: stage %r: %s", problems.source, at, _show(pipeline), name, message)
+
+    cls = stage_class(name)
+    backend = entry.get("backend") or cls.backends[0]
+    ok = _stage_keys(entry, cls, report)
+    resources = _stage_resources(entry, cls, report)
+    params = _stage_params(entry, cls, backend, report, warn)
     if not ok or resources is None or params is None:
         return None
-    return StageSpec(name=name, version=cls.version, backend=backend, model=model, params=params,
-                     resources=resources, enabled=enabled)
+    return StageSpec(name=name, version=cls.version, backend=backend, model=entry.get("model"), params=params,
+                     resources=resources, enabled=entry.get("enabled", True))
 
 
 def _read_yaml(source: Path) -> tuple[Any, list[tuple[int, Any]]]:

@@ -168,15 +168,12 @@ class AlignedStore:
         else:
             raise StoreError(f"{self.path}: utterances.parquet and dialogue_pairs.parquet are from different "
                              f"builds; run `ether-prep align --out {self.path}` to rebuild them")
-        if "align_fingerprint" not in utt:
-            raise StoreError(f"{self.path}: its manifests were written by an older ether-prep, without the align "
-                             f"fingerprints readers check; run `ether-prep align --out {self.path}` to rebuild "
-                             f"them (nothing is recomputed)")
         return utt, pair, meta.get("build")
 
     def to_pandas(self, which: str = "utterances") -> Any:
         """A manifest as a pandas DataFrame: ``utterances``, ``pairs`` or ``sessions``, as it is now; a
         StoreError when any of its sessions was re-aligned after it was written."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         from .store import stage_marker
@@ -187,7 +184,12 @@ class AlignedStore:
         path = self._store.manifest_path(names[which])
         if not path.exists():
             raise StoreError(f"{self.path}: no {path.name}; run `ether-prep align --out {self.path}` first")
-        frame = pq.read_table(path).to_pandas()
+        table = pq.read_table(path)
+        frame = table.to_pandas()
+        for field in table.schema:  # nullable integer ids stay integers (plain pandas makes them float64)
+            if pa.types.is_integer(field.type) and (table.column(field.name).null_count
+                                                    or b"null" in (field.metadata or {}).get(b"description", b"")):
+                frame[field.name] = frame[field.name].astype("Int64")
         if "align_fingerprint" in frame:  # checked on the real ids, before any aliasing
             rows = frame[["session_id", "align_fingerprint", "align_finished_at"]].drop_duplicates()
             for sid, fp, finished in rows.itertuples(index=False):
@@ -506,7 +508,7 @@ def _pad_turns(items: list[dict[str, Any]], as_torch: bool) -> dict[str, Any]:
     lengths = np.array([len(b["time"]) for b in items], dtype=np.int64)
     t_max = int(lengths.max()) if n else 0
     dims = {b["speaker_face"].shape[-1] for b in items}
-    if len(dims) > 1:  # one store has one width; a store aligned by an older ether-prep may mix them
+    if len(dims) > 1:  # one store has one width: sessions aligned with other face backends may mix them
         raise StoreError(f"utterances with different face feature widths {sorted(dims)} in one batch; "
                          f"re-run `ether-prep align --force` so every session has the same feature columns")
     dim = dims.pop() if n else 0

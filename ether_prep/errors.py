@@ -68,3 +68,31 @@ class Interrupted(KeyboardInterrupt):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+# What model hubs raise (huggingface_hub, requests, urllib3, the socket layer) when a model is not in the local
+# cache and the hub cannot be reached: matched by class name, so this module imports none of them.
+_UNREACHABLE = {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "ConnectTimeout",
+                "MaxRetryError", "NewConnectionError", "NameResolutionError", "gaierror", "ProxyError",
+                "ReadTimeout", "Timeout", "URLError"}
+
+
+def hub_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it came from) says a model is not cached and no model hub answered."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if any(cls.__name__ in _UNREACHABLE for cls in type(e).__mro__):
+            return True
+        todo += [e.__cause__, e.__context__]
+    return False
+
+
+def not_local(model: str, exc: BaseException) -> str:
+    """The message for a hub model that is not cached here while no model hub is reachable."""
+    return (f"model {model!r} not found locally and no model hub reachable ({type(exc).__name__}: {exc}); run "
+            f"with --pipeline cpu (every model offline), or fetch the model into the cache on a machine online")

@@ -47,6 +47,14 @@ __all__ = ["RunSummary", "gone_note", "load_sessions", "missing_recordings", "mo
            "recording_change", "run_pipeline", "stage_fingerprint", "status_table"]
 
 _log = logging.getLogger(__name__)
+# A line per session and stage ("started", "done in 3.1 s", "failed: why"), at INFO: shown with -v, and by default
+# on a run with its stderr off a terminal (a batch job's log, where no bars are drawn); --quiet leaves it to -v.
+_progress = logging.getLogger("ether_prep.progress")
+
+
+def _outcome_line(o: Outcome) -> str:
+    said = {"done": f"done in {o.elapsed_s:.1f} s", "cached": "cached (already done with these inputs)"}
+    return f"{o.session_id} [{o.stage}]: {said.get(o.state) or f'{o.state}: {o.message}'}"
 # Hub libraries (huggingface_hub, transformers, pyannote) read these when imported: set before any stage loads.
 _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 # Usage reports that libraries send by default (Ray's hourly usage stats, pyannote's metrics, hub telemetry).
@@ -369,6 +377,7 @@ class _Walk:
     def _record(self, outcome: Outcome) -> None:
         sid, name = outcome.session_id, outcome.stage
         self.summary.outcomes.append(outcome)
+        _progress.info(_outcome_line(outcome))
         self.settled[sid].add(name)
         self.waiting[name].discard(sid)
         for nxt in self.downstream[name]:
@@ -567,6 +576,7 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
         sessions = [s for s in sessions if s.id in set(session_ids)]
     walk = _Walk(planners, store, sessions, probe_errors, force, summary, token, redo)
     bars = _Bars(specs, enabled=progress and sys.stderr.isatty())
+    _progress.setLevel(logging.INFO if progress and not sys.stderr.isatty() else logging.NOTSET)
     runner: Executor | None = None
     try:
         walk.start()
@@ -576,7 +586,7 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
             runner = make_executor(executor, specs, store.url, ray_address=ray_address, workers=workers,
                                    worker_logs=progress, progress=bars.advance if bars.bars else None,
                                    sessions=len(todo), media_s=sum(todo.values()))
-            summary.executor = type(runner).__name__.removesuffix("Executor").lower()
+            summary.executor = runner.name
             walk.executor = runner
             for name in walk.finished:
                 runner.stage_finished(name)
@@ -598,7 +608,7 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
         bars.close()
         if runner is not None:
             summary.placements = dict(runner.placements)
-            summary.actors = list(getattr(runner, "actor_log", []))
+            summary.actors = runner.actor_log
             runner.close()
         try:
             # Windows of a joined or failed stage, or left by an earlier run and not kept, go; an interrupted

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import time
@@ -175,6 +176,7 @@ class StageWorker:
         """Compute ``task`` (a whole session, one window, or a join) and record its marker; never raises for a
         session's own failure, which is recorded in the store and returned as a failed outcome."""
         started_at, t0 = time.time(), time.perf_counter()
+        logging.getLogger("ether_prep.progress").info("%s [%s]: started", task.key, self.spec.name)
         if lost := _lock_lost(self.store_path, task.run_token):
             return self._outcome(task, "failed", lost, 0.0, started_at, 0.0)
         if self._store is None:

@@ -153,7 +153,7 @@ def ray_instance():
 
 def audio_config(tmp: Path, block: object = 30.0, **audio: object) -> Path:
     """Pipeline ``audio``: the audio stage alone."""
-    return pipeline_file(tmp, "audio", [{"stage": "audio", "params": {"sample_rate": 16000, "block_seconds": block,
+    return pipeline_file(tmp, "audio", [{"stage": "audio", "params": {"sample_rate": 16000, "block_s": block,
                                                                         **audio}}])
 
 

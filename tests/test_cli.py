@@ -93,7 +93,7 @@ def test_staleness_propagates_downstream(aligned: dict[str, object], tmp_path: P
     raw = yaml.safe_load((ROOT / "pipelines.yaml").read_text())
     for entry in raw["pipelines"]["cpu"]["stages"]:
         if entry["stage"] == "diarize":
-            entry["params"]["window"] = 2.0
+            entry["params"]["window_s"] = 2.0
     config = tmp_path / "pipelines.yaml"
     config.write_text(yaml.safe_dump(raw))
     result = CliRunner().invoke(app, ["status", "--out", str(aligned["store"]), "-p", "cpu", "-c", str(config),

@@ -157,7 +157,11 @@ def test_deidentified_face_export_leaves_out_boxes(store: Path, tmp_path: Path) 
     assert withheld <= set(plain[0])
     assert shared[0] == [c for c in plain[0] if c not in withheld]
     keep = [plain[0].index(c) for c in shared[0]]
-    assert [[row[i] for i in keep] for row in plain[1:]] == shared[1:]  # the same features, row for row
+    source = shared[0].index("input")  # the recording py-feat's `input` names: its alias when shared
+    assert {row[plain[0].index("input")] for row in plain[1:]} == {"clinic/Jane Doe intake.mp4"}
+    assert {row[source] for row in shared[1:]} == {_alias(store)}
+    assert [[row[i] for i in keep if i != plain[0].index("input")] for row in plain[1:]] == \
+        [row[:source] + row[source + 1:] for row in shared[1:]]  # the same features, row for row
     assert (tmp_path / "shared" / f"{_alias(store)}.faces.csv").exists()
 
 

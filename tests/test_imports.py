@@ -100,3 +100,23 @@ def test_no_function_over_60_lines() -> None:
                 if lines > 60:
                     long.append(f"{name}.{node.name} ({lines} lines, line {node.lineno})")
     assert not long, "functions over 60 lines: " + "; ".join(long)
+
+
+def _third_party_imports(path: Path) -> set[str]:
+    """Top-level names of every absolute import in ``path``, at module level or inside functions."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_only_the_ray_executor_imports_ray_and_the_pool_policy_is_pure() -> None:
+    importers = {name for name, path in MODULES.items() if "ray" in _third_party_imports(path)}
+    assert importers == {"ether_prep.executors.ray"}
+    # decide() is tested without Ray: it reads nothing but the standard library
+    assert not GRAPH["ether_prep.executors.policy"]
+    assert _third_party_imports(MODULES["ether_prep.executors.policy"]) <= {"__future__", "collections", "dataclasses",
+                                                                             "enum"}

@@ -29,7 +29,7 @@ from .conftest import DATA, MODELS, pipeline_file
 
 
 def _config(tmp: Path, block: float = 5.0) -> Path:
-    return pipeline_file(tmp, "audio", [{"stage": "audio", "params": {"block_seconds": block}}])
+    return pipeline_file(tmp, "audio", [{"stage": "audio", "params": {"block_s": block}}])
 
 
 def _dead_pid() -> int:

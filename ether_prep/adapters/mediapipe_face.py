@@ -15,11 +15,15 @@ increasing millisecond timestamps) and in IMAGE mode on a still. Where the model
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import sys
+import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +116,27 @@ def _download(cached: Path) -> Path:
         lock.release()
 
 
+@contextlib.contextmanager
+def _native_stderr_captured() -> Iterator[Callable[[], str]]:
+    """File descriptor 2 sent to a scratch file while MediaPipe builds its graph: its C++ code (glog, TFLite)
+    writes there directly, five lines per landmarker ("Logging before InitGoogle()", "XNNPACK delegate",
+    "inference_feedback_manager"), ignoring ``GLOG_minloglevel`` in mediapipe 1.2, and the lines tear progress
+    bars. Yields a function returning what was written (for an error message). At DEBUG nothing is redirected."""
+    if os.environ.get("ETHER_PREP_LOG_LEVEL", "WARNING").upper() == "DEBUG":
+        yield lambda: ""
+        return
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lambda: (sink.seek(0), sink.read().decode("utf-8", "replace"))[1]
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 class MediaPipeFaceLandmarker:
     """A Face Landmarker for one recording (VIDEO mode) or one still (IMAGE mode).
 
@@ -139,27 +164,38 @@ class MediaPipeFaceLandmarker:
             output_face_blendshapes=True,
             output_facial_transformation_matrixes=True,
         )
-        try:
-            self._landmarker = vision.FaceLandmarker.create_from_options(options)
-        except (RuntimeError, ValueError) as exc:
-            raise ModelError(f"{model_name}: MediaPipe cannot load this face landmarker bundle ({exc}); "
-                             f"it must be a face_landmarker.task file") from exc
+        with _native_stderr_captured() as captured:
+            try:
+                self._landmarker = vision.FaceLandmarker.create_from_options(options)
+            except (RuntimeError, ValueError) as exc:
+                said = captured().strip()
+                raise ModelError(f"{model_name}: MediaPipe cannot load this face landmarker bundle ({exc}"
+                                 f"{'; it printed: ' + said[-500:] if said else ''}); it must be a "
+                                 f"face_landmarker.task file") from exc
         self._last_ms = -1
+        self._first = True
 
     def detect(self, rgb: np.ndarray, time_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Faces in one RGB frame: landmarks (n, 478, 3) normalised (x, y in [0, 1] of width/height; z in
         the scale of x), blendshape scores (n, 52), transformation matrices (n, 4, 4)."""
         image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
         try:
-            if self.still:
-                result = self._landmarker.detect(image)
-            else:
-                # VIDEO mode rejects equal or decreasing timestamps (rounding of close VFR frame times).
-                ms = max(round(time_s * 1000.0), self._last_ms + 1)
-                self._last_ms = ms
-                result = self._landmarker.detect_for_video(image, ms)
+            if self._first:  # the graph's threads print their own start-up lines on the first frame
+                self._first = False
+                with _native_stderr_captured():
+                    return self._detect(image, time_s)
+            return self._detect(image, time_s)
         except (RuntimeError, ValueError) as exc:
             raise InputError(f"MediaPipe face landmarker failed on a frame at {time_s:.3f} s ({exc})") from exc
+
+    def _detect(self, image: Any, time_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.still:
+            result = self._landmarker.detect(image)
+        else:
+            # VIDEO mode rejects equal or decreasing timestamps (rounding of close VFR frame times).
+            ms = max(round(time_s * 1000.0), self._last_ms + 1)
+            self._last_ms = ms
+            result = self._landmarker.detect_for_video(image, ms)
         n = len(result.face_landmarks)
         if not n:
             return np.zeros((0, 478, 3), np.float32), np.zeros((0, 52), np.float32), np.zeros((0, 4, 4), np.float32)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
-from ..errors import ModelError, StageError
+from ..contracts import PyannoteParams
+from ..errors import ModelError, StageError, hub_unreachable, not_local
 from ..records import Turn
 
 __all__ = ["DEFAULT_PIPELINE", "PyannoteDiarizer"]
@@ -28,13 +29,15 @@ class PyannoteDiarizer:
 
     libraries: ClassVar[tuple[str, ...]] = ("pyannote-audio", "whisperx", "torch")
 
-    def __init__(self, model: str | None, params: Any) -> None:
+    def __init__(self, model: str | None, params: PyannoteParams) -> None:
         os.environ["PYANNOTE_METRICS_ENABLED"] = "0"
         self.params = params
         self.model = model or DEFAULT_PIPELINE
         token = os.environ.get("HF_TOKEN")
         path = Path(self.model).expanduser()
-        if (os.sep in self.model or self.model.startswith(".")) and not path.exists():
+        # A hub id is owner/name; a path has more parts, or starts at /, . or ~.
+        looks_like_path = self.model.startswith(("/", ".", "~")) or self.model.count("/") > 1
+        if looks_like_path and not path.exists():
             raise ModelError(f"diarization model {self.model!r}: no such file or directory; give a local pyannote "
                              f"pipeline directory (with config.yaml) or a hub name such as {DEFAULT_PIPELINE!r}")
         try:
@@ -43,6 +46,8 @@ class PyannoteDiarizer:
             self.pipeline = DiarizationPipeline(model_name=str(path) if path.exists() else self.model,
                                                 token=token, device=params.device, cache_dir=params.cache_dir)
         except Exception as exc:
+            if not path.exists() and hub_unreachable(exc):
+                raise ModelError(f"diarization: {not_local(self.model, exc)}") from exc
             hint = ("set HF_TOKEN to a Hugging Face token that accepted the model's conditions"
                     if not token and not path.exists() else
                     "check the path or the network; offline, use the 'embeddings' backend or a local copy")
@@ -50,7 +55,7 @@ class PyannoteDiarizer:
                              f"{type(exc).__name__}: {exc}; {hint}") from exc
 
     @classmethod
-    def describe(cls, model: str | None, params: Any) -> dict[str, str]:
+    def describe(cls, model: str | None, params: PyannoteParams) -> dict[str, str]:
         return {"id": model or DEFAULT_PIPELINE, "source": "pyannote.audio via whisperx"}
 
     def diarize(self, audio: np.ndarray, sample_rate: int, num_speakers: int | None) -> list[Turn]:

@@ -22,14 +22,10 @@ from ..records import MediaProbe
 
 __all__ = ["AudioClock", "FramePlan", "PlanMismatch", "PlannedFrames", "VideoFrame", "check_complete",
            "frames_at", "iter_audio_blocks", "iter_planned_frames", "iter_video_frames", "plan_video_frames",
-           "probe", "pyav_version"]
+           "probe"]
 
 # A decoded length this much shorter than the container promises means the file was cut off.
 _TRUNCATION_TOLERANCE_S = 0.5
-
-
-def pyav_version() -> str:
-    return av.__version__
 
 
 def _unreachable(path: Path, exc: OSError) -> str:
@@ -285,8 +281,7 @@ def iter_audio_blocks(
             raise InputError(f"{path}: has {n_channels} audio channel(s); channel {channel} does not exist")
         layout = "mono" if channel is None else None
         resampler = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
-        pending: list[np.ndarray] = []
-        pending_n = 0
+        blocks = _Blocks(block_samples)
         total = 0
         skip: int | None = None  # samples still to drop (decoded before session time 0); None: not yet known
 
@@ -297,29 +292,11 @@ def iter_audio_blocks(
                 raise InputError(f"{path}: audio decoding failed after {total / sample_rate:.2f} s ({exc})") from exc
             yield None  # flush the resampler
 
-        def emit(samples: np.ndarray) -> Iterator[np.ndarray]:
-            nonlocal pending, pending_n
-            pending.append(samples)
-            pending_n += samples.size
-            while pending_n >= block_samples:
-                joined = np.concatenate(pending)
-                yield joined[:block_samples]
-                rest = joined[block_samples:]
-                pending, pending_n = ([rest], rest.size) if rest.size else ([], 0)
-
         for frame in frames():
             if skip is None and frame is not None:
-                # The first decoded frame's own time (not the resampler's, which shifts it by its filter delay).
-                offset = float(frame.time) - origin if origin is not None and frame.time is not None else 0.0
-                n = round(offset * sample_rate)
-                if c.duration and n > (c.duration / av.time_base + 1.0) * sample_rate:
-                    raise InputError(f"{path}: audio track {track} starts at {offset:.1f} s, after the recording "
-                                     f"ends ({c.duration / av.time_base:.1f} s): its timestamps are broken; remux "
-                                     f"it (ffmpeg -i IN -c copy OUT) or export the recording again")
-                skip, clock.start = max(-n, 0), n / sample_rate
-                clock.padded, clock.trimmed = max(n, 0), max(-n, 0)
+                skip = _place_on_session_clock(path, c, frame, origin, track, sample_rate, clock)
                 for lo in range(0, clock.padded, block_samples):  # in blocks: memory stays flat
-                    yield from emit(np.zeros(min(block_samples, clock.padded - lo), np.float32))
+                    yield from blocks.add(np.zeros(min(block_samples, clock.padded - lo), np.float32))
             for out in resampler.resample(frame):
                 data = out.to_ndarray()
                 samples = data[0 if channel is None else channel].astype(np.float32, copy=False)
@@ -328,17 +305,60 @@ def iter_audio_blocks(
                     cut, skip = min(skip, samples.size), skip - min(skip, samples.size)
                     samples = samples[cut:]
                 if samples.size:
-                    yield from emit(samples)
-        if pending_n:
-            yield np.concatenate(pending)
-        if total == 0:
-            raise InputError(f"{path}: the audio stream decodes to no samples (empty or corrupt)")
-        decoded = total / sample_rate
-        if expected is not None and expected - decoded > max(_TRUNCATION_TOLERANCE_S, 0.02 * expected):
-            raise InputError(
-                f"{path}: truncated or corrupt: decoded {decoded:.2f} s of audio but the header says "
-                f"{expected:.2f} s; copy the complete recording again from its source"
-            )
+                    yield from blocks.add(samples)
+        yield from blocks.rest()
+        _check_decoded(path, total / sample_rate if total else None, expected)
+
+
+class _Blocks:
+    """Samples gathered into blocks of ``size``: memory stays bounded by one block."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.pending: list[np.ndarray] = []
+        self.n = 0
+
+    def add(self, samples: np.ndarray) -> Iterator[np.ndarray]:
+        """Every whole block complete once ``samples`` are added."""
+        self.pending.append(samples)
+        self.n += samples.size
+        while self.n >= self.size:
+            joined = np.concatenate(self.pending)
+            yield joined[: self.size]
+            rest = joined[self.size:]
+            self.pending, self.n = ([rest], rest.size) if rest.size else ([], 0)
+
+    def rest(self) -> Iterator[np.ndarray]:
+        """The last, shorter block (if any samples are left)."""
+        if self.n:
+            yield np.concatenate(self.pending)
+
+
+def _place_on_session_clock(path: Path, c: av.container.InputContainer, frame: av.AudioFrame,
+                            origin: float | None, track: int, sample_rate: int, clock: AudioClock) -> int:
+    """Record on ``clock`` where the track's first decoded ``frame`` lies on the session clock (zeros to pad
+    before it, samples to trim); returns the samples to drop."""
+    # The first decoded frame's own time (not the resampler's, which shifts it by its filter delay).
+    offset = float(frame.time) - origin if origin is not None and frame.time is not None else 0.0
+    n = round(offset * sample_rate)
+    if c.duration and n > (c.duration / av.time_base + 1.0) * sample_rate:
+        raise InputError(f"{path}: audio track {track} starts at {offset:.1f} s, after the recording "
+                         f"ends ({c.duration / av.time_base:.1f} s): its timestamps are broken; remux "
+                         f"it (ffmpeg -i IN -c copy OUT) or export the recording again")
+    clock.start = n / sample_rate
+    clock.padded, clock.trimmed = max(n, 0), max(-n, 0)
+    return max(-n, 0)
+
+
+def _check_decoded(path: Path, decoded: float | None, expected: float | None) -> None:
+    """InputError when nothing was decoded (``decoded`` None) or much less than the header promises."""
+    if decoded is None:
+        raise InputError(f"{path}: the audio stream decodes to no samples (empty or corrupt)")
+    if expected is not None and expected - decoded > max(_TRUNCATION_TOLERANCE_S, 0.02 * expected):
+        raise InputError(
+            f"{path}: truncated or corrupt: decoded {decoded:.2f} s of audio but the header says "
+            f"{expected:.2f} s; copy the complete recording again from its source"
+        )
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ModelError, hub_unreachable, not_local
 
 __all__ = ["PyFeatFaceDetector", "PyFeatFaces"]
 
@@ -101,6 +101,8 @@ class PyFeatFaceDetector:
             else:
                 self._det = feat.Detectorv1(device=device, identity_model=identity_model)
         except Exception as exc:  # hub, safetensors, torch errors: all mean "cannot load the model"
+            if hub_unreachable(exc):
+                raise ModelError(f"face: {not_local(f'py-feat Detector{detector} weights', exc)}") from exc
             raise ModelError(f"py-feat Detector{detector} cannot be loaded from {where} ({type(exc).__name__}: "
                              f"{exc}); online, py-feat downloads its weights; offline, set 'model:' of the face "
                              f"stage to a local folder of py-feat weights in hub-cache layout") from exc

@@ -14,11 +14,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 
 from ..errors import ConfigError
 
-__all__ = ["KINDS", "PiiFinder", "Span", "scrubadub_version"]
+__all__ = ["KINDS", "PiiFinder", "Span"]
 
 KINDS = ("email", "phone", "url", "name")
 # Bare domains under common top-level domains, with an optional path: "example.org/booking".
@@ -45,10 +44,6 @@ _SPOKEN_EMAIL = re.compile(rf"\b{_LOCAL}(?:\s+at\s+|\s*@\s*){_SPACED_DOMAIN}", r
 _PRIORITY = ("email", "phone", "name", "url")
 # The start of a spoken e-mail address before the part scrubadub finds: "jane dot " of "jane dot doe at ...".
 _SPOKEN_DOTS = re.compile(r"(?:\b[\w+-]+\s+(?:dot|\.)\s+)+$", re.IGNORECASE)
-
-
-def scrubadub_version() -> str:
-    return metadata.version("scrubadub")
 
 
 @dataclass(frozen=True)

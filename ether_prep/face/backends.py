@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import numpy as np
 
 from ..boxes import iou
+from ..contracts import FaceModelParams
 from . import AU_NAMES, EMOTION_NAMES, FrameFaces
 from .features import (
     aus_from_blendshapes,
@@ -67,17 +68,17 @@ class FaceBackend(ABC):
     # What the stored values are, written with them (attrs ``au_kind``, ``emotion_kind``, ``score_kind``).
     kinds: ClassVar[dict[str, str]]
 
-    def __init__(self, model: str | None, params: Any) -> None:
+    def __init__(self, model: str | None, params: FaceModelParams) -> None:
         self.model = model
         self.params = params
 
     @classmethod
     @abstractmethod
-    def describe(cls, model: str | None, params: Any) -> dict[str, str]:
+    def describe(cls, model: str | None, params: FaceModelParams) -> dict[str, str]:
         """``{"id": ..., "source": ...}`` of the model this backend resolves to, without loading it."""
 
     @classmethod
-    def frames_per_batch(cls, params: Any) -> int:
+    def frames_per_batch(cls, params: FaceModelParams) -> int:
         """How many frames its detectors take at once (time windows of a video start on whole batches)."""
         return 1
 
@@ -109,7 +110,7 @@ class MediaPipeBackend(FaceBackend):
     }
 
     @classmethod
-    def describe(cls, model: str | None, params: Any) -> dict[str, str]:
+    def describe(cls, model: str | None, params: FaceModelParams) -> dict[str, str]:
         from ..adapters.mediapipe_face import resolve_model
 
         path, source = resolve_model(model, download=False)
@@ -208,12 +209,12 @@ class PyFeatBackend(FaceBackend):
                                        "emotion_kind": "py-feat emotion probabilities"}
 
     @classmethod
-    def describe(cls, model: str | None, params: Any) -> dict[str, str]:
+    def describe(cls, model: str | None, params: FaceModelParams) -> dict[str, str]:
         source = str(Path(model).expanduser()) if model else "huggingface:py-feat/*"
         return {"id": f"py-feat Detector{params.detector}", "source": source}
 
     @classmethod
-    def frames_per_batch(cls, params: Any) -> int:
+    def frames_per_batch(cls, params: FaceModelParams) -> int:
         return max(1, params.batch_size)
 
     def load(self, threads: int) -> None:

@@ -14,16 +14,14 @@ choosing a backend imports nothing heavy; the stages hold no backend branches.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from ..contracts import AsrParams, Transcription, VoiceParams
 from ..records import Turn
 from ..registry import resolve
 from .diarization import cluster_embeddings, speech_regions, speech_windows, turns_from_windows
-
-if TYPE_CHECKING:
-    from ..adapters.whisperx_asr import AsrResult
 
 __all__ = ["DIARIZERS", "TRANSCRIBERS", "Diarizer", "EmbeddingDiarizer", "Transcriber", "diarizer_class",
            "transcriber_class"]
@@ -43,18 +41,18 @@ class Transcriber(Protocol):
     model_path: str
     source: str
 
-    def __init__(self, model: str | None, params: Any) -> None: ...
+    def __init__(self, model: str | None, params: AsrParams) -> None: ...
 
     @classmethod
-    def describe(cls, model: str | None, params: Any) -> dict[str, str]:
+    def describe(cls, model: str | None, params: AsrParams) -> dict[str, str]:
         """``{"id", "source", ...}`` of the model ``model`` resolves to, without loading it."""
         ...
 
-    def transcribe(self, audio: np.ndarray) -> AsrResult:
+    def transcribe(self, audio: np.ndarray) -> Transcription:
         """Words of one 16 kHz mono recording, with the speech regions the transcriber found."""
         ...
 
-    def decode_windows(self, pieces: list[np.ndarray], language: str | None = None) -> list[AsrResult]:
+    def decode_windows(self, pieces: list[np.ndarray], language: str | None = None) -> list[Transcription]:
         """Short pieces of audio decoded on their own (word times relative to each piece); one result each."""
         ...
 
@@ -94,21 +92,21 @@ class EmbeddingDiarizer:
     """Offline diarization: WebRTC VAD finds speech, resemblyzer embeds fixed windows sliding over it, the
     windows are clustered into speakers and every speech frame takes the vote of the windows covering it.
 
-    Reads the diarize stage's parameters: ``device``, ``threads``, ``vad_aggressiveness``, ``min_speech``,
-    ``min_silence``, ``window``, ``hop``, ``clustering``, ``min_speakers``, ``max_speakers``.
+    Reads the diarize stage's parameters: ``device``, ``threads``, ``vad_aggressiveness``, ``min_speech_s``,
+    ``min_silence_s``, ``window_s``, ``hop_s``, ``clustering``, ``min_speakers``, ``max_speakers``.
     """
 
     libraries: ClassVar[tuple[str, ...]] = ("resemblyzer", "webrtcvad", "scikit-learn", "torch")
     _FRAME = 0.03  # s per WebRTC VAD frame
 
-    def __init__(self, model: str | None, params: Any) -> None:
+    def __init__(self, model: str | None, params: VoiceParams) -> None:
         from ..adapters.resemblyzer_voice import VoiceEmbedder
 
         self.params = params
         self._embedder = VoiceEmbedder(device=params.device, weights=model, threads=params.threads)
 
     @classmethod
-    def describe(cls, model: str | None, params: Any) -> dict[str, str]:
+    def describe(cls, model: str | None, params: VoiceParams) -> dict[str, str]:
         return {"id": model or "resemblyzer GE2E (shipped)", "source": "package resemblyzer"}
 
     def diarize(self, audio: np.ndarray, sample_rate: int, num_speakers: int | None) -> list[Turn]:
@@ -116,12 +114,12 @@ class EmbeddingDiarizer:
 
         p = self.params
         regions = speech_regions(webrtc_voiced(audio, p.vad_aggressiveness, int(self._FRAME * 1000)), self._FRAME,
-                                 p.min_speech, p.min_silence)
+                                 p.min_speech_s, p.min_silence_s)
         duration = len(audio) / sample_rate
-        if not regions or duration < p.window:
+        if not regions or duration < p.window_s:
             # Too little speech to compare voices: one speaker for whatever speech there is.
             return [Turn(s, e, "SPEAKER_00") for s, e in regions]
-        windows = speech_windows(regions, p.window, p.hop, duration)
+        windows = speech_windows(regions, p.window_s, p.hop_s, duration)
         labels = cluster_embeddings(self._embedder.embed(audio, windows), num_speakers, p.min_speakers,
                                     p.max_speakers, method=p.clustering)
         return turns_from_windows(windows, labels, regions)

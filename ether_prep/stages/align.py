@@ -69,7 +69,6 @@ from ..align.roles import HEURISTICS, ROLE_KEYS, assign_roles, listener_of, sess
 from ..align.tensors import UtteranceTensors, cut_utterances, feature_names, padded
 from ..errors import StageError
 from ..face import AU_NAMES, EMOTION_NAMES
-from ..provenance import library_versions
 from ..store import read_table, write_array, write_labels, write_ragged, write_table
 from .audio import read_audio
 from .base import Each, Stage
@@ -312,7 +311,7 @@ class AlignStage(Stage):
             "feature_names": names, "features_available": [bool(a) for a in available],
             "rate_hz": p.rate_hz, "pad_s": p.pad_s, "sample_rate": read_audio(store).sample_rate,
             "cue_params": {k: getattr(p, k) for k in CUE_THRESHOLDS},
-            "text_analyser": f"vaderSentiment {library_versions('vaderSentiment').get('vaderSentiment')}",
+            "text_analyser": "vaderSentiment",  # its version: the stage marker's libraries
             "n_utterances": len(transcript), "n_pairs": len(pairs),
             "n_tracks": len(faces.tracks) if faces is not None else 0, "n_persons": len(linked.links),
             "face": "skipped" if faces is None else f"{len(faces.tracks)} track(s), {len(linked.links)} person(s)",

@@ -16,7 +16,7 @@ an audio-only session.
 Example (pipelines.yaml)::
 
     - stage: audio
-      params: {sample_rate: 16000, block_seconds: 30}
+      params: {sample_rate: 16000, block_s: 30}
 """
 
 from __future__ import annotations
@@ -46,14 +46,14 @@ class AudioParams:
 
     sample_rate: int = 16000
     channel: int | None = None
-    block_seconds: float = 30.0
+    block_s: float = 30.0  # seconds decoded per block (memory only: the waveform is the same)
     track: int = 0
 
     def validate(self) -> None:
         if not 8000 <= self.sample_rate <= 48000:
             raise ValueError(f"sample_rate must be within 8000..48000 Hz, got {self.sample_rate}")
-        if self.block_seconds <= 0:
-            raise ValueError("block_seconds must be positive")
+        if self.block_s <= 0:
+            raise ValueError("block_s must be positive (seconds)")
         if self.track < 0:
             raise ValueError(f"track must be 0 (the first audio track) or more, got {self.track}")
 
@@ -76,7 +76,7 @@ class AudioStage(Stage):
             out.attrs.update({"sample_rate": self.params.sample_rate, "n_samples": 0, "duration": 0.0})
             return "no audio stream: speech stages are skipped"
         p: AudioParams = self.params
-        block = int(p.block_seconds * p.sample_rate)
+        block = int(p.block_s * p.sample_rate)
         wave = create_array(out, "waveform", (0,), np.float32, chunk_len=block, dims=("sample",), fill_value=0.0)
         n = 0
         clock = pyav.AudioClock()

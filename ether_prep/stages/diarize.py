@@ -16,13 +16,13 @@ Example (pipelines.yaml)::
 
     - stage: diarize
       backend: embeddings
-      params: {num_speakers: 2, window: 1.5, hop: 0.25}
+      params: {num_speakers: 2, window_s: 1.5, hop_s: 0.25}
       resources: {num_cpus: 2}
 
 Output group ``diarize/``::
 
     turns   table: start, end (float64 s), speaker (str, "SPEAKER_00" ...)
-    attrs   backend, model, n_speakers, libraries
+    attrs   backend, model, n_speakers (library versions: the stage marker)
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..contracts import check_device
 from ..errors import ConfigError
-from ..provenance import library_versions
 from ..records import Turn
 from ..speech.backends import DIARIZERS, diarizer_class
 from ..store import read_table, write_table
@@ -61,11 +61,11 @@ class DiarizeParams:
     max_speakers: int = 8
     device: str = "cpu"
     threads: int = 2
-    window: float = 1.5  # seconds of speech per embedding
-    hop: float = 0.25
+    window_s: float = 1.5  # seconds of speech per embedding
+    hop_s: float = 0.25
     vad_aggressiveness: int = 3  # WebRTC VAD 0 (lenient) .. 3 (strict)
-    min_speech: float = 0.2
-    min_silence: float = 0.3
+    min_speech_s: float = 0.2
+    min_silence_s: float = 0.3
     clustering: str = "spectral"
     cache_dir: str | None = None  # pyannote: where hub models are cached
 
@@ -74,14 +74,13 @@ class DiarizeParams:
             raise ValueError(f"num_speakers must be >= 1, got {self.num_speakers}")
         if not 1 <= self.min_speakers <= self.max_speakers:
             raise ValueError(f"need 1 <= min_speakers <= max_speakers, got {self.min_speakers}..{self.max_speakers}")
-        if not 0 < self.hop <= self.window <= 10:
-            raise ValueError("need 0 < hop <= window <= 10 s")
+        if not 0 < self.hop_s <= self.window_s <= 10:
+            raise ValueError("need 0 < hop_s <= window_s <= 10 s")
         if self.vad_aggressiveness not in (0, 1, 2, 3):
             raise ValueError("vad_aggressiveness must be 0, 1, 2 or 3")
         if self.clustering not in ("spectral", "agglomerative"):
             raise ValueError(f"clustering must be 'spectral' or 'agglomerative', got {self.clustering!r}")
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        check_device(self.device, ("cpu", "cuda", "cuda:N"))
 
 
 def _num_speakers(session: Session) -> int | None:
@@ -142,8 +141,7 @@ class DiarizeStage(Stage):
             "speaker": np.array([t.speaker for t in turns], dtype=str),
         }, attrs={"units": "seconds"}, dim="turn")
         out.attrs.update({"backend": self.spec.backend, "model": self.model_info()["id"],
-                          "n_speakers": len(speakers), "speakers": speakers,
-                          "libraries": library_versions(*self.library_names())})
+                          "n_speakers": len(speakers), "speakers": speakers})
         return None if turns else "no speech found: zero turns"
 
 

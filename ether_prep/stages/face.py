@@ -76,12 +76,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..contracts import check_device
 from ..errors import InputError, StageError
 from ..face import AU_NAMES, EMOTION_NAMES, POSE_NAMES, FrameFaces
 from ..face.backends import BACKENDS, EMBEDDERS, FaceBackend
 from ..face.sequence import FaceSequence, descriptors
 from ..face.shots import ShotDetector
-from ..provenance import library_versions
 from ..records import FaceTrack
 from ..sessions import check_unchanged
 from ..store import create_array, read_table, write_array, write_labels, write_table
@@ -150,6 +150,7 @@ class FaceParams:
         for key in ("min_detection_confidence", "min_presence_confidence", "min_tracking_confidence"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"{key} must be within [0, 1], got {getattr(self, key)}")
+        check_device(self.device, ("cpu", "cuda", "cuda:N", "mps", "auto"))
         if self.detector not in ("v1", "v2"):
             raise ValueError(f"detector must be 'v1' or 'v2', got {self.detector!r}")
         if self.max_gap_s < 0 or not 0.0 <= self.appearance_weight <= 1.0:
@@ -492,12 +493,12 @@ class FaceStage(Stage):
             "frame_width": sequence.size[0], "frame_height": sequence.size[1],
             "n_tracks": n_tracks, "n_landmarks": self._backend.n_landmarks,
             "fps_analysed": round(n_frames / elapsed, 2) if elapsed > 0 else None,
-            "libraries": library_versions(*self.library_names()), "params": self.spec.params_dict(),
+            "params": self.spec.params_dict(),
             "n_persons": int(tracks.person.max() + 1) if n_tracks else 0, "n_shots": int(shots.shot + 1),
             "cut_times": shots.cut_times, "identity_model": self._identity_model(),
             "identity_params": {
                 "threshold": sequence.identities.threshold, "metric": "euclidean (L2-normalised embeddings)",
-                "every_s": p.identity_every_s, "max_per_track": p.max_embeddings_per_track,
+                "identity_every_s": p.identity_every_s, "max_embeddings_per_track": p.max_embeddings_per_track,
                 "cut_threshold": p.cut_threshold, "cut_ratio": shots.ratio,
                 "largest_jump_within_a_shot": round(shots.max_within_shot, 3),
                 "embeddings_computed": sequence.embeddings_computed,

@@ -10,7 +10,7 @@ check                     value (pass when ...)
 ``speech_found``          share of the recording the VAD found speech in, ``speech_share``
                           (>= ``min_speech_share``)
 ``speech_coverage``       share of VAD speech seconds covered by word spans, edges within the transcribe
-                          stage's ``coverage_slack`` (>= ``min_speech_coverage``):
+                          stage's ``coverage_slack_s`` (>= ``min_speech_coverage``):
                           speech the transcription lost
 ``words_per_minute_low``  words per minute of VAD speech (>= ``min_words_per_minute``): text dropped
 ``words_per_minute_high`` the same (<= ``max_words_per_minute``): text invented (hallucination)

@@ -15,8 +15,8 @@ Output group ``transcribe/``::
             source (str: "batch" = whisperx's batched pass, "redecode" = the completeness guard)
     speech  table: start, end (float64 s), channel (int, -1 = downmix): the speech regions coverage is
             measured against
-    attrs   language, model, model_source, aligner, n_segments, dropped_segments, channels, libraries,
-            speech_seconds, covered_seconds (by word spans widened by ``coverage_slack``),
+    attrs   language, model, model_source, aligner, n_segments, dropped_segments, channels,
+            speech_seconds, covered_seconds (by word spans widened by ``coverage_slack_s``),
             speech_coverage (0..1, null without speech), redecoded ([[start, end], ...]),
             uncovered ([{start, end, reason}, ...]), stretched_words, completeness_seconds (the guard's time)
 
@@ -28,7 +28,7 @@ the words by time; ``mix`` uses the downmix stored by the ``audio`` stage; ``aut
 channels differ (correlation below ``split_below``), so a stereo copy of one microphone is not transcribed
 twice.
 
-**Completeness.** whisperx decodes VAD chunks of up to ``chunk_size`` s; a chunk holding several turns can
+**Completeness.** whisperx decodes VAD chunks of up to ``chunk_s`` s; a chunk holding several turns can
 lose one, its audio given to a neighbouring word (whisperx issues #574, #828, #402, #684). ``timestamps``
 decodes the chunks with timestamp tokens, which keeps most turns; the guard (``completeness``) catches the
 rest. Speech regions are whisperx's VAD regions cut to the voiced signal (quiet edges and pauses of 0.3 s
@@ -36,10 +36,10 @@ removed). A word spanning the pause between two regions is cut to the one its ne
 far longer than its text takes to say (a 2.3 s "the" over skipped words) is cut back to that length for
 the re-decoding, and gets its extent back if no other word is found there (``stretched_words`` counts the
 words left cut). Speech of at
-least ``min_uncovered_s`` s that no word covers (each word's span widened by ``coverage_slack`` s) is
+least ``min_uncovered_s`` s that no word covers (each word's span widened by ``coverage_slack_s`` s) is
 re-decoded on its own (timestamps, word times) on the same loaded model, all stretches of a recording in one
 batch, each encoded with a context of its length rounded up to 10 s rather than Whisper's 30 s (neighbouring
-stretches with no word between them go together, up to ``chunk_size`` s). The words found are merged in time
+stretches with no word between them go together, up to ``chunk_s`` s). The words found are merged in time
 order, each kept inside the stretch it was decoded from; a word repeating its neighbour just outside the
 stretch is dropped; what a stretch that did yield words still leaves uncovered gets a second round.
 Finally every word is put inside speech, in time order: a region grows over voiced signal a word shows the
@@ -66,8 +66,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..contracts import Transcription, check_device
 from ..errors import StageError
-from ..provenance import library_versions
 from ..speech.backends import TRANSCRIBERS, transcriber_class
 from ..speech.completeness import (
     cut_long_words,
@@ -100,7 +100,6 @@ from .base import Stage
 if TYPE_CHECKING:
     import zarr
 
-    from ..adapters.whisperx_asr import AsrResult
     from ..records import Session, Span, Word
     from ..spec import StageSpec
     from ..speech.backends import Transcriber
@@ -133,28 +132,27 @@ class TranscribeParams:
     # VAD window hop as a fraction of its 5 s window. pyannote's default 0.1 scores every instant 10 times;
     # 0.5 gives the same segments on our media at a third of whisperx's CPU VAD time (see the README).
     vad_step: float = 0.1
-    chunk_size: int = 30  # seconds: whisperx merges VAD segments up to this length
+    chunk_s: int = 30  # seconds: whisperx merges VAD segments up to this length
     no_speech_threshold: float = 0.6
     log_prob_threshold: float = -1.0
     word_timestamps: bool = True
     refine_word_edges: bool = True
     align_model: str | None = None  # wav2vec2 name/path for whisperx.align; "default" = whisperx's choice
-    model_dir: str | None = None  # cache/download directory for hub models
+    cache_dir: str | None = None  # cache/download directory for hub models
     local_files_only: bool = False
     channels: str = "mix"  # "mix" (downmix from the audio stage), "split" (each channel alone) or "auto"
     split_below: float = 0.8  # "auto" splits when the channels' correlation is below this
     timestamps: bool = True  # decode timestamp tokens inside whisperx's batch (keeps more turns per chunk)
     completeness: bool = True  # re-decode speech left without words; false: only measure coverage
     min_uncovered_s: float = 0.3  # shortest stretch of speech without words that is re-decoded / reported
-    coverage_slack: float = 0.15  # s a word covers beyond each edge (cross-attention edges are good to ~0.15 s)
+    coverage_slack_s: float = 0.15  # s a word covers beyond each edge (cross-attention edges are good to ~0.15 s)
 
     def validate(self) -> None:
-        if self.device not in ("cpu", "cuda", "auto"):
-            raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
+        check_device(self.device, ("cpu", "cuda", "auto"))
         if self.compute_type not in _COMPUTE_TYPES:
             raise ValueError(f"compute_type {self.compute_type!r} is not one of {sorted(_COMPUTE_TYPES)}")
-        if self.beam_size < 1 or self.batch_size < 1 or self.threads < 0 or not 1 <= self.chunk_size <= 30:
-            raise ValueError("beam_size and batch_size must be >= 1, threads >= 0 and chunk_size within 1..30 s")
+        if self.beam_size < 1 or self.batch_size < 1 or self.threads < 0 or not 1 <= self.chunk_s <= 30:
+            raise ValueError("beam_size and batch_size must be >= 1, threads >= 0 and chunk_s within 1..30 s")
         if not 0 < self.vad_offset <= self.vad_onset < 1:
             raise ValueError("VAD thresholds must satisfy 0 < vad_offset <= vad_onset < 1")
         if not 0 < self.vad_step <= 1:
@@ -163,8 +161,8 @@ class TranscribeParams:
             raise ValueError(f"channels must be 'mix', 'split' or 'auto', got {self.channels!r}")
         if not 0.05 <= self.min_uncovered_s <= 10:
             raise ValueError(f"min_uncovered_s must be within 0.05..10 s, got {self.min_uncovered_s}")
-        if not 0 <= self.coverage_slack <= 1:
-            raise ValueError(f"coverage_slack must be within 0..1 s, got {self.coverage_slack}")
+        if not 0 <= self.coverage_slack_s <= 1:
+            raise ValueError(f"coverage_slack_s must be within 0..1 s, got {self.coverage_slack_s}")
 
 
 class TranscribeStage(Stage):
@@ -231,16 +229,16 @@ class TranscribeStage(Stage):
         n_cut = 0
         if p.completeness and speech:
             words, n_cut = cut_stretched_words(sorted(words, key=lambda w: w["start"]), speech)
-            words, _ = cut_long_words(words, p.coverage_slack)
+            words, _ = cut_long_words(words, p.coverage_slack_s)
             duration = len(audio) / sample_rate
             productive: list[tuple[float, float]] = [(0.0, duration)]
             # A second round re-decodes what a first-round window that did find words still left without:
             # the decoder may stop before the end of a long window, as it did in the chunk.
             for _ in range(_REDECODE_ROUNDS):
-                uncovered = [u for u in uncovered_speech(speech, words, p.coverage_slack, p.min_uncovered_s)
+                uncovered = [u for u in uncovered_speech(speech, words, p.coverage_slack_s, p.min_uncovered_s)
                              if any(a < u[1] and u[0] < b for a, b in productive)]
                 windows = redecode_windows(uncovered, words, duration, _REDECODE_PAD,
-                                           p.chunk_size - 2 * _REDECODE_PAD)
+                                           p.chunk_s - 2 * _REDECODE_PAD)
                 if not windows:
                     break
                 found = self._asr.decode_windows(
@@ -257,20 +255,20 @@ class TranscribeStage(Stage):
             words, n_long = restore_cut_words(words)
             n_cut += n_long
             words, speech = place_words_in_speech(words, speech, energy)
-        left = uncovered_speech(speech, words, p.coverage_slack, p.min_uncovered_s)
+        left = uncovered_speech(speech, words, p.coverage_slack_s, p.min_uncovered_s)
         reasons = []
         for s, e in left:
             inside = [r for w, r in why.items() if w[0] < e and w[1] > s]
             reason = inside[-1] if inside else ("completeness guard off" if not p.completeness else
                                                "not re-decoded: uncovered only once words were placed in speech")
             reasons.append({"start": round(s, 3), "end": round(e, 3), "reason": reason})
-        total, covered = speech_coverage(speech, words, p.coverage_slack)
+        total, covered = speech_coverage(speech, words, p.coverage_slack_s)
         return words, {"speech": speech, "speech_seconds": total, "covered_seconds": covered,
                        "redecoded": sorted(redecoded), "uncovered": reasons, "stretched_words": n_cut,
                        "guard_seconds": time.perf_counter() - started}
 
     @staticmethod
-    def _why(new: list[Word], echoes: list[Word], result: AsrResult) -> str:
+    def _why(new: list[Word], echoes: list[Word], result: Transcription) -> str:
         """Why a re-decoded stretch may still be without words, in words a researcher reads in the attrs."""
         prob = f"no-speech prob {result.no_speech_prob:.2f}" if result.no_speech_prob is not None else ""
         if new:
@@ -427,7 +425,6 @@ class TranscribeStage(Stage):
             "uncovered": [u for i in infos for u in i["uncovered"]],
             "stretched_words": sum(i["stretched_words"] for i in infos),
             "completeness_seconds": round(sum(i["guard_seconds"] for i in infos), 3),
-            "libraries": library_versions(*self.library_names()),
         }
 
 

@@ -1,10 +1,10 @@
 """Stage ``utterances``: words get speakers from the diarized turns, and a speaker's consecutive words
-become utterances (split at pauses over ``max_gap`` and at sentence ends past ``max_duration``).
+become utterances (split at pauses over ``max_gap_s`` and at sentence ends past ``max_duration_s``).
 
 Example (pipelines.yaml)::
 
     - stage: utterances
-      params: {max_gap: 1.0, max_duration: 15.0, max_word: 1.0}
+      params: {max_gap_s: 1.0, max_duration_s: 15.0, max_word_s: 1.0}
 
 Output group ``utterances/`` (a contract the ``align`` stage reads)::
 
@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import StageError
-from ..provenance import library_versions
 from ..speech import assign_speakers, build_utterances, build_utterances_by_stream
 from ..store import read_table, write_table
 from .base import Stage
@@ -94,15 +93,15 @@ def read_transcript(store: SessionGroup) -> Transcript:
 
 @dataclass(frozen=True)
 class UtterancesParams:
-    """``max_word``: longer words vote for a speaker with their first ``max_word`` s only."""
+    """``max_word_s``: longer words vote for a speaker with their first ``max_word_s`` s only."""
 
-    max_gap: float = 1.0
-    max_duration: float = 15.0
-    max_word: float = 1.0
+    max_gap_s: float = 1.0
+    max_duration_s: float = 15.0
+    max_word_s: float = 1.0
 
     def validate(self) -> None:
-        if self.max_gap < 0 or self.max_duration <= 0 or self.max_word <= 0:
-            raise ValueError("max_gap must be >= 0, max_duration and max_word > 0")
+        if self.max_gap_s < 0 or self.max_duration_s <= 0 or self.max_word_s <= 0:
+            raise ValueError("max_gap_s must be >= 0, max_duration_s and max_word_s > 0")
 
 
 class UtterancesStage(Stage):
@@ -126,7 +125,7 @@ class UtterancesStage(Stage):
         words = [{"text": str(cols["text"][i]), "start": float(cols["start"][i]), "end": float(cols["end"][i]),
                   "score": float(cols["score"][i]), "interpolated": bool(cols["interpolated"][i]),
                   "channel": int(cols["channel"][i]) if "channel" in cols else -1} for i in range(n)]
-        words = assign_speakers(words, read_turns(store), max_word=p.max_word)
+        words = assign_speakers(words, read_turns(store), max_word=p.max_word_s)
         if any(w["channel"] >= 0 for w in words):
             # Channels transcribed apart (one microphone per person): each channel is one speaker, labelled
             # by the diarized speaker most of its words got, and utterances are grouped per channel.
@@ -142,9 +141,9 @@ class UtterancesStage(Stage):
             if len({w["speaker"] for w in words}) < len({w["channel"] for w in words}):
                 for w in words:  # diarization merged the channels: fall back to channel numbers
                     w["speaker"] = f"SPEAKER_{w['channel']:02d}"
-            words, utts = build_utterances_by_stream(words, session.id, "channel", p.max_gap, p.max_duration)
+            words, utts = build_utterances_by_stream(words, session.id, "channel", p.max_gap_s, p.max_duration_s)
         else:
-            utts = build_utterances(words, session.id, max_gap=p.max_gap, max_duration=p.max_duration)
+            utts = build_utterances(words, session.id, max_gap=p.max_gap_s, max_duration=p.max_duration_s)
         write_words(out, words, ("text", "start", "end", "score", "speaker", "interpolated", "channel"), dim="word")
         write_table(out, "utterances", {
             "id": np.array([u.id for u in utts], dtype=str),
@@ -158,5 +157,5 @@ class UtterancesStage(Stage):
         }, attrs={"units": "seconds"}, dim="utterance")
         out.attrs.update({"language": tx.language, "asr_model": tx.model, "diarization": read_diarizer(store),
                           "n_words": n, "n_utterances": len(utts),
-                          "speakers": sorted({u.speaker for u in utts}), "libraries": library_versions()})
+                          "speakers": sorted({u.speaker for u in utts})})
         return None if utts else "no words: zero utterances"

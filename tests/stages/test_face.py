@@ -31,8 +31,8 @@ from ether_prep.sessions import probe_session
 from ether_prep.stages.face import FaceStage
 from ether_prep.store import SessionGroup, Store, read_table
 
-from .conftest import DATA, MODELS, ROOT, pipeline
-from .trust_media import cli_argv
+from ..conftest import DATA, MODELS, ROOT, pipeline
+from ..trust_media import cli_argv
 
 FACE = DATA / "face"
 _STAGES: dict[tuple, FaceStage] = {}
@@ -164,7 +164,7 @@ def test_spool_scatters_detections_into_dense_blocks() -> None:
 
 def test_spool_is_private_and_removed_on_close() -> None:
     """A spool lives in a private temporary folder of its own (0700, files 0600), gone once closed
-    (leftovers of killed runs: tests/test_isolation.py)."""
+    (leftovers of killed runs: tests/scenarios/test_isolation.py)."""
     with DetectionSpool({"v": ((), np.float32)}) as spool:
         spool.append(v=[1.0])
         assert stat.S_IMODE(spool.dir.stat().st_mode) == 0o700
@@ -300,9 +300,10 @@ def test_schema_storage_sampling_and_csv_export(tmp_path: Path) -> None:
     assert list(out["au"].attrs["names"]) == list(AU_NAMES) == list(out.attrs["au_names"])
     assert list(out["emotion"].attrs["names"]) == list(EMOTION_NAMES)
     assert list(out["pose"].attrs["names"]) == ["yaw", "pitch", "roll"]
-    for key in ("backend", "model", "analysis_fps", "frames_corrupt", "frame_width", "frame_height", "libraries"):
+    for key in ("backend", "model", "analysis_fps", "frames_corrupt", "frame_width", "frame_height"):
         assert key in out.attrs
-    assert out.attrs["backend"] == "mediapipe" and "mediapipe" in out.attrs["libraries"]
+    # Library versions are recorded once, in the stage marker, from what the stage names.
+    assert out.attrs["backend"] == "mediapipe" and "mediapipe" in FaceStage(_spec()).library_names()
     lm = out["landmarks"][:, 0]
     assert np.nanmin(lm[..., 0]) >= 0 and np.nanmax(lm[..., 0]) <= out.attrs["frame_width"]
     mouth = out["mouth_open"][:, 0]
@@ -365,7 +366,7 @@ def test_pyfeat_backend_offline_with_random_weights(tmp_path_factory: pytest.Tem
     """py-feat's real Detectorv2 on a real clip, with RANDOM weights generated here (no weights can be
     downloaded on this machine): THE VALUES ARE MEANINGLESS. It checks that the backend runs offline and
     stores the same schema as the mediapipe backend: shapes, dtypes, names, attrs."""
-    from .pyfeat_weights import build_random_pyfeat_v2
+    from ..pyfeat_weights import build_random_pyfeat_v2
 
     weights = build_random_pyfeat_v2(tmp_path_factory.mktemp("pyfeat_random_weights"))
     # Random RetinaFace scores tie everywhere, so its one box per frame jumps about: keep one-frame tracks.
@@ -374,7 +375,7 @@ def test_pyfeat_backend_offline_with_random_weights(tmp_path_factory: pytest.Tem
     spec = dataclasses.replace(_spec("default", **params), model=str(weights))
     out, _, _ = run_face(FACE / "single_face.mp4", tmp_path_factory.mktemp("pyfeat_store"), spec)
     n = out.attrs["frames_analysed"]
-    assert 5 <= n <= 7 and out.attrs["backend"] == "pyfeat" and "py-feat" in out.attrs["libraries"]
+    assert 5 <= n <= 7 and out.attrs["backend"] == "pyfeat" and "py-feat" in FaceStage(spec).library_names()
     t_ = out["box"].shape[1]
     assert t_ >= 1  # the random detector returns at most one (junk) box per frame
     shapes = {"au": (n, t_, 20), "emotion": (n, t_, 7), "pose": (n, t_, 3), "box": (n, t_, 4),

@@ -20,13 +20,13 @@ from ether_prep.config import load_pipeline
 from ether_prep.lock import STORE_LOCK, read_holder
 from ether_prep.runner import run_pipeline
 
-from . import trust_media as media
-from .conftest import DATA, pipeline_file
+from .. import trust_media as media
+from ..conftest import DATA, pipeline_file
 
 pytestmark = pytest.mark.slow
 
 PIPELINE = [  # pipeline "af"
-    {"stage": "audio", "params": {"block_seconds": 1}},
+    {"stage": "audio", "params": {"block_s": 1}},
     {"stage": "face", "backend": "mediapipe", "model": "face_landmarker.task",
      "params": {"num_faces": 2, "min_detection_confidence": 0.3}, "resources": {"num_cpus": 1}},
 ]

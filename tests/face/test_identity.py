@@ -19,9 +19,9 @@ from ether_prep.face.tracking import FaceTracker
 from ether_prep.stages.face import FaceStage
 from ether_prep.store import read_table
 
-from .conftest import DATA, pipeline_file
-from .media import FPS, GRID_A, GRID_B, dissolve, edited_dialogue, reentry
-from .test_face import _spec, run_face
+from ..conftest import DATA, pipeline_file
+from ..media import FPS, GRID_A, GRID_B, dissolve, edited_dialogue, reentry
+from ..stages.test_face import _spec, run_face
 
 FRAME = 1.0 / FPS
 
@@ -223,7 +223,7 @@ def test_identity_embeddings_separate_the_speakers(dialogue) -> None:
     # Measured: same person across shots ~0.1, different people ~0.6 (dlib, L2-normalised).
     assert same.max() < threshold < different.min(), (same, different)
     assert out.attrs["identity_model"].startswith("dlib_face_recognition_resnet_model_v1")
-    assert "dlib-bin" in out.attrs["libraries"] and out.attrs["identity_params"]["model"]["dim"] == 128
+    assert "dlib-bin" in FaceStage(_spec()).library_names() and out.attrs["identity_params"]["model"]["dim"] == 128
 
 
 @pytest.mark.slow

@@ -60,9 +60,9 @@ from ether_prep.runner import run_pipeline
 from ether_prep.sessions import session_id
 from ether_prep.store import Store
 
-from . import trust_media as media
-from .conftest import DATA, pipeline, pipeline_file
-from .scoring import wer
+from .. import trust_media as media
+from ..conftest import DATA, pipeline, pipeline_file
+from ..scoring import wer
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ GOOD = ["jfk audio only.flac", "no_audio.mp4", "no_face.mp4", "silence.wav", "mu
         "clinic Zürich/séance 1/client – première.mpg", "two_people.mp4"]
 BROKEN = ["empty.mp4", "truncated.mp4", "notes.mp4", "loop.mp4", "bad csv/stereo.wav"]
 STAGES = [s.name for s in pipeline("cpu").stages if s.enabled]  # audio ... align, qc
-AUDIO = [{"stage": "audio", "params": {"block_seconds": 5}}]  # pipeline "audio"
+AUDIO = [{"stage": "audio", "params": {"block_s": 5}}]  # pipeline "audio"
 # What ether-prep must decide for itself in the run (the test suite sets these for its own process).
 _SUITE_OFFLINE = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "PYANNOTE_METRICS_ENABLED")
 

@@ -78,7 +78,7 @@ def test_every_parameter_of_every_stage_has_a_located_error(tmp_path: Path, stag
 
 # A value of the right type that each stage's own checks reject, and the key its message names.
 OUT_OF_RANGE = {"audio": ("sample_rate", 4000), "transcribe": ("channels", "both"),
-                "diarize": ("max_speakers", 0), "utterances": ("max_word", -1.0), "face": ("num_faces", 0),
+                "diarize": ("max_speakers", 0), "utterances": ("max_word_s", -1.0), "face": ("num_faces", 0),
                 "align": ("rate_hz", -1.0), "qc": ("max_corrupt_share", -1.0)}
 
 
@@ -104,7 +104,7 @@ def test_unknown_parameter_says_the_closest_name(tmp_path: Path) -> None:
     text = _yaml(_all_stages(audio={"params": {"sample_rat": 16000}}))
     message = _error(tmp_path, text)
     assert f":{_line_of(text, 'sample_rat:')}: pipeline 'p': stage 'audio': unknown parameter 'sample_rat'; " \
-           "did you mean 'sample_rate'? allowed: block_seconds, channel, sample_rate" in message
+           "did you mean 'sample_rate'? allowed: block_s, channel, sample_rate" in message
 
 
 @pytest.mark.parametrize(("key", "value", "expected"), [
@@ -253,7 +253,7 @@ def test_validate_rejects_a_misspelt_key(tmp_path: Path) -> None:
         load_pipeline("audio", audio_config(tmp_path, block=1, blok_seconds=1))
     with pytest.raises(ConfigError, match="unknown stage 'audoi'"):
         load_config(pipeline_file(tmp_path, "audio", [{"stage": "audoi"}]))
-    with pytest.raises(ConfigError, match="block_seconds"):
+    with pytest.raises(ConfigError, match="block_s"):
         load_config(audio_config(tmp_path, block="fast"))
 
 
@@ -349,7 +349,7 @@ def test_every_bad_parameter_of_a_stage_at_once(tmp_path: Path) -> None:
     next to a value of the wrong type."""
     text = _yaml(_all_stages(face={"params": {"num_faces": 0, "detector": "v3", "still_tiles": 9,
                                               "cut_threshold": -1.0, "prefetch": "many"}},
-                             audio={"params": {"sample_rate": 4000, "block_seconds": -2.0}}))
+                             audio={"params": {"sample_rate": 4000, "block_s": -2.0}}))
     message = _error(tmp_path, text)
     path = tmp_path / "pipelines.yaml"
     lines = message.splitlines()
@@ -359,8 +359,8 @@ def test_every_bad_parameter_of_a_stage_at_once(tmp_path: Path) -> None:
                       ("cut_threshold", "cut_threshold must be positive or null"),
                       ("prefetch", "parameter 'prefetch' = 'many' is not a valid int"),
                       ("sample_rate", "sample_rate must be within 8000..48000 Hz"),
-                      ("block_seconds", "block_seconds must be positive")]:
-        stage = "audio" if key in ("sample_rate", "block_seconds") else "face"
+                      ("block_s", "block_s must be positive")]:
+        stage = "audio" if key in ("sample_rate", "block_s") else "face"
         assert any(ln.startswith(f"  {path}:{_line_of(text, f'{key}:')}: pipeline 'p': stage '{stage}': ")
                    and says in ln for ln in lines[1:]), (key, message)
 
@@ -375,3 +375,49 @@ def test_messages_never_carry_a_huge_value(tmp_path: Path) -> None:
     assert len(text) > 1_000_000 and len(message) < 3000, len(message)
     assert "'description' must be text, got ['xxx" in message and "...]" in message
     assert "'model' must be a string" in message and "parameter 'device' = ['xxx" in message
+
+
+def test_renamed_parameters_still_work_and_say_the_new_name(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Old parameter names (before seconds ended in ``_s`` and ``model_dir`` became ``cache_dir``) give the same
+    pipeline as the new ones, each with a warning at its line naming the new name."""
+    from ether_prep.config import _RENAMED_PARAMS
+
+    old = {stage: {"params": {o: v for o, v in values.items()}} for stage, values in {
+        "audio": {"block_seconds": 5.0}, "transcribe": {"chunk_size": 20, "model_dir": "/tmp/m",
+                                                        "coverage_slack": 0.1},
+        "diarize": {"window": 2.0, "hop": 0.5, "min_speech": 0.25, "min_silence": 0.4},
+        "utterances": {"max_gap": 0.8, "max_duration": 12.0, "max_word": 0.9}}.items()}
+    assert {s: set(e["params"]) for s, e in old.items()} == {s: set(r) for s, r in _RENAMED_PARAMS.items()}
+    new = {s: {"params": {_RENAMED_PARAMS[s][k]: v for k, v in e["params"].items()}} for s, e in old.items()}
+    text = _yaml(_all_stages(**old))
+    (tmp_path / "old.yaml").write_text(text)
+    (tmp_path / "new.yaml").write_text(_yaml(_all_stages(**new)))
+    with caplog.at_level("WARNING", logger="ether_prep.config"):
+        got = load_pipeline("p", tmp_path / "old.yaml")
+    assert got.stages == load_pipeline("p", tmp_path / "new.yaml").stages
+    assert got.stage("utterances").params.max_gap_s == 0.8 and got.stage("transcribe").params.cache_dir == "/tmp/m"
+    warned = [r.getMessage() for r in caplog.records]
+    for stage, renames in _RENAMED_PARAMS.items():
+        for o, n in renames.items():
+            assert any(f":{_line_of(text, f'{o}:')}: pipeline 'p': stage '{stage}': parameter '{o}' was renamed "
+                       f"'{n}': write {n}:" in m for m in warned), (o, warned)
+
+
+def test_old_and_new_name_together_is_an_error(tmp_path: Path) -> None:
+    text = _yaml(_all_stages(utterances={"params": {"max_gap": 1.0, "max_gap_s": 2.0}}))
+    message = _error(tmp_path, text)
+    assert f":{_line_of(text, 'max_gap:')}: pipeline 'p': stage 'utterances': parameter 'max_gap' was renamed " \
+           "'max_gap_s' and both are given; keep 'max_gap_s' only" in message
+
+
+def test_every_device_parameter_is_checked_by_one_rule(tmp_path: Path) -> None:
+    """transcribe, diarize and face all refuse an unknown device, with the same message naming what is allowed."""
+    text = _yaml(_all_stages(transcribe={"params": {"device": "gpu"}}, diarize={"params": {"device": "gpu"}},
+                             face={"params": {"device": "gpu"}}))
+    message = _error(tmp_path, text)
+    for stage in ("transcribe", "diarize", "face"):
+        assert re.search(rf"stage '{stage}': parameters: device must be '.*' or '.*', got 'gpu'", message), message
+    ok = _yaml(_all_stages(diarize={"params": {"device": "cuda:1"}}, face={"params": {"device": "cuda:1"}}))
+    (tmp_path / "ok.yaml").write_text(ok)
+    assert load_pipeline("p", tmp_path / "ok.yaml").stage("face").params.device == "cuda:1"

@@ -20,8 +20,8 @@ import pytest
 
 from ether_prep import speech as sp
 
-from .conftest import pipeline, pipeline_file
-from .media import SR, speech_clip, words_in_place, write_wav
+from ..conftest import pipeline, pipeline_file
+from ..media import SR, speech_clip, words_in_place, write_wav
 
 GAP_S = 0.15
 PER_CLIP_IN_PLACE = 0.67
@@ -163,8 +163,8 @@ def test_completeness_params_are_validated(tmp_path: Path) -> None:
     from ether_prep.config import load_config
     from ether_prep.errors import ConfigError
 
-    for params, message in [({"min_uncovered_s": 0.0}, "min_uncovered_s"), ({"coverage_slack": 2}, "coverage_slack"),
-                            ({"completeness": "maybe"}, "completeness")]:
+    for params, message in [({"min_uncovered_s": 0.0}, "min_uncovered_s"),
+                            ({"coverage_slack_s": 2}, "coverage_slack_s"), ({"completeness": "maybe"}, "completeness")]:
         cfg = pipeline_file(tmp_path, "p", [{"stage": "audio"}, {"stage": "transcribe", "params": params}])
         with pytest.raises(ConfigError, match=message):
             load_config(cfg)

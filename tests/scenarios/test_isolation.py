@@ -31,9 +31,9 @@ from ether_prep.lock import STORE_LOCK
 from ether_prep.scratch import PREFIX, ScratchDir, remove_stale
 from ether_prep.store import Store, absolute_location
 
-from . import trust_media as media
-from .conftest import DATA, ROOT
-from .ray_helpers import store_digest
+from .. import trust_media as media
+from ..conftest import DATA, ROOT
+from ..ray_helpers import store_digest
 from .test_interrupt import _stage_running, _states
 
 CLIPS = {"a": DATA / "video" / "bbaf2n.mpg", "b": DATA / "video" / "lwbsza.mpg"}  # two GRID speakers

@@ -22,8 +22,8 @@ from ether_prep.sessions import discover_sessions, probe_session, session_id
 from ether_prep.store import Store
 from ether_prep.worker import Task
 
-from .conftest import DATA, pipeline, pipeline_file
-from .ray_helpers import registered_test_stages, store_digest
+from ..conftest import DATA, pipeline, pipeline_file
+from ..ray_helpers import registered_test_stages, store_digest
 
 _AUDIO = {"stage": "audio", "resources": {"num_cpus": 1}}
 _GPU_HALF_CPU = {"num_cpus": 0.5, "num_gpus": 1}

@@ -21,10 +21,10 @@ from ether_prep.runner import run_pipeline
 from ether_prep.sessions import session_id
 from ether_prep.store import Store
 
-from . import trust_media as media
-from .conftest import DATA
-from .media import GRID_A, GRID_B, edited_dialogue
-from .ray_helpers import comparable_attrs, registered_test_stages, store_digest
+from .. import trust_media as media
+from ..conftest import DATA
+from ..media import GRID_A, GRID_B, edited_dialogue
+from ..ray_helpers import comparable_attrs, registered_test_stages, store_digest
 
 pytestmark = pytest.mark.slow
 
@@ -229,7 +229,7 @@ def test_plans_of_odd_videos(kind: str, tmp_path: Path) -> None:
     fails with the reason)."""
     from ether_prep.adapters.pyav import iter_planned_frames
 
-    from . import trust_media
+    from .. import trust_media
 
     path = tmp_path / f"{kind}.mp4"
     if kind == "variable_frame_rate":

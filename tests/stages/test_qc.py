@@ -1,5 +1,5 @@
 """The per-session quality check as a pure function: thresholds and reasons. Where the flag shows on a real run
-(the store, ``status``, sessions.parquet and utterances.parquet) is tested in test_dialogue.py."""
+(the store, ``status``, sessions.parquet and utterances.parquet) is tested in tests/scenarios/test_dialogue.py."""
 
 from __future__ import annotations
 

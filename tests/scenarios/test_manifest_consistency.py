@@ -26,7 +26,7 @@ import zarr
 import ether_prep
 from ether_prep.errors import StoreError
 
-from .conftest import pipeline, pipeline_file
+from ..conftest import pipeline, pipeline_file
 
 MANIFESTS = ("utterances.parquet", "dialogue_pairs.parquet", "sessions.parquet")
 

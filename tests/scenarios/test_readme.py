@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, SHARED
+from ..conftest import ROOT, SHARED
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +64,7 @@ def test_a_fresh_clone_runs_the_readme_first_command_to_the_end(tmp_path: Path) 
     from ether_prep.records import Turn
     from ether_prep.store import Store
 
-    from .scoring import der, read_rttm, read_stm, wer
+    from ..scoring import der, read_rttm, read_stm, wer
 
     store = Store(repo / "ether_prep_demo.zarr", mode="r")
     group = store.session(next(s for s in store.session_ids() if s.startswith("call")))
@@ -77,3 +77,56 @@ def test_a_fresh_clone_runs_the_readme_first_command_to_the_end(tmp_path: Path) 
     figures = (wer(reference, words), der(rttm, turns, collar=0.25, skip_overlap=True), der(rttm, turns))
     print(f"\ndemo call: WER {figures[0]:.3f}, DER {figures[1]:.3f} (collar 0.25 s), {figures[2]:.3f} (none)")
     assert figures[0] <= 0.25 and figures[1] <= 0.10 and figures[2] <= 0.25, figures
+
+
+def _python_blocks() -> list[str]:
+    """Every ```python block of README.md, in order."""
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`ether-prep demo` run once; the folder holds its store as ./ether_prep.zarr and its recordings as ./raw,
+    the names README's snippets use."""
+    import sys
+
+    work = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "ETHER_PREP_MODELS": str(SHARED / "models"), "PYANNOTE_METRICS_ENABLED": "0"}
+    done = subprocess.run([sys.executable, "-m", "ether_prep", "demo", "-q"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (work / "ether_prep.zarr").symlink_to(work / "ether_prep_demo.zarr")
+    (work / "raw").symlink_to(work / "ether_prep_demo_media" / "raw")
+    return work
+
+
+# Run after README's DataLoader block, in its namespace: what a training loop needs from the demo.
+_CHECK_LOADER = """
+import json, sys
+seen = {"batches": 0, "speaker_face": False, "listener_face": False, "speech": False}
+for batch in loader:
+    seen["batches"] += 1
+    seen["speaker_face"] |= bool(batch["speaker_mask"].any())
+    seen["listener_face"] |= bool(batch["listener_mask"].any())
+    seen["speech"] |= all(len(t.split()) > 0 for t in batch["text"])
+print("SEEN " + json.dumps(seen))
+"""
+
+
+def test_every_python_snippet_of_the_readme_runs_on_the_demo_store(demo_dir: Path) -> None:
+    import sys
+
+    blocks = _python_blocks()
+    assert len(blocks) >= 2 and "DataLoader" in blocks[0]
+    env = {**os.environ, "PYANNOTE_METRICS_ENABLED": "0", "ETHER_PREP_MODELS": str(SHARED / "models")}
+    for i, code in enumerate(blocks):
+        if "DataLoader(" in code:
+            code += _CHECK_LOADER
+        run = subprocess.run([sys.executable, "-c", code], cwd=demo_dir, env=env, capture_output=True, text=True,
+                             timeout=900)
+        assert run.returncode == 0, f"README python block {i + 1}:\n{code}\n{run.stderr[-3000:]}"
+        if "SEEN " in run.stdout:
+            seen = json.loads(run.stdout.split("SEEN ", 1)[1].splitlines()[0])
+            # batches with speech, the speaker's (client's) face and the listener's (counsellor's) face
+            assert seen == {"batches": seen["batches"], "speaker_face": True, "listener_face": True,
+                            "speech": True} and seen["batches"] >= 1, seen

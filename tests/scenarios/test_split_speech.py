@@ -21,9 +21,9 @@ from ether_prep.runner import run_pipeline
 from ether_prep.sessions import session_id
 from ether_prep.store import SessionGroup, Store
 
-from .conftest import ROOT
-from .media import SR, read_aloud_call, speech_clip, words_in_place, write_wav
-from .ray_helpers import comparable_attrs
+from ..conftest import ROOT
+from ..media import SR, read_aloud_call, speech_clip, words_in_place, write_wav
+from ..ray_helpers import comparable_attrs
 
 pytestmark = pytest.mark.slow
 
@@ -165,8 +165,8 @@ def test_a_cut_without_a_pause_and_a_recording_that_is_not_split_say_so(tmp_path
     (its channels apart), and the attrs say why."""
     import shutil
 
-    from .conftest import DATA
-    from .trust_media import music
+    from ..conftest import DATA
+    from ..trust_media import music
 
     raw = tmp_path / "raw"
     raw.mkdir()

@@ -29,10 +29,10 @@ from ether_prep.sessions import probe_session, recording_identity, session_id
 from ether_prep.store import Store
 from ether_prep.worker import StageWorker, Task
 
-from .conftest import DATA, ROOT, audio_config, pipeline, pipeline_file
-from .media import speech_clip, write_wav
-from .scoring import wer
-from .trust_media import JFK_TEXT, LIBRI_TEXT
+from ..conftest import DATA, ROOT, audio_config, pipeline, pipeline_file
+from ..media import speech_clip, write_wav
+from ..scoring import wer
+from ..trust_media import JFK_TEXT, LIBRI_TEXT
 
 CPU = [s.name for s in pipeline("cpu").stages if s.enabled]  # audio ... align, qc
 A, B, C = (session_id(n) for n in ("a.wav", "b.wav", "c.wav"))

@@ -22,8 +22,8 @@ from ether_prep.adapters import pyav
 from ether_prep.sessions import probe_session, scan, session_id
 from ether_prep.store import read_table
 
-from .conftest import GRID2, audio_config, pipeline, pipeline_file
-from .trust_media import JFK, LIBRI, ffmpeg
+from ..conftest import GRID2, audio_config, pipeline, pipeline_file
+from ..trust_media import JFK, LIBRI, ffmpeg
 
 LEAD_S = 1.5  # silence (and a frozen first frame) before the in-sync copy's speech
 DELAY_S = 1.4  # where the delayed copy's audio stream starts
@@ -270,7 +270,7 @@ def test_discovery_finds_common_extensions_and_lists_the_rest(tmp_path: Path) ->
 
 
 def test_validate_says_what_it_skipped(tmp_path: Path) -> None:
-    from .trust_media import cli
+    from ..trust_media import cli
 
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -287,7 +287,7 @@ def test_qc_flags_audio_much_shorter_than_the_probe(tmp_path: Path) -> None:
     """The check on what the stages stored: a recording whose decoded audio ends 3 s before its probe's end."""
     from ether_prep.records import MediaProbe, Session
     from ether_prep.stages.qc import QcParams, quality_checks, session_metrics
-    from ether_prep.store import Store
+    from ether_prep.store import Store, write_table
 
     probe = MediaProbe(duration=6.0, has_audio=True, has_video=True, format_name="mov,mp4")
     session = Session("short", tmp_path / "short.mp4", "short.mp4", "video", {}, probe)
@@ -295,7 +295,9 @@ def test_qc_flags_audio_much_shorter_than_the_probe(tmp_path: Path) -> None:
     out = group.begin_stage("audio", {"stage": "audio"})
     out.attrs.update({"probe": probe.to_dict(), "sample_rate": 16000, "n_samples": 48000, "duration": 3.0})
     group.finish_stage("audio", "done", "fp")
-    group.begin_stage("align", {"stage": "align"})  # qc runs after align; nothing aligned here
+    aligned = group.begin_stage("align", {"stage": "align"})  # qc runs after align; nothing aligned here
+    for name, dim in (("utterances", "utterance"), ("pairs", "pair"), ("links", "link")):
+        write_table(aligned, name, {"start": np.zeros(0), "end": np.zeros(0)}, dim=dim)
     group.finish_stage("align", "done", "fp")
     metrics = session_metrics(session, group)
     assert metrics["audio_missing_s"] == pytest.approx(3.0)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import zarr
 
-from .conftest import ROOT, pipeline
-from .media import GRID_A, GRID_B, edited_dialogue
+from ..conftest import ROOT, pipeline
+from ..media import GRID_A, GRID_B, edited_dialogue
 
 pytestmark = pytest.mark.slow
 
