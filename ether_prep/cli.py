@@ -651,5 +651,35 @@ def export(
         raise typer.Exit(1)
 
 
+@app.command()
+def report(
+    dest: Annotated[Path, typer.Argument(help="Folder to write index.html and sessions/*.html into.")]
+    = Path("ether_prep_report"),
+    out: OutUrl = DEFAULT_STORE_URL,
+    session: Annotated[list[str] | None, typer.Option("--session", help="Only this session id (repeatable); the "
+                                                                        "index lists the sessions reported.")] = None,
+    figures: Annotated[bool, typer.Option("--figures", help="Also write each session's figure as PNG and SVG "
+                                                            "under DEST/figures/.")] = False,
+    deidentify: Annotated[bool, typer.Option("--deidentify", help="For sharing a batch overview: no thumbnails, no "
+                                                                  "transcript text, no recording names; sessions "
+                                                                  "named by their keyed alias.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar (shown only on a terminal anyway).")]
+    = False,
+) -> None:
+    """A self-contained HTML page per session (speaker timeline, transcript, persons and their links, AU heatmap,
+    cues, provenance, failures) and DEST/index.html over the batch, needs-review sessions first."""
+    from .report import build_report
+
+    try:
+        summary = build_report(out, dest, session, figures=figures, deidentify=deidentify, progress=not quiet)
+    except EtherPrepError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"{len(summary.pages)} session page(s) and {summary.index}"
+               + (f"; {len(summary.figures)} figure file(s) in {dest / 'figures'}" if summary.figures else ""))
+    if summary.failed:
+        _say(f"{len(summary.failed)} session(s) failed a stage (their pages say what failed): "
+             f"{', '.join(summary.failed)}", typer.colors.YELLOW)
+
+
 if __name__ == "__main__":
     app()

@@ -134,6 +134,12 @@ def _write_new(path: Path, text: str) -> None:
         fh.write(text)
 
 
+def session_alias(key: bytes, session_id: str) -> str:
+    """A session id without the file name it was built from: ``session-<16 hex of its HMAC-SHA256 under key>``
+    (what :meth:`Deidentifier.alias` gives, without building the text detectors)."""
+    return "session-" + hmac.new(key, session_id.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+
+
 class Deidentifier:
     """Replaces identifiers in transcript text with tags; build once per export (patterns compile once).
 
@@ -193,7 +199,7 @@ class Deidentifier:
         if self.key is None:
             raise ConfigError(f"no de-identification key to alias session ids with; set {KEY_ENV} or use the "
                               f"store's key (ether_prep.deidentify.deid_key)")
-        return "session-" + hmac.new(self.key, session_id.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+        return session_alias(self.key, session_id)
 
     def describe(self) -> dict[str, object]:
         """What was replaced or left out: recorded in de-identified exports."""

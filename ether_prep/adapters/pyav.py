@@ -21,7 +21,8 @@ from ..errors import InputError
 from ..records import MediaProbe
 
 __all__ = ["AudioClock", "FramePlan", "PlanMismatch", "PlannedFrames", "VideoFrame", "check_complete",
-           "iter_audio_blocks", "iter_planned_frames", "iter_video_frames", "plan_video_frames", "probe"]
+           "frames_at", "iter_audio_blocks", "iter_planned_frames", "iter_video_frames", "plan_video_frames",
+           "probe"]
 
 # A decoded length this much shorter than the container promises means the file was cut off.
 _TRUNCATION_TOLERANCE_S = 0.5
@@ -619,3 +620,51 @@ class PlannedFrames:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def frames_at(path: Path, times: list[float], reach_s: float = 2.0) -> list[VideoFrame | None]:
+    """The frame shown at each of ``times`` (session clock, s; the first frame at or after it), turned upright,
+    decoding only what those frames need: a seek to the keyframe before each time (or decoding on, when the
+    next time is less than ``reach_s`` ahead). None for a time past the last frame. For pictures of a few
+    frames (the report's thumbnails), not for analysis: frame times are matched to 1 ms."""
+    out: dict[int, VideoFrame | None] = {}
+    order = sorted(range(len(times)), key=lambda i: times[i])
+    with _open(path) as c:
+        stream = _video_stream(c)
+        if stream is None:
+            raise InputError(f"{path}: has no video stream" + (" (only cover art)" if c.streams.video else ""))
+        stream.thread_type = "AUTO"
+        origin = _origin(c)
+        if origin is None:  # times count from the first frame, as iter_video_frames counts them
+            first = next((f for f in c.decode(stream) if f.time is not None), None)
+            origin = float(first.time) if first is not None else 0.0
+        frames: Iterator[av.VideoFrame] | None = None
+        at = -np.inf  # session time of the last frame decoded
+        index = 0
+        for i in order:
+            t = float(times[i])
+            if frames is None or t <= at or t - at > reach_s:
+                base = stream.time_base
+                target = origin + max(t, 0.0)
+                try:
+                    c.seek(int(target / base) if base else 0, stream=stream, backward=True, any_frame=False)
+                except av.FFmpegError:
+                    c.seek(0, stream=stream, backward=True)
+                frames, at = iter(c.decode(stream)), -np.inf
+            found = None
+            try:
+                for frame in frames:
+                    if frame.time is None:
+                        continue
+                    at = float(frame.time) - origin
+                    index += 1
+                    if at + 1e-3 >= t:
+                        found = VideoFrame(index=index, time=at, rgb=_upright(frame))
+                        break
+            except av.FFmpegError as exc:
+                raise InputError(f"{path}: decoding the frame at {t:.2f} s failed ({exc}); the recording may "
+                                 f"be damaged since it was analysed") from exc
+            if found is None:
+                frames = None
+            out[i] = found
+    return [out[i] for i in range(len(times))]

@@ -45,7 +45,7 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["CUE_NAMES", "CUE_THRESHOLDS", "FLAGS", "CueThresholds", "UtteranceCues", "face_cues", "text_cues",
+__all__ = ["CUE_NAMES", "CUE_THRESHOLDS", "FLAGS", "CueThresholds", "UtteranceCues", "face_cue_steps", "face_cues",
            "utterance_cues"]
 
 # The per-utterance cue scores, in the order the dataset's items stack them (``cues``).
@@ -109,6 +109,14 @@ def face_cues(values: np.ndarray, mask: np.ndarray, feature_names: Sequence[str]
     if not mask.any():
         return float("nan"), float("nan")
     v = np.asarray(values, dtype=np.float64)[mask]
+    valences, expressions = _face_sources(v, names, ok)
+    valence = float(np.mean([x.mean() for x in valences])) if valences else float("nan")
+    expressivity = float(np.mean([x.mean() for x in expressions])) if expressions else float("nan")
+    return valence, expressivity
+
+
+def _face_sources(v: np.ndarray, names: list[str], ok: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per step of ``v`` (G, D): each available valence (emotions, AUs) and expressivity (AUs, emotions)."""
     valences, expressions = [], []
     if all(n in ok for n in (*_NEG_EMOTIONS, "happiness")):
         emo_val = v[:, names.index("happiness")] - v[:, _cols(names, _NEG_EMOTIONS)].sum(axis=1)
@@ -123,8 +131,22 @@ def face_cues(values: np.ndarray, mask: np.ndarray, feature_names: Sequence[str]
         expressions.append(top.mean(axis=1))
     if "neutral" in ok:
         expressions.append(1.0 - v[:, names.index("neutral")])
-    valence = float(np.mean([x.mean() for x in valences])) if valences else float("nan")
-    expressivity = float(np.mean([x.mean() for x in expressions])) if expressions else float("nan")
+    return valences, expressions
+
+
+def face_cue_steps(values: np.ndarray, feature_names: Sequence[str],
+                   available: Sequence[bool] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(valence, expressivity) at every step of ``values`` (G, D), by the formulas of :func:`face_cues`
+    before its average over steps; NaN at steps without a face (a NaN row) or where no source is available."""
+    names = list(feature_names)
+    avail = np.ones(len(names), bool) if available is None else np.asarray(available, bool)
+    ok = [n for n, a in zip(names, avail, strict=True) if a]
+    v = np.asarray(values, dtype=np.float64).reshape(-1, len(names))
+    valences, expressions = _face_sources(v, names, ok)
+    nan = np.full(len(v), np.nan)
+    with np.errstate(invalid="ignore"):
+        valence = np.mean(valences, axis=0) if valences else nan
+        expressivity = np.mean(expressions, axis=0) if expressions else nan
     return valence, expressivity
 
 
