@@ -384,7 +384,7 @@ def test_exports_parse_back(speech_run, tmp_path: Path) -> None:
     assert len(turns) == len(stored["start"]) and turns[0].start == pytest.approx(stored["start"][0], abs=1e-3)
     stamp = r"(\d\d):(\d\d):(\d\d)[,.](\d\d\d)"
     srt = (tmp_path / "srt" / f"{sid}.srt").read_text()
-    cues = re.findall(rf"^(\d+)\n{stamp} --> {stamp}\n\[(SPEAKER_\d\d)\] (.+)$", srt, flags=re.M)
+    cues = re.findall(rf"^(\d+)\n{stamp} --> {stamp}\n\[(SPEAKER_\d\d)\]: (.+)$", srt, flags=re.M)
     assert len(cues) == len(u["id"]) and cues[0][9] == u["speaker"][0] and cues[0][10] == u["text"][0]
     first = cues[0][1:5]
     assert int(first[2]) + int(first[3]) / 1000 + 60 * int(first[1]) == pytest.approx(u["start"][0], abs=1e-3)
