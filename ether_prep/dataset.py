@@ -168,7 +168,16 @@ class AlignedStore:
         else:
             raise StoreError(f"{self.path}: utterances.parquet and dialogue_pairs.parquet are from different "
                              f"builds; run `ether-prep align --out {self.path}` to rebuild them")
+        for name, table in (("utterances.parquet", utt), ("dialogue_pairs.parquet", pair)):
+            self._require_identity(name, table)
         return utt, pair, meta.get("build")
+
+    def _require_identity(self, name: str, columns: Any) -> None:
+        """Rows without the align identity they were built from cannot be checked against the store, so they are
+        refused rather than read as current (a manifest written by an older ether-prep, or edited by hand)."""
+        if len(columns) and "align_fingerprint" not in columns:
+            raise StoreError(f"{self.path}: {name} has no align_fingerprint column, so its rows cannot be checked "
+                             f"against the store; run `ether-prep align --out {self.path}` to rebuild it")
 
     def to_pandas(self, which: str = "utterances") -> Any:
         """A manifest as a pandas DataFrame: ``utterances``, ``pairs`` or ``sessions``, as it is now; a
@@ -190,6 +199,7 @@ class AlignedStore:
             if pa.types.is_integer(field.type) and (table.column(field.name).null_count
                                                     or b"null" in (field.metadata or {}).get(b"description", b"")):
                 frame[field.name] = frame[field.name].astype("Int64")
+        self._require_identity(path.name, frame)
         if "align_fingerprint" in frame:  # checked on the real ids, before any aliasing
             rows = frame[["session_id", "align_fingerprint", "align_finished_at"]].drop_duplicates()
             for sid, fp, finished in rows.itertuples(index=False):

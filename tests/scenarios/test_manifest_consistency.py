@@ -303,3 +303,15 @@ def test_the_store_opens_from_the_head_of_a_large_root_zarr_json(tmp_path: Path,
     writer = Store(tmp_path / "s.zarr")
     writer.record_pipeline("cpu", "other.yaml", "abd")
     assert writer.dirty and Store(tmp_path / "s.zarr", mode="r").attrs["config"] == "other.yaml"
+
+
+@pytest.mark.slow  # reads the `aligned` store, made with the cpu pipeline's models
+def test_a_manifest_without_its_align_identity_is_refused(aligned: dict[str, Any]) -> None:
+    """Rows that cannot be checked against the store (no align_fingerprint column: an older ether-prep's manifest,
+    or one edited by hand) are refused with the file's name, not read as current."""
+    store = _copy(aligned, "no_identity")
+    path = store / "utterances.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.drop_columns(["align_fingerprint"]), path)
+    with pytest.raises(StoreError, match=r"utterances\.parquet has no align_fingerprint"):
+        ether_prep.open_store(store)
