@@ -65,6 +65,7 @@ class FaceBackend(ABC):
     name: ClassVar[str]
     n_landmarks: ClassVar[int]
     libraries: ClassVar[tuple[str, ...]]
+    cuda_engines: ClassVar[tuple[str, ...]] = ()  # engines whose CUDA libraries it loads on a GPU
     # What the stored values are, written with them (attrs ``au_kind``, ``emotion_kind``, ``score_kind``).
     kinds: ClassVar[dict[str, str]]
 
@@ -205,6 +206,7 @@ class PyFeatBackend(FaceBackend):
     name = "pyfeat"
     n_landmarks = 68
     libraries = ("av", "py-feat", "torch", "scipy")
+    cuda_engines = ("torch",)
     kinds: ClassVar[dict[str, str]] = {"au_kind": "py-feat AU probabilities",
                                        "emotion_kind": "py-feat emotion probabilities"}
 

@@ -250,6 +250,9 @@ class FaceStage(Stage):
         embedder = EMBEDDERS.get(self.params.identity)
         return (*self.backend_class.libraries, *(embedder.libraries if embedder else ()))
 
+    def cuda_engines(self) -> tuple[str, ...]:
+        return self.backend_class.cuda_engines
+
     def model_info(self) -> dict[str, str]:
         info = self.backend_class.describe(self.spec.model, self.params)
         if self.params.identity != "off":
