@@ -44,13 +44,23 @@ __all__ = ["BACKENDS", "EMBEDDERS", "Embedder", "FaceBackend", "FaceDetector", "
 
 
 class FaceDetector(AbstractContextManager["FaceDetector"], ABC):
-    """Faces of one recording, a batch of frames at a time (``batch_size`` frames of one size)."""
+    """Faces of one recording, a batch of frames at a time (``batch_size`` frames of one size), in two parts
+    the face stage runs in different threads: :meth:`infer` (the model; on a GPU its calls leave the GIL free)
+    and :meth:`convert` (the CPU post-processing of its raw output into the shared schema)."""
 
     batch_size: int = 1
 
     @abstractmethod
+    def infer(self, frames: Sequence[VideoFrame]) -> Any:
+        """The model's raw output for a batch (called for the batches of one recording in order, one thread)."""
+
+    @abstractmethod
+    def convert(self, frames: Sequence[VideoFrame], raw: Any) -> list[FrameFaces]:
+        """One :class:`FrameFaces` per frame of ``frames``, in their order, from :meth:`infer`'s output."""
+
     def detect(self, frames: Sequence[VideoFrame]) -> list[FrameFaces]:
-        """One :class:`FrameFaces` per frame, in the frames' order."""
+        """One :class:`FrameFaces` per frame, in the frames' order (both parts in this thread)."""
+        return self.convert(frames, self.infer(frames))
 
     def close(self) -> None:
         """Release what the recording held."""
@@ -175,14 +185,14 @@ class _MediaPipeDetector(FaceDetector):
                 mats.append(mat[k])
         return (np.stack(lms), np.stack(blends), np.stack(mats)) if lms else _NO_FACES
 
-    def detect(self, frames: Sequence[VideoFrame]) -> list[FrameFaces]:
+    def infer(self, frames: Sequence[VideoFrame]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        return [self._tiled(frame.rgb) if self._tiles > 1 else self._landmarker.detect(frame.rgb, frame.time)
+                for frame in frames]
+
+    def convert(self, frames: Sequence[VideoFrame], raw: Any) -> list[FrameFaces]:
         out = []
-        for frame in frames:
+        for frame, (lm, blend, mats) in zip(frames, raw, strict=True):
             h, w = frame.rgb.shape[:2]
-            if self._tiles > 1:
-                lm, blend, mats = self._tiled(frame.rgb)
-            else:
-                lm, blend, mats = self._landmarker.detect(frame.rgb, frame.time)
             lm *= np.array([w, h, w], dtype=np.float32)  # z is in the scale of x
             mouth = mouth_open_from_landmarks(lm)
             aus = aus_from_blendshapes(blend, mouth)
@@ -241,8 +251,11 @@ class _PyFeatDetector(FaceDetector):
         self._detector = detector
         self.batch_size = max(1, batch_size)
 
-    def detect(self, frames: Sequence[VideoFrame]) -> list[FrameFaces]:
-        return [_from_pyfeat(f) for f in self._detector.detect([f.rgb for f in frames])]
+    def infer(self, frames: Sequence[VideoFrame]) -> Any:
+        return self._detector.infer([f.rgb for f in frames])
+
+    def convert(self, frames: Sequence[VideoFrame], raw: Any) -> list[FrameFaces]:
+        return [_from_pyfeat(f) for f in self._detector.split(raw, len(frames))]
 
 
 def _from_pyfeat(faces: PyFeatFaces) -> FrameFaces:

@@ -70,16 +70,17 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from ..contracts import check_device
 from ..errors import InputError, StageError
 from ..face import AU_NAMES, EMOTION_NAMES, POSE_NAMES, FrameFaces
-from ..face.backends import BACKENDS, EMBEDDERS, FaceBackend
+from ..face.backends import BACKENDS, EMBEDDERS, FaceBackend, FaceDetector
 from ..face.sequence import FaceSequence, descriptors
 from ..face.shots import ShotDetector
 from ..records import FaceTrack
@@ -116,6 +117,8 @@ __all__ = ["FaceBlock", "FaceCounts", "FaceOutputs", "FaceParams", "FaceStage", 
 _WINDOW_ROWS = ("box", "score", "landmarks", "au", "emotion", "pose", "mouth_open", "descriptor")
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _END = object()
+_MODEL_AHEAD = 2  # batches the model may run ahead of the post-processing
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -174,10 +177,11 @@ class FaceParams:
                              f"use identity: dlib")
 
 
-def _prefetch(decode: Callable[[], Iterator[VideoFrame]], name: str, depth: int,
-              stop: threading.Event) -> Iterator[VideoFrame]:
-    """Run ``decode`` in a background thread, ``depth`` frames ahead (PyAV releases the GIL while decoding)."""
+def _prefetch(produce: Callable[[], Iterator[T]], name: str, depth: int, join_s: float = 5.0) -> Iterator[T]:
+    """Run ``produce`` in a thread of its own, at most ``depth`` items ahead of the consumer (a bounded queue);
+    its exceptions are raised here. Closing this generator stops the thread (joined for up to ``join_s``)."""
     q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
 
     def put(item: Any) -> bool:
         while not stop.is_set():
@@ -188,16 +192,19 @@ def _prefetch(decode: Callable[[], Iterator[VideoFrame]], name: str, depth: int,
                 continue
         return False
 
-    def produce() -> None:
+    def run() -> None:
+        items = produce()
         try:
-            for frame in decode():
-                if not put(frame):
+            for item in items:
+                if not put(item):
                     return
             put(_END)
         except BaseException as exc:  # handed to the consumer, re-raised there
             put(exc)
+        finally:
+            _close(items)  # a generator is closed by the thread that iterates it
 
-    worker = threading.Thread(target=produce, name=f"face-decode:{name}", daemon=True)
+    worker = threading.Thread(target=run, name=name, daemon=True)
     worker.start()
     try:
         while True:
@@ -209,7 +216,44 @@ def _prefetch(decode: Callable[[], Iterator[VideoFrame]], name: str, depth: int,
             yield item
     finally:
         stop.set()
-        worker.join(timeout=5)
+        worker.join(timeout=join_s)
+
+
+def _close(items: Iterable[Any]) -> None:
+    """Close ``items`` when it is a generator (it stops the thread behind a :func:`_prefetch`)."""
+    close = getattr(items, "close", None)
+    if close is not None:
+        close()
+
+
+def _faces(frames: Iterator[VideoFrame], detector: FaceDetector, name: str,
+           overlap: bool) -> Iterator[tuple[list[VideoFrame], list[FrameFaces]]]:
+    """Batches of decoded frames with their faces. With ``overlap``, three parts run at once: decoding (the
+    thread behind ``frames``), the model (``detector.infer`` in a thread of its own, up to ``_MODEL_AHEAD``
+    batches ahead) and the CPU post-processing (``detector.convert`` here, then the caller's tracking and
+    storage), so a GPU never waits for Python; the order of frames and results is the same either way."""
+    if not overlap:
+        try:
+            for batch in _batches(frames, detector.batch_size):
+                yield batch, detector.detect(batch)
+        finally:
+            _close(frames)
+        return
+
+    def infer() -> Iterator[tuple[list[VideoFrame], Any]]:
+        try:
+            for batch in _batches(frames, detector.batch_size):
+                yield batch, detector.infer(batch)
+        finally:
+            _close(frames)  # in the model thread, the one that iterates the frames
+
+    # A model call can take seconds on a CPU: wait for it before the detector is closed.
+    inferred = _prefetch(infer, f"face-model:{name}", _MODEL_AHEAD, join_s=120.0)
+    try:
+        for batch, raw in inferred:
+            yield batch, detector.convert(batch, raw)
+    finally:
+        inferred.close()
 
 
 def _batches(frames: Iterable[VideoFrame], size: int) -> Iterator[list[VideoFrame]]:
@@ -236,6 +280,10 @@ class FaceStage(Stage):
     reads_recording = True
     backends = tuple(BACKENDS)
     Params = FaceParams
+
+    # Decoding, the model and the post-processing in three threads (see _faces); False: the model and the
+    # post-processing take turns in one (the loop before the overlap; the same arrays, kept for comparison).
+    overlap = True
 
     def __init__(self, spec: StageSpec) -> None:
         super().__init__(spec)
@@ -286,20 +334,16 @@ class FaceStage(Stage):
         still = self._still(session)
         stats = DecodeStats()
         t_start = time.perf_counter()
-        stop = threading.Event()
         with FaceSequence(self._backend.n_landmarks, 1 if still else p.min_track_frames, p.max_gap_s,
                           p.appearance_weight, p.cut_threshold, self._embedder, self._threshold(),
                           p.identity_every_s, p.max_embeddings_per_track) as sequence:
             frames = _prefetch(partial(iter_video_frames, session.path, None if still else p.analysis_fps, stats),
-                               session.path.name, p.prefetch, stop)
-            try:
-                with self._backend.open(still) as detector:
-                    for batch in _batches(frames, detector.batch_size):
-                        for frame, faces in zip(batch, detector.detect(batch), strict=True):
-                            sequence.add(frame, faces)
-            finally:
-                stop.set()
-                frames.close()
+                               f"face-decode:{session.path.name}", p.prefetch)
+            with self._backend.open(still) as detector, closing(
+                    _faces(frames, detector, session.path.name, self.overlap)) as batches:
+                for batch, found in batches:
+                    for frame, faces in zip(batch, found, strict=True):
+                        sequence.add(frame, faces)
             if stats.decoded == 0:
                 raise InputError(f"{session.path}: no video frame could be decoded "
                                  f"({stats.corrupt} corrupt packet(s))")
@@ -366,17 +410,13 @@ class FaceStage(Stage):
                     found.cut_scores.append(score)
                     yield frame
 
-        stop_event = threading.Event()
-        frames = _prefetch(measured, session.path.name, p.prefetch, stop_event)
-        try:
-            with self._backend.open(False) as detector:
-                for batch in _batches(frames, detector.batch_size):
-                    for frame, faces in zip(batch, detector.detect(batch), strict=True):
-                        found.add(frame, faces)
-                    self.report_progress(batch[-1].time - window.start)
-        finally:
-            stop_event.set()
-            frames.close()
+        frames = _prefetch(measured, f"face-decode:{session.path.name}", p.prefetch)
+        with self._backend.open(False) as detector, closing(
+                _faces(frames, detector, session.path.name, self.overlap)) as batches:
+            for batch, faces_of in batches:
+                for frame, faces in zip(batch, faces_of, strict=True):
+                    found.add(frame, faces)
+                self.report_progress(batch[-1].time - window.start)
         return found
 
     def join(self, session: Session, store: SessionGroup, windows: list[zarr.Group], out: zarr.Group) -> str | None:
