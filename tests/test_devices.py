@@ -15,7 +15,7 @@ import pytest
 
 from ether_prep.adapters.cuda_libs import ENGINE_LIBRARIES, check_engine
 
-from .conftest import ROOT
+from .conftest import ROOT, pipeline
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="NVIDIA's CUDA wheels: Linux x86-64")
 # No search path of ours: what a user has who never set one.
@@ -85,3 +85,14 @@ def test_doctor_reports_no_cuda_device_for_the_default_pipeline() -> None:
     assert "ctranslate2 CUDA libraries load: libnvrtc.so.12 12." in devices["transcribe"]
     assert "libcublas.so.12 12." in devices["transcribe"]
     assert all(devices[s] == "device cpu" for s in ("audio", "utterances", "align", "qc"))
+
+
+def test_face_batch_size_per_device() -> None:
+    from ether_prep.face.backends import PyFeatBackend, auto_batch_size
+
+    assert auto_batch_size("cpu", None) == 8 and auto_batch_size("cuda", None) == 8
+    assert [auto_batch_size("cuda:0", gib) for gib in (8.0, 15.6, 23.6, 39.4, 79.2, 139.8)] == [8, 16, 32, 32, 64, 64]
+    spec = pipeline("default").stage("face")
+    assert spec.params.batch_size == 0  # the GPU pipeline lets the device decide
+    # Time windows start on whole batches of the largest choice, which every choice divides.
+    assert PyFeatBackend.frames_per_batch(spec.params) == 64

@@ -110,6 +110,9 @@ class PyFeatFaceDetector:
         if max_faces is not None and hasattr(face_det, "keep_top_k"):
             face_det.keep_top_k = max_faces
         self.device = str(getattr(self._det, "device", device))
+        self.memory_gib: float | None = None  # the CUDA device's memory (batch size per device)
+        if self.device.startswith("cuda") and torch.cuda.is_available():
+            self.memory_gib = torch.cuda.get_device_properties(torch.device(self.device)).total_memory / 2**30
 
     @property
     def info(self) -> dict[str, Any]:

@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from ..adapters.pyav import VideoFrame
     from ..adapters.pyfeat_face import PyFeatFaces
 
-__all__ = ["BACKENDS", "EMBEDDERS", "Embedder", "FaceBackend", "FaceDetector", "MediaPipeBackend", "PyFeatBackend"]
+__all__ = ["BACKENDS", "EMBEDDERS", "Embedder", "FaceBackend", "FaceDetector", "MediaPipeBackend", "PyFeatBackend",
+           "auto_batch_size"]
 
 
 class FaceDetector(AbstractContextManager["FaceDetector"], ABC):
@@ -227,7 +228,8 @@ class PyFeatBackend(FaceBackend):
 
     @classmethod
     def frames_per_batch(cls, params: FaceModelParams) -> int:
-        return max(1, params.batch_size)
+        # batch_size 0 (per device): windows start on multiples of the largest choice, which every choice divides.
+        return params.batch_size if params.batch_size > 0 else max(_AUTO_BATCH.values())
 
     def load(self, threads: int) -> None:
         from ..adapters.pyfeat_face import PyFeatFaceDetector
@@ -238,12 +240,14 @@ class PyFeatBackend(FaceBackend):
             face_detection_threshold=p.min_detection_confidence, max_faces=p.num_faces,
             threads=p.threads or threads or (os.cpu_count() or 1), identity=p.identity == "pyfeat")
 
+        self._batch = self.params.batch_size or auto_batch_size(self._detector.device, self._detector.memory_gib)
+
     @property
     def info(self) -> dict[str, Any]:
-        return {"detector": self._detector.info}
+        return {"detector": self._detector.info, "batch_size": self._batch}
 
     def open(self, still: bool) -> FaceDetector:
-        return _PyFeatDetector(self._detector, self.frames_per_batch(self.params))
+        return _PyFeatDetector(self._detector, self._batch)
 
 
 class _PyFeatDetector(FaceDetector):
@@ -279,6 +283,19 @@ def _from_pyfeat(faces: PyFeatFaces) -> FrameFaces:
             pose[:, j] = cols[name]
     return FrameFaces(faces.boxes, faces.scores, lm, aus, emotions, pose, mouth_open_from_landmarks(lm),
                       faces.identity)
+
+
+# py-feat frames per model call by device memory (GiB, at least): a 640x360 frame through Detectorv2 is small next
+# to its models, so the batch grows with the card; CPUs gain little from batching. Until bench/bench_gpu.py has
+# measured cards, these are a starting point (README, GPU machines).
+_AUTO_BATCH = {0.0: 8, 11.0: 16, 22.0: 32, 44.0: 64}  # a "24 GB" card reports ~23.6 GiB
+
+
+def auto_batch_size(device: str, memory_gib: float | None) -> int:
+    """py-feat's batch size for ``batch_size: 0``: 8 on a CPU (or MPS), by the GPU's memory on CUDA."""
+    if not device.startswith("cuda") or memory_gib is None:
+        return _AUTO_BATCH[0.0]
+    return max(size for gib, size in _AUTO_BATCH.items() if memory_gib >= gib)
 
 
 BACKENDS: dict[str, type[FaceBackend]] = {"mediapipe": MediaPipeBackend, "pyfeat": PyFeatBackend}

@@ -134,7 +134,7 @@ class FaceParams:
     detector: str = "v2"  # pyfeat: "v2" (Detectorv2) or "v1" (Detectorv1)
     device: str = "cpu"  # pyfeat: "cpu", "cuda", "cuda:1", "mps", "auto"
     threads: int = 0  # torch threads (pyfeat); 0 = the worker's num_cpus
-    batch_size: int = 8  # pyfeat: frames per model call
+    batch_size: int = 8  # pyfeat: frames per model call; 0 = chosen per device (face.backends.auto_batch_size)
     max_gap_s: float = 1.0  # a track survives this long without a detection
     appearance_weight: float = 0.4  # share of colour-histogram similarity in track matching
     min_track_frames: int = 3  # a track must be seen in this many consecutive frames (not for stills)
@@ -160,8 +160,9 @@ class FaceParams:
             raise ValueError("max_gap_s must be >= 0 and appearance_weight within [0, 1]")
         if not 1 <= self.still_tiles <= 4:
             raise ValueError(f"still_tiles must be within 1..4, got {self.still_tiles}")
-        if self.min_track_frames < 1 or self.prefetch < 1 or self.threads < 0 or self.batch_size < 1:
-            raise ValueError("min_track_frames, prefetch and batch_size must be >= 1, threads >= 0")
+        if self.min_track_frames < 1 or self.prefetch < 1 or self.threads < 0 or self.batch_size < 0:
+            raise ValueError("min_track_frames and prefetch must be >= 1, batch_size >= 1 (or 0: chosen per "
+                             "device), threads >= 0")
         if self.identity not in ("dlib", "pyfeat", "off"):
             raise ValueError(f"identity must be 'dlib', 'pyfeat' or 'off', got {self.identity!r}")
         if self.identity_threshold is not None and self.identity_threshold <= 0:
