@@ -57,8 +57,11 @@ its frames alone: faces, the shot signature's difference from the frame before, 
 join (:meth:`FaceStage.join`) replays every frame in order through shot cuts, tracking and identity, decoding
 again only the frames due an identity embedding, and writes what :meth:`FaceStage.run` writes, array for array.
 
-Frames decode in a background thread (a small prefetch queue) while the model runs; detections are
-spooled to temporary files and written as time-chunked arrays at the end, so memory stays flat.
+Three parts run at once, joined by bounded queues: frames decode in a background thread (``prefetch`` frames
+ahead), the model runs on batches in a thread of its own (up to 2 batches ahead; torch and MediaPipe release
+the GIL), and the CPU post-processing (the model's output to arrays, tracking, identity) runs in the stage's
+thread, so a GPU never waits for Python; ``batch_size: 0`` lets the device choose py-feat's batch. Detections
+are spooled to temporary files and written as time-chunked arrays at the end, so memory stays flat.
 The mediapipe backend's AUs are blendshape-derived scores and its emotions EMFACS prototype scores (see
 :mod:`ether_prep.face.features`); MediaPipe exposes no per-face detection score, so ``score`` is 1.0 for
 every face that passed the configured confidence thresholds.
