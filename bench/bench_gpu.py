@@ -293,7 +293,9 @@ def ray_part(args: argparse.Namespace, clip: Path, tmp: Path) -> dict[str, Any]:
     weights = build_random_pyfeat_v2(tmp / "pyfeat_weights")
     spec = face_spec(weights, args, args.batch_sizes[-1])
     gpus = 1 if args.device == "cuda" else 0
-    spec = dataclasses.replace(spec, resources=dataclasses.replace(spec.resources, num_gpus=gpus, window_s=None))
+    cpus = float(min(args.threads, os.cpu_count() or 1))
+    spec = dataclasses.replace(spec, resources=dataclasses.replace(spec.resources, num_cpus=cpus, num_gpus=gpus,
+                                                                   window_s=None))
     raw = tmp / "ray_raw"
     raw.mkdir()
     for i in range(2):
@@ -302,7 +304,8 @@ def ray_part(args: argparse.Namespace, clip: Path, tmp: Path) -> dict[str, Any]:
     summary = run_pipeline(Pipeline("bench-gpu", (spec,), tmp / "pipelines.yaml"), raw, tmp / "ray.zarr",
                            executor="ray")
     return {"seconds": round(time.perf_counter() - t, 2), "placements": summary.placements,
-            "outcomes": [f"{o.session_id}:{o.stage}:{o.state}" for o in summary.outcomes],
+            "outcomes": [f"{o.session_id}:{o.stage}:{o.state}" + (f": {o.message}" if o.message else "")
+                         for o in summary.outcomes],
             "errors": summary.errors}
 
 
