@@ -346,8 +346,8 @@ def _preload_cuda_libraries() -> None:
 
     for problem in preload_ctranslate2_cuda():
         # Not fatal: a system CUDA 12 on the search path (LD_LIBRARY_PATH, ldconfig) still serves CTranslate2.
-        logging.getLogger(__name__).warning("transcribe on CUDA: %s; CTranslate2 will look for libcublas.so.12 on the "
-                                   "system's library path", problem)
+        logging.getLogger(__name__).warning("transcribe on CUDA: %s; CTranslate2 will look for libcublas.so.12 on "
+                                            "the system's library path", problem)
 
 
 def _device(device: str) -> str:
