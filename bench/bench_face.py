@@ -1,5 +1,8 @@
 """Benchmark of the face stage (issues 4 and 8). Run: ``uv run python bench/bench_face.py [--quick]``.
 
+0. The stage's three parts (decoding, the model, the post-processing: tracking, AUs, identity, storage) in
+   threads of their own against the loop where the model and the post-processing take turns (``--overlap-only
+   N``: just that, N interleaved runs each).
 1. Speed on the 640x360 WolfgangLanger clip at full frame rate, measured in the same run (machines are
    shared and noisy: compare the ratios, not the absolute figures):
    - decode only: PyAV frames to RGB (``iter_video_frames``);
@@ -57,14 +60,16 @@ def _spec(**params: object):
     return dataclasses.replace(spec, params=dataclasses.replace(spec.params, **params)) if params else spec
 
 
-def run_stage(path: Path, store_dir: Path, **params: object):
-    """The face stage on one file, as the runner would call it; returns (out group, seconds in run())."""
+def run_stage(path: Path, store_dir: Path, overlap: bool = True, **params: object):
+    """The face stage on one file, as the runner would call it; returns (out group, seconds in run()).
+    ``overlap=False``: the model and the post-processing take turns in one thread (the loop before the overlap)."""
     from ether_prep.records import Session
     from ether_prep.sessions import probe_session
     from ether_prep.stages.face import FaceStage
     from ether_prep.store import Store
 
     stage = FaceStage(_spec(**params))
+    stage.overlap = overlap
     stage.setup()
     session = probe_session(Session(id=path.stem, path=path, relpath=path.name, kind="video"))
     group = Store(store_dir / f"{path.stem}-{time.time_ns()}.zarr").session(session.id, {"id": session.id})
@@ -131,6 +136,22 @@ def speed(repeats: int) -> dict[str, float]:
     best["stage_over_decode"] = best["stage_fps"] / best["decode_fps"]
     best["identity_over_no_identity"] = best["stage_fps"] / best["stage_no_identity_fps"]
     return best
+
+
+def overlap_speed(repeats: int) -> dict[str, float]:
+    """The cpu pipeline's face stage (identity on) with decoding, the model and the post-processing in three
+    threads against the loop where the model and the post-processing take turns: interleaved, best and median."""
+    runs: dict[str, list[float]] = {"turns": [], "overlap": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            for name, overlap in (("turns", False), ("overlap", True)):
+                out, dt = run_stage(CLIP, Path(tmp), overlap=overlap)
+                runs[name].append(out.attrs["frames_analysed"] / dt)
+    result = {f"{name}_{how}_fps": float(f(v)) for name, v in runs.items() for how, f in (("best", max),
+                                                                                       ("median", np.median))}
+    result["overlap_over_turns_best"] = result["overlap_best_fps"] / result["turns_best_fps"]
+    result["overlap_over_turns_median"] = result["overlap_median_fps"] / result["turns_median_fps"]
+    return result
 
 
 def _identity_memory_child(identity: str) -> None:
@@ -219,6 +240,7 @@ def main() -> None:
     parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--identity-memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--speed-only", action="store_true", help="only the speed and identity figures")
+    parser.add_argument("--overlap-only", type=int, metavar="N", help="only the overlap figure, N interleaved runs")
     parser.add_argument("--analysis-fps", type=float, default=5.0,
                         help="analysis rate of the memory runs (decoding is always full rate)")
     args = parser.parse_args()
@@ -228,7 +250,16 @@ def main() -> None:
     if args.identity_memory_child:
         _identity_memory_child(args.identity_memory_child)
         return
-    results: dict[str, object] = {"cpus": os.cpu_count()}
+    results: dict[str, object] = {"cpus": os.cpu_count(), "load_before": os.getloadavg()[0]}
+    print("three-part overlap vs turn-taking loop ...", flush=True)
+    results["overlap"] = ov = overlap_speed(args.overlap_only or (1 if args.quick else 3))
+    print(f"  turns {ov['turns_best_fps']:.1f} fps (median {ov['turns_median_fps']:.1f}) | overlap "
+          f"{ov['overlap_best_fps']:.1f} fps (median {ov['overlap_median_fps']:.1f}) | overlap/turns best "
+          f"{ov['overlap_over_turns_best']:.3f}, median {ov['overlap_over_turns_median']:.3f} | load "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
+    if args.overlap_only:
+        print(json.dumps(results, indent=2))
+        return
     print("speed (best of interleaved runs) ...", flush=True)
     results["speed"] = s = speed(1 if args.quick else 3)
     print(f"  decode {s['decode_fps']:.0f} fps | bare MediaPipe loop {s['bare_mediapipe_fps']:.1f} fps | "

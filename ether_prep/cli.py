@@ -556,7 +556,9 @@ def doctor(out: OutUrl = DEFAULT_STORE_URL, pipeline: RunPipelineOpt = None, con
     import shutil
     import subprocess
 
+    from .adapters.cuda_libs import cuda_driver
     from .config import DEFAULT_CONFIG, load_pipeline
+    from .devices import check_stage_device
     from .executors import local_gpus
     from .stages import stage_class
     from .store import Store
@@ -570,6 +572,7 @@ def doctor(out: OutUrl = DEFAULT_STORE_URL, pipeline: RunPipelineOpt = None, con
         problems += 1
         _secho("ffmpeg       missing: install FFmpeg (bash scripts/setup.sh does, from apt)", typer.colors.RED)
     typer.echo(f"gpus         {local_gpus()} NVIDIA GPU(s) visible")
+    driver = cuda_driver()
     try:
         name = _pipeline_name(RunOptions(out=out, pipeline=pipeline, config=config))
         path = _config_path(config)
@@ -588,6 +591,12 @@ def doctor(out: OutUrl = DEFAULT_STORE_URL, pipeline: RunPipelineOpt = None, con
             shown = f"MISSING: {exc}"
         typer.echo(f"  {spec.name:12s} {spec.backend:12s} {shown}")
         typer.echo(f"  {'':12s} params {json.dumps(spec.params_dict(), default=str)}")
+        device = check_stage_device(stage_class(spec.name)(spec), driver)
+        problems += bool(device.problems)
+        if device.problems:
+            _secho(f"  {'':12s} {device.line}", typer.colors.RED)
+        else:
+            typer.echo(f"  {'':12s} {device.line}")
     try:
         store = Store(out, mode="r")
         typer.echo(f"store        {out}: {len(store.session_ids())} session(s), last run with pipeline "

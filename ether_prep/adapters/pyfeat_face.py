@@ -110,6 +110,9 @@ class PyFeatFaceDetector:
         if max_faces is not None and hasattr(face_det, "keep_top_k"):
             face_det.keep_top_k = max_faces
         self.device = str(getattr(self._det, "device", device))
+        self.memory_gib: float | None = None  # the CUDA device's memory (batch size per device)
+        if self.device.startswith("cuda") and torch.cuda.is_available():
+            self.memory_gib = torch.cuda.get_device_properties(torch.device(self.device)).total_memory / 2**30
 
     @property
     def info(self) -> dict[str, Any]:
@@ -117,8 +120,17 @@ class PyFeatFaceDetector:
 
     def detect(self, frames: list[np.ndarray]) -> list[PyFeatFaces]:
         """Faces per frame for a batch of (H, W, 3) uint8 RGB frames."""
+        return self.split(self.infer(frames), len(frames))
+
+    def split(self, fex: Any, n_frames: int) -> list[PyFeatFaces]:
+        """:meth:`infer`'s table of a batch of ``n_frames`` frames, per frame (CPU work: pandas to arrays)."""
+        return [] if fex is None else _split_fex(fex, n_frames)
+
+    def infer(self, frames: list[np.ndarray]) -> Any:
+        """py-feat's Fex table (one row per face) for a batch of (H, W, 3) uint8 RGB frames; None when empty.
+        The model part: the frames go to the device here, and py-feat builds its table."""
         if not frames:
-            return []
+            return None
         batch = self._torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
         try:
             fex = self._det.detect(batch, data_type="tensor", batch_size=len(frames), progress_bar=False,
@@ -126,7 +138,7 @@ class PyFeatFaceDetector:
         except Exception as exc:
             raise ModelError(f"py-feat Detector{self.detector_name} failed on a batch of {len(frames)} frames "
                              f"({type(exc).__name__}: {exc})") from exc
-        return _split_fex(fex, len(frames))
+        return fex
 
 
 def _split_fex(fex: Any, n_frames: int) -> list[PyFeatFaces]:

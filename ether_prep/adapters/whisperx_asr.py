@@ -19,6 +19,7 @@ Every library error is translated into :class:`~ether_prep.errors.ModelError` na
 
 from __future__ import annotations
 
+import logging
 import os
 import zlib
 from collections.abc import Iterator
@@ -113,6 +114,8 @@ class WhisperxTranscriber:
         # loaded checkpoint ..."): import it first and route its loggers through ours again, at the run's level.
         logs.adopt("lightning")
         self.device = _device(params.device)
+        if self.device == "cuda":
+            _preload_cuda_libraries()
         # None: whisperx detects the language per file (multilingual models only; English-only is "en").
         language = params.language or ("en" if self.model_path.endswith(".en") else None)
         try:
@@ -334,6 +337,17 @@ class WhisperxTranscriber:
         self.pipeline = None  # type: ignore[assignment]
         self._model = None  # type: ignore[assignment]
         self._align = None
+
+
+def _preload_cuda_libraries() -> None:
+    """CTranslate2 (built for CUDA 12) finds cuBLAS 12 by name only when it is already loaded or on the search
+    path: load it from the nvidia-cublas-cu12 wheel first (see :mod:`ether_prep.adapters.cuda_libs`)."""
+    from .cuda_libs import preload_ctranslate2_cuda
+
+    for problem in preload_ctranslate2_cuda():
+        # Not fatal: a system CUDA 12 on the search path (LD_LIBRARY_PATH, ldconfig) still serves CTranslate2.
+        logging.getLogger(__name__).warning("transcribe on CUDA: %s; CTranslate2 will look for libcublas.so.12 on "
+                                            "the system's library path", problem)
 
 
 def _device(device: str) -> str:

@@ -40,17 +40,28 @@ if TYPE_CHECKING:
     from ..adapters.pyav import VideoFrame
     from ..adapters.pyfeat_face import PyFeatFaces
 
-__all__ = ["BACKENDS", "EMBEDDERS", "Embedder", "FaceBackend", "FaceDetector", "MediaPipeBackend", "PyFeatBackend"]
+__all__ = ["BACKENDS", "EMBEDDERS", "Embedder", "FaceBackend", "FaceDetector", "MediaPipeBackend", "PyFeatBackend",
+           "auto_batch_size"]
 
 
 class FaceDetector(AbstractContextManager["FaceDetector"], ABC):
-    """Faces of one recording, a batch of frames at a time (``batch_size`` frames of one size)."""
+    """Faces of one recording, a batch of frames at a time (``batch_size`` frames of one size), in two parts
+    the face stage runs in different threads: :meth:`infer` (the model; on a GPU its calls leave the GIL free)
+    and :meth:`convert` (the CPU post-processing of its raw output into the shared schema)."""
 
     batch_size: int = 1
 
     @abstractmethod
+    def infer(self, frames: Sequence[VideoFrame]) -> Any:
+        """The model's raw output for a batch (called for the batches of one recording in order, one thread)."""
+
+    @abstractmethod
+    def convert(self, frames: Sequence[VideoFrame], raw: Any) -> list[FrameFaces]:
+        """One :class:`FrameFaces` per frame of ``frames``, in their order, from :meth:`infer`'s output."""
+
     def detect(self, frames: Sequence[VideoFrame]) -> list[FrameFaces]:
-        """One :class:`FrameFaces` per frame, in the frames' order."""
+        """One :class:`FrameFaces` per frame, in the frames' order (both parts in this thread)."""
+        return self.convert(frames, self.infer(frames))
 
     def close(self) -> None:
         """Release what the recording held."""
@@ -65,6 +76,7 @@ class FaceBackend(ABC):
     name: ClassVar[str]
     n_landmarks: ClassVar[int]
     libraries: ClassVar[tuple[str, ...]]
+    cuda_engines: ClassVar[tuple[str, ...]] = ()  # engines whose CUDA libraries it loads on a GPU
     # What the stored values are, written with them (attrs ``au_kind``, ``emotion_kind``, ``score_kind``).
     kinds: ClassVar[dict[str, str]]
 
@@ -174,14 +186,14 @@ class _MediaPipeDetector(FaceDetector):
                 mats.append(mat[k])
         return (np.stack(lms), np.stack(blends), np.stack(mats)) if lms else _NO_FACES
 
-    def detect(self, frames: Sequence[VideoFrame]) -> list[FrameFaces]:
+    def infer(self, frames: Sequence[VideoFrame]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        return [self._tiled(frame.rgb) if self._tiles > 1 else self._landmarker.detect(frame.rgb, frame.time)
+                for frame in frames]
+
+    def convert(self, frames: Sequence[VideoFrame], raw: Any) -> list[FrameFaces]:
         out = []
-        for frame in frames:
+        for frame, (lm, blend, mats) in zip(frames, raw, strict=True):
             h, w = frame.rgb.shape[:2]
-            if self._tiles > 1:
-                lm, blend, mats = self._tiled(frame.rgb)
-            else:
-                lm, blend, mats = self._landmarker.detect(frame.rgb, frame.time)
             lm *= np.array([w, h, w], dtype=np.float32)  # z is in the scale of x
             mouth = mouth_open_from_landmarks(lm)
             aus = aus_from_blendshapes(blend, mouth)
@@ -205,6 +217,7 @@ class PyFeatBackend(FaceBackend):
     name = "pyfeat"
     n_landmarks = 68
     libraries = ("av", "py-feat", "torch", "scipy")
+    cuda_engines = ("torch",)
     kinds: ClassVar[dict[str, str]] = {"au_kind": "py-feat AU probabilities",
                                        "emotion_kind": "py-feat emotion probabilities"}
 
@@ -215,7 +228,8 @@ class PyFeatBackend(FaceBackend):
 
     @classmethod
     def frames_per_batch(cls, params: FaceModelParams) -> int:
-        return max(1, params.batch_size)
+        # batch_size 0 (per device): windows start on multiples of the largest choice, which every choice divides.
+        return params.batch_size if params.batch_size > 0 else max(_AUTO_BATCH.values())
 
     def load(self, threads: int) -> None:
         from ..adapters.pyfeat_face import PyFeatFaceDetector
@@ -226,12 +240,14 @@ class PyFeatBackend(FaceBackend):
             face_detection_threshold=p.min_detection_confidence, max_faces=p.num_faces,
             threads=p.threads or threads or (os.cpu_count() or 1), identity=p.identity == "pyfeat")
 
+        self._batch = self.params.batch_size or auto_batch_size(self._detector.device, self._detector.memory_gib)
+
     @property
     def info(self) -> dict[str, Any]:
-        return {"detector": self._detector.info}
+        return {"detector": self._detector.info, "batch_size": self._batch}
 
     def open(self, still: bool) -> FaceDetector:
-        return _PyFeatDetector(self._detector, self.frames_per_batch(self.params))
+        return _PyFeatDetector(self._detector, self._batch)
 
 
 class _PyFeatDetector(FaceDetector):
@@ -239,8 +255,11 @@ class _PyFeatDetector(FaceDetector):
         self._detector = detector
         self.batch_size = max(1, batch_size)
 
-    def detect(self, frames: Sequence[VideoFrame]) -> list[FrameFaces]:
-        return [_from_pyfeat(f) for f in self._detector.detect([f.rgb for f in frames])]
+    def infer(self, frames: Sequence[VideoFrame]) -> Any:
+        return self._detector.infer([f.rgb for f in frames])
+
+    def convert(self, frames: Sequence[VideoFrame], raw: Any) -> list[FrameFaces]:
+        return [_from_pyfeat(f) for f in self._detector.split(raw, len(frames))]
 
 
 def _from_pyfeat(faces: PyFeatFaces) -> FrameFaces:
@@ -264,6 +283,19 @@ def _from_pyfeat(faces: PyFeatFaces) -> FrameFaces:
             pose[:, j] = cols[name]
     return FrameFaces(faces.boxes, faces.scores, lm, aus, emotions, pose, mouth_open_from_landmarks(lm),
                       faces.identity)
+
+
+# py-feat frames per model call by device memory (GiB, at least): a 640x360 frame through Detectorv2 is small next
+# to its models, so the batch grows with the card; CPUs gain little from batching. Until bench/bench_gpu.py has
+# measured cards, these are a starting point (README, GPU machines).
+_AUTO_BATCH = {0.0: 8, 11.0: 16, 22.0: 32, 44.0: 64}  # a "24 GB" card reports ~23.6 GiB
+
+
+def auto_batch_size(device: str, memory_gib: float | None) -> int:
+    """py-feat's batch size for ``batch_size: 0``: 8 on a CPU (or MPS), by the GPU's memory on CUDA."""
+    if not device.startswith("cuda") or memory_gib is None:
+        return _AUTO_BATCH[0.0]
+    return max(size for gib, size in _AUTO_BATCH.items() if memory_gib >= gib)
 
 
 BACKENDS: dict[str, type[FaceBackend]] = {"mediapipe": MediaPipeBackend, "pyfeat": PyFeatBackend}

@@ -105,6 +105,11 @@ class Stage(ABC):
         """Distributions this stage, with its configured backend, records the versions of."""
         return self.libraries
 
+    def cuda_engines(self) -> tuple[str, ...]:
+        """The engines whose CUDA libraries this stage loads when its ``device`` is a GPU (keys of
+        :data:`ether_prep.adapters.cuda_libs.ENGINE_LIBRARIES`); () for a stage that never uses one."""
+        return ()
+
     def fingerprint_inputs(self, session: Session) -> dict[str, Any]:
         """Per-session inputs besides parameters and upstream results that the output depends on (a
         ``sessions.csv`` column, say); they join the fingerprint, so editing them reruns this stage. Called

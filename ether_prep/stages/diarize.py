@@ -114,6 +114,9 @@ class DiarizeStage(Stage):
     def library_names(self) -> tuple[str, ...]:
         return self._backend.libraries
 
+    def cuda_engines(self) -> tuple[str, ...]:
+        return ("torch",)  # pyannote and resemblyzer both run on torch
+
     def fingerprint_inputs(self, session: Session) -> dict[str, Any]:
         n = _num_speakers(session)
         return {"num_speakers": n} if n is not None else {}

@@ -57,8 +57,11 @@ its frames alone: faces, the shot signature's difference from the frame before, 
 join (:meth:`FaceStage.join`) replays every frame in order through shot cuts, tracking and identity, decoding
 again only the frames due an identity embedding, and writes what :meth:`FaceStage.run` writes, array for array.
 
-Frames decode in a background thread (a small prefetch queue) while the model runs; detections are
-spooled to temporary files and written as time-chunked arrays at the end, so memory stays flat.
+Three parts run at once, joined by bounded queues: frames decode in a background thread (``prefetch`` frames
+ahead), the model runs on batches in a thread of its own (up to 2 batches ahead; torch and MediaPipe release
+the GIL), and the CPU post-processing (the model's output to arrays, tracking, identity) runs in the stage's
+thread, so a GPU never waits for Python; ``batch_size: 0`` lets the device choose py-feat's batch. Detections
+are spooled to temporary files and written as time-chunked arrays at the end, so memory stays flat.
 The mediapipe backend's AUs are blendshape-derived scores and its emotions EMFACS prototype scores (see
 :mod:`ether_prep.face.features`); MediaPipe exposes no per-face detection score, so ``score`` is 1.0 for
 every face that passed the configured confidence thresholds.
@@ -70,16 +73,17 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from ..contracts import check_device
 from ..errors import InputError, StageError
 from ..face import AU_NAMES, EMOTION_NAMES, POSE_NAMES, FrameFaces
-from ..face.backends import BACKENDS, EMBEDDERS, FaceBackend
+from ..face.backends import BACKENDS, EMBEDDERS, FaceBackend, FaceDetector
 from ..face.sequence import FaceSequence, descriptors
 from ..face.shots import ShotDetector
 from ..records import FaceTrack
@@ -116,6 +120,8 @@ __all__ = ["FaceBlock", "FaceCounts", "FaceOutputs", "FaceParams", "FaceStage", 
 _WINDOW_ROWS = ("box", "score", "landmarks", "au", "emotion", "pose", "mouth_open", "descriptor")
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _END = object()
+_MODEL_AHEAD = 2  # batches the model may run ahead of the post-processing
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -131,7 +137,7 @@ class FaceParams:
     detector: str = "v2"  # pyfeat: "v2" (Detectorv2) or "v1" (Detectorv1)
     device: str = "cpu"  # pyfeat: "cpu", "cuda", "cuda:1", "mps", "auto"
     threads: int = 0  # torch threads (pyfeat); 0 = the worker's num_cpus
-    batch_size: int = 8  # pyfeat: frames per model call
+    batch_size: int = 8  # pyfeat: frames per model call; 0 = chosen per device (face.backends.auto_batch_size)
     max_gap_s: float = 1.0  # a track survives this long without a detection
     appearance_weight: float = 0.4  # share of colour-histogram similarity in track matching
     min_track_frames: int = 3  # a track must be seen in this many consecutive frames (not for stills)
@@ -157,8 +163,9 @@ class FaceParams:
             raise ValueError("max_gap_s must be >= 0 and appearance_weight within [0, 1]")
         if not 1 <= self.still_tiles <= 4:
             raise ValueError(f"still_tiles must be within 1..4, got {self.still_tiles}")
-        if self.min_track_frames < 1 or self.prefetch < 1 or self.threads < 0 or self.batch_size < 1:
-            raise ValueError("min_track_frames, prefetch and batch_size must be >= 1, threads >= 0")
+        if self.min_track_frames < 1 or self.prefetch < 1 or self.threads < 0 or self.batch_size < 0:
+            raise ValueError("min_track_frames and prefetch must be >= 1, batch_size >= 1 (or 0: chosen per "
+                             "device), threads >= 0")
         if self.identity not in ("dlib", "pyfeat", "off"):
             raise ValueError(f"identity must be 'dlib', 'pyfeat' or 'off', got {self.identity!r}")
         if self.identity_threshold is not None and self.identity_threshold <= 0:
@@ -174,10 +181,11 @@ class FaceParams:
                              f"use identity: dlib")
 
 
-def _prefetch(decode: Callable[[], Iterator[VideoFrame]], name: str, depth: int,
-              stop: threading.Event) -> Iterator[VideoFrame]:
-    """Run ``decode`` in a background thread, ``depth`` frames ahead (PyAV releases the GIL while decoding)."""
+def _prefetch(produce: Callable[[], Iterator[T]], name: str, depth: int, join_s: float = 5.0) -> Iterator[T]:
+    """Run ``produce`` in a thread of its own, at most ``depth`` items ahead of the consumer (a bounded queue);
+    its exceptions are raised here. Closing this generator stops the thread (joined for up to ``join_s``)."""
     q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
 
     def put(item: Any) -> bool:
         while not stop.is_set():
@@ -188,16 +196,19 @@ def _prefetch(decode: Callable[[], Iterator[VideoFrame]], name: str, depth: int,
                 continue
         return False
 
-    def produce() -> None:
+    def run() -> None:
+        items = produce()
         try:
-            for frame in decode():
-                if not put(frame):
+            for item in items:
+                if not put(item):
                     return
             put(_END)
         except BaseException as exc:  # handed to the consumer, re-raised there
             put(exc)
+        finally:
+            _close(items)  # a generator is closed by the thread that iterates it
 
-    worker = threading.Thread(target=produce, name=f"face-decode:{name}", daemon=True)
+    worker = threading.Thread(target=run, name=name, daemon=True)
     worker.start()
     try:
         while True:
@@ -209,7 +220,44 @@ def _prefetch(decode: Callable[[], Iterator[VideoFrame]], name: str, depth: int,
             yield item
     finally:
         stop.set()
-        worker.join(timeout=5)
+        worker.join(timeout=join_s)
+
+
+def _close(items: Iterable[Any]) -> None:
+    """Close ``items`` when it is a generator (it stops the thread behind a :func:`_prefetch`)."""
+    close = getattr(items, "close", None)
+    if close is not None:
+        close()
+
+
+def _faces(frames: Iterator[VideoFrame], detector: FaceDetector, name: str,
+           overlap: bool) -> Iterator[tuple[list[VideoFrame], list[FrameFaces]]]:
+    """Batches of decoded frames with their faces. With ``overlap``, three parts run at once: decoding (the
+    thread behind ``frames``), the model (``detector.infer`` in a thread of its own, up to ``_MODEL_AHEAD``
+    batches ahead) and the CPU post-processing (``detector.convert`` here, then the caller's tracking and
+    storage), so a GPU never waits for Python; the order of frames and results is the same either way."""
+    if not overlap:
+        try:
+            for batch in _batches(frames, detector.batch_size):
+                yield batch, detector.detect(batch)
+        finally:
+            _close(frames)
+        return
+
+    def infer() -> Iterator[tuple[list[VideoFrame], Any]]:
+        try:
+            for batch in _batches(frames, detector.batch_size):
+                yield batch, detector.infer(batch)
+        finally:
+            _close(frames)  # in the model thread, the one that iterates the frames
+
+    # A model call can take seconds on a CPU: wait for it before the detector is closed.
+    inferred = _prefetch(infer, f"face-model:{name}", _MODEL_AHEAD, join_s=120.0)
+    try:
+        for batch, raw in inferred:
+            yield batch, detector.convert(batch, raw)
+    finally:
+        inferred.close()
 
 
 def _batches(frames: Iterable[VideoFrame], size: int) -> Iterator[list[VideoFrame]]:
@@ -237,6 +285,10 @@ class FaceStage(Stage):
     backends = tuple(BACKENDS)
     Params = FaceParams
 
+    # Decoding, the model and the post-processing in three threads (see _faces); False: the model and the
+    # post-processing take turns in one (the loop before the overlap; the same arrays, kept for comparison).
+    overlap = True
+
     def __init__(self, spec: StageSpec) -> None:
         super().__init__(spec)
         self._backend: FaceBackend | None = None
@@ -249,6 +301,9 @@ class FaceStage(Stage):
     def library_names(self) -> tuple[str, ...]:
         embedder = EMBEDDERS.get(self.params.identity)
         return (*self.backend_class.libraries, *(embedder.libraries if embedder else ()))
+
+    def cuda_engines(self) -> tuple[str, ...]:
+        return self.backend_class.cuda_engines
 
     def model_info(self) -> dict[str, str]:
         info = self.backend_class.describe(self.spec.model, self.params)
@@ -283,20 +338,16 @@ class FaceStage(Stage):
         still = self._still(session)
         stats = DecodeStats()
         t_start = time.perf_counter()
-        stop = threading.Event()
         with FaceSequence(self._backend.n_landmarks, 1 if still else p.min_track_frames, p.max_gap_s,
                           p.appearance_weight, p.cut_threshold, self._embedder, self._threshold(),
                           p.identity_every_s, p.max_embeddings_per_track) as sequence:
             frames = _prefetch(partial(iter_video_frames, session.path, None if still else p.analysis_fps, stats),
-                               session.path.name, p.prefetch, stop)
-            try:
-                with self._backend.open(still) as detector:
-                    for batch in _batches(frames, detector.batch_size):
-                        for frame, faces in zip(batch, detector.detect(batch), strict=True):
-                            sequence.add(frame, faces)
-            finally:
-                stop.set()
-                frames.close()
+                               f"face-decode:{session.path.name}", p.prefetch)
+            with self._backend.open(still) as detector, closing(
+                    _faces(frames, detector, session.path.name, self.overlap)) as batches:
+                for batch, found in batches:
+                    for frame, faces in zip(batch, found, strict=True):
+                        sequence.add(frame, faces)
             if stats.decoded == 0:
                 raise InputError(f"{session.path}: no video frame could be decoded "
                                  f"({stats.corrupt} corrupt packet(s))")
@@ -363,17 +414,13 @@ class FaceStage(Stage):
                     found.cut_scores.append(score)
                     yield frame
 
-        stop_event = threading.Event()
-        frames = _prefetch(measured, session.path.name, p.prefetch, stop_event)
-        try:
-            with self._backend.open(False) as detector:
-                for batch in _batches(frames, detector.batch_size):
-                    for frame, faces in zip(batch, detector.detect(batch), strict=True):
-                        found.add(frame, faces)
-                    self.report_progress(batch[-1].time - window.start)
-        finally:
-            stop_event.set()
-            frames.close()
+        frames = _prefetch(measured, f"face-decode:{session.path.name}", p.prefetch)
+        with self._backend.open(False) as detector, closing(
+                _faces(frames, detector, session.path.name, self.overlap)) as batches:
+            for batch, faces_of in batches:
+                for frame, faces in zip(batch, faces_of, strict=True):
+                    found.add(frame, faces)
+                self.report_progress(batch[-1].time - window.start)
         return found
 
     def join(self, session: Session, store: SessionGroup, windows: list[zarr.Group], out: zarr.Group) -> str | None:

@@ -187,6 +187,9 @@ class TranscribeStage(Stage):
     def library_names(self) -> tuple[str, ...]:
         return self._backend.libraries
 
+    def cuda_engines(self) -> tuple[str, ...]:
+        return ("ctranslate2", "torch")  # Whisper on CTranslate2 (CUDA 12); whisperx's VAD and aligner on torch
+
     def setup(self) -> None:
         if self._asr is None:
             self._asr = self._backend(self.spec.model, self.params)
