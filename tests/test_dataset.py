@@ -58,7 +58,8 @@ def test_shuffled_dataloader_over_a_mixed_store(aligned: dict[str, object], seed
     ds = store.utterances()
     assert len(store.sessions()) == 4
     names = ds.feature_names
-    assert len(names) == 31 and names[:2] == ["AU01", "AU02"] and names[-1] == "mouth_open"
+    assert len(names) == 33 and names[:2] == ["AU01", "AU02"] and names[-3:] == ["mouth_open", "gaze_angle_x",
+                                                                                 "gaze_angle_y"]
     torch.manual_seed(seed)
     loader = DataLoader(ds, batch_size=5, shuffle=True, num_workers=0, collate_fn=ds.collate)
     seen = 0
