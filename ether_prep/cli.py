@@ -576,7 +576,8 @@ def doctor(out: OutUrl = DEFAULT_STORE_URL, pipeline: RunPipelineOpt = None, con
         pipe = load_pipeline(name, path)
     except EtherPrepError as exc:
         raise _fail(exc) from exc
-    typer.echo(f"pipeline     {name!r} of {path or DEFAULT_CONFIG}")
+    extends = f", extending {pipe.extends}" if pipe.extends else ""
+    typer.echo(f"pipeline     {name!r} of {path or DEFAULT_CONFIG}{extends}")
     for spec in pipe.stages:
         if not spec.enabled:
             continue
