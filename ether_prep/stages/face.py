@@ -299,6 +299,7 @@ class FaceStage(Stage):
                     for batch in _batches(frames, detector.batch_size):
                         for frame, faces in zip(batch, detector.detect(batch), strict=True):
                             sequence.add(frame, faces)
+                        self.report_progress(batch[-1].time)
             finally:
                 stop.set()
                 frames.close()
