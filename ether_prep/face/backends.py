@@ -108,6 +108,7 @@ class MediaPipeBackend(FaceBackend):
         "au_kind": "blendshape-derived scores (MediaPipe), not FACS-coded intensities",
         "emotion_kind": "EMFACS prototype match scores from the AUs, not probabilities",
         "score_kind": "1.0 = passed the configured confidences (MediaPipe exposes no score)",
+        "gaze_kind": "iris landmarks and head pose, geometric, not calibrated per person (ether_prep.face.gaze)",
     }
 
     @classmethod
@@ -207,7 +208,8 @@ class PyFeatBackend(FaceBackend):
     n_landmarks = 68
     libraries = ("av", "py-feat", "torch", "scipy")
     kinds: ClassVar[dict[str, str]] = {"au_kind": "py-feat AU probabilities",
-                                       "emotion_kind": "py-feat emotion probabilities"}
+                                       "emotion_kind": "py-feat emotion probabilities",
+                                       "gaze_kind": "py-feat's own gaze model, one direction per face (angles only)"}
 
     @classmethod
     def describe(cls, model: str | None, params: FaceModelParams) -> dict[str, str]:

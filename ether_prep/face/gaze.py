@@ -38,6 +38,7 @@ __all__ = ["GAZE_NAMES", "frame_gaze", "gaze_from_angles", "gaze_from_landmarks"
 # Per eye: iris centre, corner on the image's left, corner on the image's right, upper lid, lower lid.
 _EYES = ((468, 33, 133, 159, 145),  # eye 0: the person's right eye, leftmost in the image
          (473, 362, 263, 386, 374))  # eye 1: the person's left eye
+_POINTS = [i for eye in _EYES for i in eye]  # their mesh indices, in order
 _REST = ((-0.05, -0.07), (0.05, -0.07))  # iris offset (along, across) of an eye looking straight ahead
 _RADIUS = 0.4  # eyeball radius in eye widths (~12 mm over a ~30 mm eye opening)
 _CLOSED = 0.08  # lid gap in eye widths below which an eye counts as closed
@@ -59,19 +60,20 @@ def head_rotation(pose: np.ndarray) -> np.ndarray:
 
 
 def _eye_in_head(lm: np.ndarray, eye: int) -> np.ndarray:
-    """(n, 3) one eye's direction in the head's frame (NaN where its lids are closed)."""
-    iris, left, right, upper, lower = _EYES[eye]
-    axis = lm[:, right, :2] - lm[:, left, :2]
+    """(n, 3) one eye's direction in the head's frame (NaN where its lids are closed); ``lm`` holds the points
+    of :data:`_POINTS` (x, y)."""
+    iris, left, right, upper, lower = range(5 * eye, 5 * eye + 5)
+    axis = lm[:, right] - lm[:, left]
     width = np.maximum(np.linalg.norm(axis, axis=1), 1e-6)
     along = axis / width[:, None]
     across = np.stack([-along[:, 1], along[:, 0]], axis=1)  # the axis turned a quarter: image-down
-    rel = lm[:, iris, :2] - (lm[:, left, :2] + lm[:, right, :2]) / 2
+    rel = lm[:, iris] - (lm[:, left] + lm[:, right]) / 2
     rest_h, rest_v = _REST[eye]
     h = ((rel * along).sum(axis=1) / width - rest_h) / _RADIUS
     v = ((rel * across).sum(axis=1) / width - rest_v) / _RADIUS
     tx, ty = np.arcsin(np.clip(h, -1.0, 1.0)), np.arcsin(np.clip(v, -1.0, 1.0))
     gaze = np.stack([np.sin(tx) * np.cos(ty), np.sin(ty), -np.cos(tx) * np.cos(ty)], axis=1)
-    gap = ((lm[:, lower, :2] - lm[:, upper, :2]) * across).sum(axis=1) / width
+    gap = ((lm[:, lower] - lm[:, upper]) * across).sum(axis=1) / width
     gaze[gap < _CLOSED] = np.nan
     return gaze
 
@@ -87,13 +89,14 @@ def _angles(eyes: np.ndarray) -> np.ndarray:
 def gaze_from_landmarks(landmarks: np.ndarray, pose: np.ndarray) -> np.ndarray:
     """(n, 478, 2+) MediaPipe pixel landmarks and (n, 3) head pose (degrees) -> (n, 8) gaze in
     :data:`GAZE_NAMES` order (see the module docstring); all NaN for a layout without irises (dlib 68)."""
-    lm = np.asarray(landmarks, dtype=np.float64)
+    lm = np.asarray(landmarks)
     n = lm.shape[0] if lm.ndim == 3 else 0
     out = np.full((n, len(GAZE_NAMES)), np.nan, dtype=np.float32)
     if not n or lm.shape[1] < 478:
         return out
+    points = lm[:, _POINTS, :2].astype(np.float64)  # the eye points alone (the mesh is 478 points)
     rot = head_rotation(pose)
-    eyes = np.stack([np.einsum("nij,nj->ni", rot, _eye_in_head(lm, e)) for e in (0, 1)], axis=1)
+    eyes = np.stack([np.einsum("nij,nj->ni", rot, _eye_in_head(points, e)) for e in (0, 1)], axis=1)
     out[:, :6] = eyes.reshape(n, 6)
     out[:, 6:] = _angles(eyes)
     return out

@@ -495,6 +495,7 @@ class FaceStage(Stage):
         return {
             "backend": self.spec.backend, "model": info.get("id"), "model_source": info.get("source"),
             "au_names": list(AU_NAMES), "emotion_names": list(EMOTION_NAMES), "pose_names": list(POSE_NAMES),
+            "gaze_names": list(GAZE_NAMES),
             "analysis_fps": p.analysis_fps, "frames_decoded": stats.decoded, "frames_analysed": n_frames,
             "frames_corrupt": stats.corrupt, "session_origin": stats.origin, "start_offset": stats.start,
             "frame_width": sequence.size[0], "frame_height": sequence.size[1],
