@@ -509,7 +509,7 @@ class _Bars:
         if key not in self.shown or media_s <= self.shown[key]:
             return
         if self.bars:
-            self.bars[stage].update(media_s - self.shown[key])
+            _move(self.bars[stage], media_s - self.shown[key])
         elif planned > 0 and int(10 * media_s / planned) > int(10 * self.shown[key] / planned) \
                 and media_s < planned:
             _progress.info("%s [%s]: %d%% (%.1f/%.1f s media)", task_key, stage, 10 * int(10 * media_s / planned),
@@ -523,12 +523,17 @@ class _Bars:
             if self.bars:
                 # the bar's total counted the planned seconds: finishing adds what is left of those, no more
                 bar = self.bars[outcome.stage]
-                bar.update(left)
+                _move(bar, left)
                 bar.refresh()  # a session's end is always drawn, however soon after the last update it comes
 
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
+
+
+def _move(bar: Any, media_s: float) -> None:
+    """Advance ``bar`` by ``media_s``, never past its total (many small float steps may sum a hair over it)."""
+    bar.update(max(min(media_s, bar.total - bar.n), 0.0))
 
 
 def run_pipeline(
