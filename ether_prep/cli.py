@@ -49,7 +49,7 @@ app = _App(
     help="Turn recorded counselling sessions into speech, face and per-utterance features in a Zarr store.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion (README: Shell completion)
     rich_markup_mode=None,  # help texts say "[default: ...]" literally; rich markup would swallow it
     epilog="Environment: ETHER_PREP_MODELS, a folder of local model files (face_landmarker.task for the cpu "
            "pipeline's MediaPipe face stage); HF_TOKEN, a Hugging Face token for the hub models the default "
@@ -69,9 +69,11 @@ Out = Annotated[Path, typer.Option("--out", "-o", help="The Zarr store to write 
 OutUrl = Annotated[str, typer.Option("--out", "-o", help="The Zarr store: a folder, or an fsspec URL "
                                                           "(file://, s3://, gs://).")]
 PipelineOpt = Annotated[str, typer.Option("--pipeline", "-p", envvar="ETHER_PREP_PIPELINE",
-                                          help="Pipeline name in pipelines.yaml (e.g. default, cpu).")]
+                                          help="Pipeline name in pipelines.yaml (e.g. default, cpu).",
+                                          autocompletion=lambda incomplete: _complete_pipeline(incomplete))]
 RunPipelineOpt = Annotated[str | None, typer.Option(
     "--pipeline", "-p", envvar="ETHER_PREP_PIPELINE", show_default=False,
+    autocompletion=lambda incomplete: _complete_pipeline(incomplete),
     help="Pipeline name in pipelines.yaml (e.g. default, cpu) [default: the one that last ran on the store; on a "
          "new store 'default' with an NVIDIA GPU here or a Ray cluster, else 'cpu'].")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", envvar="ETHER_PREP_CONFIG",
@@ -84,8 +86,37 @@ RayAddress = Annotated[str | None, typer.Option("--ray-address", envvar="RAY_ADD
 Workers = Annotated[int | None, typer.Option("--workers", "-w", min=1,
                                              help="Workers (Ray actors) per stage [default: what resources allow].")]
 Force = Annotated[bool, typer.Option("--force", help="Recompute even what is already done.")]
-Only = Annotated[list[str] | None, typer.Option("--only", help="Run only this stage (repeatable).")]
-From = Annotated[str | None, typer.Option("--from", help="Run from this stage on.")]
+def _complete_stage(incomplete: str) -> list[str]:
+    """Stage names, for shell completion of --only and --from."""
+    from .stages import STAGES
+
+    return [name for name in STAGES if name.startswith(incomplete)]
+
+
+def _complete_format(incomplete: str) -> list[str]:
+    """Export formats, for shell completion of --format."""
+    from .exports import FORMATS
+
+    return [name for name in (*FORMATS, "all") if name.startswith(incomplete)]
+
+
+def _complete_pipeline(incomplete: str) -> list[str]:
+    """Pipeline names of ./pipelines.yaml (else the shipped one), for shell completion of --pipeline."""
+    import yaml
+
+    from .config import DEFAULT_CONFIG
+
+    path = Path("pipelines.yaml") if Path("pipelines.yaml").is_file() else DEFAULT_CONFIG
+    try:
+        names = list((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("pipelines") or {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []
+    return [str(n) for n in names if str(n).startswith(incomplete)]
+
+
+Only = Annotated[list[str] | None, typer.Option("--only", help="Run only this stage (repeatable).",
+                                                autocompletion=_complete_stage)]
+From = Annotated[str | None, typer.Option("--from", help="Run from this stage on.", autocompletion=_complete_stage)]
 Executor = Annotated[ExecutorName, typer.Option("--executor", "-x", envvar="ETHER_PREP_EXECUTOR",
                                                 help="auto (inline for a small job on a machine without GPUs, "
                                                      "else ray), ray (a local cluster unless --ray-address) or "
@@ -579,7 +610,8 @@ def doctor(out: OutUrl = DEFAULT_STORE_URL, pipeline: RunPipelineOpt = None, con
         pipe = load_pipeline(name, path)
     except EtherPrepError as exc:
         raise _fail(exc) from exc
-    typer.echo(f"pipeline     {name!r} of {path or DEFAULT_CONFIG}")
+    extends = f", extending {pipe.extends}" if pipe.extends else ""
+    typer.echo(f"pipeline     {name!r} of {path or DEFAULT_CONFIG}{extends}")
     for spec in pipe.stages:
         if not spec.enabled:
             continue
@@ -611,7 +643,7 @@ def doctor(out: OutUrl = DEFAULT_STORE_URL, pipeline: RunPipelineOpt = None, con
 def export(
     dest_dir: Annotated[Path, typer.Argument(help="Folder to write one file per session into.")],
     out: Out = DEFAULT_STORE,
-    fmt: Annotated[str, typer.Option("--format", "-f", help=(
+    fmt: Annotated[str, typer.Option("--format", "-f", autocompletion=_complete_format, help=(
         "One of: json (whisperx's shape), srt, vtt, txt, tsv, rttm (+ uem), faces (py-feat CSV), "
         "openface (OpenFace 2 CSV), or all of them."))] = "json",
     session: Annotated[list[str] | None, typer.Option("--session", help="Only this session id (repeatable).")] = None,

@@ -19,6 +19,21 @@ Every unknown key, stage, backend or parameter, and every wrong type or value, i
 line, the pipeline, the stage, the key and the fix; all problems of a file are reported at once, in one
 :class:`ConfigError`. ``params`` decide results (they enter each stage's fingerprint); ``resources`` (``num_cpus``,
 ``num_gpus``, ``window_s``) only schedule workers.
+
+Extending a pipeline: ``extends: NAME`` takes the stages of pipeline NAME, another pipeline of the same file or
+else the shipped pipelines.yaml's (so a local file's ``cpu: {extends: cpu, ...}`` changes the shipped ``cpu``),
+and the pipeline's own ``stages`` (optional then) override them by stage name: ``params`` and ``resources``
+merge key by key (a new ``backend`` starts its ``params`` afresh), ``enabled``, ``backend`` and ``model``
+replace, and a stage the base lacks is added at the end::
+
+    pipelines:
+      cpu-5fps:
+        extends: cpu
+        stages:
+          - stage: face
+            params: {analysis_fps: 5.0}
+          - stage: qc
+            enabled: false
 """
 
 from __future__ import annotations
@@ -47,7 +62,7 @@ __all__ = ["Pipeline", "load_config", "load_pipeline"]
 _PACKAGED = Path(__file__).resolve().parent / "pipelines.yaml"
 DEFAULT_CONFIG = _PACKAGED if _PACKAGED.is_file() else Path(__file__).resolve().parent.parent / "pipelines.yaml"
 _TOP_KEYS = {"version", "pipelines"}
-_PIPELINE_KEYS = {"description", "stages"}
+_PIPELINE_KEYS = {"description", "extends", "stages"}
 _STAGE_KEYS = {"stage", "enabled", "backend", "model", "params", "resources"}
 
 
@@ -59,6 +74,7 @@ class Pipeline:
     stages: tuple[StageSpec, ...]
     source: Path
     description: str = ""
+    extends: str | None = None  # the pipeline it extends, "NAME" (this file) or "NAME (shipped)"
 
     def digest(self) -> str:
         """A short hash of every stage's identity (version, backend, model, parameters), in order."""
@@ -526,6 +542,132 @@ def _stage_spec(entry: Any, index: int, line: int, problems: _Problems, pipeline
                      resources=resources, enabled=entry.get("enabled", True))
 
 
+# ------------------------------------------------------------------------------------------- extends
+def _base(body_of: dict, pname: Any, source: Path) -> tuple[dict, Any, Path] | None:
+    """(pipelines mapping, name, file) of the pipeline ``pname`` extends: one of the same file (not itself), else
+    the shipped file's; None when there is none of that name."""
+    name = body_of[pname].get("extends")
+    if not isinstance(name, str):
+        return None
+    if name in body_of and name != pname:
+        return body_of, name, source
+    if source.resolve() != DEFAULT_CONFIG.resolve():
+        shipped = _read_yaml(DEFAULT_CONFIG)[0]["pipelines"]
+        if name in shipped:
+            return shipped, name, DEFAULT_CONFIG
+    return None
+
+
+def _base_label(body_of: dict, pname: Any) -> str | None:
+    name = body_of[pname].get("extends")
+    if not isinstance(name, str):
+        return None
+    return str(name) if name in body_of and name != pname else f"{name} (shipped)"
+
+
+def _base_description(body_of: dict, pname: Any, source: Path, depth: int = 0) -> str:
+    """The description a pipeline without one inherits through ``extends``."""
+    found = _base(body_of, pname, source)
+    if found is None or not isinstance(found[0].get(found[1]), dict) or depth > len(body_of):
+        return ""
+    base = found[0][found[1]]
+    if base.get("description") or "extends" not in base:
+        return str(base.get("description") or "")
+    return _base_description(found[0], found[1], found[2], depth + 1)
+
+
+def _extended(body_of: dict, pname: Any, problems: _Problems, source: Path,
+              seen: tuple[Any, ...] = ()) -> _Seq | None:
+    """Pipeline ``pname``'s stage entries, its ``extends`` resolved (see the module docstring); None after
+    reporting a problem (an unknown base, a loop of pipelines extending each other)."""
+    body = body_of[pname]
+    if "extends" not in body:
+        return body["stages"]
+    name, at = body["extends"], _line(body, "extends")
+    if not isinstance(name, str) or not name:
+        problems.add(at, f"'extends' must name a pipeline, got {_show(name)}", str(pname))
+        return None
+    if name in seen or (name == pname and source.resolve() == DEFAULT_CONFIG.resolve()):
+        problems.add(at, f"'extends: {name}' loops back to itself ({' -> '.join(map(str, (*seen, pname, name)))}); "
+                     f"extend a pipeline that does not extend this one", str(pname))
+        return None
+    found = _base(body_of, pname, source)
+    if found is None:
+        known = sorted({str(k) for k in body_of if k != pname} | set(_shipped_names()))
+        problems.add(at, f"'extends: {name}': no pipeline of that name in this file or in the shipped "
+                     f"{DEFAULT_CONFIG.name}; known: {', '.join(known)}", str(pname))
+        return None
+    base_of, base_name, base_source = found
+    if not isinstance(base_of.get(base_name), dict):
+        problems.add(at, f"'extends: {name}': that pipeline is not a mapping with 'stages'", str(pname))
+        return None
+    if base_source == source:
+        base = _extended(base_of, base_name, problems, source, (*seen, pname))
+    else:
+        base = _extended(base_of, base_name, _Problems(base_source), base_source)
+    overrides = body.get("stages") or _Seq()
+    if base is None or not isinstance(overrides, list):
+        return None if base is None else overrides
+    return _merged_stages(base, overrides, at, base_source != source)
+
+
+def _shipped_names() -> list[str]:
+    try:
+        return [str(k) for k in _read_yaml(DEFAULT_CONFIG)[0]["pipelines"]]
+    except (ConfigError, KeyError, TypeError):
+        return []
+
+
+def _relined(value: Any, line: int) -> Any:
+    """``value`` with every line of it set to ``line`` (entries inherited from another file: a problem in one is
+    reported at the ``extends`` line of this file)."""
+    if isinstance(value, dict):
+        out = _Map({k: _relined(v, line) for k, v in value.items()})
+        out.line, out.lines = line, dict.fromkeys(value, line)
+        return out
+    if isinstance(value, list):
+        seq = _Seq(_relined(v, line) for v in value)
+        seq.line, seq.lines = line, [line] * len(value)
+        return seq
+    return value
+
+
+def _merged_stages(base: list, overrides: list, at: int, foreign: bool) -> _Seq:
+    """``base`` stage entries with ``overrides`` applied by stage name; stages the base lacks added at the end."""
+    out = _Seq(_relined(e, at) if foreign else e for e in base)
+    out.line = getattr(overrides, "line", at) or at
+    out.lines = [at if foreign else _line(base, i) for i in range(len(base))]
+    index = {e.get("stage"): i for i, e in enumerate(out) if isinstance(e, dict)}
+    for i, entry in enumerate(overrides):
+        name = entry.get("stage") if isinstance(entry, dict) else None
+        if name in index:
+            out[index[name]] = _merged_entry(out[index[name]], entry)
+            out.lines[index[name]] = _line(overrides, i)
+        else:
+            out.append(entry)
+            out.lines.append(_line(overrides, i))
+    return out
+
+
+def _merged_entry(base: dict, over: dict) -> _Map:
+    """One stage entry of the base overridden by ``over`` (``params``/``resources`` merged key by key, unless a
+    new backend starts its parameters afresh; other keys replaced)."""
+    out = _Map({**base, **over})
+    out.line = getattr(over, "line", 0)
+    out.lines = {**dict.fromkeys(base, out.line), **getattr(over, "lines", {})}
+    new_backend = "backend" in over and over["backend"] != base.get("backend", over["backend"])
+    for key in ("params", "resources"):
+        fresh = key == "params" and new_backend
+        if isinstance(base.get(key), dict) and isinstance(over.get(key), dict) and not fresh:
+            merged = _Map({**base[key], **over[key]})
+            merged.line = getattr(over[key], "line", out.line)
+            merged.lines = {**dict.fromkeys(base[key], merged.line), **getattr(over[key], "lines", {})}
+            out[key] = merged
+        elif key == "params" and new_backend and "params" not in over:
+            out.pop("params", None)
+    return out
+
+
 def _read_yaml(source: Path) -> tuple[Any, list[tuple[int, Any]]]:
     try:
         text = source.read_text(encoding="utf-8")
@@ -575,17 +717,20 @@ def load_config(path: Path | None = None) -> dict[str, Pipeline]:
     pipelines: dict[str, Pipeline] = {}
     body_of = raw["pipelines"]
     for pname, body in body_of.items():
-        if not isinstance(body, dict) or not isinstance(body.get("stages"), list):
+        if not isinstance(body, dict) or not isinstance(body.get("stages", [] if "extends" in body else None), list):
             problems.add(_line(body_of, pname), "expected a mapping with a 'stages' list (stages: [- stage: NAME])",
                          str(pname))
             continue
         for key, message in _unknown(body, _PIPELINE_KEYS, "key"):
             problems.add(_line(body, key), message, str(pname))
-        description = body.get("description", "")
+        description = body.get("description", "") if "description" in body or "extends" not in body \
+            else _base_description(body_of, pname, source)
         if not isinstance(description, str | None):
             problems.add(_line(body, "description"), f"'description' must be text, got {_show(description)}",
                          str(pname))
-        stages = body["stages"]
+        stages = _extended(body_of, pname, problems, source)
+        if stages is None:
+            continue
         specs = [_stage_spec(e, i, _line(stages, i), problems, str(pname)) for i, e in enumerate(stages)]
         if any(s is None for s in specs):
             continue
@@ -600,8 +745,8 @@ def load_config(path: Path | None = None) -> dict[str, Pipeline]:
                 if dep not in names[:i]:
                     problems.add(_line(stages, i), f"stage {spec.name!r} requires stage {dep!r} before it; add it "
                                  f"earlier in the list", str(pname), spec.name)
-        pipelines[str(pname)] = Pipeline(name=str(pname), stages=tuple(valid),
-                                         source=source, description=description or "")
+        pipelines[str(pname)] = Pipeline(name=str(pname), stages=tuple(valid), source=source,
+                                         description=description or "", extends=_base_label(body_of, pname))
     problems.raise_if_any()
     return pipelines
 

@@ -470,12 +470,15 @@ class _Windowed:
 
 
 class _Bars:
-    """Per-stage progress bars on stderr in media seconds; they move within a session as workers report."""
+    """Per-stage progress bars on stderr in media seconds; they move within a session as workers report. Off a
+    terminal (``log``), a line at INFO instead each time a session's stage passes another tenth of its media
+    (``SESSION [face]: 40% (12/30 s media)``), so a batch log shows a long session moving."""
 
-    def __init__(self, specs: Sequence[StageSpec], enabled: bool) -> None:
+    def __init__(self, specs: Sequence[StageSpec], enabled: bool, log: bool = False) -> None:
         self.bars: dict[str, Any] = {}
         self.shown: dict[tuple[str, str], float] = {}  # (stage, task key) -> media seconds on its bar so far
         self.planned: dict[tuple[str, str], float] = {}  # (stage, task key) -> media seconds added to its total
+        self.log = log and not enabled
         if enabled:
             from tqdm import tqdm
 
@@ -485,33 +488,52 @@ class _Bars:
                                                     "[{elapsed}<{remaining}, {rate_fmt}]")
                          for i, spec in enumerate(specs)}
 
+    @property
+    def active(self) -> bool:
+        return bool(self.bars) or self.log
+
     def add(self, task: Task) -> None:
-        if self.bars and not task.n_windows:  # a join's media was counted by its windows
-            bar = self.bars[task.stage]
-            bar.total += task.media_s
-            bar.refresh()
+        if self.active and not task.n_windows:  # a join's media was counted by its windows
+            if self.bars:
+                bar = self.bars[task.stage]
+                bar.total += task.media_s
+                bar.refresh()
             self.shown[(task.stage, task.key)] = 0.0
             self.planned[(task.stage, task.key)] = task.media_s
 
     def advance(self, stage: str, task_key: str, media_s: float) -> None:
         key = (stage, task_key)
         # a worker's clock can pass the probed duration (last frame, padding): the bar never overshoots
-        media_s = min(media_s, self.planned.get(key, 0.0))
-        if key in self.shown and media_s > self.shown[key]:
-            self.bars[stage].update(media_s - self.shown[key])
-            self.shown[key] = media_s
+        planned = self.planned.get(key, 0.0)
+        media_s = min(media_s, planned)
+        if key not in self.shown or media_s <= self.shown[key]:
+            return
+        if self.bars:
+            _move(self.bars[stage], media_s - self.shown[key])
+        elif planned > 0 and int(10 * media_s / planned) > int(10 * self.shown[key] / planned) \
+                and media_s < planned:
+            _progress.info("%s [%s]: %d%% (%.1f/%.1f s media)", task_key, stage, 10 * int(10 * media_s / planned),
+                           media_s, planned)
+        self.shown[key] = media_s
 
     def finish(self, outcome: Outcome) -> None:
         key = (outcome.stage, outcome.key)
         if key in self.shown:
-            # the bar's total counted the planned seconds: finishing adds what is left of those, no more
-            bar = self.bars[outcome.stage]
-            bar.update(max(self.planned.pop(key) - self.shown.pop(key), 0.0))
-            bar.refresh()  # a session's end is always drawn, however soon after the last update it comes
+            left = max(self.planned.pop(key) - self.shown.pop(key), 0.0)
+            if self.bars:
+                # the bar's total counted the planned seconds: finishing adds what is left of those, no more
+                bar = self.bars[outcome.stage]
+                _move(bar, left)
+                bar.refresh()  # a session's end is always drawn, however soon after the last update it comes
 
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
+
+
+def _move(bar: Any, media_s: float) -> None:
+    """Advance ``bar`` by ``media_s``, never past its total (many small float steps may sum a hair over it)."""
+    bar.update(max(min(media_s, bar.total - bar.n), 0.0))
 
 
 def run_pipeline(
@@ -575,8 +597,8 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
     if session_ids is not None:
         sessions = [s for s in sessions if s.id in set(session_ids)]
     walk = _Walk(planners, store, sessions, probe_errors, force, summary, token, redo)
-    bars = _Bars(specs, enabled=progress and sys.stderr.isatty())
     _progress.setLevel(logging.INFO if progress and not sys.stderr.isatty() else logging.NOTSET)
+    bars = _Bars(specs, enabled=progress and sys.stderr.isatty(), log=_progress.isEnabledFor(logging.INFO))
     runner: Executor | None = None
     try:
         walk.start()
@@ -584,7 +606,7 @@ def _run_locked(specs: list[StageSpec], raw_dir: Path | None, store: Store, summ
             store.dirty = True  # consolidated at the end even when interrupted before a first outcome
             todo = {t.session.id: t.media_s for t in walk.ready}
             runner = make_executor(executor, specs, store.url, ray_address=ray_address, workers=workers,
-                                   worker_logs=progress, progress=bars.advance if bars.bars else None,
+                                   worker_logs=progress, progress=bars.advance if bars.active else None,
                                    sessions=len(todo), media_s=sum(todo.values()))
             summary.executor = runner.name
             walk.executor = runner

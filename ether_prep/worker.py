@@ -159,16 +159,19 @@ class StageWorker:
         self._ready = False
         self._store: Store | None = None  # opened at the first task, in the process that runs it
 
-    def _progress_for(self, key: str) -> Callable[[float], None] | None:
+    def _progress_for(self, key: str, media_s: float) -> Callable[[float], None] | None:
+        """The stage's progress hook for one task of ``media_s`` seconds: at most ``_REPORTS_PER_S`` reports a
+        second, and every report that passes another tenth of the task (what a batch log shows, see runner)."""
         if self._report is None:
             return None
-        report, stage, last = self._report, self.spec.name, [0.0]
+        report, stage, last, tenth = self._report, self.spec.name, [0.0], [0]
 
-        def progress(media_s: float) -> None:
+        def progress(done_s: float) -> None:
             now = time.monotonic()
-            if now - last[0] >= 1.0 / _REPORTS_PER_S:
-                last[0] = now
-                report(stage, key, media_s)
+            reached = int(10 * done_s / media_s) if media_s > 0 else 0
+            if now - last[0] >= 1.0 / _REPORTS_PER_S or reached > tenth[0]:
+                last[0], tenth[0] = now, max(tenth[0], reached)
+                report(stage, key, done_s)
 
         return progress
 
@@ -182,7 +185,7 @@ class StageWorker:
         if self._store is None:
             self._store = Store(self.store_path)
         group = self._store.session(task.session.id)
-        self.stage.progress_hook = self._progress_for(task.key)
+        self.stage.progress_hook = self._progress_for(task.key, task.media_s)
         setup_s = 0.0
         try:
             if task.window is not None:  # scratch output: the stage's own group is the join's to write

@@ -169,3 +169,35 @@ def test_help_imports_no_ml_library_store_or_ray() -> None:
                          env={**os.environ, "COLUMNS": "100"})
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
     assert "extract" in out.stdout and "align" in out.stdout
+
+
+def _complete(words: str) -> list[str]:
+    """What bash's completion function gets from ``ether-prep`` for the line ``words`` (Click's protocol: the
+    installed script calls the program with these variables), the cursor in the last word."""
+    exe = Path(sys.executable).with_name("ether-prep")
+    parts = words.split(" ")
+    env = {**os.environ, "_ETHER_PREP_COMPLETE": "complete_bash", "COMP_WORDS": words,
+           "COMP_CWORD": str(len(parts) - 1)}
+    out = subprocess.run([str(exe)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+def test_shell_completion_scripts_and_what_they_complete() -> None:
+    """--show-completion prints the script --install-completion installs (bash, zsh, fish); with it the shell
+    completes commands, options, stage names, export formats and pipeline names."""
+    exe = Path(sys.executable).with_name("ether-prep")
+    for shell, marker in (("bash", "complete -o default -F _ether_prep_completion ether-prep"),
+                          ("zsh", "compdef _ether_prep_completion ether-prep"),
+                          ("fish", "complete --command ether-prep")):
+        # The shell is detected from the parent process (shellingham); typer's own switch names it instead.
+        env = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+        script = subprocess.run([str(exe), "--show-completion", shell], capture_output=True, text=True, env=env,
+                                timeout=120)
+        assert script.returncode == 0 and marker in script.stdout and "_ETHER_PREP_COMPLETE" in script.stdout, \
+            (shell, script.stdout, script.stderr)
+    assert _complete("ether-prep ex") == ["extract", "export"]
+    assert "--format" in _complete("ether-prep export dest --for")
+    assert _complete("ether-prep export dest --format r") == ["rttm"]
+    assert _complete("ether-prep run raw --only fa") == ["face"]
+    assert {"default", "cpu"} <= set(_complete("ether-prep run raw -p "))

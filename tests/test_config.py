@@ -181,12 +181,58 @@ def test_stage_names_entries_and_order(tmp_path: Path) -> None:
 def test_pipeline_keys(tmp_path: Path) -> None:
     text = "version: 1\npipelines:\n  p:\n    descripton: x\n    stages:\n      - stage: audio\n"
     assert _error(tmp_path, text).endswith(":4: pipeline 'p': unknown key 'descripton'; did you mean "
-                                           "'description'? allowed: description, stages")
+                                           "'description'? allowed: description, extends, stages")
     text = "version: 1\npipelines:\n  p:\n    description: [a]\n    stages:\n      - stage: audio\n"
     assert _error(tmp_path, text).endswith(":4: pipeline 'p': 'description' must be text, got ['a']")
     text = "version: 1\npipelines:\n  p:\n    stages: audio\n"
     assert _error(tmp_path, text).endswith(":3: pipeline 'p': expected a mapping with a 'stages' list "
                                            "(stages: [- stage: NAME])")
+
+
+def test_a_local_file_extends_a_shipped_pipeline(tmp_path: Path) -> None:
+    """``extends`` takes a pipeline's stages (the same file's first, else the shipped file's, so ``cpu`` may extend
+    the shipped ``cpu``) and overrides them by stage name: params merge key by key, enabled replaces, a new stage is
+    added; doctor says which pipeline it extends; the runner would record the local file."""
+    text = ("version: 1\npipelines:\n  cpu:\n    extends: cpu\n    stages:\n      - stage: face\n"
+            "        params: {analysis_fps: 5.0}\n      - stage: qc\n        enabled: false\n"
+            "  slower:\n    extends: cpu\n    description: mine\n    stages:\n      - stage: align\n"
+            "        params: {rate_hz: 5.0}\n        resources: {num_cpus: 2}\n")
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(text)
+    shipped = load_pipeline("cpu")
+    mine = load_config(path)
+    cpu, slower = mine["cpu"], mine["slower"]
+    assert cpu.extends == "cpu (shipped)" and slower.extends == "cpu" and cpu.source == path
+    assert cpu.description == shipped.description and slower.description == "mine"
+    assert [s.name for s in cpu.stages] == [s.name for s in shipped.stages]
+    face, shipped_face = cpu.stage("face"), shipped.stage("face")
+    assert face.params.analysis_fps == 5.0 and shipped_face.params.analysis_fps != 5.0
+    assert dataclasses.replace(face.params, analysis_fps=shipped_face.params.analysis_fps) == shipped_face.params
+    assert face.model == shipped_face.model and face.resources == shipped_face.resources
+    assert not cpu.stage("qc").enabled and cpu.stage("transcribe") == shipped.stage("transcribe")
+    # A chain within the file: slower extends the local cpu.
+    align = slower.stage("align")
+    assert align.params.rate_hz == 5.0 and align.resources.num_cpus == 2 and slower.stage("face") == face
+    assert align.params.pad_s == shipped.stage("align").params.pad_s
+    result = CliRunner().invoke(app, ["doctor", "--config", str(path), "--pipeline", "slower", "--out",
+                                      str(tmp_path / "none.zarr")])
+    assert f"'slower' of {path}, extending cpu" in result.output, result.output
+
+
+def test_extends_errors_name_the_file_the_line_and_the_key(tmp_path: Path) -> None:
+    text = ("version: 1\npipelines:\n  a:\n    extends: cpx\n  b:\n    extends: cpu\n    stages:\n"
+            "      - stage: face\n        params: {analysis_fpz: 5.0}\n  c:\n    extends: d\n  d:\n    extends: c\n"
+            "  e:\n    extends: [cpu]\n")
+    message = _error(tmp_path, text)
+    path = tmp_path / "pipelines.yaml"
+    assert message.startswith(f"{path}: 5 problems:")
+    assert f"{path}:4: pipeline 'a': 'extends: cpx': no pipeline of that name in this file or in the shipped " \
+           f"pipelines.yaml; known: b, c, cpu, d, default, e" in message
+    assert f"{path}:9: pipeline 'b': stage 'face': unknown parameter 'analysis_fpz'; did you mean 'analysis_fps'?" \
+        in message
+    assert f"{path}:11: pipeline 'c': 'extends: d' loops back to itself" in message
+    assert f"{path}:13: pipeline 'd': 'extends: c' loops back to itself" in message
+    assert f"{path}:15: pipeline 'e': 'extends' must name a pipeline, got ['cpu']" in message
 
 
 def test_top_level(tmp_path: Path) -> None:

@@ -58,7 +58,8 @@ def test_shuffled_dataloader_over_a_mixed_store(aligned: dict[str, object], seed
     ds = store.utterances()
     assert len(store.sessions()) == 4
     names = ds.feature_names
-    assert len(names) == 31 and names[:2] == ["AU01", "AU02"] and names[-1] == "mouth_open"
+    assert len(names) == 33 and names[:2] == ["AU01", "AU02"] and names[-3:] == ["mouth_open", "gaze_angle_x",
+                                                                                 "gaze_angle_y"]
     torch.manual_seed(seed)
     loader = DataLoader(ds, batch_size=5, shuffle=True, num_workers=0, collate_fn=ds.collate)
     seen = 0
@@ -78,6 +79,10 @@ def test_pairs_dataset_and_pandas_views(aligned: dict[str, object]) -> None:
     store = ether_prep.open_store(aligned["store"])
     frame = store.to_pandas("utterances")
     assert len(frame) == len(store) and "utterance_index" in frame.columns
+    # Nullable integer ids stay integers in plain pandas (the audio-only call has no face: missing, not NaN).
+    for col in ("speaker_person", "listener_person", "speaker_track", "listener_track"):
+        assert str(frame[col].dtype) == "Int64", (col, frame[col].dtype)
+    assert frame.loc[frame["session_id"].str.startswith("sample"), "speaker_track"].isna().all()
     assert len(store.to_pandas("sessions")) == 4
     pairs = store.pairs()
     assert len(pairs) == len(store.to_pandas("pairs")) >= 1
@@ -86,7 +91,7 @@ def test_pairs_dataset_and_pandas_views(aligned: dict[str, object]) -> None:
     by_id = {u: store.utterances(ids=[u])[0] for u in ids}
     assert item["client"]["utterance_ids"] == list(ids)
     steps = sum(len(by_id[u]["time"]) for u in ids)
-    assert item["client"]["speaker_face"].shape == (steps, 31)
+    assert item["client"]["speaker_face"].shape == (steps, 33)
     assert np.array_equal(item["client"]["speaker_face"][: len(by_id[ids[0]]["time"])], by_id[ids[0]]["speaker_face"])
     batch = pairs.collate([pairs[i] for i in range(len(pairs))])
     assert batch["client"]["speaker_face"].shape[0] == len(pairs) == batch["counsellor"]["lengths"].shape[0]

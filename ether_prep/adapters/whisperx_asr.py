@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -190,15 +190,18 @@ class WhisperxTranscriber:
         self._align, self._align_language = (model, meta), language
         return model, meta
 
-    def transcribe(self, audio: np.ndarray) -> Transcription:
-        """Transcribe one recording; returns words with times in seconds from the start of ``audio``."""
+    def transcribe(self, audio: np.ndarray, progress: Callable[[float], None] | None = None) -> Transcription:
+        """Transcribe one recording; returns words with times in seconds from the start of ``audio``.
+        ``progress`` gets the share of whisperx's VAD chunks decoded (0..1), after each batch of them."""
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         self._model.extras = []
         self._vad.regions = []
         try:
             result = self.pipeline.transcribe(audio, batch_size=self.params.batch_size,
                                               chunk_size=self.params.chunk_s,
-                                              language=self.params.language)
+                                              language=self.params.language,
+                                              progress_callback=None if progress is None
+                                              else lambda percent: progress(percent / 100.0))
         except Exception as exc:
             raise StageError(f"whisperx transcription failed: {exc}") from exc
         segments = result["segments"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..face import POSE_NAMES
+from ..face.features import step_feature_names
 from .cues import face_cues
 from .linking import frame_interval
 
@@ -105,8 +105,9 @@ def offsets_from_lengths(lengths: Sequence[int] | np.ndarray) -> np.ndarray:
 
 
 def feature_names(au_names: Sequence[str], emotion_names: Sequence[str]) -> list[str]:
-    """Column names of the per-step face feature vector: AUs, emotions, head pose, mouth opening."""
-    return [*au_names, *emotion_names, *POSE_NAMES, "mouth_open"]
+    """Column names of the per-step face feature vector: AUs, emotions, head pose, mouth opening, gaze angles
+    (the order lives in :func:`ether_prep.face.features.step_feature_names`)."""
+    return step_feature_names(au_names, emotion_names)
 
 
 @dataclass

@@ -5,14 +5,18 @@ never sits in memory):
   ``.poses`` and ``.facebox`` views: ``frame`` (analysed-frame index), ``FaceRectX/Y/Width/Height``,
   ``FaceScore``, ``x_0..x_67``/``y_0..y_67`` (dlib-68 landmarks; MediaPipe's mesh sampled at the same points),
   the AUs ``AU01`` ... ``AU43`` and emotions ``anger`` ... ``neutral`` as stored, ``Pitch``, ``Roll``,
-  ``Yaw`` (degrees; ``X``, ``Y``, ``Z`` empty), py-feat's ``Identity`` (``Person_<person>``, so
+  ``Yaw`` (degrees; ``X``, ``Y``, ``Z`` empty), py-feat's gaze columns ``gaze_pitch`` (+ up), ``gaze_yaw`` (+
+  towards the person's right) and ``gaze_angle`` (from straight ahead; radians),
+  py-feat's ``Identity`` (``Person_<person>``, so
   ``Fex.identities`` works) and ``input`` (the recording, as the store names it), plus ours: ``time`` (s),
   ``track``, ``person`` (the same person across cuts, gaps and re-entries) and ``mouth_open``;
 - ``openface``: OpenFace 2.x names in OpenFace's order, its header separated by ``", "`` as OpenFace writes it
   (rows by plain commas, so an empty cell reads as NaN in plain pandas), which py-feat's
   ``feat.utils.io.read_openface`` reads: ``frame`` from 1, ``face_id`` = the person, ``timestamp``,
-  ``confidence``, ``success`` (0 on a row for a frame without any face), ``gaze_0_*``/``gaze_1_*``/
-  ``gaze_angle_*`` and ``pose_Tx/Ty/Tz`` empty (not computed), ``pose_Rx/Ry/Rz`` (radians, OpenFace's signs:
+  ``confidence``, ``success`` (0 on a row for a frame without any face), ``gaze_0_*``/``gaze_1_*`` (unit
+  vectors) and ``gaze_angle_x/y`` (radians) in OpenFace's conventions (:mod:`ether_prep.face.gaze`; per-eye
+  vectors empty with the pyfeat backend, which gives one direction per face), ``pose_Tx/Ty/Tz`` empty (not
+  computed), ``pose_Rx/Ry/Rz`` (radians, OpenFace's signs:
   pitch and roll flipped from py-feat's), ``x_0..x_67``/``y_0..y_67``, ``AUxx_r`` for the AUs OpenFace has (our
   AU43, eyes closed, is its AU45, blink), scaled x5 to OpenFace's 0-5 range, and ``AUxx_c`` presence, 1 where
   the stored AU value is at least 0.5: with the mediapipe backend both stay blendshape-derived scores, not
@@ -34,7 +38,9 @@ import numpy as np
 
 from ..deidentify import Deidentifier, face_column_shared
 from ..errors import StoreError
+from ..face import GAZE_NAMES
 from ..face.features import DLIB68_FROM_MP478
+from ..face.gaze import pyfeat_gaze
 from ..stages.face import FaceBlock, FaceStream, open_faces
 from ..store import SessionGroup
 from . import NothingToExport
@@ -47,8 +53,6 @@ _OPENFACE_AU_LIST = ("AU01", "AU02", "AU04", "AU05", "AU06", "AU07", "AU09", "AU
 _OURS = {"AU45": "AU43"}  # OpenFace's blink is our eyes closed
 _OPENFACE_AUS = {f"{au}_r": _OURS.get(au, au) for au in (*_OPENFACE_AU_LIST, "AU45")}
 _OPENFACE_PRESENCE = {f"{au}_c": _OURS.get(au, au) for au in (*_OPENFACE_AU_LIST, "AU28", "AU45")}
-_OPENFACE_GAZE = ["gaze_0_x", "gaze_0_y", "gaze_0_z", "gaze_1_x", "gaze_1_y", "gaze_1_z", "gaze_angle_x",
-                  "gaze_angle_y"]
 _PRESENT_AT = 0.5  # an AU value at or above which OpenFace's presence column says 1
 
 
@@ -118,16 +122,18 @@ def write_faces_csv(session: SessionGroup, dest_dir: Path, deid: Deidentifier | 
     source = deid.alias(session.id) if deid is not None else str(session.info.get("relpath", session.id))
     header = ["frame", "time", "track", "person", "Identity", "input", "FaceRectX", "FaceRectY", "FaceRectWidth",
               "FaceRectHeight", "FaceScore", *(f"x_{i}" for i in range(68)), *(f"y_{i}" for i in range(68)), *au_names,
-              *emotion_names, "Pitch", "Roll", "Yaw", "X", "Y", "Z", "mouth_open"]
+              *emotion_names, "Pitch", "Roll", "Yaw", "X", "Y", "Z", "gaze_pitch", "gaze_yaw", "gaze_angle",
+              "mouth_open"]
     dest = _dest(session, dest_dir, "faces", deid)
     with _Csv(dest, header, deid) as out:
         for blk in _blocks(faces):
+            gaze = pyfeat_gaze(blk.gaze[..., 6:]).reshape(*blk.gaze.shape[:2], 3)
             for f, k in zip(*np.nonzero(np.isfinite(blk.box[:, :, 0])), strict=True):
                 x0, y0, x1, y1 = blk.box[f, k]
                 yaw, pitch, roll = blk.pose[f, k]
                 values = [x0, y0, x1 - x0, y1 - y0, blk.score[f, k], *blk.landmarks68[f, k, :, 0],
                           *blk.landmarks68[f, k, :, 1], *blk.au[f, k], *blk.emotion[f, k], pitch, roll, yaw,
-                          np.nan, np.nan, np.nan, blk.mouth[f, k]]
+                          np.nan, np.nan, np.nan, *gaze[f, k], blk.mouth[f, k]]
                 pid = "" if person is None else int(person[k])
                 row = [int(blk.frames[f]), f"{blk.times[f]:.4f}", int(k), pid, "" if pid == "" else f"Person_{pid}",
                        source, *(_fmt(float(v)) for v in values)]
@@ -142,12 +148,12 @@ def write_openface_csv(session: SessionGroup, dest_dir: Path, deid: Deidentifier
     intensity = [au_index.get(au) for au in _OPENFACE_AUS.values()]
     presence = [au_index.get(au) for au in _OPENFACE_PRESENCE.values()]
     face_id = faces.person if faces.person is not None else np.arange(faces.n_tracks)
-    header = ["frame", "face_id", "timestamp", "confidence", "success", *_OPENFACE_GAZE, "pose_Tx", "pose_Ty",
+    header = ["frame", "face_id", "timestamp", "confidence", "success", *GAZE_NAMES, "pose_Tx", "pose_Ty",
               "pose_Tz", "pose_Rx", "pose_Ry", "pose_Rz", *(f"x_{i}" for i in range(68)),
               *(f"y_{i}" for i in range(68)), *_OPENFACE_AUS, *_OPENFACE_PRESENCE]
     dest = _dest(session, dest_dir, "openface", deid)
     empty = [""] * (len(header) - 5)
-    unknown = [""] * (len(_OPENFACE_GAZE) + 3)  # gaze and head position: not computed
+    unknown = [""] * 3  # head position: not computed
     with _Csv(dest, header, deid, header_sep=", ") as out:
         for blk in _blocks(faces):
             present = np.isfinite(blk.box[:, :, 0])
@@ -164,5 +170,6 @@ def write_openface_csv(session: SessionGroup, dest_dir: Path, deid: Deidentifier
                     on = ["" if j is None or not np.isfinite(au[j]) else int(au[j] >= _PRESENT_AT)
                           for j in presence]
                     out.row([int(blk.frames[f]) + 1, int(face_id[k]), stamp, _fmt(float(blk.score[f, k])), 1,
-                             *unknown, *(_fmt(float(v)) for v in values), *on])
+                             *(_fmt(float(v)) for v in blk.gaze[f, k]), *unknown, *(_fmt(float(v)) for v in values),
+                             *on])
     return dest

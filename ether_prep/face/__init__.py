@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["AU_NAMES", "EMOTION_NAMES", "POSE_NAMES", "FrameFaces"]
+__all__ = ["AU_NAMES", "EMOTION_NAMES", "GAZE_NAMES", "POSE_NAMES", "FrameFaces"]
 
 # The fixed AU list of the output schema (py-feat v2's 20 AUs); NaN columns where a backend has none.
 AU_NAMES: tuple[str, ...] = (
@@ -19,6 +19,10 @@ AU_NAMES: tuple[str, ...] = (
 )
 EMOTION_NAMES: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
 POSE_NAMES: tuple[str, ...] = ("yaw", "pitch", "roll")
+# Eye gaze, OpenFace 2's columns: per-eye unit vectors (camera frame) and the two angles in radians; see
+# :mod:`ether_prep.face.gaze`.
+GAZE_NAMES: tuple[str, ...] = ("gaze_0_x", "gaze_0_y", "gaze_0_z", "gaze_1_x", "gaze_1_y", "gaze_1_z",
+                               "gaze_angle_x", "gaze_angle_y")
 
 
 @dataclass
@@ -27,7 +31,9 @@ class FrameFaces:
 
     ``landmarks`` are pixel x, y and z (z NaN where a backend has none); ``pose`` is yaw, pitch, roll in
     degrees; ``mouth_open`` is lip aperture over mouth width (0 closed .. ~1 wide open); ``identity`` is the
-    backend's own face-identity embedding (n, E) where it has one (py-feat's ArcFace), else None.
+    backend's own face-identity embedding (n, E) where it has one (py-feat's ArcFace), else None; ``gaze``
+    is the backend's own gaze (n, 8) in :data:`GAZE_NAMES` order where it has one (py-feat's), else None:
+    then it comes from the iris landmarks (:func:`ether_prep.face.gaze.frame_gaze`).
     """
 
     boxes: np.ndarray  # (n, 4) x0, y0, x1, y1
@@ -38,6 +44,7 @@ class FrameFaces:
     pose: np.ndarray  # (n, 3)
     mouth_open: np.ndarray  # (n,)
     identity: np.ndarray | None = None  # (n, E)
+    gaze: np.ndarray | None = None  # (n, 8)
 
     @property
     def n(self) -> int:

@@ -6,7 +6,7 @@
   :meth:`~FaceDetector.detect` takes a batch of frames of one size.
 - ``mediapipe``: the Face Landmarker's landmarks, blendshapes and transformation matrices, converted by
   :mod:`ether_prep.face.features` (blendshape-derived AUs, EMFACS emotion scores, head pose, mouth opening).
-- ``pyfeat``: py-feat's own AUs, emotions and pose, on batches; its ArcFace identity when asked for.
+- ``pyfeat``: py-feat's own AUs, emotions, pose and gaze, on batches; its ArcFace identity when asked for.
 - :class:`Embedder`: a face-identity embedding per detection, ``dlib`` (dlib's ResNet descriptor, any
   backend) or ``pyfeat`` (the ArcFace embedding py-feat computed with the AUs).
 
@@ -35,6 +35,7 @@ from .features import (
     mouth_open_from_landmarks,
     pose_from_matrices,
 )
+from .gaze import gaze_from_angles
 
 if TYPE_CHECKING:
     from ..adapters.pyav import VideoFrame
@@ -119,6 +120,7 @@ class MediaPipeBackend(FaceBackend):
         "au_kind": "blendshape-derived scores (MediaPipe), not FACS-coded intensities",
         "emotion_kind": "EMFACS prototype match scores from the AUs, not probabilities",
         "score_kind": "1.0 = passed the configured confidences (MediaPipe exposes no score)",
+        "gaze_kind": "iris landmarks and head pose, geometric, not calibrated per person (ether_prep.face.gaze)",
     }
 
     @classmethod
@@ -219,7 +221,8 @@ class PyFeatBackend(FaceBackend):
     libraries = ("av", "py-feat", "torch", "scipy")
     cuda_engines = ("torch",)
     kinds: ClassVar[dict[str, str]] = {"au_kind": "py-feat AU probabilities",
-                                       "emotion_kind": "py-feat emotion probabilities"}
+                                       "emotion_kind": "py-feat emotion probabilities",
+                                       "gaze_kind": "py-feat's own gaze model, one direction per face (angles only)"}
 
     @classmethod
     def describe(cls, model: str | None, params: FaceModelParams) -> dict[str, str]:
@@ -281,8 +284,11 @@ def _from_pyfeat(faces: PyFeatFaces) -> FrameFaces:
     for j, name in enumerate(("Yaw", "Pitch", "Roll")):
         if name in cols:
             pose[:, j] = cols[name]
+    # py-feat's own gaze (one direction per face; its 68 points have no irises): OpenFace's angles.
+    gaze = (gaze_from_angles(cols["gaze_pitch"], cols["gaze_yaw"]) if "gaze_pitch" in cols and "gaze_yaw" in cols
+            else None)
     return FrameFaces(faces.boxes, faces.scores, lm, aus, emotions, pose, mouth_open_from_landmarks(lm),
-                      faces.identity)
+                      faces.identity, gaze)
 
 
 # py-feat frames per model call by device memory (GiB, at least): a 640x360 frame through Detectorv2 is small next

@@ -60,9 +60,11 @@ camera), decomposed as R = Rz(roll) Ry(yaw) Rx(pitch), in degrees, with py-feat'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from . import AU_NAMES, EMOTION_NAMES
+from . import AU_NAMES, EMOTION_NAMES, GAZE_NAMES, POSE_NAMES
 
 __all__ = [
     "BLENDSHAPE_NAMES",
@@ -73,6 +75,8 @@ __all__ = [
     "emotions_from_aus",
     "mouth_open_from_landmarks",
     "pose_from_matrices",
+    "step_feature_names",
+    "step_features",
 ]
 
 # MediaPipe Face Landmarker's 52 blendshape categories, in its output order.
@@ -217,3 +221,21 @@ def boxes_from_landmarks(landmarks: np.ndarray, width: int, height: int) -> np.n
     boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, width)
     boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, height)
     return boxes.astype(np.float32)
+
+
+# The face stage's values that go into the per-step feature vector of the utterance tensors (the one place that
+# says which and in what order): AUs, emotions, head pose, mouth opening, the two gaze angles.
+_STEP_GAZE = (GAZE_NAMES.index("gaze_angle_x"), GAZE_NAMES.index("gaze_angle_y"))
+
+
+def step_feature_names(au_names: Sequence[str], emotion_names: Sequence[str]) -> list[str]:
+    """Column names of :func:`step_features`' last axis."""
+    return [*au_names, *emotion_names, *POSE_NAMES, "mouth_open", *(GAZE_NAMES[i] for i in _STEP_GAZE)]
+
+
+def step_features(au: np.ndarray, emotion: np.ndarray, pose: np.ndarray, mouth_open: np.ndarray,
+                  gaze: np.ndarray) -> np.ndarray:
+    """The face stage's (..., A), (..., E), (..., 3), (...), (..., 8) arrays -> (..., D) float64 per-step features
+    in :func:`step_feature_names` order."""
+    return np.concatenate([au, emotion, pose, mouth_open[..., None], gaze[..., list(_STEP_GAZE)]],
+                          axis=-1).astype(np.float64)

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..scratch import ScratchDir
-from . import AU_NAMES, EMOTION_NAMES, FrameFaces
+from . import AU_NAMES, EMOTION_NAMES, GAZE_NAMES, FrameFaces
+from .gaze import frame_gaze
 from .identity import TrackIdentities, cannot_link_pairs, cluster_persons
 from .shots import ShotDetector
 from .spool import DetectionSpool
@@ -77,7 +78,8 @@ class FaceSequence:
                 "frame": ((), np.int64), "track": ((), np.int64), "au": ((len(AU_NAMES),), np.float32),
                 "emotion": ((len(EMOTION_NAMES),), np.float32), "pose": ((3,), np.float32),
                 "box": ((4,), np.float32), "score": ((), np.float32), "mouth_open": ((), np.float32),
-                "landmarks": ((n_landmarks, 3), np.float32)}, self._scratch.path / "detections")
+                "landmarks": ((n_landmarks, 3), np.float32), "gaze": ((len(GAZE_NAMES),), np.float32)},
+                self._scratch.path / "detections")
             self.frames = DetectionSpool({"time": ((), np.float64), "shot": ((), np.int32)},
                                          self._scratch.path / "frames")
         except BaseException:
@@ -107,7 +109,7 @@ class FaceSequence:
         if faces.n:
             self.detections.append(frame=np.full(faces.n, self.n_frames), track=ids, au=faces.aus,
                                    emotion=faces.emotions, pose=faces.pose, box=faces.boxes, score=faces.scores,
-                                   mouth_open=faces.mouth_open, landmarks=faces.landmarks)
+                                   mouth_open=faces.mouth_open, landmarks=faces.landmarks, gaze=frame_gaze(faces))
         self.n_frames += 1
 
     def _identify(self, t: float, frame: Callable[[], VideoFrame], faces: FrameFaces, ids: np.ndarray) -> None:

@@ -14,6 +14,7 @@ choosing a backend imports nothing heavy; the stages hold no backend branches.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -48,8 +49,9 @@ class Transcriber(Protocol):
         """``{"id", "source", ...}`` of the model ``model`` resolves to, without loading it."""
         ...
 
-    def transcribe(self, audio: np.ndarray) -> Transcription:
-        """Words of one 16 kHz mono recording, with the speech regions the transcriber found."""
+    def transcribe(self, audio: np.ndarray, progress: Callable[[float], None] | None = None) -> Transcription:
+        """Words of one 16 kHz mono recording, with the speech regions the transcriber found; ``progress``
+        (when given) is called with the share of the recording's speech decoded so far (0..1)."""
         ...
 
     def decode_windows(self, pieces: list[np.ndarray], language: str | None = None) -> list[Transcription]:

@@ -69,6 +69,7 @@ from ..align.roles import HEURISTICS, ROLE_KEYS, assign_roles, listener_of, sess
 from ..align.tensors import UtteranceTensors, cut_utterances, feature_names, padded
 from ..errors import StageError
 from ..face import AU_NAMES, EMOTION_NAMES
+from ..face.features import step_features
 from ..store import read_table, write_array, write_labels, write_ragged, write_table
 from .audio import read_audio
 from .base import Each, Stage
@@ -147,7 +148,7 @@ def _load_faces(store: SessionGroup, window_s: float) -> _Faces | None:
     present = out.present
     mouth = mouth_signal(out.mouth_open, out.au, out.au_names)
     mouth[~present] = np.nan
-    features = np.concatenate([out.au, out.emotion, out.pose, out.mouth_open[..., None]], axis=-1)
+    features = step_features(out.au, out.emotion, out.pose, out.mouth_open, out.gaze)
     features[~present] = np.nan
     persons, p_present, (p_features, p_mouth, p_box) = by_person(out.person, present, features, mouth, out.box)
     with warnings.catch_warnings():  # a person with no box at all keeps NaN

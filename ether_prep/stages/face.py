@@ -34,6 +34,10 @@ Output group ``face/`` (F analysed frames, T tracks; NaN where a track has no fa
     score       (F, T)        float32  detection score
     mouth_open  (F, T)        float32  lip aperture / mouth width (0 closed .. ~1 wide open)
     landmarks   (F, T, L, 3)  float32  pixel x, y and z (NaN where none); L = 478 (mediapipe) or 68 (pyfeat)
+    gaze        (F, T, 8)     float32  attrs.names = gaze_0_x/y/z, gaze_1_x/y/z (unit vectors, camera frame),
+                                       gaze_angle_x, gaze_angle_y (radians; OpenFace's conventions, see
+                                       ether_prep.face.gaze): from the iris landmarks (mediapipe) or py-feat's
+                                       own gaze (angles only)
     tracks      table: track, first_time, last_time, n_frames, box_x0, box_y0, box_x1, box_y1 (mean box),
                        person, shot (index of the shot the track lives in), n_embeddings
     person      (T,)          int64    person id of each track column (0.. in order of first appearance)
@@ -82,8 +86,9 @@ import numpy as np
 
 from ..contracts import check_device
 from ..errors import InputError, StageError
-from ..face import AU_NAMES, EMOTION_NAMES, POSE_NAMES, FrameFaces
+from ..face import AU_NAMES, EMOTION_NAMES, GAZE_NAMES, POSE_NAMES, FrameFaces
 from ..face.backends import BACKENDS, EMBEDDERS, FaceBackend, FaceDetector
+from ..face.gaze import frame_gaze
 from ..face.sequence import FaceSequence, descriptors
 from ..face.shots import ShotDetector
 from ..records import FaceTrack
@@ -117,7 +122,7 @@ __all__ = ["FaceBlock", "FaceCounts", "FaceOutputs", "FaceParams", "FaceStage", 
            "read_face_counts", "read_faces"]
 
 # Per-face values a window stores: FrameFaces' (boxes .. mouth_open, in its order), then appearance descriptors.
-_WINDOW_ROWS = ("box", "score", "landmarks", "au", "emotion", "pose", "mouth_open", "descriptor")
+_WINDOW_ROWS = ("box", "score", "landmarks", "au", "emotion", "pose", "mouth_open", "descriptor", "gaze")
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _END = object()
 _MODEL_AHEAD = 2  # batches the model may run ahead of the post-processing
@@ -276,7 +281,7 @@ class FaceStage(Stage):
     """Faces, AUs, emotions, head pose, landmarks and face tracks per analysed frame."""
 
     name = "face"
-    version = "3"  # 3: times on the session clock (a video starting after its audio has later times)
+    version = "4"  # 3: times on the session clock (a video starting after its audio has later times); 4: gaze
     family = "extract"
     requires = ()
     needs_stream = "video"
@@ -348,6 +353,7 @@ class FaceStage(Stage):
                 for batch, found in batches:
                     for frame, faces in zip(batch, found, strict=True):
                         sequence.add(frame, faces)
+                    self.report_progress(batch[-1].time)
             if stats.decoded == 0:
                 raise InputError(f"{session.path}: no video frame could be decoded "
                                  f"({stats.corrupt} corrupt packet(s))")
@@ -477,7 +483,8 @@ class FaceStage(Stage):
             lo, hi = int(bounds[i]), int(bounds[i + 1])
             faces = FrameFaces(rows["box"][lo:hi], rows["score"][lo:hi], rows["landmarks"][lo:hi],
                                rows["au"][lo:hi], rows["emotion"][lo:hi], rows["pose"][lo:hi],
-                               rows["mouth_open"][lo:hi], identity[lo:hi] if identity is not None else None)
+                               rows["mouth_open"][lo:hi], identity[lo:hi] if identity is not None else None,
+                               rows["gaze"][lo:hi])
             score = float(scores[i])
             sequence.add_measured(t, (int(sizes[i, 0]), int(sizes[i, 1])), None if np.isnan(score) else score,
                                   faces, rows["descriptor"][lo:hi] if hi > lo else None,
@@ -535,6 +542,7 @@ class FaceStage(Stage):
         return {
             "backend": self.spec.backend, "model": info.get("id"), "model_source": info.get("source"),
             "au_names": list(AU_NAMES), "emotion_names": list(EMOTION_NAMES), "pose_names": list(POSE_NAMES),
+            "gaze_names": list(GAZE_NAMES),
             "analysis_fps": p.analysis_fps, "frames_decoded": stats.decoded, "frames_analysed": n_frames,
             "frames_corrupt": stats.corrupt, "session_origin": stats.origin, "start_offset": stats.start,
             "frame_width": sequence.size[0], "frame_height": sequence.size[1],
@@ -565,7 +573,9 @@ _DENSE = [("au", "au_name", AU_NAMES, {"names": list(AU_NAMES)}),
           ("pose", "angle", POSE_NAMES, {"names": list(POSE_NAMES), "units": "degrees"}),
           ("box", "box_edge", ("x0", "y0", "x1", "y1"), {"names": ["x0", "y0", "x1", "y1"], "units": "px"}),
           ("score", None, (), {}), ("mouth_open", None, (), {"description": "lip aperture / mouth width"}),
-          ("landmarks", "xyz", ("x", "y", "z"), {"names": ["x", "y", "z"], "units": "px"})]
+          ("landmarks", "xyz", ("x", "y", "z"), {"names": ["x", "y", "z"], "units": "px"}),
+          ("gaze", "gaze_name", GAZE_NAMES, {"names": list(GAZE_NAMES), "units": "unit vectors; angles in radians",
+                                             "description": "eye gaze, OpenFace's columns (ether_prep.face.gaze)"})]
 
 
 def _write_dense(out: zarr.Group, spool: DetectionSpool, name: str, tracks: Tracks, n_frames: int,
@@ -613,7 +623,7 @@ class _WindowFrames:
         self.counts.append(faces.n)
         desc = descriptors(frame.rgb, faces)
         values = (faces.boxes, faces.scores, faces.landmarks, faces.aus, faces.emotions, faces.pose,
-                  faces.mouth_open, desc if desc is not None else np.zeros((0, 64), np.float32))
+                  faces.mouth_open, desc if desc is not None else np.zeros((0, 64), np.float32), frame_gaze(faces))
         for key, value in zip(_WINDOW_ROWS, values, strict=True):
             self.rows[key].append(value)
         self.identity.append(faces.identity)
@@ -647,6 +657,7 @@ class FaceOutputs:
     au_names: list[str]
     emotion_names: list[str]
     tracks: list[FaceTrack]
+    gaze: np.ndarray  # (F, T, 8) GAZE_NAMES (NaN in a store written before gaze existed)
 
     @property
     def present(self) -> np.ndarray:
@@ -679,8 +690,10 @@ def read_faces(store: SessionGroup) -> FaceOutputs | None:
                         int(t["n_frames"][i]), (float(t["box_x0"][i]), float(t["box_y0"][i]),
                                                 float(t["box_x1"][i]), float(t["box_y1"][i])),
                         int(person[i]), int(shot[i])) for i in range(n)]
+    gaze = (np.asarray(g["gaze"][...], dtype=np.float64) if "gaze" in g
+            else np.full((*arrays["score"].shape, len(GAZE_NAMES)), np.nan))
     return FaceOutputs(**arrays, au_names=list(g["au"].attrs["names"]),
-                       emotion_names=list(g["emotion"].attrs["names"]), tracks=tracks)
+                       emotion_names=list(g["emotion"].attrs["names"]), tracks=tracks, gaze=gaze)
 
 
 @dataclass(frozen=True)
@@ -713,6 +726,7 @@ class FaceBlock:
     pose: np.ndarray
     mouth: np.ndarray
     landmarks: np.ndarray | None
+    gaze: np.ndarray  # (F, T, 8) GAZE_NAMES; NaN in a store written before gaze existed
 
 
 class FaceStream:
@@ -730,12 +744,13 @@ class FaceStream:
         g = self._group
         times = g["time"][...]
         rows = max(1, g["au"].chunks[0])
-        has_landmarks = "landmarks" in g
+        has_landmarks, has_gaze = "landmarks" in g, "gaze" in g
         for a in range(0, g["box"].shape[0], rows):
             b = min(a + rows, g["box"].shape[0])
+            gaze = g["gaze"][a:b] if has_gaze else np.full((b - a, self.n_tracks, len(GAZE_NAMES)), np.nan)
             yield FaceBlock(np.arange(a, b), times[a:b], g["box"][a:b], g["score"][a:b], g["au"][a:b],
                             g["emotion"][a:b], g["pose"][a:b], g["mouth_open"][a:b],
-                            g["landmarks"][a:b] if has_landmarks else None)
+                            g["landmarks"][a:b] if has_landmarks else None, gaze)
 
 
 def open_faces(store: SessionGroup) -> FaceStream | None:

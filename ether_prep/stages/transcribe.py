@@ -199,14 +199,18 @@ class TranscribeStage(Stage):
             self._asr.close()
             self._asr = None
 
-    def transcribe(self, audio: np.ndarray, sample_rate: int) -> tuple[list[Word], dict[str, Any]]:
-        """Words of one mono 16 kHz signal, timing fixed up and completed; plus what was found and done."""
+    def transcribe(self, audio: np.ndarray, sample_rate: int, done_s: float = 0.0,
+                   share: float = 1.0) -> tuple[list[Word], dict[str, Any]]:
+        """Words of one mono 16 kHz signal, timing fixed up and completed; plus what was found and done. As its
+        speech is decoded, progress is reported in media seconds: ``done_s`` plus ``share`` of its length (a
+        channel of several counts for its share of the recording)."""
         self.setup()
         assert self._asr is not None
         if sample_rate != 16000:
             raise StageError(f"transcribe needs 16 kHz audio, the audio stage wrote {sample_rate} Hz; set "
                              f"`sample_rate: 16000` on the audio stage")
-        result = self._asr.transcribe(audio)
+        length_s = share * len(audio) / sample_rate
+        result = self._asr.transcribe(audio, lambda done: self.report_progress(done_s + done * length_s))
         energy = frame_energy_db(audio, sample_rate)
         words = self._timed(result.words, energy, "batch")
         info = {"language": result.language, "aligner": result.aligner, "n_segments": result.n_segments,
@@ -310,7 +314,8 @@ class TranscribeStage(Stage):
         words, infos, speech = [], [], []
         for ch, audio in enumerate(signals):
             channel = ch if per_channel is not None else -1
-            w, info = self.transcribe(audio, sample_rate)
+            share = 1.0 / len(signals)
+            w, info = self.transcribe(audio, sample_rate, ch * share * len(audio) / sample_rate, share)
             words.extend({**x, "channel": channel} for x in w)
             speech.extend((s, e, channel) for s, e in info["speech"])
             infos.append({**info, "uncovered": [{**u, "channel": channel} if per_channel is not None else u

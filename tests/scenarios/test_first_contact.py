@@ -64,9 +64,15 @@ def test_batch_log_has_a_line_per_session_and_stage_in_order(clips: Path, tmp_pa
     assert len(sessions) == 2
     for sid in sessions:
         for stage in ("audio", "face"):
-            said = [what for s, st, what in lines if s == sid and st == stage]
+            said = [what for s, st, what in lines if s == sid and st == stage and "% (" not in what]
             assert said[0] == "started" and len(said) == 2, said
             assert re.fullmatch(r"done in \d+\.\d s", said[1]), said
+        # Progress within the session: the face stage reports every frame, so each tenth of its media is logged
+        # once, in order, between its start and its end.
+        face = [what for s, st, what in lines if s == sid and st == "face"]
+        percents = [int(m.group(1)) for w in face if (m := re.fullmatch(r"(\d+)% \(\d+\.\d/\d+\.\d s media\)", w))]
+        assert percents == list(range(10, 100, 10)), face
+        assert face[0] == "started" and face[-1].startswith("done in"), face
     # In order: a session's face starts after its audio is done, and every line precedes the summary on stdout.
     order = [(s, st, what.split()[0]) for s, st, what in lines]
     for sid in sessions:
@@ -74,6 +80,29 @@ def test_batch_log_has_a_line_per_session_and_stage_in_order(clips: Path, tmp_pa
     assert not [ln for ln in text.splitlines() if any(m in ln for m in NATIVE)]
     cached = _extract(clips, tmp_path / "s.zarr", "-v")  # a rerun says each stage is cached, once
     assert len(re.findall(r"INFO ether_prep\.progress: \S+ \[face\]: cached", cached.stderr)) == 2
+
+
+@pytest.mark.slow
+def test_batch_log_shows_transcription_moving_within_a_session(tmp_path: Path) -> None:
+    """whisperx reports each VAD chunk it has decoded: a 30 s call cut into 5 s chunks logs its progress in
+    tenths, rising, between the stage's start and end."""
+    from ..conftest import pipeline_file
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "sample.wav").symlink_to(DATA / "diarization" / "sample.wav")
+    config = pipeline_file(tmp_path, "cpu", transcribe={"chunk_s": 5, "completeness": False})
+    cmd = [sys.executable, "-m", "ether_prep", "extract", str(raw), "--out", str(tmp_path / "s.zarr"), "-p", "cpu",
+           "--config", str(config), "-x", "inline", "--only", "audio", "--only", "transcribe"]
+    log = tmp_path / "stderr.log"
+    with log.open("w") as fh:  # off a terminal, without -v: the batch-log lines all the same
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=fh, text=True, env=ENV, cwd=ROOT, timeout=600)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-2000:]
+    said = re.findall(r"INFO ether_prep\.progress: \S+ \[transcribe\]: (.*)$", text, re.M)
+    percents = [int(m.group(1)) for w in said if (m := re.fullmatch(r"(\d+)% \(.*s media\)", w))]
+    assert len(percents) >= 2 and percents == sorted(set(percents)) and percents[0] > 0 and percents[-1] < 100, said
+    assert said[0] == "started" and said[-1].startswith("done in"), said
 
 
 # ------------------------------------------------------------------ the small things

@@ -95,6 +95,23 @@ def test_tensors_cover_each_utterance_from_distinct_tracks(aligned: dict[str, ob
     assert n_both >= 2  # both utterances of the side-by-side clip have a speaker and a listener face
 
 
+def test_gaze_angles_are_tensor_features(aligned: dict[str, object]) -> None:
+    """The speaker's gaze angles (radians) are per-step features of the utterance tensors, with values where a face
+    is seen, and in the pooled statistics."""
+    root = zarr.open_group(str(aligned["store"]), mode="r", zarr_format=3, use_consolidated=False)
+    sid = next(s for s in root["sessions"].group_keys() if s.startswith("grid_two_faces"))
+    align = root["sessions"][sid]["align"]
+    names = list(align.attrs["feature_names"])
+    assert names[-2:] == ["gaze_angle_x", "gaze_angle_y"] and names[-3] == "mouth_open"
+    available = dict(zip(names, align.attrs["features_available"], strict=True))
+    assert available["gaze_angle_x"] and available["gaze_angle_y"]
+    face, mask = align["tensors/face"][...], align["tensors/mask"][...]
+    gaze = face[:, 0, -2:][mask[:, 0]]
+    assert gaze.size and np.isfinite(gaze).all() and (np.abs(gaze) < np.pi / 2).all() and np.abs(gaze).max() > 0
+    pooled = align["pooled"][...]
+    assert np.isfinite(pooled[:, 0, 0, -2:]).any()  # the mean over the utterance
+
+
 @pytest.mark.slow
 def test_mask_is_false_where_the_face_is_missing(aligned: dict[str, object]) -> None:
     _, g = _session(aligned["store"], "bbaf2n_face_hidden")

@@ -388,6 +388,8 @@ def test_pyfeat_backend_offline_with_random_weights(tmp_path_factory: pytest.Tem
     au = out["au"][...][present]
     assert np.isfinite(au).all() and ((au >= 0) & (au <= 1)).all()  # probabilities, though meaningless
     assert np.isnan(out["landmarks"][..., 2]).all()  # 68 points in 2-D
+    gaze = out["gaze"][...][present]  # py-feat's own gaze: one direction per face, as OpenFace's two angles
+    assert out["gaze"].shape == (n, t_, 8) and np.isnan(gaze[:, :6]).all() and np.isfinite(gaze[:, 6:]).all()
     assert read_table(out, "tracks")["n_frames"].sum() == present.sum()
     # py-feat's own ArcFace identity (512-d; meaningless here too) is what the persons come from.
     assert out.attrs["identity_model"] == "py-feat arcface" and out["identity"].shape == (t_, 512)
