@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from ..records import Session
     from ..store import SessionGroup
 
-__all__ = ["VoiceOutputs", "VoiceStage", "VoiceStageParams", "read_voice"]
+__all__ = ["VoiceOutputs", "VoiceStage", "VoiceStageParams", "read_voice", "utterance_inputs"]
 
 _SETS = ("eGeMAPSv02", "GeMAPSv01b", "ComParE_2016")  # as the adapter names them (checked against it in tests)
 _LEVELS = {"lld": _SETS, "lld_deltas": ("ComParE_2016",)}
@@ -153,14 +153,16 @@ class VoiceStage(Stage):
 
     # -- the whole recording -----------------------------------------------------------------------------
     def run(self, session: Session, store: SessionGroup, out: zarr.Group) -> str | None:
-        audio = read_audio(store)
+        return self.compute(read_audio(store), _utterances(store), out)
+
+    def compute(self, audio: Audio, utts: dict[str, Any], out: zarr.Group) -> str | None:
+        """The whole recording's outputs from its audio and utterances (:func:`utterance_inputs`) into ``out``."""
         ex = self._extractor(audio.sample_rate)
         lld = self._create_lld(out, ex)
         for frames in self._frames(audio, ex, 0, None):
             lld.append(frames, axis=0)
-        utts = _utterances(store)
         funcs = self._functionals(audio, ex, utts["start"], utts["end"])
-        return self._finish(store, out, ex, utts, funcs)
+        return self._finish(out, ex, utts, funcs)
 
     def _create_lld(self, out: zarr.Group, ex: VoiceExtractor) -> zarr.Array:
         return create_array(out, "lld", (0, len(ex.lld_names)), np.float32, chunk_len=_CHUNK_FRAMES,
@@ -197,8 +199,7 @@ class VoiceStage(Stage):
                 out[i] = ex.functionals(audio.samples(round(s * rate), round(e * rate)))
         return out
 
-    def _finish(self, store: SessionGroup, out: zarr.Group, ex: VoiceExtractor, utts: dict[str, Any],
-                funcs: np.ndarray) -> str | None:
+    def _finish(self, out: zarr.Group, ex: VoiceExtractor, utts: dict[str, Any], funcs: np.ndarray) -> str | None:
         """Per-utterance summaries, cues and steps from the stored frames; the functionals; the attrs."""
         p: VoiceStageParams = self.params
         lld = out["lld"]
@@ -297,7 +298,7 @@ class VoiceStage(Stage):
             for a in range(0, part.shape[0], _CHUNK_FRAMES):
                 lld.append(np.asarray(part[a:a + _CHUNK_FRAMES]), axis=0)
             funcs[np.asarray(g["rows"][...], np.int64)] = np.asarray(g["functionals"][...])
-        note = self._finish(store, out, ex, utts, funcs)
+        note = self._finish(out, ex, utts, funcs)
         out.attrs["windows"] = joined_attrs(windows, first_frames=[int(g.attrs["first"]) for g in windows])
         return note
 
@@ -356,15 +357,20 @@ def _summaries(lld: Any, names: list[str], feature_set: str, ex: VoiceExtractor,
 
 
 def _utterances(store: SessionGroup) -> dict[str, Any]:
-    """The align stage's utterances as this stage needs them: times, speakers, grid rows, face and text cues."""
+    """The align stage's utterances as this stage needs them (:func:`utterance_inputs`)."""
     aligned = read_align(store)
-    t = aligned.utterances if aligned is not None else {}
+    return utterance_inputs(aligned.utterances if aligned is not None else {},
+                            aligned.attrs if aligned is not None else {})
+
+
+def utterance_inputs(t: dict[str, np.ndarray], attrs: dict[str, Any]) -> dict[str, Any]:
+    """What :meth:`VoiceStage.compute` reads of utterances: times, speakers, grid rows and face and text cues,
+    from a table with the align stage's columns and its attrs (``rate_hz``, ``cue_params``)."""
     n = len(t.get("id", []))
     flags = [tuple(x for x in str(f).split(";") if x) for f in t.get("flags", [])]
     cues = [UtteranceCues(float(t["text_valence"][i]), float(t["text_arousal"][i]), float(t["text_distress"][i]),
                           str(t["distress_word"][i]), float(t["face_valence"][i]), float(t["face_expressivity"][i]),
                           float(t["speaker_coverage"][i]), float(t["mismatch"][i]), flags[i]) for i in range(n)]
-    attrs = aligned.attrs if aligned is not None else {}
     return {"id": t.get("id", np.zeros(0, str)), "speaker": t.get("speaker", np.zeros(0, str)),
             "start": np.asarray(t.get("start", []), np.float64), "end": np.asarray(t.get("end", []), np.float64),
             "row_start": np.asarray(t.get("row_start", []), np.int64),
