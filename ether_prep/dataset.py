@@ -177,8 +177,8 @@ class AlignedStore:
         """A manifest as a pandas DataFrame: ``utterances``, ``pairs`` or ``sessions``, as it is now; a
         StoreError when any of its sessions was re-aligned after it was written."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
+        from .manifest import read_parquet
         from .store import stage_marker
 
         names = {"utterances": "utterances", "pairs": "dialogue_pairs", "sessions": "sessions"}
@@ -187,7 +187,7 @@ class AlignedStore:
         path = self._store.manifest_path(names[which])
         if not path.exists():
             raise StoreError(f"{self.path}: no {path.name}; run `ether-prep align --out {self.path}` first")
-        table = pq.read_table(path)
+        table = read_parquet(path)
         frame = table.to_pandas()
         for field in table.schema:  # nullable integer ids stay integers (plain pandas makes them float64)
             if pa.types.is_integer(field.type) and (table.column(field.name).null_count
