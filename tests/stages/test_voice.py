@@ -107,6 +107,24 @@ def test_blocks_give_the_frames_of_one_call_over_the_whole_file() -> None:
     assert np.allclose(got[finite], whole[finite], atol=1e-5)
 
 
+def test_a_session_without_speech_gets_descriptors_and_no_functionals(tmp_path: Path) -> None:
+    """The call's first 6 s (line silence, no utterance): frames over the whole span, F0 NaN throughout, no
+    functionals, and a note saying so."""
+    import zarr
+
+    from ether_prep.stages.audio import Audio
+    from ether_prep.stages.voice import VoiceStage, utterance_inputs
+
+    x = _wave(SAMPLE)[:6 * 16000]
+    stage = VoiceStage(next(s for s in pipeline("cpu").stages if s.name == "voice"))
+    out = zarr.open_group(str(tmp_path / "voice.zarr"), mode="w", zarr_format=3)
+    note = stage.compute(Audio(x, 16000, {"n_samples": len(x)}), utterance_inputs({}, {}), out)
+    assert note is not None and "no utterances: no functionals" in note
+    assert out["functionals"].shape == (0, 88) and out["steps/lld"].shape == (0, 25)
+    lld = np.asarray(out["lld"][...])
+    assert len(lld) >= 590 and np.isnan(lld[:, out.attrs["lld_names"].index(F0)]).all()
+
+
 def test_collate_fills_voice_of_a_session_without_audio() -> None:
     """A video without audio (no voice stage) batched with utterances that have voice: zeros, masks false,
     functionals NaN with functionals_present false."""
