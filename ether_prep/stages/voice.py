@@ -193,16 +193,17 @@ class VoiceStage(Stage):
         """(N, F) functionals of each utterance's samples ((N, 0) with ``functionals: false``)."""
         width = len(ex.functional_names) if self.params.functionals else 0
         out = np.full((len(starts), width), np.nan, np.float32)
-        if width:
+        if width and audio.waveform is not None:
             rate = audio.sample_rate
+            wave = _Ahead(audio.waveform, round(self.params.block_s * rate))
             for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
-                out[i] = ex.functionals(audio.samples(round(s * rate), round(e * rate)))
+                out[i] = ex.functionals(wave[round(s * rate):round(e * rate)])
         return out
 
     def _finish(self, out: zarr.Group, ex: VoiceExtractor, utts: dict[str, Any], funcs: np.ndarray) -> str | None:
         """Per-utterance summaries, cues and steps from the stored frames; the functionals; the attrs."""
         p: VoiceStageParams = self.params
-        lld = out["lld"]
+        lld = _Ahead(out["lld"], 2 * _CHUNK_FRAMES)  # utterances in time order: each chunk decoded about once
         names = ex.lld_names
         write_labels(out, "descriptor", names)
         write_array(out, "functionals", funcs, chunk_len=max(len(funcs), 1), dims=("utterance", "functional"))
@@ -218,12 +219,12 @@ class VoiceStage(Stage):
         self._write_steps(out, lld, ex, utts)
         out.attrs.update({
             "feature_set": p.feature_set, "level": p.level, "opensmile": _version(), "hop_s": ex.hop_s,
-            "frame_s": ex.frame_s, "n_frames": int(lld.shape[0]), "lld_names": names,
+            "frame_s": ex.frame_s, "n_frames": len(lld), "lld_names": names,
             "functional_names": ex.functional_names if p.functionals else [], "loudness": _LOUDNESS[p.feature_set],
             "f0": _F0[p.feature_set], "rate_hz": utts["rate_hz"], "flat_voice_max": p.flat_voice_max,
             "cue_params": dict(vars(cue_params)), "time": "frame k at k * hop_s + frame_s / 2 s (session clock)"})
         if not len(funcs):
-            return f"{lld.shape[0]} frame(s) of voice descriptors; no utterances: no functionals"
+            return f"{len(lld)} frame(s) of voice descriptors; no utterances: no functionals"
         short = int(np.isnan(funcs).all(axis=1).sum()) if funcs.shape[1] else 0
         return f"{short} utterance(s) too short for functionals (NaN rows)" if short else None
 
@@ -238,8 +239,8 @@ class VoiceStage(Stage):
         voiced = np.zeros(n_rows, bool)
         for r0, n, t0 in zip(utts["row_start"], utts["n_steps"], utts["grid_t0"], strict=True):
             grid = float(t0) + np.arange(int(n)) / rate
-            a, b = _frame_range(grid[0] - 1 / rate, grid[-1] + 1 / rate, ex, lld.shape[0]) if n else (0, 0)
-            means, present = frame_means(np.asarray(lld[a:b]), a, ex.hop_s, ex.frame_s, grid, rate)
+            a, b = _frame_range(grid[0] - 1 / rate, grid[-1] + 1 / rate, ex, len(lld)) if n else (0, 0)
+            means, present = frame_means(lld[a:b], a, ex.hop_s, ex.frame_s, grid, rate)
             rows = slice(int(r0), int(r0) + int(n))
             mask[rows] = present
             voiced[rows] = np.isfinite(means[:, f0]) if f0 is not None else False
@@ -310,6 +311,25 @@ def _version() -> str:
     return opensmile_version()
 
 
+class _Ahead:
+    """Slices of a chunked array (waveform, frames) read ``span`` rows at a time and kept: utterances come in time
+    order, so each chunk is decoded about once, not once per utterance, and memory stays one span."""
+
+    def __init__(self, arr: Any, span: int) -> None:
+        self.arr, self.span, self.lo, self.data = arr, max(int(span), 1), 0, np.zeros((0,))
+
+    def __len__(self) -> int:
+        return int(self.arr.shape[0])
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        a, b = max(int(rows.start), 0), min(int(rows.stop), len(self))
+        if b <= a:
+            return np.asarray(self.arr[a:a])
+        if a < self.lo or b > self.lo + len(self.data):
+            self.lo, self.data = a, np.asarray(self.arr[a:max(b, a + self.span)])
+        return self.data[a - self.lo:b - self.lo]
+
+
 def _voiced_only(frames: np.ndarray, names: list[str], feature_set: str, level: str) -> np.ndarray:
     """Voiced-only descriptors NaN where F0 is 0 (unvoiced): openSMILE's 0 there is no measurement."""
     f0 = _F0[feature_set]
@@ -339,7 +359,7 @@ def _summaries(lld: Any, names: list[str], feature_set: str, ex: VoiceExtractor,
     out["n_frames"] = np.zeros(n, np.int64)
     f0_col, loud_col = _F0[feature_set], _LOUDNESS[feature_set]
     for i, (s, e) in enumerate(zip(utts["start"], utts["end"], strict=True)):
-        a, b = _frame_range(float(s), float(e), ex, lld.shape[0])
+        a, b = _frame_range(float(s), float(e), ex, len(lld))
         frames = np.asarray(lld[a:b], np.float64)
         out["n_frames"][i] = b - a
         if not len(frames):
