@@ -154,7 +154,12 @@ class Stage(ABC):
     @classmethod
     def open_step_arrays(cls, store: SessionGroup) -> dict[str, Any]:
         """The :attr:`step_arrays` of a session by item key, opened, not read (empty when the stage is not done)."""
-        if not cls.step_arrays or store.stage_state(cls.name).state != "done":
+        state = store.stage_state(cls.name)
+        if not cls.step_arrays or state.state != "done":
+            return {}
+        # Rows of the align tensors: a result computed from another align run than the stored one (stale) has
+        # other rows, so it counts as absent until the stage is rerun.
+        if (state.info.get("upstream") or {}).get("align") != store.stage_state("align").fingerprint:
             return {}
         group = store.stage_group(cls.name)
         return {key: group[path] for key, path in cls.step_arrays.items()}

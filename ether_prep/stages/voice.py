@@ -34,7 +34,7 @@ Example (pipelines.yaml)::
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -140,9 +140,19 @@ class VoiceStage(Stage):
         return self._extractors[sample_rate]
 
     @classmethod
+    def read_utterance_array(cls, store: SessionGroup, name: str) -> Any:
+        """As :meth:`Stage.read_utterance_array`, None too when computed from another align run (stale)."""
+        out = read_voice(store)
+        if out is None or out.upstream.get("align") != store.stage_state("align").fingerprint:
+            return None
+        return super().read_utterance_array(store, name)
+
+    @classmethod
     def manifest_values(cls, store: SessionGroup) -> dict[str, dict[str, Any]]:
         out = read_voice(store)
-        if out is None:
+        # Rows are align's: a voice result computed from another align run (stale, e.g. after `--only align`)
+        # would put its values on other utterances, so its columns stay null until voice is rerun.
+        if out is None or out.upstream.get("align") != store.stage_state("align").fingerprint:
             return {}
         t = out.utterances
         cols: dict[str, Any] = {f"voice_{k}": _nullable(t[k]) for k in
@@ -428,6 +438,7 @@ class VoiceOutputs:
     functionals: np.ndarray
     utterances: dict[str, np.ndarray]
     attrs: dict[str, Any]
+    upstream: dict[str, str] = field(default_factory=dict)  # fingerprints of the audio and align results it read
 
     @property
     def lld_names(self) -> list[str]:
@@ -445,8 +456,9 @@ class VoiceOutputs:
 
 def read_voice(store: SessionGroup) -> VoiceOutputs | None:
     """The voice stage's output for one session (None when it is not done there: no audio, not run)."""
-    if store.stage_state("voice").state != "done":
+    state = store.stage_state("voice")
+    if state.state != "done":
         return None
     group = store.stage_group("voice")
     return VoiceOutputs(group["lld"], np.asarray(group["functionals"][...]), read_table(group, "utterances"),
-                        dict(group.attrs))
+                        dict(group.attrs), dict(state.info.get("upstream") or {}))

@@ -325,3 +325,28 @@ def test_windows_give_the_same_arrays_as_the_whole_recording(aligned: dict[str, 
     for name in ("lld", "functionals", "steps/lld", "steps/mask", "utterances/f0_median_st",
                  "utterances/vocal_arousal"):
         assert np.array_equal(np.asarray(whole[name][...]), np.asarray(split[name][...]), equal_nan=True), name
+
+
+def test_voice_of_an_older_align_run_is_left_out_until_rerun(aligned: dict[str, Any], tmp_path: Path) -> None:
+    """Align recomputed on another grid without voice (`--only align`): the voice rows belong to the old grid, so
+    items carry no voice (zeros in a batch) and the manifest's voice columns are null; rerunning voice brings them
+    back on the new grid."""
+    import ether_prep
+    from ether_prep.runner import run_pipeline
+
+    copy = tmp_path / "store.zarr"
+    shutil.copytree(aligned["store"], copy)
+    cpu = pipeline("cpu", align={"rate_hz": 5.0})
+    summary = run_pipeline(cpu, aligned["raw"], copy, family=None, only=["align"])
+    assert summary.ok, summary.report()
+    store = ether_prep.open_store(copy)
+    ds = store.utterances()
+    assert all(ds[i]["voice"] is None and ds[i]["functionals"] is None for i in range(len(ds)))
+    batch = ds.collate([ds[i] for i in range(len(ds))])
+    assert not batch["voice_mask"].any() and not batch["functionals_present"].any()
+    assert store.to_pandas("utterances")["voice_f0_median_st"].isna().all()
+    summary = run_pipeline(cpu, aligned["raw"], copy, family=None, only=["voice"])
+    assert summary.ok, summary.report()
+    ds = ether_prep.open_store(copy).utterances()
+    item = ds[0]
+    assert item["voice"].shape == (len(item["time"]), 25) and np.allclose(np.diff(item["time"]), 0.2)
