@@ -517,19 +517,20 @@ def collate_utterances(batch: list[dict[str, Any]], as_torch: bool = True) -> di
 
 def _stack_rows(name: str, values: list[Any]) -> dict[str, Any]:
     """One declared per-utterance array over a batch: stacked when every item has it; when some items' sessions
-    lack it (a stage not done there: a video without audio has no voice), float rows are NaN there and
-    ``<name>_present`` (B,) says which items have it; otherwise the list as it is."""
+    lack it (a stage not done there: a video without audio has no voice), float rows are NaN there, otherwise
+    (none has it, or they differ) the list as it is; either way ``<name>_present`` (B,) says which items have it."""
     given = [v for v in values if v is not None]
     if values and len(given) == len(values):
         return {name: np.stack(values)}
+    present = {f"{name}_present": np.array([v is not None for v in values], dtype=bool)} if values else {}
     shapes = {np.shape(v) for v in given}
     if given and len(shapes) == 1 and np.asarray(given[0]).dtype.kind == "f":
         rows = np.full((len(values), *shapes.pop()), np.nan, dtype=np.asarray(given[0]).dtype)
         for j, v in enumerate(values):
             if v is not None:
                 rows[j] = v
-        return {name: rows, f"{name}_present": np.array([v is not None for v in values], dtype=bool)}
-    return {name: values or np.zeros((0,))}
+        return {name: rows, **present}
+    return {name: values or np.zeros((0,)), **present}
 
 
 _STEP_KEYS = ("time", "speaker_face", "listener_face", "speaker_mask", "listener_mask")
