@@ -25,7 +25,10 @@ Each item is a dict: ``utterance_id``, ``session_id``, ``speaker``, ``role``, ``
 ``start``, ``end``, ``time`` (T,) seconds, ``speaker_face`` / ``listener_face`` (T, D) float32,
 ``speaker_mask`` / ``listener_mask`` (T,) bool, ``cues`` (6,) float32 in :data:`CUE_NAMES` order, every
 per-utterance array a registered stage declares (``Stage.utterance_arrays``), by its name: ``pooled`` (2, 3, D)
-[speaker|listener] x [mean, std, max] from ``align``, plus ``words`` (list of (text, start, end)) with
+[speaker|listener] x [mean, std, max] from ``align``, ``functionals`` (88,) eGeMAPS functionals from ``voice``;
+every per-step array a stage declares (``Stage.step_arrays``) over the same T steps: ``voice`` (T, 25) eGeMAPS
+descriptors (0 where masked), ``voice_mask`` (T,) audio frames at that step, ``voice_voiced`` (T,) a voiced frame
+(None, and zeros in a batch, where the session has no voice); plus ``words`` (list of (text, start, end)) with
 ``with_words=True`` and ``audio`` (float32 samples of the utterance) with ``with_audio=True``.
 
 Consistency: every manifest row carries the fingerprint (and finish time) of its session's ``align`` run. Each
@@ -183,8 +186,8 @@ class AlignedStore:
         """A manifest as a pandas DataFrame: ``utterances``, ``pairs`` or ``sessions``, as it is now; a
         StoreError when any of its sessions was re-aligned after it was written."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
+        from .manifest import read_parquet
         from .store import stage_marker
 
         names = {"utterances": "utterances", "pairs": "dialogue_pairs", "sessions": "sessions"}
@@ -193,7 +196,7 @@ class AlignedStore:
         path = self._store.manifest_path(names[which])
         if not path.exists():
             raise StoreError(f"{self.path}: no {path.name}; run `ether-prep align --out {self.path}` first")
-        table = pq.read_table(path)
+        table = read_parquet(path)
         frame = table.to_pandas()
         for field in table.schema:  # nullable integer ids stay integers (plain pandas makes them float64)
             if pa.types.is_integer(field.type) and (table.column(field.name).null_count
@@ -302,6 +305,14 @@ def _utterance_arrays() -> list[tuple[Any, str]]:
     return [(cls, name) for cls in stage_classes() for name in cls.utterance_arrays]
 
 
+def _step_arrays() -> list[tuple[Any, str]]:
+    """(stage class, item key) of every per-step array the registered stages declare (``voice``, ...): items carry
+    each over their steps, collate pads it along time."""
+    from .stages import stage_classes
+
+    return [(cls, key) for cls in stage_classes() for key in cls.step_arrays]
+
+
 class _SessionArrays:
     """One session's open arrays and small per-session tables, read once per process (through the readers of
     the stages that own them)."""
@@ -317,6 +328,9 @@ class _SessionArrays:
             # Small per-utterance arrays (pooled features, ...), read whole: one row per item.
             self.per_utterance = {name: cls.read_utterance_array(self.session, name)
                                   for cls, name in _utterance_arrays()}
+            # Per-step arrays on the same rows as the face tensors (voice, ...), opened: sliced per item.
+            self.per_step = {key: arr for cls in {c for c, _ in _step_arrays()}
+                             for key, arr in cls.open_step_arrays(self.session).items()}
         except StoreDamageError:  # says which array is damaged and how to fix it
             raise
         except (KeyError, StoreError) as exc:
@@ -455,6 +469,9 @@ class UtteranceDataset:
         })
         index = int(r["utterance_index"][i])
         item.update({name: None if values is None else values[index] for name, values in arrays.per_utterance.items()})
+        # Per-step arrays of stages not done in this session are None; collate fills them with zeros and False.
+        item.update({key: None for _, key in _step_arrays()})
+        item.update({key: np.asarray(arr[lo:lo + n]) for key, arr in arrays.per_step.items()})
         if self.with_words:
             w = arrays.words()
             a, b = int(r["word_start"][i]), int(r["word_end"][i])
@@ -494,9 +511,8 @@ def collate_utterances(batch: list[dict[str, Any]], as_torch: bool = True) -> di
         values = [b[k] for b in batch]
         out[k] = values if kind == "string" else np.asarray(values, dtype=_NUMPY[kind])
     out.update(_pad_turns(batch, as_torch=False))
-    for _, name in _utterance_arrays():  # declared per-utterance arrays (pooled, ...): stacked when all present
-        values = [b.get(name) for b in batch]
-        out[name] = np.stack(values) if n and all(v is not None for v in values) else (values or np.zeros((0,)))
+    for _, name in _utterance_arrays():  # declared per-utterance arrays (pooled, functionals, ...)
+        out.update(_stack_rows(name, [b.get(name) for b in batch]))
     out["cues"] = np.stack([b["cues"] for b in batch]) if n else np.zeros((0, len(CUE_NAMES)))
     if n and "words" in batch[0]:
         out["words"] = [b["words"] for b in batch]
@@ -507,6 +523,24 @@ def collate_utterances(batch: list[dict[str, Any]], as_torch: bool = True) -> di
             audio[j, :alen[j]] = b["audio"]
         out["audio"], out["audio_lengths"] = audio, alen
     return _to_torch(out) if as_torch else out
+
+
+def _stack_rows(name: str, values: list[Any]) -> dict[str, Any]:
+    """One declared per-utterance array over a batch: stacked when every item has it; when some items' sessions
+    lack it (a stage not done there: a video without audio has no voice), float rows are NaN there, otherwise
+    (none has it, or they differ) the list as it is; either way ``<name>_present`` (B,) says which items have it."""
+    given = [v for v in values if v is not None]
+    if values and len(given) == len(values):
+        return {name: np.stack(values)}
+    present = {f"{name}_present": np.array([v is not None for v in values], dtype=bool)} if values else {}
+    shapes = {np.shape(v) for v in given}
+    if given and len(shapes) == 1 and np.asarray(given[0]).dtype.kind == "f":
+        rows = np.full((len(values), *shapes.pop()), np.nan, dtype=np.asarray(given[0]).dtype)
+        for j, v in enumerate(values):
+            if v is not None:
+                rows[j] = v
+        return {name: rows, **present}
+    return {name: values or np.zeros((0,)), **present}
 
 
 _STEP_KEYS = ("time", "speaker_face", "listener_face", "speaker_mask", "listener_mask")
@@ -531,7 +565,30 @@ def _pad_turns(items: list[dict[str, Any]], as_torch: bool) -> dict[str, Any]:
     for j, b in enumerate(items):
         for key in _STEP_KEYS:
             out[key][j, :lengths[j]] = b[key]
+    out.update(_pad_declared(items, lengths, t_max))
     return _to_torch(out) if as_torch else out
+
+
+def _pad_declared(items: list[dict[str, Any]], lengths: np.ndarray, t_max: int) -> dict[str, np.ndarray]:
+    """The declared per-step arrays (``voice``, ``voice_mask``, ...) padded to ``t_max`` steps: zeros (False)
+    past each item's length and for items whose session lacks them (its stage not done: no audio, say)."""
+    out = {}
+    for _, key in _step_arrays():
+        given = [b.get(key) for b in items if b.get(key) is not None]
+        if not any(key in b for b in items):
+            continue
+        shapes = {v.shape[1:] for v in given}
+        if len(shapes) > 1:  # e.g. sessions computed with different feature sets
+            raise StoreError(f"utterances with different {key!r} widths {sorted(shapes)} in one batch; re-run "
+                             f"that stage with --force so every session has the same columns")
+        shape = shapes.pop() if shapes else ()
+        dtype = given[0].dtype if given else np.float32
+        padded = np.zeros((len(items), t_max, *shape), dtype=dtype)
+        for j, b in enumerate(items):
+            if b.get(key) is not None:
+                padded[j, :lengths[j]] = b[key]
+        out[key] = padded
+    return out
 
 
 def _to_torch(out: dict[str, Any]) -> dict[str, Any]:
@@ -562,6 +619,12 @@ class PairDataset:
         parts = [self.utterances[self._row_of[str(u)]] for u in ids]
         turn = {k: np.concatenate([p[k] for p in parts]) for k in
                 ("time", "speaker_face", "speaker_mask", "listener_face", "listener_mask")}
+        for _, key in _step_arrays():  # voice, ...: over the same steps (None where the session lacks it)
+            values = [p[key] for p in parts]
+            turn[key] = np.concatenate(values) if values and all(v is not None for v in values) else None
+        for _, name in _utterance_arrays():  # functionals, pooled, ...: one row per utterance of the turn
+            values = [p[name] for p in parts]
+            turn[name] = np.stack(values) if values and all(v is not None for v in values) else None
         turn["utterance_ids"] = [str(u) for u in ids]
         turn["text"] = " ".join(p["text"] for p in parts)
         return turn
@@ -595,5 +658,7 @@ def collate_pairs(batch: list[dict[str, Any]], as_torch: bool = True) -> dict[st
         turns = [b[side] for b in batch]
         out[side] = _pad_turns(turns, as_torch)
         out[side]["utterance_ids"] = [t["utterance_ids"] for t in turns]
+        for _, name in _utterance_arrays():  # (U, ...) per turn: U differs between turns, so a list
+            out[side][name] = [t.get(name) for t in turns]
         out[side]["text"] = [t["text"] for t in turns]
     return _to_torch(out) if as_torch else out

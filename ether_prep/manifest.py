@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from .store import SessionGroup, Store
 
 __all__ = ["flagged_columns", "manifest_columns", "manifest_meta", "manifest_sources", "manifests_current",
-           "read_manifest", "read_manifest_build", "refresh_manifests", "write_manifests"]
+           "read_manifest", "read_manifest_build", "read_parquet", "refresh_manifests", "write_manifests"]
 
 # Bumped when the columns or how they are built change: a store's manifests are then rebuilt on the next run.
 MANIFEST_VERSION = 2
@@ -249,11 +249,20 @@ def read_manifest(path: os.PathLike[str] | str) -> dict[str, np.ndarray]:
 def read_manifest_build(path: os.PathLike[str] | str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """A manifest's columns (as :func:`read_manifest`) and what it records about its build
     (:func:`manifest_meta`), from one read of the file."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
+    table = read_parquet(path)
     columns = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
     return columns, _meta_of(table.schema)
+
+
+def read_parquet(path: os.PathLike[str] | str) -> pa.Table:
+    """A whole Parquet file, a local one through one open file: pyarrow opens a path more than once (footer, then
+    row groups), so a manifest replaced in between (a run rebuilding it) would mix two files' bytes."""
+    import pyarrow.parquet as pq
+
+    if isinstance(path, Path) or (isinstance(path, str) and "://" not in path):
+        with open(path, "rb") as f:
+            return pq.read_table(f)
+    return pq.read_table(path)
 
 
 def _meta_of(schema: pa.Schema) -> dict[str, Any]:

@@ -79,7 +79,7 @@ def test_every_parameter_of_every_stage_has_a_located_error(tmp_path: Path, stag
 # A value of the right type that each stage's own checks reject, and the key its message names.
 OUT_OF_RANGE = {"audio": ("sample_rate", 4000), "transcribe": ("channels", "both"),
                 "diarize": ("max_speakers", 0), "utterances": ("max_word_s", -1.0), "face": ("num_faces", 0),
-                "align": ("rate_hz", -1.0), "qc": ("max_corrupt_share", -1.0)}
+                "align": ("rate_hz", -1.0), "voice": ("block_s", 0.0), "qc": ("max_corrupt_share", -1.0)}
 
 
 @pytest.mark.parametrize("stage", ORDER)

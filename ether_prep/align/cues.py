@@ -33,6 +33,20 @@ Mismatch and flags (NaN / false when ``face_coverage < min_face_coverage``)
     - ``negative_words_positive_face``: ``text_valence <= -polar`` and ``face_valence >= polar / 2``
       (e.g. smiling while describing something painful).
 
+Voice (the ``voice`` stage, where the session has audio: eGeMAPS descriptors over the utterance)
+    - ``vocal_arousal`` in [0, 1]: ``1 / (1 + exp(-(z_loudness + z_f0_sd) / 2))``, where ``z_loudness`` is the
+      utterance's mean loudness and ``z_f0_sd`` its F0 variability (standard deviation in semitones over voiced
+      frames), each as a robust z-score (median, 1.4826 MAD) against the same speaker's utterances of the
+      session (against all of the session's when the speaker has fewer than ``min_baseline`` with voice; NaN
+      with fewer still): loud, lively speech for that speaker is high, a flat, quiet voice low.
+    - Where it is known, the ``voice`` stage gives its own ``voice_mismatch`` and ``voice_flags``
+      (:func:`voice_cues`): nonverbal arousal is the mean of ``face_expressivity`` and ``vocal_arousal``
+      where both are judged, ``mismatch = 0.5 * |text_valence - face_valence| / 2 + 0.5 * |text_arousal -
+      arousal|``; without a face to judge ``mismatch = |text_arousal - vocal_arousal|``; ``minimizing`` also
+      needs a flat voice (``vocal_arousal < flat_voice_max``), or only that without a face. ``cue_channels``
+      names the channels each utterance's pair of outputs used (``text``, ``face``, ``voice``); where the voice
+      is not known they equal ``mismatch`` and the flags above (channels ``text``, ``face``).
+
 Thresholds are ``align`` stage parameters (:class:`CueThresholds`); AU scales differ between face backends
 (MediaPipe blendshape proxies vs py-feat intensities), so calibrate them per backend before trusting flags.
 """
@@ -46,7 +60,7 @@ from typing import Protocol
 import numpy as np
 
 __all__ = ["CUE_NAMES", "CUE_THRESHOLDS", "FLAGS", "CueThresholds", "UtteranceCues", "face_cue_steps", "face_cues",
-           "utterance_cues"]
+           "utterance_cues", "vocal_arousal", "voice_cues"]
 
 # The per-utterance cue scores, in the order the dataset's items stack them (``cues``).
 CUE_NAMES = ("text_valence", "text_arousal", "text_distress", "face_valence", "face_expressivity", "mismatch")
@@ -167,3 +181,49 @@ def utterance_cues(text: tuple[float, float, float, str], face_valence: float, f
             flags.append("negative_words_positive_face")
     return UtteranceCues(t_val, t_aro, t_dis, word, face_valence, face_expressivity, coverage, mismatch,
                          tuple(flags))
+
+
+def _robust_z(values: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """``values`` as z-scores against ``ref`` (median, 1.4826 x MAD; a spread of 0 counts as 1e-6)."""
+    med = np.median(ref)
+    spread = 1.4826 * np.median(np.abs(ref - med))
+    return (values - med) / max(float(spread), 1e-6)
+
+
+def vocal_arousal(loudness: np.ndarray, f0_sd: np.ndarray, speakers: Sequence[str], min_baseline: int) -> np.ndarray:
+    """Per utterance, vocal arousal in [0, 1] from its mean loudness and F0 variability (see the module
+    docstring): robust z-scores against the speaker's own utterances, else the session's; NaN without enough."""
+    loudness, f0_sd = np.asarray(loudness, np.float64), np.asarray(f0_sd, np.float64)
+    speakers = np.asarray(speakers, dtype=str)
+    known = np.isfinite(loudness) & np.isfinite(f0_sd)
+    out = np.full(len(loudness), np.nan)
+    for spk in set(speakers.tolist()):
+        rows = (speakers == spk) & known
+        ref = rows if rows.sum() >= min_baseline else known
+        if ref.sum() < min_baseline or not rows.any():
+            continue
+        z = (_robust_z(loudness[rows], loudness[ref]) + _robust_z(f0_sd[rows], f0_sd[ref])) / 2
+        out[rows] = 1 / (1 + np.exp(-z))
+    return out
+
+
+def voice_cues(cues: UtteranceCues, arousal: float, params: CueThresholds,
+               flat_voice_max: float) -> tuple[float, tuple[str, ...], tuple[str, ...]]:
+    """(mismatch, flags, channels used) of one utterance with its vocal arousal beside the face (module
+    docstring); with ``arousal`` NaN: the face-only ``cues`` as they are, channels ``text`` (+ ``face``)."""
+    face = (cues.face_coverage >= params.min_face_coverage and np.isfinite(cues.face_valence)
+            and np.isfinite(cues.face_expressivity))
+    voice = bool(np.isfinite(arousal))
+    channels = ("text", *(("face",) if face else ()), *(("voice",) if voice else ()))
+    if not voice:
+        return cues.mismatch, cues.flags, channels
+    flat = arousal < flat_voice_max
+    if face:
+        nonverbal = (cues.face_expressivity + arousal) / 2
+        mismatch = 0.5 * abs(cues.text_valence - cues.face_valence) / 2 + 0.5 * abs(cues.text_arousal - nonverbal)
+        flags = [f for f in cues.flags if f != "minimizing"]
+        if "minimizing" in cues.flags and flat:
+            flags.insert(0, "minimizing")
+        return float(mismatch), tuple(flags), channels
+    flags = ("minimizing",) if cues.text_distress >= params.distress_min and flat else ()
+    return float(abs(cues.text_arousal - arousal)), flags, channels

@@ -21,8 +21,8 @@ from ..face.features import step_feature_names
 from .cues import face_cues
 from .linking import frame_interval
 
-__all__ = ["UtteranceTensors", "cut_utterances", "feature_names", "offsets_from_lengths", "padded", "pool",
-           "resample_track", "utterance_grid"]
+__all__ = ["UtteranceTensors", "cut_utterances", "feature_names", "frame_means", "offsets_from_lengths", "padded",
+           "pool", "resample_track", "utterance_grid"]
 
 
 def utterance_grid(start: float, end: float, pad: float, rate: float) -> np.ndarray:
@@ -78,6 +78,28 @@ def resample_track(times: np.ndarray, features: np.ndarray, present: np.ndarray,
     values = np.where(both[:, None], interp, feats[nearest]).astype(np.float32)
     values[~mask] = 0.0
     return values, mask
+
+
+def frame_means(frames: np.ndarray, first: int, hop_s: float, frame_s: float, grid: np.ndarray,
+                rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """Regular frames (acoustic LLDs) onto a step grid: each step the mean of the frames whose centres fall within
+    half a step of it, NaN left out per column. ``frames`` (K, D) are frames ``first..first + K`` of a signal
+    framed every ``hop_s`` s (frame k centred at ``k * hop_s + frame_s / 2``). Returns (G, D) float32 means (NaN
+    where no frame of that column has a value) and (G,) bool: some frame lies within the step."""
+    frames = np.asarray(frames, dtype=np.float64)
+    dim = frames.shape[1] if frames.ndim == 2 else 0
+    centre = frame_s / 2
+    lo = np.ceil((grid - 0.5 / rate - centre) / hop_s - 1e-9).astype(np.int64) - first
+    hi = np.ceil((grid + 0.5 / rate - centre) / hop_s - 1e-9).astype(np.int64) - first
+    lo, hi = np.clip(lo, 0, len(frames)), np.clip(hi, 0, len(frames))
+    finite = np.isfinite(frames)
+    # Cumulative sums turn every step's mean into two lookups (steps overlap nothing, but are many).
+    sums = np.concatenate([np.zeros((1, dim)), np.cumsum(np.where(finite, frames, 0.0), axis=0)])
+    counts = np.concatenate([np.zeros((1, dim)), np.cumsum(finite, axis=0)])
+    n = counts[hi] - counts[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(n > 0, (sums[hi] - sums[lo]) / n, np.nan)
+    return means.astype(np.float32), hi > lo
 
 
 def pool(values: np.ndarray, mask: np.ndarray, core: np.ndarray | None = None) -> tuple[np.ndarray, float]:

@@ -20,6 +20,7 @@ STAGES: dict[str, str] = {
     "utterances": "ether_prep.stages.utterances:UtterancesStage",
     "face": "ether_prep.stages.face:FaceStage",
     "align": "ether_prep.stages.align:AlignStage",
+    "voice": "ether_prep.stages.voice:VoiceStage",
     "qc": "ether_prep.stages.qc:QcStage",
 }
 

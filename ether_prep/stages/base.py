@@ -73,7 +73,11 @@ class Stage(ABC):
       ``"item"`` a column the dataset's items carry. The stage that gives the ``utterance_id`` (``pair_id``)
       column defines the rows of that manifest; the others add columns to them;
     - ``utterance_arrays``: arrays of the stage's group with one row per utterance (row ``i``: utterance ``i``
-      of the session, as the ``utterances`` stage numbers them), which the dataset's items carry by name.
+      of the session, as the ``utterances`` stage numbers them), which the dataset's items carry by name;
+    - ``step_arrays``: item key -> array of the stage's group with one row per time step of the ``align``
+      stage's tensors (the same rows as ``align/tensors``: utterance i is rows ``row_start:row_start + n_steps``),
+      which the dataset's items carry over their steps by that key (``voice``: (T, D)), padded along time by
+      ``collate`` (zeros; a session without the array gets zeros and False there).
     """
 
     name: ClassVar[str]
@@ -90,6 +94,7 @@ class Stage(ABC):
     # manifests up to date at its end (one collect step, after every stage's finalize).
     manifest_columns: ClassVar[dict[str, dict[str, tuple[str, ...]]]] = {}
     utterance_arrays: ClassVar[tuple[str, ...]] = ()
+    step_arrays: ClassVar[dict[str, str]] = {}
     # Set by the worker around each ``run``: where :meth:`report_progress` goes (None: nowhere).
     progress_hook: Callable[[float], None] | None = None
 
@@ -135,7 +140,7 @@ class Stage(ABC):
     @classmethod
     def feeds_manifests(cls) -> bool:
         """Whether the root manifests or the dataset's items carry any of this stage's outputs."""
-        return bool(cls.manifest_columns or cls.utterance_arrays)
+        return bool(cls.manifest_columns or cls.utterance_arrays or cls.step_arrays)
 
     @classmethod
     def manifest_values(cls, store: SessionGroup) -> dict[str, dict[str, Any]]:
@@ -150,6 +155,19 @@ class Stage(ABC):
         if store.stage_state(cls.name).state != "done":
             return None
         return np.asarray(store.array(cls.name, name)[...])
+
+    @classmethod
+    def open_step_arrays(cls, store: SessionGroup) -> dict[str, Any]:
+        """The :attr:`step_arrays` of a session by item key, opened, not read (empty when the stage is not done)."""
+        state = store.stage_state(cls.name)
+        if not cls.step_arrays or state.state != "done":
+            return {}
+        # Rows of the align tensors: a result computed from another align run than the stored one (stale) has
+        # other rows, so it counts as absent until the stage is rerun.
+        if (state.info.get("upstream") or {}).get("align") != store.stage_state("align").fingerprint:
+            return {}
+        group = store.stage_group(cls.name)
+        return {key: group[path] for key, path in cls.step_arrays.items()}
 
     def windows(self, session: Session, store: SessionGroup) -> list[Window]:
         """The time windows to compute ``session`` in (``windowed`` stages; called in the driver once the

@@ -67,7 +67,7 @@ def _realign(store: Path, raw: Path, rate: float) -> Any:
 
     summary = run_pipeline(pipeline("cpu", align={"rate_hz": rate}), raw, store, family=None)
     assert summary.ok, summary.report()
-    assert {o.stage for o in summary.outcomes if o.state == "done"} == {"align", "qc"}, summary.report()
+    assert {o.stage for o in summary.outcomes if o.state == "done"} == {"align", "voice", "qc"}, summary.report()
     return summary
 
 

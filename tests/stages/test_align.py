@@ -156,11 +156,12 @@ def test_changing_the_rate_reruns_only_align(aligned: dict[str, object]) -> None
     summary = run_pipeline(pipeline("cpu", align={"rate_hz": 5.0, "max_len": 40}), aligned["raw"], store, family=None)
     assert summary.ok, summary.report()
     computed = {o.stage for o in summary.outcomes if o.state in ("done", "failed")}
-    assert computed == {"align", "qc"}, summary.report()  # align, and the quality check that reads it
-    assert {o.state for o in summary.outcomes if o.stage not in ("align", "qc")} <= {"cached"}
+    # align, the voice on its grid, and the quality check that reads it
+    assert computed == {"align", "voice", "qc"}, summary.report()
+    assert {o.state for o in summary.outcomes if o.stage not in ("align", "voice", "qc")} <= {"cached"}
     after = _markers(store)
     for key, marker in before.items():
-        if key[1] not in ("align", "qc"):
+        if key[1] not in ("align", "voice", "qc"):
             assert after[key] == marker  # extract stages untouched: same fingerprint and finish time
         else:
             assert after[key]["fingerprint"] != marker["fingerprint"]
