@@ -40,14 +40,17 @@ def person_boxes(box: np.ndarray, track_person: np.ndarray, person: int) -> np.n
     return out
 
 
-def _smooth(values: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian smoothing along the clip's frames (edges held), so a box moves at most a little a frame."""
-    if sigma <= 0 or len(values) < 2:
-        return values
+def _smooth_track(times: np.ndarray, t: np.ndarray, values: np.ndarray, sigma: float) -> np.ndarray:
+    """``values`` (seen at ``t``) at ``times``, interpolated (held past the ends) and smoothed by a Gaussian of
+    ``sigma`` frames over the clip's frame grid extended on both sides, so the clip's first and last frames
+    are smoothed with what the face did just before and after, not pulled towards a held edge."""
+    if sigma <= 0 or len(times) < 2:
+        return np.interp(times, t, values)
     radius = int(np.ceil(3 * sigma))
+    step = float(times[1] - times[0])
+    grid = np.concatenate([times[0] - step * np.arange(radius, 0, -1), times, times[-1] + step * np.arange(1, radius + 1)])
     kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    padded = np.pad(values, radius, mode="edge")
-    return np.convolve(padded, kernel / kernel.sum(), mode="valid")
+    return np.convolve(np.interp(grid, t, values), kernel / kernel.sum(), mode="valid")
 
 
 def _follow(times: np.ndarray, face_time: np.ndarray, boxes: np.ndarray, span: tuple[float, float],
@@ -62,8 +65,8 @@ def _follow(times: np.ndarray, face_time: np.ndarray, boxes: np.ndarray, span: t
     coverage = float((seen & inside).sum() / max(inside.sum(), 1))
     near = seen & (face_time >= span[0] - context_s) & (face_time <= span[1] + context_s)
     t, b = face_time[near], boxes[near]
-    cx = _smooth(np.interp(times, t, (b[:, 0] + b[:, 2]) / 2), sigma)
-    cy = _smooth(np.interp(times, t, (b[:, 1] + b[:, 3]) / 2), sigma)
+    cx = _smooth_track(times, t, (b[:, 0] + b[:, 2]) / 2, sigma)
+    cy = _smooth_track(times, t, (b[:, 1] + b[:, 3]) / 2, sigma)
     side = scale * float(np.median(np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])))
     return np.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], axis=1), coverage
 
