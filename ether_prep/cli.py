@@ -632,9 +632,6 @@ def export(
     """Write transcripts, diarization or face tables for every session in the store, one file per session;
     or (--format clips) a video clip per utterance and dialogue pair with a JSONL list for vision-language
     models."""
-    from .exports import FORMATS, NothingToExport, exporter
-    from .store import Store
-
     clip_args = {"--crop": crop, "--fps": fps, "--size": size, "--clips": clips, "--shards": shards,
                  "--no-audio": no_audio or None, "--raw": raw}
     try:
@@ -645,33 +642,43 @@ def export(
             return
         if given := [k for k, v in clip_args.items() if v is not None]:
             raise ConfigError(f"{', '.join(given)} only apply with --format clips")
-        writers = [exporter(f) for f in (FORMATS if fmt == "all" else [fmt])]
-        deid = None
-        if deidentify:
-            from .deidentify import Deidentifier
-
-            deid = Deidentifier.from_names_file(names)
-        store = Store(out, mode="r")
-        if deid is not None:  # aliases keyed with $ETHER_PREP_DEID_KEY or the store's own key file
-            from .deidentify import deid_key
-
-            deid.key = deid_key(out)
-        _known_sessions(store, session, out)
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        failed = 0
-        for sid in session or store.session_ids():
-            for write in writers:
-                try:
-                    typer.echo(write(store.session(sid), dest_dir, deid))
-                except NothingToExport as exc:  # an audio-only session has no faces: nothing failed
-                    typer.echo(f"skipped {sid}: {exc}", err=True)
-                except EtherPrepError as exc:  # one session that cannot be exported does not stop the others
-                    failed += 1
-                    _secho(f"failed {sid}: {exc}", typer.colors.YELLOW, err=True)
+        failed = _export_files(dest_dir, out, fmt, session, deidentify, names)
     except EtherPrepError as exc:
         raise _fail(exc) from exc
     if failed:
         raise typer.Exit(1)
+
+
+def _export_files(dest_dir: Path, out: str, fmt: str, session: list[str] | None, deidentify: bool,
+                  names: Path | None) -> int:
+    """The per-session formats: one file per session and format; returns how many failed."""
+    from .exports import FORMATS, NothingToExport, exporter
+    from .store import Store
+
+    writers = [exporter(f) for f in (FORMATS if fmt == "all" else [fmt])]
+    deid = None
+    if deidentify:
+        from .deidentify import Deidentifier
+
+        deid = Deidentifier.from_names_file(names)
+    store = Store(out, mode="r")
+    if deid is not None:  # aliases keyed with $ETHER_PREP_DEID_KEY or the store's own key file
+        from .deidentify import deid_key
+
+        deid.key = deid_key(out)
+    _known_sessions(store, session, out)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for sid in session or store.session_ids():
+        for write in writers:
+            try:
+                typer.echo(write(store.session(sid), dest_dir, deid))
+            except NothingToExport as exc:  # an audio-only session has no faces: nothing failed
+                typer.echo(f"skipped {sid}: {exc}", err=True)
+            except EtherPrepError as exc:  # one session that cannot be exported does not stop the others
+                failed += 1
+                _secho(f"failed {sid}: {exc}", typer.colors.YELLOW, err=True)
+    return failed
 
 
 def _export_clips(dest_dir: Path, out: str, session: list[str] | None, deidentify: bool, names: Path | None,

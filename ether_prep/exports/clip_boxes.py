@@ -48,7 +48,8 @@ def _smooth_track(times: np.ndarray, t: np.ndarray, values: np.ndarray, sigma: f
         return np.interp(times, t, values)
     radius = int(np.ceil(3 * sigma))
     step = float(times[1] - times[0])
-    grid = np.concatenate([times[0] - step * np.arange(radius, 0, -1), times, times[-1] + step * np.arange(1, radius + 1)])
+    ahead = step * np.arange(1, radius + 1)
+    grid = np.concatenate([times[0] - ahead[::-1], times, times[-1] + ahead])
     kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     return np.convolve(np.interp(grid, t, values), kernel / kernel.sum(), mode="valid")
 
