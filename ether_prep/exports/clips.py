@@ -233,6 +233,8 @@ def _open_session(group: SessionGroup, options: ClipOptions, deid: Deidentifier 
     align = read_align(group)
     if align is None:
         state = group.stage_state("align")
+        if state.state == "skipped":  # nothing to align (no speech, a still picture): a note, not a failure
+            return f"session {name!r}: align skipped{': ' + state.message if state.message else ''}: no clips"
         raise StoreError(f"session {name!r}: align is {state.state}{': ' + state.message if state.message else ''}; "
                          f"run `ether-prep align` first")
     ids = aliases if aliases is not None else (lambda v: v)
@@ -359,13 +361,14 @@ def _cut_session(session: _Session, dest: Path, options: ClipOptions, done: Call
     except EtherPrepError as exc:  # the recording cannot be read (any more): every clip not finished fails
         why = str(exc)
     else:
-        why = (f"the video ends at {last_seen:.2f} s, before the clip does" if last_seen is not None
-               else "the video has no frame in the clip's span")
+        why = None
     for i, plan in enumerate(plans):
         cut = cuts.get(i, 0)
         if cut is not None and (cut == 0 or cut.k < len(plan.times)):
             _drop(cuts, i)
-            failed(plan, why)
+            span = f"{plan.start:.2f}-{plan.end:.2f} s"
+            failed(plan, why or (f"the video ends at {last_seen:.2f} s, before the clip ({span}) does"
+                                 if last_seen is not None else f"the video shows no frame in the clip ({span})"))
 
 
 def _drop(cuts: dict[int, _Cut | None], i: int) -> None:
@@ -444,6 +447,8 @@ def _export_session(session: _Session, dest: Path, options: ClipOptions, summary
     finished: list[_Plan] = []
 
     def failed(plan: _Plan, why: str) -> None:
+        if plan.record.get("deidentified"):  # an error message may quote the recording's path
+            why = session.ids(why.replace(str(session.recording), "the recording"))
         summary.failed.append(f"session {session.name!r}, {plan.kind} {session.ids(plan.sample_id)!r}: {why}")
         tick()
 
