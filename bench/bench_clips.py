@@ -10,7 +10,7 @@ x264 ``veryfast`` CRF 23 and mono AAC at the store's sample rate. The baseline r
 process, alternating for ``--rounds`` rounds, best of each kept; peak memory is each side's VmHWM (for the
 baseline, the largest ffmpeg process). Without ``--source``, a store is made first (cached under
 ``--work``): the side-by-side clip repeated ``--repeat`` times (optionally scaled to ``--height`` pixels)
-through the real ``cpu`` pipeline, extract and align.
+with the 30 s two-party call looped as its sound, through the real ``cpu`` pipeline, extract and align.
 
 Run::
 
@@ -34,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID2 = ROOT.parent / "shared" / "data" / "video" / "grid_two_faces_side_by_side.mp4"
+CALL = ROOT.parent / "shared" / "data" / "diarization" / "sample.wav"
 
 
 def peak_rss_mb() -> float:
@@ -54,7 +55,10 @@ def make_store(work: Path, repeat: int, height: int | None) -> Path:
     listing = work / "list.txt"
     listing.write_text("".join(f"file '{GRID2}'\n" for _ in range(repeat)))
     scale = ["-vf", f"scale=-2:{height}", "-c:v", "libx264", "-preset", "veryfast"] if height else ["-c:v", "copy"]
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(listing), *scale,
+    # The sound is the 30 s two-party call, looped: the clip's own sentences repeated 20 times would read as a
+    # Whisper repetition loop and be dropped (compression-ratio guard), leaving no utterances.
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(listing),
+                    "-stream_loop", "-1", "-i", str(CALL), "-map", "0:v", "-map", "1:a", "-shortest", *scale,
                     "-c:a", "aac", str(raw / "dialogue.mp4")], check=True)
     os.environ.setdefault("ETHER_PREP_MODELS", str(ROOT.parent / "shared" / "models"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
