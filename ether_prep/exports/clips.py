@@ -340,42 +340,44 @@ def _cut_session(session: _Session, dest: Path, options: ClipOptions, done: Call
     step = np.concatenate([np.arange(len(p.times)) for p in plans])
     times = np.concatenate([p.times for p in plans])
     order = np.argsort(times, kind="stable")
-    cuts: dict[int, _Cut | None] = {}  # None: failed, its later frames are ignored
+    cuts: dict[int, _Cut] = {}  # the clips being written (a finished one is let go: its encoder holds buffers)
+    closed: set[int] = set()  # written or failed: later frames of a failed clip are ignored
     last_seen = None
     try:
         for g, frame in iter_frames_shown(session.recording, times[order]):
             last_seen = frame.time
             i = int(owner[order[g]])
-            if cuts.get(i, 0) is None:
+            if i in closed:
                 continue
             try:
                 if i not in cuts:
                     cuts[i] = _Cut(session, plans[i], frame.rgb.shape, dest / plans[i].record["video"], options)
-                cut = cuts[i]
-                assert cut is not None and cut.k == step[order[g]]
-                if cut.add(frame.rgb):
+                assert cuts[i].k == step[order[g]]
+                if cuts[i].add(frame.rgb):
+                    closed.add(i)
+                    del cuts[i]
                     done(plans[i])
             except EtherPrepError as exc:
-                _drop(cuts, i)
+                _close(cuts, closed, i)
                 failed(plans[i], str(exc))
     except EtherPrepError as exc:  # the recording cannot be read (any more): every clip not finished fails
         why = str(exc)
     else:
         why = None
     for i, plan in enumerate(plans):
-        cut = cuts.get(i, 0)
-        if cut is not None and (cut == 0 or cut.k < len(plan.times)):
-            _drop(cuts, i)
+        if i not in closed:
+            _close(cuts, closed, i)
             span = f"{plan.start:.2f}-{plan.end:.2f} s"
             failed(plan, why or (f"the video ends at {last_seen:.2f} s, before the clip ({span}) does"
                                  if last_seen is not None else f"the video shows no frame in the clip ({span})"))
 
 
-def _drop(cuts: dict[int, _Cut | None], i: int) -> None:
-    cut = cuts.get(i)
+def _close(cuts: dict[int, _Cut], closed: set[int], i: int) -> None:
+    """Give up clip ``i``: its partial file removed."""
+    cut = cuts.pop(i, None)
     if cut is not None:
         cut.encoder.abort()
-    cuts[i] = None
+    closed.add(i)
 
 
 # ------------------------------------------------------------------------------------------ the export
