@@ -95,11 +95,13 @@ def crop_track(times: np.ndarray, face_time: np.ndarray, persons: list[np.ndarra
     width, height = frame_size
     w = min(float((x1 - x0).max()), width)
     h = min(float((y1 - y0).max()), height)
-    w_px, h_px = max(2, round(w)), max(2, round(h))
+    # Even sizes and corners: 4:2:0 video is cut on whole chroma samples (frame_size is even, see ShownFrame).
+    w_px, h_px = min(max(2, 2 * round(w / 2)), width - width % 2), min(max(2, 2 * round(h / 2)), height - height % 2)
     cx = np.clip((x0 + x1) / 2, w_px / 2, width - w_px / 2)
     cy = np.clip((y0 + y1) / 2, h_px / 2, height - h_px / 2)
-    left = np.clip(np.round(cx - w_px / 2).astype(np.int64), 0, width - w_px)
-    top = np.clip(np.round(cy - h_px / 2).astype(np.int64), 0, height - h_px)
+    left = np.clip(2 * np.round((cx - w_px / 2) / 2).astype(np.int64), 0, width - w_px)
+    top = np.clip(2 * np.round((cy - h_px / 2) / 2).astype(np.int64), 0, height - h_px)
+    left, top = left - left % 2, top - top % 2
     return Crop(np.stack([left, top, left + w_px, top + h_px], axis=1), coverage)
 
 

@@ -45,6 +45,7 @@ from ..errors import ConfigError, EtherPrepError, StoreError
 from .clip_boxes import Crop, crop_track, face_boxes_at, output_size, person_boxes, pixelate
 
 if TYPE_CHECKING:
+    from ..adapters.pyav import ShownFrame
     from ..deidentify import Deidentifier, IdAliases
     from ..stages.face import FaceOutputs
     from ..store import SessionGroup, Store
@@ -279,11 +280,11 @@ def _coverage(plan: _Plan, coverage: list[float | None]) -> None:
 class _Cut:
     """One clip being written: its crop, its encoder, how many frames it has."""
 
-    def __init__(self, session: _Session, plan: _Plan, frame_shape: tuple[int, ...], dest: Path,
+    def __init__(self, session: _Session, plan: _Plan, frame_size: tuple[int, int], dest: Path,
                  options: ClipOptions) -> None:
         from ..adapters.pyav import ClipEncoder
 
-        height, width = frame_shape[:2]
+        width, height = frame_size
         self.plan, self.k = plan, 0
         self.crop, note = _crop(session, plan, (width, height), options)
         w, h = self.crop.size if self.crop is not None else (width, height)
@@ -312,17 +313,14 @@ class _Cut:
                     ["client_face_coverage", "counsellor_face_coverage"]):
             plan.record.setdefault(key, None)
 
-    def add(self, rgb: np.ndarray) -> bool:
+    def add(self, frame: ShownFrame) -> bool:
         """Add the clip's next frame; True when it was the last one (the file is then complete)."""
-        if self.crop is not None:
-            x0, y0, x1, y1 = (int(v) for v in self.crop.boxes[self.k])
-            part = rgb[y0:y1, x0:x1]
-        else:
-            x0 = y0 = 0
-            part = rgb
-        if self.hide is not None:
-            part = pixelate(part, self.hide[self.k] - np.array([x0, y0, x0, y0]))
-        self.encoder.add(part)
+        box = tuple(int(v) for v in self.crop.boxes[self.k]) if self.crop is not None else None
+        if self.hide is None:
+            self.encoder.add(frame, box)
+        else:  # de-identified: the faces pixelated on an RGB copy of the crop
+            x0, y0, x1, y1 = box or (0, 0, frame.width, frame.height)
+            self.encoder.add(pixelate(frame.rgb[y0:y1, x0:x1], self.hide[self.k] - np.array([x0, y0, x0, y0])))
         self.k += 1
         if self.k == len(self.plan.times):
             self.encoder.close()
@@ -351,9 +349,10 @@ def _cut_session(session: _Session, dest: Path, options: ClipOptions, done: Call
                 continue
             try:
                 if i not in cuts:
-                    cuts[i] = _Cut(session, plans[i], frame.rgb.shape, dest / plans[i].record["video"], options)
+                    cuts[i] = _Cut(session, plans[i], (frame.width, frame.height), dest / plans[i].record["video"],
+                                   options)
                 assert cuts[i].k == step[order[g]]
-                if cuts[i].add(frame.rgb):
+                if cuts[i].add(frame):
                     closed.add(i)
                     del cuts[i]
                     done(plans[i])
