@@ -778,6 +778,8 @@ class ClipEncoder:
             self._v.width, self._v.height, self._v.pix_fmt = width, height, "yuv420p"
             self._v.options = {"crf": str(crf), "preset": preset}
             self._a = self._c.add_stream("aac", rate=sample_rate, layout="mono") if audio is not None else None
+            # One scaler for the clip: frame.reformat would set up a new SwsContext for every frame.
+            self._scaler = av.video.reformatter.VideoReformatter()
         except (av.FFmpegError, OSError) as exc:
             raise InputError(f"{path}: cannot create the clip ({exc})") from exc
 
@@ -789,7 +791,7 @@ class ClipEncoder:
                 picture = _yuv_frame(frame.planes(), box or (0, 0, frame.width, frame.height))
             else:
                 picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            frame = picture.reformat(self.width, self.height, format="yuv420p", interpolation="AREA")
+            frame = self._scaler.reformat(picture, self.width, self.height, format="yuv420p", interpolation="AREA")
             frame.pts = self._frames
             self._frames += 1
             self._c.mux(self._v.encode(frame))
