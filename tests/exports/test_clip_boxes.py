@@ -111,3 +111,22 @@ def test_clip_options_are_checked_before_any_work(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--shards only apply with --format clips" in result.output
     result = runner.invoke(app, ["export", str(tmp_path / "d"), "--format", "clips", "--clips", "faces"])
     assert result.exit_code == 2 and "--clips 'faces'" in result.output
+
+
+def test_sessions_without_speech_or_video_get_a_note_and_no_clips(tmp_path: Path) -> None:
+    from ether_prep.exports.clips import export_clips
+    from ether_prep.store import Store, write_table
+
+    store = Store(tmp_path / "s.zarr")
+    for sid, kind in (("silent-00000001", "video"), ("call-00000002", "audio")):
+        group = store.session(sid, info={"id": sid, "relpath": f"{sid}.mp4", "kind": kind,
+                                         "path": str(tmp_path / f"{sid}.mp4")})
+        out = group.begin_stage("align", {"stage": "align"})
+        for table in ("utterances", "pairs", "links"):
+            write_table(out, table, {"id": np.array([], dtype=str)})
+        group.finish_stage("align", "done", "fp")
+    summary = export_clips(store, store.session_ids(), tmp_path / "out", progress=False)
+    assert sorted(summary.notes) == ["session 'call-00000002': audio only (no video): no clips",
+                                     "session 'silent-00000001': no speech (no utterances): no clips"]
+    assert not summary.failed and summary.written == {"utterance": 0, "pair": 0}
+    assert (tmp_path / "out" / "utterances.jsonl").read_text() == "" and not (tmp_path / "out" / "clips").exists()
