@@ -391,7 +391,7 @@ def _sessions(store: Store, session_ids: Iterable[str], options: ClipOptions, de
         try:
             opened = _open_session(group, options, deid, raw_dir, aliases)
         except EtherPrepError as exc:
-            summary.failed.append(str(exc))
+            summary.failed.append(aliases(str(exc)) if aliases is not None else str(exc))
             continue
         if isinstance(opened, str):
             summary.notes.append(opened)
