@@ -645,7 +645,8 @@ def export(
     out: Out = DEFAULT_STORE,
     fmt: Annotated[str, typer.Option("--format", "-f", autocompletion=_complete_format, help=(
         "One of: json (whisperx's shape), srt, vtt, txt, tsv, rttm (+ uem), faces (py-feat CSV), "
-        "openface (OpenFace 2 CSV), or all of them."))] = "json",
+        "openface (OpenFace 2 CSV), or all of them; or clips (video clips + JSONL for vision-language "
+        "models, not part of all)."))] = "json",
     session: Annotated[list[str] | None, typer.Option("--session", help="Only this session id (repeatable).")] = None,
     deidentify: Annotated[bool, typer.Option(
         "--deidentify", help="For sharing: e-mail addresses, phone numbers, URLs and listed names in transcripts "
@@ -655,40 +656,108 @@ def export(
     names: Annotated[Path | None, typer.Option(
         "--names", help="With --deidentify: a text file of names to replace, one per line (first names and "
                         "surnames on lines of their own if they may be said alone).")] = None,
+    crop: Annotated[str | None, typer.Option("--crop", help="clips: 'face' (the speaker's face; a pair: both "
+                                                            "faces) or 'full' (the whole frame) [default: face]")]
+    = None,
+    fps: Annotated[float | None, typer.Option("--fps", help="clips: frames per second [default: 8]")] = None,
+    size: Annotated[int | None, typer.Option("--size", help="clips: pixels of the short side [default: 224]")] = None,
+    clips: Annotated[str | None, typer.Option("--clips", help="clips: 'utterances', 'pairs' or 'both' "
+                                                              "[default: both]")] = None,
+    shards: Annotated[int | None, typer.Option("--shards", help="clips: also write N WebDataset tar shards per "
+                                                                "kind under DEST/shards/")] = None,
+    no_audio: Annotated[bool, typer.Option("--no-audio", help="clips: no audio track")] = False,
+    raw: Annotated[Path | None, typer.Option("--raw", help="clips: the folder of recordings (each read at its "
+                                                           "path relative to it) [default: where the store says "
+                                                           "each recording is]")] = None,
 ) -> None:
-    """Write transcripts, diarization or face tables for every session in the store, one file per session."""
-    from .exports import FORMATS, NothingToExport, exporter
-    from .store import Store
-
+    """Write transcripts, diarization or face tables for every session in the store, one file per session;
+    or (--format clips) a video clip per utterance and dialogue pair with a JSONL list for vision-language
+    models."""
+    clip_args = {"--crop": crop, "--fps": fps, "--size": size, "--clips": clips, "--shards": shards,
+                 "--no-audio": no_audio or None, "--raw": raw}
     try:
         if names is not None and not deidentify:
             raise ConfigError("--names only applies with --deidentify; add --deidentify")
-        writers = [exporter(f) for f in (FORMATS if fmt == "all" else [fmt])]
-        deid = None
-        if deidentify:
-            from .deidentify import Deidentifier
-
-            deid = Deidentifier.from_names_file(names)
-        store = Store(out, mode="r")
-        if deid is not None:  # aliases keyed with $ETHER_PREP_DEID_KEY or the store's own key file
-            from .deidentify import deid_key
-
-            deid.key = deid_key(out)
-        _known_sessions(store, session, out)
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        failed = 0
-        for sid in session or store.session_ids():
-            for write in writers:
-                try:
-                    typer.echo(write(store.session(sid), dest_dir, deid))
-                except NothingToExport as exc:  # an audio-only session has no faces: nothing failed
-                    typer.echo(f"skipped {sid}: {exc}", err=True)
-                except EtherPrepError as exc:  # one session that cannot be exported does not stop the others
-                    failed += 1
-                    _secho(f"failed {sid}: {exc}", typer.colors.YELLOW, err=True)
+        if fmt == "clips":
+            _export_clips(dest_dir, out, session, deidentify, names, clip_args)
+            return
+        if given := [k for k, v in clip_args.items() if v is not None]:
+            raise ConfigError(f"{', '.join(given)} only apply with --format clips")
+        failed = _export_files(dest_dir, out, fmt, session, deidentify, names)
     except EtherPrepError as exc:
         raise _fail(exc) from exc
     if failed:
+        raise typer.Exit(1)
+
+
+def _export_files(dest_dir: Path, out: str, fmt: str, session: list[str] | None, deidentify: bool,
+                  names: Path | None) -> int:
+    """The per-session formats: one file per session and format; returns how many failed."""
+    from .exports import FORMATS, NothingToExport, exporter
+    from .store import Store
+
+    writers = [exporter(f) for f in (FORMATS if fmt == "all" else [fmt])]
+    deid = None
+    if deidentify:
+        from .deidentify import Deidentifier
+
+        deid = Deidentifier.from_names_file(names)
+    store = Store(out, mode="r")
+    if deid is not None:  # aliases keyed with $ETHER_PREP_DEID_KEY or the store's own key file
+        from .deidentify import deid_key
+
+        deid.key = deid_key(out)
+    _known_sessions(store, session, out)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for sid in session or store.session_ids():
+        for write in writers:
+            try:
+                typer.echo(write(store.session(sid), dest_dir, deid))
+            except NothingToExport as exc:  # an audio-only session has no faces: nothing failed
+                typer.echo(f"skipped {sid}: {exc}", err=True)
+            except EtherPrepError as exc:  # one session that cannot be exported does not stop the others
+                failed += 1
+                _secho(f"failed {sid}: {exc}", typer.colors.YELLOW, err=True)
+    return failed
+
+
+def _export_clips(dest_dir: Path, out: str, session: list[str] | None, deidentify: bool, names: Path | None,
+                  args: dict[str, Any]) -> None:
+    """``export --format clips``: every session's clips, a summary line; exit 1 when any clip failed."""
+    from .exports.clips import ClipOptions, export_clips
+    from .store import Store
+
+    kinds = {None: ("utterance", "pair"), "both": ("utterance", "pair"), "utterances": ("utterance",),
+             "pairs": ("pair",)}
+    if args["--clips"] not in kinds:
+        raise ConfigError(f"--clips {args['--clips']!r}: give utterances, pairs or both")
+    given = {"crop": args["--crop"], "fps": args["--fps"], "size": args["--size"], "shards": args["--shards"]}
+    options = ClipOptions(**{k: v for k, v in given.items() if v is not None}, kinds=kinds[args["--clips"]],
+                          audio=not args["--no-audio"])
+    options.validate()
+    raw = args["--raw"]
+    if raw is not None and not raw.is_dir():
+        raise ConfigError(f"--raw {raw}: not a folder; give the folder of recordings")
+    deid = None
+    store = Store(out, mode="r")
+    if deidentify:
+        from .deidentify import Deidentifier, deid_key
+
+        deid = Deidentifier.from_names_file(names)
+        deid.key = deid_key(out)
+        typer.echo("note: --deidentify pixelates every face and scrubs the texts; voices stay in the audio "
+                   "(--no-audio leaves it out)", err=True)
+    _known_sessions(store, session, out)
+    summary = export_clips(store, session or store.session_ids(), dest_dir, options, deid, raw)
+    for note in summary.notes:
+        typer.echo(f"skipped {note}", err=True)
+    for failure in summary.failed:
+        _secho(f"failed {failure}", typer.colors.YELLOW, err=True)
+    for path in (*summary.jsonl.values(), *summary.shards):
+        typer.echo(path)
+    typer.echo(summary.line())
+    if summary.failed:
         raise typer.Exit(1)
 
 

@@ -10,8 +10,9 @@ import errno
 import os
 import stat
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -20,9 +21,9 @@ import numpy as np
 from ..errors import InputError
 from ..records import MediaProbe
 
-__all__ = ["AudioClock", "FramePlan", "PlanMismatch", "PlannedFrames", "VideoFrame", "check_complete",
-           "frames_at", "iter_audio_blocks", "iter_planned_frames", "iter_video_frames", "plan_video_frames",
-           "probe"]
+__all__ = ["AudioClock", "ClipEncoder", "FramePlan", "PlanMismatch", "PlannedFrames", "ShownFrame", "VideoFrame",
+           "check_complete", "frames_at", "iter_audio_blocks", "iter_frames_shown", "iter_planned_frames",
+           "iter_video_frames", "plan_video_frames", "probe"]
 
 # A decoded length this much shorter than the container promises means the file was cut off.
 _TRUNCATION_TOLERANCE_S = 0.5
@@ -668,3 +669,163 @@ def frames_at(path: Path, times: list[float], reach_s: float = 2.0) -> list[Vide
                 frames = None
             out[i] = found
     return [out[i] for i in range(len(times))]
+
+
+class ShownFrame:
+    """A frame :func:`iter_frames_shown` serves: its index among decoded frames, its time (s, session clock) and
+    display size (``width`` x ``height``, even: an odd last column or row is dropped, as 4:2:0 video needs),
+    its pixels converted on demand and once: :attr:`rgb` (turned upright), or the upright YUV 4:2:0 planes
+    :class:`ClipEncoder` crops and scales without a colour conversion (several times faster)."""
+
+    def __init__(self, frame: av.VideoFrame, index: int, time: float) -> None:
+        self._frame, self.index, self.time = frame, index, time
+        self._turns = _quarter_turns(frame)
+        w, h = (frame.height, frame.width) if self._turns % 2 else (frame.width, frame.height)
+        self.width, self.height = w - w % 2, h - h % 2
+        self._rgb: np.ndarray | None = None
+        self._planes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """(height, width, 3) uint8 RGB, upright (shared: do not write into it)."""
+        if self._rgb is None:
+            self._rgb = _upright(self._frame)[:self.height, :self.width]
+        return self._rgb
+
+    def planes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Upright Y (height, width), U and V (height / 2, width / 2) planes."""
+        if self._planes is None:
+            f = self._frame
+            if f.width % 2 or f.height % 2:
+                f = f.reformat(f.width - f.width % 2, f.height - f.height % 2)
+            a = f.to_ndarray(format="yuv420p")
+            h, w = f.height, f.width
+            planes = (a[:h], a[h:h + h // 4].reshape(h // 2, w // 2), a[h + h // 4:].reshape(h // 2, w // 2))
+            self._planes = tuple(np.rot90(p, self._turns) for p in planes) if self._turns else planes
+        return self._planes
+
+
+def iter_frames_shown(path: Path, times: np.ndarray, hold_s: float = 0.5, threads: int = 0
+                      ) -> Iterator[tuple[int, ShownFrame]]:
+    """One pass over the first video stream: for each of ``times`` (ascending, session clock, s) the frame
+    shown then (the last frame at or before it; the first frame for earlier times), as ``(index into times,
+    frame)`` in order; one :class:`ShownFrame` however many times show it, its pixels converted only when
+    asked for. Times more than ``hold_s`` after the last frame get nothing (the video ended before them);
+    decoding stops once the last time is served. Corrupt packets are skipped, as :func:`iter_video_frames`
+    skips them."""
+    times = np.asarray(times, dtype=np.float64)
+    with _open(path) as c:
+        stream = _video_stream(c)
+        if stream is None:
+            raise InputError(f"{path}: has no video stream" + (" (only cover art)" if c.streams.video else ""))
+        stream.thread_type = "AUTO"
+        if threads:
+            stream.codec_context.thread_count = threads
+        t0: float | None = _origin(c)
+        state = {"next": 0, "index": -1}
+
+        def show(frame: ShownFrame, until: float) -> Iterator[tuple[int, ShownFrame]]:
+            while state["next"] < len(times) and times[state["next"]] + 1e-6 < until:
+                yield state["next"], frame
+                state["next"] += 1
+
+        held: ShownFrame | None = None  # the frame on screen until the next one arrives
+        for packet in c.demux(stream):
+            try:
+                decoded = packet.decode()
+            except av.FFmpegError:
+                continue
+            for frame in decoded:
+                if frame.time is None:
+                    continue
+                t0 = float(frame.time) if t0 is None else t0
+                t = float(frame.time) - t0
+                if held is not None:
+                    yield from show(held, until=t)
+                state["index"] += 1
+                held = ShownFrame(frame, state["index"], t)
+            if state["next"] >= len(times):
+                return
+        if held is not None:
+            yield from show(held, until=held.time + hold_s)
+
+
+def _yuv_frame(planes: tuple[np.ndarray, ...], box: tuple[int, int, int, int]) -> av.VideoFrame:
+    """A yuv420p frame of the ``box`` (x0, y0, x1, y1; even) of upright 4:2:0 ``planes``."""
+    x0, y0, x1, y1 = box
+    out = av.VideoFrame(x1 - x0, y1 - y0, "yuv420p")
+    parts = (planes[0][y0:y1, x0:x1], planes[1][y0 // 2:y1 // 2, x0 // 2:x1 // 2],
+             planes[2][y0 // 2:y1 // 2, x0 // 2:x1 // 2])
+    for plane, data in zip(out.planes, parts, strict=True):
+        np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:data.shape[0], :data.shape[1]] = data
+    return out
+
+
+class ClipEncoder:
+    """An MP4 file of H.264 video (yuv420p, ``fps`` frames a second, ``width`` x ``height``) and, given
+    ``audio`` (mono float32 samples spanning the clip), an AAC track; encoded by PyAV's FFmpeg in this
+    process. Frames are added in order as RGB arrays of any size (scaled to the clip's size); ``close``
+    finishes the file, ``abort`` removes a partial one."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: float, audio: np.ndarray | None = None,
+                 sample_rate: int = 16000, crf: int = 23, preset: str = "veryfast") -> None:
+        self.path, self.width, self.height = Path(path), width, height
+        self.fps = Fraction(fps).limit_denominator(1001)
+        self._audio, self._rate, self._sent, self._frames = audio, sample_rate, 0, 0
+        try:
+            self._c = av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"})
+            self._v = self._c.add_stream("libx264", rate=self.fps)
+            self._v.width, self._v.height, self._v.pix_fmt = width, height, "yuv420p"
+            self._v.options = {"crf": str(crf), "preset": preset}
+            self._a = self._c.add_stream("aac", rate=sample_rate, layout="mono") if audio is not None else None
+            # One scaler for the clip: frame.reformat would set up a new SwsContext for every frame.
+            self._scaler = av.video.reformatter.VideoReformatter()
+        except (av.FFmpegError, OSError) as exc:
+            raise InputError(f"{path}: cannot create the clip ({exc})") from exc
+
+    def add(self, frame: np.ndarray | ShownFrame, box: tuple[int, int, int, int] | None = None) -> None:
+        """Append one frame: (H, W, 3) uint8 RGB, or the ``box`` (x0, y0, x1, y1, even; None: all) of a
+        :class:`ShownFrame`, cut from its YUV planes; scaled to the clip's size. The audio up to its end follows."""
+        try:
+            if isinstance(frame, ShownFrame):
+                picture = _yuv_frame(frame.planes(), box or (0, 0, frame.width, frame.height))
+            else:
+                picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            frame = self._scaler.reformat(picture, self.width, self.height, format="yuv420p", interpolation="AREA")
+            frame.pts = self._frames
+            self._frames += 1
+            self._c.mux(self._v.encode(frame))
+            self._send_audio(round(self._frames / self.fps * self._rate))
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            raise InputError(f"{self.path}: encoding frame {self._frames} failed ({exc})") from exc
+
+    def _send_audio(self, upto: int) -> None:
+        if self._a is None or self._audio is None:
+            return
+        upto = min(upto, len(self._audio))
+        while self._sent < upto:
+            n = min(1024, upto - self._sent)
+            block = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(self._audio[None, self._sent:self._sent + n], dtype=np.float32),
+                format="flt", layout="mono")
+            block.sample_rate, block.pts = self._rate, self._sent
+            self._c.mux(self._a.encode(block))
+            self._sent += n
+
+    def close(self) -> None:
+        """Flush the encoders and finish the file."""
+        try:
+            self._send_audio(len(self._audio) if self._audio is not None else 0)
+            self._c.mux(self._v.encode(None))
+            if self._a is not None:
+                self._c.mux(self._a.encode(None))
+            self._c.close()
+        except (av.FFmpegError, OSError) as exc:
+            self.abort()
+            raise InputError(f"{self.path}: finishing the clip failed ({exc})") from exc
+
+    def abort(self) -> None:
+        """Close and delete the partial file."""
+        with suppress(av.FFmpegError, OSError):
+            self._c.close()
+        self.path.unlink(missing_ok=True)
