@@ -554,6 +554,9 @@ class PairDataset:
                 ("time", "speaker_face", "speaker_mask", "listener_face", "listener_mask")}
         turn["utterance_ids"] = [str(u) for u in ids]
         turn["text"] = " ".join(p["text"] for p in parts)
+        for _, name in _utterance_arrays():  # declared per-utterance arrays: (U, ...), one row per utterance
+            values = [p.get(name) for p in parts]
+            turn[name] = np.stack(values) if values and all(v is not None for v in values) else None
         return turn
 
     def __getitem__(self, i: int) -> dict[str, Any]:
@@ -586,4 +589,22 @@ def collate_pairs(batch: list[dict[str, Any]], as_torch: bool = True) -> dict[st
         out[side] = _pad_turns(turns, as_torch)
         out[side]["utterance_ids"] = [t["utterance_ids"] for t in turns]
         out[side]["text"] = [t["text"] for t in turns]
+        out[side].update(_pad_utterance_arrays(turns, as_torch))
+    return _to_torch(out) if as_torch else out
+
+
+def _pad_utterance_arrays(turns: list[dict[str, Any]], as_torch: bool) -> dict[str, Any]:
+    """Each declared per-utterance array of the turns, (U_i, ...) padded with zeros to (B, U, ...) when every
+    turn has it (else a list), and ``n_utterances`` (B,): how many rows of each turn are its own."""
+    counts = np.array([len(t["utterance_ids"]) for t in turns], dtype=np.int64)
+    out: dict[str, Any] = {"n_utterances": counts}
+    for _, name in _utterance_arrays():
+        values = [t.get(name) for t in turns]
+        if not values or any(v is None for v in values):
+            out[name] = values
+            continue
+        padded = np.zeros((len(values), int(counts.max()), *values[0].shape[1:]), dtype=values[0].dtype)
+        for j, v in enumerate(values):
+            padded[j, :len(v)] = v
+        out[name] = padded
     return _to_torch(out) if as_torch else out
