@@ -25,7 +25,8 @@ Each item is a dict: ``utterance_id``, ``session_id``, ``speaker``, ``role``, ``
 ``start``, ``end``, ``time`` (T,) seconds, ``speaker_face`` / ``listener_face`` (T, D) float32,
 ``speaker_mask`` / ``listener_mask`` (T,) bool, ``cues`` (6,) float32 in :data:`CUE_NAMES` order, every
 per-utterance array a registered stage declares (``Stage.utterance_arrays``), by its name: ``pooled`` (2, 3, D)
-[speaker|listener] x [mean, std, max] from ``align``, plus ``words`` (list of (text, start, end)) with
+[speaker|listener] x [mean, std, max] from ``align``, ``timing`` (7,) from ``timing``, ``text_embedding`` (D,)
+from ``text``, plus ``words`` (list of (text, start, end)) with
 ``with_words=True`` and ``audio`` (float32 samples of the utterance) with ``with_audio=True``.
 
 Consistency: every manifest row carries the fingerprint (and finish time) of its session's ``align`` run. Each
@@ -533,7 +534,8 @@ def _to_torch(out: dict[str, Any]) -> dict[str, Any]:
 class PairDataset:
     """Dialogue pairs read lazily: each item holds the client's turn and the counsellor's reply, each as the
     concatenated tensors of its utterances (``speaker_face`` is the one talking, ``listener_face`` the other
-    person over the same steps), plus the pair's texts and cues."""
+    person over the same steps) and every declared per-utterance array stacked over its U utterances
+    (``text_embedding`` (U, D), ``timing`` (U, 7), ...), plus the pair's texts and cues."""
 
     def __init__(self, utterances: UtteranceDataset, rows: dict[str, np.ndarray]) -> None:
         self.utterances = utterances
