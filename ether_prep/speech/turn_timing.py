@@ -4,8 +4,8 @@ Per utterance (times in seconds, rates in words per second):
 
 - ``speech_rate``: words / (end - start);
 - ``articulation_rate``: words / (end - start - inner pauses): the pace while actually talking;
-- ``pause_before_s``: silence between the latest speech (anyone's words) that began before the utterance
-  and its start; 0 when someone was still talking, NaN for a session's first utterance;
+- ``pause_before_s``: silence between the end of the latest speech (the words of other utterances, anyone's,
+  begun by its start) and its start; 0 when someone was still talking, NaN for a session's first utterance;
 - ``n_pauses``, ``pause_s``: gaps of at least ``min_pause_s`` between consecutive words inside the utterance,
   their count and total;
 - ``response_latency_s``: for a reply, its start minus the end of the utterance it follows: the one, of those
@@ -122,7 +122,8 @@ def timing_cues(utterances: dict[str, Any], words: dict[str, Any], turns: Sequen
         n_pauses, pause_s = _inner_pauses(w_start[a:b], w_end[a:b], min_pause_s)
         talking = duration - pause_s
         prev = _previous(i, starts, ends)
-        before = w_start < starts[i]
+        before = w_start <= starts[i]  # other utterances' words begun by then (a zero-length last word too)
+        before[a:b] = False
         out[i] = (
             (b - a) / duration if duration > 0 else np.nan,
             (b - a) / talking if talking > 0 else np.nan,

@@ -145,9 +145,13 @@ def test_timing_cues_follow_the_words_of_the_call(aligned: dict[str, Any]) -> No
         gaps = w["start"][a + 1:b] - np.maximum.accumulate(w["end"][a:b])[:-1]
         assert cue["n_pauses"][i] == (gaps >= 0.25).sum() and np.isclose(cue["pause_s"][i], gaps[gaps >= 0.25].sum())
         assert np.isclose(cue["articulation_rate"][i] * (duration[i] - cue["pause_s"][i]), n_words[i])
-        if i:
-            last = w["end"][w["start"] < u["start"][i]].max()
+        if i:  # silence since the previous utterances' words; a reply's latency when the previous is the other's
+            others = np.ones(len(w["start"]), bool)
+            others[a:b] = False
+            last = w["end"][others & (w["start"] <= u["start"][i])].max()
             assert np.isclose(cue["pause_before_s"][i], max(u["start"][i] - last, 0.0))
+            if u["speaker"][i] != u["speaker"][i - 1]:
+                assert np.isclose(cue["response_latency_s"][i], u["start"][i] - u["end"][i - 1])
     # One microphone: words never overlap, so replies start after the other speaker's end.
     replies = np.isfinite(cue["response_latency_s"])
     assert replies.sum() >= 3 and (cue["response_latency_s"][replies] >= 0).all()
