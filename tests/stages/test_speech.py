@@ -341,8 +341,8 @@ def test_stereo_channels_both_transcribed(speech_run) -> None:
 @pytest.mark.slow
 def test_timing_cues_of_two_people_talking_at_once(speech_run) -> None:
     """One speaker per channel, talking over each other (the left 0-4.9 s, the right 0.4-2.5 s by the signal):
-    the right one's reply starts before the left one ends (negative latency), and both are overlapped for the
-    same seconds, most of the right one's utterance."""
+    the later of the two starts while the other is still talking (a negative latency), and both are overlapped
+    for the same seconds, most of the right one's (shorter) utterance."""
     from ether_prep.stages.timing import TIMING_NAMES, read_timing
     from ether_prep.stages.utterances import read_transcript
 
