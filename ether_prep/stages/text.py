@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from ..adapters.sentence_transformers_text import SentenceEncoder
     from ..records import Session
+    from ..spec import StageSpec
     from ..store import SessionGroup
 
 __all__ = ["TextParams", "TextStage", "read_text_embeddings"]
@@ -86,7 +87,7 @@ class TextStage(Stage):
     }
     utterance_arrays = ("text_embedding",)
 
-    def __init__(self, spec: Any) -> None:
+    def __init__(self, spec: StageSpec) -> None:
         super().__init__(spec)
         self._encoder: SentenceEncoder | None = None
 
