@@ -25,10 +25,11 @@ Each item is a dict: ``utterance_id``, ``session_id``, ``speaker``, ``role``, ``
 ``start``, ``end``, ``time`` (T,) seconds, ``speaker_face`` / ``listener_face`` (T, D) float32,
 ``speaker_mask`` / ``listener_mask`` (T,) bool, ``cues`` (6,) float32 in :data:`CUE_NAMES` order, every
 per-utterance array a registered stage declares (``Stage.utterance_arrays``), by its name: ``pooled`` (2, 3, D)
-[speaker|listener] x [mean, std, max] from ``align``, ``functionals`` (88,) eGeMAPS functionals from ``voice``;
-every per-step array a stage declares (``Stage.step_arrays``) over the same T steps: ``voice`` (T, 25) eGeMAPS
-descriptors (0 where masked), ``voice_mask`` (T,) audio frames at that step, ``voice_voiced`` (T,) a voiced frame
-(None, and zeros in a batch, where the session has no voice); plus ``words`` (list of (text, start, end)) with
+[speaker|listener] x [mean, std, max] from ``align``, ``functionals`` (88,) eGeMAPS functionals from ``voice``,
+``timing`` (7,) from ``timing``, ``text_embedding`` (D,) from ``text``; every per-step array a stage declares
+(``Stage.step_arrays``) over the same T steps: ``voice`` (T, 25) eGeMAPS descriptors (0 where masked),
+``voice_mask`` (T,) audio frames at that step, ``voice_voiced`` (T,) a voiced frame (None, and zeros in a batch,
+where the session has no voice); plus ``words`` (list of (text, start, end)) with
 ``with_words=True`` and ``audio`` (float32 samples of the utterance) with ``with_audio=True``.
 
 Consistency: every manifest row carries the fingerprint (and finish time) of its session's ``align`` run. Each
@@ -600,7 +601,8 @@ def _to_torch(out: dict[str, Any]) -> dict[str, Any]:
 class PairDataset:
     """Dialogue pairs read lazily: each item holds the client's turn and the counsellor's reply, each as the
     concatenated tensors of its utterances (``speaker_face`` is the one talking, ``listener_face`` the other
-    person over the same steps), plus the pair's texts and cues."""
+    person over the same steps) and every declared per-utterance array stacked over its U utterances
+    (``text_embedding`` (U, D), ``timing`` (U, 7), ...), plus the pair's texts and cues."""
 
     def __init__(self, utterances: UtteranceDataset, rows: dict[str, np.ndarray]) -> None:
         self.utterances = utterances
@@ -622,11 +624,11 @@ class PairDataset:
         for _, key in _step_arrays():  # voice, ...: over the same steps (None where the session lacks it)
             values = [p[key] for p in parts]
             turn[key] = np.concatenate(values) if values and all(v is not None for v in values) else None
-        for _, name in _utterance_arrays():  # functionals, pooled, ...: one row per utterance of the turn
-            values = [p[name] for p in parts]
-            turn[name] = np.stack(values) if values and all(v is not None for v in values) else None
         turn["utterance_ids"] = [str(u) for u in ids]
         turn["text"] = " ".join(p["text"] for p in parts)
+        for _, name in _utterance_arrays():  # declared per-utterance arrays: (U, ...), one row per utterance
+            values = [p.get(name) for p in parts]
+            turn[name] = np.stack(values) if values and all(v is not None for v in values) else None
         return turn
 
     def __getitem__(self, i: int) -> dict[str, Any]:
@@ -658,7 +660,23 @@ def collate_pairs(batch: list[dict[str, Any]], as_torch: bool = True) -> dict[st
         turns = [b[side] for b in batch]
         out[side] = _pad_turns(turns, as_torch)
         out[side]["utterance_ids"] = [t["utterance_ids"] for t in turns]
-        for _, name in _utterance_arrays():  # (U, ...) per turn: U differs between turns, so a list
-            out[side][name] = [t.get(name) for t in turns]
         out[side]["text"] = [t["text"] for t in turns]
+        out[side].update(_pad_utterance_arrays(turns, as_torch))
+    return _to_torch(out) if as_torch else out
+
+
+def _pad_utterance_arrays(turns: list[dict[str, Any]], as_torch: bool) -> dict[str, Any]:
+    """Each declared per-utterance array of the turns, (U_i, ...) padded with zeros to (B, U, ...) when every
+    turn has it (else a list), and ``n_utterances`` (B,): how many rows of each turn are its own."""
+    counts = np.array([len(t["utterance_ids"]) for t in turns], dtype=np.int64)
+    out: dict[str, Any] = {"n_utterances": counts}
+    for _, name in _utterance_arrays():
+        values = [t.get(name) for t in turns]
+        if not values or any(v is None for v in values):
+            out[name] = values
+            continue
+        padded = np.zeros((len(values), int(counts.max()), *values[0].shape[1:]), dtype=values[0].dtype)
+        for j, v in enumerate(values):
+            padded[j, :len(v)] = v
+        out[name] = padded
     return _to_torch(out) if as_torch else out

@@ -186,7 +186,7 @@ def _schema(columns: dict[str, list[Any]], spec: dict[str, tuple[str, str]]) -> 
     import pyarrow as pa
 
     types = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(),
-             "list<string>": pa.list_(pa.string())}
+             "list<string>": pa.list_(pa.string()), "list<float32>": pa.list_(pa.float32())}
     fields = []
     for name in columns:
         kind, description = spec[name] if name in spec else _family(name, spec)

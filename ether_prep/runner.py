@@ -307,6 +307,7 @@ class _Walk:
         self.downstream = {name: [n for n in self.planners if name in self.deps[n]] for name in self.planners}
         self.sessions = {s.id: s for s in sessions}
         self.settled: dict[str, set[str]] = {s.id: set() for s in sessions}
+        self.planned: set[tuple[str, str]] = set()  # (session, stage) planned once, whatever unblocked it
         self.waiting = {name: set(self.sessions) for name in self.planners}  # sessions without an outcome
         self.groups: dict[str, SessionGroup] = {}
         self.ready: list[Task] = []
@@ -405,6 +406,11 @@ class _Walk:
     def _plan(self, session: Session, name: str) -> None:
         """Cached, skipped, failed or blocked at once; otherwise a task, or one task per time window (a
         ``windowed`` stage on a long recording; the join is queued when every window is in)."""
+        # A stage reading two stages of which one reads the other (timing: diarize and utterances) is unblocked
+        # twice when both settle in one go (cached, skipped): it is planned the first time only.
+        if (session.id, name) in self.planned:
+            return
+        self.planned.add((session.id, name))
         planner, group = self.planners[name], self._group(session.id)
         try:
             if session.id in self.probe_errors:

@@ -21,7 +21,7 @@ from ether_prep.stages import STAGES, stage_class
 
 from .conftest import ROOT, audio_config, pipeline_file
 
-ORDER = list(STAGES)  # audio, transcribe, diarize, utterances, face, align: each one's requirements come first
+ORDER = list(STAGES)  # audio, transcribe, diarize, utterances, face, align, timing, text, qc: requirements first
 
 
 def _yaml(stages: dict[str, dict], name: str = "p", top: str = "version: 1\n") -> str:
@@ -79,7 +79,8 @@ def test_every_parameter_of_every_stage_has_a_located_error(tmp_path: Path, stag
 # A value of the right type that each stage's own checks reject, and the key its message names.
 OUT_OF_RANGE = {"audio": ("sample_rate", 4000), "transcribe": ("channels", "both"),
                 "diarize": ("max_speakers", 0), "utterances": ("max_word_s", -1.0), "face": ("num_faces", 0),
-                "align": ("rate_hz", -1.0), "voice": ("block_s", 0.0), "qc": ("max_corrupt_share", -1.0)}
+                "align": ("rate_hz", -1.0), "voice": ("block_s", 0.0), "timing": ("min_pause_s", 0.0),
+                "text": ("batch_size", 0), "qc": ("max_corrupt_share", -1.0)}
 
 
 @pytest.mark.parametrize("stage", ORDER)

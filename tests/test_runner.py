@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +19,9 @@ from ether_prep.cli import app
 from ether_prep.config import load_pipeline
 from ether_prep.runner import run_pipeline
 from ether_prep.sessions import session_id
-from ether_prep.store import Store
+from ether_prep.stages.audio import read_audio
+from ether_prep.stages.base import Stage
+from ether_prep.store import Store, write_array
 
 from . import trust_media as media
 from .conftest import DATA, audio_config, pipeline
@@ -163,3 +166,37 @@ def test_store_layout_is_plain_zarr(extracted: tuple[Path, Path, object]) -> Non
     sid = session_id("jfk.flac")
     assert root[f"sessions/{sid}/audio/waveform"].shape == (176000,)
     assert root[f"sessions/{sid}"].attrs["session"]["relpath"] == "jfk.flac"
+
+
+class _Level(Stage):
+    """A toy stage reading the audio stage: the waveform's peak (one value)."""
+
+    name, requires, needs_stream = "level", ("audio",), "audio"
+
+    def run(self, session: Any, store: Any, out: Any) -> str | None:
+        write_array(out, "peak", np.array([float(np.abs(read_audio(store).samples()).max(initial=0.0))]))
+        return None
+
+
+class _Both(_Level):
+    """A toy stage reading two stages of which one reads the other (a diamond: audio -> level -> both)."""
+
+    name, requires = "both", ("audio", "level")
+
+
+def test_a_stage_reading_a_stage_and_its_upstream_is_planned_once(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from ether_prep.stages import STAGES
+
+    from .conftest import pipeline_file
+
+    monkeypatch.setitem(STAGES, "level", f"{__name__}:_Level")
+    monkeypatch.setitem(STAGES, "both", f"{__name__}:_Both")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "jfk.flac").symlink_to(DATA / "speech" / "jfk.flac")
+    stages = [{"stage": "audio", "params": {"sample_rate": 16000}}, {"stage": "level"}, {"stage": "both"}]
+    pipe = load_pipeline("diamond", pipeline_file(tmp_path, "diamond", stages))
+    assert run_pipeline(pipe, raw, tmp_path / "s.zarr").counts() == {"done": 3}
+    # Everything cached at once: each stage settles the next in one go; the diamond's tip still runs once.
+    assert run_pipeline(pipe, raw, tmp_path / "s.zarr").counts() == {"cached": 3}

@@ -21,6 +21,9 @@ STAGES: dict[str, str] = {
     "face": "ether_prep.stages.face:FaceStage",
     "align": "ether_prep.stages.align:AlignStage",
     "voice": "ether_prep.stages.voice:VoiceStage",
+    # After align: their manifest columns follow the rows align defines (they read only utterances and turns).
+    "timing": "ether_prep.stages.timing:TimingStage",
+    "text": "ether_prep.stages.text:TextStage",
     "qc": "ether_prep.stages.qc:QcStage",
 }
 

@@ -67,7 +67,8 @@ class Stage(ABC):
       output, which must equal what :meth:`run` writes. So one long recording keeps several workers busy
       (eligibility, planning and the join's checks: :mod:`ether_prep.windows`);
     - ``manifest_columns``: what the stage adds to the root Parquet manifests, per manifest (:data:`MANIFESTS`):
-      column name -> (Arrow type, description), the values coming from :meth:`manifest_values`; a name ending
+      column name -> (Arrow type: ``string``, ``int64``, ``float64``, ``bool``, ``list<string>``,
+      ``list<float32>``; description), the values coming from :meth:`manifest_values`; a name ending
       in ``*`` declares a family (``qc_*``: one column per metric); further items are flags: ``"last"`` puts
       the column after every stage's others, ``"text"`` marks free text (de-identification scrubs it),
       ``"item"`` a column the dataset's items carry. The stage that gives the ``utterance_id`` (``pair_id``)

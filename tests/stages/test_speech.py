@@ -25,7 +25,7 @@ from ..conftest import DATA, pipeline, pipeline_file
 from ..media import write_wav
 from ..scoring import der, matched_words, read_rttm, read_stm, wer, word_errors
 
-SPEECH_STAGES = ["audio", "transcribe", "diarize", "utterances"]
+SPEECH_STAGES = ["audio", "transcribe", "diarize", "utterances", "timing", "text"]
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
 
 
@@ -339,6 +339,32 @@ def test_stereo_channels_both_transcribed(speech_run) -> None:
 
 
 @pytest.mark.slow
+def test_timing_cues_of_two_people_talking_at_once(speech_run) -> None:
+    """One speaker per channel, talking over each other (the left 0-4.9 s, the right 0.4-2.5 s by the signal):
+    the later of the two starts while the other is still talking (a negative latency), and both are overlapped
+    for the same seconds, most of the right one's (shorter) utterance."""
+    from ether_prep.stages.timing import TIMING_NAMES, read_timing
+    from ether_prep.stages.utterances import read_transcript
+
+    _, store, ids, _ = speech_run
+    group = store.session(ids["stereo_two_speakers.wav"])
+    u = read_transcript(group).utterances
+    cue = dict(zip(TIMING_NAMES, read_timing(group).T, strict=True))
+    latency = cue["response_latency_s"]
+    early = np.flatnonzero(latency < 0)
+    assert len(early) >= 1
+    for i in early:  # it began while an utterance of the other speaker it follows was still going on
+        others = [j for j in range(len(u["id"]))
+                  if u["speaker"][j] != u["speaker"][i] and u["start"][j] < u["start"][i]]
+        assert np.isclose(latency[i], u["start"][i] - max(u["end"][j] for j in others))
+    shared = {s: cue["overlap_s"][u["speaker"] == s].sum() for s in set(u["speaker"])}
+    assert len(shared) == 2 and min(shared.values()) > 0.5
+    assert np.isclose(*shared.values())  # the same seconds, seen from each side
+    right = int(np.argmin(u["word_end"] - u["word_start"]))  # 5 words against 17
+    assert cue["overlap_s"][right] >= 0.5 * (u["end"][right] - u["start"][right])
+
+
+@pytest.mark.slow
 def test_a_silent_second_channel_is_not_split_off(speech_run) -> None:
     _, store, ids, _ = speech_run
     sid = ids["one_silent_channel.wav"]
@@ -355,8 +381,11 @@ def test_silence_music_and_no_audio(speech_run) -> None:
         assert len(g.read_table("transcribe", "words")["text"]) == 0
         assert "no speech" in (g.stage_state("transcribe").note or "")
         assert len(g.read_table("utterances", "utterances")["id"]) == 0
+        for stage in ("timing", "text"):  # nothing to time or embed, and a note saying so
+            assert g.stage_state(stage).state == "done" and "no speech" in (g.stage_state(stage).note or "")
+        assert g.array("text", "text_embedding").shape == (0, 384) and g.array("timing", "timing").shape == (0, 7)
     g = store.session(ids["no_audio.mp4"])
-    for stage in ("transcribe", "diarize", "utterances"):
+    for stage in ("transcribe", "diarize", "utterances", "timing", "text"):
         assert g.stage_state(stage).state == "skipped"
     assert not [o for o in summary.outcomes if o.state == "failed"]
 
