@@ -95,3 +95,27 @@ def test_pairs_dataset_and_pandas_views(aligned: dict[str, object]) -> None:
     assert np.array_equal(item["client"]["speaker_face"][: len(by_id[ids[0]]["time"])], by_id[ids[0]]["speaker_face"])
     batch = pairs.collate([pairs[i] for i in range(len(pairs))])
     assert batch["client"]["speaker_face"].shape[0] == len(pairs) == batch["counsellor"]["lengths"].shape[0]
+
+
+@pytest.mark.slow  # reads the `aligned` store, made with the cpu pipeline's models
+def test_one_batch_holds_every_channel_of_each_utterance(aligned: dict[str, object]) -> None:
+    """Face, voice, text and timing side by side in one batch of the mixed audio-only/video store: the face and
+    voice on one time axis, each channel's rows present where the session has that channel."""
+    from torch.utils.data import DataLoader
+
+    import ether_prep
+
+    store = ether_prep.open_store(aligned["store"])
+    ds = store.utterances()
+    batch = next(iter(DataLoader(ds, batch_size=len(ds), collate_fn=ds.collate)))
+    n, t = batch["speaker_face"].shape[:2]
+    assert batch["voice"].shape[:2] == (n, t) and batch["functionals"].shape == (n, 88)
+    assert batch["text_embedding"].shape == (n, 384) and batch["timing"].shape == (n, 7)
+    audio_only = np.array([str(s).startswith("sample-") for s in batch["session_id"]])
+    assert audio_only.any() and (~audio_only).any()
+    face_seen = batch["speaker_mask"].any(dim=1).numpy()
+    assert not face_seen[audio_only].any() and face_seen[~audio_only].all()  # no face where there is no video
+    assert batch["voice_mask"].any(dim=1).all()  # every utterance has its voice, video or not
+    assert np.allclose(batch["text_embedding"].norm(dim=-1).numpy(), 1.0, atol=1e-4)
+    frame = store.to_pandas("utterances")
+    assert {"voice_f0_median_st", "voice_arousal", "speech_rate", "text_embedding"} <= set(frame.columns)
