@@ -73,32 +73,37 @@ class VoiceEmbedder:
 
         return ra.wav_to_mel_spectrogram(np.asarray(audio, dtype=np.float32))
 
-    def embed_sequences(self, seqs: Sequence[np.ndarray], batch: int = 128) -> np.ndarray:
+    def embed_sequences(self, seqs: Sequence[np.ndarray], batch: int = 64) -> np.ndarray:
         """One L2-normalised embedding per mel sequence of any length (e.g. the frames where one local speaker
-        talks alone): the mean of its 1.6 s partials (half overlapping; a shorter sequence is one partial)."""
+        talks alone): the mean of its back-to-back 1.6 s partials (the last one ending at its end); a shorter
+        sequence is one partial of its own length."""
         import torch
         from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 
-        parts, owner = [], []
+        full, full_owner, short, short_owner = [], [], [], []
         for i, seq in enumerate(seqs):
             n = len(seq)
-            starts = [0] if n <= PARTIAL_FRAMES else [*range(0, n - PARTIAL_FRAMES, PARTIAL_FRAMES // 2),
-                                                      n - PARTIAL_FRAMES]
-            parts += [seq[s:s + PARTIAL_FRAMES] for s in starts]
-            owner += [i] * len(starts)
+            if n < PARTIAL_FRAMES:
+                short.append(torch.from_numpy(np.ascontiguousarray(seq, dtype=np.float32)))
+                short_owner.append(i)
+                continue
+            starts = {*range(0, n - PARTIAL_FRAMES + 1, PARTIAL_FRAMES), n - PARTIAL_FRAMES}
+            full += [seq[s:s + PARTIAL_FRAMES] for s in sorted(starts)]
+            full_owner += [i] * len(starts)
         out = np.zeros((len(seqs), 256), dtype=np.float32)
-        if not parts:
-            return out
         enc = self.encoder
-        embs = []
         with torch.no_grad():
-            for i in range(0, len(parts), batch):
-                chunk = [torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32)) for p in parts[i:i + batch]]
-                lengths = torch.tensor([len(c) for c in chunk])
-                packed = pack_padded_sequence(pad_sequence(chunk, batch_first=True).to(enc.device), lengths,
+            # Equal-length partials go through the encoder as they are (fast); shorter ones packed.
+            for i in range(0, len(full), batch):
+                x = torch.from_numpy(np.stack(full[i:i + batch]).astype(np.float32)).to(enc.device)
+                np.add.at(out, np.array(full_owner[i:i + batch]), enc(x).cpu().numpy())
+            for i in range(0, len(short), batch):
+                part = short[i:i + batch]
+                lengths = torch.tensor([len(c) for c in part])
+                packed = pack_padded_sequence(pad_sequence(part, batch_first=True).to(enc.device), lengths,
                                               batch_first=True, enforce_sorted=False)
                 _, (hidden, _) = enc.lstm(packed)  # the encoder's own forward, on packed variable lengths
                 raw = enc.relu(enc.linear(hidden[-1]))
-                embs.append((raw / torch.norm(raw, dim=1, keepdim=True).clamp_min(1e-12)).cpu().numpy())
-        np.add.at(out, np.array(owner), np.concatenate(embs))
+                emb = raw / torch.norm(raw, dim=1, keepdim=True).clamp_min(1e-12)
+                np.add.at(out, np.array(short_owner[i:i + batch]), emb.cpu().numpy())
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)

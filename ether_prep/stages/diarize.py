@@ -6,12 +6,13 @@ Two backends:
   segmentation network shipped in whisperx's wheel (the model its VAD runs; ``segmentation_model`` for another
   multi-label checkpoint) gives frame-level activity of up to 3 local speakers per 5 s chunk, every
   ``segmentation_step_s``; resemblyzer embeds each local speaker of each chunk from the frames where it speaks
-  alone; the embeddings are clustered (spectral or agglomerative) into ``num_speakers``, or into a count
-  estimated within ``min_speakers..max_speakers`` (eigengap; rough on short recordings, so give the count when
-  known), each chunk's local speakers matched one-to-one to the clusters; the chunks are stitched back with
-  the segmentation's speaker count per frame, so two voices at once give two overlapping turns (overlap).
-  ``method: windows`` is the older variant: WebRTC VAD, fixed resemblyzer windows, a vote per frame (no
-  overlap, turn changes blurred over a window).
+  alone; the embeddings are clustered (``clustering``: spectral, agglomerative average linkage, or
+  ``complete``: complete linkage, where a cluster of one embedding never takes a speaker) into
+  ``num_speakers``, or into a count estimated within ``min_speakers..max_speakers`` (rough on short
+  recordings, so give the count when known), each chunk's local speakers matched one-to-one to the
+  clusters; the chunks are stitched back with the segmentation's speaker count per frame, so two voices at
+  once give two overlapping turns (overlap). ``method: windows`` is the older variant: WebRTC VAD, fixed
+  resemblyzer windows, a vote per frame (no overlap, turn changes blurred over a window).
 - ``pyannote``: pyannote.audio's pipeline through whisperx (``model`` a hub name or a local directory, token
   from ``HF_TOKEN``).
 
@@ -91,8 +92,8 @@ class DiarizeParams:
             raise ValueError("need 0 < hop_s <= window_s <= 10 s")
         if self.vad_aggressiveness not in (0, 1, 2, 3):
             raise ValueError("vad_aggressiveness must be 0, 1, 2 or 3")
-        if self.clustering not in ("spectral", "agglomerative"):
-            raise ValueError(f"clustering must be 'spectral' or 'agglomerative', got {self.clustering!r}")
+        if self.clustering not in ("spectral", "agglomerative", "complete"):
+            raise ValueError(f"clustering must be 'spectral', 'agglomerative' or 'complete', got {self.clustering!r}")
         if self.method not in ("segmentation", "windows"):
             raise ValueError(f"method must be 'segmentation' or 'windows', got {self.method!r}")
         if not 0.05 <= self.segmentation_step_s <= 5:
