@@ -48,6 +48,10 @@ def test_assign_speakers_at_turn_changes() -> None:
     out = sp.assign_speakers(words, turns, max_word=1.0)
     assert [w["speaker"] for w in out] == ["SPEAKER_01", "SPEAKER_00", "SPEAKER_01"]
     assert [w["speaker"] for w in sp.assign_speakers(words, [])] == ["", "", ""]
+    # Overlap: a short interjection inside A's long turn; a word inside both goes to A, who holds the floor.
+    both = [Turn(0.0, 4.0, "A"), Turn(1.0, 1.6, "B")]
+    inside = [{"text": "yes", "start": 1.1, "end": 1.4, "score": 1.0}]
+    assert [w["speaker"] for w in sp.assign_speakers(inside, both)] == ["A"]
 
 
 def test_build_utterances_splits_and_ids() -> None:
