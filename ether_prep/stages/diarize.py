@@ -79,7 +79,7 @@ class DiarizeParams:
     segmentation_model: str | None = None  # a pyannote segmentation checkpoint; None: whisperx's shipped one
     segmentation_step_s: float = 0.5  # hop of the 5 s segmentation chunks
     onset: float = 0.5  # segmentation activity above which a local speaker speaks
-    min_fit_s: float = 1.0  # speech a local speaker needs in a chunk for its embedding to shape the clusters
+    min_fit_s: float = 0.5  # speech a local speaker needs in a chunk for its embedding to shape the clusters
     min_duration_off_s: float = 0.0  # gaps within one speaker's speech shorter than this are filled
     cache_dir: str | None = None  # pyannote: where hub models are cached
 
