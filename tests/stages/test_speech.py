@@ -318,9 +318,9 @@ def test_diarization_error_rate_on_sample(speech_run) -> None:
     print(f"\nDER sample.wav: {forgiving:.3f} (collar +-0.25 s, overlap excluded), {strict:.3f} (no collar, overlap)")
     assert forgiving <= 0.05 and strict <= 0.15
     assert set(hyp_s.speaker for hyp_s in hyp) == {"SPEAKER_00", "SPEAKER_01"}
-    # Every stretch where the reference has both speakers at once is found as overlap (two turns at once)
-    # for most of its length.
-    for a, b in _overlaps(ref):
+    # Every stretch where the reference has both speakers at once (four here, 0.2-0.65 s; a 0.03 s touch of two
+    # turns aside) is found as overlap (two turns at once) for at least half its length.
+    for a, b in [o for o in _overlaps(ref) if o[1] - o[0] >= 0.1]:
         found = sum(max(0.0, min(b, e) - max(a, s)) for s, e in _overlaps(hyp))
         assert found >= 0.5 * (b - a), f"reference overlap {a:.2f}-{b:.2f} s: only {found:.2f} s found as overlap"
 
