@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _params(method: str):
-    from ether_prep.config import load_config
+    from ether_prep.config import load_pipeline
 
-    spec = load_config().pipeline("cpu").stage("diarize")
+    spec = load_pipeline("cpu", Path(__file__).resolve().parents[1] / "pipelines.yaml").stage("diarize")
     return dataclasses.replace(spec.params, method=method)
 
 
