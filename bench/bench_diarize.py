@@ -65,9 +65,14 @@ def compare(seconds: float, rounds: int) -> None:
     seg = EmbeddingDiarizer(None, seg_p)
     win = EmbeddingDiarizer(None, win_p)
     assert seg._segmentation is not None
-    bare = _best(lambda: seg._segmentation(audio, seg_p.segmentation_step_s), rounds)
-    t_seg = _best(lambda: seg.diarize(audio, 16000, seg_p.num_speakers), rounds)
-    t_win = _best(lambda: win.diarize(audio, 16000, win_p.num_speakers), rounds)
+    # Interleaved rounds, best of each: other jobs on a shared machine slow whichever runs beside them.
+    runs: dict[str, list[float]] = {"bare": [], "seg": [], "win": []}
+    for _ in range(rounds):
+        runs["bare"].append(_best(lambda: seg._segmentation(audio, seg_p.segmentation_step_s), 1))
+        runs["seg"].append(_best(lambda: seg.diarize(audio, 16000, seg_p.num_speakers), 1))
+        runs["win"].append(_best(lambda: win.diarize(audio, 16000, win_p.num_speakers), 1))
+    bare, t_seg, t_win = (min(runs[k]) for k in ("bare", "seg", "win"))
+    print("rounds (s): " + ", ".join(f"{k} {[round(t, 2) for t in v]}" for k, v in runs.items()))
     d = len(audio) / 16000
     print(f"input: {d:.0f} s, threads {seg_p.threads}, best of {rounds}")
     print(f"bare segmentation inference (step {seg_p.segmentation_step_s} s): {bare:.2f} s  RTF {bare / d:.4f}")
