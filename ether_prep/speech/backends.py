@@ -127,7 +127,9 @@ class EmbeddingDiarizer:
         if params.method != "segmentation":
             return {"id": voice, "source": "package resemblyzer"}
         seg = params.segmentation_model or "pyannote segmentation (whisperx/assets/pytorch_model.bin)"
-        return {"id": f"{seg} + {voice}", "source": "packages whisperx and resemblyzer"}
+        # Both local: a package (or a file the user names) for each part, never a hub.
+        source = "path" if params.segmentation_model else "package whisperx (segmentation), resemblyzer (voice)"
+        return {"id": f"{seg} + {voice}", "source": source}
 
     def diarize(self, audio: np.ndarray, sample_rate: int, num_speakers: int | None) -> list[Turn]:
         if self._segmentation is not None:
