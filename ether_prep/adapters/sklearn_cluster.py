@@ -15,11 +15,12 @@ def spectral_labels(affinity: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
                               assign_labels="cluster_qr").fit_predict(affinity)
 
 
-def agglomerative_labels(x: np.ndarray, k: int) -> np.ndarray:
-    """Average-linkage agglomerative clustering of vectors by cosine distance into ``k`` clusters."""
+def agglomerative_labels(x: np.ndarray, k: int, linkage: str = "average") -> np.ndarray:
+    """Agglomerative clustering of vectors by cosine distance into ``k`` clusters (``average`` or ``complete``
+    linkage)."""
     from sklearn.cluster import AgglomerativeClustering
 
-    return AgglomerativeClustering(n_clusters=k, metric="cosine", linkage="average").fit_predict(x)
+    return AgglomerativeClustering(n_clusters=k, metric="cosine", linkage=linkage).fit_predict(x)
 
 
 def silhouette(x: np.ndarray, labels: np.ndarray) -> float:

@@ -15,7 +15,7 @@ choosing a backend imports nothing heavy; the stages hold no backend branches.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from ..contracts import AsrParams, Transcription, VoiceParams
 from ..records import Turn
 from ..registry import resolve
 from .diarization import cluster_embeddings, speech_regions, speech_windows, turns_from_windows
+
+if TYPE_CHECKING:
+    from ..adapters.pyannote_segmentation import Segmentation
 
 __all__ = ["DIARIZERS", "TRANSCRIBERS", "Diarizer", "EmbeddingDiarizer", "Transcriber", "diarizer_class",
            "transcriber_class"]
@@ -91,27 +94,96 @@ def diarizer_class(backend: str) -> type[Diarizer]:
 
 
 class EmbeddingDiarizer:
-    """Offline diarization: WebRTC VAD finds speech, resemblyzer embeds fixed windows sliding over it, the
-    windows are clustered into speakers and every speech frame takes the vote of the windows covering it.
+    """Offline diarization with resemblyzer voice embeddings, two ways (parameter ``method``):
 
-    Reads the diarize stage's parameters: ``device``, ``threads``, ``vad_aggressiveness``, ``min_speech_s``,
-    ``min_silence_s``, ``window_s``, ``hop_s``, ``clustering``, ``min_speakers``, ``max_speakers``.
+    - ``segmentation``: built like pyannote's pipeline (see :mod:`ether_prep.speech.segmentation`): pyannote's
+      segmentation network (shipped in whisperx's wheel) finds up to 3 local speakers per 5 s chunk, each gets
+      an embedding, the embeddings are clustered, and the chunks are stitched back with overlap;
+    - ``windows``: WebRTC VAD finds speech, resemblyzer embeds fixed windows sliding over it, the windows are
+      clustered into speakers and every speech frame takes the vote of the windows covering it.
+
+    Reads the diarize stage's parameters: ``device``, ``threads``, ``method``, ``segmentation_model``,
+    ``segmentation_step_s``, ``onset``, ``min_fit_s``, ``min_duration_off_s``, ``vad_aggressiveness``,
+    ``min_speech_s``, ``min_silence_s``, ``window_s``, ``hop_s``, ``clustering``, ``min_speakers``,
+    ``max_speakers``.
     """
 
-    libraries: ClassVar[tuple[str, ...]] = ("resemblyzer", "webrtcvad", "scikit-learn", "torch")
+    libraries: ClassVar[tuple[str, ...]] = ("resemblyzer", "webrtcvad", "scikit-learn", "torch", "pyannote-audio")
     _FRAME = 0.03  # s per WebRTC VAD frame
+    _MIN_CLEAN_S = 0.3  # speech alone a local speaker needs for its embedding to skip its overlapped frames
 
     def __init__(self, model: str | None, params: VoiceParams) -> None:
         from ..adapters.resemblyzer_voice import VoiceEmbedder
 
         self.params = params
         self._embedder = VoiceEmbedder(device=params.device, weights=model, threads=params.threads)
+        self._segmentation = None
+        if params.method == "segmentation":
+            from ..adapters.pyannote_segmentation import SegmentationModel
+
+            self._segmentation = SegmentationModel(params.segmentation_model, params.device, params.threads)
 
     @classmethod
     def describe(cls, model: str | None, params: VoiceParams) -> dict[str, str]:
-        return {"id": model or "resemblyzer GE2E (shipped)", "source": "package resemblyzer"}
+        voice = model or "resemblyzer GE2E (shipped)"
+        if params.method != "segmentation":
+            return {"id": voice, "source": "package resemblyzer"}
+        seg = params.segmentation_model or "pyannote segmentation (whisperx/assets/pytorch_model.bin)"
+        # Both local: a package (or a file the user names) for each part, never a hub.
+        source = "path" if params.segmentation_model else "package whisperx (segmentation), resemblyzer (voice)"
+        return {"id": f"{seg} + {voice}", "source": source}
 
     def diarize(self, audio: np.ndarray, sample_rate: int, num_speakers: int | None) -> list[Turn]:
+        if self._segmentation is not None:
+            return self._diarize_segmentation(audio, num_speakers)
+        return self._diarize_windows(audio, sample_rate, num_speakers)
+
+    def _diarize_segmentation(self, audio: np.ndarray, num_speakers: int | None) -> list[Turn]:
+        """Segmentation, an embedding per local speaker and chunk, clustering, stitching (with overlap)."""
+        from . import segmentation as sg
+
+        p = self.params
+        assert self._segmentation is not None
+        seg = self._segmentation(audio, p.segmentation_step_s)
+        binary = seg.activations > p.onset
+        chunks, _, local = binary.shape
+        pairs, masks = sg.embedding_frames(binary, round(self._MIN_CLEAN_S / seg.frame_step))
+        if not pairs:
+            return []
+        seqs = self._local_mels(audio, seg, pairs, masks)
+        embeddings = self._embedder.embed_sequences(seqs)
+        lengths = np.array([len(q) for q in seqs])
+        fit = lengths * 0.01 >= p.min_fit_s
+        if not fit.any():  # only short bursts of speech: the longest ones shape the clusters
+            fit = lengths >= lengths.max()
+        labels = np.zeros(len(seqs), dtype=int)
+        labels[fit] = cluster_embeddings(embeddings[fit], num_speakers, p.min_speakers, p.max_speakers,
+                                         method=p.clustering)
+        local_to_global = sg.assign_local_speakers(pairs, embeddings, labels, fit, (chunks, local))
+        offsets = np.rint(np.arange(chunks) * seg.chunk_step / seg.frame_step).astype(int)
+        k = int(labels[fit].max()) + 1
+        active = sg.reconstruct(seg.activations, binary, local_to_global, k, offsets)
+        end = len(audio) / self._segmentation.sample_rate
+        turns = sg.binary_to_turns(active, seg.frame_step, p.min_duration_off_s)
+        return [Turn(t.start, min(t.end, end), t.speaker) for t in turns if t.start < end]
+
+    def _local_mels(self, audio: np.ndarray, seg: Segmentation, pairs: list[tuple[int, int]], masks: list[np.ndarray]
+                    ) -> list[np.ndarray]:
+        """The mel frames of each (chunk, local speaker) where its mask is set."""
+        from ..adapters.resemblyzer_voice import MEL_STEP_S
+
+        mel = self._embedder.mel(audio)
+        frames = seg.activations.shape[1]
+        span = round(seg.chunk_duration / MEL_STEP_S)
+        out = []
+        for (c, _), mask in zip(pairs, masks, strict=True):
+            first = round(c * seg.chunk_step / MEL_STEP_S)
+            m = np.arange(first, min(first + span, len(mel)))
+            f = np.minimum(((m - first) * MEL_STEP_S / seg.frame_step).astype(int), frames - 1)
+            out.append(mel[m[mask[f]]])
+        return out
+
+    def _diarize_windows(self, audio: np.ndarray, sample_rate: int, num_speakers: int | None) -> list[Turn]:
         from ..adapters.resemblyzer_voice import webrtc_voiced
 
         p = self.params

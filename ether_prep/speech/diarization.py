@@ -72,11 +72,37 @@ def cluster_embeddings(embeddings: np.ndarray, num_speakers: int | None = None, 
         labels = spectral_labels(affinity, k, seed)
     elif method == "agglomerative":
         labels = agglomerative_labels(x, k)
+    elif method == "complete":
+        labels = _agglomerative_large(x, k, linkage="complete")
     else:
-        raise ValueError(f"unknown clustering method {method!r}; use 'spectral' or 'agglomerative'")
+        raise ValueError(f"unknown clustering method {method!r}; use 'spectral', 'agglomerative' or 'complete'")
     # Relabel by first appearance so SPEAKER_00 is whoever speaks first.
     order = {old: new for new, old in enumerate(dict.fromkeys(labels.tolist()))}
     return np.array([order[v] for v in labels], dtype=int)
+
+
+def _agglomerative_large(x: np.ndarray, k: int, min_size: int = 2, linkage: str = "complete") -> np.ndarray:
+    """Agglomerative clusters (cosine, ``linkage``) into ``k`` speakers that each hold at least ``min_size``
+    embeddings: the tree is cut finer until ``k`` clusters are that large (one odd embedding, a cough or a laugh,
+    would otherwise take a speaker of its own), and the embeddings of the small clusters join the nearest large
+    centroid."""
+    from ..adapters.sklearn_cluster import agglomerative_labels
+
+    labels = agglomerative_labels(x, k, linkage)
+    for finer in range(k, min(len(x), 4 * k + 8) + 1):
+        labels = agglomerative_labels(x, finer, linkage)
+        sizes = np.bincount(labels)
+        large = np.flatnonzero(sizes >= min(min_size, len(x) // k))
+        if len(large) >= k:
+            break
+    else:
+        return agglomerative_labels(x, k, linkage)
+    large = large[np.argsort(-sizes[large])][:k]
+    centroids = np.stack([x[labels == j].mean(axis=0) for j in large])
+    out = (x @ centroids.T).argmax(axis=1)
+    for new, old in enumerate(large):  # members of the large clusters keep their cluster
+        out[labels == old] = new
+    return out
 
 
 def _estimate_speakers(x: np.ndarray, lo: int, hi: int, method: str) -> int:
@@ -102,7 +128,7 @@ def _estimate_speakers(x: np.ndarray, lo: int, hi: int, method: str) -> int:
 
     best, best_k = -1.0, lo
     for k in range(max(lo, 2), hi + 1):
-        labels = agglomerative_labels(x, k)
+        labels = agglomerative_labels(x, k, "complete" if method == "complete" else "average")
         if len(set(labels)) < 2:
             continue
         score = silhouette(x, labels)

@@ -21,7 +21,8 @@ def assign_speakers(words: list[Word], turns: Sequence[Turn], max_word: float = 
 
     A word longer than ``max_word`` s has usually run into the silence after it, so only its first
     ``max_word`` s are used to vote; a word straddling a speaker change goes to the larger overlap. A word
-    in no turn takes the nearest turn's speaker (``fill_nearest``) or ``""``.
+    in no turn takes the nearest turn's speaker (``fill_nearest``) or ``""``. Where turns of two speakers
+    overlap and cover the word alike, the longer turn's speaker takes it.
     """
     if not turns:
         return [{**w, "speaker": ""} for w in words]
@@ -35,11 +36,15 @@ def assign_speakers(words: list[Word], turns: Sequence[Turn], max_word: float = 
         if e <= s:  # zero-length words vote with a small window around them
             s, e = s - 0.02, s + 0.02
         overlap = np.minimum(ends, e) - np.maximum(starts, s)
-        totals: dict[str, float] = {}
+        totals: dict[str, list[float]] = {}
         for j in np.flatnonzero(overlap > 0):
-            totals[speakers[j]] = totals.get(speakers[j], 0.0) + float(overlap[j])
+            v = totals.setdefault(speakers[j], [0.0, 0.0])
+            v[0] += float(overlap[j])
+            v[1] = max(v[1], float(ends[j] - starts[j]))
         if totals:
-            speaker = max(totals.items(), key=lambda kv: kv[1])[0]
+            # In overlapped speech both speakers cover the word alike: it goes to the one holding the floor
+            # (the longer turn), not to a short interjection, which the recogniser rarely transcribes.
+            speaker = max(totals.items(), key=lambda kv: (round(kv[1][0], 2), kv[1][1]))[0]
         elif fill_nearest:
             mid = (s + e) / 2
             dist = np.maximum(starts - mid, 0) + np.maximum(mid - ends, 0)

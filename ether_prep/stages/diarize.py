@@ -2,10 +2,17 @@
 
 Two backends:
 
-- ``embeddings`` (offline): WebRTC VAD finds speech; resemblyzer embeds fixed windows sliding over it; the
-  windows are clustered (spectral or agglomerative) into ``num_speakers``, or into a count estimated
-  within ``min_speakers..max_speakers`` (eigengap; rough on short recordings, so give the count when known);
-  every speech frame takes the vote of the windows covering it, so overlapped speech keeps a speaker.
+- ``embeddings`` (offline), built like pyannote's pipeline (``method: segmentation``, the default): pyannote's
+  segmentation network shipped in whisperx's wheel (the model its VAD runs; ``segmentation_model`` for another
+  multi-label checkpoint) gives frame-level activity of up to 3 local speakers per 5 s chunk, every
+  ``segmentation_step_s``; resemblyzer embeds each local speaker of each chunk from the frames where it speaks
+  alone; the embeddings are clustered (``clustering``: spectral, agglomerative average linkage, or
+  ``complete``: complete linkage, where a cluster of one embedding never takes a speaker) into
+  ``num_speakers``, or into a count estimated within ``min_speakers..max_speakers`` (rough on short
+  recordings, so give the count when known), each chunk's local speakers matched one-to-one to the
+  clusters; the chunks are stitched back with the segmentation's speaker count per frame, so two voices at
+  once give two overlapping turns (overlap). ``method: windows`` is the older variant: WebRTC VAD, fixed
+  resemblyzer windows, a vote per frame (no overlap, turn changes blurred over a window).
 - ``pyannote``: pyannote.audio's pipeline through whisperx (``model`` a hub name or a local directory, token
   from ``HF_TOKEN``).
 
@@ -16,12 +23,13 @@ Example (pipelines.yaml)::
 
     - stage: diarize
       backend: embeddings
-      params: {num_speakers: 2, window_s: 1.5, hop_s: 0.25}
+      params: {num_speakers: 2, method: segmentation, segmentation_step_s: 0.5}
       resources: {num_cpus: 2}
 
 Output group ``diarize/``::
 
-    turns   table: start, end (float64 s), speaker (str, "SPEAKER_00" ...)
+    turns   table: start, end (float64 s), speaker (str, "SPEAKER_00" ...); turns of different speakers
+            overlap where both speak (attrs overlap_s: their total)
     attrs   backend, model, n_speakers (library versions: the stage marker)
 """
 
@@ -48,7 +56,7 @@ if TYPE_CHECKING:
     from ..speech.backends import Diarizer
     from ..store import SessionGroup
 
-__all__ = ["DiarizeParams", "DiarizeStage", "read_diarizer", "read_turns"]
+__all__ = ["DiarizeParams", "DiarizeStage", "overlap_seconds", "read_diarizer", "read_turns"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,12 @@ class DiarizeParams:
     min_speech_s: float = 0.2
     min_silence_s: float = 0.3
     clustering: str = "spectral"
+    method: str = "segmentation"  # embeddings: "segmentation" (pyannote-style) or "windows" (sliding windows)
+    segmentation_model: str | None = None  # a pyannote segmentation checkpoint; None: whisperx's shipped one
+    segmentation_step_s: float = 0.5  # hop of the 5 s segmentation chunks
+    onset: float = 0.5  # segmentation activity above which a local speaker speaks
+    min_fit_s: float = 0.5  # speech a local speaker needs in a chunk for its embedding to shape the clusters
+    min_duration_off_s: float = 0.0  # gaps within one speaker's speech shorter than this are filled
     cache_dir: str | None = None  # pyannote: where hub models are cached
 
     def validate(self) -> None:
@@ -78,8 +92,16 @@ class DiarizeParams:
             raise ValueError("need 0 < hop_s <= window_s <= 10 s")
         if self.vad_aggressiveness not in (0, 1, 2, 3):
             raise ValueError("vad_aggressiveness must be 0, 1, 2 or 3")
-        if self.clustering not in ("spectral", "agglomerative"):
-            raise ValueError(f"clustering must be 'spectral' or 'agglomerative', got {self.clustering!r}")
+        if self.clustering not in ("spectral", "agglomerative", "complete"):
+            raise ValueError(f"clustering must be 'spectral', 'agglomerative' or 'complete', got {self.clustering!r}")
+        if self.method not in ("segmentation", "windows"):
+            raise ValueError(f"method must be 'segmentation' or 'windows', got {self.method!r}")
+        if not 0.05 <= self.segmentation_step_s <= 5:
+            raise ValueError(f"segmentation_step_s must be within 0.05..5 s, got {self.segmentation_step_s}")
+        if not 0 < self.onset < 1:
+            raise ValueError(f"onset must be within 0..1 (exclusive), got {self.onset}")
+        if not 0 <= self.min_fit_s <= 5 or not 0 <= self.min_duration_off_s <= 5:
+            raise ValueError("min_fit_s and min_duration_off_s must be within 0..5 s")
         check_device(self.device, ("cpu", "cuda", "cuda:N"))
 
 
@@ -144,8 +166,19 @@ class DiarizeStage(Stage):
             "speaker": np.array([t.speaker for t in turns], dtype=str),
         }, attrs={"units": "seconds"}, dim="turn")
         out.attrs.update({"backend": self.spec.backend, "model": self.model_info()["id"],
-                          "n_speakers": len(speakers), "speakers": speakers})
+                          "n_speakers": len(speakers), "speakers": speakers, "overlap_s": overlap_seconds(turns)})
         return None if turns else "no speech found: zero turns"
+
+
+def overlap_seconds(turns: list[Turn]) -> float:
+    """Seconds during which two or more speakers talk at once."""
+    edges = sorted([(t.start, 1) for t in turns] + [(t.end, -1) for t in turns])
+    total, depth, last = 0.0, 0, 0.0
+    for time, step in edges:
+        if depth >= 2:
+            total += time - last
+        depth, last = depth + step, time
+    return round(total, 3)
 
 
 def read_turns(store: SessionGroup) -> list[Turn]:

@@ -315,8 +315,9 @@ def test_every_word_is_attributed_to_its_clips_turn(dialogues) -> None:
         # A clip is one voice: its most frequent label carries at least three quarters of its words.
         for (name, _, _), x in zip(windows, counts, strict=True):
             assert x and max(x.values()) >= 0.75 * sum(x.values()), f"{f}: {name} is split between {dict(x)}"
-        # Stricter, and not met today (issue 19): one label per clip and one per voice. On these files the
-        # embeddings diarizer splits jfk's 11 s in two and merges two 2.4 s GRID voices in 2 of 4 files.
+        # One label per clip and one per voice: the segmentation diarizer keeps jfk's 11 s whole and tells the
+        # 2.4 s GRID voices apart.
         strict = all(len(x) == 1 for x in counts) and len({next(iter(x)) for x in counts if len(x) == 1}) == len(
             {n for n, _, _ in windows})
         print(f"{f}: one label per clip and per voice: {strict}")
+        assert strict, f"{f}: clips -> speakers {[dict(x) for x in counts]}: not one label per clip and per voice"

@@ -48,6 +48,10 @@ def test_assign_speakers_at_turn_changes() -> None:
     out = sp.assign_speakers(words, turns, max_word=1.0)
     assert [w["speaker"] for w in out] == ["SPEAKER_01", "SPEAKER_00", "SPEAKER_01"]
     assert [w["speaker"] for w in sp.assign_speakers(words, [])] == ["", "", ""]
+    # Overlap: a short interjection inside A's long turn; a word inside both goes to A, who holds the floor.
+    both = [Turn(0.0, 4.0, "A"), Turn(1.0, 1.6, "B")]
+    inside = [{"text": "yes", "start": 1.1, "end": 1.4, "score": 1.0}]
+    assert [w["speaker"] for w in sp.assign_speakers(inside, both)] == ["A"]
 
 
 def test_build_utterances_splits_and_ids() -> None:
@@ -108,6 +112,32 @@ def test_turns_from_windows_never_leave_speech_unlabelled() -> None:
     assert [t.speaker for t in turns] == ["SPEAKER_00", "SPEAKER_01"]
     assert turns[0].start == 0.0 and turns[-1].end == 4.0 and turns[0].end == pytest.approx(turns[1].start)
     assert abs(turns[0].end - 2.0) < 0.3
+
+
+def test_segmentation_chunks_stitch_into_turns_with_overlap() -> None:
+    """Two chunks whose local speaker 0/1 swap voices are stitched into one speaker per voice; frames where the
+    segmentation hears two voices give two overlapping turns; embeddings come from each voice's solo frames."""
+    from ether_prep.speech import segmentation as sg
+
+    f = 100  # frames of 0.01 s per chunk; chunk 1 starts 50 frames after chunk 0
+    act = np.zeros((2, f, 3))
+    act[0, 0:60, 0] = 0.9   # voice A: global frames 0-60
+    act[0, 55:100, 1] = 0.9  # voice B: from 55 (overlap 55-60)
+    act[1, 5:100, 0] = 0.9   # chunk 1: voice B (global 55-150) is local speaker 0 here
+    act[1, 0:10, 1] = 0.9    # and voice A (global 50-60) local speaker 1
+    binary = act > 0.5
+    pairs, masks = sg.embedding_frames(binary, min_clean=3)
+    assert pairs == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert not (masks[0] & masks[1]).any()  # solo frames only
+    a, b = np.eye(4)[0], np.eye(4)[1]
+    emb = np.stack([a, b, b, a])
+    l2g = sg.assign_local_speakers(pairs, emb, np.array([0, 1, 1, 0]), np.ones(4, bool), (2, 3))
+    assert l2g.tolist() == [[0, 1, -1], [1, 0, -1]]
+    active = sg.reconstruct(act, binary, l2g, 2, np.array([0, 50]))
+    turns = sg.binary_to_turns(active, 0.01)
+    assert [t.speaker for t in turns] == ["SPEAKER_00", "SPEAKER_01"]
+    assert turns[0].start == 0.0 and turns[0].end == pytest.approx(0.6)
+    assert turns[1].start == pytest.approx(0.55) and turns[1].end == pytest.approx(1.5)
 
 
 def test_cluster_embeddings_separates_voices() -> None:
@@ -286,8 +316,23 @@ def test_diarization_error_rate_on_sample(speech_run) -> None:
     forgiving = der(ref, hyp, collar=0.25, skip_overlap=True)
     strict = der(ref, hyp, collar=0.0, skip_overlap=False)
     print(f"\nDER sample.wav: {forgiving:.3f} (collar +-0.25 s, overlap excluded), {strict:.3f} (no collar, overlap)")
-    assert forgiving <= 0.10 and strict <= 0.25
+    assert forgiving <= 0.05 and strict <= 0.15
     assert set(hyp_s.speaker for hyp_s in hyp) == {"SPEAKER_00", "SPEAKER_01"}
+    # Every stretch where the reference has both speakers at once (four here, 0.2-0.65 s; a 0.03 s touch of two
+    # turns aside) is found as overlap (two turns at once) for at least half its length.
+    for a, b in [o for o in _overlaps(ref) if o[1] - o[0] >= 0.1]:
+        found = sum(max(0.0, min(b, e) - max(a, s)) for s, e in _overlaps(hyp))
+        assert found >= 0.5 * (b - a), f"reference overlap {a:.2f}-{b:.2f} s: only {found:.2f} s found as overlap"
+
+
+def _overlaps(turns: list[Turn]) -> list[tuple[float, float]]:
+    """The stretches where turns of two different speakers run at once."""
+    out = []
+    for i, x in enumerate(turns):
+        for y in turns[i + 1:]:
+            if x.speaker != y.speaker and min(x.end, y.end) > max(x.start, y.start):
+                out.append((max(x.start, y.start), min(x.end, y.end)))
+    return sorted(out)
 
 
 @pytest.mark.slow
