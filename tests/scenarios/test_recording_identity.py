@@ -283,7 +283,8 @@ def test_remove_deletes_a_session_from_the_store_and_manifests(withdrawn: dict) 
     assert C not in (store / "zarr.json").read_text()  # consolidated metadata too
     for name in ("utterances", "dialogue_pairs", "sessions"):
         ids = read_manifest(store / f"{name}.parquet")["session_id"].tolist()
-        assert C not in ids and ids, name
+        # Every recording here has one voice, so there may be no dialogue pair; the other two stay elsewhere.
+        assert C not in ids and (ids or name == "dialogue_pairs"), name
     code, out = _cli("status", "--out", store, "--config", ROOT / "pipelines.yaml", "--pipeline", "cpu")
     assert code == 0 and C not in out and "no recording" not in out
 
