@@ -91,6 +91,9 @@ class TextStage(Stage):
         super().__init__(spec)
         self._encoder: SentenceEncoder | None = None
 
+    def cuda_engines(self) -> tuple[str, ...]:
+        return ("torch",)  # sentence-transformers runs on torch
+
     def library_names(self) -> tuple[str, ...]:
         from ..adapters.sentence_transformers_text import SentenceEncoder
 

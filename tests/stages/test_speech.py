@@ -404,7 +404,9 @@ def test_timing_cues_of_two_people_talking_at_once(speech_run) -> None:
         assert np.isclose(latency[i], u["start"][i] - max(u["end"][j] for j in others))
     shared = {s: cue["overlap_s"][u["speaker"] == s].sum() for s in set(u["speaker"])}
     assert len(shared) == 2 and min(shared.values()) > 0.5
-    assert np.isclose(*shared.values())  # the same seconds, seen from each side
+    # The same seconds seen from each side, up to where a diarized turn's edge passes its utterance's last word
+    # (each side counts the overlap inside its own utterances).
+    assert np.isclose(*shared.values(), atol=0.05), shared
     right = int(np.argmin(u["word_end"] - u["word_start"]))  # 5 words against 17
     assert cue["overlap_s"][right] >= 0.5 * (u["end"][right] - u["start"][right])
 
