@@ -88,6 +88,19 @@ def _video_stream(c: av.container.InputContainer) -> av.video.stream.VideoStream
     return next((s for s in c.streams.video if not _is_cover_art(s)), None)
 
 
+def _decoding_video_stream(path: Path, c: av.container.InputContainer,
+                           threads: int | None = None) -> av.video.stream.VideoStream:
+    """The video stream to decode, set up for threaded decoding (``threads`` 0/None: FFmpeg chooses); an
+    InputError naming the file when it has none."""
+    stream = _video_stream(c)
+    if stream is None:
+        raise InputError(f"{path}: has no video stream" + (" (only cover art)" if c.streams.video else ""))
+    stream.thread_type = "AUTO"
+    if threads:
+        stream.codec_context.thread_count = threads
+    return stream
+
+
 def _audio_stream(path: Path, c: av.container.InputContainer, track: int = 0) -> av.audio.stream.AudioStream:
     """Audio track ``track`` (0: the first audio stream of the file)."""
     if not c.streams.audio:
@@ -424,12 +437,7 @@ def iter_video_frames(
     """
     stats = stats if stats is not None else DecodeStats()
     with _open(path) as c:
-        stream = _video_stream(c)
-        if stream is None:
-            raise InputError(f"{path}: has no video stream" + (" (only cover art)" if c.streams.video else ""))
-        stream.thread_type = "AUTO"
-        if threads:
-            stream.codec_context.thread_count = threads
+        stream = _decoding_video_stream(path, c, threads)
         sample = _Sampler(analysis_fps)
         # Without a start time in the container (none of its streams says), times count from the first frame.
         t0: float | None = _origin(c)
@@ -631,10 +639,7 @@ def frames_at(path: Path, times: list[float], reach_s: float = 2.0) -> list[Vide
     out: dict[int, VideoFrame | None] = {}
     order = sorted(range(len(times)), key=lambda i: times[i])
     with _open(path) as c:
-        stream = _video_stream(c)
-        if stream is None:
-            raise InputError(f"{path}: has no video stream" + (" (only cover art)" if c.streams.video else ""))
-        stream.thread_type = "AUTO"
+        stream = _decoding_video_stream(path, c)
         origin = _origin(c)
         if origin is None:  # times count from the first frame, as iter_video_frames counts them
             first = next((f for f in c.decode(stream) if f.time is not None), None)
@@ -715,12 +720,7 @@ def iter_frames_shown(path: Path, times: np.ndarray, hold_s: float = 0.5, thread
     skips them."""
     times = np.asarray(times, dtype=np.float64)
     with _open(path) as c:
-        stream = _video_stream(c)
-        if stream is None:
-            raise InputError(f"{path}: has no video stream" + (" (only cover art)" if c.streams.video else ""))
-        stream.thread_type = "AUTO"
-        if threads:
-            stream.codec_context.thread_count = threads
+        stream = _decoding_video_stream(path, c, threads)
         t0: float | None = _origin(c)
         state = {"next": 0, "index": -1}
 
